@@ -1,0 +1,31 @@
+"""tether: run commands on another machine and move files to and from it, over pinned mutual TLS.
+
+The public API is lazy so that ``import tether`` stays cheap for the one-shot CLI::
+
+    async with tether.connect("host") as conn:
+        result = await conn.run("uname -a")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Connection", "RunResult", "SyncConnection", "__version__", "connect"]
+
+if TYPE_CHECKING:
+    from tether.client.api import Connection, RunResult, connect
+    from tether.client.sync import SyncConnection
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("connect", "Connection", "RunResult"):
+        from tether.client import api
+
+        return getattr(api, name)
+    if name == "SyncConnection":
+        from tether.client.sync import SyncConnection
+
+        return SyncConnection
+    raise AttributeError(name)

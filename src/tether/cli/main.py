@@ -1,0 +1,205 @@
+"""``tether`` commands. Heavy modules are imported inside each command, so that a one-shot
+``tether run`` pays only for what it uses.
+
+Errors are one line on stderr (``--debug`` adds the traceback). Exit codes: the remote status for
+``run``; 255 when the connection or authentication failed; 124 on ``--timeout``; 127 when the
+command could not be started; 1 for other errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from tether import __version__
+
+DEFAULT_PORT = 7722
+
+
+def _exit_code(exc: BaseException) -> int:
+    from tether import errors
+
+    if isinstance(exc, errors.SpawnFailed):
+        return 127
+    if isinstance(exc, errors.RemoteError | errors.IdentityError):
+        return 1
+    return 255
+
+
+def fail(exc: BaseException) -> NoReturn:
+    """Print an error as one line (a traceback too with --debug) and exit with its code."""
+    if os.environ.get("TETHER_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    message = str(exc) or exc.__class__.__name__
+    click.echo(f"tether: {message}", err=True)
+    sys.exit(_exit_code(exc))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        from tether.errors import TetherError
+
+        try:
+            return super().invoke(ctx)
+        except TetherError as exc:
+            fail(exc)
+        except OSError as exc:
+            fail(exc)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tether")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def cli(debug: bool) -> None:
+    """Run commands on another machine and move files, over pinned mutual TLS."""
+    if debug:
+        os.environ["TETHER_DEBUG"] = "1"
+
+
+home_option = click.option(
+    "--home", envvar="TETHER_HOME", type=click.Path(file_okay=False),
+    help="Identity and trust directory [default: $TETHER_HOME or ~/.config/tether].",
+)
+
+
+@cli.command()
+@home_option
+@click.option("--name", help="A name for this identity [default: user@host].")
+def keygen(home: str | None, name: str | None) -> None:
+    """Create this user's identity (an Ed25519 key and certificate)."""
+    import getpass
+    import socket
+
+    from tether.identity import generate_identity, home_dir
+
+    ident = generate_identity(home_dir(home), name or f"{getpass.getuser()}@{socket.gethostname()}")
+    click.echo(f"identity created in {ident.key_path.parent}")
+    click.echo(f"fingerprint: {ident.fingerprint}")
+    click.echo("give a server's admin the line `tether id` prints, to run: tether authorize 'LINE'")
+
+
+@cli.command("id")
+@home_option
+def id_(home: str | None) -> None:
+    """Print this user's public identity line (to give to a server)."""
+    from tether.identity import home_dir, load_identity
+
+    click.echo(load_identity(home_dir(home)).id_line)
+
+
+@cli.command()
+@home_option
+@click.argument("id_line")
+@click.option("--name", help="Name to record for this client [default: the line's name].")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Confine this client's file operations and commands' working directory here.")
+@click.option("--allow", default="exec,shell,put,get", show_default=True,
+              help="Comma-separated permissions: exec (run commands), shell (interactive "
+                   "shells), put (upload files), get (download files).")
+def authorize(home: str | None, id_line: str, name: str | None, root: str | None,
+              allow: str) -> None:
+    """Let the client with ID_LINE (from its `tether id`) connect to this server.
+
+    Takes effect for the next connection; no restart needed. Re-running it for the same identity
+    replaces that client's name, root and permissions.
+    """
+    from tether.identity import (
+        AuthorizedClient,
+        add_authorized,
+        authorized_path,
+        fingerprint,
+        home_dir,
+        parse_id_line,
+        parse_permissions,
+    )
+
+    der, line_name = parse_id_line(id_line)
+    client = AuthorizedClient(der, name or line_name,
+                              os.path.abspath(root) if root else None, parse_permissions(allow))
+    h = home_dir(home)
+    changed = add_authorized(h, client)
+    state = "authorized" if changed else "already authorized"
+    click.echo(f"{state}: {client.name} {fingerprint(der)} in {authorized_path(h)}")
+
+
+@cli.command()
+@home_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
+@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--root", type=click.Path(file_okay=False, exists=True),
+              help="Directory that relative paths resolve against [default: your home].")
+@click.option("--name", help="Server name shown to clients [default: hostname].")
+@click.option("--encoding", help="Encoding of command output announced to clients "
+                                 "[default: the locale's].")
+@click.option("--plaintext", is_flag=True,
+              help="No TLS and no authentication, for benchmarks; loopback addresses only.")
+@click.option("--kill-grace", default=1.0, show_default=True, type=float,
+              help="Seconds between SIGTERM and SIGKILL when killing a command's group.")
+def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
+          encoding: str | None, plaintext: bool, kill_grace: float) -> None:
+    """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
+    from tether.cli.serve import serve_main
+
+    serve_main(home, host, port, root, name, encoding, plaintext, kill_grace)
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@home_option
+@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server's identity.")
+@click.option("--plaintext", is_flag=True, help="Connect without TLS (a --plaintext server).")
+@click.option("--cwd", help="Remote working directory (relative to the server's root).")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Set a remote variable.")
+@click.option("--timeout", type=float, help="Kill the remote process group after S seconds.")
+@click.option("--encoding", help="Decode remote output with this encoding on a terminal "
+                                 "[default: the server's].")
+@click.option("-n", "--no-stdin", is_flag=True, help="Do not forward stdin (like ssh -n).")
+@click.argument("host")
+@click.argument("command", nargs=-1)
+def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str | None,
+        env: tuple[str, ...], timeout: float | None, encoding: str | None, no_stdin: bool,
+        host: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND on HOST: one argument goes through the remote shell, several run as argv.
+
+    stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
+    the remote one (128+N when killed by signal N, 124 on --timeout, 255 if the connection or
+    authentication failed).
+    """
+    from tether.cli.run import RunOptions, run_main
+
+    if command and command[0] == "--":
+        command = command[1:]
+    variables = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
+        variables[key] = value
+    sys.exit(run_main(RunOptions(
+        home=home, host=host, port=port, accept_new=accept_new, plaintext=plaintext,
+        command=list(command), cwd=cwd, env=variables, timeout=timeout, encoding=encoding,
+        stdin=not no_stdin,
+    )))
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary directory and print its path.")
+def demo(keep: bool) -> None:
+    """Show tether working, with no setup: throwaway identities, a local server, a few commands."""
+    from tether.cli.demo import demo_main
+
+    demo_main(keep)
+
+
+def main() -> None:
+    cli(prog_name="tether")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""``tether run``: stream a remote command's output, forward stdin and signals, mirror its status.
+
+On a terminal, output is decoded with the server's encoding (``--encoding`` overrides) and
+re-encoded for the local terminal, undecodable bytes replaced; into a pipe or file it passes
+through as raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import BinaryIO, TextIO
+
+from tether.client.api import Connection, Process, connect
+from tether.errors import BadRequest, TetherError
+
+STDIN_CHUNK = 256 * 1024
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class RunOptions:
+    home: str | None
+    host: str
+    port: int
+    command: list[str]
+    accept_new: bool = False
+    plaintext: bool = False
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    encoding: str | None = None
+    stdin: bool = True
+
+
+class OutputSink:
+    """Writes one remote channel to a local stream: raw bytes, or re-decoded text on a terminal."""
+
+    def __init__(self, text: TextIO, encoding: str | None) -> None:
+        self.binary: BinaryIO = text.buffer  # type: ignore[attr-defined]
+        self.text = text
+        self.decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
+
+    def write(self, data: bytes) -> None:
+        if self.decoder is None:
+            self.binary.write(data)
+            self.binary.flush()
+        else:
+            self.text.write(self.decoder.decode(data))
+            self.text.flush()
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.text.write(self.decoder.decode(b"", final=True))
+            self.text.flush()
+
+
+def _terminal_encoding(stream: TextIO, server: str, override: str | None) -> str | None:
+    """The encoding to decode a channel with, or None to pass bytes through."""
+    if override:
+        return override
+    return server if stream.isatty() else None
+
+
+def confirm_on_tty(key: str, fp: str) -> bool:
+    """Ask on the terminal whether to trust a new server (like ssh's first-connection prompt)."""
+    try:
+        tty = open("/dev/tty", "r+")  # noqa: SIM115
+    except OSError:
+        return False
+    with tty:
+        tty.write(f"The server {key} is not known.\nIts fingerprint is {fp}.\n"
+                  f"Trust it and connect (yes/no)? ")
+        tty.flush()
+        return tty.readline().strip().lower() in ("y", "yes")
+
+
+def _stdin_pump(loop: asyncio.AbstractEventLoop, proc: Process) -> None:
+    """Blocking reads of stdin in a daemon thread; each chunk waits for flow-control credit."""
+    try:
+        while data := os.read(0, STDIN_CHUNK):
+            asyncio.run_coroutine_threadsafe(proc.write(data), loop).result()
+    except (OSError, TetherError, RuntimeError):
+        pass
+    with contextlib.suppress(RuntimeError):
+        asyncio.run_coroutine_threadsafe(proc.close_stdin(), loop).result()
+
+
+async def _run(opts: RunOptions) -> int:
+    if not opts.command or not any(a.strip() for a in opts.command):
+        raise BadRequest("empty command: give a command after the host, e.g. tether run HOST -- ls")
+    confirm = confirm_on_tty if sys.stdin.isatty() else None
+    async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
+                       plaintext=opts.plaintext, confirm=confirm) as conn:
+        return await _execute(conn, opts)
+
+
+async def _execute(conn: Connection, opts: RunOptions) -> int:
+    cmd: str | list[str] = opts.command[0] if len(opts.command) == 1 else opts.command
+    proc = await conn.start(cmd, cwd=opts.cwd, env=opts.env, timeout=opts.timeout,
+                            stdin=opts.stdin)
+    loop = asyncio.get_running_loop()
+    for sig in FORWARDED_SIGNALS:
+        loop.add_signal_handler(sig, lambda s=sig: loop.create_task(proc.signal(s.name[3:])))
+    if opts.stdin:
+        threading.Thread(target=_stdin_pump, args=(loop, proc), daemon=True).start()
+    server_enc = conn.server.encoding
+    sinks = {
+        1: OutputSink(sys.stdout, _terminal_encoding(sys.stdout, server_enc, opts.encoding)),
+        2: OutputSink(sys.stderr, _terminal_encoding(sys.stderr, server_enc, opts.encoding)),
+    }
+    try:
+        async for channel, data in proc:
+            sinks[channel].write(data)
+        info = await proc.wait()
+    finally:
+        for sig in FORWARDED_SIGNALS:
+            loop.remove_signal_handler(sig)
+        for sink in sinks.values():
+            sink.close()
+    if info.timed_out:
+        print(f"tether: command timed out after {opts.timeout:g} s; its process group was "
+              f"killed", file=sys.stderr)
+        return 124
+    return info.status
+
+
+def run_main(opts: RunOptions) -> int:
+    from tether.cli.main import fail
+
+    try:
+        return asyncio.run(_run(opts))
+    except TetherError as exc:
+        fail(exc)
+    except BrokenPipeError:
+        return 141

@@ -1,0 +1,1 @@
+"""The client library: ``tether.connect()`` and its synchronous facade. Nothing here prints."""

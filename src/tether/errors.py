@@ -1,0 +1,130 @@
+"""Every error tether raises, in one tree.
+
+::
+
+    TetherError
+    ├── ProtocolError                 the byte stream or message sequence broke the protocol
+    │   ├── LocalProtocolError        we tried to send something the protocol forbids (a bug here)
+    │   └── RemoteProtocolError       the peer sent something the protocol forbids
+    ├── VersionMismatch               no protocol version in common
+    ├── ConnectionFailed              the connection could not be made or did not survive
+    │   ├── ConnectionClosed          we closed it, and then tried to use it
+    │   ├── ConnectionBroken          the peer or the network ended it
+    │   └── ServerShuttingDown        the server said it is stopping
+    ├── AuthError                     someone's identity was not accepted
+    │   ├── NotAuthorized             the server does not know our identity
+    │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
+    │   └── HostChanged               the server's fingerprint differs from the pinned one
+    ├── IdentityError                 our own key or certificate is missing or unreadable
+    └── RemoteError                   the server refused or failed one operation (connection lives on)
+        ├── BadRequest                the request itself is wrong (empty command, bad argument)
+        ├── PermissionDenied          this client may not do that
+        ├── NotFound                  a file or directory named by the request does not exist
+        └── SpawnFailed               the command could not be started
+
+Wire error codes (docs/PROTOCOL.md, "Errors") map to classes through :data:`WIRE_CODES`, so a
+client raises the same class the server meant. Lower-layer errors (OSError, ssl.SSLError) are
+translated into this tree at one boundary, in ``tether.net``.
+"""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base of every tether error. ``code`` is the wire error code, when there is one."""
+
+    code = "internal"
+
+
+class ProtocolError(TetherError):
+    code = "protocol"
+
+
+class LocalProtocolError(ProtocolError):
+    pass
+
+
+class RemoteProtocolError(ProtocolError):
+    pass
+
+
+class VersionMismatch(TetherError):
+    code = "unsupported_version"
+
+
+class ConnectionFailed(TetherError):
+    code = "connection"
+
+
+class ConnectionClosed(ConnectionFailed):
+    pass
+
+
+class ConnectionBroken(ConnectionFailed):
+    pass
+
+
+class ServerShuttingDown(ConnectionFailed):
+    code = "shutting_down"
+
+
+class AuthError(TetherError):
+    code = "auth"
+
+
+class NotAuthorized(AuthError):
+    code = "not_authorized"
+
+
+class HostUnknown(AuthError):
+    code = "host_unknown"
+
+
+class HostChanged(AuthError):
+    code = "host_changed"
+
+
+class IdentityError(TetherError):
+    code = "identity"
+
+
+class RemoteError(TetherError):
+    code = "failed"
+
+
+class BadRequest(RemoteError):
+    code = "bad_request"
+
+
+class PermissionDenied(RemoteError):
+    code = "permission_denied"
+
+
+class NotFound(RemoteError):
+    code = "not_found"
+
+
+class SpawnFailed(RemoteError):
+    code = "spawn_failed"
+
+
+WIRE_CODES: dict[str, type[TetherError]] = {
+    cls.code: cls
+    for cls in (
+        ProtocolError,
+        VersionMismatch,
+        ServerShuttingDown,
+        NotAuthorized,
+        RemoteError,
+        BadRequest,
+        PermissionDenied,
+        NotFound,
+        SpawnFailed,
+    )
+}
+WIRE_CODES["protocol"] = RemoteProtocolError
+
+
+def from_wire(code: str, message: str) -> TetherError:
+    """The exception a peer's error frame stands for; unknown codes become RemoteError."""
+    return WIRE_CODES.get(code, RemoteError)(message)

@@ -1,0 +1,250 @@
+"""Identities, the SSH way: keys with self-signed certificates, fingerprints, known hosts, and
+the authorized-clients list. Pure files and crypto, no sockets.
+
+A fingerprint is ``SHA256:`` and the unpadded base64 of the SHA-256 of the certificate's DER, so
+that the client computes it with the standard library alone (the one-shot CLI never imports
+``cryptography``; only ``keygen`` and a first ``serve`` do).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shlex
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.errors import IdentityError
+
+ID_PREFIX = "tether-cert"
+PERMISSIONS = ("exec", "shell", "put", "get")
+DEFAULT_PORT = 7722
+
+
+def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    """``home``, else ``$TETHER_HOME``, else ``~/.config/tether``."""
+    if home is not None:
+        return Path(home)
+    env = os.environ.get("TETHER_HOME")
+    return Path(env) if env else Path.home() / ".config" / "tether"
+
+
+def fingerprint(cert_der: bytes) -> str:
+    digest = hashlib.sha256(cert_der).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A key pair on disk with its self-signed certificate."""
+
+    key_path: Path
+    cert_path: Path
+    cert_der: bytes
+    name: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert_der)
+
+    @property
+    def id_line(self) -> str:
+        """The one-line public identity to hand to a server admin (like an ssh public key)."""
+        return f"{ID_PREFIX} {base64.b64encode(self.cert_der).decode()} {self.name}"
+
+
+def _paths(home: Path, kind: str) -> tuple[Path, Path]:
+    stem = "server" if kind == "server" else "id"
+    return home / f"{stem}_key.pem", home / f"{stem}_cert.pem"
+
+
+def load_identity(home: Path, kind: str = "client") -> Identity:
+    """Read an identity; raises IdentityError naming the missing file and the fix."""
+    key_path, cert_path = _paths(home, kind)
+    if not key_path.exists() or not cert_path.exists():
+        fix = "tether keygen" if kind == "client" else "tether serve (it creates one)"
+        raise IdentityError(f"no {kind} identity in {home} (run: {fix})")
+    try:
+        pem = cert_path.read_text()
+        der = ssl.PEM_cert_to_DER_cert(pem)
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot read certificate {cert_path}: {exc}") from exc
+    name = (home / f"{cert_path.stem}.name").read_text().strip() if (
+        home / f"{cert_path.stem}.name"
+    ).exists() else "tether"
+    return Identity(key_path, cert_path, der, name)
+
+
+def generate_identity(home: Path, name: str, kind: str = "client") -> Identity:
+    """Create an Ed25519 key (mode 0600) and a self-signed certificate under ``home``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key_path, cert_path = _paths(home, kind)
+    if key_path.exists():
+        raise IdentityError(f"{key_path} already exists; remove it first to make a new identity")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ed25519.Ed25519PrivateKey.generate()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or "tether")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365 * 100))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(key, None)
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key_pem)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (home / f"{cert_path.stem}.name").write_text((name or "tether") + "\n")
+    return load_identity(home, kind)
+
+
+# --- authorized clients -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthorizedClient:
+    cert_der: bytes
+    name: str
+    root: str | None = None
+    permissions: frozenset[str] = field(default_factory=lambda: frozenset(PERMISSIONS))
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert_der)
+
+
+def parse_id_line(line: str) -> tuple[bytes, str]:
+    """The certificate and name in an id line; raises IdentityError if it is not one."""
+    parts = line.split()
+    if len(parts) < 2 or parts[0] != ID_PREFIX:
+        raise IdentityError(f"not a tether identity line (expected '{ID_PREFIX} BASE64 NAME')")
+    try:
+        der = base64.b64decode(parts[1], validate=True)
+        ssl.DER_cert_to_PEM_cert(der)
+    except ValueError as exc:
+        raise IdentityError("identity line has a damaged certificate") from exc
+    return der, parts[2] if len(parts) > 2 else "client"
+
+
+def parse_permissions(text: str) -> frozenset[str]:
+    perms = frozenset(p.strip() for p in text.split(",") if p.strip())
+    unknown = perms - set(PERMISSIONS)
+    if unknown:
+        raise IdentityError(
+            f"unknown permission {sorted(unknown)[0]!r} (choose from {', '.join(PERMISSIONS)})"
+        )
+    return perms
+
+
+def authorized_path(home: Path) -> Path:
+    return home / "authorized"
+
+
+def format_authorized(client: AuthorizedClient) -> str:
+    words = [ID_PREFIX, base64.b64encode(client.cert_der).decode(), client.name]
+    if client.root is not None:
+        words.append(f"root={client.root}")
+    if client.permissions != frozenset(PERMISSIONS):
+        words.append("allow=" + ",".join(p for p in PERMISSIONS if p in client.permissions))
+    return shlex.join(words)
+
+
+def parse_authorized_line(line: str) -> AuthorizedClient:
+    words = shlex.split(line)
+    der, name = parse_id_line(" ".join(words[:3]))
+    root, perms = None, frozenset(PERMISSIONS)
+    for word in words[3:]:
+        key, _, value = word.partition("=")
+        if key == "root":
+            root = value
+        elif key == "allow":
+            perms = parse_permissions(value)
+        else:
+            raise IdentityError(f"unknown option {key!r}")
+    return AuthorizedClient(der, name, root, perms)
+
+
+def load_authorized(home: Path) -> dict[str, AuthorizedClient]:
+    """Authorized clients by fingerprint; a damaged line is an error naming its line number."""
+    path = authorized_path(home)
+    clients: dict[str, AuthorizedClient] = {}
+    if not path.exists():
+        return clients
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            client = parse_authorized_line(line)
+        except (IdentityError, ValueError) as exc:
+            raise IdentityError(f"{path}:{number}: {exc}") from exc
+        clients[client.fingerprint] = client
+    return clients
+
+
+def add_authorized(home: Path, client: AuthorizedClient) -> bool:
+    """Append (or replace, by fingerprint) a client; False if it was already there unchanged."""
+    clients = load_authorized(home)
+    if clients.get(client.fingerprint) == client:
+        return False
+    clients[client.fingerprint] = client
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = "".join(format_authorized(c) + "\n" for c in clients.values())
+    tmp = authorized_path(home).with_suffix(".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, authorized_path(home))
+    return True
+
+
+# --- known hosts --------------------------------------------------------------------------------
+
+
+def known_hosts_path(home: Path) -> Path:
+    return home / "known_hosts"
+
+
+def host_key(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if port != DEFAULT_PORT else host
+
+
+def lookup_known_host(home: Path, host: str, port: int) -> str | None:
+    path = known_hosts_path(home)
+    if not path.exists():
+        return None
+    key = host_key(host, port)
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == key:
+            return parts[1]
+    return None
+
+
+def add_known_host(home: Path, host: str, port: int, fp: str) -> None:
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with known_hosts_path(home).open("a") as fh:
+        fh.write(f"{host_key(host, port)} {fp}\n")

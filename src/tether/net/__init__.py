@@ -1,0 +1,1 @@
+"""asyncio adapters over the sans-I/O core; the one place OSError and ssl errors are translated."""

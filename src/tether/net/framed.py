@@ -1,0 +1,191 @@
+"""A framed tether connection over an asyncio (reader, writer) pair.
+
+It drives :class:`tether.protocol.Connection`: reads bytes into it, hands events to one reader,
+writes the bytes it produces, and makes DATA senders wait for flow-control credit. Credit frames
+are consumed here and never reach the application. OSError and ssl errors become tether errors at
+this boundary (:func:`translate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Iterator
+
+from tether.errors import (
+    ConnectionBroken,
+    ConnectionClosed,
+    ConnectionFailed,
+    NotAuthorized,
+    ProtocolError,
+    TetherError,
+)
+from tether.protocol import (
+    CLOSED,
+    MAX_BODY,
+    NEED_DATA,
+    Connection,
+    Credit,
+    Data,
+    Error,
+    Message,
+    Role,
+)
+
+READ_SIZE = 256 * 1024
+_AUTH_ALERTS = ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
+
+
+def translate(exc: BaseException) -> TetherError:
+    """The tether error an I/O failure stands for."""
+    if isinstance(exc, TetherError):
+        return exc
+    if isinstance(exc, ssl.SSLError) and any(a in str(exc).upper() for a in _AUTH_ALERTS):
+        return NotAuthorized("the server refused this client's identity")
+    if isinstance(exc, ssl.SSLError):
+        return ConnectionBroken(f"TLS error: {exc.reason or exc}")
+    if isinstance(exc, asyncio.IncompleteReadError | EOFError):
+        return ConnectionBroken("connection closed by peer")
+    if isinstance(exc, ConnectionError):
+        return ConnectionBroken(f"connection lost: {exc.strerror or exc.__class__.__name__}")
+    if isinstance(exc, TimeoutError):
+        return ConnectionFailed("timed out")
+    if isinstance(exc, OSError):
+        return ConnectionFailed(exc.strerror or str(exc))
+    return ConnectionBroken(str(exc) or exc.__class__.__name__)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except (OSError, EOFError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+        raise translate(exc) from exc
+
+
+class FramedConnection:
+    """One peer connection: ``next_event`` for the single reader, ``send*`` for anyone."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.proto = Connection(role)
+        self._credit: dict[int, asyncio.Event] = {}
+        self._closed = False
+        self._error: TetherError | None = None
+
+    @property
+    def peer_cert(self) -> bytes | None:
+        sslobj = self.writer.get_extra_info("ssl_object")
+        return sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+
+    @property
+    def peer_address(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    async def next_event(self) -> Message | Data:
+        """The next message or data; raises ConnectionBroken at EOF, ProtocolError on violations."""
+        while True:
+            event = self.proto.next_event()
+            if event is NEED_DATA:
+                with translated():
+                    chunk = await self.reader.read(READ_SIZE)
+                self.proto.receive_data(chunk)
+                continue
+            if event is CLOSED:
+                self._fail(ConnectionBroken("connection closed by peer"))
+                raise ConnectionBroken("connection closed by peer")
+            assert not isinstance(event, type(NEED_DATA))
+            if isinstance(event, Credit):
+                self._wake(event.stream)
+                continue
+            if event.FINAL if isinstance(event, Message) else False:
+                self._wake(event.stream)
+            return event
+
+    def consumed(self, stream: int, size: int) -> None:
+        """The application has used ``size`` bytes of the stream's data: grant credit if due."""
+        frame = self.proto.consumed(stream, size)
+        if frame and not self._closed:
+            self.writer.write(frame)
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def send(self, msg: Message, body: bytes = b"") -> None:
+        """Queue a message for sending (call :meth:`drain` to apply back-pressure)."""
+        self._check_usable()
+        self.writer.write(self.proto.send(msg, body))
+        if msg.FINAL:
+            self._wake(msg.stream)
+
+    async def drain(self) -> None:
+        self._check_usable()
+        with translated():
+            await self.writer.drain()
+
+    async def send_data(self, stream: int, channel: int, data: bytes | memoryview) -> None:
+        """Send ``data`` as DATA frames, waiting for credit; raises if the stream ends first."""
+        view = memoryview(data)
+        while view:
+            window = self.proto.send_window(stream)
+            if window == 0:
+                if not self.proto.is_open(stream):
+                    raise ConnectionClosed(f"stream {stream} ended")
+                await self._wait_credit(stream)
+                continue
+            size = min(window, MAX_BODY, len(view))
+            self._check_usable()
+            self.writer.write(self.proto.data_prefix(stream, channel, size))
+            self.writer.write(view[:size])
+            view = view[size:]
+            await self.drain()
+
+    async def _wait_credit(self, stream: int) -> None:
+        event = self._credit.setdefault(stream, asyncio.Event())
+        event.clear()
+        await event.wait()
+        self._check_usable()
+
+    def _wake(self, stream: int) -> None:
+        event = self._credit.pop(stream, None)
+        if event is not None:
+            event.set()
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+
+    def _fail(self, error: TetherError) -> None:
+        if self._error is None:
+            self._error = error
+        for event in self._credit.values():
+            event.set()
+        self._credit.clear()
+
+    async def fail(self, error: TetherError) -> None:
+        """Tell the peer why (a stream-0 error frame, where still possible) and close."""
+        if not self._closed and self._error is None:
+            with contextlib.suppress(Exception):
+                code = error.code if isinstance(error, ProtocolError | TetherError) else "internal"
+                self.writer.write(self.proto.send(Error(code=code, message=str(error))))
+        self._fail(error)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._fail(self._error or ConnectionClosed("connection is closed"))
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2)

@@ -1,0 +1,326 @@
+"""The connection state machine: every rule about which frame may come when, in one place.
+
+Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
+
+1. Handshake. The client's first frame is ``hello``; the server answers ``welcome`` (the client is
+   authenticated and a version is chosen) or a stream-0 ``error`` and closes. Before the
+   handshake ends only ``hello``, ``welcome`` and ``error`` are valid; ``hello``/``welcome``
+   after it are errors.
+2. Roles. Each message type names who may send it (``Message.SENDERS``); DATA on channels 1 and
+   2 (stdout, stderr) only comes from the server.
+3. Streams. Only the client opens streams, with odd ids that strictly increase. A stream ends
+   when both sides have sent their final message (server: ``exit`` or ``error``; client:
+   ``close`` or ``error``). After a side has sent its final message, the peer's non-final frames
+   already in flight are dropped; after a side has *received* the peer's final message, anything
+   more from the peer on that stream is an error. A frame for an id that was never opened, or one
+   fully ended, is an error.
+4. Flow control. Each side may send at most ``INITIAL_WINDOW`` bytes of DATA per stream beyond
+   what the peer has granted with ``credit``. Exceeding it is an error; the receiver grants credit
+   as its application consumes the data, so buffering is bounded by the window.
+5. Errors. Any violation raises RemoteProtocolError (the peer broke a rule) or LocalProtocolError
+   (we tried to); after a remote violation the connection only sends one stream-0 ``error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Final
+
+from tether.errors import LocalProtocolError, RemoteProtocolError
+from tether.protocol.frames import (
+    KIND_DATA,
+    MAX_BODY,
+    FrameDecoder,
+    encode_data_prefix,
+    encode_msg,
+)
+from tether.protocol.messages import (
+    Credit,
+    Data,
+    Eof,
+    Error,
+    Hello,
+    Message,
+    Role,
+    Welcome,
+    decode_message,
+)
+
+PROTOCOL_VERSIONS: Final = (1,)
+INITIAL_WINDOW: Final = 4 * 1024 * 1024
+CREDIT_THRESHOLD: Final = INITIAL_WINDOW // 4
+MAX_CREDIT: Final = 1 << 31
+
+
+class _Sentinel(Enum):
+    NEED_DATA = auto()
+    CLOSED = auto()
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA  # no complete event yet: feed more bytes
+CLOSED: Final = _Sentinel.CLOSED  # the peer closed the byte stream at a frame boundary
+
+Event = Message | Data | _Sentinel
+
+
+class State(Enum):
+    HANDSHAKE = auto()
+    OPEN = auto()
+    CLOSED = auto()
+
+
+@dataclass
+class _Stream:
+    send_credit: int = INITIAL_WINDOW
+    recv_window: int = INITIAL_WINDOW
+    unacked: int = 0
+    local_final: bool = False
+    remote_final: bool = False
+    local_eof: set[int] = field(default_factory=set)
+    remote_eof: set[int] = field(default_factory=set)
+
+
+def _peer(role: Role) -> Role:
+    return Role.SERVER if role is Role.CLIENT else Role.CLIENT
+
+
+class Connection:
+    """One side of a tether connection, with no I/O: feed bytes, read events, get bytes to send."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = State.HANDSHAKE
+        self.version: int | None = None
+        self._decoder = FrameDecoder()
+        self._streams: dict[int, _Stream] = {}
+        self._last_stream = -1  # highest stream id opened so far
+        self._sent_hello = False
+        self._got_hello = False
+        self._broken = False
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; ``b""`` when the peer closed its side."""
+        self._decoder.feed(data)
+
+    def next_event(self) -> Event:
+        """The next event, NEED_DATA, or CLOSED; raises RemoteProtocolError on a violation."""
+        if self._broken:
+            raise RemoteProtocolError("connection already failed")
+        try:
+            while True:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    if self._decoder.at_eof and not self._decoder.buffered:
+                        self.state = State.CLOSED
+                        return CLOSED
+                    return NEED_DATA
+                if frame.kind == KIND_DATA:
+                    event: Message | Data | None = self._receive_data_frame(
+                        Data(frame.stream, frame.channel, frame.body)
+                    )
+                else:
+                    assert frame.header is not None
+                    event = self._receive_message(decode_message(frame.header, frame.stream))
+                if event is not None:
+                    return event
+        except RemoteProtocolError:
+            self._broken = True
+            raise
+
+    def _receive_message(self, msg: Message) -> Message | None:
+        peer = _peer(self.role)
+        if peer not in msg.SENDERS:
+            raise RemoteProtocolError(f"a {peer.value} may not send {msg.TYPE!r}")
+        if msg.stream == 0:
+            return self._receive_connection_message(msg)
+        if msg.CONNECTION:
+            raise RemoteProtocolError(f"{msg.TYPE!r} belongs on stream 0, not {msg.stream}")
+        if self.state is not State.OPEN:
+            raise RemoteProtocolError(f"{msg.TYPE!r} before the handshake finished")
+        if msg.OPENS:
+            self._open(msg.stream, RemoteProtocolError)
+            return msg
+        stream = self._known(msg.stream)
+        if stream.local_final and not msg.FINAL:
+            return None  # in flight when we ended the stream: drop
+        if isinstance(msg, Credit):
+            if not 0 < msg.size <= MAX_CREDIT or stream.send_credit + msg.size > MAX_CREDIT:
+                raise RemoteProtocolError(f"credit of {msg.size} is out of range")
+            stream.send_credit += msg.size
+        elif isinstance(msg, Eof):
+            self._check_channel(msg.channel, peer, RemoteProtocolError)
+            stream.remote_eof.add(msg.channel)
+        if msg.FINAL:
+            stream.remote_final = True
+            self._maybe_retire(msg.stream, stream)
+        return msg
+
+    def _receive_connection_message(self, msg: Message) -> Message:
+        if not msg.CONNECTION and not isinstance(msg, Error):
+            raise RemoteProtocolError(f"{msg.TYPE!r} needs a stream id, got stream 0")
+        if isinstance(msg, Error):
+            self.state = State.CLOSED
+            return msg
+        if isinstance(msg, Hello):
+            if self._got_hello:
+                raise RemoteProtocolError("a second hello")
+            self._got_hello = True
+            return msg
+        if isinstance(msg, Welcome):
+            if self.state is not State.HANDSHAKE or not self._sent_hello:
+                raise RemoteProtocolError("an unexpected welcome")
+            if msg.version not in PROTOCOL_VERSIONS:
+                raise RemoteProtocolError(f"server chose version {msg.version}, not offered")
+            self.version = msg.version
+            self.state = State.OPEN
+            return msg
+        if self.state is not State.OPEN:
+            raise RemoteProtocolError(f"{msg.TYPE!r} before the handshake finished")
+        return msg
+
+    def _receive_data_frame(self, data: Data) -> Data | None:
+        if self.state is not State.OPEN:
+            raise RemoteProtocolError("data before the handshake finished")
+        if data.stream == 0:
+            raise RemoteProtocolError("data on stream 0")
+        peer = _peer(self.role)
+        self._check_channel(data.channel, peer, RemoteProtocolError)
+        stream = self._known(data.stream)
+        if len(data.data) > stream.recv_window:
+            raise RemoteProtocolError(f"stream {data.stream} exceeded its flow-control window")
+        stream.recv_window -= len(data.data)
+        if stream.local_final:
+            return None
+        if data.channel in stream.remote_eof:
+            raise RemoteProtocolError(f"data on channel {data.channel} after its eof")
+        return data
+
+    def _known(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            if stream.remote_final:
+                raise RemoteProtocolError(f"frame on stream {stream_id} after its final message")
+            return stream
+        if stream_id <= self._last_stream and stream_id % 2 == 1:
+            raise RemoteProtocolError(f"frame for closed stream {stream_id}")
+        raise RemoteProtocolError(f"frame for unknown stream {stream_id}")
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def send(self, msg: Message, body: bytes = b"") -> bytes:
+        """The bytes that carry ``msg``; raises LocalProtocolError if the rules forbid it."""
+        if self.role not in msg.SENDERS:
+            raise LocalProtocolError(f"a {self.role.value} may not send {msg.TYPE!r}")
+        if msg.stream == 0:
+            self._send_connection_message(msg)
+        else:
+            self._send_stream_message(msg)
+        return encode_msg(msg.stream, msg.to_header(), body)
+
+    def _send_connection_message(self, msg: Message) -> None:
+        if isinstance(msg, Error):
+            self.state = State.CLOSED
+            return
+        if not msg.CONNECTION:
+            raise LocalProtocolError(f"{msg.TYPE!r} needs a stream id")
+        if isinstance(msg, Hello):
+            if self._sent_hello:
+                raise LocalProtocolError("hello was already sent")
+            self._sent_hello = True
+        elif isinstance(msg, Welcome):
+            if not self._got_hello or self.state is not State.HANDSHAKE:
+                raise LocalProtocolError("welcome only answers a hello")
+            self.version = msg.version
+            self.state = State.OPEN
+        elif self.state is not State.OPEN:
+            raise LocalProtocolError(f"{msg.TYPE!r} before the handshake finished")
+
+    def _send_stream_message(self, msg: Message) -> None:
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send {msg.TYPE!r}: connection is not open")
+        if msg.CONNECTION:
+            raise LocalProtocolError(f"{msg.TYPE!r} belongs on stream 0")
+        if msg.OPENS:
+            self._open(msg.stream, LocalProtocolError)
+            return
+        stream = self._streams.get(msg.stream)
+        if stream is None or stream.local_final:
+            raise LocalProtocolError(f"stream {msg.stream} is not open for sending")
+        if isinstance(msg, Eof):
+            self._check_channel(msg.channel, self.role, LocalProtocolError)
+            stream.local_eof.add(msg.channel)
+        if msg.FINAL:
+            stream.local_final = True
+            self._maybe_retire(msg.stream, stream)
+
+    def send_data(self, stream_id: int, channel: int, data: bytes) -> bytes:
+        """The bytes of one DATA frame; the caller must respect :meth:`send_window`."""
+        return self.data_prefix(stream_id, channel, len(data)) + data
+
+    def data_prefix(self, stream_id: int, channel: int, size: int) -> bytes:
+        """Account for ``size`` bytes of DATA and return only the frame prefix (zero-copy sends)."""
+        if size > MAX_BODY:
+            raise LocalProtocolError(f"data chunk of {size} bytes exceeds {MAX_BODY}")
+        stream = self._streams.get(stream_id)
+        if self.state is not State.OPEN or stream is None or stream.local_final:
+            raise LocalProtocolError(f"stream {stream_id} is not open for sending")
+        self._check_channel(channel, self.role, LocalProtocolError)
+        if channel in stream.local_eof:
+            raise LocalProtocolError(f"channel {channel} of stream {stream_id} already ended")
+        if size > stream.send_credit:
+            raise LocalProtocolError(f"stream {stream_id} has only {stream.send_credit} credit")
+        stream.send_credit -= size
+        return encode_data_prefix(stream_id, channel, size)
+
+    def send_window(self, stream_id: int) -> int:
+        """How many DATA bytes may be sent on the stream now (0 if it is not open)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_final:
+            return 0
+        return stream.send_credit
+
+    def consumed(self, stream_id: int, size: int) -> bytes:
+        """Record that the application used ``size`` received bytes; returns a credit frame if due."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_final or self.state is not State.OPEN:
+            return b""
+        stream.unacked += size
+        if stream.unacked < CREDIT_THRESHOLD:
+            return b""
+        grant, stream.unacked = stream.unacked, 0
+        stream.recv_window += grant
+        return encode_msg(stream_id, Credit(size=grant, stream=stream_id).to_header())
+
+    def next_stream_id(self) -> int:
+        """The id for the next stream this (client) side opens."""
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError("only the client opens streams")
+        return self._last_stream + 2 if self._last_stream > 0 else 1
+
+    def is_open(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _open(self, stream_id: int, error: type[Exception]) -> None:
+        if stream_id % 2 != 1 or stream_id <= self._last_stream:
+            raise error(f"stream id {stream_id} must be odd and above {self._last_stream}")
+        self._last_stream = stream_id
+        self._streams[stream_id] = _Stream()
+
+    def _maybe_retire(self, stream_id: int, stream: _Stream) -> None:
+        if stream.local_final and stream.remote_final:
+            del self._streams[stream_id]
+
+    @staticmethod
+    def _check_channel(channel: int, sender: Role, error: type[Exception]) -> None:
+        allowed = (0,) if sender is Role.CLIENT else (0, 1, 2)
+        if channel not in allowed:
+            raise error(f"a {sender.value} may not send on channel {channel}")

@@ -1,0 +1,249 @@
+"""Protocol messages: frozen dataclasses, and the one place their wire form is made and checked.
+
+Each message class names its wire type (``TYPE``, the header's ``"t"``), which role may send it
+(``SENDERS``) and whether it lives on stream 0 (``CONNECTION``). The header is generated from the
+dataclass fields; decoding checks every field's type against the annotation, so a handler never
+sees a wrong type. :data:`REGISTRY` is the explicit allow-list from wire type to class: nothing
+else is ever looked up by a peer-supplied name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from tether.errors import RemoteProtocolError
+
+
+class Role(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+BOTH = frozenset({Role.CLIENT, Role.SERVER})
+CLIENT = frozenset({Role.CLIENT})
+SERVER = frozenset({Role.SERVER})
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all messages. ``stream`` is carried in the frame prefix, not in the header."""
+
+    TYPE: ClassVar[str] = ""
+    SENDERS: ClassVar[frozenset[Role]] = BOTH
+    CONNECTION: ClassVar[bool] = False  # True: only on stream 0
+    OPENS: ClassVar[bool] = False  # True: opens a new stream
+    FINAL: ClassVar[bool] = False  # True: the sender's last message on its stream
+
+    stream: int = field(default=0, kw_only=True)
+
+    def to_header(self) -> dict[str, Any]:
+        header: dict[str, Any] = {"t": self.TYPE}
+        for f in dataclasses.fields(self):
+            if f.name != "stream":
+                header[f.name] = getattr(self, f.name)
+        return header
+
+
+# --- connection messages (stream 0) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Client's first frame: the protocol versions it speaks."""
+
+    TYPE = "hello"
+    SENDERS = CLIENT
+    CONNECTION = True
+    versions: list[int]
+    software: str = ""
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """Server's answer to Hello: the explicit proof that authentication succeeded."""
+
+    TYPE = "welcome"
+    SENDERS = SERVER
+    CONNECTION = True
+    version: int
+    software: str = ""
+    server_name: str = ""
+    platform: str = ""
+    encoding: str = "utf-8"
+    client_fingerprint: str = ""
+    client_name: str = ""
+    permissions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """On stream 0: fatal, the sender closes the connection. On a stream: ends that stream."""
+
+    TYPE = "error"
+    FINAL = True
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    TYPE = "ping"
+    CONNECTION = True
+    token: int = 0
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE = "pong"
+    CONNECTION = True
+    token: int = 0
+
+
+# --- stream messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exec(Message):
+    """Open a stream that runs a command. ``shell``: ``argv`` is one string for the shell."""
+
+    TYPE = "exec"
+    SENDERS = CLIENT
+    OPENS = True
+    argv: list[str]
+    shell: bool = False
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    stdin: bool = True
+
+
+@dataclass(frozen=True)
+class Started(Message):
+    TYPE = "started"
+    SENDERS = SERVER
+    pid: int
+
+
+@dataclass(frozen=True)
+class Eof(Message):
+    """The sender will send no more DATA on ``channel`` of this stream."""
+
+    TYPE = "eof"
+    channel: int = 0
+
+
+@dataclass(frozen=True)
+class Credit(Message):
+    """Lets the peer send ``size`` more bytes of DATA on this stream (flow control)."""
+
+    TYPE = "credit"
+    size: int
+
+
+@dataclass(frozen=True)
+class Signal(Message):
+    """Deliver a signal (by name, e.g. ``INT``) to the stream's remote process group."""
+
+    TYPE = "signal"
+    SENDERS = CLIENT
+    name: str
+
+
+@dataclass(frozen=True)
+class Exit(Message):
+    """The command ended; ``signal`` is set when a signal killed it. Server's final message."""
+
+    TYPE = "exit"
+    SENDERS = SERVER
+    FINAL = True
+    status: int | None
+    signal: int | None = None
+    timed_out: bool = False
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class Close(Message):
+    """Client's final message on a stream: sent after the server's final one, or to abandon it."""
+
+    TYPE = "close"
+    SENDERS = CLIENT
+    FINAL = True
+
+
+REGISTRY: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Welcome, Error, Ping, Pong, Exec, Started, Eof, Credit, Signal, Exit, Close)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Raw bytes on a stream's channel (a DATA frame, not a JSON message)."""
+
+    stream: int
+    channel: int
+    data: bytes
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+_HINTS: dict[type[Message], dict[str, Any]] = {
+    cls: typing.get_type_hints(cls) for cls in REGISTRY.values()
+}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _matches(k, key) and _matches(v, item) for k, v in value.items()
+        )
+    raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not the peer
+
+
+def decode_message(header: dict[str, Any], stream: int) -> Message:
+    """Build the message a header describes, or raise RemoteProtocolError saying what is wrong."""
+    kind = header.get("t")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError('header has no string "t" (message type)')
+    cls = REGISTRY.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {kind[:40]!r}")
+    hints = _HINTS[cls]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "stream"}
+    values: dict[str, Any] = {}
+    for name, value in header.items():
+        if name == "t":
+            continue
+        if name not in fields:
+            continue  # unknown fields are ignored, so later versions can add optional ones
+        if not _matches(value, hints[name]):
+            raise RemoteProtocolError(f"{kind}: field {name!r} has the wrong type")
+        values[name] = value
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in values and no_default:
+            raise RemoteProtocolError(f"{kind}: missing field {name!r}")
+    return cls(stream=stream, **values)
