@@ -16,7 +16,7 @@
     │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
     │   └── HostChanged               the server's fingerprint differs from the pinned one
     ├── IdentityError                 our own key or certificate is missing or unreadable
-    └── RemoteError                   the server refused or failed one operation (connection lives on)
+    └── RemoteError                   one operation was refused or failed; the connection lives on
         ├── BadRequest                the request itself is wrong (empty command, bad argument)
         ├── PermissionDenied          this client may not do that
         ├── NotFound                  a file or directory named by the request does not exist

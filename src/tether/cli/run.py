@@ -43,7 +43,7 @@ class OutputSink:
     """Writes one remote channel to a local stream: raw bytes, or re-decoded text on a terminal."""
 
     def __init__(self, text: TextIO, encoding: str | None) -> None:
-        self.binary: BinaryIO = text.buffer  # type: ignore[attr-defined]
+        self.binary: BinaryIO = text.buffer
         self.text = text
         self.decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
 
@@ -101,13 +101,17 @@ async def _run(opts: RunOptions) -> int:
         return await _execute(conn, opts)
 
 
+def _forward_signal(loop: asyncio.AbstractEventLoop, proc: Process, name: str) -> None:
+    loop.create_task(proc.signal(name))
+
+
 async def _execute(conn: Connection, opts: RunOptions) -> int:
     cmd: str | list[str] = opts.command[0] if len(opts.command) == 1 else opts.command
     proc = await conn.start(cmd, cwd=opts.cwd, env=opts.env, timeout=opts.timeout,
                             stdin=opts.stdin)
     loop = asyncio.get_running_loop()
     for sig in FORWARDED_SIGNALS:
-        loop.add_signal_handler(sig, lambda s=sig: loop.create_task(proc.signal(s.name[3:])))
+        loop.add_signal_handler(sig, _forward_signal, loop, proc, sig.name[3:])
     if opts.stdin:
         threading.Thread(target=_stdin_pump, args=(loop, proc), daemon=True).start()
     server_enc = conn.server.encoding

@@ -290,10 +290,7 @@ class Connection:
     ) -> RunResult:
         """Run a command to completion and collect its output."""
         proc = await self.start(cmd, cwd=cwd, env=env, timeout=timeout, stdin=input is not None)
-        if input:
-            writer = asyncio.create_task(_feed(proc, input))
-        else:
-            writer = None
+        writer = asyncio.create_task(_feed(proc, input)) if input else None
         out: list[bytes] = []
         err: list[bytes] = []
         try:
@@ -427,7 +424,7 @@ async def _open(
     return Connection(framed, info)
 
 
-class connect:  # noqa: N801 - used like a function: `async with tether.connect(...)`
+class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``."""
 
     def __init__(

@@ -283,7 +283,7 @@ class Connection:
         return stream.send_credit
 
     def consumed(self, stream_id: int, size: int) -> bytes:
-        """Record that the application used ``size`` received bytes; returns a credit frame if due."""
+        """Record that the application used ``size`` received bytes; returns credit if due."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_final or self.state is not State.OPEN:
             return b""

@@ -83,18 +83,13 @@ class CommandRun:
             raise NotFound(f"no such directory: {self.req.cwd or cwd}")
         env = {**os.environ, **self.req.env}
         stdin = asyncio.subprocess.PIPE if self.req.stdin else asyncio.subprocess.DEVNULL
-        pipes = {"stdin": stdin, "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
+        argv = [login_shell(), "-c", self.req.argv[0]] if self.req.shell else self.req.argv
         self._started = time.monotonic()
         try:
-            if self.req.shell:
-                self.proc = await asyncio.create_subprocess_exec(
-                    login_shell(), "-c", self.req.argv[0],
-                    cwd=cwd, env=env, start_new_session=True, **pipes,
-                )
-            else:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *self.req.argv, cwd=cwd, env=env, start_new_session=True, **pipes
-                )
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, start_new_session=True, stdin=stdin,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
         except FileNotFoundError as exc:
             raise SpawnFailed(f"cannot start {self.req.argv[0]!r}: no such file") from exc
         except PermissionError as exc:
@@ -104,7 +99,7 @@ class CommandRun:
         self.conn.send(Started(pid=self.proc.pid, stream=self.stream))
 
     async def run(self) -> None:
-        """Pump output until the command ends, then send ``exit`` (unless the connection is gone)."""
+        """Pump output until the command ends, then send ``exit`` (unless the client is gone)."""
         proc = self.proc
         assert proc is not None and proc.stdout is not None and proc.stderr is not None
         tasks = [
@@ -187,7 +182,7 @@ class CommandRun:
             raise BadRequest(f"signal {name[:20]!r} is not one tether forwards")
         self._kill_group(signal.Signals[f"SIG{name}"])
 
-    def _kill_group(self, sig: signal.Signals) -> None:
+    def _kill_group(self, sig: int) -> None:
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -200,10 +195,8 @@ class CommandRun:
             return
         self._kill_group(signal.SIGTERM)
         self._kill_group(signal.SIGCONT)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(proc.wait()), self.policy.kill_grace)
-        except TimeoutError:
-            pass
         self._kill_group(signal.SIGKILL)
 
     def abandon(self) -> None:

@@ -102,10 +102,9 @@ class Server:
     async def start(self) -> None:
         ctx: ssl.SSLContext | None = None
         if not self.config.plaintext:
-            ctx = self._tls_context()
-            front = server_context(self.identity, ())  # type: ignore[arg-type]
-            front.sni_callback = self._on_client_hello  # type: ignore[assignment]
-            ctx = front
+            assert self.identity is not None
+            ctx = server_context(self.identity, ())
+            ctx.sni_callback = self._on_client_hello
         self._server = await asyncio.start_server(
             self._on_connection,
             self.config.host,

@@ -14,7 +14,7 @@ import platform
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tether import __version__
 from tether.errors import (
@@ -214,7 +214,7 @@ class Session:
     async def _on_ping(self, msg: Ping) -> None:
         self.conn.send(Pong(token=msg.token))
 
-    HANDLERS: dict[type[Any], Callable[[Session, Any], Awaitable[None]]] = {
+    HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]] = {
         Exec: _on_exec,
         Data: _on_data,
         Eof: _on_eof,
