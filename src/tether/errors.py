@@ -20,6 +20,12 @@
         ├── BadRequest                the request itself is wrong (empty command, bad argument)
         ├── PermissionDenied          this client may not do that
         ├── NotFound                  a file or directory named by the request does not exist
+        ├── AlreadyExists             the destination exists (use force or rename)
+        ├── NoSpace                   the disk filled up (the partial is kept for resume)
+        ├── IntegrityError            the bytes received do not hash to the bytes sent
+        ├── SourceChanged             the source grew or shrank while it was being sent
+        ├── Busy                      another transfer is writing the same destination
+        ├── UnsafePath                a path tried to leave where it may go
         └── SpawnFailed               the command could not be started
 
 Wire error codes (docs/PROTOCOL.md, "Errors") map to classes through :data:`WIRE_CODES`, so a
@@ -108,6 +114,30 @@ class SpawnFailed(RemoteError):
     code = "spawn_failed"
 
 
+class AlreadyExists(RemoteError):
+    code = "exists"
+
+
+class NoSpace(RemoteError):
+    code = "no_space"
+
+
+class IntegrityError(RemoteError):
+    code = "integrity"
+
+
+class SourceChanged(RemoteError):
+    code = "changed"
+
+
+class Busy(RemoteError):
+    code = "busy"
+
+
+class UnsafePath(RemoteError):
+    code = "unsafe_path"
+
+
 WIRE_CODES: dict[str, type[TetherError]] = {
     cls.code: cls
     for cls in (
@@ -120,6 +150,12 @@ WIRE_CODES: dict[str, type[TetherError]] = {
         PermissionDenied,
         NotFound,
         SpawnFailed,
+        AlreadyExists,
+        NoSpace,
+        IntegrityError,
+        SourceChanged,
+        Busy,
+        UnsafePath,
     )
 }
 WIRE_CODES["protocol"] = RemoteProtocolError

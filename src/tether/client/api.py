@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether import __version__
 from tether.errors import (
@@ -46,6 +46,9 @@ from tether.identity import (
     lookup_known_host,
 )
 from tether.net.framed import FramedConnection, translated
+
+if TYPE_CHECKING:
+    from tether.client.transfer import Progress, TransferResult
 from tether.protocol import (
     PROTOCOL_VERSIONS,
     Close,
@@ -118,53 +121,90 @@ class ServerInfo:
     permissions: list[str] = field(default_factory=list)
 
 
-class Process:
+class StreamHandle:
+    """One stream's events, in order; DATA is acknowledged (credit granted) as it is taken."""
+
+    def __init__(self, conn: Connection, stream: int) -> None:
+        self._conn = conn
+        self.stream = stream
+        self._queue: asyncio.Queue[Message | Data | TetherError] = asyncio.Queue()
+        self.ended = False
+        self.failure: TetherError | None = None
+
+    def _deliver(self, event: Message | Data | TetherError) -> None:
+        if isinstance(event, TetherError):
+            self.failure = event
+        elif isinstance(event, Error):
+            self.failure = from_wire(event.code, event.message)
+        self._queue.put_nowait(event)
+
+    async def next(self) -> Message | Data:
+        """The next event; a stream error or a lost connection is raised."""
+        event = await self._queue.get()
+        if isinstance(event, TetherError):
+            self.ended = True
+            raise event
+        if isinstance(event, Data):
+            self._conn._framed.consumed(self.stream, len(event.data))
+        elif event.FINAL:
+            self.ended = True
+            self._conn._end_stream(self.stream)
+            if isinstance(event, Error):
+                raise from_wire(event.code, event.message)
+        return event
+
+    def send(self, msg: Message) -> None:
+        self._conn._framed.send(msg)
+
+    async def send_data(self, data: bytes | memoryview) -> None:
+        """Send DATA; if the server ended the stream meanwhile, raise the error it gave."""
+        if self.failure is not None:
+            raise self.failure
+        try:
+            await self._conn._framed.send_data(self.stream, 0, data)
+        except ConnectionClosed:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
+
+    def abandon(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._conn._end_stream(self.stream)
+
+
+class Process(StreamHandle):
     """A running remote command: write stdin, iterate ``(channel, bytes)``, then :meth:`wait`."""
 
     def __init__(self, conn: Connection, stream: int, argv: list[str]) -> None:
-        self._conn = conn
-        self.stream = stream
+        super().__init__(conn, stream)
         self.argv = argv
         self.pid: int | None = None
-        self._queue: asyncio.Queue[Message | Data | TetherError] = asyncio.Queue()
         self._exit: _ExitInfo | None = None
         self._error: TetherError | None = None
-        self._done = asyncio.Event()
         self._closed_stdin = False
-
-    # events from the connection's reader
-    def _deliver(self, event: Message | Data | TetherError) -> None:
-        if isinstance(event, Started):
-            self.pid = event.pid
-            return
-        self._queue.put_nowait(event)
 
     def __aiter__(self) -> AsyncIterator[tuple[int, bytes]]:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[tuple[int, bytes]]:
         """Output as it arrives: ``(1, bytes)`` for stdout, ``(2, bytes)`` for stderr."""
-        while not self._done.is_set():
-            event = await self._queue.get()
+        while not self.ended:
+            try:
+                event = await self.next()
+            except TetherError as exc:
+                self._error = exc
+                return
             if isinstance(event, Data):
-                self._conn._framed.consumed(self.stream, len(event.data))
                 yield event.channel, event.data
-            else:
-                self._finish(event)
-
-    def _finish(self, event: Message | Data | TetherError) -> None:
-        if isinstance(event, Exit):
-            self._exit = _exit_info(event)
-        elif isinstance(event, Error):
-            self._error = from_wire(event.code, event.message)
-        elif isinstance(event, TetherError):
-            self._error = event
-        self._done.set()
-        self._conn._end_stream(self.stream)
+            elif isinstance(event, Started):
+                self.pid = event.pid
+            elif isinstance(event, Exit):
+                self._exit = _exit_info(event)
 
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin (waits for flow-control credit)."""
-        await self._conn._framed.send_data(self.stream, 0, data)
+        await self.send_data(data)
 
     async def close_stdin(self) -> None:
         if not self._closed_stdin:
@@ -192,8 +232,7 @@ class Process:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if not self._done.is_set():
-            self._conn._abandon(self.stream)
+        self.abandon()
 
 
 class Connection:
@@ -202,7 +241,7 @@ class Connection:
     def __init__(self, framed: FramedConnection, info: ServerInfo) -> None:
         self._framed = framed
         self.server = info
-        self._procs: dict[int, Process] = {}
+        self._procs: dict[int, StreamHandle] = {}
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
 
@@ -238,9 +277,18 @@ class Connection:
             with contextlib.suppress(TetherError):
                 self._framed.send(Close(stream=stream))
 
-    def _abandon(self, stream: int) -> None:
-        """Give up on a stream early: the server kills its process group."""
-        self._end_stream(stream)
+    def _open(self, handle: StreamHandle, msg: Message) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._procs[handle.stream] = handle
+        self._framed.send(msg)
+
+    def open_stream(self, opener: type[Message], **fields: Any) -> StreamHandle:
+        """Open a stream with an ``opener`` message built from ``fields`` (used by transfers)."""
+        stream = self._framed.proto.next_stream_id()
+        handle = StreamHandle(self, stream)
+        self._open(handle, opener(stream=stream, **fields))
+        return handle
 
     # --- public --------------------------------------------------------------------------------
 
@@ -254,13 +302,11 @@ class Connection:
         stdin: bool = True,
     ) -> Process:
         """Start a command: a string runs through the server's shell, a sequence as an argv."""
-        if self._failure is not None:
-            raise self._failure
         argv = [cmd] if isinstance(cmd, str) else list(cmd)
         stream = self._framed.proto.next_stream_id()
         proc = Process(self, stream, argv)
-        self._procs[stream] = proc
-        self._framed.send(
+        self._open(
+            proc,
             Exec(
                 argv=argv,
                 shell=isinstance(cmd, str),
@@ -309,6 +355,46 @@ class Connection:
 
             raise RemoteError(f"command exited with status {result.status}")
         return result
+
+    async def put(
+        self,
+        local: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        remote: str,
+        *,
+        recursive: bool = False,
+        force: bool = False,
+        rename: bool = False,
+        resume: bool = True,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic."""
+        from tether.client import transfer
+
+        sources = [local] if isinstance(local, str | os.PathLike) else list(local)
+        return await transfer.put(
+            self, [Path(s) for s in sources], remote, recursive=recursive,
+            opts=transfer.Options(force, rename, resume, progress or transfer._NoProgress()),
+        )
+
+    async def get(
+        self,
+        remote: str | Sequence[str],
+        local: str | os.PathLike[str],
+        *,
+        recursive: bool = False,
+        force: bool = False,
+        rename: bool = False,
+        resume: bool = True,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Download files (trees with ``recursive``) into ``local``, verified and atomic."""
+        from tether.client import transfer
+
+        remotes = [remote] if isinstance(remote, str) else list(remote)
+        return await transfer.get(
+            self, remotes, Path(local), recursive=recursive,
+            opts=transfer.Options(force, rename, resume, progress or transfer._NoProgress()),
+        )
 
     async def close(self) -> None:
         self._reader.cancel()

@@ -67,6 +67,14 @@ class SyncConnection:
             self._conn.run(cmd, input=input, cwd=cwd, env=env, timeout=timeout, check=check)
         )
 
+    def put(self, local: Any, remote: str, **kwargs: Any) -> Any:
+        """Upload; see :meth:`Connection.put`."""
+        return self._call(self._conn.put(local, remote, **kwargs))
+
+    def get(self, remote: Any, local: Any, **kwargs: Any) -> Any:
+        """Download; see :meth:`Connection.get`."""
+        return self._call(self._conn.get(remote, local, **kwargs))
+
     def close(self) -> None:
         if self._loop.is_running():
             self._call(self._conn.close())

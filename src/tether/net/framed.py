@@ -133,10 +133,11 @@ class FramedConnection:
         """Send ``data`` as DATA frames, waiting for credit; raises if the stream ends first."""
         view = memoryview(data)
         while view:
+            if not self.proto.can_send(stream):
+                self._check_usable()
+                raise ConnectionClosed(f"stream {stream} ended")
             window = self.proto.send_window(stream)
             if window == 0:
-                if not self.proto.is_open(stream):
-                    raise ConnectionClosed(f"stream {stream} ended")
                 await self._wait_credit(stream)
                 continue
             size = min(window, MAX_BODY, len(view))

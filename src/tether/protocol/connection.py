@@ -303,6 +303,11 @@ class Connection:
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
+    def can_send(self, stream_id: int) -> bool:
+        """True while neither side has ended the stream (data sent now would be used)."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and not stream.local_final and not stream.remote_final
+
     @property
     def open_streams(self) -> int:
         return len(self._streams)

@@ -176,9 +176,131 @@ class Close(Message):
     FINAL = True
 
 
+# --- transfer messages (docs/PROTOCOL.md, "Transfers") ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Put(Message):
+    """Open a stream that stores one entry at ``path`` (``path``/``name`` if it is a directory).
+
+    ``kind`` is ``file``, ``dir`` or ``symlink`` (with ``target``). With ``resume`` the server
+    answers ``ready`` and waits for ``begin``; without it the client streams at once.
+    """
+
+    TYPE = "put"
+    SENDERS = CLIENT
+    OPENS = True
+    path: str
+    name: str = ""
+    kind: str = "file"
+    size: int = 0
+    mode: int = 0o644
+    mtime_ns: int = 0
+    target: str | None = None
+    force: bool = False
+    rename: bool = False
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """The server kept ``offset`` bytes of an earlier partial, whose hash is ``prefix_hash``."""
+
+    TYPE = "ready"
+    SENDERS = SERVER
+    offset: int
+    prefix_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Begin(Message):
+    """The client will send data from ``offset`` (0: the partial is discarded)."""
+
+    TYPE = "begin"
+    SENDERS = CLIENT
+    offset: int
+
+
+@dataclass(frozen=True)
+class Commit(Message):
+    """All data is sent; the whole file hashes to ``hash`` and is ``size`` bytes long."""
+
+    TYPE = "commit"
+    SENDERS = CLIENT
+    size: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Get(Message):
+    """Open a stream that reads the file at ``path``; resume after the client's ``offset``
+    bytes if they hash to ``prefix_hash``."""
+
+    TYPE = "get"
+    SENDERS = CLIENT
+    OPENS = True
+    path: str
+    offset: int = 0
+    prefix_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Meta(Message):
+    """The file a get will send: its size and metadata, and the offset data starts at."""
+
+    TYPE = "meta"
+    SENDERS = SERVER
+    size: int
+    mode: int
+    mtime_ns: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class List(Message):
+    """Open a stream that lists the tree at ``path`` as ``entry`` messages, then ``done``."""
+
+    TYPE = "list"
+    SENDERS = CLIENT
+    OPENS = True
+    path: str
+
+
+@dataclass(frozen=True)
+class Entry(Message):
+    """One entry of a listing; ``parts`` is its path below the listed root, by component."""
+
+    TYPE = "entry"
+    SENDERS = SERVER
+    parts: list[str]
+    kind: str
+    size: int = 0
+    mode: int = 0o644
+    mtime_ns: int = 0
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Done(Message):
+    """The server's final message for a transfer or listing."""
+
+    TYPE = "done"
+    SENDERS = SERVER
+    FINAL = True
+    path: str = ""
+    size: int = 0
+    hash: str = ""
+    resumed_from: int = 0
+    count: int = 0
+
+
 REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Error, Ping, Pong, Exec, Started, Eof, Credit, Signal, Exit, Close)
+    for cls in (
+        Hello, Welcome, Error, Ping, Pong,
+        Exec, Started, Eof, Credit, Signal, Exit, Close,
+        Put, Ready, Begin, Commit, Get, Meta, List, Entry, Done,
+    )
 }
 
 

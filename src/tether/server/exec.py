@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tether.errors import BadRequest, NotFound, SpawnFailed, TetherError
 from tether.net.framed import FramedConnection
-from tether.protocol import Exec, Exit, Started
+from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
 
 log = logging.getLogger("tether.server")
 
@@ -145,7 +145,16 @@ class CommandRun:
 
     # --- stdin ---------------------------------------------------------------------------------
 
-    def feed_stdin(self, data: bytes) -> None:
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, Eof):
+            self.close_stdin()
+        elif isinstance(msg, Signal):
+            self.signal(msg.name)
+        else:
+            raise BadRequest(f"unexpected {msg.TYPE!r} for a command")
+
+    def feed(self, data: bytes) -> None:
+        """stdin from the client; credit is granted as the command consumes it."""
         if self.proc is None or self.proc.stdin is None or self._stdin_eof:
             self.conn.consumed(self.stream, len(data))
             return

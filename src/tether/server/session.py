@@ -14,7 +14,7 @@ import platform
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from tether import __version__
 from tether.errors import (
@@ -32,20 +32,27 @@ from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
 from tether.net.framed import FramedConnection
 from tether.protocol import (
     PROTOCOL_VERSIONS,
+    Begin,
     Close,
+    Commit,
     Data,
     Eof,
     Error,
     Exec,
+    Get,
     Hello,
+    List,
     Message,
     Ping,
     Pong,
+    Put,
     Role,
     Signal,
     Welcome,
 )
 from tether.server.exec import CommandRun, ExecPolicy
+from tether.server.files import FileArea
+from tether.server.transfer import PutTransfer, send_file, send_listing
 
 if TYPE_CHECKING:
     from tether.server.listener import Server
@@ -63,6 +70,7 @@ class Peer:
     name: str
     root: Path
     permissions: frozenset[str]
+    confined: bool = False
 
 
 class Session:
@@ -72,7 +80,7 @@ class Session:
         self.server = server
         self.conn = FramedConnection(reader, writer, Role.SERVER)
         self.peer: Peer | None = None
-        self.runs: dict[int, CommandRun] = {}
+        self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
@@ -116,7 +124,7 @@ class Session:
         if client is None:
             raise NotAuthorized(f"client identity {fp} is not authorized")
         root = Path(client.root) if client.root else config.root
-        return Peer(fp, client.name, root, client.permissions)
+        return Peer(fp, client.name, root, client.permissions, confined=client.root is not None)
 
     async def _handshake(self) -> None:
         assert self.peer is not None
@@ -151,60 +159,104 @@ class Session:
                 raise RemoteProtocolError(f"a client may not send {type(event).__name__}")
             await handler(self, event)
 
-    # --- handlers ------------------------------------------------------------------------------
+    # --- opening streams -----------------------------------------------------------------------
+
+    def _check_open(self, permission: str) -> Peer:
+        assert self.peer is not None
+        if permission not in self.peer.permissions:
+            raise PermissionDenied(f"this client may not {_VERBS[permission]}")
+        if len(self.streams) >= MAX_STREAMS:
+            raise BadRequest(f"too many operations at once (limit {MAX_STREAMS})")
+        return self.peer
+
+    def _area(self, peer: Peer) -> FileArea:
+        return FileArea(peer.root, peer.confined)
 
     async def _on_exec(self, msg: Exec) -> None:
-        assert self.peer is not None
         try:
-            if "exec" not in self.peer.permissions:
-                raise PermissionDenied("this client may not run commands")
-            if len(self.runs) >= MAX_STREAMS:
-                raise BadRequest(f"too many commands at once (limit {MAX_STREAMS})")
-            run = CommandRun(self.conn, msg.stream, msg, ExecPolicy(self.peer.root,
-                                                                     self.server.config.kill_grace))
+            peer = self._check_open("exec")
+            run = CommandRun(self.conn, msg.stream, msg,
+                             ExecPolicy(peer.root, self.server.config.kill_grace))
             await run.start()
         except RemoteError as exc:
             self._end_stream(msg.stream, exc)
             return
-        self.runs[msg.stream] = run
-        log.info("exec %s stream %d pid %s: %r", self.peer.name, msg.stream,
+        self.streams[msg.stream] = run
+        log.info("exec %s stream %d pid %s: %r", peer.name, msg.stream,
                  run.proc.pid if run.proc else "?", msg.argv)
-        self._spawn(self._run(run))
+        self._spawn(self._until_done(msg.stream, run.run()))
 
-    async def _run(self, run: CommandRun) -> None:
+    async def _on_put(self, msg: Put) -> None:
         try:
-            await run.run()
+            put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")))
+            await put.start()
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc)
+            return
+        if put.partial is not None:
+            self.streams[msg.stream] = put
+
+    async def _on_get(self, msg: Get) -> None:
+        self._start_task(msg.stream, "get", lambda area: send_file(self.conn, msg.stream, msg,
+                                                                   area))
+
+    async def _on_list(self, msg: List) -> None:
+        self._start_task(msg.stream, "get", lambda area: send_listing(self.conn, msg.stream, msg,
+                                                                      area))
+
+    def _start_task(self, stream: int, permission: str,
+                    body: Callable[[FileArea], Awaitable[None]]) -> None:
+        try:
+            area = self._area(self._check_open(permission))
+        except RemoteError as exc:
+            self._end_stream(stream, exc)
+            return
+        handler = _TaskStream()
+        self.streams[stream] = handler
+        handler.task = self._spawn(self._until_done(stream, body(area)))
+
+    async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
+        try:
+            await body
+        except RemoteError as exc:
+            self._end_stream(stream, exc)
+        except TetherError:
+            pass  # the connection is gone; the session's own loop reports it
         finally:
-            self.runs.pop(run.stream, None)
+            self.streams.pop(stream, None)
 
     def _end_stream(self, stream: int, exc: TetherError) -> None:
+        handler = self.streams.pop(stream, None)
+        if handler is not None:
+            handler.abandon()
         with contextlib.suppress(TetherError):
             self.conn.send(Error(code=exc.code, message=str(exc), stream=stream))
 
+    # --- events on open streams ----------------------------------------------------------------
+
     async def _on_data(self, data: Data) -> None:
-        run = self.runs.get(data.stream)
-        if run is None:
+        handler = self.streams.get(data.stream)
+        if handler is None:
             self.conn.consumed(data.stream, len(data.data))
             return
-        run.feed_stdin(data.data)
+        try:
+            handler.feed(data.data)
+        except RemoteError as exc:
+            self._end_stream(data.stream, exc)
 
-    async def _on_eof(self, msg: Eof) -> None:
-        run = self.runs.get(msg.stream)
-        if run is not None:
-            run.close_stdin()
-
-    async def _on_signal(self, msg: Signal) -> None:
-        run = self.runs.get(msg.stream)
-        if run is not None:
-            try:
-                run.signal(msg.name)
-            except BadRequest as exc:
-                log.warning("ignored signal from %s: %s", self.conn.peer_address, exc)
+    async def _on_stream_message(self, msg: Message) -> None:
+        handler = self.streams.get(msg.stream)
+        if handler is None:
+            return  # its operation already ended; the message was in flight
+        try:
+            handler.handle(msg)
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc)
 
     async def _on_close(self, msg: Close) -> None:
-        run = self.runs.get(msg.stream)
-        if run is not None:
-            run.abandon()
+        handler = self.streams.pop(msg.stream, None)
+        if handler is not None:
+            handler.abandon()
 
     async def _on_error(self, msg: Error) -> None:
         if msg.stream == 0:
@@ -216,9 +268,14 @@ class Session:
 
     HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]] = {
         Exec: _on_exec,
+        Put: _on_put,
+        Get: _on_get,
+        List: _on_list,
         Data: _on_data,
-        Eof: _on_eof,
-        Signal: _on_signal,
+        Eof: _on_stream_message,
+        Signal: _on_stream_message,
+        Begin: _on_stream_message,
+        Commit: _on_stream_message,
         Close: _on_close,
         Error: _on_error,
         Ping: _on_ping,
@@ -226,14 +283,43 @@ class Session:
 
     # --- lifetime ------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def _abandon_all(self) -> None:
-        for run in list(self.runs.values()):
-            run.abandon()
+        for handler in list(self.streams.values()):
+            handler.abandon()
+        self.streams.clear()
 
 
-__all__ = ["Message", "Peer", "Session"]
+class StreamHandler(Protocol):
+    """What the session needs of an open operation."""
+
+    def feed(self, data: bytes) -> None: ...
+    def handle(self, msg: Message) -> None: ...
+    def abandon(self) -> None: ...
+
+
+class _TaskStream:
+    """A server-driven operation (get, list): the client only ever ends it early."""
+
+    task: asyncio.Task[None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        raise BadRequest("unexpected data on a download")
+
+    def handle(self, msg: Message) -> None:
+        raise BadRequest(f"unexpected {msg.TYPE!r} on a download")
+
+    def abandon(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+_VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
+          "get": "download files"}
+
+

@@ -1,0 +1,459 @@
+"""put and get over a :class:`~tether.client.api.Connection`: files, trees, resume, verification.
+
+The client writes only under the local path its user named: names for single files come from the
+user's own arguments, and every entry a server lists for a recursive get is checked component by
+component (no '', '.', '..', '/', '\\' or NUL) and created with directory-fd-relative,
+no-follow opens, so a hostile server can neither choose a name nor lead a write out through a
+symlink (the CVE-2019-6111 / CVE-2018-20685 class).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import posixpath
+import stat
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from tether.errors import (
+    AlreadyExists,
+    BadRequest,
+    NotFound,
+    RemoteProtocolError,
+    SourceChanged,
+    UnsafePath,
+)
+from tether.partial import CHUNK, PartialFile, check_name, destination_exists, digest, new_hasher
+from tether.protocol import Begin, Commit, Data, Done, Entry, Get, List, Meta, Put, Ready
+
+if TYPE_CHECKING:
+    from tether.client.api import Connection, StreamHandle
+
+RESUME_MIN = 1024 * 1024  # smaller files are simply sent again: no round trip to ask
+IN_FLIGHT = 32  # transfers open at once during a tree transfer
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class Progress(Protocol):
+    """What a transfer reports as it goes (the CLI draws it; the API passes it through)."""
+
+    def total(self, files: int, size: int) -> None: ...
+    def file_started(self, name: str, size: int, offset: int) -> None: ...
+    def advanced(self, name: str, size: int) -> None: ...
+    def file_done(self, name: str) -> None: ...
+
+
+class _NoProgress:
+    def total(self, files: int, size: int) -> None:
+        pass
+
+    def file_started(self, name: str, size: int, offset: int) -> None:
+        pass
+
+    def advanced(self, name: str, size: int) -> None:
+        pass
+
+    def file_done(self, name: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    kind: str
+    size: int = 0
+    hash: str = ""
+    resumed_from: int = 0
+
+
+@dataclass
+class TransferResult:
+    """What a put or get did: every entry, the bytes moved, and how long it took."""
+
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size - f.resumed_from for f in self.files)
+
+    @property
+    def resumed(self) -> list[FileResult]:
+        return [f for f in self.files if f.resumed_from]
+
+
+@dataclass(frozen=True)
+class Options:
+    force: bool = False
+    rename: bool = False
+    resume: bool = True
+    progress: Progress = field(default_factory=_NoProgress)
+
+
+def _hash_prefix(fh: object, size: int) -> object:
+    hasher, pos = new_hasher(), 0
+    while pos < size:
+        chunk = fh.read(min(CHUNK, size - pos))  # type: ignore[attr-defined]
+        if not chunk:
+            break
+        hasher.update(chunk)
+        pos += len(chunk)
+    return hasher
+
+
+async def _expect(handle: StreamHandle, kind: type) -> object:
+    event = await handle.next()
+    if not isinstance(event, kind):
+        raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
+    return event
+
+
+# --- put ----------------------------------------------------------------------------------------
+
+
+async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: bool,
+              opts: Options) -> TransferResult:
+    started = time.monotonic()
+    result = TransferResult()
+    if len(sources) > 1 and not remote.endswith("/"):
+        remote += "/"  # several sources: the destination must be a directory
+    plans = [_plan_source(src, recursive) for src in sources]
+    opts.progress.total(sum(p[0] for p in plans), sum(p[1] for p in plans))
+    for src in sources:
+        if src.is_dir():
+            await _put_tree(conn, src, remote, opts, result)
+        else:
+            result.files.append(await _put_file(conn, _open_put(conn, src, remote, src.name,
+                                                                opts), src, opts))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _plan_source(src: Path, recursive: bool) -> tuple[int, int]:
+    """(files, bytes) a source will send; refuses a directory without -r."""
+    try:
+        st = src.stat()
+    except OSError as exc:
+        raise NotFound(f"{src}: {exc.strerror}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        if not recursive:
+            raise BadRequest(f"{src} is a directory (use -r)")
+        files = size = 0
+        for dirpath, _dirs, names in os.walk(src):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    lst = os.lstat(os.path.join(dirpath, name))
+                    if stat.S_ISREG(lst.st_mode):
+                        files, size = files + 1, size + lst.st_size
+        return files, size
+    if not stat.S_ISREG(st.st_mode):
+        raise BadRequest(f"{src} is not a regular file")
+    return 1, st.st_size
+
+
+def _open_put(conn: Connection, src: Path, path: str, name: str,
+              opts: Options) -> tuple[StreamHandle, os.stat_result, bool]:
+    st = src.stat()
+    resume = opts.resume and st.st_size >= RESUME_MIN
+    handle = conn.open_stream(
+        Put, path=path, name=name, kind="file", size=st.st_size, mode=st.st_mode & 0o7777,
+        mtime_ns=st.st_mtime_ns, force=opts.force, rename=opts.rename, resume=resume,
+    )
+    return handle, st, resume
+
+
+async def _put_file(conn: Connection, opened: tuple[StreamHandle, os.stat_result, bool],
+                    src: Path, opts: Options) -> FileResult:
+    handle, st, resume = opened
+    size = st.st_size
+    try:
+        with src.open("rb") as fh:
+            hasher, start = new_hasher(), 0
+            if resume:
+                ready = await _expect(handle, Ready)
+                assert isinstance(ready, Ready)
+                if 0 < ready.offset <= size:
+                    prefix = _hash_prefix(fh, ready.offset)
+                    if digest(prefix.copy()) == ready.prefix_hash:  # type: ignore[attr-defined]
+                        hasher, start = prefix, ready.offset
+                handle.send(Begin(offset=start, stream=handle.stream))
+                fh.seek(start)
+            opts.progress.file_started(src.name, size, start)
+            pos = start
+            while pos < size:
+                chunk = fh.read(min(CHUNK, size - pos))
+                if not chunk:
+                    raise SourceChanged(f"{src} shrank while it was being sent")
+                hasher.update(chunk)
+                await handle.send_data(chunk)
+                pos += len(chunk)
+                opts.progress.advanced(src.name, len(chunk))
+            if fh.read(1):
+                raise SourceChanged(f"{src} grew while it was being sent")
+        handle.send(Commit(size=size, hash=digest(hasher), stream=handle.stream))
+        done = await _expect(handle, Done)
+    except BaseException:
+        handle.abandon()
+        raise
+    assert isinstance(done, Done)
+    opts.progress.file_done(src.name)
+    return FileResult(done.path, "file", done.size, done.hash, done.resumed_from)
+
+
+async def _put_entry(handle: StreamHandle, kind: str) -> FileResult:
+    done = await _expect(handle, Done)
+    assert isinstance(done, Done)
+    return FileResult(done.path, kind)
+
+
+async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
+                    result: TransferResult) -> None:
+    """The tree's root first (to learn where it lands), then every entry pipelined in order."""
+    root = conn.open_stream(Put, path=remote, name=src.name, kind="dir",
+                            mode=src.stat().st_mode & 0o7777)
+    top = await _put_entry(root, "dir")
+    result.files.append(top)
+    base = top.path.rstrip("/")
+    limit = asyncio.Semaphore(IN_FLIGHT)
+    tasks: list[asyncio.Task[FileResult]] = []
+
+    def spawn(work: Awaitable[FileResult]) -> None:
+        async def run() -> FileResult:
+            try:
+                return await work
+            finally:
+                limit.release()
+        tasks.append(asyncio.create_task(run()))
+
+    try:
+        for dirpath, dirs, names in os.walk(src):
+            dirs.sort()
+            rel = os.path.relpath(dirpath, src)
+            where = base + "/" + ("" if rel == "." else rel.replace(os.sep, "/") + "/")
+            for name in sorted(dirs) + sorted(names):
+                path = os.path.join(dirpath, name)
+                lst = os.lstat(path)
+                await limit.acquire()  # streams open in walk order: parents before children
+                if stat.S_ISLNK(lst.st_mode):
+                    target = os.readlink(path)
+                    spawn(_put_entry(conn.open_stream(
+                        Put, path=where, name=name, kind="symlink", target=target,
+                        force=opts.force), "symlink"))
+                elif stat.S_ISDIR(lst.st_mode):
+                    spawn(_put_entry(conn.open_stream(
+                        Put, path=where, name=name, kind="dir", mode=lst.st_mode & 0o7777),
+                        "dir"))
+                elif stat.S_ISREG(lst.st_mode):
+                    spawn(_put_file(conn, _open_put(conn, Path(path), where, name, opts),
+                                    Path(path), opts))
+                else:
+                    limit.release()  # devices, FIFOs, sockets: not sent
+        result.files.extend(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+# --- get ----------------------------------------------------------------------------------------
+
+
+def _local_target(local: Path, remote: str) -> tuple[Path, str]:
+    """(directory, name) a get of ``remote`` into ``local`` writes, from the user's own words."""
+    name = posixpath.basename(remote.rstrip("/"))
+    if local.is_dir():
+        try:
+            return local, check_name(name)
+        except UnsafePath as exc:
+            raise BadRequest(f"cannot name a local file after {remote!r}") from exc
+    return local.parent, check_name(local.name)
+
+
+async def get(conn: Connection, remotes: list[str], local: Path, *, recursive: bool,
+              opts: Options) -> TransferResult:
+    started = time.monotonic()
+    result = TransferResult()
+    if len(remotes) > 1 and not local.is_dir():
+        raise NotFound(f"{local} is not a directory (several sources need one)")
+    for remote in remotes:
+        if recursive:
+            await _get_tree(conn, remote, local, opts, result)
+        else:
+            directory, name = _local_target(local, remote)
+            dir_fd = _open_local_dir(directory)
+            try:
+                opts.progress.total(1, 0)
+                result.files.append(await _get_file(conn, remote, dir_fd, name,
+                                                    str(directory / name), opts))
+            finally:
+                os.close(dir_fd)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _open_local_dir(directory: Path) -> int:
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotFound(f"{directory}: {exc.strerror}") from exc
+
+
+async def _get_file(conn: Connection, remote: str, dir_fd: int, name: str, shown: str,
+                    opts: Options, size_hint: int = -1) -> FileResult:
+    if not (opts.force or opts.rename) and destination_exists(dir_fd, name):
+        raise AlreadyExists(f"{shown} exists (use --force to replace it or --rename)")
+    partial = PartialFile(dir_fd, name, resume=opts.resume)
+    try:
+        handle = conn.open_stream(Get, path=remote, offset=partial.offset,
+                                  prefix_hash=partial.prefix_hash)
+        try:
+            meta = await _expect(handle, Meta)
+            assert isinstance(meta, Meta)
+            if meta.offset == 0 and partial.offset:
+                partial.restart()
+            elif meta.offset != partial.offset:
+                raise RemoteProtocolError(f"server resumed at {meta.offset}, not {partial.offset}")
+            opts.progress.file_started(name, meta.size, meta.offset)
+            while True:
+                event = await handle.next()
+                if isinstance(event, Done):
+                    break
+                if not isinstance(event, Data):
+                    raise RemoteProtocolError(f"unexpected {type(event).__name__} in a get")
+                if partial.written + len(event.data) > meta.size:
+                    raise SourceChanged(f"{remote} sent more than its {meta.size} bytes")
+                partial.write(event.data)
+                opts.progress.advanced(name, len(event.data))
+        except BaseException:
+            handle.abandon()
+            raise
+        if partial.written != meta.size:
+            raise SourceChanged(f"{remote}: {partial.written} of {meta.size} bytes arrived")
+        resumed = partial.offset
+        final = partial.commit(event.hash, meta.mode & 0o777, meta.mtime_ns, force=opts.force,
+                               rename=opts.rename)
+    finally:
+        partial.close()
+    opts.progress.file_done(name)
+    return FileResult(str(Path(shown).with_name(final)), "file", meta.size, event.hash, resumed)
+
+
+def _check_parts(parts: list[str]) -> list[str]:
+    """A server-listed path below the requested root: every component one harmless name."""
+    for part in parts:
+        try:
+            check_name(part)
+        except UnsafePath as exc:
+            raise UnsafePath(f"the server listed an unsafe name {part!r}; nothing written") from exc
+    return parts
+
+
+def _check_link(parts: list[str], target: str) -> None:
+    joined = posixpath.normpath(posixpath.join(*parts[:-1], target) if parts[:-1] else target)
+    if target.startswith("/") or "\0" in target or joined == ".." or joined.startswith("../"):
+        raise UnsafePath(f"the server listed a symlink {'/'.join(parts)} -> {target!r} that "
+                         f"leaves the tree; nothing written")
+
+
+def _walk_local(root_fd: int, parts: list[str]) -> int:
+    """A directory fd for ``parts`` below ``root_fd``, never following a symlink."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as exc:
+        os.close(fd)
+        raise UnsafePath(f"cannot enter {'/'.join(parts)}: {exc.strerror}") from exc
+    return fd
+
+
+async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
+                    result: TransferResult) -> None:
+    listing = conn.open_stream(List, path=remote)
+    entries: list[Entry] = []
+    while True:
+        event = await listing.next()
+        if isinstance(event, Done):
+            break
+        if not isinstance(event, Entry):
+            raise RemoteProtocolError(f"unexpected {type(event).__name__} in a listing")
+        entries.append(event)
+    for entry in entries:  # check everything before writing anything
+        _check_parts(entry.parts)
+        if entry.kind == "symlink":
+            _check_link(entry.parts, entry.target or "")
+    if entries and not entries[0].parts and entries[0].kind == "file":
+        directory, name = _local_target(local, remote)
+        dir_fd = _open_local_dir(directory)
+        try:
+            result.files.append(await _get_file(conn, remote, dir_fd, name,
+                                                str(directory / name), opts))
+        finally:
+            os.close(dir_fd)
+        return
+    if local.is_dir():
+        top = local / check_name(posixpath.basename(remote.rstrip("/")) or "root")
+    else:
+        top = local
+    top.mkdir(exist_ok=True)
+    root_fd = _open_local_dir(top)
+    files = [e for e in entries if e.kind == "file"]
+    opts.progress.total(len(files), sum(e.size for e in files))
+    try:
+        await _get_entries(conn, remote, root_fd, top, entries, opts, result)
+    finally:
+        os.close(root_fd)
+
+
+async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
+                       entries: list[Entry], opts: Options, result: TransferResult) -> None:
+    limit = asyncio.Semaphore(IN_FLIGHT)
+
+    async def fetch(entry: Entry) -> FileResult:
+        async with limit:
+            dir_fd = _walk_local(root_fd, entry.parts[:-1])
+            try:
+                return await _get_file(conn, posixpath.join(remote, *entry.parts), dir_fd,
+                                       entry.parts[-1], str(top.joinpath(*entry.parts)), opts)
+            finally:
+                os.close(dir_fd)
+
+    tasks = []
+    for entry in entries:
+        if not entry.parts:
+            continue
+        if entry.kind == "dir":
+            dir_fd = _walk_local(root_fd, entry.parts[:-1])
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(entry.parts[-1], 0o700, dir_fd=dir_fd)
+                with contextlib.suppress(OSError):
+                    os.chmod(entry.parts[-1], entry.mode & 0o777, dir_fd=dir_fd,
+                             follow_symlinks=False)
+            finally:
+                os.close(dir_fd)
+            result.files.append(FileResult(str(top.joinpath(*entry.parts)), "dir"))
+        elif entry.kind == "symlink":
+            dir_fd = _walk_local(root_fd, entry.parts[:-1])
+            try:
+                if opts.force and destination_exists(dir_fd, entry.parts[-1]):
+                    os.unlink(entry.parts[-1], dir_fd=dir_fd)
+                os.symlink(entry.target or "", entry.parts[-1], dir_fd=dir_fd)
+            except FileExistsError as exc:
+                raise AlreadyExists(f"{top.joinpath(*entry.parts)} exists") from exc
+            finally:
+                os.close(dir_fd)
+            result.files.append(FileResult(str(top.joinpath(*entry.parts)), "symlink"))
+        elif entry.kind == "file":
+            tasks.append(asyncio.create_task(fetch(entry)))
+    try:
+        result.files.extend(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,189 @@
+"""A partial file: the temporary file beside a destination that becomes the destination only
+when it is complete and its hash verified. Both ends use it: the server for puts, the client for
+gets. The final name therefore only ever holds a complete, verified file.
+
+The partial is ``.NAME.tether-part`` in the destination's directory, so that running the same
+transfer again finds it and resumes; an exclusive ``flock`` keeps two transfers from writing one
+destination. Everything works relative to a directory file descriptor, so a caller that opened
+the directory safely (see ``tether.server.files``) is not exposed to symlink swaps on the name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from typing import Any
+
+import blake3
+
+from tether.errors import AlreadyExists, Busy, IntegrityError, NoSpace, TetherError, UnsafePath
+
+HASH_NAME = "blake3"
+CHUNK = 1024 * 1024
+MAX_RENAMES = 10_000
+
+
+def new_hasher() -> Any:
+    return blake3.blake3()
+
+
+def digest(hasher: Any) -> str:
+    return f"{HASH_NAME}:{hasher.hexdigest()}"
+
+
+def part_name(name: str) -> str:
+    return f".{name}.tether-part"
+
+
+def check_name(name: str) -> str:
+    """A single, harmless path component, or UnsafePath."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UnsafePath(f"refusing the file name {name!r}")
+    return name
+
+
+def _disk_error(exc: OSError, what: str) -> TetherError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on device while writing {what} (partial kept for resume)")
+    return TetherError(f"cannot write {what}: {exc.strerror}")
+
+
+def renamed(name: str, n: int) -> str:
+    """``report (n).txt`` for ``report.txt``, as the tutorial's server renamed uploads."""
+    stem, dot, suffix = name.rpartition(".")
+    if not stem:  # no dot, or a dotfile like ".bashrc"
+        return f"{name} ({n})"
+    return f"{stem} ({n}){dot}{suffix}"
+
+
+class PartialFile:
+    """The growing temporary file for destination ``name`` in directory ``dir_fd``."""
+
+    def __init__(self, dir_fd: int, name: str, *, resume: bool) -> None:
+        self.dir_fd = dir_fd
+        self.name = check_name(name)
+        self.part = part_name(name)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.part, flags, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _disk_error(exc, self.part) from exc
+        try:
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePath(f"{self.part} is not a regular file")
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise Busy(f"another transfer is writing {name}") from exc
+            self.hasher = new_hasher()
+            self.offset = 0
+            if resume and st.st_size:
+                self._hash_existing(st.st_size)
+            else:
+                os.ftruncate(self.fd, 0)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.written = self.offset
+
+    def _hash_existing(self, size: int) -> None:
+        pos = 0
+        while pos < size:
+            chunk = os.pread(self.fd, min(CHUNK, size - pos), pos)
+            if not chunk:
+                break
+            self.hasher.update(chunk)
+            pos += len(chunk)
+        self.offset = pos
+
+    @property
+    def prefix_hash(self) -> str | None:
+        return digest(self.hasher.copy()) if self.offset else None
+
+    def restart(self) -> None:
+        """Drop the kept prefix: the source changed since the partial was written."""
+        os.ftruncate(self.fd, 0)
+        self.hasher = new_hasher()
+        self.offset = self.written = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self.fd, view, self.written)
+                self.written += n
+                view = view[n:]
+        except OSError as exc:
+            raise _disk_error(exc, self.name) from exc
+        self.hasher.update(data)
+
+    @property
+    def hash(self) -> str:
+        return digest(self.hasher)
+
+    def commit(self, expected: str, mode: int | None, mtime_ns: int | None, *, force: bool,
+               rename: bool) -> str:
+        """Verify, make durable and move into place; returns the name it was stored under."""
+        if expected != self.hash:
+            self.discard()
+            raise IntegrityError(
+                f"{self.name}: data does not match the sender's hash; nothing was stored"
+            )
+        try:
+            if mode is not None:
+                os.fchmod(self.fd, mode)
+            if mtime_ns:
+                os.utime(self.fd, ns=(mtime_ns, mtime_ns))
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise _disk_error(exc, self.name) from exc
+        final = self._place(force, rename)
+        os.close(self.fd)
+        self.fd = -1
+        with contextlib.suppress(OSError):
+            os.fsync(self.dir_fd)
+        return final
+
+    def _place(self, force: bool, rename: bool) -> str:
+        if force:
+            try:
+                os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            except IsADirectoryError as exc:
+                raise AlreadyExists(f"{self.name} is a directory") from exc
+            return self.name
+        candidates = [self.name]
+        if rename:
+            candidates += [renamed(self.name, n) for n in range(1, MAX_RENAMES)]
+        for candidate in candidates:
+            try:  # link() never replaces: the no-clobber move is atomic
+                os.link(self.part, candidate, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                continue
+            os.unlink(self.part, dir_fd=self.dir_fd)
+            return candidate
+        raise AlreadyExists(f"{self.name} exists (use --force to replace it or --rename)")
+
+    def discard(self) -> None:
+        """Remove the partial (it is corrupt or unwanted)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.part, dir_fd=self.dir_fd)
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing; the partial stays for a later resume."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def destination_exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True

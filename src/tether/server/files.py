@@ -1,0 +1,242 @@
+"""Where a peer's paths may go on this server's disk, and every disk access made for a peer.
+
+A client authorized with its own root is *confined*: its paths are relative to that root, may not
+be absolute or contain ``..``, and are walked one component at a time with ``O_NOFOLLOW`` from a
+directory file descriptor, so no symlink (even one swapped in between a check and an open) can
+lead out. Only regular files are read or replaced; devices and FIFOs are refused. An unconfined
+client's relative paths resolve against the server's ``--root`` and absolute paths are allowed,
+as for any shell user of the same account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tether.errors import AlreadyExists, NotFound, PermissionDenied, TetherError, UnsafePath
+from tether.partial import PartialFile, check_name, destination_exists
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _os_error(exc: OSError, path: str) -> TetherError:
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"no such file or directory: {path}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"permission denied: {path}")
+    if exc.errno == errno.ELOOP:
+        return UnsafePath(f"refusing to follow a symlink in {path}")
+    if exc.errno == errno.ENOTDIR:
+        return NotFound(f"not a directory: {path}")
+    return TetherError(f"{path}: {exc.strerror}")
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One entry found while listing a tree (``parts`` relative to the listed root)."""
+
+    parts: list[str]
+    kind: str
+    size: int
+    mode: int
+    mtime_ns: int
+    target: str | None = None
+
+
+class FileArea:
+    """The part of the file system one client may use."""
+
+    def __init__(self, root: Path, confined: bool) -> None:
+        self.root = root
+        self.confined = confined
+
+    # --- resolution ----------------------------------------------------------------------------
+
+    def _components(self, path: str) -> tuple[str, list[str]]:
+        """The start directory and the components to walk from it."""
+        if "\0" in path:
+            raise UnsafePath("NUL byte in path")
+        if self.confined:
+            if path.startswith("/"):
+                raise UnsafePath(f"absolute paths are outside this client's root: {path}")
+            parts = [p for p in path.split("/") if p not in ("", ".")]
+            if ".." in parts:
+                raise UnsafePath(f"'..' leaves this client's root: {path}")
+            return str(self.root), parts
+        start = "/" if path.startswith("/") else str(self.root)
+        return start, [p for p in path.split("/") if p not in ("", ".")]
+
+    def open_dir(self, parts: list[str], shown: str, create: bool = False) -> int:
+        """A directory fd for ``parts``, walked safely; ``create`` makes missing directories."""
+        start, _ = self._components("")
+        nofollow = os.O_NOFOLLOW if self.confined else 0
+        try:
+            fd = os.open(start, DIR_FLAGS)
+        except OSError as exc:
+            raise _os_error(exc, shown) from exc
+        try:
+            for part in parts:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, DIR_FLAGS | nofollow, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except OSError as exc:
+            os.close(fd)
+            raise _os_error(exc, shown) from exc
+        return fd
+
+    def resolve(self, path: str) -> tuple[int, str | None]:
+        """(directory fd, final name) for ``path``; name is None when path is the start itself."""
+        start, parts = self._components(path)
+        if not self.confined and start == "/":
+            return self._open_from("/", parts[:-1], path), (parts[-1] if parts else None)
+        if not parts:
+            return self.open_dir([], path), None
+        return self.open_dir(parts[:-1], path), parts[-1]
+
+    def _open_from(self, start: str, parts: list[str], shown: str) -> int:
+        try:
+            return os.open(os.path.join(start, *parts), DIR_FLAGS)
+        except OSError as exc:
+            raise _os_error(exc, shown) from exc
+
+    def is_dir(self, dir_fd: int, name: str | None) -> bool:
+        if name is None:
+            return True
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=not self.confined)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode)
+
+    # --- put -----------------------------------------------------------------------------------
+
+    def put_target(self, path: str, name: str) -> tuple[int, str, str]:
+        """Directory fd, entry name and shown path for a put of ``name`` to ``path``: into
+        ``path`` under ``name`` if ``path`` is a directory (or ends in /), else ``path`` itself,
+        as scp does."""
+        dir_fd, last = self.resolve(path)
+        if path.endswith("/") or self.is_dir(dir_fd, last):
+            if last is not None:
+                try:
+                    sub = os.open(last, DIR_FLAGS | (os.O_NOFOLLOW if self.confined else 0),
+                                  dir_fd=dir_fd)
+                except OSError as exc:
+                    os.close(dir_fd)
+                    raise _os_error(exc, path) from exc
+                os.close(dir_fd)
+                dir_fd = sub
+            return dir_fd, check_name(name), posixpath.normpath(posixpath.join(path, name))
+        assert last is not None
+        return dir_fd, check_name(last), path
+
+    def open_partial(self, dir_fd: int, name: str, *, exists_ok: bool,
+                     resume: bool) -> PartialFile:
+        if not exists_ok and destination_exists(dir_fd, name):
+            raise AlreadyExists(f"{name} exists (use --force to replace it or --rename)")
+        if self.is_dir(dir_fd, name):
+            raise AlreadyExists(f"{name} is a directory")
+        return PartialFile(dir_fd, name, resume=resume)
+
+    def make_dir(self, dir_fd: int, name: str, mode: int) -> None:
+        try:
+            os.mkdir(check_name(name), mode & 0o1777, dir_fd=dir_fd)
+        except FileExistsError:
+            if not self.is_dir(dir_fd, name):
+                raise AlreadyExists(f"{name} exists and is not a directory") from None
+        except OSError as exc:
+            raise _os_error(exc, name) from exc
+
+    def make_symlink(self, dir_fd: int, name: str, target: str, rel_dir: str,
+                     force: bool) -> None:
+        """Create a symlink; a confined client's link may not point outside its root."""
+        check_name(name)
+        if self.confined:
+            joined = posixpath.normpath(posixpath.join(rel_dir, target))
+            if target.startswith("/") or joined == ".." or joined.startswith("../"):
+                raise UnsafePath(f"symlink {name} -> {target} points outside this client's root")
+        if "\0" in target:
+            raise UnsafePath("NUL byte in symlink target")
+        if destination_exists(dir_fd, name):
+            if not force:
+                raise AlreadyExists(f"{name} exists (use --force to replace it)")
+            os.unlink(name, dir_fd=dir_fd)
+        try:
+            os.symlink(target, name, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _os_error(exc, name) from exc
+
+    # --- get -----------------------------------------------------------------------------------
+
+    def open_read(self, path: str) -> tuple[int, os.stat_result]:
+        """An fd on the regular file at ``path``; devices, FIFOs and directories are refused."""
+        dir_fd, name = self.resolve(path)
+        try:
+            if name is None:
+                raise UnsafePath(f"{path} is a directory (use -r)")
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            if self.confined:
+                flags |= os.O_NOFOLLOW
+            try:
+                fd = os.open(name, flags, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _os_error(exc, path) from exc
+        finally:
+            os.close(dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            kind = "a directory (use -r)" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UnsafePath(f"{path} is {kind}")
+        os.set_blocking(fd, True)
+        return fd, st
+
+    def walk(self, path: str) -> Iterator[EntryInfo]:
+        """Every entry below ``path`` (directories before their contents), symlinks not followed."""
+        dir_fd, name = self.resolve(path)
+        try:
+            if name is not None and not self.is_dir(dir_fd, name):
+                st = self._lstat(dir_fd, name, path)
+                yield self._entry([], st, dir_fd, name)
+                return
+            top = self.open_dir([], path) if name is None else os.open(
+                name, DIR_FLAGS | (os.O_NOFOLLOW if self.confined else 0), dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            yield EntryInfo([], "dir", 0, os.fstat(top).st_mode & 0o7777,
+                            os.fstat(top).st_mtime_ns)
+            for rel, dirs, files, fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+                base = [p for p in rel.split("/") if p not in ("", ".")]
+                for entry_name in sorted(dirs) + sorted(files):
+                    st = self._lstat(fd, entry_name, entry_name)
+                    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(
+                        st.st_mode
+                    ):
+                        yield self._entry([*base, entry_name], st, fd, entry_name)
+        finally:
+            os.close(top)
+
+    @staticmethod
+    def _lstat(dir_fd: int, name: str, shown: str) -> os.stat_result:
+        try:
+            return os.lstat(name, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _os_error(exc, shown) from exc
+
+    @staticmethod
+    def _entry(parts: list[str], st: os.stat_result, dir_fd: int, name: str) -> EntryInfo:
+        mode = st.st_mode & 0o7777
+        if stat.S_ISLNK(st.st_mode):
+            return EntryInfo(parts, "symlink", 0, mode, st.st_mtime_ns,
+                             os.readlink(name, dir_fd=dir_fd))
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+        return EntryInfo(parts, kind, st.st_size if kind == "file" else 0, mode, st.st_mtime_ns)

@@ -1,0 +1,196 @@
+"""Transfers for one stream each: ``put`` (store a file, directory or symlink), ``get`` (send a
+file) and ``list`` (describe a tree for a recursive get). Disk access goes through
+:mod:`tether.server.files`; this module speaks the protocol.
+
+A put writes to a partial file and commits it only when the client's hash matches ours; a get
+hashes as it sends and reports a source that grew or shrank instead of truncating silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import posixpath
+from enum import Enum, auto
+
+from tether.errors import BadRequest, SourceChanged
+from tether.net.framed import FramedConnection
+from tether.partial import CHUNK, PartialFile, digest, new_hasher
+from tether.protocol import Begin, Commit, Done, Entry, Get, List, Message, Meta, Put, Ready
+from tether.server.files import FileArea
+
+
+class _PutState(Enum):
+    AWAIT_BEGIN = auto()
+    DATA = auto()
+    ENDED = auto()
+
+
+class PutTransfer:
+    """Receives one entry of a put."""
+
+    def __init__(self, conn: FramedConnection, stream: int, req: Put, area: FileArea) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.req = req
+        self.area = area
+        self.partial: PartialFile | None = None
+        self.state = _PutState.ENDED
+        self.shown = req.path
+
+    async def start(self) -> None:
+        """Prepare the destination; for a file, wait for data (after ``ready`` if resuming)."""
+        req = self.req
+        if req.kind == "file":
+            self._start_file()
+        elif req.kind == "dir":
+            self._make_dir()
+        elif req.kind == "symlink":
+            self._make_symlink()
+        else:
+            raise BadRequest(f"unknown entry kind {req.kind[:20]!r}")
+
+    def _start_file(self) -> None:
+        req = self.req
+        if req.size < 0:
+            raise BadRequest("negative size")
+        dir_fd, name, self.shown = self.area.put_target(req.path, req.name)
+        try:
+            self.partial = self.area.open_partial(
+                dir_fd, name, exists_ok=req.force or req.rename, resume=req.resume
+            )
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        if req.resume:
+            self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
+                                 stream=self.stream))
+            self.state = _PutState.AWAIT_BEGIN
+        else:
+            self.state = _PutState.DATA
+
+    def _make_dir(self) -> None:
+        dir_fd, name, self.shown = self.area.put_target(self.req.path, self.req.name)
+        try:
+            self.area.make_dir(dir_fd, name, self.req.mode)
+        finally:
+            os.close(dir_fd)
+        self._done(0, "")
+
+    def _make_symlink(self) -> None:
+        req = self.req
+        if req.target is None:
+            raise BadRequest("symlink without a target")
+        dir_fd, name, self.shown = self.area.put_target(req.path, req.name)
+        try:
+            rel_dir = posixpath.dirname(self.shown) or "."
+            self.area.make_symlink(dir_fd, name, req.target, posixpath.normpath(rel_dir),
+                                   req.force)
+        finally:
+            os.close(dir_fd)
+        self._done(0, "")
+
+    def _done(self, size: int, hash_: str, resumed_from: int = 0) -> None:
+        self.state = _PutState.ENDED
+        self.conn.send(Done(path=self.shown, size=size, hash=hash_, resumed_from=resumed_from,
+                            stream=self.stream))
+
+    # --- events from the client ----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        try:
+            if self.state is not _PutState.DATA or self.partial is None:
+                raise BadRequest("file data before begin, or after commit")
+            if self.partial.written + len(data) > self.req.size:
+                raise BadRequest(f"more data than the announced {self.req.size} bytes")
+            self.partial.write(data)
+        finally:
+            self.conn.consumed(self.stream, len(data))
+
+    def handle(self, msg: Message) -> None:
+        partial = self.partial
+        if isinstance(msg, Begin) and self.state is _PutState.AWAIT_BEGIN and partial:
+            if msg.offset == 0 and partial.offset:
+                partial.restart()
+            elif msg.offset != partial.offset:
+                raise BadRequest(f"begin at {msg.offset}, but {partial.offset} bytes are kept")
+            self.state = _PutState.DATA
+        elif isinstance(msg, Commit) and self.state is _PutState.DATA and partial:
+            if msg.size != partial.written or msg.size != self.req.size:
+                raise BadRequest(f"commit of {msg.size} bytes, but {partial.written} arrived")
+            resumed = partial.offset
+            final = partial.commit(msg.hash, self.req.mode & 0o1777, self.req.mtime_ns,
+                                   force=self.req.force, rename=self.req.rename)
+            os.close(partial.dir_fd)
+            self.partial = None
+            self.shown = posixpath.join(posixpath.dirname(self.shown), final)
+            self._done(msg.size, msg.hash, resumed)
+        else:
+            raise BadRequest(f"unexpected {msg.TYPE!r} in a put")
+
+    def abandon(self) -> None:
+        """The stream ended early: keep the partial for a later resume."""
+        if self.partial is not None:
+            self.partial.close()
+            with contextlib.suppress(OSError):
+                os.close(self.partial.dir_fd)
+            self.partial = None
+
+
+async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> None:
+    """Stream one file: meta, data from the agreed offset, then done with the full hash."""
+    fd, st = area.open_read(req.path)
+    try:
+        size = st.st_size
+        hasher, start = new_hasher(), 0
+        if 0 < req.offset <= size and req.prefix_hash:
+            prefix = _hash_range(fd, hasher, 0, req.offset)
+            if digest(prefix) == req.prefix_hash:
+                start = req.offset
+            else:
+                hasher = new_hasher()
+        conn.send(Meta(size=size, mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns,
+                       offset=start, stream=stream))
+        pos = start
+        while pos < size:
+            chunk = os.pread(fd, min(CHUNK, size - pos), pos)
+            if not chunk:
+                raise SourceChanged(f"{req.path} shrank from {size} to {pos} bytes while sent")
+            hasher.update(chunk)
+            await conn.send_data(stream, 0, chunk)
+            pos += len(chunk)
+        if os.pread(fd, 1, size):
+            raise SourceChanged(f"{req.path} grew past {size} bytes while it was being sent")
+        conn.send(Done(path=req.path, size=size, hash=digest(hasher), resumed_from=start,
+                       stream=stream))
+        await conn.drain()
+    finally:
+        os.close(fd)
+
+
+def _hash_range(fd: int, hasher: object, start: int, end: int) -> object:
+    pos = start
+    while pos < end:
+        chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        hasher.update(chunk)  # type: ignore[attr-defined]
+        pos += len(chunk)
+    return hasher.copy()  # type: ignore[attr-defined]
+
+
+async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> None:
+    """Describe the tree at ``req.path``, one ``entry`` per file, directory or symlink."""
+    count = 0
+    for info in area.walk(req.path):
+        conn.send(Entry(parts=info.parts, kind=info.kind, size=info.size, mode=info.mode,
+                        mtime_ns=info.mtime_ns, target=info.target, stream=stream))
+        count += 1
+        if count % 256 == 0:
+            await conn.drain()
+            await asyncio.sleep(0)
+    conn.send(Done(path=req.path, count=count, stream=stream))
+    await conn.drain()
+
+
