@@ -188,6 +188,69 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
     )))
 
 
+def transfer_options(func: Any) -> Any:
+    """The options put and get share."""
+    for option in reversed([
+        home_option,
+        click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int),
+        click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
+        click.option("--force", is_flag=True, help="Replace existing destination files."),
+        click.option("--rename", is_flag=True,
+                     help="Store under a fresh name ('report (1).txt') if the name is taken."),
+        click.option("--no-resume", is_flag=True,
+                     help="Start over instead of continuing an interrupted transfer."),
+        click.option("--progress", is_flag=True, help="Show progress even when not a terminal."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print a machine-readable summary on stdout."),
+        click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
+        click.option("--plaintext", is_flag=True, help="Connect without TLS."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _transfer_opts(kw: dict[str, Any]) -> Any:
+    from tether.cli.transfer import TransferOptions
+
+    return TransferOptions(
+        home=kw["home"], port=kw["port"], accept_new=kw["accept_new"],
+        plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
+        rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
+        json=kw["as_json"],
+    )
+
+
+@cli.command()
+@transfer_options
+@click.argument("args", nargs=-1, required=True, metavar="LOCAL... HOST:REMOTE")
+def put(args: tuple[str, ...], **kw: Any) -> None:
+    """Upload LOCAL files (trees with -r) to REMOTE on HOST.
+
+    A REMOTE that is a directory (or ends in /) receives files by name. Each file is hashed as
+    it is sent (BLAKE3), written beside its destination, fsynced and renamed into place only
+    when the hashes match; mode and mtime are kept. An interrupted upload resumes when run again.
+    """
+    from tether.cli.transfer import put_main
+
+    if len(args) < 2:
+        raise click.UsageError("give at least one LOCAL and a HOST:REMOTE")
+    put_main(args[:-1], args[-1], _transfer_opts(kw))
+
+
+@cli.command()
+@transfer_options
+@click.argument("args", nargs=-1, required=True, metavar="HOST:REMOTE... LOCAL")
+def get(args: tuple[str, ...], **kw: Any) -> None:
+    """Download REMOTE files (trees with -r) from HOST into LOCAL.
+
+    Files land only under LOCAL, under names taken from your own arguments (a server cannot
+    choose them). Verified, atomic and resumable like put.
+    """
+    from tether.cli.transfer import get_main
+
+    get_main(args, _transfer_opts(kw))
+
+
 @cli.command()
 @click.option("--keep", is_flag=True, help="Keep the temporary directory and print its path.")
 def demo(keep: bool) -> None:

@@ -1,0 +1,151 @@
+"""``tether put`` and ``tether get``: scp's argument conventions, a rich progress bar on a
+terminal, a JSON summary on request, and a note whenever a transfer resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tether.client.api import connect
+from tether.client.transfer import TransferResult
+from tether.errors import BadRequest, TetherError
+
+
+@dataclass
+class TransferOptions:
+    home: str | None
+    port: int
+    accept_new: bool
+    plaintext: bool
+    recursive: bool
+    force: bool
+    rename: bool
+    resume: bool
+    progress: bool
+    json: bool
+
+
+def split_remote(arg: str) -> tuple[str, str]:
+    """``HOST:PATH`` (``[v6addr]:PATH`` too) into its parts; an empty path means the root."""
+    if arg.startswith("["):
+        host, sep, rest = arg[1:].partition("]:")
+        if not sep:
+            raise BadRequest(f"{arg!r} is not [HOST]:PATH")
+        return host, rest or "."
+    host, sep, path = arg.partition(":")
+    if not sep or not host or "/" in host:
+        raise BadRequest(f"{arg!r} is not HOST:PATH")
+    return host, path or "."
+
+
+class RichProgress:
+    """Per-file and total bars with rate and ETA (only built when a terminal shows them)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=_stderr_console(),
+            transient=False,
+        )
+        self.all = self.bar.add_task("total", total=None)
+        self.files: dict[str, Any] = {}
+
+    def total(self, files: int, size: int) -> None:
+        self.bar.update(self.all, total=size or None, description=f"total ({files} files)")
+
+    def file_started(self, name: str, size: int, offset: int) -> None:
+        self.files[name] = self.bar.add_task(name[-40:], total=size, completed=offset)
+        self.bar.advance(self.all, offset)
+
+    def advanced(self, name: str, size: int) -> None:
+        self.bar.advance(self.files[name], size)
+        self.bar.advance(self.all, size)
+
+    def file_done(self, name: str) -> None:
+        task = self.files.pop(name, None)
+        if task is not None and len(self.bar.tasks) > 6:
+            self.bar.remove_task(task)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(file=sys.stderr, force_terminal=sys.stderr.isatty() or None)
+
+
+def _report(result: TransferResult, opts: TransferOptions) -> None:
+    for f in result.resumed:
+        click.echo(f"tether: {f.path}: resumed at {f.resumed_from} bytes", err=True)
+    if opts.json:
+        click.echo(json.dumps({
+            "files": sum(1 for f in result.files if f.kind == "file"),
+            "bytes": result.bytes,
+            "seconds": round(result.seconds, 6),
+            "resumed": [{"path": f.path, "at": f.resumed_from} for f in result.resumed],
+            "entries": [asdict(f) for f in result.files],
+        }))
+
+
+async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: list[str],
+                    dest: str) -> TransferResult:
+    show = opts.progress or (sys.stderr.isatty() and not opts.json)
+    progress = RichProgress() if show else None
+    from tether.cli.run import confirm_on_tty
+
+    confirm = confirm_on_tty if sys.stdin.isatty() else None
+    async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
+                       plaintext=opts.plaintext, confirm=confirm) as conn:
+        kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
+                                      rename=opts.rename, resume=opts.resume, progress=progress)
+        if progress is not None:
+            progress.bar.start()
+        try:
+            if upload:
+                return await conn.put([Path(s) for s in sources], dest, **kwargs)
+            return await conn.get(sources, Path(dest), **kwargs)
+        finally:
+            if progress is not None:
+                progress.bar.stop()
+
+
+def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> None:
+    from tether.cli.main import fail
+
+    try:
+        host, remote = split_remote(target)
+        result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
+    except TetherError as exc:
+        fail(exc)
+    _report(result, opts)
+
+
+def get_main(args: tuple[str, ...], opts: TransferOptions) -> None:
+    from tether.cli.main import fail
+
+    try:
+        if len(args) < 2:
+            raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
+        pairs = [split_remote(a) for a in args[:-1]]
+        hosts = {h for h, _ in pairs}
+        if len(hosts) != 1:
+            raise BadRequest("all sources of one get must be on the same host")
+        result = asyncio.run(_transfer(hosts.pop(), opts, False, [p for _, p in pairs],
+                                       args[-1]))
+    except TetherError as exc:
+        fail(exc)
+    _report(result, opts)
