@@ -7,8 +7,6 @@ sees a wrong type. :data:`REGISTRY` is the explicit allow-list from wire type to
 else is ever looked up by a peer-supplied name.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import types
 import typing
@@ -315,8 +313,10 @@ class Data:
 
 # --- decoding ---------------------------------------------------------------------------------
 
+# Annotations here are real types (this module does not use postponed evaluation), so the
+# decoder reads them straight from the dataclass fields: no get_type_hints() at import time.
 _HINTS: dict[type[Message], dict[str, Any]] = {
-    cls: typing.get_type_hints(cls) for cls in REGISTRY.values()
+    cls: {f.name: f.type for f in dataclasses.fields(cls)} for cls in REGISTRY.values()
 }
 
 

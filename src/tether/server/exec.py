@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
@@ -27,6 +28,7 @@ from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
 log = logging.getLogger("tether.server")
 
 READ_SIZE = 256 * 1024
+PIPE_SIZE = 1024 * 1024
 SIGNALS = frozenset({"INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "STOP", "CONT", "WINCH"})
 
 
@@ -59,6 +61,31 @@ def _check_request(req: Exec) -> None:
         raise BadRequest("timeout must be positive")
 
 
+def _spawn_error(program: str, exc: BaseException) -> SpawnFailed:
+    if isinstance(exc, FileNotFoundError):
+        return SpawnFailed(f"cannot start {program!r}: no such file")
+    if isinstance(exc, PermissionError):
+        return SpawnFailed(f"cannot start {program!r}: permission denied")
+    return SpawnFailed(f"cannot start {program!r}: {exc}")
+
+
+def _wide_pipe() -> tuple[int, int]:
+    """A pipe with a 1 MiB buffer (Linux), so output moves in a quarter as many reads."""
+    read_fd, write_fd = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_fd, write_fd
+
+
+async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+    return reader
+
+
 class CommandRun:
     """One command on one stream, from spawn to the final ``exit`` frame."""
 
@@ -74,6 +101,8 @@ class CommandRun:
         self._stdin_eof = False
         self._killing: asyncio.Task[None] | None = None
         self._started = 0.0
+        self._stdout: asyncio.StreamReader | None = None
+        self._stderr: asyncio.StreamReader | None = None
 
     async def start(self) -> None:
         """Spawn the process and announce it; raises a RemoteError the session sends back."""
@@ -85,26 +114,30 @@ class CommandRun:
         stdin = asyncio.subprocess.PIPE if self.req.stdin else asyncio.subprocess.DEVNULL
         argv = [login_shell(), "-c", self.req.argv[0]] if self.req.shell else self.req.argv
         self._started = time.monotonic()
+        out, err = _wide_pipe(), _wide_pipe()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, start_new_session=True, stdin=stdin,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=out[1], stderr=err[1],
             )
-        except FileNotFoundError as exc:
-            raise SpawnFailed(f"cannot start {self.req.argv[0]!r}: no such file") from exc
-        except PermissionError as exc:
-            raise SpawnFailed(f"cannot start {self.req.argv[0]!r}: permission denied") from exc
         except (OSError, ValueError) as exc:
-            raise SpawnFailed(f"cannot start {self.req.argv[0]!r}: {exc}") from exc
+            os.close(out[0])
+            os.close(err[0])
+            raise _spawn_error(self.req.argv[0], exc) from exc
+        finally:
+            os.close(out[1])
+            os.close(err[1])
+        self._stdout = await _pipe_reader(out[0])
+        self._stderr = await _pipe_reader(err[0])
         self.conn.send(Started(pid=self.proc.pid, stream=self.stream))
 
     async def run(self) -> None:
         """Pump output until the command ends, then send ``exit`` (unless the client is gone)."""
         proc = self.proc
-        assert proc is not None and proc.stdout is not None and proc.stderr is not None
+        assert proc is not None and self._stdout is not None and self._stderr is not None
         tasks = [
-            asyncio.create_task(self._pump(proc.stdout, 1)),
-            asyncio.create_task(self._pump(proc.stderr, 2)),
+            asyncio.create_task(self._pump(self._stdout, 1)),
+            asyncio.create_task(self._pump(self._stderr, 2)),
         ]
         if proc.stdin is not None:
             tasks.append(asyncio.create_task(self._feed_stdin(proc.stdin)))
