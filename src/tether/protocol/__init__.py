@@ -33,9 +33,12 @@ from tether.protocol.messages import (
     Pong,
     Put,
     Ready,
+    Resize,
     Role,
+    Shell,
     Signal,
     Started,
+    Status,
     Welcome,
 )
 
@@ -67,9 +70,12 @@ __all__ = [
     "Pong",
     "Put",
     "Ready",
+    "Resize",
     "Role",
+    "Shell",
     "Signal",
     "Started",
     "State",
+    "Status",
     "Welcome",
 ]

@@ -292,12 +292,56 @@ class Done(Message):
     count: int = 0
 
 
+# --- shell messages (docs/PROTOCOL.md, "Shells") ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shell(Message):
+    """Open a stream with a shell: in a pseudo-terminal (``pty``) or in line mode.
+
+    ``argv`` empty: the user's login shell; one string: run through the shell; several: an argv.
+    In line mode every DATA line on channel 0 is one command, answered by a ``status``.
+    """
+
+    TYPE = "shell"
+    SENDERS = CLIENT
+    OPENS = True
+    pty: bool = True
+    term: str = "xterm"
+    rows: int = 24
+    cols: int = 80
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resize(Message):
+    """The client's terminal changed size."""
+
+    TYPE = "resize"
+    SENDERS = CLIENT
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """Line mode: command number ``index`` (from 1) finished with ``status``; all its output
+    on both channels was sent before this message."""
+
+    TYPE = "status"
+    SENDERS = SERVER
+    index: int
+    status: int
+
+
 REGISTRY: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Error, Ping, Pong,
         Exec, Started, Eof, Credit, Signal, Exit, Close,
         Put, Ready, Begin, Commit, Get, Meta, List, Entry, Done,
+        Shell, Resize, Status,
     )
 }
 

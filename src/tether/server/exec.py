@@ -47,21 +47,42 @@ class ExecPolicy:
     kill_grace: float = 1.0
 
 
-def _check_request(req: Exec) -> None:
-    if not req.argv or not any(a.strip() for a in req.argv[:1]):
+@dataclass(frozen=True)
+class SpawnSpec:
+    """What to start, once a request has been checked and turned into an argv."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    timeout: float | None = None
+    stdin: bool = True
+
+
+def check_env(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise BadRequest(f"bad environment variable {key[:40]!r}")
+
+
+def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
+    """Check an exec request and say what it runs; raises BadRequest or NotFound."""
+    if not req.argv or not req.argv[0].strip():
         raise BadRequest("empty command")
     if req.shell and len(req.argv) != 1:
         raise BadRequest("a shell command is exactly one string")
-    for key in req.env:
-        if not key or "=" in key or "\0" in key:
-            raise BadRequest(f"bad environment variable name {key!r}")
-    if any("\0" in a for a in req.argv) or any("\0" in v for v in req.env.values()):
-        raise BadRequest("NUL byte in command or environment")
+    if any("\0" in a for a in req.argv):
+        raise BadRequest("NUL byte in command")
+    check_env(req.env)
     if req.timeout is not None and req.timeout <= 0:
         raise BadRequest("timeout must be positive")
+    cwd = policy.root / (req.cwd or "")
+    if not cwd.is_dir():
+        raise NotFound(f"no such directory: {req.cwd or cwd}")
+    argv = [login_shell(), "-c", req.argv[0]] if req.shell else list(req.argv)
+    return SpawnSpec(argv, cwd, {**os.environ, **req.env}, req.timeout, req.stdin)
 
 
-def _spawn_error(program: str, exc: BaseException) -> SpawnFailed:
+def spawn_error(program: str, exc: BaseException) -> SpawnFailed:
     if isinstance(exc, FileNotFoundError):
         return SpawnFailed(f"cannot start {program!r}: no such file")
     if isinstance(exc, PermissionError):
@@ -78,7 +99,8 @@ def _wide_pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
-async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+async def pipe_reader(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader over a pipe or terminal fd (which it takes ownership of)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
     pipe = os.fdopen(fd, "rb", buffering=0)
@@ -87,69 +109,69 @@ async def _pipe_reader(fd: int) -> asyncio.StreamReader:
 
 
 class CommandRun:
-    """One command on one stream, from spawn to the final ``exit`` frame."""
+    """One process on one stream, from spawn to the final ``exit`` frame."""
 
-    def __init__(self, conn: FramedConnection, stream: int, req: Exec, policy: ExecPolicy) -> None:
+    def __init__(self, conn: FramedConnection, stream: int, spec: SpawnSpec,
+                 policy: ExecPolicy) -> None:
         self.conn = conn
         self.stream = stream
-        self.req = req
+        self.spec = spec
         self.policy = policy
         self.proc: asyncio.subprocess.Process | None = None
         self.timed_out = False
+        self.outputs: list[tuple[asyncio.StreamReader, int]] = []
+        self.stdin: asyncio.StreamWriter | None = None
         self._stdin: deque[bytes] = deque()
         self._stdin_ready = asyncio.Event()
         self._stdin_eof = False
         self._killing: asyncio.Task[None] | None = None
         self._started = 0.0
-        self._stdout: asyncio.StreamReader | None = None
-        self._stderr: asyncio.StreamReader | None = None
 
     async def start(self) -> None:
         """Spawn the process and announce it; raises a RemoteError the session sends back."""
-        _check_request(self.req)
-        cwd = self.policy.root / (self.req.cwd or "")
-        if not cwd.is_dir():
-            raise NotFound(f"no such directory: {self.req.cwd or cwd}")
-        env = {**os.environ, **self.req.env}
-        stdin = asyncio.subprocess.PIPE if self.req.stdin else asyncio.subprocess.DEVNULL
-        argv = [login_shell(), "-c", self.req.argv[0]] if self.req.shell else self.req.argv
         self._started = time.monotonic()
+        try:
+            await self._spawn()
+        except (OSError, ValueError) as exc:
+            raise spawn_error(self.spec.argv[0], exc) from exc
+        assert self.proc is not None
+        self.conn.send(Started(pid=self.proc.pid, stream=self.stream))
+
+    async def _spawn(self) -> None:
+        """Start with stdout and stderr on wide pipes of their own (subclasses: a terminal)."""
+        spec = self.spec
         out, err = _wide_pipe(), _wide_pipe()
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=env, start_new_session=True, stdin=stdin,
+                *spec.argv, cwd=spec.cwd, env=spec.env, start_new_session=True,
+                stdin=asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL,
                 stdout=out[1], stderr=err[1],
             )
-        except (OSError, ValueError) as exc:
+        except BaseException:
             os.close(out[0])
             os.close(err[0])
-            raise _spawn_error(self.req.argv[0], exc) from exc
+            raise
         finally:
             os.close(out[1])
             os.close(err[1])
-        self._stdout = await _pipe_reader(out[0])
-        self._stderr = await _pipe_reader(err[0])
-        self.conn.send(Started(pid=self.proc.pid, stream=self.stream))
+        self.stdin = self.proc.stdin
+        self.outputs = [(await pipe_reader(out[0]), 1), (await pipe_reader(err[0]), 2)]
 
     async def run(self) -> None:
         """Pump output until the command ends, then send ``exit`` (unless the client is gone)."""
         proc = self.proc
-        assert proc is not None and self._stdout is not None and self._stderr is not None
-        tasks = [
-            asyncio.create_task(self._pump(self._stdout, 1)),
-            asyncio.create_task(self._pump(self._stderr, 2)),
-        ]
-        if proc.stdin is not None:
-            tasks.append(asyncio.create_task(self._feed_stdin(proc.stdin)))
+        assert proc is not None
+        pumps = [asyncio.create_task(self._pump(reader, ch)) for reader, ch in self.outputs]
+        feeder = asyncio.create_task(self._feed_stdin(self.stdin)) if self.stdin else None
         try:
-            await asyncio.wait_for(proc.wait(), self.req.timeout)
+            await asyncio.wait_for(proc.wait(), self.spec.timeout)
         except TimeoutError:
             self.timed_out = True
             await self.terminate()
         self._kill_group(signal.SIGKILL)  # leftovers in its group, as when a terminal closes
-        await asyncio.gather(*tasks[:2], return_exceptions=True)
-        for task in tasks[2:]:
-            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        if feeder is not None:
+            feeder.cancel()
         code = proc.returncode
         assert code is not None
         duration = time.monotonic() - self._started
@@ -166,15 +188,18 @@ class CommandRun:
             await self.conn.drain()
 
     async def _pump(self, pipe: asyncio.StreamReader, channel: int) -> None:
-        while data := await pipe.read(READ_SIZE):
+        while data := await _read(pipe):
             try:
-                await self.conn.send_data(self.stream, channel, data)
+                await self.send_output(channel, data)
             except TetherError:
                 # The client is gone or abandoned the stream: keep draining so the
                 # process is never blocked on a full pipe while it is being killed.
-                while await pipe.read(READ_SIZE):
+                while await _read(pipe):
                     pass
                 return
+
+    async def send_output(self, channel: int, data: bytes) -> None:
+        await self.conn.send_data(self.stream, channel, data)
 
     # --- stdin ---------------------------------------------------------------------------------
 
@@ -188,7 +213,7 @@ class CommandRun:
 
     def feed(self, data: bytes) -> None:
         """stdin from the client; credit is granted as the command consumes it."""
-        if self.proc is None or self.proc.stdin is None or self._stdin_eof:
+        if self.stdin is None or self._stdin_eof:
             self.conn.consumed(self.stream, len(data))
             return
         self._stdin.append(data)
@@ -199,6 +224,7 @@ class CommandRun:
         self._stdin_ready.set()
 
     async def _feed_stdin(self, stdin: asyncio.StreamWriter) -> None:
+        """Write queued input in order; a reader that went away makes the rest be discarded."""
         broken = False
         while True:
             await self._stdin_ready.wait()
@@ -245,3 +271,11 @@ class CommandRun:
         """The client closed the stream or went away: kill the group in the background."""
         if self._killing is None and self.proc is not None and self.proc.returncode is None:
             self._killing = asyncio.create_task(self.terminate())
+
+
+async def _read(pipe: asyncio.StreamReader) -> bytes:
+    """A chunk of output; b"" at the end (a terminal's EIO after its last writer is the end)."""
+    try:
+        return await pipe.read(READ_SIZE)
+    except OSError:
+        return b""

@@ -50,7 +50,7 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
-from tether.server.exec import CommandRun, ExecPolicy
+from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.files import FileArea
 from tether.server.transfer import PutTransfer, send_file, send_listing
 
@@ -175,8 +175,8 @@ class Session:
     async def _on_exec(self, msg: Exec) -> None:
         try:
             peer = self._check_open("exec")
-            run = CommandRun(self.conn, msg.stream, msg,
-                             ExecPolicy(peer.root, self.server.config.kill_grace))
+            policy = ExecPolicy(peer.root, self.server.config.kill_grace)
+            run = CommandRun(self.conn, msg.stream, exec_spec(msg, policy), policy)
             await run.start()
         except RemoteError as exc:
             self._end_stream(msg.stream, exc)
