@@ -188,6 +188,30 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
     )))
 
 
+@cli.command(context_settings={"allow_interspersed_args": False})
+@home_option
+@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server's identity.")
+@click.option("--plaintext", is_flag=True, help="Connect without TLS (a --plaintext server).")
+@click.option("-T", "--lines", is_flag=True,
+              help="Line mode even on a terminal: one command per line, statuses reported.")
+@click.argument("host")
+@click.argument("command", nargs=-1)
+def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
+          host: str, command: tuple[str, ...]) -> None:
+    """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
+
+    On a terminal: a remote pseudo-terminal running your login shell; the local terminal is
+    restored afterwards and the shell's exit status is yours. Otherwise (stdin a pipe or file):
+    line mode, each line one command in one persistent shell, failures reported on stderr.
+    Needs the `shell` permission on the server.
+    """
+    from tether.cli.shell import shell_main
+
+    argv = list(command[1:] if command and command[0] == "--" else command)
+    sys.exit(shell_main(host, port, home, accept_new, plaintext, argv, lines))
+
+
 def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([

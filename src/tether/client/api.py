@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether import __version__
 from tether.errors import (
+    BadRequest,
     ConnectionBroken,
     ConnectionClosed,
     HostChanged,
@@ -59,9 +60,12 @@ from tether.protocol import (
     Exit,
     Hello,
     Message,
+    Resize,
     Role,
+    Shell,
     Signal,
     Started,
+    Status,
     Welcome,
 )
 
@@ -235,6 +239,68 @@ class Process(StreamHandle):
         self.abandon()
 
 
+class ShellProcess(Process):
+    """A program in a remote pseudo-terminal: output arrives on channel 1 only."""
+
+    async def resize(self, rows: int, cols: int) -> None:
+        with contextlib.suppress(TetherError):
+            self.send(Resize(rows=rows, cols=cols, stream=self.stream))
+            await self._conn._framed.drain()
+
+
+class LineShell:
+    """A persistent remote shell without a terminal: one command per call, each with its own
+    output and status; ``cd`` and variables persist between calls."""
+
+    def __init__(self, handle: StreamHandle, encoding: str) -> None:
+        self._handle = handle
+        self._encoding = encoding
+        self._lock = asyncio.Lock()
+        self.exit: _ExitInfo | None = None
+
+    async def run(self, command: str) -> RunResult:
+        """Run one line in the shell and collect what it wrote and its status."""
+        if "\n" in command or not command.strip():
+            raise BadRequest("a line-mode command is one non-empty line")
+        async with self._lock:
+            if self.exit is not None:
+                raise ConnectionClosed(f"the shell exited with status {self.exit.status}")
+            await self._handle.send_data((command + "\n").encode())
+            out: list[bytes] = []
+            err: list[bytes] = []
+            while True:
+                event = await self._handle.next()
+                if isinstance(event, Data):
+                    (out if event.channel == STDOUT else err).append(event.data)
+                elif isinstance(event, Status | Exit):
+                    if isinstance(event, Exit):
+                        self.exit = _exit_info(event)
+                        status = self.exit.status
+                    else:
+                        status = event.status
+                    return RunResult([command], status, b"".join(out), b"".join(err),
+                                     encoding=self._encoding)
+
+    async def close(self) -> int:
+        """End the shell (end of input) and return its exit status."""
+        async with self._lock:
+            if self.exit is None:
+                with contextlib.suppress(TetherError):
+                    self._handle.send(Eof(channel=0, stream=self._handle.stream))
+                while self.exit is None:
+                    event = await self._handle.next()
+                    if isinstance(event, Exit):
+                        self.exit = _exit_info(event)
+            return self.exit.status
+
+    async def __aenter__(self) -> LineShell:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.exit is None:
+            self._handle.abandon()
+
+
 class Connection:
     """An authenticated connection to one tether server."""
 
@@ -319,6 +385,30 @@ class Connection:
         )
         await self._framed.drain()
         return proc
+
+    async def shell(
+        self,
+        command: str | Sequence[str] | None = None,
+        *,
+        term: str = "xterm",
+        rows: int = 24,
+        cols: int = 80,
+        env: Mapping[str, str] | None = None,
+    ) -> ShellProcess:
+        """A login shell (or ``command``) in a remote pseudo-terminal."""
+        argv = [] if command is None else [command] if isinstance(command, str) else list(command)
+        stream = self._framed.proto.next_stream_id()
+        proc = ShellProcess(self, stream, argv)
+        self._open(proc, Shell(pty=True, term=term, rows=rows, cols=cols, argv=argv,
+                               env=dict(env or {}), stream=stream))
+        await self._framed.drain()
+        return proc
+
+    async def line_shell(self, *, env: Mapping[str, str] | None = None) -> LineShell:
+        """A persistent shell in line mode (no terminal); see :class:`LineShell`."""
+        handle = self.open_stream(Shell, pty=False, term="dumb", env=dict(env or {}))
+        await self._framed.drain()
+        return LineShell(handle, self.server.encoding)
 
     def stream(self, cmd: str | Sequence[str], **kwargs: Any) -> _ProcessContext:
         """``async with conn.stream(cmd) as proc``: a started :class:`Process`."""

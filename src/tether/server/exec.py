@@ -121,7 +121,7 @@ class CommandRun:
         self.timed_out = False
         self.outputs: list[tuple[asyncio.StreamReader, int]] = []
         self.stdin: asyncio.StreamWriter | None = None
-        self._stdin: deque[bytes] = deque()
+        self._stdin: deque[tuple[bytes, int]] = deque()  # (bytes to write, credit they free)
         self._stdin_ready = asyncio.Event()
         self._stdin_eof = False
         self._killing: asyncio.Task[None] | None = None
@@ -213,10 +213,14 @@ class CommandRun:
 
     def feed(self, data: bytes) -> None:
         """stdin from the client; credit is granted as the command consumes it."""
+        self.queue_stdin(data, len(data))
+
+    def queue_stdin(self, data: bytes, credit: int) -> None:
+        """Write ``data`` to the process, granting ``credit`` received bytes once written."""
         if self.stdin is None or self._stdin_eof:
-            self.conn.consumed(self.stream, len(data))
+            self.conn.consumed(self.stream, credit)
             return
-        self._stdin.append(data)
+        self._stdin.append((data, credit))
         self._stdin_ready.set()
 
     def close_stdin(self) -> None:
@@ -230,14 +234,14 @@ class CommandRun:
             await self._stdin_ready.wait()
             self._stdin_ready.clear()
             while self._stdin:
-                data = self._stdin.popleft()
+                data, credit = self._stdin.popleft()
                 if not broken:
                     try:
                         stdin.write(data)
                         await stdin.drain()
                     except (BrokenPipeError, ConnectionResetError):
                         broken = True  # the command stopped reading: discard, keep granting
-                self.conn.consumed(self.stream, len(data))
+                self.conn.consumed(self.stream, credit)
             if self._stdin_eof:
                 with contextlib.suppress(OSError):
                     stdin.close()

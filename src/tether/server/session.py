@@ -46,12 +46,15 @@ from tether.protocol import (
     Ping,
     Pong,
     Put,
+    Resize,
     Role,
+    Shell,
     Signal,
     Welcome,
 )
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.files import FileArea
+from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
 
 if TYPE_CHECKING:
@@ -186,6 +189,26 @@ class Session:
                  run.proc.pid if run.proc else "?", msg.argv)
         self._spawn(self._until_done(msg.stream, run.run()))
 
+    async def _on_shell(self, msg: Shell) -> None:
+        try:
+            peer = self._check_open("shell")
+            policy = ExecPolicy(peer.root, self.server.config.kill_grace)
+            run: CommandRun
+            if msg.pty:
+                run = PtyRun(self.conn, msg.stream, shell_spec(msg, policy, line_mode=False),
+                             policy, msg.rows, msg.cols)
+            else:
+                run = LineRun(self.conn, msg.stream, shell_spec(msg, policy, line_mode=True),
+                              policy)
+            await run.start()
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc)
+            return
+        self.streams[msg.stream] = run
+        log.info("shell %s stream %d pid %s (%s)", peer.name, msg.stream,
+                 run.proc.pid if run.proc else "?", "pty" if msg.pty else "line mode")
+        self._spawn(self._until_done(msg.stream, run.run()))
+
     async def _on_put(self, msg: Put) -> None:
         try:
             put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")))
@@ -268,6 +291,7 @@ class Session:
 
     HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]] = {
         Exec: _on_exec,
+        Shell: _on_shell,
         Put: _on_put,
         Get: _on_get,
         List: _on_list,
@@ -276,6 +300,7 @@ class Session:
         Signal: _on_stream_message,
         Begin: _on_stream_message,
         Commit: _on_stream_message,
+        Resize: _on_stream_message,
         Close: _on_close,
         Error: _on_error,
         Ping: _on_ping,
