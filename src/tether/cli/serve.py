@@ -8,15 +8,26 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tether.identity import generate_identity, home_dir, load_identity
 
+if TYPE_CHECKING:
+    from tether.server.classic import ClassicConfig, ClassicServer
+    from tether.server.limits import Limits
+
 
 def serve_main(home: str | None, host: str, port: int, root: str | None, name: str | None,
-               encoding: str | None, plaintext: bool, kill_grace: float) -> None:
+               encoding: str | None, plaintext: bool, kill_grace: float,
+               classic_port: int | None = None, classic_host: str | None = None,
+               classic_unsafe: bool = False, audit: str | None = None,
+               limits: Limits | None = None) -> None:
+    from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
+
+    classic = _classic_config(host, port, classic_port, classic_host, classic_unsafe)
 
     logging.basicConfig(
         level=logging.DEBUG if os.environ.get("TETHER_DEBUG") else logging.INFO,
@@ -24,7 +35,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     )
     h = home_dir(home)
     config = ServerConfig(home=h, host=host, port=port, plaintext=plaintext,
-                          kill_grace=kill_grace)
+                          kill_grace=kill_grace, classic=classic,
+                          audit=Path(audit) if audit else None, limits=limits or Limits())
     if root:
         config.root = Path(root).resolve()
     if name:
@@ -49,7 +61,32 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
         else:
             click.echo(f"tether serve: listening on {where} in PLAINTEXT (no TLS, no "
                        f"authentication)", err=True)
+        if server.classic is not None:
+            click.echo(f"tether serve: classic protocol on {_classic_where(server.classic)} "
+                       f"(no TLS, no authentication)", err=True)
         await server.serve_forever()
         click.echo("tether serve: stopped", err=True)
 
     asyncio.run(main())
+
+
+def _classic_config(host: str, port: int, classic_port: int | None, classic_host: str | None,
+                    unsafe: bool) -> ClassicConfig | None:
+    """The classic listener's config, or a one-line error and exit status 1."""
+    from tether.errors import TetherError
+    from tether.server.classic import classic_config
+
+    try:
+        if classic_port is None:
+            if classic_host is not None:
+                raise TetherError("--classic-host needs --classic-port")
+            return None
+        return classic_config(host, port, classic_port, classic_host, unsafe)
+    except TetherError as exc:
+        click.echo(f"tether: {exc}", err=True)
+        sys.exit(1)
+
+
+def _classic_where(classic: ClassicServer) -> str:
+    host = classic.config.host
+    return f"[{host}]:{classic.port}" if ":" in host else f"{host}:{classic.port}"

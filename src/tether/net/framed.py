@@ -76,6 +76,9 @@ class FramedConnection:
         self._credit: dict[int, asyncio.Event] = {}
         self._closed = False
         self._error: TetherError | None = None
+        self.frame_timeout: float | None = None  # a started frame must complete in this time
+        self.idle_timeout: float | None = None  # with no stream open, close after this long
+        self._partial_since: float | None = None
 
     @property
     def peer_cert(self) -> bytes | None:
@@ -94,20 +97,38 @@ class FramedConnection:
         while True:
             event = self.proto.next_event()
             if event is NEED_DATA:
-                with translated():
-                    chunk = await self.reader.read(READ_SIZE)
-                self.proto.receive_data(chunk)
+                self.proto.receive_data(await self._read())
                 continue
             if event is CLOSED:
                 self._fail(ConnectionBroken("connection closed by peer"))
                 raise ConnectionBroken("connection closed by peer")
             assert not isinstance(event, type(NEED_DATA))
+            self._partial_since = None  # a frame completed: the frame deadline starts anew
             if isinstance(event, Credit):
                 self._wake(event.stream)
                 continue
             if event.FINAL if isinstance(event, Message) else False:
                 self._wake(event.stream)
             return event
+
+    async def _read(self) -> bytes:
+        """The next bytes, within the deadline that applies now (slowloris, idle peers)."""
+        loop = asyncio.get_running_loop()
+        if self.proto.buffered and self.frame_timeout is not None:
+            if self._partial_since is None:
+                self._partial_since = loop.time()
+            deadline: float | None = self._partial_since + self.frame_timeout - loop.time()
+            why = "a frame took too long to arrive"
+        elif self.proto.open_streams == 0:
+            deadline, why = self.idle_timeout, "idle for too long"
+        else:
+            deadline, why = None, ""
+        with translated():
+            try:
+                return await asyncio.wait_for(self.reader.read(READ_SIZE),
+                                              None if deadline is None else max(deadline, 0))
+            except TimeoutError:
+                raise ConnectionFailed(why) from None
 
     def consumed(self, stream: int, size: int) -> None:
         """The application has used ``size`` bytes of the stream's data: grant credit if due."""

@@ -309,6 +309,11 @@ class Connection:
         return stream is not None and not stream.local_final and not stream.remote_final
 
     @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return self._decoder.buffered
+
+    @property
     def open_streams(self) -> int:
         return len(self._streams)
 

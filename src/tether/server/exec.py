@@ -15,9 +15,11 @@ import fcntl
 import logging
 import os
 import pwd
+import resource
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +45,26 @@ def login_shell() -> str:
 
 @dataclass(frozen=True)
 class ExecPolicy:
+    """Where commands run and how they are bounded (0: inherit the server's limit)."""
+
     root: Path
     kill_grace: float = 1.0
+    nproc: int = 0
+    memory: int = 0
+
+    def preexec(self) -> Callable[[], None] | None:
+        """Sets the resource limits in the child before exec, when there are any to set."""
+        if not (self.nproc or self.memory):
+            return None
+        nproc, memory = self.nproc, self.memory
+
+        def limit() -> None:
+            if nproc:
+                resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            if memory:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+        return limit
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,7 @@ class CommandRun:
         self._stdin_eof = False
         self._killing: asyncio.Task[None] | None = None
         self._started = 0.0
+        self.duration = 0.0
 
     async def start(self) -> None:
         """Spawn the process and announce it; raises a RemoteError the session sends back."""
@@ -145,7 +166,7 @@ class CommandRun:
             self.proc = await asyncio.create_subprocess_exec(
                 *spec.argv, cwd=spec.cwd, env=spec.env, start_new_session=True,
                 stdin=asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL,
-                stdout=out[1], stderr=err[1],
+                stdout=out[1], stderr=err[1], preexec_fn=self.policy.preexec(),
             )
         except BaseException:
             os.close(out[0])
@@ -174,7 +195,7 @@ class CommandRun:
             feeder.cancel()
         code = proc.returncode
         assert code is not None
-        duration = time.monotonic() - self._started
+        self.duration = duration = time.monotonic() - self._started
         with contextlib.suppress(TetherError):
             self.conn.send(
                 Exit(

@@ -18,11 +18,17 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
 from tether.identity import AuthorizedClient, Identity, authorized_path, load_authorized
+from tether.server.audit import AuditLog
+from tether.server.limits import Admission, Limits
 from tether.server.session import Session
 from tether.tls import server_context
+
+if TYPE_CHECKING:
+    from tether.server.classic import ClassicConfig, ClassicServer
 
 log = logging.getLogger("tether.server")
 
@@ -45,8 +51,51 @@ class ServerConfig:
     name: str = field(default_factory=socket.gethostname)
     encoding: str = field(default_factory=lambda: locale.getpreferredencoding(False))
     plaintext: bool = False
-    handshake_timeout: float = 10.0
     kill_grace: float = 1.0
+    limits: Limits = field(default_factory=Limits)
+    audit: Path | None = None
+    classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
+
+
+STREAM_LIMIT = 1024 * 1024
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    """A one-line reason for a failed TLS handshake, naming the usual causes."""
+    text = str(exc).upper()
+    if isinstance(exc, TimeoutError):
+        return "TLS handshake timed out"
+    if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "PEER DID NOT RETURN" in text:
+        return "TLS handshake failed: client identity not authorized"
+    if "WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP_REQUEST" in text:
+        return "TLS handshake failed: not a TLS 1.3 client"
+    return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc.__class__.__name__}"
+
+
+def _keepalive(transport: asyncio.Transport) -> None:
+    """TCP keepalive, so a peer that vanished without a FIN is noticed in about two minutes."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
+class _Accepted(asyncio.Protocol):
+    """The first protocol of every connection: stops reading at once, hands over to the server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self.server._accept(transport))
+        self.server._accepting.add(task)
+        task.add_done_callback(self.server._accepting.discard)
 
 
 class Server:
@@ -65,6 +114,10 @@ class Server:
         self._clients: dict[str, AuthorizedClient] = {}
         self._ctx: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
+        self.admission = Admission(config.limits)
+        self._accepting: set[asyncio.Task[None]] = set()
+        self.audit = AuditLog(config.audit)
+        self.classic: ClassicServer | None = None
 
     # --- authorization -------------------------------------------------------------------------
 
@@ -92,46 +145,91 @@ class Server:
             self._ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
         return self._ctx
 
-    def _on_client_hello(
-        self, sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext
-    ) -> None:
-        sslobj.context = self._tls_context()
-
     # --- lifetime ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        ctx: ssl.SSLContext | None = None
-        if not self.config.plaintext:
-            assert self.identity is not None
-            ctx = server_context(self.identity, ())
-            ctx.sni_callback = self._on_client_hello
-        self._server = await asyncio.start_server(
-            self._on_connection,
-            self.config.host,
-            self.config.port,
-            ssl=ctx,
-            ssl_handshake_timeout=self.config.handshake_timeout if ctx else None,
-            limit=1024 * 1024,
-            backlog=1024,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
         )
         sock = self._server.sockets[0]
         self.config.port = sock.getsockname()[1]
+        if self.config.classic is not None:
+            await self._start_classic(self.config.classic)
+
+    async def _start_classic(self, config: ClassicConfig) -> None:
+        from tether.server.classic import ClassicServer
+
+        c = self.config
+        self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace)
+        try:
+            await self.classic.start()
+        except BaseException:
+            assert self._server is not None
+            self._server.close()
+            raise
 
     @property
     def port(self) -> int:
         return self.config.port
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        session = Session(self, reader, writer)
-        self.sessions.add(session)
+    async def _accept(self, transport: asyncio.Transport) -> None:
+        """Admit, then secure, then serve one connection; nothing is read before TLS is up."""
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if peer else "?"
+        _keepalive(transport)
+        refusal = self.admission.admit_address(address)
+        if refusal is not None:
+            log.warning("refused %s: %s", address, refusal)
+            self.audit.event("refused", address=address, reason=refusal)
+            transport.abort()
+            return
         try:
-            await session.serve()
-        except Exception:  # a bug in one session must never take the listener down
-            log.exception("session failed")
+            streams = await self._secure(transport, address)
+            if streams is None:
+                return
+            session = Session(self, *streams)
+            self.sessions.add(session)
+            try:
+                await session.serve()
+            except Exception:  # a bug in one session must never take the listener down
+                log.exception("session failed")
+            finally:
+                self.sessions.discard(session)
         finally:
-            self.sessions.discard(session)
+            self.admission.connection_closed()
+
+    async def _secure(
+        self, transport: asyncio.Transport, address: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The TLS handshake (skipped with --plaintext), under its deadline, counted per address."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        ok = False
+        try:
+            if self.config.plaintext:
+                secured: asyncio.BaseTransport = transport
+                transport.set_protocol(protocol)
+                transport.resume_reading()
+            else:
+                tls = await loop.start_tls(
+                    transport, protocol, self._tls_context(), server_side=True,
+                    ssl_handshake_timeout=self.config.limits.handshake_timeout,
+                )
+                assert tls is not None
+                secured = tls
+            protocol.connection_made(secured)
+            ok = True
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            reason = _handshake_failure(exc)
+            log.warning("refused %s: %s", address, reason)
+            self.audit.event("refused", address=address, reason=reason)
+            transport.close()  # close, not abort: let a TLS alert already queued go out
+            return None
+        finally:
+            self.admission.handshake_ended(address, ok)
+        return reader, asyncio.StreamWriter(secured, protocol, reader, loop)  # type: ignore[arg-type]
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,6 +243,12 @@ class Server:
         self._stopped.set()
 
     async def close(self) -> None:
+        await self._close()
+        self.audit.close()
+
+    async def _close(self) -> None:
+        if self.classic is not None:
+            await self.classic.close()
         if self._server is not None:
             self._server.close()
         sessions = list(self.sessions)

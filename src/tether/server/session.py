@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from tether import __version__
 from tether.errors import (
     BadRequest,
+    Busy,
     ConnectionFailed,
     NotAuthorized,
     PermissionDenied,
@@ -36,6 +37,7 @@ from tether.protocol import (
     Close,
     Commit,
     Data,
+    Done,
     Eof,
     Error,
     Exec,
@@ -54,6 +56,7 @@ from tether.protocol import (
 )
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.files import FileArea
+from tether.server.limits import Limits
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
 
@@ -62,7 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.server")
 
-MAX_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -88,25 +90,45 @@ class Session:
 
     async def serve(self) -> None:
         address = self.conn.peer_address
+        audit = self.server.audit
+        admitted = False
         try:
             self.peer = self._authorize()
-            await asyncio.wait_for(self._handshake(), self.server.config.handshake_timeout)
+            refusal = self.server.admission.admit_client(self.peer.fingerprint)
+            if refusal is not None:
+                raise Busy(refusal)
+            admitted = True
+            await asyncio.wait_for(self._handshake(), self.limits.handshake_timeout)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
+            audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
+                        name=self.peer.name)
+            self.conn.frame_timeout = self.limits.frame_timeout or None
+            self.conn.idle_timeout = self.limits.idle_timeout or None
             await self._dispatch_loop()
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s", address, exc)
+            audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
-        except (NotAuthorized, VersionMismatch) as exc:
+        except (NotAuthorized, VersionMismatch, Busy) as exc:
             log.warning("refused %s: %s", address, exc)
+            audit.event("refused", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except TimeoutError:
             log.warning("refused %s: no hello within the handshake timeout", address)
+            audit.event("refused", address=address, reason="no hello in time")
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
         finally:
             self._abandon_all()
             await self.conn.close()
+            if admitted and self.peer is not None:
+                self.server.admission.client_left(self.peer.fingerprint)
+                audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint)
+
+    @property
+    def limits(self) -> Limits:
+        return self.server.config.limits
 
     async def shutdown(self) -> None:
         """The server is stopping: tell the client, kill its commands."""
@@ -168,50 +190,80 @@ class Session:
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
-        if len(self.streams) >= MAX_STREAMS:
-            raise BadRequest(f"too many operations at once (limit {MAX_STREAMS})")
+        if len(self.streams) >= self.limits.max_streams_per_connection:
+            raise BadRequest("too many operations at once on one connection "
+                             f"(limit {self.limits.max_streams_per_connection})")
         return self.peer
 
     def _area(self, peer: Peer) -> FileArea:
         return FileArea(peer.root, peer.confined)
 
+    def _policy(self, peer: Peer) -> ExecPolicy:
+        lim = self.limits
+        return ExecPolicy(peer.root, self.server.config.kill_grace, lim.process_nproc,
+                          lim.process_memory)
+
     async def _on_exec(self, msg: Exec) -> None:
-        try:
-            peer = self._check_open("exec")
-            policy = ExecPolicy(peer.root, self.server.config.kill_grace)
-            run = CommandRun(self.conn, msg.stream, exec_spec(msg, policy), policy)
-            await run.start()
-        except RemoteError as exc:
-            self._end_stream(msg.stream, exc)
-            return
-        self.streams[msg.stream] = run
-        log.info("exec %s stream %d pid %s: %r", peer.name, msg.stream,
-                 run.proc.pid if run.proc else "?", msg.argv)
-        self._spawn(self._until_done(msg.stream, run.run()))
+        def make(policy: ExecPolicy) -> CommandRun:
+            return CommandRun(self.conn, msg.stream, exec_spec(msg, policy), policy)
+
+        await self._start_process(msg.stream, "exec", make, {"argv": msg.argv, "cwd": msg.cwd})
 
     async def _on_shell(self, msg: Shell) -> None:
-        try:
-            peer = self._check_open("shell")
-            policy = ExecPolicy(peer.root, self.server.config.kill_grace)
-            run: CommandRun
+        def make(policy: ExecPolicy) -> CommandRun:
             if msg.pty:
-                run = PtyRun(self.conn, msg.stream, shell_spec(msg, policy, line_mode=False),
-                             policy, msg.rows, msg.cols)
-            else:
-                run = LineRun(self.conn, msg.stream, shell_spec(msg, policy, line_mode=True),
-                              policy)
+                spec = shell_spec(msg, policy, line_mode=False)
+                return PtyRun(self.conn, msg.stream, spec, policy, msg.rows, msg.cols)
+            return LineRun(self.conn, msg.stream, shell_spec(msg, policy, line_mode=True),
+                           policy)
+
+        await self._start_process(msg.stream, "shell", make,
+                                  {"argv": msg.argv, "pty": msg.pty})
+
+    async def _start_process(self, stream: int, permission: str,
+                             make: Callable[[ExecPolicy], CommandRun],
+                             what: dict[str, Any]) -> None:
+        """Check, count, start and audit a command or shell; its errors end only its stream."""
+        try:
+            peer = self._check_open(permission)
+            run = make(self._policy(peer))
+            refusal = self.server.admission.admit_process(peer.fingerprint)
+            if refusal is not None:
+                raise Busy(refusal)
+        except RemoteError as exc:
+            self._end_stream(stream, exc)
+            return
+        try:
             await run.start()
         except RemoteError as exc:
-            self._end_stream(msg.stream, exc)
+            self.server.admission.process_ended(peer.fingerprint)
+            self._end_stream(stream, exc)
+            self.server.audit.event("command", fingerprint=peer.fingerprint, **what,
+                                    outcome=str(exc))
             return
-        self.streams[msg.stream] = run
-        log.info("shell %s stream %d pid %s (%s)", peer.name, msg.stream,
-                 run.proc.pid if run.proc else "?", "pty" if msg.pty else "line mode")
-        self._spawn(self._until_done(msg.stream, run.run()))
+        self.streams[stream] = run
+        log.info("%s %s stream %d pid %s: %r", permission, peer.name, stream,
+                 run.proc.pid if run.proc else "?", what.get("argv"))
+        self._spawn(self._until_done(stream, self._process(run, peer, permission, what)))
+
+    async def _process(self, run: CommandRun, peer: Peer, kind: str,
+                       what: dict[str, Any]) -> None:
+        try:
+            await run.run()
+        finally:
+            self.server.admission.process_ended(peer.fingerprint)
+            code = run.proc.returncode if run.proc else None
+            self.server.audit.event(
+                "command" if kind == "exec" else "shell", fingerprint=peer.fingerprint,
+                name=peer.name, **what, status=code if code is None or code >= 0 else None,
+                signal=-code if code is not None and code < 0 else None,
+                timed_out=run.timed_out, duration=round(run.duration, 6),
+            )
 
     async def _on_put(self, msg: Put) -> None:
         try:
-            put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")))
+            put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
+                              self.limits.max_upload, lambda done: self._audit("put", done))
             await put.start()
         except RemoteError as exc:
             self._end_stream(msg.stream, exc)
@@ -220,15 +272,22 @@ class Session:
             self.streams[msg.stream] = put
 
     async def _on_get(self, msg: Get) -> None:
-        self._start_task(msg.stream, "get", lambda area: send_file(self.conn, msg.stream, msg,
-                                                                   area))
+        self._start_task(msg.stream, "get", "get",
+                         lambda area: send_file(self.conn, msg.stream, msg, area))
 
     async def _on_list(self, msg: List) -> None:
-        self._start_task(msg.stream, "get", lambda area: send_listing(self.conn, msg.stream, msg,
-                                                                      area))
+        self._start_task(msg.stream, "get", "list",
+                         lambda area: send_listing(self.conn, msg.stream, msg, area))
 
-    def _start_task(self, stream: int, permission: str,
-                    body: Callable[[FileArea], Awaitable[None]]) -> None:
+    def _audit(self, op: str, done: Done) -> None:
+        assert self.peer is not None
+        self.server.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
+                                path=done.path, bytes=done.size - done.resumed_from,
+                                size=done.size, hash=done.hash, resumed_from=done.resumed_from,
+                                outcome="ok")
+
+    def _start_task(self, stream: int, permission: str, op: str,
+                    body: Callable[[FileArea], Awaitable[Done]]) -> None:
         try:
             area = self._area(self._check_open(permission))
         except RemoteError as exc:
@@ -236,7 +295,12 @@ class Session:
             return
         handler = _TaskStream()
         self.streams[stream] = handler
-        handler.task = self._spawn(self._until_done(stream, body(area)))
+        handler.task = self._spawn(self._until_done(stream, self._audited(op, body(area))))
+
+    async def _audited(self, op: str, body: Awaitable[Done]) -> None:
+        done = await body
+        if op != "list":
+            self._audit(op, done)
 
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
         try:
@@ -249,6 +313,8 @@ class Session:
             self.streams.pop(stream, None)
 
     def _end_stream(self, stream: int, exc: TetherError) -> None:
+        self.server.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
+                                else None, stream=stream, code=exc.code, reason=str(exc))
         handler = self.streams.pop(stream, None)
         if handler is not None:
             handler.abandon()

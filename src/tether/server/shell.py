@@ -19,6 +19,7 @@ import re
 import secrets
 import struct
 import termios
+from collections.abc import Callable
 
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -58,9 +59,15 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _take_terminal() -> None:
-    """In the child, after setsid: make stdin (the pty's slave) the controlling terminal."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _child_setup(limits: Callable[[], None] | None) -> Callable[[], None]:
+    """In the child, after setsid: take the pty's slave (stdin) as the controlling terminal."""
+
+    def setup() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if limits is not None:
+            limits()
+
+    return setup
 
 
 async def _pipe_writer(fd: int) -> asyncio.StreamWriter:
@@ -87,7 +94,7 @@ class PtyRun(CommandRun):
             spec = self.spec
             self.proc = await asyncio.create_subprocess_exec(
                 *spec.argv, cwd=spec.cwd, env=spec.env, stdin=slave, stdout=slave, stderr=slave,
-                start_new_session=True, preexec_fn=_take_terminal,
+                start_new_session=True, preexec_fn=_child_setup(self.policy.preexec()),
             )
         except BaseException:
             os.close(master)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import posixpath
+from collections.abc import Callable
 from enum import Enum, auto
 
 from tether.errors import BadRequest, SourceChanged
@@ -30,7 +31,10 @@ class _PutState(Enum):
 class PutTransfer:
     """Receives one entry of a put."""
 
-    def __init__(self, conn: FramedConnection, stream: int, req: Put, area: FileArea) -> None:
+    def __init__(self, conn: FramedConnection, stream: int, req: Put, area: FileArea,
+                 max_upload: int = 0, on_done: Callable[[Done], None] | None = None) -> None:
+        self.max_upload = max_upload
+        self.on_done = on_done
         self.conn = conn
         self.stream = stream
         self.req = req
@@ -55,6 +59,9 @@ class PutTransfer:
         req = self.req
         if req.size < 0:
             raise BadRequest("negative size")
+        if self.max_upload and req.size > self.max_upload:
+            raise BadRequest(f"a file of {req.size} bytes exceeds this server's upload limit "
+                             f"of {self.max_upload} bytes")
         dir_fd, name, self.shown = self.area.put_target(req.path, req.name)
         try:
             self.partial = self.area.open_partial(
@@ -93,8 +100,11 @@ class PutTransfer:
 
     def _done(self, size: int, hash_: str, resumed_from: int = 0) -> None:
         self.state = _PutState.ENDED
-        self.conn.send(Done(path=self.shown, size=size, hash=hash_, resumed_from=resumed_from,
-                            stream=self.stream))
+        done = Done(path=self.shown, size=size, hash=hash_, resumed_from=resumed_from,
+                    stream=self.stream)
+        self.conn.send(done)
+        if self.on_done is not None:
+            self.on_done(done)
 
     # --- events from the client ----------------------------------------------------------------
 
@@ -138,7 +148,7 @@ class PutTransfer:
             self.partial = None
 
 
-async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> None:
+async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
     """Stream one file: meta, data from the agreed offset, then done with the full hash."""
     fd, st = area.open_read(req.path)
     try:
@@ -162,9 +172,11 @@ async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileAre
             pos += len(chunk)
         if os.pread(fd, 1, size):
             raise SourceChanged(f"{req.path} grew past {size} bytes while it was being sent")
-        conn.send(Done(path=req.path, size=size, hash=digest(hasher), resumed_from=start,
-                       stream=stream))
+        done = Done(path=req.path, size=size, hash=digest(hasher), resumed_from=start,
+                    stream=stream)
+        conn.send(done)
         await conn.drain()
+        return done
     finally:
         os.close(fd)
 
@@ -180,7 +192,7 @@ def _hash_range(fd: int, hasher: object, start: int, end: int) -> object:
     return hasher.copy()  # type: ignore[attr-defined]
 
 
-async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> None:
+async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> Done:
     """Describe the tree at ``req.path``, one ``entry`` per file, directory or symlink."""
     count = 0
     for info in area.walk(req.path):
@@ -190,7 +202,9 @@ async def send_listing(conn: FramedConnection, stream: int, req: List, area: Fil
         if count % 256 == 0:
             await conn.drain()
             await asyncio.sleep(0)
-    conn.send(Done(path=req.path, count=count, stream=stream))
+    done = Done(path=req.path, count=count, stream=stream)
+    conn.send(done)
     await conn.drain()
+    return done
 
 

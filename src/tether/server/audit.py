@@ -1,0 +1,35 @@
+"""The audit log: one JSON object per line and event (``tether serve --audit FILE``).
+
+Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reason),
+``disconnection``, ``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``,
+``transfer`` (op, path, bytes, hash, outcome) and ``classic``. Lines are written whole with one
+``write`` on an O_APPEND file, so concurrent writers never interleave within a line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class AuditLog:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._fd = -1
+        if path is not None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self._fd < 0:
+            return
+        record = {"time": round(time.time(), 6), "event": kind, **fields}
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        os.write(self._fd, line.encode())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
