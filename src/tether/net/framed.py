@@ -79,6 +79,7 @@ class FramedConnection:
         self.frame_timeout: float | None = None  # a started frame must complete in this time
         self.idle_timeout: float | None = None  # with no stream open, close after this long
         self._partial_since: float | None = None
+        self._eof = False
 
     @property
     def peer_cert(self) -> bytes | None:
@@ -93,14 +94,33 @@ class FramedConnection:
     # --- receiving -----------------------------------------------------------------------------
 
     async def next_event(self) -> Message | Data:
-        """The next message or data; raises ConnectionBroken at EOF, ProtocolError on violations."""
+        """The next message or data; raises ConnectionBroken at EOF, ProtocolError on violations.
+
+        Any failure also wakes every sender waiting for credit, so nothing waits forever.
+        """
+        try:
+            return await self._next_event()
+        except ProtocolError as exc:
+            if not self._eof:
+                self._fail(exc)
+                raise
+            # the peer or the network cut a frame short: a broken connection, not a violation
+            broken = ConnectionBroken(f"connection lost: {exc}")
+            self._fail(broken)
+            raise broken from None
+        except TetherError as exc:
+            self._fail(exc)
+            raise
+
+    async def _next_event(self) -> Message | Data:
         while True:
             event = self.proto.next_event()
             if event is NEED_DATA:
-                self.proto.receive_data(await self._read())
+                data = await self._read()
+                self._eof = not data
+                self.proto.receive_data(data)
                 continue
             if event is CLOSED:
-                self._fail(ConnectionBroken("connection closed by peer"))
                 raise ConnectionBroken("connection closed by peer")
             assert not isinstance(event, type(NEED_DATA))
             self._partial_since = None  # a frame completed: the frame deadline starts anew
