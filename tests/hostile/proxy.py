@@ -93,7 +93,7 @@ class Proxy:
                     return
                 if faults.coalesce:
                     await asyncio.sleep(0.002)
-                    while len(reader._buffer) and len(data) < 1 << 20:  # noqa: SLF001
+                    while len(reader._buffer) and len(data) < 1 << 20:
                         data += await reader.read(65536)
                 if faults.cut_at is not None and passed + len(data) >= faults.cut_at:
                     await self._write(writer, data[: faults.cut_at - passed], faults, rng)

@@ -5,7 +5,9 @@ leaves a transfer that resumes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,20 @@ from tether.errors import ConnectionFailed
 from .conftest import Setup
 from .proxy import Faults, Proxy
 
+
+@contextlib.asynccontextmanager
+async def through(setup: Setup, up: Faults, down: Faults) -> AsyncIterator[tether.Connection]:
+    """A connection to the server that passes through a fault proxy."""
+    async with Proxy(("127.0.0.1", setup.port), up, down) as proxy, tether.connect(
+        "127.0.0.1", proxy.port, home=setup.client_home, accept_new=True
+    ) as conn:
+        yield conn
+
 SCRIPT = "seq 1 20000; echo to-stderr >&2; printf 'no newline'"
 
 
 async def _run_through(setup: Setup, up: Faults, down: Faults) -> tether.RunResult:
-    async with Proxy(("127.0.0.1", setup.port), up, down) as proxy:
-        async with tether.connect("127.0.0.1", proxy.port, home=setup.client_home,
-                                  accept_new=True) as conn:
+    async with through(setup, up, down) as conn:
             return await asyncio.wait_for(conn.run(SCRIPT, input=b"x" * 1000), 60)
 
 
@@ -46,10 +55,8 @@ async def test_run_through_faults_matches_direct(setup: Setup, up: Faults,
 async def test_transfer_through_random_splits_is_identical(setup: Setup, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    async with Proxy(("127.0.0.1", setup.port), Faults(split="random", seed=5),
-                     Faults(split="random", seed=6)) as proxy:
-        async with tether.connect("127.0.0.1", proxy.port, home=setup.client_home,
-                                  accept_new=True) as conn:
+    async with through(setup, Faults(split="random", seed=5),
+                     Faults(split="random", seed=6)) as conn:
             await conn.put(src, "up.bin")
             back = tmp_path / "back.bin"
             await conn.get("up.bin", back)
@@ -63,9 +70,7 @@ async def test_cut_mid_run_is_a_clear_error_not_a_hang(setup: Setup, direction: 
                                                        reset: bool) -> None:
     cut = Faults(cut_at=200_000, reset=reset)
     up, down = (cut, Faults()) if direction == "up" else (Faults(), cut)
-    async with Proxy(("127.0.0.1", setup.port), up, down) as proxy:
-        async with tether.connect("127.0.0.1", proxy.port, home=setup.client_home,
-                                  accept_new=True) as conn:
+    async with through(setup, up, down) as conn:
             with pytest.raises(ConnectionFailed):
                 await asyncio.wait_for(
                     conn.run("head -c 50000000 /dev/zero", input=b"y" * 1_000_000), 30)
@@ -74,9 +79,7 @@ async def test_cut_mid_run_is_a_clear_error_not_a_hang(setup: Setup, direction: 
 async def test_cut_mid_put_resumes_to_an_identical_file(setup: Setup, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(24 * 1024 * 1024))
-    async with Proxy(("127.0.0.1", setup.port), Faults(cut_at=9_000_000), Faults()) as proxy:
-        async with tether.connect("127.0.0.1", proxy.port, home=setup.client_home,
-                                  accept_new=True) as conn:
+    async with through(setup, Faults(cut_at=9_000_000), Faults()) as conn:
             with pytest.raises(ConnectionFailed):
                 await asyncio.wait_for(conn.put(src, "big.bin"), 30)
     assert not (setup.root / "big.bin").exists()  # never a partial under the final name
@@ -93,9 +96,7 @@ async def test_cut_mid_put_resumes_to_an_identical_file(setup: Setup, tmp_path: 
 async def test_cut_mid_get_resumes_to_an_identical_file(setup: Setup, tmp_path: Path) -> None:
     (setup.root / "remote.bin").write_bytes(os.urandom(24 * 1024 * 1024))
     dest = tmp_path / "local.bin"
-    async with Proxy(("127.0.0.1", setup.port), Faults(), Faults(cut_at=9_000_000)) as proxy:
-        async with tether.connect("127.0.0.1", proxy.port, home=setup.client_home,
-                                  accept_new=True) as conn:
+    async with through(setup, Faults(), Faults(cut_at=9_000_000)) as conn:
             with pytest.raises(ConnectionFailed):
                 await asyncio.wait_for(conn.get("remote.bin", dest), 30)
     assert not dest.exists()
