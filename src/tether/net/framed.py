@@ -216,10 +216,9 @@ class FramedConnection:
 
     async def fail(self, error: TetherError) -> None:
         """Tell the peer why (a stream-0 error frame, where still possible) and close."""
-        if not self._closed and self._error is None:
-            with contextlib.suppress(Exception):
-                code = error.code if isinstance(error, ProtocolError | TetherError) else "internal"
-                self.writer.write(self.proto.send(Error(code=code, message=str(error))))
+        if not self._closed and not isinstance(self._error, ConnectionFailed):
+            with contextlib.suppress(Exception):  # the transport may already be gone
+                self.writer.write(self.proto.send(Error(code=error.code, message=str(error))))
         self._fail(error)
         await self.close()
 
