@@ -59,18 +59,21 @@ def _still_serves(setup: Setup) -> None:
         assert conn.run("echo still-here").stdout == b"still-here\n"
 
 
-@pytest.mark.parametrize("frame", list(BAD_FRAMES.values()), ids=list(BAD_FRAMES))
-async def test_bad_frame_after_handshake(setup: Setup, frame: bytes) -> None:
+# A frame whose declared body never comes is not an error yet: the server waits for it (until
+# the frame deadline), so the client, not the server, ends these connections.
+INCOMPLETE = {"huge body then nothing"}
+
+
+@pytest.mark.parametrize("name", list(BAD_FRAMES))
+async def test_bad_frame_after_handshake(setup: Setup, name: str) -> None:
     client = await _authenticated(setup)
-    await _in_thread(lambda: client.send(frame))
-    error = await _in_thread(client.error)
-    client.close()
-    if frame.startswith(prefix(KIND_DATA, 0, 1, 0, MAX_BODY)[:4]) and b"\0" * 10 not in frame:
-        pass  # a declared-but-missing body: the server waits for it, then the client leaves
-    else:
+    await _in_thread(lambda: client.send(BAD_FRAMES[name]))
+    if name not in INCOMPLETE:
+        error = await _in_thread(client.error)
         assert error is not None, "the server closed without saying why"
         assert error["code"] == "protocol", error
         assert error["message"]
+    client.close()
     await _in_thread(lambda: _still_serves(setup))
 
 
