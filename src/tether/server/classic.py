@@ -1,0 +1,487 @@
+"""The classic protocol: serve the two clients of the classic socket tutorial, opt-in only.
+
+This module owns everything about that protocol: its listener, telling its two modes apart, its
+commands and its file transfers. It is separate from the TLS listener on purpose: the classic
+protocol has no authentication and no encryption, so it gets its own port (loopback unless the
+operator says otherwise, see :func:`classic_config`) and never shares a byte or a code path with
+tether's framed protocol. What it does share are the server's rules: the shell and process
+groups of :mod:`tether.server.exec`, and the safe, atomic writes of :mod:`tether.partial`.
+
+docs/PROTOCOL.md, section "Classic", is the normative description. In short, a connection is a
+sequence of requests; each request begins with whatever one read delivers:
+
+* 4 bytes ``struct.pack('i', n)`` with ``1 <= n <= MAX_HEADER`` followed by ``{``: a *file
+  request*, a JSON header of n bytes ``{"opt", "filename", "filesize"}``, then for an upload
+  exactly ``filesize`` raw bytes (no reply); a download is answered with a header in the same
+  format and the bytes;
+* anything else: a *command*, that read (at most :data:`COMMAND_MAX` bytes) being the command,
+  answered with its stdout if there was any, else its stderr, else a short note.
+
+Every wait is bounded (idle and read deadlines, the command timeout, header, file and output
+caps); a peer that breaks the rules is logged in one line and disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.errors import TetherError, UnsafePath
+from tether.partial import PartialFile, check_name
+from tether.server.exec import login_shell, pipe_reader, spawn_error
+from tether.server.files import FileArea
+from tether.server.listener import is_loopback
+
+log = logging.getLogger("tether.server.classic")
+
+COMMAND_MAX = 1024  # the tutorial client's recv size: one read is one command
+MAX_HEADER = 64 * 1024  # a plausible header length is 1..MAX_HEADER
+LENGTH = struct.Struct("<i")  # the tutorial's struct.pack('i'): little-endian where tether runs
+CHUNK = 256 * 1024
+UPLOAD_MODE = 0o644  # the classic client sends no mode; what a umask of 022 would give
+OPTS = ("upload", "download")
+
+
+@dataclass
+class ClassicConfig:
+    """Where the classic listener listens and the bounds it keeps (times in seconds)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    allow_remote: bool = False  # --i-understand-classic-is-unauthenticated
+    timeout: float = 60.0  # one command, then its process group is killed
+    idle_timeout: float = 300.0  # silence between requests
+    read_timeout: float = 30.0  # silence inside a request (header, upload body, slow reader)
+    max_file: int = 1 << 30  # largest upload accepted
+    max_output: int = 16 << 20  # per output stream of one command; the rest is dropped
+
+
+def classic_config(tls_host: str, tls_port: int, port: int, host: str | None,
+                   allow_remote: bool) -> ClassicConfig:
+    """The classic listener's config for ``tether serve``; TetherError explains a refusal.
+
+    Without ``host`` it listens on the TLS host when that is a loopback address, else on
+    127.0.0.1: the classic protocol is never exposed by accident.
+    """
+    if not 0 <= port <= 65535:
+        raise TetherError(f"--classic-port {port} is not a port number")
+    if port and port == tls_port:
+        raise TetherError("--classic-port must differ from the TLS port")
+    if host is None:
+        host = tls_host if is_loopback(tls_host) and tls_host != "localhost" else "127.0.0.1"
+    elif not is_loopback(host) and not allow_remote:
+        raise TetherError(
+            f"--classic-host {host} is not a loopback address and the classic protocol has no "
+            f"authentication or encryption; add --i-understand-classic-is-unauthenticated"
+        )
+    return ClassicConfig(host=host, port=port, allow_remote=allow_remote)
+
+
+# --- the wire: pure functions -------------------------------------------------------------------
+
+
+class Malformed(Exception):
+    """The peer broke the classic protocol; the message is one line for the log."""
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    opt: str
+    filename: str
+    filesize: int
+
+
+def _plausible(length: int) -> bool:
+    return 1 <= length <= MAX_HEADER
+
+
+def is_file_request(data: bytes) -> bool:
+    """True when ``data`` starts like a classic file header: a plausible length, then ``{``."""
+    return len(data) >= 5 and _plausible(LENGTH.unpack_from(data)[0]) and data[4:5] == b"{"
+
+
+def may_be_file_request(data: bytes) -> bool:
+    """Exactly a plausible length so far: the ``{`` that decides may still be on its way."""
+    return len(data) == 4 and _plausible(LENGTH.unpack(data)[0])
+
+
+def pack_header(header: dict[str, Any]) -> bytes:
+    raw = json.dumps(header).encode("utf-8")
+    return LENGTH.pack(len(raw)) + raw
+
+
+def parse_header(raw: bytes, max_file: int) -> FileRequest:
+    """The request in a header's JSON bytes, or Malformed."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise Malformed(f"header is not JSON ({str(exc)[:80]})") from None
+    if not isinstance(obj, dict):
+        raise Malformed("header is not a JSON object")
+    opt, filename, size = obj.get("opt"), obj.get("filename"), obj.get("filesize")
+    if opt not in OPTS:
+        raise Malformed(f"header opt {str(opt)[:20]!r} is neither upload nor download")
+    if not isinstance(filename, str):
+        raise Malformed("header filename is not a string")
+    if opt == "download":
+        return FileRequest(opt, filename, 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise Malformed("header filesize is not a non-negative integer")
+    if size > max_file:
+        raise Malformed(f"upload of {size} bytes exceeds the limit of {max_file}")
+    return FileRequest(opt, filename, size)
+
+
+def basename(filename: str) -> str:
+    """The one name a classic request may use: the last component (after / or \\), checked;
+    UnsafePath for '', '.', '..' or a NUL byte."""
+    return check_name(filename.replace("\\", "/").rsplit("/", 1)[-1])
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShellResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    truncated: bool
+    duration: float
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _collect(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
+    """All of a pipe's output up to ``cap`` bytes (the rest is read and dropped)."""
+    buf = bytearray()
+    truncated = False
+    while chunk := await stream.read(CHUNK):
+        room = cap - len(buf)
+        truncated = truncated or len(chunk) > room
+        buf += chunk[: max(room, 0)]
+    return bytes(buf), truncated
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    _kill_group(proc.pid, signal.SIGTERM)
+    _kill_group(proc.pid, signal.SIGCONT)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    _kill_group(proc.pid, signal.SIGKILL)
+
+
+async def _spawn(command: str, cwd: Path) -> tuple[asyncio.subprocess.Process, list[int]]:
+    """The shell on pipes of our own (asyncio's PIPE would make ``wait()`` wait for every
+    process holding the pipe, such as a job the command left in the background)."""
+    out, err = os.pipe(), os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            login_shell(), "-c", command, cwd=cwd, start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL, stdout=out[1], stderr=err[1],
+        )
+    except BaseException:
+        os.close(out[0])
+        os.close(err[0])
+        raise
+    finally:
+        os.close(out[1])
+        os.close(err[1])
+    return proc, [out[0], err[0]]
+
+
+async def run_shell(command: str, cwd: Path, config: ClassicConfig,
+                    kill_grace: float) -> ShellResult:
+    """Run ``command`` with the login shell in a process group of its own; on timeout the
+    group gets SIGTERM, then SIGKILL after ``kill_grace``. Whatever the command leaves running
+    in its group is killed when it exits, as when a terminal closes."""
+    started = time.monotonic()
+    proc, pipes = await _spawn(command, cwd)
+    readers = [asyncio.create_task(_collect(await pipe_reader(fd), config.max_output))
+               for fd in pipes]
+    timed_out = False
+    try:
+        try:
+            await asyncio.wait_for(proc.wait(), config.timeout)
+        except TimeoutError:
+            timed_out = True
+            await _terminate(proc, kill_grace)
+        _kill_group(proc.pid, signal.SIGKILL)
+        (out, cut_out), (err, cut_err) = await asyncio.gather(*readers)
+    finally:  # also when the server shuts down mid-command
+        _kill_group(proc.pid, signal.SIGKILL)
+        for task in readers:
+            task.cancel()
+    code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+    return ShellResult(code, out, err, timed_out, cut_out or cut_err,
+                       time.monotonic() - started)
+
+
+def command_reply(result: ShellResult, config: ClassicConfig, encoding: str) -> bytes:
+    """stdout if there was any, else stderr, plus a note when the whole story is not in it:
+    a timeout, truncated output, or no output at all (so the client's recv never hangs)."""
+    body = result.stdout or result.stderr
+    notes = []
+    if result.truncated:
+        notes.append(f"tether: output truncated at {config.max_output} bytes")
+    if result.timed_out:
+        notes.append(f"tether: timed out after {config.timeout:g}s; process group killed")
+    elif not body:
+        notes.append(f"tether: no output ({describe_status(result.returncode)})")
+    if not notes:
+        return body
+    gap = b"\n" if body and not body.endswith(b"\n") else b""
+    return body + gap + "".join(f"{note}\n" for note in notes).encode(encoding, "replace")
+
+
+def describe_status(code: int) -> str:
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+# --- one connection -----------------------------------------------------------------------------
+
+
+class _Drop(Exception):
+    """End this connection; the message is one line for the log."""
+
+
+class _Input:
+    """The connection's bytes with a put-back buffer, so detection can look before it leaps."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buffer = bytearray()
+
+    async def some(self, limit: int, timeout: float) -> bytes:
+        """Buffered bytes, else what one read delivers: at most ``limit``; b'' at EOF."""
+        if self._buffer:
+            data = bytes(self._buffer[:limit])
+            del self._buffer[:limit]
+            return data
+        return await asyncio.wait_for(self._reader.read(limit), timeout)
+
+    async def exactly(self, n: int, timeout: float, what: str) -> bytes:
+        while len(self._buffer) < n:
+            data = await asyncio.wait_for(self._reader.read(max(n - len(self._buffer), CHUNK)),
+                                          timeout)
+            if not data:
+                raise _Drop(f"connection closed in the middle of {what}")
+            self._buffer += data
+        return await self.some(n, timeout)
+
+    def unread(self, data: bytes) -> None:
+        self._buffer[:0] = data
+
+
+class ClassicConnection:
+    """One classic client: a loop of commands and file requests until it leaves."""
+
+    def __init__(self, server: ClassicServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.config = server.config
+        self.input = _Input(reader)
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def serve(self) -> None:
+        try:
+            while await self._request():
+                pass
+        except (_Drop, Malformed, TetherError) as exc:
+            log.warning("classic %s: %s; closing the connection", self.peer, exc)
+        except TimeoutError:
+            log.info("classic %s: silent for too long; closing the connection", self.peer)
+        except OSError as exc:
+            log.info("classic %s: connection lost (%s)", self.peer, exc.strerror or exc)
+
+    async def _request(self) -> bool:
+        """Serve one request; False when the client has gone."""
+        data = await self.input.some(COMMAND_MAX, self.config.idle_timeout)
+        if not data:
+            return False
+        if may_be_file_request(data):
+            data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
+        if is_file_request(data):
+            self.input.unread(data)
+            await self._file_request()
+        else:
+            await self._command(data)
+        return True
+
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), self.config.read_timeout)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _command(self, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        encoding = self.server.encoding
+        if "\0" in text:  # binary, e.g. a header too long to be one: nothing after is trusted
+            await self._send(b"tether: NUL byte in command; closing the connection\n")
+            raise _Drop("NUL byte in a command (not a file header the server recognizes)")
+        if not text.strip():
+            log.info("classic %s: command refused: empty command", self.peer)
+            await self._send("tether: empty command\n".encode(encoding, "replace"))
+            return
+        try:
+            result = await run_shell(text, self.server.root, self.config, self.server.kill_grace)
+        except (OSError, ValueError) as exc:
+            failure = spawn_error(login_shell(), exc)
+            log.warning("classic %s: command %r: %s", self.peer, text[:200], failure)
+            await self._send(f"tether: {failure}\n".encode(encoding, "replace"))
+            return
+        reply = command_reply(result, self.config, encoding)
+        log.info("classic %s: command %r -> %s%s, %d bytes in %.3fs", self.peer, text[:200],
+                 describe_status(result.returncode), ", timed out" if result.timed_out else "",
+                 len(reply), result.duration)
+        await self._send(reply)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    async def _file_request(self) -> None:
+        raw = await self.input.exactly(LENGTH.size, self.config.read_timeout, "a header")
+        (length,) = LENGTH.unpack(raw)
+        header = await self.input.exactly(length, self.config.read_timeout, "a header")
+        req = parse_header(header, self.config.max_file)
+        if req.opt == "upload":
+            await self._upload(req)
+        else:
+            await self._download(req)
+
+    def _area(self) -> FileArea:
+        return FileArea(self.server.root, confined=True)
+
+    async def _upload(self, req: FileRequest) -> None:
+        """Store exactly ``filesize`` bytes under a fresh name; there is no reply, so a refusal
+        closes the connection (the client cannot be told otherwise)."""
+        try:
+            name = basename(req.filename)
+        except UnsafePath as exc:
+            raise _Drop(f"upload refused: {exc}") from None
+        dir_fd = self._area().open_dir([], ".")
+        try:
+            partial = PartialFile(dir_fd, name, resume=False)
+            try:
+                await self._receive(partial, req.filesize)
+                stored = partial.commit(partial.hash, UPLOAD_MODE, None, force=False, rename=True)
+            except BaseException:
+                partial.discard()
+                raise
+        finally:
+            os.close(dir_fd)
+        log.info("classic %s: upload %r, %d bytes, stored as %r", self.peer, req.filename,
+                 req.filesize, stored)
+
+    async def _receive(self, partial: PartialFile, size: int) -> None:
+        remaining = size
+        while remaining:
+            data = await self.input.some(min(CHUNK, remaining), self.config.read_timeout)
+            if not data:
+                raise _Drop(f"upload of {partial.name!r} ended after {size - remaining} of "
+                            f"{size} bytes; nothing stored")
+            partial.write(data)
+            remaining -= len(data)
+
+    async def _download(self, req: FileRequest) -> None:
+        """A header with the size, then the bytes; a header with ``error`` and size 0 when the
+        file cannot be sent (the connection stays open)."""
+        try:
+            name = basename(req.filename)
+            fd, st = self._area().open_read(name)
+        except TetherError as exc:
+            log.info("classic %s: download %r refused: %s", self.peer, req.filename, exc)
+            await self._send(pack_header({"opt": "download", "filename": req.filename,
+                                          "filesize": 0, "error": str(exc)}))
+            return
+        try:
+            await self._send(pack_header({"opt": "download", "filename": name,
+                                          "filesize": st.st_size}))
+            await self._send_bytes(fd, name, st.st_size)
+        finally:
+            os.close(fd)
+        log.info("classic %s: download %r, %d bytes", self.peer, name, st.st_size)
+
+    async def _send_bytes(self, fd: int, name: str, size: int) -> None:
+        sent = 0
+        while sent < size:
+            chunk = os.pread(fd, min(CHUNK, size - sent), sent)
+            if not chunk:
+                raise _Drop(f"{name!r} shrank while it was being sent")
+            await self._send(chunk)
+            sent += len(chunk)
+
+
+# --- the listener -------------------------------------------------------------------------------
+
+
+class ClassicServer:
+    """The classic listener; :class:`tether.server.listener.Server` starts and closes it."""
+
+    def __init__(self, config: ClassicConfig, root: Path, encoding: str,
+                 kill_grace: float = 1.0) -> None:
+        if not is_loopback(config.host) and not config.allow_remote:
+            raise TetherError(f"the classic protocol may not listen on {config.host} "
+                              f"without allow_remote")
+        self.config = config
+        self.root = root
+        self.encoding = encoding
+        self.kill_grace = kill_grace
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_connection, self.config.host, self.config.port, backlog=128,
+        )
+        self.config.port = self._server.sockets[0].getsockname()[1]
+
+    async def _on_connection(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await ClassicConnection(self, reader, writer).serve()
+        except asyncio.CancelledError:
+            pass  # close() ended it; asyncio's stream callback must not see a cancelled task
+        except Exception:  # a bug in one connection must never take the listener down
+            log.exception("classic connection failed")
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def close(self) -> None:
+        """Stop listening and end every connection (killing any running command's group)."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)

@@ -1,0 +1,214 @@
+"""The tutorial's own clients against a real ``tether serve --classic-port`` (issue 8)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+
+import classic_clients as classic
+from classic_harness import ServeProcess, tether, wait_until
+
+
+def stored(server: ServeProcess, name: str, size: int) -> bytes:
+    """The bytes stored under ``name`` once the upload is complete (uploads get no reply)."""
+    path = server.root / name
+    assert wait_until(lambda: path.exists() and path.stat().st_size == size, 10), (
+        f"{name} not stored\n{server.log_text()[-2000:]}")
+    return path.read_bytes()
+
+
+# --- command mode --------------------------------------------------------------------------------
+
+
+def test_command_output(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "echo hello classic") == b"hello classic\n"
+
+
+def test_stdout_wins_over_stderr(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "echo out; echo err >&2") == b"out\n"
+
+
+def test_stderr_only_output(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        reply = classic.command(sock, "ls /no-such-dir-for-classic")
+    assert b"no-such-dir-for-classic" in reply
+    assert b"No such file" in reply
+
+
+def test_empty_line_gets_an_error_and_the_connection_lives_on(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "\n") == b"tether: empty command\n"
+        assert classic.command(sock, "   \t ") == b"tether: empty command\n"
+        assert classic.command(sock, "echo still here") == b"still here\n"
+
+
+def test_no_output_gets_a_note(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "true") == b"tether: no output (exit status 0)\n"
+        assert classic.command(sock, "exit 3") == b"tether: no output (exit status 3)\n"
+
+
+def test_commands_run_in_the_root(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "pwd").decode().strip() == str(server.root)
+
+
+def test_commands_are_logged(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        classic.command(sock, "echo logged-marker-71")
+    assert wait_until(lambda: "classic" in server.log_text()
+                      and "logged-marker-71" in server.log_text(), 5)
+
+
+# --- file mode -----------------------------------------------------------------------------------
+
+
+def test_upload_text_file(server: ServeProcess, tmp_path: Path) -> None:
+    src = tmp_path / "notes.txt"
+    src.write_text("first line\nzweite Zeile — ünïcödé\n" * 50, encoding="utf-8")
+    with classic.connect(server.classic_port) as sock:
+        classic.upload(sock, src)
+    assert stored(server, "notes.txt", src.stat().st_size) == src.read_bytes()
+
+
+def test_upload_binary_file(server: ServeProcess, tmp_path: Path) -> None:
+    src = tmp_path / "blob.bin"
+    src.write_bytes(bytes(range(256)) * 64 + os.urandom(3 * 1024 * 1024 + 17))
+    with classic.connect(server.classic_port) as sock:
+        classic.upload(sock, src)
+    assert stored(server, "blob.bin", src.stat().st_size) == src.read_bytes()
+
+
+def test_name_collision_gets_a_fresh_name(server: ServeProcess, tmp_path: Path) -> None:
+    src = tmp_path / "report.txt"
+    with classic.connect(server.classic_port) as sock:
+        src.write_bytes(b"first\n")
+        classic.upload(sock, src)
+        stored(server, "report.txt", 6)
+        src.write_bytes(b"second!\n")
+        classic.upload(sock, src)
+    assert stored(server, "report (1).txt", 8) == b"second!\n"
+    assert (server.root / "report.txt").read_bytes() == b"first\n"
+
+
+def test_dotdot_is_stored_as_its_basename(server: ServeProcess, tmp_path: Path) -> None:
+    src = tmp_path / "x"
+    src.write_bytes(b"escape attempt\n")
+    with classic.connect(server.classic_port) as sock:
+        classic.upload(sock, src, filename="../x")
+    assert stored(server, "x", 15) == b"escape attempt\n"
+    assert not (server.root.parent / "x").exists()
+
+
+def test_header_split_from_its_length_and_body_in_one_send(server: ServeProcess) -> None:
+    """The 4 length bytes alone first (detection waits for the '{'), then header and body."""
+    header = b'{"opt": "upload", "filename": "split.txt", "filesize": 5}'
+    with classic.connect(server.classic_port) as sock:
+        sock.send(struct.pack("i", len(header)))
+        time.sleep(0.2)
+        sock.send(header + b"hello")
+        assert classic.command(sock, "cat split.txt") == b"hello"
+
+
+def test_download(server: ServeProcess) -> None:
+    data = os.urandom(300_000)
+    (server.root / "fetch.bin").write_bytes(data)
+    with classic.connect(server.classic_port) as sock:
+        header, body = classic.download(sock, "fetch.bin")
+        assert header == {"opt": "download", "filename": "fetch.bin", "filesize": len(data)}
+        assert body == data
+        assert classic.command(sock, "echo after") == b"after\n"
+
+
+def test_download_of_a_missing_file(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        header, body = classic.download(sock, "missing.bin")
+        assert header["filesize"] == 0 and body == b""
+        assert "no such file" in header["error"]
+        assert classic.command(sock, "echo alive") == b"alive\n"
+
+
+# --- bounds and the TLS port ---------------------------------------------------------------------
+
+
+def test_tls_port_does_not_speak_classic(server: ServeProcess) -> None:
+    with classic.connect(server.tls_port) as sock:
+        sock.settimeout(10)
+        sock.send(b"echo should-not-run")
+        try:
+            reply = sock.recv(classic.BIG_RECV)
+        except (ConnectionResetError, TimeoutError):
+            reply = b""
+    assert b"should-not-run" not in reply
+
+
+def test_malformed_header_closes_only_that_connection(server: ServeProcess,
+                                                      tmp_path: Path) -> None:
+    bad = b"{not json at all}"
+    with classic.connect(server.classic_port) as sock:
+        sock.send(struct.pack("i", len(bad)) + bad)
+        assert sock.recv(100) == b""  # closed by the server
+    assert wait_until(lambda: "header is not JSON" in server.log_text(), 5)
+    assert server.alive()
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "echo classic-ok") == b"classic-ok\n"
+    # and a normal, authenticated tether client is served as before
+    client_home = tmp_path / "client"
+    assert tether("keygen", "--name", "classic-test", home=client_home).returncode == 0
+    line = tether("id", home=client_home).stdout.decode().strip()
+    done = tether("authorize", line, home=server.home)
+    assert done.returncode == 0, done.stderr
+    run = tether("run", "--accept-new", "-p", str(server.tls_port), "127.0.0.1", "echo tls-ok",
+                 home=client_home)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == b"tls-ok\n"
+
+
+def test_too_large_upload_is_refused(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        classic.send_header(sock, {"opt": "upload", "filename": "huge.bin",
+                                   "filesize": 2 << 30})
+        assert sock.recv(100) == b""
+    assert not (server.root / "huge.bin").exists()
+    assert wait_until(lambda: "exceeds the limit" in server.log_text(), 5)
+
+
+def test_unsafe_upload_name_is_refused(server: ServeProcess) -> None:
+    with classic.connect(server.classic_port) as sock:
+        classic.send_header(sock, {"opt": "upload", "filename": "..", "filesize": 3})
+        try:
+            sock.send(b"abc")
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    assert wait_until(lambda: "upload refused" in server.log_text(), 5)
+
+
+def _serve_refusal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    done = tether("serve", "-p", "0", "--root", str(tmp_path), *args, home=tmp_path / "h",
+                  timeout=30)
+    return done.returncode, done.stderr.decode()
+
+
+def test_non_loopback_classic_host_needs_the_flag(tmp_path: Path) -> None:
+    code, err = _serve_refusal(tmp_path, "--classic-port", "0", "--classic-host", "0.0.0.0")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("tether: ")
+    assert "--i-understand-classic-is-unauthenticated" in err
+    assert "Traceback" not in err
+
+
+def test_classic_port_is_never_the_tls_port(tmp_path: Path) -> None:
+    done = tether("serve", "-p", "7799", "--root", str(tmp_path), "--classic-port", "7799",
+                  home=tmp_path / "h", timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.decode() == "tether: --classic-port must differ from the TLS port\n"
+
+
+def test_classic_host_alone_is_an_error(tmp_path: Path) -> None:
+    code, err = _serve_refusal(tmp_path, "--classic-host", "127.0.0.1")
+    assert code == 1 and err == "tether: --classic-host needs --classic-port\n"
