@@ -3,6 +3,7 @@ identities, and a way to connect to it (directly or through the fault proxy)."""
 
 from __future__ import annotations
 
+import resource
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,13 @@ async def make_setup(tmp: Path, limits: Limits | None = None,
     server = Server(config, server_id)
     await server.start()
     return Setup(server, server_id, client_id, client_home, root)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _enough_descriptors() -> None:
+    """Client and server share this process: allow both their sockets."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
 
 @pytest.fixture
