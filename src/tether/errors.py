@@ -142,6 +142,7 @@ WIRE_CODES: dict[str, type[TetherError]] = {
     cls.code: cls
     for cls in (
         ProtocolError,
+        ConnectionFailed,
         VersionMismatch,
         ServerShuttingDown,
         NotAuthorized,

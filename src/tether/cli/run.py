@@ -40,32 +40,43 @@ class RunOptions:
 
 
 class OutputSink:
-    """Writes one remote channel to a local stream: raw bytes, or re-decoded text on a terminal."""
+    """Writes one remote channel to a local stream: raw bytes, or text re-encoded for it.
+
+    Undecodable remote bytes and characters the local side cannot show both become
+    replacement characters: never a crash.
+    """
 
     def __init__(self, text: TextIO, encoding: str | None) -> None:
         self.binary: BinaryIO = text.buffer
-        self.text = text
+        self.local = text.encoding or "utf-8"
         self.decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
 
     def write(self, data: bytes) -> None:
-        if self.decoder is None:
-            self.binary.write(data)
-            self.binary.flush()
-        else:
-            self.text.write(self.decoder.decode(data))
-            self.text.flush()
+        if self.decoder is not None:
+            data = self.decoder.decode(data).encode(self.local, "replace")
+        self.binary.write(data)
+        self.binary.flush()
 
     def close(self) -> None:
         if self.decoder is not None:
-            self.text.write(self.decoder.decode(b"", final=True))
-            self.text.flush()
+            self.binary.write(self.decoder.decode(b"", final=True).encode(self.local, "replace"))
+            self.binary.flush()
 
 
 def _terminal_encoding(stream: TextIO, server: str, override: str | None) -> str | None:
-    """The encoding to decode a channel with, or None to pass bytes through."""
+    """The encoding to decode a channel with, or None to pass bytes through: the server's on a
+    terminal, ``--encoding`` wherever the output goes, raw bytes into pipes and files."""
     if override:
         return override
-    return server if stream.isatty() else None
+    return server if stream.isatty() and _known(server) else None
+
+
+def _known(encoding: str) -> bool:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    return True
 
 
 def confirm_on_tty(key: str, fp: str) -> bool:
@@ -95,6 +106,8 @@ def _stdin_pump(loop: asyncio.AbstractEventLoop, proc: Process) -> None:
 async def _run(opts: RunOptions) -> int:
     if not opts.command or not any(a.strip() for a in opts.command):
         raise BadRequest("empty command: give a command after the host, e.g. tether run HOST -- ls")
+    if opts.encoding and not _known(opts.encoding):
+        raise BadRequest(f"unknown encoding {opts.encoding!r} (try utf-8, gbk, cp1252)")
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm) as conn:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.errors import BadRequest, NotFound, SpawnFailed, TetherError
+from tether.errors import BadRequest, NotFound, PermissionDenied, SpawnFailed, TetherError
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
 
@@ -51,6 +51,7 @@ class ExecPolicy:
     kill_grace: float = 1.0
     nproc: int = 0
     memory: int = 0
+    confined: bool = False  # a client with its own root: --cwd stays below it (not a sandbox)
 
     def preexec(self) -> Callable[[], None] | None:
         """Sets the resource limits in the child before exec, when there are any to set."""
@@ -95,6 +96,8 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     check_env(req.env)
     if req.timeout is not None and req.timeout <= 0:
         raise BadRequest("timeout must be positive")
+    if policy.confined and req.cwd and (req.cwd.startswith("/") or ".." in req.cwd.split("/")):
+        raise PermissionDenied(f"--cwd {req.cwd!r} is outside this client's root")
     cwd = policy.root / (req.cwd or "")
     if not cwd.is_dir():
         raise NotFound(f"no such directory: {req.cwd or cwd}")

@@ -201,7 +201,7 @@ class Session:
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
         return ExecPolicy(peer.root, self.server.config.kill_grace, lim.process_nproc,
-                          lim.process_memory)
+                          lim.process_memory, peer.confined)
 
     async def _on_exec(self, msg: Exec) -> None:
         def make(policy: ExecPolicy) -> CommandRun:
@@ -305,10 +305,10 @@ class Session:
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
         try:
             await body
-        except RemoteError as exc:
-            self._end_stream(stream, exc)
-        except TetherError:
+        except ConnectionFailed:
             pass  # the connection is gone; the session's own loop reports it
+        except (TetherError, OSError) as exc:
+            self._end_stream(stream, _as_remote(exc))
         finally:
             self.streams.pop(stream, None)
 
@@ -330,8 +330,8 @@ class Session:
             return
         try:
             handler.feed(data.data)
-        except RemoteError as exc:
-            self._end_stream(data.stream, exc)
+        except (TetherError, OSError) as exc:
+            self._end_stream(data.stream, _as_remote(exc))
 
     async def _on_stream_message(self, msg: Message) -> None:
         handler = self.streams.get(msg.stream)
@@ -339,8 +339,8 @@ class Session:
             return  # its operation already ended; the message was in flight
         try:
             handler.handle(msg)
-        except RemoteError as exc:
-            self._end_stream(msg.stream, exc)
+        except (TetherError, OSError) as exc:
+            self._end_stream(msg.stream, _as_remote(exc))
 
     async def _on_close(self, msg: Close) -> None:
         handler = self.streams.pop(msg.stream, None)
@@ -354,6 +354,9 @@ class Session:
 
     async def _on_ping(self, msg: Ping) -> None:
         self.conn.send(Pong(token=msg.token))
+
+    async def _on_pong(self, msg: Pong) -> None:
+        pass  # an answer to a keepalive ping; nothing to do
 
     HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]] = {
         Exec: _on_exec,
@@ -370,6 +373,7 @@ class Session:
         Close: _on_close,
         Error: _on_error,
         Ping: _on_ping,
+        Pong: _on_pong,
     }
 
     # --- lifetime ------------------------------------------------------------------------------
@@ -408,6 +412,15 @@ class _TaskStream:
     def abandon(self) -> None:
         if self.task is not None:
             self.task.cancel()
+
+
+def _as_remote(exc: BaseException) -> TetherError:
+    """An error that ends one stream, as the client should see it (one line, a wire code)."""
+    if isinstance(exc, RemoteError):
+        return exc
+    if isinstance(exc, OSError):
+        return RemoteError(f"{exc.filename or 'operation'}: {exc.strerror or exc}")
+    return RemoteError(str(exc) or exc.__class__.__name__)
 
 
 _VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
