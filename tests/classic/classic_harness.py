@@ -10,6 +10,7 @@ this module, never a ``conftest``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 CLASSIC = re.compile(r"classic protocol on 127\.0\.0\.1:(\d+)")
@@ -64,6 +66,15 @@ class ServeProcess:
     tls_port: int
     classic_port: int
 
+    @property
+    def audit(self) -> Path:
+        return self.home.parent / "audit.jsonl"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -82,13 +93,14 @@ class ServeProcess:
 
 
 def start_serve(base: Path, *extra: str) -> ServeProcess:
-    """``tether serve -p 0 --classic-port 0`` in ``base``, waited for until it listens."""
+    """``tether serve -p 0 --classic-port 0 --audit`` in ``base``, waited for until it
+    listens."""
     home, root, log = base / "server", base / "root", base / "server.log"
     root.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as log_file:
         proc = subprocess.Popen(
             [*tether_argv(), "serve", "-p", "0", "--root", str(root), "--classic-port", "0",
-             *extra],
+             "--audit", str(base / "audit.jsonl"), *extra],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=cli_env(home),
             start_new_session=True,
         )

@@ -57,11 +57,16 @@ def test_commands_run_in_the_root(server: ServeProcess) -> None:
         assert classic.command(sock, "pwd").decode().strip() == str(server.root)
 
 
-def test_commands_are_logged(server: ServeProcess) -> None:
+def test_commands_are_logged_and_audited(server: ServeProcess) -> None:
     with classic.connect(server.classic_port) as sock:
         classic.command(sock, "echo logged-marker-71")
-    assert wait_until(lambda: "classic" in server.log_text()
+    assert wait_until(lambda: "classic 127.0.0.1:" in server.log_text()
                       and "logged-marker-71" in server.log_text(), 5)
+    events = [e for e in server.audit_events()
+              if e["event"] == "classic" and e.get("command") == "echo logged-marker-71"]
+    assert len(events) == 1
+    assert events[0]["op"] == "command" and events[0]["status"] == 0
+    assert events[0]["address"].startswith("127.0.0.1:")
 
 
 # --- file mode -----------------------------------------------------------------------------------
@@ -81,6 +86,8 @@ def test_upload_binary_file(server: ServeProcess, tmp_path: Path) -> None:
     with classic.connect(server.classic_port) as sock:
         classic.upload(sock, src)
     assert stored(server, "blob.bin", src.stat().st_size) == src.read_bytes()
+    assert wait_until(lambda: any(e.get("op") == "upload" and e.get("stored") == "blob.bin"
+                                  for e in server.audit_events()), 5)
 
 
 def test_name_collision_gets_a_fresh_name(server: ServeProcess, tmp_path: Path) -> None:

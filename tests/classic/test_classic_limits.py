@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from tether.errors import TetherError
+from tether.server.audit import AuditLog
 from tether.server.classic import ClassicConfig, ClassicServer
+from tether.server.limits import Limits
 
 Pipe = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -168,3 +170,66 @@ async def test_one_bad_connection_leaves_the_others_alone(classic: ClassicServer
 def test_a_non_loopback_address_needs_allow_remote(tmp_path: Path) -> None:
     with pytest.raises(TetherError):
         ClassicServer(ClassicConfig(host="0.0.0.0"), tmp_path, "utf-8")
+
+
+async def test_connections_are_capped(tmp_path: Path) -> None:
+    server = ClassicServer(ClassicConfig(max_connections=2), tmp_path, "utf-8")
+    await server.start()
+    try:
+        first, second = await connect(server), await connect(server)
+        assert await ask(first, b"echo 1") == b"1\n"
+        assert await ask(second, b"echo 2") == b"2\n"
+        third = await connect(server)
+        assert await closed_within(third, 5)
+        assert await ask(first, b"echo still") == b"still\n"
+    finally:
+        await server.close()
+
+
+async def test_the_tls_upload_cap_applies_when_lower(tmp_path: Path) -> None:
+    server = ClassicServer(ClassicConfig(), tmp_path, "utf-8", limits=Limits(max_upload=10))
+    await server.start()
+    try:
+        pipe = await connect(server)
+        pipe[1].write(packed({"opt": "upload", "filename": "a.bin", "filesize": 11}))
+        assert await closed_within(pipe, 5)
+        pipe = await connect(server)
+        pipe[1].write(packed({"opt": "upload", "filename": "a.bin", "filesize": 10}) + b"x" * 10)
+        assert await ask(pipe, b"cat a.bin") == b"x" * 10
+    finally:
+        await server.close()
+
+
+async def test_events_go_to_the_audit_log(tmp_path: Path) -> None:
+    root, path = tmp_path / "root", tmp_path / "audit.jsonl"
+    root.mkdir()
+    audit = AuditLog(path)
+    server = ClassicServer(ClassicConfig(), root, "utf-8", audit=audit)
+    await server.start()
+    try:
+        pipe = await connect(server)
+        pipe[1].write(packed({"opt": "upload", "filename": "../r.txt", "filesize": 2}) + b"hi")
+        assert await ask(pipe, b"exit 4") == b"tether: no output (exit status 4)\n"
+        pipe[1].write(packed({"opt": "nope", "filename": "r.txt"}))
+        assert await closed_within(pipe, 5)
+    finally:
+        await server.close()
+        audit.close()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["event"], e["op"]) for e in events] == [
+        ("classic", "upload"), ("classic", "command"), ("classic", "closed")]
+    upload, command, closed = events
+    assert (upload["filename"], upload["stored"], upload["bytes"]) == ("../r.txt", "r.txt", 2)
+    assert upload["hash"].startswith("blake3:")
+    assert (command["command"], command["status"], command["timed_out"]) == ("exit 4", 4, False)
+    assert "neither upload nor download" in closed["reason"]
+
+
+async def test_commands_get_the_servers_rlimits(tmp_path: Path) -> None:
+    limits = Limits(process_memory=512 << 20)
+    server = ClassicServer(ClassicConfig(), tmp_path, "utf-8", limits=limits)
+    await server.start()
+    try:
+        assert await ask(await connect(server), b"ulimit -v") == b"524288\n"
+    finally:
+        await server.close()

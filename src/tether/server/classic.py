@@ -17,8 +17,11 @@ sequence of requests; each request begins with whatever one read delivers:
 * anything else: a *command*, that read (at most :data:`COMMAND_MAX` bytes) being the command,
   answered with its stdout if there was any, else its stderr, else a short note.
 
-Every wait is bounded (idle and read deadlines, the command timeout, header, file and output
-caps); a peer that breaks the rules is logged in one line and disconnected.
+Every wait is bounded (idle and read deadlines, the command timeout, header, upload, output and
+connection caps); the TLS server's upload cap and command rlimits apply too. A peer that breaks
+the rules (a malformed header, binary bytes where a command should be, a refused upload) is
+logged in one line and disconnected; nothing it sends reaches the TLS listener. Each request is
+logged as ``classic PEER: ...`` and written to the audit log as a ``classic`` event.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ import os
 import signal
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError, UnsafePath
 from tether.partial import PartialFile, check_name
-from tether.server.exec import login_shell, pipe_reader, spawn_error
+from tether.server.audit import AuditLog
+from tether.server.exec import ExecPolicy, login_shell, pipe_reader, spawn_error
 from tether.server.files import FileArea
+from tether.server.limits import Limits
 from tether.server.listener import is_loopback
 
 log = logging.getLogger("tether.server.classic")
@@ -63,6 +69,7 @@ class ClassicConfig:
     read_timeout: float = 30.0  # silence inside a request (header, upload body, slow reader)
     max_file: int = 1 << 30  # largest upload accepted
     max_output: int = 16 << 20  # per output stream of one command; the rest is dropped
+    max_connections: int = 64  # at once; more are closed on arrival
 
 
 def classic_config(tls_host: str, tls_port: int, port: int, host: str | None,
@@ -184,7 +191,11 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     _kill_group(proc.pid, signal.SIGKILL)
 
 
-async def _spawn(command: str, cwd: Path) -> tuple[asyncio.subprocess.Process, list[int]]:
+Preexec = Callable[[], None] | None
+
+
+async def _spawn(command: str, cwd: Path,
+                 preexec: Preexec) -> tuple[asyncio.subprocess.Process, list[int]]:
     """The shell on pipes of our own (asyncio's PIPE would make ``wait()`` wait for every
     process holding the pipe, such as a job the command left in the background)."""
     out, err = os.pipe(), os.pipe()
@@ -192,6 +203,7 @@ async def _spawn(command: str, cwd: Path) -> tuple[asyncio.subprocess.Process, l
         proc = await asyncio.create_subprocess_exec(
             login_shell(), "-c", command, cwd=cwd, start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL, stdout=out[1], stderr=err[1],
+            preexec_fn=preexec,
         )
     except BaseException:
         os.close(out[0])
@@ -203,13 +215,14 @@ async def _spawn(command: str, cwd: Path) -> tuple[asyncio.subprocess.Process, l
     return proc, [out[0], err[0]]
 
 
-async def run_shell(command: str, cwd: Path, config: ClassicConfig,
-                    kill_grace: float) -> ShellResult:
-    """Run ``command`` with the login shell in a process group of its own; on timeout the
-    group gets SIGTERM, then SIGKILL after ``kill_grace``. Whatever the command leaves running
-    in its group is killed when it exits, as when a terminal closes."""
+async def run_shell(command: str, cwd: Path, config: ClassicConfig, kill_grace: float,
+                    preexec: Preexec = None) -> ShellResult:
+    """Run ``command`` with the login shell in a process group of its own (with the server's
+    resource limits, through ``preexec``); on timeout the group gets SIGTERM, then SIGKILL after
+    ``kill_grace``. Whatever the command leaves running in its group is killed when it exits,
+    as when a terminal closes."""
     started = time.monotonic()
-    proc, pipes = await _spawn(command, cwd)
+    proc, pipes = await _spawn(command, cwd, preexec)
     readers = [asyncio.create_task(_collect(await pipe_reader(fd), config.max_output))
                for fd in pipes]
     timed_out = False
@@ -300,16 +313,23 @@ class ClassicConnection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
+    def _record(self, op: str, message: str, *, warn: bool = False, **fields: Any) -> None:
+        """One log line ``classic PEER: ...`` and one ``classic`` audit event."""
+        log.log(logging.WARNING if warn else logging.INFO, "classic %s: %s", self.peer, message)
+        self.server.audit.event("classic", address=self.peer, op=op, **fields)
+
     async def serve(self) -> None:
         try:
             while await self._request():
                 pass
         except (_Drop, Malformed, TetherError) as exc:
-            log.warning("classic %s: %s; closing the connection", self.peer, exc)
+            self._record("closed", f"{exc}; closing the connection", warn=True, reason=str(exc))
         except TimeoutError:
-            log.info("classic %s: silent for too long; closing the connection", self.peer)
+            self._record("closed", "silent for too long; closing the connection",
+                         reason="timeout")
         except OSError as exc:
-            log.info("classic %s: connection lost (%s)", self.peer, exc.strerror or exc)
+            reason = f"connection lost ({exc.strerror or exc})"
+            self._record("closed", reason, reason=reason)
 
     async def _request(self) -> bool:
         """Serve one request; False when the client has gone."""
@@ -338,20 +358,28 @@ class ClassicConnection:
             await self._send(b"tether: NUL byte in command; closing the connection\n")
             raise _Drop("NUL byte in a command (not a file header the server recognizes)")
         if not text.strip():
-            log.info("classic %s: command refused: empty command", self.peer)
+            self._record("command", "command refused: empty command", command=text,
+                         outcome="empty command")
             await self._send("tether: empty command\n".encode(encoding, "replace"))
             return
+        server = self.server
         try:
-            result = await run_shell(text, self.server.root, self.config, self.server.kill_grace)
+            result = await run_shell(text, server.root, self.config, server.kill_grace,
+                                     server.preexec)
         except (OSError, ValueError) as exc:
             failure = spawn_error(login_shell(), exc)
-            log.warning("classic %s: command %r: %s", self.peer, text[:200], failure)
+            self._record("command", f"command {text[:200]!r}: {failure}", warn=True,
+                         command=text, outcome=str(failure))
             await self._send(f"tether: {failure}\n".encode(encoding, "replace"))
             return
         reply = command_reply(result, self.config, encoding)
-        log.info("classic %s: command %r -> %s%s, %d bytes in %.3fs", self.peer, text[:200],
-                 describe_status(result.returncode), ", timed out" if result.timed_out else "",
-                 len(reply), result.duration)
+        code = result.returncode
+        self._record(
+            "command", f"command {text[:200]!r} -> {describe_status(code)}"
+            f"{', timed out' if result.timed_out else ''}, {len(reply)} bytes in "
+            f"{result.duration:.3f}s", command=text, status=code if code >= 0 else None,
+            signal=-code if code < 0 else None, timed_out=result.timed_out,
+            duration=round(result.duration, 6), bytes=len(reply))
         await self._send(reply)
 
     # --- files ---------------------------------------------------------------------------------
@@ -360,7 +388,7 @@ class ClassicConnection:
         raw = await self.input.exactly(LENGTH.size, self.config.read_timeout, "a header")
         (length,) = LENGTH.unpack(raw)
         header = await self.input.exactly(length, self.config.read_timeout, "a header")
-        req = parse_header(header, self.config.max_file)
+        req = parse_header(header, self.server.max_file)
         if req.opt == "upload":
             await self._upload(req)
         else:
@@ -381,14 +409,16 @@ class ClassicConnection:
             partial = PartialFile(dir_fd, name, resume=False)
             try:
                 await self._receive(partial, req.filesize)
-                stored = partial.commit(partial.hash, UPLOAD_MODE, None, force=False, rename=True)
+                digest = partial.hash  # ours: the classic client sends none
+                stored = partial.commit(digest, UPLOAD_MODE, None, force=False, rename=True)
             except BaseException:
                 partial.discard()
                 raise
         finally:
             os.close(dir_fd)
-        log.info("classic %s: upload %r, %d bytes, stored as %r", self.peer, req.filename,
-                 req.filesize, stored)
+        self._record("upload", f"upload {req.filename!r}, {req.filesize} bytes, stored as "
+                     f"{stored!r}", filename=req.filename, stored=stored, bytes=req.filesize,
+                     hash=digest, outcome="ok")
 
     async def _receive(self, partial: PartialFile, size: int) -> None:
         remaining = size
@@ -407,7 +437,8 @@ class ClassicConnection:
             name = basename(req.filename)
             fd, st = self._area().open_read(name)
         except TetherError as exc:
-            log.info("classic %s: download %r refused: %s", self.peer, req.filename, exc)
+            self._record("download", f"download {req.filename!r} refused: {exc}",
+                         filename=req.filename, outcome=str(exc))
             await self._send(pack_header({"opt": "download", "filename": req.filename,
                                           "filesize": 0, "error": str(exc)}))
             return
@@ -417,7 +448,8 @@ class ClassicConnection:
             await self._send_bytes(fd, name, st.st_size)
         finally:
             os.close(fd)
-        log.info("classic %s: download %r, %d bytes", self.peer, name, st.st_size)
+        self._record("download", f"download {name!r}, {st.st_size} bytes", filename=name,
+                     bytes=st.st_size, outcome="ok")
 
     async def _send_bytes(self, fd: int, name: str, size: int) -> None:
         sent = 0
@@ -436,14 +468,22 @@ class ClassicServer:
     """The classic listener; :class:`tether.server.listener.Server` starts and closes it."""
 
     def __init__(self, config: ClassicConfig, root: Path, encoding: str,
-                 kill_grace: float = 1.0) -> None:
+                 kill_grace: float = 1.0, *, audit: AuditLog | None = None,
+                 limits: Limits | None = None) -> None:
+        """``limits`` are the TLS server's: their upload cap (if lower than ours) and command
+        rlimits apply here too."""
         if not is_loopback(config.host) and not config.allow_remote:
             raise TetherError(f"the classic protocol may not listen on {config.host} "
                               f"without allow_remote")
+        lim = limits or Limits()
         self.config = config
         self.root = root
         self.encoding = encoding
         self.kill_grace = kill_grace
+        self.audit = audit or AuditLog(None)
+        self.max_file = min(config.max_file, lim.max_upload or config.max_file)
+        self.preexec = ExecPolicy(root, kill_grace, lim.process_nproc,
+                                  lim.process_memory).preexec()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -461,6 +501,11 @@ class ClassicServer:
                              writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._tasks) >= self.config.max_connections:
+            log.warning("classic: %d connections already; closing a new one",
+                        len(self._tasks))
+            writer.close()
+            return
         self._tasks.add(task)
         try:
             await ClassicConnection(self, reader, writer).serve()
