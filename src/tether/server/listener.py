@@ -161,7 +161,8 @@ class Server:
         from tether.server.classic import ClassicServer
 
         c = self.config
-        self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace)
+        self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
+                                     limits=c.limits)
         try:
             await self.classic.start()
         except BaseException:
