@@ -19,7 +19,15 @@ from typing import Any
 
 import blake3
 
-from tether.errors import AlreadyExists, Busy, IntegrityError, NoSpace, TetherError, UnsafePath
+from tether.errors import (
+    AlreadyExists,
+    Busy,
+    IntegrityError,
+    NoSpace,
+    PermissionDenied,
+    RemoteError,
+    UnsafePath,
+)
 
 HASH_NAME = "blake3"
 CHUNK = 1024 * 1024
@@ -45,10 +53,38 @@ def check_name(name: str) -> str:
     return name
 
 
-def _disk_error(exc: OSError, what: str) -> TetherError:
+def link_stays_inside(depth: int, target: str) -> bool:
+    """Whether a symlink to ``target``, placed ``depth`` directories below a tree's root,
+    resolves inside that tree, whichever symlinks (obeying this same rule) it passes through.
+
+    The target must be relative, and '..' may only lead it, at most ``depth`` times: the kernel
+    resolves a '..' that follows a name from wherever that name leads, so a link through an
+    in-tree link to a shallower place would climb out although ``normpath`` says it stays in.
+    """
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    ups, named = 0, False
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            named = True
+        elif named:
+            return False
+        else:
+            ups += 1
+    return ups <= depth
+
+
+def _disk_error(exc: OSError, what: str) -> RemoteError:
+    """The error a failed write stands for; the operation fails, the connection lives on."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"no space left on device while writing {what} (partial kept for resume)")
-    return TetherError(f"cannot write {what}: {exc.strerror}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(f"cannot write {what}: {exc.strerror}")
+    if exc.errno == errno.ELOOP:
+        return UnsafePath(f"refusing to write {what} through a symlink")
+    return RemoteError(f"cannot write {what}: {exc.strerror}")
 
 
 def renamed(name: str, n: int) -> str:
@@ -149,6 +185,12 @@ class PartialFile:
         return final
 
     def _place(self, force: bool, rename: bool) -> str:
+        try:
+            return self._move(force, rename)
+        except OSError as exc:
+            raise _disk_error(exc, self.name) from exc
+
+    def _move(self, force: bool, rename: bool) -> str:
         if force:
             try:
                 os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)

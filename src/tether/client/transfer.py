@@ -28,7 +28,15 @@ from tether.errors import (
     SourceChanged,
     UnsafePath,
 )
-from tether.partial import CHUNK, PartialFile, check_name, destination_exists, digest, new_hasher
+from tether.partial import (
+    CHUNK,
+    PartialFile,
+    check_name,
+    destination_exists,
+    digest,
+    link_stays_inside,
+    new_hasher,
+)
 from tether.protocol import Begin, Commit, Data, Done, Entry, Get, List, Meta, Put, Ready
 
 if TYPE_CHECKING:
@@ -336,6 +344,10 @@ async def _get_file(conn: Connection, remote: str, dir_fd: int, name: str, shown
         resumed = partial.offset
         final = partial.commit(event.hash, meta.mode & 0o777, meta.mtime_ns, force=opts.force,
                                rename=opts.rename)
+    except BaseException:
+        if partial.written == 0:
+            partial.discard()  # nothing to resume: leave no empty partial behind
+        raise
     finally:
         partial.close()
     opts.progress.file_done(name)
@@ -353,10 +365,28 @@ def _check_parts(parts: list[str]) -> list[str]:
 
 
 def _check_link(parts: list[str], target: str) -> None:
-    joined = posixpath.normpath(posixpath.join(*parts[:-1], target) if parts[:-1] else target)
-    if target.startswith("/") or "\0" in target or joined == ".." or joined.startswith("../"):
+    if not link_stays_inside(max(len(parts) - 1, 0), target):
         raise UnsafePath(f"the server listed a symlink {'/'.join(parts)} -> {target!r} that "
                          f"leaves the tree; nothing written")
+
+
+def _check_listing(entries: list[Entry]) -> None:
+    """A whole listing, before anything is written: every name harmless, every symlink inside
+    the tree, each path listed once, and each entry's parent a directory listed before it (so
+    nothing is ever placed beneath a symlink or a file, even one that stays in the tree)."""
+    kinds: dict[tuple[str, ...], str] = {(): "dir"}
+    for entry in entries:
+        if entry.parts:
+            path = tuple(_check_parts(entry.parts))
+            shown = "/".join(path)
+            if path in kinds:
+                raise UnsafePath(f"the server listed {shown!r} twice; nothing written")
+            if kinds.get(path[:-1]) != "dir":
+                raise UnsafePath(f"the server listed {shown!r} beneath something that is not a "
+                                 f"directory it listed; nothing written")
+            kinds[path] = entry.kind
+        if entry.kind == "symlink":
+            _check_link(entry.parts, entry.target or "")
 
 
 def _walk_local(root_fd: int, parts: list[str]) -> int:
@@ -384,10 +414,7 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
         if not isinstance(event, Entry):
             raise RemoteProtocolError(f"unexpected {type(event).__name__} in a listing")
         entries.append(event)
-    for entry in entries:  # check everything before writing anything
-        _check_parts(entry.parts)
-        if entry.kind == "symlink":
-            _check_link(entry.parts, entry.target or "")
+    _check_listing(entries)  # everything, before writing anything
     if entries and not entries[0].parts and entries[0].kind == "file":
         directory, name = _local_target(local, remote)
         dir_fd = _open_local_dir(directory)

@@ -10,7 +10,6 @@ as for any shell user of the same account.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import posixpath
@@ -19,22 +18,41 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.errors import AlreadyExists, NotFound, PermissionDenied, TetherError, UnsafePath
-from tether.partial import PartialFile, check_name, destination_exists
+from tether.errors import (
+    AlreadyExists,
+    NoSpace,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    UnsafePath,
+)
+from tether.partial import PartialFile, check_name, destination_exists, link_stays_inside
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _os_error(exc: OSError, path: str) -> TetherError:
+def _os_error(exc: OSError, path: str) -> RemoteError:
+    """The error a failed disk access stands for: it ends the operation, never the connection."""
     if exc.errno == errno.ENOENT:
         return NotFound(f"no such file or directory: {path}")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PermissionDenied(f"permission denied: {path}")
+    if exc.errno == errno.EROFS:
+        return PermissionDenied(f"read-only file system: {path}")
     if exc.errno == errno.ELOOP:
         return UnsafePath(f"refusing to follow a symlink in {path}")
     if exc.errno == errno.ENOTDIR:
         return NotFound(f"not a directory: {path}")
-    return TetherError(f"{path}: {exc.strerror}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"no space left on device: {path}")
+    return RemoteError(f"{path}: {exc.strerror}")
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -72,10 +90,23 @@ class FileArea:
         start = "/" if path.startswith("/") else str(self.root)
         return start, [p for p in path.split("/") if p not in ("", ".")]
 
+    def open_at(self, dir_fd: int, name: str, flags: int, shown: str) -> int:
+        """``openat`` of one component: for a confined client never through a symlink, and a
+        symlink met there is refused as one (Linux says ELOOP, or ENOTDIR with O_DIRECTORY)."""
+        if self.confined:
+            flags |= os.O_NOFOLLOW
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            if self.confined and exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(
+                dir_fd, name
+            ):
+                raise UnsafePath(f"refusing to follow the symlink {name!r} in {shown}") from exc
+            raise _os_error(exc, shown) from exc
+
     def open_dir(self, parts: list[str], shown: str, create: bool = False) -> int:
         """A directory fd for ``parts``, walked safely; ``create`` makes missing directories."""
         start, _ = self._components("")
-        nofollow = os.O_NOFOLLOW if self.confined else 0
         try:
             fd = os.open(start, DIR_FLAGS)
         except OSError as exc:
@@ -83,14 +114,18 @@ class FileArea:
         try:
             for part in parts:
                 if create:
-                    with contextlib.suppress(FileExistsError):
+                    try:
                         os.mkdir(part, 0o755, dir_fd=fd)
-                nxt = os.open(part, DIR_FLAGS | nofollow, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    except OSError as exc:
+                        raise _os_error(exc, shown) from exc
+                nxt = self.open_at(fd, part, DIR_FLAGS, shown)
                 os.close(fd)
                 fd = nxt
-        except OSError as exc:
+        except BaseException:
             os.close(fd)
-            raise _os_error(exc, shown) from exc
+            raise
         return fd
 
     def resolve(self, path: str) -> tuple[int, str | None]:
@@ -127,12 +162,9 @@ class FileArea:
         if path.endswith("/") or self.is_dir(dir_fd, last):
             if last is not None:
                 try:
-                    sub = os.open(last, DIR_FLAGS | (os.O_NOFOLLOW if self.confined else 0),
-                                  dir_fd=dir_fd)
-                except OSError as exc:
+                    sub = self.open_at(dir_fd, last, DIR_FLAGS, path)
+                finally:
                     os.close(dir_fd)
-                    raise _os_error(exc, path) from exc
-                os.close(dir_fd)
                 dir_fd = sub
             return dir_fd, check_name(name), posixpath.normpath(posixpath.join(path, name))
         assert last is not None
@@ -160,8 +192,8 @@ class FileArea:
         """Create a symlink; a confined client's link may not point outside its root."""
         check_name(name)
         if self.confined:
-            joined = posixpath.normpath(posixpath.join(rel_dir, target))
-            if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            depth = len([p for p in posixpath.normpath(rel_dir).split("/") if p not in ("", ".")])
+            if not link_stays_inside(depth, target):
                 raise UnsafePath(f"symlink {name} -> {target} points outside this client's root")
         if "\0" in target:
             raise UnsafePath("NUL byte in symlink target")
@@ -182,13 +214,7 @@ class FileArea:
         try:
             if name is None:
                 raise UnsafePath(f"{path} is a directory (use -r)")
-            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-            if self.confined:
-                flags |= os.O_NOFOLLOW
-            try:
-                fd = os.open(name, flags, dir_fd=dir_fd)
-            except OSError as exc:
-                raise _os_error(exc, path) from exc
+            fd = self.open_at(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, path)
         finally:
             os.close(dir_fd)
         st = os.fstat(fd)
@@ -207,8 +233,8 @@ class FileArea:
                 st = self._lstat(dir_fd, name, path)
                 yield self._entry([], st, dir_fd, name)
                 return
-            top = self.open_dir([], path) if name is None else os.open(
-                name, DIR_FLAGS | (os.O_NOFOLLOW if self.confined else 0), dir_fd=dir_fd)
+            top = self.open_dir([], path) if name is None else self.open_at(
+                dir_fd, name, DIR_FLAGS, path)
         finally:
             os.close(dir_fd)
         try:

@@ -15,7 +15,7 @@ import posixpath
 from collections.abc import Callable
 from enum import Enum, auto
 
-from tether.errors import BadRequest, SourceChanged
+from tether.errors import BadRequest, RemoteError, SourceChanged
 from tether.net.framed import FramedConnection
 from tether.partial import CHUNK, PartialFile, digest, new_hasher
 from tether.protocol import Begin, Commit, Done, Entry, Get, List, Message, Meta, Put, Ready
@@ -140,8 +140,10 @@ class PutTransfer:
             raise BadRequest(f"unexpected {msg.TYPE!r} in a put")
 
     def abandon(self) -> None:
-        """The stream ended early: keep the partial for a later resume."""
+        """The stream ended early: keep the partial for a later resume (if it holds anything)."""
         if self.partial is not None:
+            if self.partial.written == 0:
+                self.partial.discard()
             self.partial.close()
             with contextlib.suppress(OSError):
                 os.close(self.partial.dir_fd)
@@ -150,6 +152,13 @@ class PutTransfer:
 
 async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
     """Stream one file: meta, data from the agreed offset, then done with the full hash."""
+    try:
+        return await _send_file(conn, stream, req, area)
+    except OSError as exc:  # a read failed: this get fails, the connection lives on
+        raise RemoteError(f"cannot read {req.path}: {exc.strerror}") from exc
+
+
+async def _send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
     fd, st = area.open_read(req.path)
     try:
         size = st.st_size
@@ -194,6 +203,14 @@ def _hash_range(fd: int, hasher: object, start: int, end: int) -> object:
 
 async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> Done:
     """Describe the tree at ``req.path``, one ``entry`` per file, directory or symlink."""
+    try:
+        return await _send_listing(conn, stream, req, area)
+    except OSError as exc:
+        raise RemoteError(f"cannot list {req.path}: {exc.strerror}") from exc
+
+
+async def _send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea
+                        ) -> Done:
     count = 0
     for info in area.walk(req.path):
         conn.send(Entry(parts=info.parts, kind=info.kind, size=info.size, mode=info.mode,

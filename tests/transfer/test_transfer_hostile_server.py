@@ -1,0 +1,270 @@
+"""Client-side safety against a hostile server (the CVE-2019-6111 / CVE-2018-20685 class).
+
+The server here is built from the sans-I/O core alone: an asyncio TLS 1.3 server (the real
+``tether.tls.server_context``, the client's certificate authorized) that drives a
+``tether.protocol.Connection(Role.SERVER)`` by hand, answers ``hello`` with ``welcome`` and then
+answers each request with whatever the test scripted: a crafted listing for ``list``, or crafted
+meta/data/done for ``get``. The client must refuse every name it did not choose and write nothing
+under LOCAL; a lie about the data must never reach the final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether.errors import IntegrityError, SourceChanged, TetherError, UnsafePath
+from tether.partial import digest, new_hasher
+from tether.protocol import (
+    CLOSED,
+    NEED_DATA,
+    Connection,
+    Done,
+    Entry,
+    Get,
+    Hello,
+    List,
+    Message,
+    Meta,
+    Role,
+    Welcome,
+)
+from tether.tls import server_context
+
+from .helpers import HOST, Identities, listing
+
+Script = Callable[[Message], list[Message | tuple[int, bytes]]]
+Starter = Callable[[Script], Awaitable["HostileServer"]]
+
+
+@dataclass
+class HostileServer:
+    """Answers every stream-opening request with the messages ``script`` returns for it (a
+    ``(stream, bytes)`` tuple is sent as DATA)."""
+
+    ids: Identities
+    script: Script
+    requests: list[Message] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    port: int = 0
+
+    async def start(self) -> None:
+        ctx = server_context(self.ids.server, [self.ids.client.cert_der])
+        self.server = await asyncio.start_server(self._serve, HOST, 0, ssl=ctx)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        proto = Connection(Role.SERVER)
+
+        async def next_event() -> object:
+            while True:
+                event = proto.next_event()
+                if event is not NEED_DATA:
+                    return event
+                proto.receive_data(await reader.read(65536))
+
+        try:
+            hello = await next_event()
+            assert isinstance(hello, Hello)
+            writer.write(proto.send(Welcome(version=1, software="hostile/0", server_name="evil",
+                                            platform="linux", permissions=["get", "put"])))
+            while True:
+                event = await next_event()
+                if event is CLOSED:
+                    return
+                if isinstance(event, List | Get):
+                    self.requests.append(event)
+                    for item in self.script(event):
+                        if isinstance(item, tuple):
+                            stream, body = item
+                            writer.write(proto.send_data(stream, 0, body))
+                        else:
+                            writer.write(proto.send(item))
+                    await writer.drain()
+        except (ConnectionError, TetherError, AssertionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def hostile(ids: Identities) -> AsyncIterator[Starter]:
+    started: list[HostileServer] = []
+
+    async def start(script: Script) -> HostileServer:
+        server = HostileServer(ids, script)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.close()
+
+
+def listing_script(entries: list[dict[str, object]]) -> Script:
+    """A ``list`` answered with the given entries (a proper root directory first), then done."""
+
+    def answer(req: Message) -> list[Message | tuple[int, bytes]]:
+        out: list[Message | tuple[int, bytes]] = [Entry(parts=[], kind="dir", mode=0o755,
+                                                        stream=req.stream)]
+        out += [Entry(stream=req.stream, **e) for e in entries]  # type: ignore[arg-type]
+        out.append(Done(path="tree", count=len(out), stream=req.stream))
+        return out
+
+    def script(req: Message) -> list[Message | tuple[int, bytes]]:
+        if isinstance(req, List):
+            return answer(req)
+        body = b"payload"
+        hasher = new_hasher()
+        hasher.update(body)
+        return [Meta(size=len(body), mode=0o644, mtime_ns=0, stream=req.stream),
+                (req.stream, body),
+                Done(path="x", size=len(body), hash=digest(hasher), stream=req.stream)]
+
+    return script
+
+
+def f(*parts: str) -> dict[str, object]:
+    return {"parts": list(parts), "kind": "file", "size": 7}
+
+
+def d(*parts: str) -> dict[str, object]:
+    return {"parts": list(parts), "kind": "dir", "mode": 0o755}
+
+
+def link(target: str, *parts: str) -> dict[str, object]:
+    return {"parts": list(parts), "kind": "symlink", "target": target}
+
+
+BAD_LISTINGS = {
+    "empty name": [f("")],
+    "dot": [f(".")],
+    "dotdot": [f("..")],
+    "dotdot deeper": [d("a"), f("a", "..")],
+    "slash in a name": [f("a/b")],
+    "absolute": [f("/abs")],
+    "absolute etc": [f("/etc/passwd")],
+    "nul": [f("x\0y")],
+    "backslash": [f("a\\b")],
+    "backslash dotdot": [f("..\\..\\evil")],
+    "symlink to /etc then a file beneath": [link("/etc", "l"), f("l", "passwd")],
+    "symlink to ../../x then a file beneath": [link("../../x", "l"), f("l", "f")],
+    "nested symlink up and out": [d("a"), link("../../..", "a", "up"), f("a", "up", "f")],
+    "symlink up and out alone": [link("..", "l")],
+    "a symlink through an in-tree link that climbs out": [
+        d("a"), d("a", "b"), link("../..", "a", "b", "up"), link("a/b/up/../../etc", "esc")],
+    "dotdot after a name in a symlink": [d("a"), link("a/../../x", "l")],
+    "absolute symlink alone": [link("/tmp", "l")],
+    "nul in a symlink target": [link("a\0b", "l")],
+    "in-tree symlink then a file beneath": [d("sub"), link("sub", "l"), f("l", "f")],
+    "symlink to . then a file beneath": [link(".", "l"), f("l", "l", "f")],
+    "file beneath a file": [f("a"), f("a", "b")],
+    "file beneath an unlisted directory": [f("ghost", "f")],
+    "a directory listed again as a symlink": [d("a"), link(".", "a"), f("a", "f")],
+}
+
+
+@pytest.mark.parametrize("entries", list(BAD_LISTINGS.values()), ids=list(BAD_LISTINGS))
+async def test_recursive_get_refuses_a_hostile_listing(
+        hostile: Starter, ids: Identities, work: Path,
+        entries: list[dict[str, object]]) -> None:
+    server = await hostile(listing_script([f("harmless first"), *entries]))
+    local = work / "LOCAL"
+    local.mkdir()
+    (work / "outside").mkdir()
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        with pytest.raises(UnsafePath):
+            await conn.get("tree", local, recursive=True)
+        with pytest.raises(UnsafePath):
+            await conn.get("tree", work / "new name", recursive=True)
+    assert listing(local) == []  # nothing at all: the listing is checked before any write
+    assert not (work / "new name").exists()
+    assert listing(work / "outside") == []
+    assert sorted(p.name for p in work.iterdir()) == ["LOCAL", "outside"]
+    assert all(isinstance(r, List) for r in server.requests)  # no file was even requested
+
+
+async def test_a_sane_listing_from_the_same_server_works(
+        hostile: Starter, ids: Identities,
+        work: Path) -> None:
+    """The control: the hand-made server is good enough to transfer a real tree."""
+    server = await hostile(listing_script([
+        d("sub"), f("sub", "x"), link("sub/x", "l"), link("../x", "sub", "up"), f("x")]))
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        await conn.get("tree", work / "copy", recursive=True)
+    assert listing(work / "copy") == ["l", "sub", "sub/up", "sub/x", "x"]
+    assert (work / "copy" / "sub" / "x").read_bytes() == b"payload"
+
+
+def lying_get(kind: str) -> Script:
+    """A get answered with data that does not match what the server claims."""
+
+    def script(req: Message) -> list[Message | tuple[int, bytes]]:
+        body = b"A" * 100_000
+        hasher = new_hasher()
+        hasher.update(body)
+        good = digest(hasher)
+        s = req.stream
+        if kind == "wrong hash":
+            return [Meta(size=len(body), mode=0o644, mtime_ns=0, stream=s), (s, body),
+                    Done(size=len(body), hash="blake3:" + "0" * 64, stream=s)]
+        if kind == "flipped byte":
+            bad = b"A" * 50_000 + b"B" + b"A" * 49_999
+            return [Meta(size=len(body), mode=0o644, mtime_ns=0, stream=s), (s, bad),
+                    Done(size=len(body), hash=good, stream=s)]
+        if kind == "short":
+            return [Meta(size=len(body), mode=0o644, mtime_ns=0, stream=s), (s, body[:10]),
+                    Done(size=len(body), hash=good, stream=s)]
+        if kind == "long":
+            return [Meta(size=10, mode=0o644, mtime_ns=0, stream=s), (s, body),
+                    Done(size=10, hash=good, stream=s)]
+        raise AssertionError(kind)
+
+    return script
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("wrong hash", IntegrityError), ("flipped byte", IntegrityError),
+    ("short", SourceChanged), ("long", SourceChanged),
+])
+async def test_get_never_stores_data_that_does_not_verify(
+        hostile: Starter, ids: Identities,
+        work: Path, kind: str, error: type[Exception]) -> None:
+    server = await hostile(lying_get(kind))
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        with pytest.raises(error):
+            await conn.get("file.bin", work / "file.bin")
+    assert not (work / "file.bin").exists()  # the final name never holds a corrupt file
+
+
+async def test_a_single_file_get_takes_its_name_from_the_user(
+        hostile: Starter, ids: Identities,
+        work: Path) -> None:
+    """Whatever the server says in done/meta, the file lands under the name the user gave."""
+
+    def script(req: Message) -> list[Message | tuple[int, bytes]]:
+        hasher = new_hasher()
+        hasher.update(b"hi")
+        return [Meta(size=2, mode=0o4777, mtime_ns=0, stream=req.stream),
+                (req.stream, b"hi"),
+                Done(path="../../etc/evil", size=2, hash=digest(hasher), stream=req.stream)]
+
+    server = await hostile(script)
+    (work / "LOCAL").mkdir()
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        await conn.get("../../etc/passwd", work / "LOCAL")
+    assert listing(work / "LOCAL") == ["passwd"]
+    assert (work / "LOCAL" / "passwd").stat().st_mode & 0o7777 == 0o777  # no setuid from afar
