@@ -79,11 +79,12 @@ def test_progress_bar_in_a_real_terminal(serve: ServeFactory, ids: Identities, w
     screen = frames[-1]
     assert f"{EXIT_MARK}0" in screen, screen
     assert same_bytes(src, server.root / "big.bin")
-    # the final frame of the bars: a total and the file, bytes done of bytes total, a rate
+    # the final frame of the bars: a total and the file, bytes done of bytes total, rate, ETA
     assert "total (1 files)" in screen, screen
     assert "big.bin" in screen, screen
     assert re.search(r"209\.7/209\.7 MB", screen), screen
-    assert re.search(r"\d+(\.\d+)? [kMG]?B/s", screen), screen
+    assert re.search(r"\d+(\.\d+)? [kMG]?B/s", screen), screen  # the rate
+    assert re.search(r"\d+:\d\d:\d\d", screen), screen  # the time remaining
     assert "━" in screen, screen  # the bar itself
 
 
