@@ -2,6 +2,8 @@
 
 In terminal mode the local terminal is put in raw mode and always restored — on exit, on an
 error, on a dropped connection, on SIGTERM or SIGHUP — and the window size follows SIGWINCH.
+Output is written to the terminal from a thread, so a terminal that is slow or not reading never
+blocks the event loop: keystrokes (Ctrl-C) still reach the remote side.
 In line mode each stdin line is one command in one persistent remote shell; a command that fails
 is reported on stderr with its line number and status.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import signal
 import sys
 import termios
@@ -44,6 +47,51 @@ def _size() -> tuple[int, int]:
     return rows, cols
 
 
+class _TerminalOutput:
+    """Writes to the terminal from a daemon thread, one chunk at a time.
+
+    Awaiting each chunk keeps the output back-pressured (nothing more is taken from the server
+    until the terminal took it), while the event loop stays free for keys, resizes and signals.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.loop = asyncio.get_running_loop()
+        self.chunks: queue.SimpleQueue[tuple[bytes, asyncio.Future[None]] | None] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._run, daemon=True, name="tether-terminal").start()
+
+    def _run(self) -> None:
+        while (item := self.chunks.get()) is not None:
+            data, done = item
+            failure: OSError | None = None
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as exc:
+                failure = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                self.loop.call_soon_threadsafe(_resolve, done, failure)
+
+    async def write(self, data: bytes) -> None:
+        done = self.loop.create_future()
+        self.chunks.put((data, done))
+        await done
+
+    def close(self) -> None:
+        self.chunks.put(None)
+
+
+def _resolve(done: asyncio.Future[None], failure: OSError | None) -> None:
+    if done.done():
+        return
+    if failure is None:
+        done.set_result(None)
+    else:
+        done.set_exception(failure)
+
+
 async def _terminal_session(conn: Connection, command: list[str]) -> int:
     rows, cols = _size()
     proc = await conn.shell(command[0] if len(command) == 1 else command or None,
@@ -56,12 +104,14 @@ async def _terminal_session(conn: Connection, command: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, main.cancel if main else (lambda: None))
     sender = loop.create_task(_send_keys(proc, keys))
+    output = _TerminalOutput(1)
     try:
         with raw_terminal(0):
             async for _channel, data in proc:
-                os.write(1, data)
+                await output.write(data)
             return (await proc.wait()).status
     finally:
+        output.close()
         sender.cancel()
         loop.remove_reader(0)
         for sig in (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP):

@@ -8,11 +8,13 @@ persistent shell (so ``cd`` and variables persist) with stdin from /dev/null, fo
 marker line carrying a random per-session token and the exit status on stdout, and the token
 alone on stderr. The markers are stripped from the output and become a ``status`` message, sent
 only after everything the command wrote on both channels: separation never depends on timing.
+At end of input the shell exits with the last command's status, as ``bash < script`` would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import re
@@ -25,12 +27,12 @@ from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
 from tether.server.exec import (
+    READ_SIZE,
     CommandRun,
     ExecPolicy,
     SpawnSpec,
     check_env,
     login_shell,
-    pipe_reader,
 )
 
 MAX_LINE = 64 * 1024
@@ -70,6 +72,28 @@ def _child_setup(limits: Callable[[], None] | None) -> Callable[[], None]:
     return setup
 
 
+class _TerminalProtocol(asyncio.StreamReaderProtocol):
+    """A terminal's EIO once its last writer closed is its end of file, not an error.
+
+    Passed on as an error it would lose the output still buffered: ``StreamReader.read`` raises
+    a stored exception before returning what it holds (the last words of a command).
+    """
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            exc = None
+        super().connection_lost(exc)
+
+
+async def _terminal_reader(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader over a pty master (it takes ownership of ``fd``)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    await loop.connect_read_pipe(lambda: _TerminalProtocol(reader, loop=loop), pipe)
+    return reader
+
+
 async def _pipe_writer(fd: int) -> asyncio.StreamWriter:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.connect_write_pipe(
@@ -102,7 +126,7 @@ class PtyRun(CommandRun):
         finally:
             os.close(slave)
         self.master = master
-        self.outputs = [(await pipe_reader(os.dup(master)), 1)]
+        self.outputs = [(await _terminal_reader(os.dup(master)), 1)]
         self.stdin = await _pipe_writer(master)
 
     def handle(self, msg: Message) -> None:
@@ -177,9 +201,12 @@ class LineRun(CommandRun):
                 b"printf '\\n%s\\n' " + t + b" >&2\n")
 
     def close_stdin(self) -> None:
-        if self.pending.strip():
-            self.queue_stdin(self._wrap(self.pending), 0)
-            self.pending = b""
+        if not self._stdin_eof:
+            if self.pending.strip():
+                self.queue_stdin(self._wrap(self.pending), 0)
+                self.pending = b""
+            # end with the last command's status, as ``bash < script`` does (not the marker's)
+            self.queue_stdin(b'exit "${__tether_status:-0}"\n', 0)
         super().close_stdin()
 
     async def _pump(self, pipe: asyncio.StreamReader, channel: int) -> None:

@@ -1,0 +1,241 @@
+"""Helpers for the shell tests: ``tether serve`` subprocesses and a real terminal (pexpect).
+
+The remote login shell is bash with ``HOME`` pointing at a directory of our own, whose
+``.bash_profile`` sets a fixed prompt (:data:`PROMPT`), so a test always waits for the prompt
+instead of sleeping.
+
+Every ``tether shell`` in a terminal runs inside a small ``sh`` wrapper in the same pseudo-
+terminal, which prints the terminal settings (``stty -g``) before the client starts and after it
+ends, and the client's exit status; :meth:`Terminal.finish` reads them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pexpect
+import psutil
+
+HOST = "127.0.0.1"
+PROMPT = "tt$ "
+LISTENING = re.compile(r"listening on [\d.]+:(\d+), fingerprint (SHA256:\S+)")
+START_TIMEOUT = 30.0
+EXPECT_TIMEOUT = 30.0  # generous: a loaded 2-core machine
+CLI_TIMEOUT = 60.0
+
+BASH_PROFILE = """\
+PS1='tt$ '
+PS2='> '
+unset PROMPT_COMMAND
+HISTFILE=/dev/null
+bind 'set enable-bracketed-paste off' 2>/dev/null
+"""
+
+
+def _tether_command() -> list[str]:
+    script = Path(sys.executable).with_name("tether")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("tether")
+    return [found] if found else [sys.executable, "-m", "tether"]
+
+
+TETHER = _tether_command()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment of our subprocesses: UTF-8, no tether debug or home, no shell rc hooks."""
+    drop = {"TETHER_DEBUG", "TETHER_HOME", "PYTHONIOENCODING", "BASH_ENV", "ENV",
+            "PROMPT_COMMAND", "PS1", "COLUMNS", "LINES"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(interval)
+    return True
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Stop a process we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(grace)
+
+
+@dataclass
+class ServeProcess:
+    """A running ``tether serve`` whose login shells see ``remote_home`` as HOME."""
+
+    proc: subprocess.Popen[bytes]
+    home: Path
+    root: Path
+    log: Path
+    port: int
+    fingerprint: str
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_serve(home: Path, root: Path, log: Path, remote_home: Path) -> ServeProcess:
+    root.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*TETHER, "serve", "-p", "0", "--root", str(root)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            env=base_env(TETHER_HOME=str(home), HOME=str(remote_home)),
+        )
+    match: re.Match[str] | None = None
+
+    def listening() -> bool:
+        nonlocal match
+        match = LISTENING.search(log.read_text(errors="replace"))
+        return match is not None or proc.poll() is not None
+
+    try:
+        wait_until(listening, START_TIMEOUT)
+        if match is None:
+            raise AssertionError(f"tether serve did not start:\n{log.read_text()}")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2))
+
+
+def shell_argv(port: int, *args: str) -> list[str]:
+    return [*TETHER, "shell", "-p", str(port), "--accept-new", HOST, *args]
+
+
+def line_shell(port: int, client_home: Path, script: bytes, *args: str,
+               timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """``tether shell`` with ``script`` on a pipe: line mode."""
+    return subprocess.run(
+        shell_argv(port, *args), input=script, capture_output=True, timeout=timeout,
+        env=base_env(TETHER_HOME=str(client_home)),
+    )
+
+
+@dataclass
+class Outcome:
+    """How a terminal session ended: the client's exit status, the wrapper's ``stty -g`` before
+    and after, and what the terminal showed after the last prompt."""
+
+    status: int
+    before: str
+    after: str
+    tail: str
+
+
+class Terminal:
+    """``tether shell`` in a real pseudo-terminal, inside an ``sh`` wrapper (see the module
+    docstring). Commands are typed and their output read back between prompts."""
+
+    def __init__(self, port: int, client_home: Path, args: Sequence[str] = (),
+                 term: str = "xterm-256color", rows: int = 24, cols: int = 160) -> None:
+        client = shlex.join(shell_argv(port, *args))
+        script = (
+            'printf "BEFORE:%s\\n" "$(stty -g)"; '
+            f"{client}; "
+            'printf "RC:%s\\n" "$?"; '
+            'printf "AFTER:%s\\n" "$(stty -g)"'
+        )
+        self.child = pexpect.spawn(
+            "/bin/sh", ["-c", script], env=base_env(TETHER_HOME=str(client_home), TERM=term),
+            timeout=EXPECT_TIMEOUT, dimensions=(rows, cols), encoding="utf-8",
+            codec_errors="replace", searchwindowsize=4096,
+        )
+        self.child.expect(r"BEFORE:(\S+)\r\n")
+        self.before_settings = self.match(1)
+
+    def match(self, group: int = 0) -> str:
+        m = self.child.match
+        assert isinstance(m, re.Match), m
+        return str(m.group(group))
+
+    def prompt(self, timeout: float = EXPECT_TIMEOUT) -> str:
+        """Wait for the next prompt; what came before it (CR LF made LF)."""
+        self.child.expect_exact(PROMPT, timeout=timeout)
+        return str(self.child.before).replace("\r\n", "\n")
+
+    def type(self, line: str) -> None:
+        """Type ``line`` and Enter, and wait for the remote echo of it."""
+        self.child.send(line + "\r")
+        self.child.expect_exact(line + "\r\n")
+
+    def run(self, line: str) -> str:
+        """Type a command, wait for the prompt after it: its output (LF line ends)."""
+        self.type(line)
+        return self.prompt()
+
+    def key(self, char: str) -> None:
+        """A control key: ``key("c")`` is Ctrl-C."""
+        self.child.sendcontrol(char)
+
+    def finish(self, timeout: float = EXPECT_TIMEOUT) -> Outcome:
+        """Wait for the client to end; its status and the terminal settings after it."""
+        self.child.expect(r"RC:(\d+)\r?\n", timeout=timeout)
+        tail = str(self.child.before).replace("\r\n", "\n")
+        status = int(self.match(1))
+        self.child.expect(r"AFTER:(\S+)\r?\n", timeout=timeout)
+        after = self.match(1)
+        self.child.expect(pexpect.EOF, timeout=timeout)
+        return Outcome(status, self.before_settings, after, tail)
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.close(force=True)
+
+
+def find_processes(argv: Sequence[str]) -> list[psutil.Process]:
+    """Live (non-zombie) processes with exactly this command line."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.cmdline() == list(argv) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def yes_running(server: ServeProcess) -> bool:
+    """Whether a ``yes`` runs under this server (a shell's child)."""
+    try:
+        children = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.Error:
+        return False
+    names = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                names.append(child.name())
+    return "yes" in names
