@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Connection", "RunResult", "SyncConnection", "__version__", "connect"]
+__all__ = ["Connection", "RunResult", "SyncConnection", "__version__", "connect", "connect_many"]
 
 if TYPE_CHECKING:
     from tether.client.api import Connection, RunResult, connect
+    from tether.client.fleet import connect_many
     from tether.client.sync import SyncConnection
 
 
@@ -24,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from tether.client import api
 
         return getattr(api, name)
+    if name == "connect_many":
+        from tether.client.fleet import connect_many
+
+        return connect_many
     if name == "SyncConnection":
         from tether.client.sync import SyncConnection
 

@@ -15,6 +15,9 @@ from typing import Any, NoReturn
 import click
 
 from tether import __version__
+from tether.cli.discover import discover
+from tether.cli.fleet import fleet_options
+from tether.cli.hosts import hosts
 
 DEFAULT_PORT = 7722
 
@@ -180,18 +183,22 @@ def limit_options(func: Any) -> Any:
               help="Allow a non-loopback --classic-host: anyone who reaches it runs commands.")
 @click.option("--audit", type=click.Path(dir_okay=False),
               help="Append an audit log here: one JSON object per line and event.")
+@click.option("--discoverable", is_flag=True,
+              help="Answer `tether discover` probes over UDP on the same port number "
+                   "(name, fingerprint and version; rate-limited, never amplified).")
 @limit_options
 def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
           encoding: str | None, plaintext: bool, kill_grace: float, classic_port: int | None,
           classic_host: str | None, classic_unsafe: bool, audit: str | None,
-          **limits: Any) -> None:
+          discoverable: bool, **limits: Any) -> None:
     """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
     from tether.cli.serve import serve_main
     from tether.server.limits import Limits
 
     serve_main(home, host, port, root, name, encoding, plaintext, kill_grace,
                classic_port=classic_port, classic_host=classic_host,
-               classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits))
+               classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits),
+               discoverable=discoverable)
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -205,16 +212,23 @@ def serve(home: str | None, host: str, port: int, root: str | None, name: str | 
 @click.option("--encoding", help="Decode remote output with this encoding on a terminal "
                                  "[default: the server's].")
 @click.option("-n", "--no-stdin", is_flag=True, help="Do not forward stdin (like ssh -n).")
+@fleet_options(run=True)
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str | None,
         env: tuple[str, ...], timeout: float | None, encoding: str | None, no_stdin: bool,
+        parallel: int, host_timeout: float | None, group_output: bool, as_json: bool,
         host: str, command: tuple[str, ...]) -> None:
     """Run COMMAND on HOST: one argument goes through the remote shell, several run as argv.
 
     stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
     the remote one (128+N when killed by signal N, 124 on --timeout, 255 if the connection or
     authentication failed).
+
+    HOST may also name several hosts: an inventory name, a,b,c, @group or @all (see `tether
+    hosts`). Then each output line is prefixed with its host, a summary goes to stderr, stdin
+    is not forwarded, and the exit status is 0 only if every host succeeded (255 if any was
+    unreachable, unauthorized or untrusted, else 124 if any timed out, else 1).
     """
     from tether.cli.run import RunOptions, run_main
 
@@ -226,11 +240,16 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
         variables[key] = value
-    sys.exit(run_main(RunOptions(
+    opts = RunOptions(
         home=home, host=host, port=port, accept_new=accept_new, plaintext=plaintext,
         command=list(command), cwd=cwd, env=variables, timeout=timeout, encoding=encoding,
         stdin=not no_stdin,
-    )))
+    )
+    from tether.cli.fleet import FleetOptions, run_fleet, wants_fleet
+
+    if wants_fleet(host, home, group_output or as_json):
+        sys.exit(run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json)))
+    sys.exit(run_main(opts))
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -285,12 +304,13 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         home=kw["home"], port=kw["port"], accept_new=kw["accept_new"],
         plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
-        json=kw["as_json"],
+        json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
     )
 
 
 @cli.command()
 @transfer_options
+@fleet_options(run=False)
 @click.argument("args", nargs=-1, required=True, metavar="LOCAL... HOST:REMOTE")
 def put(args: tuple[str, ...], **kw: Any) -> None:
     """Upload LOCAL files (trees with -r) to REMOTE on HOST.
@@ -298,6 +318,9 @@ def put(args: tuple[str, ...], **kw: Any) -> None:
     A REMOTE that is a directory (or ends in /) receives files by name. Each file is hashed as
     it is sent (BLAKE3), written beside its destination, fsynced and renamed into place only
     when the hashes match; mode and mtime are kept. An interrupted upload resumes when run again.
+
+    HOST may name several hosts (a,b, @group, @all, an inventory name): every one receives the
+    same files, and a summary goes to stderr.
     """
     from tether.cli.transfer import put_main
 
@@ -308,12 +331,16 @@ def put(args: tuple[str, ...], **kw: Any) -> None:
 
 @cli.command()
 @transfer_options
+@fleet_options(run=False)
 @click.argument("args", nargs=-1, required=True, metavar="HOST:REMOTE... LOCAL")
 def get(args: tuple[str, ...], **kw: Any) -> None:
     """Download REMOTE files (trees with -r) from HOST into LOCAL.
 
     Files land only under LOCAL, under names taken from your own arguments (a server cannot
     choose them). Verified, atomic and resumable like put.
+
+    HOST may name several hosts (a,b, @group, @all, an inventory name): each host's files land
+    in LOCAL/HOST/, and a summary goes to stderr.
     """
     from tether.cli.transfer import get_main
 
@@ -327,6 +354,10 @@ def demo(keep: bool) -> None:
     from tether.cli.demo import demo_main
 
     demo_main(keep)
+
+
+cli.add_command(hosts)
+cli.add_command(discover)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
                encoding: str | None, plaintext: bool, kill_grace: float,
                classic_port: int | None = None, classic_host: str | None = None,
                classic_unsafe: bool = False, audit: str | None = None,
-               limits: Limits | None = None) -> None:
+               limits: Limits | None = None, discoverable: bool = False) -> None:
     from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
 
@@ -36,7 +36,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     h = home_dir(home)
     config = ServerConfig(home=h, host=host, port=port, plaintext=plaintext,
                           kill_grace=kill_grace, classic=classic,
-                          audit=Path(audit) if audit else None, limits=limits or Limits())
+                          audit=Path(audit) if audit else None, limits=limits or Limits(),
+                          discoverable=discoverable)
     if root:
         config.root = Path(root).resolve()
     if name:
@@ -64,6 +65,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
         if server.classic is not None:
             click.echo(f"tether serve: classic protocol on {_classic_where(server.classic)} "
                        f"(no TLS, no authentication)", err=True)
+        if server.discovery is not None:
+            click.echo(f"tether serve: answering discovery probes on UDP {where}", err=True)
         await server.serve_forever()
         click.echo("tether serve: stopped", err=True)
 

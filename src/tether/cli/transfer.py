@@ -29,6 +29,8 @@ class TransferOptions:
     resume: bool
     progress: bool
     json: bool
+    parallel: int = 64  # several hosts (cli/fleet.py)
+    host_timeout: float | None = None
 
 
 def split_remote(arg: str) -> tuple[str, str]:
@@ -123,11 +125,26 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
                 progress.bar.stop()
 
 
+def _fleet_target(host: str, opts: TransferOptions) -> bool:
+    from tether.cli.fleet import wants_fleet
+
+    return wants_fleet(host, opts.home)
+
+
+def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,
+                    opts: TransferOptions) -> int:
+    from tether.cli.fleet import transfer_fleet
+
+    return transfer_fleet(spec, upload, sources, dest, opts)
+
+
 def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> None:
     from tether.cli.main import fail
 
     try:
         host, remote = split_remote(target)
+        if _fleet_target(host, opts):
+            sys.exit(_fleet_transfer(host, True, list(sources), remote, opts))
         result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
     except TetherError as exc:
         fail(exc)
@@ -142,6 +159,8 @@ def get_main(args: tuple[str, ...], opts: TransferOptions) -> None:
             raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
         pairs = [split_remote(a) for a in args[:-1]]
         hosts = {h for h, _ in pairs}
+        if len(hosts) == 1 and _fleet_target(next(iter(hosts)), opts):
+            sys.exit(_fleet_transfer(pairs[0][0], False, [p for _, p in pairs], args[-1], opts))
         if len(hosts) != 1:
             raise BadRequest("all sources of one get must be on the same host")
         result = asyncio.run(_transfer(hosts.pop(), opts, False, [p for _, p in pairs],

@@ -29,6 +29,7 @@ from tether.tls import server_context
 
 if TYPE_CHECKING:
     from tether.server.classic import ClassicConfig, ClassicServer
+    from tether.server.discovery import DiscoveryResponder
 
 log = logging.getLogger("tether.server")
 
@@ -55,6 +56,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     audit: Path | None = None
     classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
+    discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
 
 
 STREAM_LIMIT = 1024 * 1024
@@ -118,6 +120,7 @@ class Server:
         self._accepting: set[asyncio.Task[None]] = set()
         self.audit = AuditLog(config.audit)
         self.classic: ClassicServer | None = None
+        self.discovery: DiscoveryResponder | None = None
 
     # --- authorization -------------------------------------------------------------------------
 
@@ -156,6 +159,8 @@ class Server:
         self.config.port = sock.getsockname()[1]
         if self.config.classic is not None:
             await self._start_classic(self.config.classic)
+        if self.config.discoverable:
+            await self._start_discovery()
 
     async def _start_classic(self, config: ClassicConfig) -> None:
         from tether.server.classic import ClassicServer
@@ -168,6 +173,21 @@ class Server:
         except BaseException:
             assert self._server is not None
             self._server.close()
+            raise
+
+    async def _start_discovery(self) -> None:
+        """The UDP responder on the TLS port's number; if it cannot bind, nothing stays up."""
+        from tether import __version__
+        from tether.protocol.discovery import Announcement
+        from tether.server.discovery import start_discovery
+
+        c = self.config
+        fp = self.identity.fingerprint if self.identity is not None else ""
+        try:
+            self.discovery = await start_discovery(
+                c.host, c.port, Announcement(c.host, c.port, c.name, fp, __version__))
+        except BaseException:
+            await self._close()
             raise
 
     @property
@@ -248,6 +268,8 @@ class Server:
         self.audit.close()
 
     async def _close(self) -> None:
+        if self.discovery is not None:
+            self.discovery.close()
         if self.classic is not None:
             await self.classic.close()
         if self._server is not None:

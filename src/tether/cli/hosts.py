@@ -1,0 +1,108 @@
+"""``tether hosts``: list, add and remove the named hosts of ``$TETHER_HOME/hosts.toml``.
+
+The data and its rules live in :mod:`tether.inventory`; this module only parses arguments and
+prints (a rich table on a terminal, tab-separated columns otherwise, or JSON). Its top level
+imports click alone: ``tether`` loads it at start-up to register the command.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from tether.inventory import Host, Inventory
+
+HOME_HELP = "Identity and trust directory [default: $TETHER_HOME or ~/.config/tether]."
+
+
+def home_option(func: click.decorators.FC) -> click.decorators.FC:
+    return click.option("--home", envvar="TETHER_HOME", type=click.Path(file_okay=False),
+                        help=HOME_HELP)(func)
+
+
+@click.group(invoke_without_command=True)
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
+@click.pass_context
+def hosts(ctx: click.Context, home: str | None, as_json: bool) -> None:
+    """List the inventory's hosts (or add and remove them: see the subcommands).
+
+    Any HOST argument of run, put and get may be a name from here, a,b,c, @GROUP or @all.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tether.inventory import inventory_path, load
+
+    inventory = load(home)
+    if as_json:
+        _print_json(inventory)
+    elif not inventory.hosts:
+        click.echo(f"no hosts in {inventory_path(home)} (add one: tether hosts add NAME "
+                   f"ADDRESS)", err=True)
+    elif sys.stdout.isatty():
+        _print_table(inventory)
+    else:
+        for host in inventory.hosts.values():
+            click.echo("\t".join(_row(host)))
+
+
+def _row(host: Host) -> list[str]:
+    timeout = "" if host.timeout is None else f"{host.timeout:g}"
+    return [host.name, host.address, str(host.port), ",".join(host.groups), timeout]
+
+
+def _print_table(inventory: Inventory) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("NAME", "ADDRESS", "PORT", "GROUPS", "TIMEOUT", box=None,
+                  header_style="bold")
+    for host in inventory.hosts.values():
+        table.add_row(*_row(host))
+    Console().print(table)
+
+
+def _print_json(inventory: Inventory) -> None:
+    import json
+
+    click.echo(json.dumps([
+        {"name": h.name, "address": h.address, "port": h.port, "groups": list(h.groups),
+         "timeout": h.timeout}
+        for h in inventory.hosts.values()
+    ]))
+
+
+@hosts.command("add")
+@home_option
+@click.argument("name")
+@click.argument("address")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=7722, show_default=True)
+@click.option("-g", "--group", "groups", multiple=True, metavar="G",
+              help="Put the host in group G (repeat for several).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Per-host deadline for fleet operations, in seconds.")
+def add(home: str | None, name: str, address: str, port: int, groups: tuple[str, ...],
+        timeout: float | None) -> None:
+    """Add NAME at ADDRESS (or replace the host called NAME)."""
+    from tether.inventory import Host, add_host, inventory_path
+
+    changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout))
+    state = "added" if changed else "unchanged"
+    click.echo(f"{state}: {name} {address}:{port} in {inventory_path(home)}")
+
+
+@hosts.command("remove")
+@home_option
+@click.argument("names", nargs=-1, required=True)
+def remove(home: str | None, names: tuple[str, ...]) -> None:
+    """Remove the hosts called NAMES (known_hosts keeps their fingerprints)."""
+    from tether.inventory import load, save
+
+    inventory = load(home)
+    for name in names:
+        inventory.remove(name)
+    path = save(inventory, home)
+    click.echo(f"removed {', '.join(names)} from {path}")
