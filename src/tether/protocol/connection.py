@@ -3,9 +3,9 @@
 Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
 
 1. Handshake. The client's first frame is ``hello``; the server answers ``welcome`` (the client is
-   authenticated and a version is chosen) or a stream-0 ``error`` and closes. Before the
-   handshake ends only ``hello``, ``welcome`` and ``error`` are valid; ``hello``/``welcome``
-   after it are errors.
+   authenticated and a version is chosen, one the client offered) or a stream-0 ``error`` and
+   closes. Before the handshake ends only ``hello``, ``welcome`` and ``error`` are valid;
+   ``hello``/``welcome`` after it are errors.
 2. Roles. Each message type names who may send it (``Message.SENDERS``); DATA on channels 1 and
    2 (stdout, stderr) only comes from the server.
 3. Streams. Only the client opens streams, with odd ids that strictly increase. A stream ends
@@ -16,9 +16,14 @@ Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
    fully ended, is an error.
 4. Flow control. Each side may send at most ``INITIAL_WINDOW`` bytes of DATA per stream beyond
    what the peer has granted with ``credit``. Exceeding it is an error; the receiver grants credit
-   as its application consumes the data, so buffering is bounded by the window.
+   as its application consumes the data, so buffering is bounded by the window. A credit is
+   1..MAX_CREDIT bytes and may not raise the window above MAX_CREDIT.
 5. Errors. Any violation raises RemoteProtocolError (the peer broke a rule) or LocalProtocolError
-   (we tried to); after a remote violation the connection only sends one stream-0 ``error``.
+   (we tried to); after a remote violation the connection only sends one stream-0 ``error``, and
+   after sending a stream-0 ``error`` it sends nothing more.
+
+``send`` and ``data_prefix`` check everything before they change any state, so a refused send
+leaves the connection exactly as it was.
 """
 
 from __future__ import annotations
@@ -97,7 +102,9 @@ class Connection:
         self._last_stream = -1  # highest stream id opened so far
         self._sent_hello = False
         self._got_hello = False
-        self._broken = False
+        self._versions: frozenset[int] = frozenset()  # the versions the client offered
+        self._broken = False  # the peer broke the protocol
+        self._sent_fatal = False  # we sent a stream-0 error
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -139,7 +146,7 @@ class Connection:
         if msg.CONNECTION:
             raise RemoteProtocolError(f"{msg.TYPE!r} belongs on stream 0, not {msg.stream}")
         if self.state is not State.OPEN:
-            raise RemoteProtocolError(f"{msg.TYPE!r} before the handshake finished")
+            raise RemoteProtocolError(f"{msg.TYPE!r} {self._not_open()}")
         if msg.OPENS:
             self._open(msg.stream, RemoteProtocolError)
             return msg
@@ -168,22 +175,23 @@ class Connection:
             if self._got_hello:
                 raise RemoteProtocolError("a second hello")
             self._got_hello = True
+            self._versions = frozenset(msg.versions)
             return msg
         if isinstance(msg, Welcome):
             if self.state is not State.HANDSHAKE or not self._sent_hello:
                 raise RemoteProtocolError("an unexpected welcome")
-            if msg.version not in PROTOCOL_VERSIONS:
+            if msg.version not in self._versions:
                 raise RemoteProtocolError(f"server chose version {msg.version}, not offered")
             self.version = msg.version
             self.state = State.OPEN
             return msg
         if self.state is not State.OPEN:
-            raise RemoteProtocolError(f"{msg.TYPE!r} before the handshake finished")
+            raise RemoteProtocolError(f"{msg.TYPE!r} {self._not_open()}")
         return msg
 
     def _receive_data_frame(self, data: Data) -> Data | None:
         if self.state is not State.OPEN:
-            raise RemoteProtocolError("data before the handshake finished")
+            raise RemoteProtocolError(f"data {self._not_open()}")
         if data.stream == 0:
             raise RemoteProtocolError("data on stream 0")
         peer = _peer(self.role)
@@ -208,21 +216,35 @@ class Connection:
             raise RemoteProtocolError(f"frame for closed stream {stream_id}")
         raise RemoteProtocolError(f"frame for unknown stream {stream_id}")
 
+    def _not_open(self) -> str:
+        if self.state is State.HANDSHAKE:
+            return "before the handshake finished"
+        return "after the connection was closed"
+
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, msg: Message, body: bytes = b"") -> bytes:
         """The bytes that carry ``msg``; raises LocalProtocolError if the rules forbid it."""
         if self.role not in msg.SENDERS:
             raise LocalProtocolError(f"a {self.role.value} may not send {msg.TYPE!r}")
+        self._check_may_send(fatal_error=isinstance(msg, Error) and msg.stream == 0)
+        frame = encode_msg(msg.stream, msg.to_header(), body)  # may refuse: no state changed yet
         if msg.stream == 0:
             self._send_connection_message(msg)
         else:
             self._send_stream_message(msg)
-        return encode_msg(msg.stream, msg.to_header(), body)
+        return frame
+
+    def _check_may_send(self, fatal_error: bool = False) -> None:
+        if self._sent_fatal:
+            raise LocalProtocolError("a fatal error was already sent: nothing more may follow")
+        if self._broken and not fatal_error:
+            raise LocalProtocolError("the peer broke the protocol: only a stream-0 error may go")
 
     def _send_connection_message(self, msg: Message) -> None:
         if isinstance(msg, Error):
             self.state = State.CLOSED
+            self._sent_fatal = True
             return
         if not msg.CONNECTION:
             raise LocalProtocolError(f"{msg.TYPE!r} needs a stream id")
@@ -230,9 +252,12 @@ class Connection:
             if self._sent_hello:
                 raise LocalProtocolError("hello was already sent")
             self._sent_hello = True
+            self._versions = frozenset(msg.versions) & frozenset(PROTOCOL_VERSIONS)
         elif isinstance(msg, Welcome):
             if not self._got_hello or self.state is not State.HANDSHAKE:
                 raise LocalProtocolError("welcome only answers a hello")
+            if msg.version not in self._versions or msg.version not in PROTOCOL_VERSIONS:
+                raise LocalProtocolError(f"version {msg.version} is not one both sides speak")
             self.version = msg.version
             self.state = State.OPEN
         elif self.state is not State.OPEN:
@@ -252,6 +277,8 @@ class Connection:
         if isinstance(msg, Eof):
             self._check_channel(msg.channel, self.role, LocalProtocolError)
             stream.local_eof.add(msg.channel)
+        elif isinstance(msg, Credit):
+            self._grant(stream, msg.size)
         if msg.FINAL:
             stream.local_final = True
             self._maybe_retire(msg.stream, stream)
@@ -262,8 +289,9 @@ class Connection:
 
     def data_prefix(self, stream_id: int, channel: int, size: int) -> bytes:
         """Account for ``size`` bytes of DATA and return only the frame prefix (zero-copy sends)."""
-        if size > MAX_BODY:
-            raise LocalProtocolError(f"data chunk of {size} bytes exceeds {MAX_BODY}")
+        if not 0 < size <= MAX_BODY:
+            raise LocalProtocolError(f"data chunk of {size} bytes: it must be 1..{MAX_BODY}")
+        self._check_may_send()
         stream = self._streams.get(stream_id)
         if self.state is not State.OPEN or stream is None or stream.local_final:
             raise LocalProtocolError(f"stream {stream_id} is not open for sending")
@@ -284,15 +312,19 @@ class Connection:
 
     def consumed(self, stream_id: int, size: int) -> bytes:
         """Record that the application used ``size`` received bytes; returns credit if due."""
+        if size < 0:
+            raise LocalProtocolError(f"cannot consume {size} bytes")
         stream = self._streams.get(stream_id)
-        if stream is None or stream.local_final or self.state is not State.OPEN:
+        if stream is None or stream.local_final or self.state is not State.OPEN or self._broken:
             return b""
-        stream.unacked += size
-        if stream.unacked < CREDIT_THRESHOLD:
+        unacked = stream.unacked + size
+        if unacked < CREDIT_THRESHOLD:
+            stream.unacked = unacked
             return b""
-        grant, stream.unacked = stream.unacked, 0
-        stream.recv_window += grant
-        return encode_msg(stream_id, Credit(size=grant, stream=stream_id).to_header())
+        frame = encode_msg(stream_id, Credit(size=unacked, stream=stream_id).to_header())
+        self._grant(stream, unacked)
+        stream.unacked = 0
+        return frame
 
     def next_stream_id(self) -> int:
         """The id for the next stream this (client) side opens."""
@@ -324,6 +356,13 @@ class Connection:
             raise error(f"stream id {stream_id} must be odd and above {self._last_stream}")
         self._last_stream = stream_id
         self._streams[stream_id] = _Stream()
+
+    @staticmethod
+    def _grant(stream: _Stream, size: int) -> None:
+        """Open our receive window by ``size``, as a credit frame tells the peer."""
+        if not 0 < size <= MAX_CREDIT or stream.recv_window + size > MAX_CREDIT:
+            raise LocalProtocolError(f"credit of {size} is out of range")
+        stream.recv_window += size
 
     def _maybe_retire(self, stream_id: int, stream: _Stream) -> None:
         if stream.local_final and stream.remote_final:

@@ -26,6 +26,7 @@ PREFIX_SIZE = PREFIX.size  # 16
 MAX_HEADER = 64 * 1024
 MAX_BODY = 1024 * 1024
 MAX_DEPTH = 8
+MAX_STREAM_ID = 2**32 - 1  # the prefix's stream field is an unsigned 32-bit integer
 
 KIND_MSG = 1
 KIND_DATA = 2
@@ -44,8 +45,14 @@ class Frame:
 
 
 def encode_msg(stream: int, header: dict[str, Any], body: bytes = b"") -> bytes:
-    """The bytes of a MSG frame; raises LocalProtocolError if it would break a cap."""
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """The bytes of a MSG frame; raises LocalProtocolError if it would break a cap or if the
+    header holds a value JSON cannot carry (NaN, infinity, bytes...)."""
+    _check_stream_id(stream)
+    try:
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise LocalProtocolError(f"header cannot be sent as JSON: {exc}") from exc
+    raw = text.encode()
     if len(raw) > MAX_HEADER:
         raise LocalProtocolError(f"header of {len(raw)} bytes exceeds the {MAX_HEADER}-byte cap")
     if len(body) > MAX_BODY:
@@ -55,9 +62,17 @@ def encode_msg(stream: int, header: dict[str, Any], body: bytes = b"") -> bytes:
 
 def encode_data_prefix(stream: int, channel: int, size: int) -> bytes:
     """The prefix of a DATA frame, so callers can send a body without copying it."""
+    _check_stream_id(stream)
     if not 0 < size <= MAX_BODY:
         raise LocalProtocolError(f"data frame body must be 1..{MAX_BODY} bytes, not {size}")
+    if channel not in CHANNELS:
+        raise LocalProtocolError(f"data frame on unknown channel {channel}")
     return PREFIX.pack(MAGIC, KIND_DATA, channel, stream, 0, size)
+
+
+def _check_stream_id(stream: int) -> None:
+    if not 0 <= stream <= MAX_STREAM_ID:
+        raise LocalProtocolError(f"stream id {stream} is outside 0..{MAX_STREAM_ID}")
 
 
 def _reject_constant(name: str) -> Any:
