@@ -88,8 +88,9 @@ TerminalFactory = Callable[..., Terminal]
 
 @pytest.fixture
 def terminal(server: ServeProcess, ids: Identities) -> Iterator[TerminalFactory]:
-    """``terminal(*args, home=None, port=None, term=..., rows=24, cols=160)``: ``tether shell``
-    in a real pseudo-terminal (see :class:`helpers.Terminal`); closed at teardown."""
+    """``terminal(*args, home=None, port=None, term=..., rows=24, cols=160, opts=())``:
+    ``tether shell [opts] HOST [args]`` in a real pseudo-terminal (see
+    :class:`helpers.Terminal`); closed at teardown."""
     opened: list[Terminal] = []
 
     def open_terminal(*args: str, home: Path | None = None, port: int | None = None,

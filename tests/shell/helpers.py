@@ -34,6 +34,7 @@ LISTENING = re.compile(r"listening on [\d.]+:(\d+), fingerprint (SHA256:\S+)")
 START_TIMEOUT = 30.0
 EXPECT_TIMEOUT = 30.0  # generous: a loaded 2-core machine
 CLI_TIMEOUT = 60.0
+SETTLE = 30.0  # how long a remote process may take to start, stop or notice, under load
 
 BASH_PROFILE = """\
 PS1='tt$ '
@@ -133,8 +134,8 @@ def start_serve(home: Path, root: Path, log: Path, remote_home: Path) -> ServePr
     return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2))
 
 
-def shell_argv(port: int, *args: str) -> list[str]:
-    return [*TETHER, "shell", "-p", str(port), "--accept-new", HOST, *args]
+def shell_argv(port: int, *args: str, opts: Sequence[str] = ()) -> list[str]:
+    return [*TETHER, "shell", "-p", str(port), "--accept-new", *opts, HOST, *args]
 
 
 def line_shell(port: int, client_home: Path, script: bytes, *args: str,
@@ -162,8 +163,9 @@ class Terminal:
     docstring). Commands are typed and their output read back between prompts."""
 
     def __init__(self, port: int, client_home: Path, args: Sequence[str] = (),
-                 term: str = "xterm-256color", rows: int = 24, cols: int = 160) -> None:
-        client = shlex.join(shell_argv(port, *args))
+                 term: str = "xterm-256color", rows: int = 24, cols: int = 160,
+                 opts: Sequence[str] = ()) -> None:
+        client = shlex.join(shell_argv(port, *args, opts=opts))
         script = (
             'printf "BEFORE:%s\\n" "$(stty -g)"; '
             f"{client}; "

@@ -99,3 +99,11 @@ def test_a_command_needs_a_terminal(server: ServeProcess, ids: Identities) -> No
     assert done.returncode != 0
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and "terminal" in lines[0], lines
+
+
+def test_a_background_job_does_not_hold_the_session(server: ServeProcess,
+                                                    ids: Identities) -> None:
+    done = line_shell(server.port, ids.client_home,
+                      b"sleep 100 & echo started\necho $((1 + 1))\n", timeout=30)
+    assert done.stdout == b"started\n2\n"
+    assert done.returncode == 0

@@ -14,7 +14,14 @@ import psutil
 import pytest
 
 from .conftest import Identities, TerminalFactory
-from .helpers import PROMPT, ServeProcess, find_processes, wait_until, yes_running
+from .helpers import (
+    PROMPT,
+    SETTLE,
+    ServeProcess,
+    find_processes,
+    wait_until,
+    yes_running,
+)
 
 
 def unique_sleep() -> list[str]:
@@ -51,7 +58,7 @@ def test_stty_size_follows_resize(terminal: TerminalFactory) -> None:
             seen.append(t.run("stty size"))
             return seen[-1] == want
 
-        assert wait_until(resized, 20.0, interval=0.2), seen
+        assert wait_until(resized, SETTLE, interval=0.2), seen
     t.key("d")
     done = t.finish()
     assert done.status == 0
@@ -63,12 +70,12 @@ def test_ctrl_c_interrupts_without_ending_and_ctrl_d_ends(terminal: TerminalFact
     t.prompt()
     sleep = unique_sleep()
     t.type(" ".join(sleep))
-    assert wait_until(lambda: bool(find_processes(sleep)), 20.0), "sleep did not start"
+    assert wait_until(lambda: bool(find_processes(sleep)), SETTLE), "sleep did not start"
     started = time.monotonic()
     t.key("c")
     t.prompt()
-    assert time.monotonic() - started < 20.0
-    assert wait_until(lambda: not find_processes(sleep), 10.0), "Ctrl-C did not stop sleep"
+    assert time.monotonic() - started < SETTLE
+    assert wait_until(lambda: not find_processes(sleep), SETTLE), "Ctrl-C did not stop sleep"
     assert t.run("echo status=$?") == "status=130\n"
     assert t.run("echo $((40 + 2))") == "42\n"  # the session goes on
     t.key("d")  # Ctrl-D at the prompt ends the shell
@@ -82,18 +89,24 @@ def test_ctrl_z_stops_a_job(terminal: TerminalFactory) -> None:
     t.prompt()
     sleep = unique_sleep()
     t.type(" ".join(sleep))
-    assert wait_until(lambda: bool(find_processes(sleep)), 20.0), "sleep did not start"
+    assert wait_until(lambda: bool(find_processes(sleep)), SETTLE), "sleep did not start"
     t.key("z")
     shown = t.prompt()
     assert "Stopped" in shown
     (proc,) = find_processes(sleep)
-    assert wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, 10.0)
+    assert wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, SETTLE)
     jobs = t.run("jobs")
     assert "Stopped" in jobs and " ".join(sleep) in jobs
     t.run("kill %1")
-    assert wait_until(lambda: not find_processes(sleep), 10.0)
+    assert wait_until(lambda: not find_processes(sleep), SETTLE)
     # bash learns of the job's end asynchronously; `jobs` reports it once it has
-    assert wait_until(lambda: "sleep" not in t.run("jobs"), 10.0, interval=0.2)
+    listed: list[str] = []
+
+    def job_gone() -> bool:
+        listed.append(t.run("jobs"))
+        return "sleep" not in listed[-1]
+
+    assert wait_until(job_gone, SETTLE, interval=0.2), listed
     t.type("exit")
     done = t.finish()
     assert done.status == 0
@@ -110,7 +123,7 @@ def test_flood_of_output_does_not_stall_ctrl_c(terminal: TerminalFactory,
     assert yes_running(server)
     time.sleep(1.0)  # the terminal is not read meanwhile: output backs up everywhere
     t.key("c")
-    assert wait_until(lambda: not yes_running(server), 20.0), "Ctrl-C did not stop yes"
+    assert wait_until(lambda: not yes_running(server), SETTLE), "Ctrl-C did not stop yes"
     t.child.send("echo mark''er\r")
     t.child.expect_exact("\r\nmarker\r\n", timeout=60)
     t.prompt()
@@ -178,3 +191,17 @@ def test_signal_to_the_client_restores_terminal(terminal: TerminalFactory,
     assert done.status == 255
     assert done.after == done.before
     assert "Traceback" not in done.tail
+
+
+def test_line_mode_forced_on_a_terminal(terminal: TerminalFactory) -> None:
+    """``-T``: line mode even on a terminal; the terminal is never made raw."""
+    t = terminal(opts=["-T"])
+    for line in ("cd /tmp", "pwd", "false", "echo $((2 * 21))"):
+        t.child.send(line + "\r")
+    t.child.expect_exact("\r\n/tmp\r\n")
+    t.child.expect_exact("line 3: 'false' exited with status 1")
+    t.child.expect_exact("\r\n42\r\n")
+    t.key("d")  # end of input, read by the local terminal
+    done = t.finish()
+    assert done.status == 0
+    assert done.after == done.before
