@@ -5,8 +5,9 @@ directory, N loopback hosts 127.0.0.2… and on each of them
 
 - a tether server: all N in one helper process (``python -m bench.fleet _farm``), one asyncio
   loop, TLS with throwaway identities; the client's inventory names them, all in ``@all``;
-- an OpenSSH server: one ``sshd -D`` with N ``ListenAddress`` lines, its own host key,
-  authorized key and client config (nothing in ~/.ssh or /etc is read or written);
+- an OpenSSH server: ``sshd -D`` with ``ListenAddress`` lines for the N addresses (sshd listens
+  on at most 16 sockets, so one sshd per 16 hosts, all sharing one port, host key, authorized
+  key and client config; nothing in ~/.ssh or /etc is read or written);
 
 then times, as whole processes started from here (wall clock, median of the rounds):
 
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
@@ -45,7 +46,7 @@ FIRST = 2  # 127.0.0.2 is the first host
 SSHD_CONFIG = """\
 {listen}
 HostKey {dir}/host_ed25519
-PidFile {dir}/sshd.pid
+PidFile {dir}/sshd{part}.pid
 AuthorizedKeysFile {dir}/authorized_keys
 AllowUsers {user}
 PubkeyAuthentication yes
@@ -176,8 +177,12 @@ def setup_tether(tmp: Path, hosts: list[str]) -> tuple[subprocess.Popen[bytes], 
 # --- OpenSSH ------------------------------------------------------------------------------------
 
 
-def setup_sshd(tmp: Path, hosts: list[str]) -> tuple[subprocess.Popen[bytes], Path, int]:
-    """One sshd listening on every host address; returns it, its directory and its port."""
+SSHD_MAX_LISTEN = 16  # sshd's MAX_LISTEN_SOCKS
+
+
+def setup_sshd(tmp: Path, hosts: list[str]) -> tuple[list[subprocess.Popen[bytes]], Path, int]:
+    """sshd listening on every host address (one per 16); returns them, the directory and the
+    port."""
     d = tmp / "ssh"
     d.mkdir(mode=0o700)
     for key in ("host_ed25519", "client_ed25519"):
@@ -188,22 +193,29 @@ def setup_sshd(tmp: Path, hosts: list[str]) -> tuple[subprocess.Popen[bytes], Pa
     host_pub = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
     (d / "known_hosts").write_text("".join(f"[{h}]:{port} {host_pub}\n" for h in hosts))
     user = getpass.getuser()
-    listen = "\n".join(f"ListenAddress {h}:{port}" for h in hosts)
-    (d / "sshd_config").write_text(SSHD_CONFIG.format(listen=listen, dir=d, user=user))
     (d / "ssh_config").write_text(SSH_CONFIG.format(port=port, dir=d, user=user))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "log")],
-                            stdin=subprocess.DEVNULL)
+    procs = []
+    for part, first in enumerate(range(0, len(hosts), SSHD_MAX_LISTEN)):
+        listen = "\n".join(f"ListenAddress {h}:{port}"
+                           for h in hosts[first:first + SSHD_MAX_LISTEN])
+        config = d / f"sshd_config{part}"
+        config.write_text(SSHD_CONFIG.format(listen=listen, dir=d, user=user, part=part))
+        procs.append(subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(d / "log")],
+                                      stdin=subprocess.DEVNULL))
 
     def up() -> bool:
-        if proc.poll() is not None:
+        if any(p.poll() is not None for p in procs):
             raise SystemExit(f"sshd exited: {(d / 'log').read_text(errors='replace')}")
-        with socket.socket() as sock:
-            return sock.connect_ex((hosts[-1], port)) == 0
+        for host in hosts:
+            with socket.socket() as sock:
+                if sock.connect_ex((host, port)) != 0:
+                    return False
+        return True
 
     wait_for(up, 15, "sshd")
-    return proc, d, port
+    return procs, d, port
 
 
 async def _asyncssh(d: Path, port: int, hosts: list[str]) -> None:
@@ -307,9 +319,11 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(run(opts.hosts, opts.rounds, not opts.no_ssh, opts.json)))
 
 
-def run(n: int = 50, rounds: int = 5, ssh: bool = True, json_path: Path | None = None
-        ) -> dict[str, object]:
-    """Set everything up, measure, tear down; the results (also written to ``json_path``)."""
+@contextlib.contextmanager
+def fleet(n: int = 50, ssh: bool = True) -> Iterator[dict[str, Callable[[], float]]]:
+    """Everything set up for ``n`` hosts: yields the contenders (name -> a function that runs
+    one whole process and returns its wall seconds); torn down after. The main harness can
+    wrap each as ``Contender(name, lambda f=f: Sample(f()))``."""
     hosts = addresses(n)
     tmp = Path(tempfile.mkdtemp(prefix="tether-bench-fleet-"))
     started: list[subprocess.Popen[bytes]] = []
@@ -318,16 +332,23 @@ def run(n: int = 50, rounds: int = 5, ssh: bool = True, json_path: Path | None =
         started.append(farm)
         ssh_dir, ssh_port = None, 0
         if ssh and os.access(SSHD, os.X_OK):
-            sshd, ssh_dir, ssh_port = setup_sshd(tmp, hosts)
-            started.append(sshd)
-        result = report(measure(contenders(client_home, ssh_dir, ssh_port, hosts), rounds), n)
-        if json_path is not None:
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
-        return result
+            sshds, ssh_dir, ssh_port = setup_sshd(tmp, hosts)
+            started += sshds
+        yield contenders(client_home, ssh_dir, ssh_port, hosts)
     finally:
         for proc in started:
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(n: int = 50, rounds: int = 5, ssh: bool = True, json_path: Path | None = None
+        ) -> dict[str, object]:
+    """Set everything up, measure, tear down; the results (also written to ``json_path``)."""
+    with fleet(n, ssh) as runs:
+        result = report(measure(runs, rounds), n)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -239,9 +239,13 @@ def is_multi(spec: str) -> bool:
 
 def names_inventory_host(spec: str, home: str | os.PathLike[str] | None = None) -> bool:
     """Whether ``spec`` is a name in the inventory (costs nothing when there is no file)."""
-    if not NAME_RE.match(spec) or not inventory_path(home).exists():
+    if not NAME_RE.match(spec):
         return False
-    return spec in load(home).hosts
+    try:
+        text = inventory_path(home).read_text()
+    except OSError:
+        return False
+    return spec in text and spec in parse(text, str(inventory_path(home))).hosts
 
 
 def resolve(spec: str | Iterable[str | Target], inventory: Inventory,

@@ -124,3 +124,13 @@ async def test_input_reaches_every_host(farm: Farm) -> None:
     async with tether.connect_many("n02,n03", home=farm.client_a) as fleet:
         results = await fleet.run("cat", input=b"to everyone\n")
     assert [h.text for h in results] == ["to everyone\n"] * 2
+
+
+async def test_an_unexpected_error_stays_with_its_host(farm: Farm, tmp_path: Path) -> None:
+    (tmp_path / "n02").write_text("a file where n02's directory would go")
+    async with tether.connect_many("n02,n03", home=farm.client_a) as fleet:
+        results = await fleet.get("nothing-here.txt", tmp_path)
+    assert results.by_name("n02").kind == "error"
+    assert "File exists" in (results.by_name("n02").error or "")
+    assert results.by_name("n03").kind == "error"  # the remote file is missing: its own error
+    assert "nothing-here.txt" in (results.by_name("n03").error or "")

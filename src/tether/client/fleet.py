@@ -38,7 +38,6 @@ from tether.errors import (
     HostChanged,
     HostUnknown,
     NotAuthorized,
-    TetherError,
 )
 from tether.identity import DEFAULT_PORT, home_dir
 from tether.inventory import Target, load, resolve
@@ -143,7 +142,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return UNTRUSTED, str(exc)
     if isinstance(exc, AuthError):
         return UNAUTHORIZED, str(exc)
-    if isinstance(exc, ConnectionFailed | OSError):
+    if isinstance(exc, ConnectionFailed):
         return UNREACHABLE, str(exc) or exc.__class__.__name__
     return ERROR, str(exc) or exc.__class__.__name__
 
@@ -284,7 +283,7 @@ class Fleet:
                 conn = await self._connection(target)
                 await op(conn, target, result)
             broken = False
-        except (TetherError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # even a bug on one host must not stop the rest
             result.ok = False
             result.kind, result.error = classify(exc)
         finally:
