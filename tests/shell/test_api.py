@@ -91,6 +91,11 @@ async def test_line_shells_are_independent(api: tether.Connection) -> None:
         await a.run("cd /tmp; WHO=a")
         r_a, r_b = await asyncio.gather(a.run("echo $WHO $PWD"), b.run("echo $WHO"))
         assert r_a.stdout == b"a /tmp\n" and r_b.stdout == b"b\n"
+        # concurrent runs on one shell take turns, each with its own result
+        results = await asyncio.gather(*(a.run(f"echo {i}; exit_{i} 2>/dev/null; (exit {i})")
+                                         for i in range(20)))
+        assert [(r.stdout, r.status) for r in results] == [
+            (f"{i}\n".encode(), i) for i in range(20)]
 
 
 async def test_line_shell_cancelled_run_does_not_shift_results(api: tether.Connection) -> None:
@@ -197,3 +202,17 @@ async def test_pty_command_output_is_complete(api: tether.Connection) -> None:
         assert done.status == i
         assert out.endswith(f"end{i}".encode()), (i, out[-100:])
         assert out.count(b"\r\n") == lines
+
+
+async def test_large_paste_into_a_pty(api: tether.Connection) -> None:
+    """Keystrokes are flow-controlled too: 2 MB typed into ``wc -c`` arrive whole."""
+    proc = await open_pty(api)
+    await proc.write(b"stty -echo; wc -c; stty echo\r")
+    await read_until(proc, b"wc -c; stty echo\r\n")
+    line = b"x" * 99 + b"\r"  # the terminal turns CR into LF: 100 bytes a line
+    typed = asyncio.ensure_future(proc.write(line * 20_000 + b"\x04"))
+    out = await read_until(proc, PROMPT.encode(), timeout=60.0)
+    await asyncio.wait_for(typed, TIMEOUT)
+    assert out.split()[-2:] == [b"2000000", PROMPT.strip().encode()]
+    await proc.write(b"exit\r")
+    assert (await asyncio.wait_for(proc.wait(), TIMEOUT)).status == 0
