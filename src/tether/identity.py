@@ -91,7 +91,13 @@ def generate_identity(home: Path, name: str, kind: str = "client") -> Identity:
         raise IdentityError(f"{key_path} already exists; remove it first to make a new identity")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ed25519.Ed25519PrivateKey.generate()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or "tether")])
+    # A unique subject (and key identifiers below): OpenSSL looks up a self-signed
+    # certificate's issuer by subject, so two identities sharing a name must not share one.
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, name or "tether"),
+        x509.NameAttribute(NameOID.SERIAL_NUMBER, os.urandom(8).hex()),
+    ])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -102,6 +108,9 @@ def generate_identity(home: Path, name: str, kind: str = "client") -> Identity:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=365 * 100))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                       critical=False)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]

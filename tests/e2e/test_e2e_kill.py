@@ -56,12 +56,6 @@ TIMEOUT_FAMILIES = ["plain", "stubborn-grandchild"]
 # The leader ignores SIGTERM and has closed its output: the server must SIGKILL it and still
 # report. (With its output still open the same bug shows only now and then, by a race.)
 STUBBORN_SILENT = "exec >/dev/null 2>&1; trap '' TERM; sleep 300 & sleep 300; wait"
-BUG_NO_EXIT_AFTER_KILL = (
-    "BUG: server/exec.py CommandRun.run reads proc.returncode right after terminate() "
-    "SIGKILLed a leader that ignored SIGTERM, without awaiting proc.wait(); the returncode is "
-    "still None, `assert code is not None` kills the task, no exit frame is sent and the "
-    "client waits forever"
-)
 
 
 @pytest.mark.parametrize("family", TIMEOUT_FAMILIES)
@@ -77,7 +71,6 @@ def test_cli_timeout_kills_the_whole_group(client: Client, mark: Marker, family:
     assert mark.survivors(GONE_WITHIN) == []
 
 
-@pytest.mark.xfail(reason=BUG_NO_EXIT_AFTER_KILL, strict=True)
 def test_cli_timeout_kills_a_leader_that_ignores_sigterm(client: Client, mark: Marker) -> None:
     proc = client.popen(STUBBORN_SILENT, opts=[*mark.opts, "--timeout", "1"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -98,7 +91,6 @@ async def test_api_timeout_kills_the_whole_group(conn: Connection, mark: Marker)
     assert mark.survivors(GONE_WITHIN) == []
 
 
-@pytest.mark.xfail(reason=BUG_NO_EXIT_AFTER_KILL, strict=True)
 async def test_api_timeout_kills_a_leader_that_ignores_sigterm(
     conn: Connection, mark: Marker
 ) -> None:

@@ -6,8 +6,6 @@ import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from tether.identity import load_identity, lookup_known_host
 
 if TYPE_CHECKING:
@@ -51,13 +49,6 @@ def test_authorizing_takes_effect_without_restart(
     assert (done.returncode, done.stdout) == (0, b"welcome\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tls.server_context loads every authorized certificate as a trust anchor, and "
-    "identity.generate_identity gives a certificate only its name as subject (no key "
-    "identifiers): OpenSSL finds the issuer of a self-signed client certificate by subject "
-    "name, so of two authorized identities with the same name (the default is user@host, "
-    "e.g. after a re-key) only the first in the authorized file can connect"
-))
 def test_authorized_identities_with_the_same_name_both_connect(
     client: Client, make_client_home: ClientHomeFactory
 ) -> None:

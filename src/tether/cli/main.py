@@ -209,8 +209,9 @@ def serve(home: str | None, host: str, port: int, root: str | None, name: str | 
 @click.option("--cwd", help="Remote working directory (relative to the server's root).")
 @click.option("--env", "env", multiple=True, metavar="K=V", help="Set a remote variable.")
 @click.option("--timeout", type=float, help="Kill the remote process group after S seconds.")
-@click.option("--encoding", help="Decode remote output with this encoding on a terminal "
-                                 "[default: the server's].")
+@click.option("--encoding", help="Decode remote output with this encoding and re-encode it "
+                                 "for this side, also into pipes and files [default: the "
+                                 "server's encoding, on a terminal only].")
 @click.option("-n", "--no-stdin", is_flag=True, help="Do not forward stdin (like ssh -n).")
 @fleet_options(run=True)
 @click.argument("host")
@@ -223,7 +224,7 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
 
     stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
     the remote one (128+N when killed by signal N, 124 on --timeout, 255 if the connection or
-    authentication failed).
+    authentication failed). Options go before HOST: everything after HOST is the command.
 
     HOST may also name several hosts: an inventory name, a,b,c, @group or @all (see `tether
     hosts`). Then each output line is prefixed with its host, a summary goes to stderr, stdin
@@ -361,7 +362,17 @@ cli.add_command(discover)
 
 
 def main() -> None:
-    cli(prog_name="tether")
+    """The console script: every failure is one line on stderr unless --debug is given."""
+    try:
+        cli(prog_name="tether")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if os.environ.get("TETHER_DEBUG") or "--debug" in sys.argv[1:2]:
+            raise
+        click.echo(f"tether: internal error: {exc.__class__.__name__}: {exc} "
+                   f"(run with --debug for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,40 @@ async def _run(opts: RunOptions) -> int:
         return await _execute(conn, opts)
 
 
-def _forward_signal(loop: asyncio.AbstractEventLoop, proc: Process, name: str) -> None:
-    loop.create_task(proc.signal(name))
+class SignalRelay:
+    """Local signals for the remote command: each is forwarded to its process group. A second
+    Ctrl-C, or a SIGTERM/SIGHUP the command has not obeyed within ``GIVE_UP`` seconds, makes
+    the client give up: it leaves, which kills the remote group, and exits 128+N."""
+
+    GIVE_UP = 2.0
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.loop = asyncio.get_running_loop()
+        self.main = asyncio.current_task()
+        self.exit_code: int | None = None
+        self.interrupted = False
+
+    def install(self) -> None:
+        for sig in FORWARDED_SIGNALS:
+            self.loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def remove(self) -> None:
+        for sig in FORWARDED_SIGNALS:
+            self.loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.loop.create_task(self.proc.signal(sig.name[3:]))
+        if sig == signal.SIGINT and not self.interrupted:
+            self.interrupted = True  # the first Ctrl-C is the command's to handle
+            return
+        delay = 0.0 if sig == signal.SIGINT else self.GIVE_UP
+        self.loop.call_later(delay, self._give_up, 128 + sig)
+
+    def _give_up(self, code: int) -> None:
+        if self.exit_code is None and self.main is not None:
+            self.exit_code = code
+            self.main.cancel()
 
 
 async def _execute(conn: Connection, opts: RunOptions) -> int:
@@ -123,8 +155,8 @@ async def _execute(conn: Connection, opts: RunOptions) -> int:
     proc = await conn.start(cmd, cwd=opts.cwd, env=opts.env, timeout=opts.timeout,
                             stdin=opts.stdin)
     loop = asyncio.get_running_loop()
-    for sig in FORWARDED_SIGNALS:
-        loop.add_signal_handler(sig, _forward_signal, loop, proc, sig.name[3:])
+    relay = SignalRelay(proc)
+    relay.install()
     if opts.stdin:
         threading.Thread(target=_stdin_pump, args=(loop, proc), daemon=True).start()
     server_enc = conn.server.encoding
@@ -136,9 +168,12 @@ async def _execute(conn: Connection, opts: RunOptions) -> int:
         async for channel, data in proc:
             sinks[channel].write(data)
         info = await proc.wait()
+    except asyncio.CancelledError:
+        if relay.exit_code is None:
+            raise
+        return relay.exit_code  # gave up: leaving the connection kills the remote group
     finally:
-        for sig in FORWARDED_SIGNALS:
-            loop.remove_signal_handler(sig)
+        relay.remove()
         for sink in sinks.values():
             sink.close()
     if info.timed_out:

@@ -602,9 +602,12 @@ async def _open(
         if identity is not None:
             server_fp = fingerprint(framed.peer_cert or b"")
             _check_host(home, host, port, server_fp, accept_new, confirm)
-        framed.send(Hello(versions=list(PROTOCOL_VERSIONS), software=f"tether/{__version__}"))
-        await framed.drain()
         try:
+            # TLS 1.3 finishes the client's handshake before the server has checked our
+            # certificate: a refusal shows up here, as an alert or a reset, never earlier.
+            framed.send(Hello(versions=list(PROTOCOL_VERSIONS),
+                              software=f"tether/{__version__}"))
+            await framed.drain()
             welcome = await asyncio.wait_for(framed.next_event(), timeout)
         except (NotAuthorized, ConnectionBroken) as exc:
             if identity is None:

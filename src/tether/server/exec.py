@@ -196,8 +196,7 @@ class CommandRun:
         await asyncio.gather(*pumps, return_exceptions=True)
         if feeder is not None:
             feeder.cancel()
-        code = proc.returncode
-        assert code is not None
+        code = await proc.wait()  # reaped: after a SIGKILL the returncode is not set until now
         self.duration = duration = time.monotonic() - self._started
         with contextlib.suppress(TetherError):
             self.conn.send(
