@@ -15,9 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from tether import __version__
-from tether.cli.discover import discover
 from tether.cli.fleet import fleet_options
-from tether.cli.hosts import hosts
 
 DEFAULT_PORT = 7722
 
@@ -43,7 +41,22 @@ def fail(exc: BaseException) -> NoReturn:
     sys.exit(_exit_code(exc))
 
 
+# Commands whose modules load only when they are the one being run (start-up time counts).
+LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover"}
+
+
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            import importlib
+
+            command: click.Command = getattr(importlib.import_module(LAZY_COMMANDS[name]), name)
+            return command
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx: click.Context) -> Any:
         from tether.errors import TetherError
 
@@ -357,8 +370,6 @@ def demo(keep: bool) -> None:
     demo_main(keep)
 
 
-cli.add_command(hosts)
-cli.add_command(discover)
 
 
 def main() -> None:
