@@ -50,13 +50,13 @@ def _exchange(address: str, port: int, datagrams: list[bytes], source: str,
 
 async def test_api_finds_exactly_the_discoverable(farm: Farm) -> None:
     started = time.monotonic()
-    found = await discover([RANGE], farm.port, wait=0.3)
+    found = await discover([RANGE], farm.port, wait=0.5, retries=3)
     assert [f.address for f in found] == DISCOVERABLE
     for f in found:
         node = farm.nodes[f.address]
         assert (f.port, f.name, f.fingerprint, f.version, f.announced) == (
             farm.port, node.name, node.identity.fingerprint, "0.1.0", f.address)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5
 
 
 async def test_cli_lists_and_adds_with_accept_new(farm: Farm, tmp_path: Path) -> None:
@@ -140,8 +140,8 @@ def test_rate_limited_per_source(farm: Farm) -> None:
     probes = [encode_probe(os.urandom(16)) for _ in range(40)]
     flood = _exchange(address, farm.port, probes, "127.0.0.210")
     burst = responder.limit.burst
-    assert len(flood) <= burst + 1  # the bucket may refill by one while the flood is sent
-    assert responder.counts["rate_limited"] - limited >= 40 - burst - 1
+    assert 1 <= len(flood) <= burst + 5  # a few tokens may come back while the flood is read
+    assert responder.counts["rate_limited"] - limited == 40 - len(flood)
     # another source is not punished for the first one's flood
     assert len(_exchange(address, farm.port, probes[:1], "127.0.0.211")) == 1
 
