@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import subprocess
 from pathlib import Path
 
 from .farm import (
@@ -12,10 +14,12 @@ from .farm import (
     SLOW,
     SLOW_COMMAND,
     STOPPED,
+    TETHER,
     UNAUTHORIZED_B,
     UNTRUSTED_B,
     Farm,
     atether,
+    cli_env,
     name_of,
 )
 
@@ -140,3 +144,13 @@ async def test_unknown_group_is_an_error(farm: Farm) -> None:
     done = await atether("run", "@nosuch", "--", "true", home=farm.client_a)
     assert done.returncode == 1
     assert "no hosts in @nosuch" in done.stderr and "@farm" in done.stderr
+
+
+async def test_shell_takes_an_inventory_name_but_not_a_fleet(farm: Farm) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run, [*TETHER, "shell", "n02"], input="echo via-inventory\n",
+        capture_output=True, text=True, timeout=60, env=cli_env(farm.client_a))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "via-inventory\n"
+    many = await atether("shell", "@farm", home=farm.client_a)
+    assert many.returncode == 1 and "means 50 hosts" in many.stderr

@@ -77,6 +77,21 @@ def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> b
     return per_host_output or is_multi(host) or names_inventory_host(host, home)
 
 
+def one_host(host: str, home: str | None, port: int) -> tuple[str, int]:
+    """For a command that reaches exactly one host (``tether shell``): an inventory name, or a
+    target meaning one host, becomes its address and port; a target meaning several is refused.
+    """
+    from tether.errors import BadRequest
+    from tether.inventory import is_multi, load, names_inventory_host, resolve
+
+    if not (is_multi(host) or names_inventory_host(host, home)):
+        return host, port
+    targets = resolve(host, load(home), port)
+    if len(targets) != 1:
+        raise BadRequest(f"{host} means {len(targets)} hosts; this command reaches one")
+    return targets[0].address, targets[0].port
+
+
 # --- output -------------------------------------------------------------------------------------
 
 

@@ -284,9 +284,11 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     line mode, each line one command in one persistent shell, failures reported on stderr.
     Needs the `shell` permission on the server.
     """
+    from tether.cli.fleet import one_host
     from tether.cli.shell import shell_main
 
     argv = list(command[1:] if command and command[0] == "--" else command)
+    host, port = one_host(host, home, port)  # an inventory name: its address and port
     sys.exit(shell_main(host, port, home, accept_new, plaintext, argv, lines))
 
 
