@@ -26,6 +26,7 @@
         ├── SourceChanged             the source grew or shrank while it was being sent
         ├── Busy                      another transfer is writing the same destination
         ├── UnsafePath                a path tried to leave where it may go
+        ├── NoTerminal                the server cannot give a pseudo-terminal
         └── SpawnFailed               the command could not be started
 
 Wire error codes (docs/PROTOCOL.md, "Errors") map to classes through :data:`WIRE_CODES`, so a
@@ -138,6 +139,10 @@ class UnsafePath(RemoteError):
     code = "unsafe_path"
 
 
+class NoTerminal(RemoteError):
+    code = "no_pty"
+
+
 WIRE_CODES: dict[str, type[TetherError]] = {
     cls.code: cls
     for cls in (
@@ -157,6 +162,7 @@ WIRE_CODES: dict[str, type[TetherError]] = {
         SourceChanged,
         Busy,
         UnsafePath,
+        NoTerminal,
     )
 }
 WIRE_CODES["protocol"] = RemoteProtocolError

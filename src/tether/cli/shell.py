@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from tether.cli.run import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
-from tether.errors import TetherError
+from tether.errors import NoTerminal, TetherError
 
 STDIN_CHUNK = 64 * 1024
 
@@ -124,10 +124,17 @@ async def _send_keys(proc: ShellProcess, keys: asyncio.Queue[bytes]) -> None:
 
 
 def _read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
-    """Blocking line reads of stdin in a daemon thread (stdin may be a file or a pipe)."""
+    """Blocking line reads of stdin in a daemon thread (stdin may be a file, a pipe or a
+    terminal). Raw ``os.read``, not ``sys.stdin``: a daemon thread blocked inside a buffered
+    reader's lock aborts the interpreter at exit."""
+    pending = b""
     with contextlib.suppress(OSError, RuntimeError):
-        for line in sys.stdin.buffer:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
+        while chunk := os.read(0, STDIN_CHUNK):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                loop.call_soon_threadsafe(queue.put_nowait, line + b"\n")
+        if pending:
+            loop.call_soon_threadsafe(queue.put_nowait, pending)
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
@@ -163,7 +170,13 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
                        confirm=confirm) as conn:
         if terminal:
-            return await _terminal_session(conn, command)
+            try:
+                return await _terminal_session(conn, command)
+            except NoTerminal as exc:
+                if command:
+                    raise
+                print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
+                return await _line_session(conn)
         if command:
             from tether.errors import BadRequest
 

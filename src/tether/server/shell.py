@@ -23,7 +23,7 @@ import struct
 import termios
 from collections.abc import Callable
 
-from tether.errors import BadRequest
+from tether.errors import BadRequest, NoTerminal
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
 from tether.server.exec import (
@@ -112,7 +112,10 @@ class PtyRun(CommandRun):
         self.master = -1
 
     async def _spawn(self) -> None:
-        master, slave = os.openpty()
+        try:
+            master, slave = os.openpty()
+        except OSError as exc:
+            raise NoTerminal(f"the server cannot give a pseudo-terminal: {exc.strerror}") from exc
         try:
             _set_winsize(master, *self.size)
             spec = self.spec
