@@ -154,3 +154,21 @@ async def test_shell_takes_an_inventory_name_but_not_a_fleet(farm: Farm) -> None
     assert done.stdout == "via-inventory\n"
     many = await atether("shell", "@farm", home=farm.client_a)
     assert many.returncode == 1 and "means 50 hosts" in many.stderr
+
+
+async def test_one_inventory_name_keeps_the_one_host_path(farm: Farm, tmp_path: Path) -> None:
+    """A name is one host: stdin is forwarded, output is plain, the status is the remote one,
+    and put/get reach it at the inventory's address and port."""
+    done = await asyncio.to_thread(
+        subprocess.run, [*TETHER, "run", "n03", "--", "cat; exit 6"], input="forwarded\n",
+        capture_output=True, text=True, timeout=60, env=cli_env(farm.client_a))
+    assert done.returncode == 6, done.stderr
+    assert done.stdout == "forwarded\n" and "hosts:" not in done.stderr
+    src = tmp_path / "one.txt"
+    src.write_text("to one host\n")
+    put = await atether("put", "--force", str(src), "n03:one.txt", home=farm.client_a)
+    assert put.returncode == 0, put.stderr
+    get = await atether("get", "--force", "n03:one.txt", str(tmp_path / "back.txt"),
+                        home=farm.client_a)
+    assert get.returncode == 0, get.stderr
+    assert (tmp_path / "back.txt").read_text() == "to one host\n"

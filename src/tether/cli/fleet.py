@@ -50,7 +50,8 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
                      show_default=True, help="Hosts worked on at once (several hosts only)."),
         click.option("--host-timeout", type=click.FloatRange(min=0, min_open=True),
                      metavar="S", help="Give up on a host after S seconds, connecting "
-                                       "included [default: the inventory's, else none]."),
+                                       "included; beats a host's inventory timeout "
+                                       "[default: the inventory's, else none]."),
     ]
     if run:
         options += [
@@ -71,10 +72,13 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
 
 
 def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> bool:
-    """Whether HOST means the fleet path: fleet syntax, an inventory name, or per-host output."""
-    from tether.inventory import is_multi, names_inventory_host
+    """Whether HOST means the fleet path: several hosts (``a,b``, ``@group``) or per-host
+    output asked for. One inventory name is one host: it keeps the one-host path (stdin,
+    plain output), reached through :func:`one_host`."""
+    from tether.inventory import is_multi
 
-    return per_host_output or is_multi(host) or names_inventory_host(host, home)
+    del home  # a name alone never means several hosts
+    return per_host_output or is_multi(host)
 
 
 def one_host(host: str, home: str | None, port: int) -> tuple[str, int]:
@@ -211,6 +215,9 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
     fleet = connect_many(spec, port=port, home=home, accept_new=accept_new, plaintext=plaintext,
                          parallel=fopts.parallel, timeout=fopts.host_timeout,
                          keep_connections=False)
+    if fopts.host_timeout is not None:  # said on the command line: it beats the inventory
+        fleet.targets = [t._replace(timeout=fopts.host_timeout)
+                         for t in fleet.targets]
     if len(fleet.targets) == 1 and sys.stdin.isatty():
         from tether.cli.run import confirm_on_tty
 

@@ -263,6 +263,9 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
 
     if wants_fleet(host, home, group_output or as_json):
         sys.exit(run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json)))
+    from tether.cli.fleet import one_host
+
+    opts.host, opts.port = one_host(host, home, port)  # an inventory name: its address, port
     sys.exit(run_main(opts))
 
 

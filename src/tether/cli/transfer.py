@@ -4,6 +4,7 @@ terminal, a JSON summary on request, and a note whenever a transfer resumed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -131,6 +132,14 @@ def _fleet_target(host: str, opts: TransferOptions) -> bool:
     return wants_fleet(host, opts.home)
 
 
+def _one(host: str, opts: TransferOptions) -> tuple[str, TransferOptions]:
+    """An inventory name becomes its address and port; anything else stays as it is."""
+    from tether.cli.fleet import one_host
+
+    address, port = one_host(host, opts.home, opts.port)
+    return address, dataclasses.replace(opts, port=port)
+
+
 def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,
                     opts: TransferOptions) -> int:
     from tether.cli.fleet import transfer_fleet
@@ -145,6 +154,7 @@ def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> No
         host, remote = split_remote(target)
         if _fleet_target(host, opts):
             sys.exit(_fleet_transfer(host, True, list(sources), remote, opts))
+        host, opts = _one(host, opts)
         result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
     except TetherError as exc:
         fail(exc)
@@ -163,8 +173,8 @@ def get_main(args: tuple[str, ...], opts: TransferOptions) -> None:
             sys.exit(_fleet_transfer(pairs[0][0], False, [p for _, p in pairs], args[-1], opts))
         if len(hosts) != 1:
             raise BadRequest("all sources of one get must be on the same host")
-        result = asyncio.run(_transfer(hosts.pop(), opts, False, [p for _, p in pairs],
-                                       args[-1]))
+        host, opts = _one(hosts.pop(), opts)
+        result = asyncio.run(_transfer(host, opts, False, [p for _, p in pairs], args[-1]))
     except TetherError as exc:
         fail(exc)
     _report(result, opts)
