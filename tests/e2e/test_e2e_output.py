@@ -163,7 +163,7 @@ async def test_api_binary_output_is_byte_identical(conn: Connection, payload_fil
 
 def on_terminal(argv: list[str], env: dict[str, str]) -> tuple[str, int]:
     """Run a command in a real pseudo-terminal: (what the terminal shows, exit status)."""
-    child = pexpect.spawn(argv[0], argv[1:], env=env, timeout=60)
+    child = pexpect.spawn(argv[0], argv[1:], env=env, timeout=60, use_poll=True)
     try:
         child.expect(pexpect.EOF)
         shown = (child.before or b"").decode("utf-8", "replace")

@@ -175,7 +175,7 @@ class Terminal:
         self.child = pexpect.spawn(
             "/bin/sh", ["-c", script], env=base_env(TETHER_HOME=str(client_home), TERM=term),
             timeout=EXPECT_TIMEOUT, dimensions=(rows, cols), encoding="utf-8",
-            codec_errors="replace", searchwindowsize=4096,
+            codec_errors="replace", searchwindowsize=4096, use_poll=True,
         )
         self.child.expect(r"BEFORE:(\S+)\r\n")
         self.before_settings = self.match(1)

@@ -57,7 +57,7 @@ def test_shell_falls_back_to_line_mode(ptyless_server: tuple[int, Path]) -> None
     port, client_home = ptyless_server
     env = {**os.environ, "TETHER_HOME": str(client_home)}
     child = pexpect.spawn(TETHER, ["shell", "-p", str(port), "--accept-new", "127.0.0.1"],
-                          env=env, timeout=20)
+                          env=env, timeout=20, use_poll=True)
     child.expect("cannot give a pseudo-terminal")
     child.expect("line mode")
     child.sendline("cd /tmp")
@@ -75,7 +75,7 @@ def test_shell_command_without_a_terminal_is_a_clear_error(
     port, client_home = ptyless_server
     env = {**os.environ, "TETHER_HOME": str(client_home)}
     child = pexpect.spawn(TETHER, ["shell", "-p", str(port), "--accept-new", "127.0.0.1",
-                                   "--", "top"], env=env, timeout=20)
+                                   "--", "top"], env=env, timeout=20, use_poll=True)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 1
