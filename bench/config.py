@@ -1,0 +1,54 @@
+"""Sizes of a full run (the issue's) and of ``--quick`` (tiny, for CI), and the context that
+every workload receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import GiB, MiB
+from bench.peers import Peers
+
+
+@dataclass(frozen=True)
+class Sizes:
+    mode: str
+    rounds: int
+    warmup: int
+    commands: int  # workload 1: commands per round
+    oneshot_rounds: int  # workload 2: each round is one invocation per contender
+    stream_bytes: int
+    file_bytes: int
+    tree_files: int
+    tree_file_bytes: int
+    idle_connections: int
+    concurrent: int
+    sleep_seconds: float
+
+    @property
+    def fast_bytes(self) -> int:
+        """Room needed on the tmpfs: the file, one copy of it, the tree and two copies."""
+        return 2 * self.file_bytes + 3 * self.tree_files * (self.tree_file_bytes + 4096)
+
+
+FULL = Sizes(
+    mode="full", rounds=5, warmup=1, commands=200, oneshot_rounds=15, stream_bytes=GiB,
+    file_bytes=GiB, tree_files=10_000, tree_file_bytes=4096, idle_connections=1000,
+    concurrent=200, sleep_seconds=1.0,
+)
+
+QUICK = Sizes(
+    mode="quick", rounds=3, warmup=0, commands=10, oneshot_rounds=3, stream_bytes=4 * MiB,
+    file_bytes=4 * MiB, tree_files=100, tree_file_bytes=4096, idle_connections=20,
+    concurrent=10, sleep_seconds=0.2,
+)
+
+
+@dataclass
+class Context:
+    peers: Peers
+    sizes: Sizes
+
+    def log(self, name: str) -> Path:
+        """A file for one run's stderr, in the temporary directory."""
+        return self.peers.tmp / f"{name}.stderr"

@@ -1,0 +1,22 @@
+"""The six workloads of the benchmark issue, in its order. Each module's ``run(ctx)`` sets up
+what it needs (fresh tether servers, source files), runs its groups and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.config import Context
+from bench.stats import GroupResult
+from bench.workloads import bulk, latency, oneshot, scale, stream, tree
+
+Workload = Callable[[Context], list[GroupResult]]
+
+WORKLOADS: dict[str, Workload] = {
+    "latency": latency.run,
+    "oneshot": oneshot.run,
+    "stream": stream.run,
+    "bulk": bulk.run,
+    "tree": tree.run,
+    "scale": scale.run,
+}

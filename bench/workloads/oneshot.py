@@ -1,0 +1,45 @@
+"""Workload 2: one-shot CLI, the whole process: ``tether run HOST -- true`` against ``ssh HOST
+true`` with a fresh connection and through a ControlMaster socket. One invocation per contender
+per round; the value is its wall time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.config import Context
+from bench.peers import HOST, SSH_ALIAS
+from bench.procs import run_measured
+from bench.stats import Contender, Group, GroupResult, Sample, Target, run_group
+
+
+def _timed(ctx: Context, name: str, argv: Sequence[str]) -> Sample:
+    m = run_measured(argv, ctx.log(f"oneshot-{name}"))
+    return Sample(m.seconds * 1000, {"client_rss_mib": m.client_mib} if m.client_mib else {})
+
+
+def run(ctx: Context) -> list[GroupResult]:
+    peers = ctx.peers
+    with peers.tether_server() as server:
+        tether = peers.tether_cli("run", "-p", str(server.port), HOST, "--", "true")
+        fresh = peers.sshd.ssh(SSH_ALIAS, "true")
+        master = peers.sshd.ssh(SSH_ALIAS, "true", master=True)
+        group = Group(
+            key="oneshot", title="one-shot CLI, whole process: run `true` remotely",
+            unit="ms", better="lower", quantity="time",
+            contenders=[
+                Contender("tether run", lambda: _timed(ctx, "tether", tether),
+                          "tether run HOST -- true", tether=True),
+                Contender("ssh", lambda: _timed(ctx, "ssh", fresh), "ssh HOST true"),
+                Contender("ssh ControlMaster", lambda: _timed(ctx, "master", master),
+                          "ssh -o ControlPath=SOCK HOST true  # master already connected"),
+            ],
+            targets=[
+                Target("<= 0.25x ssh with a fresh connection", "tether run", "<=", 0.25,
+                       peer="ssh"),
+                Target("<= 1x ssh through a ControlMaster socket", "tether run", "<=", 1.0,
+                       peer="ssh ControlMaster"),
+            ],
+            rounds=ctx.sizes.oneshot_rounds,
+        )
+        return [run_group(group, ctx.sizes.rounds, ctx.sizes.warmup)]
