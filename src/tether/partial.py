@@ -21,6 +21,7 @@ import blake3
 
 from tether.errors import (
     AlreadyExists,
+    BadRequest,
     Busy,
     IntegrityError,
     NoSpace,
@@ -50,7 +51,18 @@ def check_name(name: str) -> str:
     """A single, harmless path component, or UnsafePath."""
     if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise UnsafePath(f"refusing the file name {name!r}")
+    check_text(name)
     return name
+
+
+def check_text(path: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate sent as a JSON escape): the
+    file system would reject it later, with an error of the wrong kind."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsafePath(f"the path {path[:40]!r} is not valid Unicode") from exc
+    return path
 
 
 def link_stays_inside(depth: int, target: str) -> bool:
@@ -228,4 +240,6 @@ def destination_exists(dir_fd: int, name: str) -> bool:
         os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
+    except OSError as exc:  # e.g. a name too long for this file system
+        raise BadRequest(f"cannot use the name {name[:40]!r}: {exc.strerror}") from exc
     return True

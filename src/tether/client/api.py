@@ -457,7 +457,7 @@ class Connection:
     ) -> RunResult:
         """Run a command to completion and collect its output."""
         proc = await self.start(cmd, cwd=cwd, env=env, timeout=timeout, stdin=input is not None)
-        writer = asyncio.create_task(_feed(proc, input)) if input else None
+        writer = asyncio.create_task(_feed(proc, input)) if input is not None else None
         out: list[bytes] = []
         err: list[bytes] = []
         try:

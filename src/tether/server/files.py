@@ -26,7 +26,13 @@ from tether.errors import (
     RemoteError,
     UnsafePath,
 )
-from tether.partial import PartialFile, check_name, destination_exists, link_stays_inside
+from tether.partial import (
+    PartialFile,
+    check_name,
+    check_text,
+    destination_exists,
+    link_stays_inside,
+)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -80,6 +86,7 @@ class FileArea:
         """The start directory and the components to walk from it."""
         if "\0" in path:
             raise UnsafePath("NUL byte in path")
+        check_text(path)
         if self.confined:
             if path.startswith("/"):
                 raise UnsafePath(f"absolute paths are outside this client's root: {path}")
@@ -159,16 +166,21 @@ class FileArea:
         ``path`` under ``name`` if ``path`` is a directory (or ends in /), else ``path`` itself,
         as scp does."""
         dir_fd, last = self.resolve(path)
-        if path.endswith("/") or self.is_dir(dir_fd, last):
-            if last is not None:
-                try:
-                    sub = self.open_at(dir_fd, last, DIR_FLAGS, path)
-                finally:
-                    os.close(dir_fd)
+        try:
+            into = path.endswith("/") or self.is_dir(dir_fd, last)
+            if into and last is not None:
+                sub = self.open_at(dir_fd, last, DIR_FLAGS, path)
+                os.close(dir_fd)
                 dir_fd = sub
-            return dir_fd, check_name(name), posixpath.normpath(posixpath.join(path, name))
-        assert last is not None
-        return dir_fd, check_name(last), path
+            if into:
+                return dir_fd, check_name(name), posixpath.normpath(posixpath.join(path, name))
+            assert last is not None
+            # normalized, so that what is shown (and a symlink's depth, counted from it) is
+            # where the entry really is: "x/." names x itself
+            return dir_fd, check_name(last), posixpath.normpath(path)
+        except BaseException:
+            os.close(dir_fd)
+            raise
 
     def open_partial(self, dir_fd: int, name: str, *, exists_ok: bool,
                      resume: bool) -> PartialFile:
