@@ -70,8 +70,20 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
         await server.serve_forever()
         click.echo("tether serve: stopped", err=True)
 
+    _default_signals()
     _tune_asyncio()
     asyncio.run(main())
+
+
+def _default_signals() -> None:
+    """Commands inherit ignored signals: a server started in the background of a script has
+    SIGQUIT (and maybe SIGCHLD) ignored, which its users' shells and jobs must not. SIGHUP is
+    left alone (``nohup tether serve`` is deliberate)."""
+    import signal
+
+    for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _tune_asyncio() -> None:
