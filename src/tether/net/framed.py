@@ -20,6 +20,7 @@ from tether.errors import (
     NotAuthorized,
     ProtocolError,
     TetherError,
+    from_wire,
 )
 from tether.protocol import (
     CLOSED,
@@ -127,7 +128,10 @@ class FramedConnection:
             if isinstance(event, Credit):
                 self._wake(event.stream)
                 continue
-            if event.FINAL if isinstance(event, Message) else False:
+            if isinstance(event, Error) and event.stream == 0:
+                # the peer ends the connection: whoever waits for credit must hear it now
+                self._fail(from_wire(event.code, event.message))
+            elif event.FINAL if isinstance(event, Message) else False:
                 self._wake(event.stream)
             return event
 

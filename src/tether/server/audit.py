@@ -27,7 +27,8 @@ class AuditLog:
             return
         record = {"time": round(time.time(), 6), "event": kind, **fields}
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        os.write(self._fd, line.encode())
+        # a peer's text may hold a lone surrogate: escaped, it stays readable JSON
+        os.write(self._fd, line.encode("utf-8", "backslashreplace"))
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -1,8 +1,8 @@
 """The listener: TLS setup, accepting connections, and an orderly shutdown.
 
-The server's TLS context is rebuilt whenever the authorized file changes (through the SNI hook,
-which OpenSSL calls for every ClientHello), so ``tether authorize`` takes effect for the next
-connection without a restart.
+For every accepted connection :meth:`Server._tls_context` checks the authorized file's mtime and
+size and rebuilds the TLS context (whose trust store is exactly the authorized certificates) when
+it changed, so ``tether authorize`` takes effect for the next connection without a restart.
 """
 
 from __future__ import annotations
@@ -145,7 +145,11 @@ class Server:
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
-            self._ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
+            ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
+            # no session tickets at all: in TLS 1.3, OP_NO_TICKET alone only makes OpenSSL issue
+            # stateful tickets, and a client could resume instead of authenticating in full
+            ctx.num_tickets = 0
+            self._ctx = ctx
         return self._ctx
 
     # --- lifetime ------------------------------------------------------------------------------

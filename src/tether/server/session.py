@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import platform
 from collections.abc import Awaitable, Callable
@@ -182,6 +183,11 @@ class Session:
             handler = self.HANDLERS.get(type(event))
             if handler is None:
                 raise RemoteProtocolError(f"a client may not send {type(event).__name__}")
+            if isinstance(event, Message) and event.OPENS and not _encodable(event):
+                # JSON can carry a lone surrogate ("\ud800"); no path, name or argv can
+                self._end_stream(event.stream, BadRequest(
+                    f"{event.TYPE}: text that is not valid Unicode (a lone surrogate)"))
+                continue
             await handler(self, event)
 
     # --- opening streams -----------------------------------------------------------------------
@@ -265,8 +271,8 @@ class Session:
             put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
                               self.limits.max_upload, lambda done: self._audit("put", done))
             await put.start()
-        except RemoteError as exc:
-            self._end_stream(msg.stream, exc)
+        except (RemoteError, OSError) as exc:
+            self._end_stream(msg.stream, _as_remote(exc))
             return
         if put.partial is not None:
             self.streams[msg.stream] = put
@@ -309,6 +315,9 @@ class Session:
             pass  # the connection is gone; the session's own loop reports it
         except (TetherError, OSError) as exc:
             self._end_stream(stream, _as_remote(exc))
+        except Exception as exc:  # a bug: still end the stream, so the client never waits
+            log.exception("stream %d failed", stream)
+            self._end_stream(stream, _as_remote(exc))
         finally:
             self.streams.pop(stream, None)
 
@@ -319,7 +328,7 @@ class Session:
         if handler is not None:
             handler.abandon()
         with contextlib.suppress(TetherError):
-            self.conn.send(Error(code=exc.code, message=str(exc), stream=stream))
+            self.conn.send(Error(code=exc.code, message=_sendable(str(exc)), stream=stream))
 
     # --- events on open streams ----------------------------------------------------------------
 
@@ -412,6 +421,29 @@ class _TaskStream:
     def abandon(self) -> None:
         if self.task is not None:
             self.task.cancel()
+
+
+def _sendable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _encodable(value: object) -> bool:
+    """Whether every string in a message (fields, lists, dict keys and values) is UTF-8."""
+    todo = [getattr(value, f.name) for f in dataclasses.fields(value)]  # type: ignore[arg-type]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+    return True
 
 
 def _as_remote(exc: BaseException) -> TetherError:
