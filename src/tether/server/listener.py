@@ -145,11 +145,7 @@ class Server:
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
-            ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
-            # no session tickets at all: in TLS 1.3, OP_NO_TICKET alone only makes OpenSSL issue
-            # stateful tickets, and a client could resume instead of authenticating in full
-            ctx.num_tickets = 0
-            self._ctx = ctx
+            self._ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
         return self._ctx
 
     # --- lifetime ------------------------------------------------------------------------------
