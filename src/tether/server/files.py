@@ -209,6 +209,7 @@ class FileArea:
                 raise UnsafePath(f"symlink {name} -> {target} points outside this client's root")
         if "\0" in target:
             raise UnsafePath("NUL byte in symlink target")
+        check_text(target)
         if destination_exists(dir_fd, name):
             if not force:
                 raise AlreadyExists(f"{name} exists (use --force to replace it)")
