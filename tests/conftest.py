@@ -18,11 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +29,7 @@ import psutil
 import pytest
 
 import tether
+from support import TETHER, stop_process, wait_until
 from tether.client.api import Connection
 from tether.identity import Identity, host_key, known_hosts_path, load_identity
 
@@ -53,15 +50,6 @@ def pytest_configure(config: pytest.Config) -> None:
 # --- running the CLI ----------------------------------------------------------------------------
 
 
-def _tether_command() -> list[str]:
-    script = Path(sys.executable).with_name("tether")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("tether")
-    return [found] if found else [sys.executable, "-m", "tether"]
-
-
-TETHER = _tether_command()
 
 
 def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
@@ -114,33 +102,6 @@ def pin(client_home: Path, port: int, fp: str) -> None:
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """Stop a process we started, by its PID: SIGTERM, then SIGKILL if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(grace)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last answer."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(interval)
-    return True
 
 
 @dataclass

@@ -18,16 +18,15 @@ import asyncio
 import contextlib
 import errno
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from support import TETHER
 from tether.identity import (
     AuthorizedClient,
     Identity,
@@ -194,15 +193,6 @@ def _free_port(host: str) -> int:
 # --- the CLI ------------------------------------------------------------------------------------
 
 
-def _tether_command() -> list[str]:
-    script = Path(sys.executable).with_name("tether")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("tether")
-    return [found] if found else [sys.executable, "-m", "tether"]
-
-
-TETHER = _tether_command()
 
 
 def cli_env(home: Path) -> dict[str, str]:

@@ -15,18 +15,15 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pexpect
 import psutil
+
+from support import TETHER, stop_process, wait_until
 
 HOST = "127.0.0.1"
 PROMPT = "tt$ "
@@ -45,15 +42,6 @@ bind 'set enable-bracketed-paste off' 2>/dev/null
 """
 
 
-def _tether_command() -> list[str]:
-    script = Path(sys.executable).with_name("tether")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("tether")
-    return [found] if found else [sys.executable, "-m", "tether"]
-
-
-TETHER = _tether_command()
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -64,28 +52,6 @@ def base_env(**extra: str) -> dict[str, str]:
     env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8")
     env.update(extra)
     return env
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(interval)
-    return True
-
-
-def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """Stop a process we started, by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(grace)
 
 
 @dataclass

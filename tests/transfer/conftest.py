@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from support import stop_process
 from tether.identity import AuthorizedClient, add_authorized, generate_identity
 from tether.server.listener import Server, ServerConfig
 
@@ -37,7 +38,6 @@ from .helpers import (
     Rig,
     ServeProcess,
     cli_env,
-    stop_process,
     wait_until,
 )
 

@@ -9,12 +9,9 @@ import fcntl
 import os
 import random
 import re
-import shutil
 import signal
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,8 @@ from typing import Any
 import blake3
 
 import tether
+from support import TETHER
+from support import wait_until as _wait_until
 from tether.identity import Identity
 from tether.server.listener import Server
 
@@ -147,12 +146,8 @@ def flip_bytes(path: Path, offset: int, count: int = 16) -> None:
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0,
                interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(interval)
-    return True
+    """:func:`support.wait_until`, polling fast: kill tests must land mid-transfer."""
+    return _wait_until(predicate, timeout, interval)
 
 
 def file_size(path: Path) -> int:
@@ -222,15 +217,6 @@ class ServeProcess:
 # --- the CLI as a subprocess --------------------------------------------------------------------
 
 
-def _tether_command() -> list[str]:
-    script = Path(sys.executable).with_name("tether")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("tether")
-    return [found] if found else [sys.executable, "-m", "tether"]
-
-
-TETHER = _tether_command()
 
 
 def cli_env(home: Path) -> dict[str, str]:
@@ -257,19 +243,6 @@ def popen_cli(*args: str, home: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([*TETHER, *args], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=out, env=cli_env(home))
-
-
-def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """Stop a process this test started, by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(grace)
 
 
 def kill9(proc: subprocess.Popen[Any]) -> None:

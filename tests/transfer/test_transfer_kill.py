@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from support import stop_process
+
 from .conftest import ServeFactory
 from .helpers import (
     HOST,
@@ -32,7 +34,6 @@ from .helpers import (
     popen_cli,
     run_cli,
     same_bytes,
-    stop_process,
     wait_until,
 )
 
