@@ -8,7 +8,9 @@ The public API is lazy so that ``import tether`` stays cheap for the one-shot CL
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not typing's: importing typing costs every `tether run` a few ms
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

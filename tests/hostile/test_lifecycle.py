@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import pwd
 import shutil
@@ -120,9 +119,8 @@ def _sample(hint: Any) -> Any:
 def _header(cls: type[Message]) -> dict[str, Any]:
     """A well-formed header of ``cls``: every field that has no default, with a sample value."""
     header: dict[str, Any] = {"t": cls.TYPE}
-    for f in dataclasses.fields(cls):
-        if f.name != "stream" and f.default is dataclasses.MISSING \
-                and f.default_factory is dataclasses.MISSING:
+    for f in cls.FIELDS:
+        if f.name != "stream" and f.required:
             header[f.name] = _sample(f.type)
     return header
 

@@ -6,7 +6,6 @@ with no sockets, so every test speaks real bytes through both state machines.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import random
@@ -44,6 +43,7 @@ from tether.protocol.messages import (
     Status,
     Welcome,
 )
+from tether.protocol.records import replace
 
 # --- raw frames (bypassing every local check, as a hostile or buggy peer would) ---------------
 
@@ -117,7 +117,7 @@ def sample(type_name: str, stream: int | None = None) -> Message:
     msg = SAMPLES[type_name]
     if stream is None:
         stream = 0 if msg.CONNECTION else 1
-    return dataclasses.replace(msg, stream=stream)
+    return replace(msg, stream=stream)
 
 
 def types_sent_by(role: Role) -> list[str]:

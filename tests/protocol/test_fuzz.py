@@ -9,7 +9,6 @@ bug, and so is an event the rules forbid.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import types
@@ -72,7 +71,7 @@ def values_for(hint: Any) -> st.SearchStrategy[Any]:
 
 
 def messages_of(cls: type[Message], streams: st.SearchStrategy[int]) -> st.SearchStrategy[Message]:
-    fields = {f.name: values_for(f.type) for f in dataclasses.fields(cls) if f.name != "stream"}
+    fields = {f.name: values_for(f.type) for f in cls.FIELDS if f.name != "stream"}
     return st.builds(cls, stream=streams, **fields)
 
 

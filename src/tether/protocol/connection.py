@@ -28,9 +28,7 @@ leaves the connection exactly as it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Final
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.frames import (
@@ -51,6 +49,10 @@ from tether.protocol.messages import (
     Welcome,
     decode_message,
 )
+
+TYPE_CHECKING = False  # typing is not imported at run time: every `tether run` would pay for it
+if TYPE_CHECKING:
+    from typing import Final
 
 PROTOCOL_VERSIONS: Final = (1,)
 INITIAL_WINDOW: Final = 4 * 1024 * 1024
@@ -75,15 +77,18 @@ class State(Enum):
     CLOSED = auto()
 
 
-@dataclass
 class _Stream:
-    send_credit: int = INITIAL_WINDOW
-    recv_window: int = INITIAL_WINDOW
-    unacked: int = 0
-    local_final: bool = False
-    remote_final: bool = False
-    local_eof: set[int] = field(default_factory=set)
-    remote_eof: set[int] = field(default_factory=set)
+    __slots__ = ("local_eof", "local_final", "recv_window", "remote_eof", "remote_final",
+                 "send_credit", "unacked")
+
+    def __init__(self) -> None:
+        self.send_credit = INITIAL_WINDOW
+        self.recv_window = INITIAL_WINDOW
+        self.unacked = 0
+        self.local_final = False
+        self.remote_final = False
+        self.local_eof: set[int] = set()
+        self.remote_eof: set[int] = set()
 
 
 def _peer(role: Role) -> Role:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
-from typing import Any
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
+from tether.protocol.records import Value, init
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAGIC = b"\x54\xe7"
 PREFIX = struct.Struct(">2sBBIII")
@@ -33,15 +36,23 @@ KIND_DATA = 2
 CHANNELS = (0, 1, 2)  # 0 data/stdin, 1 stdout, 2 stderr
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(Value):
     """One decoded frame. ``header`` is None for DATA frames."""
 
+    ORDER = __slots__ = ("kind", "stream", "channel", "header", "body")
     kind: int
     stream: int
     channel: int
     header: dict[str, Any] | None
     body: bytes
+
+    def __init__(self, kind: int, stream: int, channel: int, header: dict[str, Any] | None,
+                 body: bytes) -> None:
+        init(self, "kind", kind)
+        init(self, "stream", stream)
+        init(self, "channel", channel)
+        init(self, "header", header)
+        init(self, "body", body)
 
 
 def encode_msg(stream: int, header: dict[str, Any], body: bytes = b"") -> bytes:

@@ -1,20 +1,27 @@
-"""Protocol messages: frozen dataclasses, and the one place their wire form is made and checked.
+"""Protocol messages: frozen records, and the one place their wire form is made and checked.
 
 Each message class names its wire type (``TYPE``, the header's ``"t"``), which role may send it
 (``SENDERS``) and whether it lives on stream 0 (``CONNECTION``). The header is generated from the
-dataclass fields; decoding checks every field's type against the annotation, so a handler never
+record's fields; decoding checks every field's type against the annotation, so a handler never
 sees a wrong type. :data:`REGISTRY` is the explicit allow-list from wire type to class: nothing
 else is ever looked up by a peer-supplied name.
+
+Messages are :class:`~tether.protocol.records.Record` classes rather than dataclasses, and this
+module imports neither ``typing`` nor ``dataclasses``: it is on the path of every ``tether run``
+(see records.py for what that saves). It does not use postponed annotations, so each field's
+annotation is a real type from which :func:`_checker` builds the decoder's type check once.
 """
 
-import dataclasses
 import types
-import typing
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
 
 from tether.errors import RemoteProtocolError
+from tether.protocol.records import Field, Record, Value, field, init
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar
 
 
 class Role(Enum):
@@ -27,30 +34,35 @@ CLIENT = frozenset({Role.CLIENT})
 SERVER = frozenset({Role.SERVER})
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(Record):
     """Base of all messages. ``stream`` is carried in the frame prefix, not in the header."""
 
-    TYPE: ClassVar[str] = ""
-    SENDERS: ClassVar[frozenset[Role]] = BOTH
-    CONNECTION: ClassVar[bool] = False  # True: only on stream 0
-    OPENS: ClassVar[bool] = False  # True: opens a new stream
-    FINAL: ClassVar[bool] = False  # True: the sender's last message on its stream
+    if TYPE_CHECKING:
+        TYPE: ClassVar[str]
+        SENDERS: ClassVar[frozenset[Role]]
+        CONNECTION: ClassVar[bool]
+        OPENS: ClassVar[bool]
+        FINAL: ClassVar[bool]
+    TYPE = ""
+    SENDERS = BOTH
+    CONNECTION = False  # True: only on stream 0
+    OPENS = False  # True: opens a new stream
+    FINAL = False  # True: the sender's last message on its stream
 
     stream: int = field(default=0, kw_only=True)
 
-    def to_header(self) -> dict[str, Any]:
-        header: dict[str, Any] = {"t": self.TYPE}
-        for f in dataclasses.fields(self):
+    def to_header(self) -> "dict[str, Any]":
+        values = self.__dict__
+        header = {"t": self.TYPE}
+        for f in self.FIELDS:
             if f.name != "stream":
-                header[f.name] = getattr(self, f.name)
+                header[f.name] = values[f.name]
         return header
 
 
 # --- connection messages (stream 0) -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Hello(Message):
     """Client's first frame: the protocol versions it speaks."""
 
@@ -61,7 +73,6 @@ class Hello(Message):
     software: str = ""
 
 
-@dataclass(frozen=True)
 class Welcome(Message):
     """Server's answer to Hello: the explicit proof that authentication succeeded."""
 
@@ -78,7 +89,6 @@ class Welcome(Message):
     permissions: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
 class Error(Message):
     """On stream 0: fatal, the sender closes the connection. On a stream: ends that stream."""
 
@@ -88,14 +98,12 @@ class Error(Message):
     message: str
 
 
-@dataclass(frozen=True)
 class Ping(Message):
     TYPE = "ping"
     CONNECTION = True
     token: int = 0
 
 
-@dataclass(frozen=True)
 class Pong(Message):
     TYPE = "pong"
     CONNECTION = True
@@ -105,7 +113,6 @@ class Pong(Message):
 # --- stream messages --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Exec(Message):
     """Open a stream that runs a command. ``shell``: ``argv`` is one string for the shell."""
 
@@ -120,14 +127,12 @@ class Exec(Message):
     stdin: bool = True
 
 
-@dataclass(frozen=True)
 class Started(Message):
     TYPE = "started"
     SENDERS = SERVER
     pid: int
 
 
-@dataclass(frozen=True)
 class Eof(Message):
     """The sender will send no more DATA on ``channel`` of this stream."""
 
@@ -135,7 +140,6 @@ class Eof(Message):
     channel: int = 0
 
 
-@dataclass(frozen=True)
 class Credit(Message):
     """Lets the peer send ``size`` more bytes of DATA on this stream (flow control)."""
 
@@ -143,7 +147,6 @@ class Credit(Message):
     size: int
 
 
-@dataclass(frozen=True)
 class Signal(Message):
     """Deliver a signal (by name, e.g. ``INT``) to the stream's remote process group."""
 
@@ -152,7 +155,6 @@ class Signal(Message):
     name: str
 
 
-@dataclass(frozen=True)
 class Exit(Message):
     """The command ended; ``signal`` is set when a signal killed it. Server's final message."""
 
@@ -165,7 +167,6 @@ class Exit(Message):
     duration: float = 0.0
 
 
-@dataclass(frozen=True)
 class Close(Message):
     """Client's final message on a stream: sent after the server's final one, or to abandon it."""
 
@@ -177,7 +178,6 @@ class Close(Message):
 # --- transfer messages (docs/PROTOCOL.md, "Transfers") ---------------------------------------
 
 
-@dataclass(frozen=True)
 class Put(Message):
     """Open a stream that stores one entry at ``path`` (``path``/``name`` if it is a directory).
 
@@ -200,7 +200,6 @@ class Put(Message):
     resume: bool = False
 
 
-@dataclass(frozen=True)
 class Ready(Message):
     """The server kept ``offset`` bytes of an earlier partial, whose hash is ``prefix_hash``."""
 
@@ -210,7 +209,6 @@ class Ready(Message):
     prefix_hash: str | None = None
 
 
-@dataclass(frozen=True)
 class Begin(Message):
     """The client will send data from ``offset`` (0: the partial is discarded)."""
 
@@ -219,7 +217,6 @@ class Begin(Message):
     offset: int
 
 
-@dataclass(frozen=True)
 class Commit(Message):
     """All data is sent; the whole file hashes to ``hash`` and is ``size`` bytes long."""
 
@@ -229,7 +226,6 @@ class Commit(Message):
     hash: str
 
 
-@dataclass(frozen=True)
 class Get(Message):
     """Open a stream that reads the file at ``path``; resume after the client's ``offset``
     bytes if they hash to ``prefix_hash``."""
@@ -242,7 +238,6 @@ class Get(Message):
     prefix_hash: str | None = None
 
 
-@dataclass(frozen=True)
 class Meta(Message):
     """The file a get will send: its size and metadata, and the offset data starts at."""
 
@@ -254,7 +249,6 @@ class Meta(Message):
     offset: int = 0
 
 
-@dataclass(frozen=True)
 class List(Message):
     """Open a stream that lists the tree at ``path`` as ``entry`` messages, then ``done``."""
 
@@ -264,7 +258,6 @@ class List(Message):
     path: str
 
 
-@dataclass(frozen=True)
 class Entry(Message):
     """One entry of a listing; ``parts`` is its path below the listed root, by component."""
 
@@ -278,7 +271,6 @@ class Entry(Message):
     target: str | None = None
 
 
-@dataclass(frozen=True)
 class Done(Message):
     """The server's final message for a transfer or listing."""
 
@@ -295,7 +287,6 @@ class Done(Message):
 # --- shell messages (docs/PROTOCOL.md, "Shells") ------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Shell(Message):
     """Open a stream with a shell: in a pseudo-terminal (``pty``) or in line mode.
 
@@ -314,7 +305,6 @@ class Shell(Message):
     env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
 class Resize(Message):
     """The client's terminal changed size."""
 
@@ -324,7 +314,6 @@ class Resize(Message):
     cols: int
 
 
-@dataclass(frozen=True)
 class Status(Message):
     """Line mode: command number ``index`` (from 1) finished with ``status``; all its output
     on both channels was sent before this message."""
@@ -335,7 +324,7 @@ class Status(Message):
     status: int
 
 
-REGISTRY: dict[str, type[Message]] = {
+REGISTRY: "dict[str, type[Message]]" = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Error, Ping, Pong,
@@ -346,50 +335,59 @@ REGISTRY: dict[str, type[Message]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Data:
+class Data(Value):
     """Raw bytes on a stream's channel (a DATA frame, not a JSON message)."""
 
+    ORDER = __slots__ = ("stream", "channel", "data")
     stream: int
     channel: int
     data: bytes
 
+    def __init__(self, stream: int, channel: int, data: bytes) -> None:
+        init(self, "stream", stream)
+        init(self, "channel", channel)
+        init(self, "data", data)
+
 
 # --- decoding ---------------------------------------------------------------------------------
 
-# Annotations here are real types (this module does not use postponed evaluation), so the
-# decoder reads them straight from the dataclass fields: no get_type_hints() at import time.
-_HINTS: dict[type[Message], dict[str, Any]] = {
-    cls: {f.name: f.type for f in dataclasses.fields(cls)} for cls in REGISTRY.values()
-}
 
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
+def _checker(hint: object) -> "Callable[[Any], bool]":
+    """A function telling whether a decoded JSON value has the annotated type ``hint``."""
+    if isinstance(hint, types.UnionType):
+        options = [_checker(arg) for arg in hint.__args__]
+        return lambda value: any(check(value) for check in options)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is bool:
-        return isinstance(value, bool)
+        return lambda value: isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
     if hint is str:
-        return isinstance(value, str)
+        return lambda value: isinstance(value, str)
+    origin = getattr(hint, "__origin__", None)
     if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        item = _checker(hint.__args__[0])  # type: ignore[attr-defined]
+        return lambda value: isinstance(value, list) and all(item(v) for v in value)
     if origin is dict:
-        key, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _matches(k, key) and _matches(v, item) for k, v in value.items()
+        key, item = (_checker(arg) for arg in hint.__args__)  # type: ignore[attr-defined]
+        return lambda value: isinstance(value, dict) and all(
+            key(k) and item(v) for k, v in value.items()
         )
     raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not the peer
 
 
-def decode_message(header: dict[str, Any], stream: int) -> Message:
+# Per message class: each header field (not ``stream``) with its type check, built at import
+# (cheap: a few closures per field, no code generation).
+_SCHEMA: "dict[type[Message], dict[str, tuple[Field, Callable[[Any], bool]]]]" = {
+    cls: {f.name: (f, _checker(f.type)) for f in cls.FIELDS if f.name != "stream"}
+    for cls in REGISTRY.values()
+}
+
+
+def decode_message(header: "dict[str, Any]", stream: int) -> Message:
     """Build the message a header describes, or raise RemoteProtocolError saying what is wrong."""
     kind = header.get("t")
     if not isinstance(kind, str):
@@ -397,19 +395,17 @@ def decode_message(header: dict[str, Any], stream: int) -> Message:
     cls = REGISTRY.get(kind)
     if cls is None:
         raise RemoteProtocolError(f"unknown message type {kind[:40]!r}")
-    hints = _HINTS[cls]
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "stream"}
-    values: dict[str, Any] = {}
+    schema = _SCHEMA[cls]
+    values = {}
     for name, value in header.items():
-        if name == "t":
-            continue
-        if name not in fields:
-            continue  # unknown fields are ignored, so later versions can add optional ones
-        if not _matches(value, hints[name]):
+        known = schema.get(name)
+        if known is None:
+            continue  # "t", and unknown fields: ignored, so later versions can add optional ones
+        if not known[1](value):
             raise RemoteProtocolError(f"{kind}: field {name!r} has the wrong type")
         values[name] = value
-    for name, f in fields.items():
-        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if name not in values and no_default:
-            raise RemoteProtocolError(f"{kind}: missing field {name!r}")
+    if len(values) < len(schema):
+        for name, (spec, _) in schema.items():
+            if name not in values and spec.required:
+                raise RemoteProtocolError(f"{kind}: missing field {name!r}")
     return cls(stream=stream, **values)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import platform
 from collections.abc import Awaitable, Callable
@@ -428,9 +427,9 @@ def _sendable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _encodable(value: object) -> bool:
+def _encodable(value: Message) -> bool:
     """Whether every string in a message (fields, lists, dict keys and values) is UTF-8."""
-    todo = [getattr(value, f.name) for f in dataclasses.fields(value)]  # type: ignore[arg-type]
+    todo = [getattr(value, f.name) for f in value.FIELDS]
     while todo:
         item = todo.pop()
         if isinstance(item, str):
