@@ -1,8 +1,9 @@
 """tether's side-by-side benchmarks against OpenSSH, rsync, AsyncSSH and netcat.
 
 ``python -m bench [--quick] [--only NAME]`` sets every peer up on loopback in a temporary
-directory, runs the six workloads of the benchmark issue with tether and each peer alternately,
-prints a table, and writes JSON and a chart under ``bench/results/`` (see docs/benchmarks.md).
+directory, runs the workloads of the benchmark issue (and the fleet one: a command on 50 hosts)
+with tether and each peer alternately, prints a table, and writes JSON and a chart under
+``bench/results/`` (see docs/benchmarks.md).
 
 Modules, one concern each:
 
@@ -12,7 +13,8 @@ Modules, one concern each:
 - ``stats``     contenders, rounds run alternately, medians, ratios and targets;
 - ``report``    the table on stdout, the JSON, the PNG chart and docs/benchmarks.md;
 - ``workloads`` one module per workload;
-- ``assh``      a tiny AsyncSSH SFTP client run as its own process (so its memory is its own).
+- ``assh``      tiny AsyncSSH clients (SFTP, a gather over hosts), each run as its own process;
+- ``farm``      many tether servers in one process: the fleet workload's hosts.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ class Sizes:
     idle_connections: int
     concurrent: int
     sleep_seconds: float
+    fleet_hosts: int  # workload 7: loopback hosts 127.0.0.2 on
 
     @property
     def fast_bytes(self) -> int:
@@ -34,13 +35,13 @@ class Sizes:
 FULL = Sizes(
     mode="full", rounds=5, warmup=1, commands=200, oneshot_rounds=15, stream_bytes=GiB,
     file_bytes=GiB, tree_files=10_000, tree_file_bytes=4096, idle_connections=1000,
-    concurrent=200, sleep_seconds=1.0,
+    concurrent=200, sleep_seconds=1.0, fleet_hosts=50,
 )
 
 QUICK = Sizes(
     mode="quick", rounds=3, warmup=0, commands=10, oneshot_rounds=3, stream_bytes=4 * MiB,
     file_bytes=4 * MiB, tree_files=100, tree_file_bytes=4096, idle_connections=20,
-    concurrent=10, sleep_seconds=0.2,
+    concurrent=10, sleep_seconds=0.2, fleet_hosts=5,
 )
 
 

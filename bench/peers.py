@@ -22,14 +22,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import GiB, MiB
 from bench.prereqs import SSHD, tether_bin
-from bench.procs import BenchError, ServerProbe, free_port, is_listening, stop, wait_until
+from bench.procs import BenchError, ServerProbe, all_listening, free_port, stop, wait_until
 
 HOST = "127.0.0.1"
 SSH_ALIAS = "bench"
@@ -37,11 +38,13 @@ SSHD_NAMES = frozenset({"sshd", "sshd-session", "sftp-server"})
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
                 "/usr/libexec/sftp-server")
 
+SSHD_MAX_LISTEN = 16  # sshd's MAX_LISTEN_SOCKS: ListenAddress lines one sshd accepts
+
+# one template for the main sshd and the fleet workload's (which listen on up to 16 addresses)
 SSHD_CONFIG = """\
-Port {port}
-ListenAddress {host}
+{listen}
 HostKey {dir}/host_ed25519
-PidFile {dir}/sshd.pid
+PidFile {dir}/{name}.pid
 AuthorizedKeysFile {dir}/authorized_keys
 AllowUsers {user}
 PubkeyAuthentication yes
@@ -59,10 +62,12 @@ LogLevel ERROR
 Subsystem sftp {sftp}
 {setenv}"""
 
+# the alias names the main sshd; the rest also serves ``ssh -F CONFIG -p PORT ADDRESS`` (fleet)
 SSH_CONFIG = """\
 Host {alias}
   HostName {host}
   Port {port}
+Host *
   User {user}
   IdentityFile {dir}/client_ed25519
   IdentitiesOnly yes
@@ -129,32 +134,57 @@ class Sshd:
     def rsync(self, *args: str) -> list[str]:
         return ["rsync", "-e", f"ssh -F {self.config}", *args]
 
+    def assh(self, verb: str, *args: str, port: int | None = None) -> list[str]:
+        """``python -m bench.assh VERB`` with this sshd's user, key and known hosts."""
+        return [sys.executable, "-m", "bench.assh", verb, "--port", str(port or self.port),
+                "--user", self.user, "--key", str(self.key),
+                "--known-hosts", str(self.known_hosts), *args]
+
     def write_files(self) -> None:
         self.dir.mkdir(mode=0o700)
-        host_pub = _keygen(self.dir / "host_ed25519")
+        _keygen(self.dir / "host_ed25519")
         client_pub = _keygen(self.key)
         (self.dir / "authorized_keys").write_text(client_pub + "\n")
-        self.known_hosts.write_text(f"[{HOST}]:{self.port} {host_pub}\n")
-        sftp = next((s for s in SFTP_SERVERS if os.access(s, os.X_OK)), "internal-sftp")
-        fields = dict(dir=self.dir, port=self.port, user=self.user, host=HOST, sftp=sftp,
-                      alias=SSH_ALIAS, setenv="" if self.shell_rc else "SetEnv SHLVL=1\n")
-        (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(**fields))
-        self.config.write_text(SSH_CONFIG.format(**fields))
+        self.known_hosts.write_text("")
+        self.trust([HOST], self.port)
+        self.config.write_text(SSH_CONFIG.format(dir=self.dir, port=self.port, user=self.user,
+                                                 host=HOST, alias=SSH_ALIAS))
 
-    def start(self) -> None:
+    def trust(self, hosts: Sequence[str], port: int) -> None:
+        """Pin the host key for ``hosts`` at ``port`` in the client's known_hosts."""
+        host_pub = " ".join((self.dir / "host_ed25519.pub").read_text().split()[:2])
+        with self.known_hosts.open("a") as fh:
+            fh.writelines(f"[{h}]:{port} {host_pub}\n" for h in hosts)
+
+    def launch(self, name: str, hosts: Sequence[str], port: int) -> subprocess.Popen[bytes]:
+        """An sshd with this directory's keys on ``port`` of each of ``hosts`` (at most 16),
+        its config, PidFile and log named after ``name``; returned once it listens on all."""
+        if not 1 <= len(hosts) <= SSHD_MAX_LISTEN:
+            raise ValueError(f"one sshd listens on 1 to {SSHD_MAX_LISTEN} addresses")
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation
-        cfg = str(self.dir / "sshd_config")
-        check = subprocess.run([SSHD, "-t", "-f", cfg], capture_output=True, text=True)
+        sftp = next((s for s in SFTP_SERVERS if os.access(s, os.X_OK)), "internal-sftp")
+        cfg, log = self.dir / f"{name}_config", self.dir / f"{name}.log"
+        cfg.write_text(SSHD_CONFIG.format(
+            listen="\n".join(f"ListenAddress {h}:{port}" for h in hosts), dir=self.dir,
+            name=name, user=self.user, sftp=sftp,
+            setenv="" if self.shell_rc else "SetEnv SHLVL=1\n"))
+        check = subprocess.run([SSHD, "-t", "-f", str(cfg)], capture_output=True, text=True)
         if check.returncode != 0:
             raise BenchError(f"sshd rejects its config: {check.stderr.strip()}")
-        log = self.dir / "sshd.log"
-        proc = subprocess.Popen([SSHD, "-D", "-f", cfg, "-E", str(log)],
+        proc = subprocess.Popen([SSHD, "-D", "-f", str(cfg), "-E", str(log)],
                                 stdin=subprocess.DEVNULL)
-        self.proc = proc
-        wait_until(lambda: is_listening(self.port) or proc.poll() is not None, 10, "sshd")
-        if proc.poll() is not None:
-            raise BenchError(f"sshd exited: {log.read_text(errors='replace').strip()}")
+        try:
+            wait_until(lambda: all_listening(hosts, port) or proc.poll() is not None, 10, name)
+            if proc.poll() is not None:
+                raise BenchError(f"{name} exited: {log.read_text(errors='replace').strip()}")
+        except BaseException:
+            stop(proc)
+            raise
+        return proc
+
+    def start(self) -> None:
+        self.proc = self.launch("sshd", [HOST], self.port)
         probe = subprocess.run(self.ssh(SSH_ALIAS, "true"), capture_output=True, text=True,
                                stdin=subprocess.DEVNULL, timeout=30)
         if probe.returncode != 0:

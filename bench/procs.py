@@ -16,9 +16,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -33,24 +34,39 @@ class BenchError(RuntimeError):
     """A peer or tether failed, so a measurement would be meaningless."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nobody listens on right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _listeners() -> set[str]:
+    """Local ``ADDR:PORT`` of every listening TCP socket, as /proc/net/tcp* spells them."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A":
+                    found.add(parts[1])
+    return found
 
 
 def is_listening(port: int) -> bool:
     """Whether something listens on TCP ``port`` (from /proc/net/tcp, without connecting)."""
     want = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as fh:
-            for line in fh.readlines()[1:]:
-                parts = line.split()
-                if parts[1].endswith(want) and parts[3] == "0A":
-                    return True
-    return False
+    return any(local.endswith(want) for local in _listeners())
+
+
+def all_listening(hosts: Iterable[str], port: int) -> bool:
+    """Whether something listens on ``port`` of every IPv4 address in ``hosts`` (without
+    connecting: a probe connection would be one more session for a server to serve)."""
+    # the kernel prints the address as the 32-bit word it stores, in the machine's byte order
+    want = {f"{int.from_bytes(socket.inet_aton(h), sys.byteorder):08X}:{port:04X}"
+            for h in hosts}
+    return want <= _listeners()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,5 +1,6 @@
-"""The six workloads of the benchmark issue, in its order. Each module's ``run(ctx)`` sets up
-what it needs (fresh tether servers, source files), runs its groups and cleans up after itself.
+"""The workloads of the benchmark issue, in its order, then the fleet (issue 7). Each module's
+``run(ctx)`` sets up what it needs (fresh tether servers, source files), runs its groups and
+cleans up after itself.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 from bench.config import Context
 from bench.stats import GroupResult
-from bench.workloads import bulk, latency, oneshot, scale, stream, tree
+from bench.workloads import bulk, fleet, latency, oneshot, scale, stream, tree
 
 Workload = Callable[[Context], list[GroupResult]]
 
@@ -19,4 +20,5 @@ WORKLOADS: dict[str, Workload] = {
     "bulk": bulk.run,
     "tree": tree.run,
     "scale": scale.run,
+    "fleet": fleet.run,
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,9 +108,7 @@ def _asyncssh(s: Setup, upload: bool) -> Transfer:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def transfer(dest: Path) -> Measured:
-        argv = [sys.executable, "-m", "bench.assh", "put" if upload else "get",
-                "--port", str(sshd.port), "--user", sshd.user, "--key", str(sshd.key),
-                "--known-hosts", str(sshd.known_hosts), str(s.src), str(dest / NAME)]
+        argv = sshd.assh("put" if upload else "get", str(s.src), str(dest / NAME))
         return run_measured(argv, s.ctx.log("bulk-asyncssh"), probe=sshd.probe, env=env)
 
     return transfer
