@@ -9,7 +9,6 @@ that the client computes it with the standard library alone (the one-shot CLI ne
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import shlex
 import ssl
@@ -17,23 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.errors import IdentityError
+from tether.home import (
+    DEFAULT_PORT,
+    add_known_host,
+    check_host,
+    fingerprint,
+    home_path,
+    host_key,
+    identity_files,
+    known_hosts_file,
+    lookup_known_host,
+    require_identity,
+)
 
 ID_PREFIX = "tether-cert"
 PERMISSIONS = ("exec", "shell", "put", "get")
-DEFAULT_PORT = 7722
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """``home``, else ``$TETHER_HOME``, else ``~/.config/tether``."""
-    if home is not None:
-        return Path(home)
-    env = os.environ.get("TETHER_HOME")
-    return Path(env) if env else Path.home() / ".config" / "tether"
-
-
-def fingerprint(cert_der: bytes) -> str:
-    digest = hashlib.sha256(cert_der).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return Path(home_path(home))
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,13 @@ class Identity:
 
 
 def _paths(home: Path, kind: str) -> tuple[Path, Path]:
-    stem = "server" if kind == "server" else "id"
-    return home / f"{stem}_key.pem", home / f"{stem}_cert.pem"
+    key, cert = identity_files(home, kind)
+    return Path(key), Path(cert)
 
 
 def load_identity(home: Path, kind: str = "client") -> Identity:
     """Read an identity; raises IdentityError naming the missing file and the fix."""
-    key_path, cert_path = _paths(home, kind)
-    if not key_path.exists() or not cert_path.exists():
-        fix = "tether keygen" if kind == "client" else "tether serve (it creates one)"
-        raise IdentityError(f"no {kind} identity in {home} (run: {fix})")
+    key_path, cert_path = (Path(p) for p in require_identity(home, kind))
     try:
         pem = cert_path.read_text()
         der = ssl.PEM_cert_to_DER_cert(pem)
@@ -230,30 +229,29 @@ def add_authorized(home: Path, client: AuthorizedClient) -> bool:
     return True
 
 
-# --- known hosts --------------------------------------------------------------------------------
+# --- known hosts (the light functions live in tether.home) --------------------------------------
 
 
 def known_hosts_path(home: Path) -> Path:
-    return home / "known_hosts"
+    return Path(known_hosts_file(home))
 
 
-def host_key(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if port != DEFAULT_PORT else host
-
-
-def lookup_known_host(home: Path, host: str, port: int) -> str | None:
-    path = known_hosts_path(home)
-    if not path.exists():
-        return None
-    key = host_key(host, port)
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == key:
-            return parts[1]
-    return None
-
-
-def add_known_host(home: Path, host: str, port: int, fp: str) -> None:
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with known_hosts_path(home).open("a") as fh:
-        fh.write(f"{host_key(host, port)} {fp}\n")
+__all__ = [
+    "DEFAULT_PORT",
+    "AuthorizedClient",
+    "Identity",
+    "add_authorized",
+    "add_known_host",
+    "authorized_path",
+    "check_host",
+    "fingerprint",
+    "generate_identity",
+    "home_dir",
+    "host_key",
+    "known_hosts_path",
+    "load_authorized",
+    "load_identity",
+    "lookup_known_host",
+    "parse_id_line",
+    "parse_permissions",
+]

@@ -24,41 +24,30 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tether import __version__
+from tether.client import handshake
 from tether.errors import (
     BadRequest,
     ConnectionBroken,
     ConnectionClosed,
-    HostChanged,
-    HostUnknown,
     NotAuthorized,
     RemoteProtocolError,
     TetherError,
     from_wire,
 )
-from tether.identity import (
-    DEFAULT_PORT,
-    add_known_host,
-    fingerprint,
-    home_dir,
-    host_key,
-    known_hosts_path,
-    load_identity,
-    lookup_known_host,
-)
-from tether.net.framed import FramedConnection, translated
+from tether.home import check_host as _check_host
+from tether.identity import DEFAULT_PORT, fingerprint, home_dir, load_identity
+from tether.net.framed import FramedConnection
+from tether.net.translate import translated
 
 if TYPE_CHECKING:
     from tether.client.transfer import Progress, TransferResult
 from tether.protocol import (
-    PROTOCOL_VERSIONS,
     Close,
     Data,
     Eof,
     Error,
     Exec,
     Exit,
-    Hello,
     Message,
     Resize,
     Role,
@@ -66,7 +55,6 @@ from tether.protocol import (
     Signal,
     Started,
     Status,
-    Welcome,
 )
 
 STDOUT = 1
@@ -553,29 +541,6 @@ class _ProcessContext:
 # --- connecting ---------------------------------------------------------------------------------
 
 
-def _check_host(home: Path, host: str, port: int, fp: str, accept_new: bool,
-                confirm: Confirm | None) -> None:
-    """Pin the server's fingerprint, SSH-style: known, new (ask or accept), or changed (refuse)."""
-    known = lookup_known_host(home, host, port)
-    if known == fp:
-        return
-    key = host_key(host, port)
-    if known is not None:
-        raise HostChanged(
-            f"THE SERVER'S IDENTITY HAS CHANGED for {key}: expected {known}, got {fp}. "
-            f"Someone may be intercepting the connection, or the server got a new identity. "
-            f"If you know why, remove the line for {key} from {known_hosts_path(home)} and "
-            f"connect again."
-        )
-    if accept_new or (confirm is not None and confirm(key, fp)):
-        add_known_host(home, host, port, fp)
-        return
-    raise HostUnknown(
-        f"the server {key} is not known (fingerprint {fp}); "
-        f"check it with the server's admin, then connect with --accept-new"
-    )
-
-
 async def _open(
     host: str,
     port: int,
@@ -605,24 +570,14 @@ async def _open(
         try:
             # TLS 1.3 finishes the client's handshake before the server has checked our
             # certificate: a refusal shows up here, as an alert or a reset, never earlier.
-            framed.send(Hello(versions=list(PROTOCOL_VERSIONS),
-                              software=f"tether/{__version__}"))
+            framed.send(handshake.hello())
             await framed.drain()
-            welcome = await asyncio.wait_for(framed.next_event(), timeout)
+            answer = await asyncio.wait_for(framed.next_event(), timeout)
         except (NotAuthorized, ConnectionBroken) as exc:
             if identity is None:
                 raise
-            raise NotAuthorized(
-                f"not authorized: the server refused this client's identity "
-                f"{identity.fingerprint} (give the server's admin the line `tether id` prints)"
-            ) from exc
-        if isinstance(welcome, Error):
-            error = from_wire(welcome.code, welcome.message)
-            if isinstance(error, NotAuthorized) and identity is not None:
-                error = NotAuthorized(f"not authorized: {welcome.message}")
-            raise error
-        if not isinstance(welcome, Welcome):
-            raise RemoteProtocolError(f"expected welcome, got {welcome!r}"[:200])
+            raise handshake.refused(identity.fingerprint) from exc
+        welcome = handshake.welcome_of(answer, identity is not None)
     except BaseException:
         await framed.close()
         raise

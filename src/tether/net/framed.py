@@ -3,25 +3,23 @@
 It drives :class:`tether.protocol.Connection`: reads bytes into it, hands events to one reader,
 writes the bytes it produces, and makes DATA senders wait for flow-control credit. Credit frames
 are consumed here and never reach the application. OSError and ssl errors become tether errors at
-this boundary (:func:`translate`).
+this boundary (:func:`tether.net.translate.translate`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
-from collections.abc import Iterator
 
 from tether.errors import (
     ConnectionBroken,
     ConnectionClosed,
     ConnectionFailed,
-    NotAuthorized,
     ProtocolError,
     TetherError,
     from_wire,
 )
+from tether.net.translate import translated
 from tether.protocol import (
     CLOSED,
     MAX_BODY,
@@ -35,34 +33,6 @@ from tether.protocol import (
 )
 
 READ_SIZE = 256 * 1024
-_AUTH_ALERTS = ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
-
-
-def translate(exc: BaseException) -> TetherError:
-    """The tether error an I/O failure stands for."""
-    if isinstance(exc, TetherError):
-        return exc
-    if isinstance(exc, ssl.SSLError) and any(a in str(exc).upper() for a in _AUTH_ALERTS):
-        return NotAuthorized("the server refused this client's identity")
-    if isinstance(exc, ssl.SSLError):
-        return ConnectionBroken(f"TLS error: {exc.reason or exc}")
-    if isinstance(exc, asyncio.IncompleteReadError | EOFError):
-        return ConnectionBroken("connection closed by peer")
-    if isinstance(exc, ConnectionError):
-        return ConnectionBroken(f"connection lost: {exc.strerror or exc.__class__.__name__}")
-    if isinstance(exc, TimeoutError):
-        return ConnectionFailed("timed out")
-    if isinstance(exc, OSError):
-        return ConnectionFailed(exc.strerror or str(exc))
-    return ConnectionBroken(str(exc) or exc.__class__.__name__)
-
-
-@contextlib.contextmanager
-def translated() -> Iterator[None]:
-    try:
-        yield
-    except (OSError, EOFError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-        raise translate(exc) from exc
 
 
 class FramedConnection:

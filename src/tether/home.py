@@ -1,0 +1,106 @@
+"""The files a client reads under its home on every connection: where the identity is, the
+fingerprint rule, known_hosts and the pin check.
+
+Light on purpose (``os``, ``hashlib``, ``base64``: no ``pathlib``, ``dataclasses`` or
+``cryptography``), because every ``tether run`` reads them; :mod:`tether.identity` builds its
+``Path``-based API on these functions. Paths are accepted as ``str`` or ``os.PathLike``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+from tether.errors import HostChanged, HostUnknown, IdentityError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Confirm = Callable[[str, str], bool]
+
+DEFAULT_PORT = 7722
+
+
+def home_path(home: str | os.PathLike[str] | None = None) -> str:
+    """``home``, else ``$TETHER_HOME``, else ``~/.config/tether``."""
+    if home is not None:
+        return os.fspath(home)
+    env = os.environ.get("TETHER_HOME")
+    return env if env else os.path.join(os.path.expanduser("~"), ".config", "tether")
+
+
+def fingerprint(cert_der: bytes) -> str:
+    """``SHA256:`` and the unpadded base64 of the SHA-256 of a certificate's DER."""
+    digest = hashlib.sha256(cert_der).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def identity_files(home: str | os.PathLike[str], kind: str = "client") -> tuple[str, str]:
+    """The key and certificate files of the client (or ``server``) identity."""
+    stem = "server" if kind == "server" else "id"
+    return os.path.join(home, f"{stem}_key.pem"), os.path.join(home, f"{stem}_cert.pem")
+
+
+def require_identity(home: str | os.PathLike[str], kind: str = "client") -> tuple[str, str]:
+    """:func:`identity_files`, or IdentityError naming the missing identity and the fix."""
+    key, cert = identity_files(home, kind)
+    if not os.path.exists(key) or not os.path.exists(cert):
+        fix = "tether keygen" if kind == "client" else "tether serve (it creates one)"
+        raise IdentityError(f"no {kind} identity in {os.fspath(home)} (run: {fix})")
+    return key, cert
+
+
+# --- known hosts --------------------------------------------------------------------------------
+
+
+def known_hosts_file(home: str | os.PathLike[str]) -> str:
+    return os.path.join(home, "known_hosts")
+
+
+def host_key(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if port != DEFAULT_PORT else host
+
+
+def lookup_known_host(home: str | os.PathLike[str], host: str, port: int) -> str | None:
+    try:
+        with open(known_hosts_file(home)) as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return None
+    key = host_key(host, port)
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == key:
+            return parts[1]
+    return None
+
+
+def add_known_host(home: str | os.PathLike[str], host: str, port: int, fp: str) -> None:
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    with open(known_hosts_file(home), "a") as fh:
+        fh.write(f"{host_key(host, port)} {fp}\n")
+
+
+def check_host(home: str | os.PathLike[str], host: str, port: int, fp: str, accept_new: bool,
+               confirm: Confirm | None) -> None:
+    """Pin the server's fingerprint, SSH-style: known, new (ask or accept), or changed (refuse)."""
+    known = lookup_known_host(home, host, port)
+    if known == fp:
+        return
+    key = host_key(host, port)
+    if known is not None:
+        raise HostChanged(
+            f"THE SERVER'S IDENTITY HAS CHANGED for {key}: expected {known}, got {fp}. "
+            f"Someone may be intercepting the connection, or the server got a new identity. "
+            f"If you know why, remove the line for {key} from {known_hosts_file(home)} and "
+            f"connect again."
+        )
+    if accept_new or (confirm is not None and confirm(key, fp)):
+        add_known_host(home, host, port, fp)
+        return
+    raise HostUnknown(
+        f"the server {key} is not known (fingerprint {fp}); "
+        f"check it with the server's admin, then connect with --accept-new"
+    )
