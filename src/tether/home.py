@@ -83,6 +83,13 @@ def add_known_host(home: str | os.PathLike[str], host: str, port: int, fp: str) 
         fh.write(f"{host_key(host, port)} {fp}\n")
 
 
+def _shown(home: str | os.PathLike[str]) -> str:
+    """The known_hosts path as pathlib writes it (as every tether message does)."""
+    from pathlib import Path
+
+    return str(Path(home) / "known_hosts")
+
+
 def check_host(home: str | os.PathLike[str], host: str, port: int, fp: str, accept_new: bool,
                confirm: Confirm | None) -> None:
     """Pin the server's fingerprint, SSH-style: known, new (ask or accept), or changed (refuse)."""
@@ -94,7 +101,7 @@ def check_host(home: str | os.PathLike[str], host: str, port: int, fp: str, acce
         raise HostChanged(
             f"THE SERVER'S IDENTITY HAS CHANGED for {key}: expected {known}, got {fp}. "
             f"Someone may be intercepting the connection, or the server got a new identity. "
-            f"If you know why, remove the line for {key} from {known_hosts_file(home)} and "
+            f"If you know why, remove the line for {key} from {_shown(home)} and "
             f"connect again."
         )
     if accept_new or (confirm is not None and confirm(key, fp)):

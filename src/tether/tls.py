@@ -9,10 +9,14 @@ with an explicit ``welcome``.
 
 from __future__ import annotations
 
+import os
 import ssl
-from collections.abc import Iterable
 
-from tether.identity import Identity
+TYPE_CHECKING = False  # the one-shot CLI imports this module: no typing, no tether.identity
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from tether.identity import Identity
 
 
 def server_context(identity: Identity, authorized: Iterable[bytes]) -> ssl.SSLContext:
@@ -31,9 +35,14 @@ def server_context(identity: Identity, authorized: Iterable[bytes]) -> ssl.SSLCo
 
 
 def client_context(identity: Identity) -> ssl.SSLContext:
+    return client_context_files(identity.cert_path, identity.key_path)
+
+
+def client_context_files(cert: str | os.PathLike[str], key: str | os.PathLike[str]
+                         ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the server is pinned by fingerprint (known_hosts) instead
-    ctx.load_cert_chain(identity.cert_path, identity.key_path)
+    ctx.load_cert_chain(cert, key)
     return ctx

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 import click
 
 if TYPE_CHECKING:
-    from tether.cli.run import RunOptions
+    from tether.cli.shared import RunOptions
     from tether.cli.transfer import TransferOptions
     from tether.client.fleet import Fleet, FleetResult, HostResult
     from tether.inventory import Target
@@ -219,7 +219,7 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
         fleet.targets = [t._replace(timeout=fopts.host_timeout)
                          for t in fleet.targets]
     if len(fleet.targets) == 1 and sys.stdin.isatty():
-        from tether.cli.run import confirm_on_tty
+        from tether.cli.shared import confirm_on_tty
 
         fleet.confirm = confirm_on_tty  # one host: ask like ssh does; many: report instead
     return fleet

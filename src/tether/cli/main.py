@@ -20,25 +20,12 @@ from tether.cli.fleet import fleet_options
 DEFAULT_PORT = 7722
 
 
-def _exit_code(exc: BaseException) -> int:
-    from tether import errors
-
-    if isinstance(exc, errors.SpawnFailed):
-        return 127
-    if isinstance(exc, errors.RemoteError | errors.IdentityError):
-        return 1
-    return 255
-
-
 def fail(exc: BaseException) -> NoReturn:
     """Print an error as one line (a traceback too with --debug) and exit with its code."""
-    if os.environ.get("TETHER_DEBUG"):
-        import traceback
+    from tether.cli.shared import error_line, exit_code
 
-        traceback.print_exception(exc)
-    message = str(exc) or exc.__class__.__name__
-    click.echo(f"tether: {message}", err=True)
-    sys.exit(_exit_code(exc))
+    click.echo(error_line(exc), err=True)
+    sys.exit(exit_code(exc))
 
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
@@ -244,16 +231,15 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
     is not forwarded, and the exit status is 0 only if every host succeeded (255 if any was
     unreachable, unauthorized or untrusted, else 124 if any timed out, else 1).
     """
-    from tether.cli.run import RunOptions, run_main
+    from tether.cli.run import run_main
+    from tether.cli.shared import RunOptions, parse_env
 
     if command and command[0] == "--":
         command = command[1:]
-    variables = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
-        variables[key] = value
+    variables = parse_env(env)
+    if variables is None:
+        bad = next(item for item in env if parse_env([item]) is None)
+        raise click.BadParameter(f"{bad!r} is not K=V", param_hint="--env")
     opts = RunOptions(
         home=home, host=host, port=port, accept_new=accept_new, plaintext=plaintext,
         command=list(command), cwd=cwd, env=variables, timeout=timeout, encoding=encoding,
@@ -386,8 +372,9 @@ def main() -> None:
     except Exception as exc:  # a bug: still one line, with the way to see more
         if os.environ.get("TETHER_DEBUG") or "--debug" in sys.argv[1:2]:
             raise
-        click.echo(f"tether: internal error: {exc.__class__.__name__}: {exc} "
-                   f"(run with --debug for the traceback)", err=True)
+        from tether.cli.shared import internal_error_line
+
+        click.echo(internal_error_line(exc), err=True)
         sys.exit(1)
 
 

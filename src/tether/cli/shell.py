@@ -21,7 +21,7 @@ import threading
 import tty
 from collections.abc import Iterator
 
-from tether.cli.run import confirm_on_tty
+from tether.cli.shared import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
 from tether.errors import NoTerminal, TetherError
 

@@ -108,7 +108,7 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
                     dest: str) -> TransferResult:
     show = opts.progress or (sys.stderr.isatty() and not opts.json)
     progress = RichProgress() if show else None
-    from tether.cli.run import confirm_on_tty
+    from tether.cli.shared import confirm_on_tty
 
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,

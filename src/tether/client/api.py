@@ -98,8 +98,7 @@ class _ExitInfo:
 
 
 def _exit_info(msg: Exit) -> _ExitInfo:
-    status = msg.status if msg.status is not None else 128 + (msg.signal or 0)
-    return _ExitInfo(status, msg.signal, msg.timed_out, msg.duration)
+    return _ExitInfo(msg.shell_status, msg.signal, msg.timed_out, msg.duration)
 
 
 @dataclass

@@ -166,6 +166,11 @@ class Exit(Message):
     timed_out: bool = False
     duration: float = 0.0
 
+    @property
+    def shell_status(self) -> int:
+        """The status as a shell reports it: 128+N when signal N killed the command."""
+        return self.status if self.status is not None else 128 + (self.signal or 0)
+
 
 class Close(Message):
     """Client's final message on a stream: sent after the server's final one, or to abandon it."""

@@ -1,0 +1,325 @@
+"""The ``tether`` console script, and ``tether run HOST -- COMMAND`` without click or asyncio.
+
+A one-shot ``tether run`` spends most of its life starting up, so the console script looks at
+its arguments first: for the plain one-host form of ``run`` (the options ``--home``,
+``-p/--port``, ``--accept-new``, ``--plaintext``, ``--cwd``, ``--env``, ``--timeout``,
+``--encoding``, ``-n/--no-stdin``) it runs the command here, over a blocking socket
+(:mod:`tether.client.blocking`) and one select loop. Everything else goes to the click CLI
+(:mod:`tether.cli.main`), which handles every form: other commands, ``--help``, usage errors,
+several hosts and inventory names, ``--debug``/``TETHER_DEBUG``, and — decided before
+connecting — a first connection that must ask on the terminal, or an identity that cannot be
+loaded. ``TETHER_FULL_CLI=1`` forces the click CLI (the tests run every case both ways).
+
+Behaviour is the click path's, through shared code (:mod:`tether.cli.shared`): output streamed
+as it arrives, raw into pipes and decoded on a terminal; stdin forwarded until EOF within the
+flow-control window; Ctrl-C, SIGTERM and SIGHUP forwarded as INT, TERM and HUP, a second Ctrl-C
+or an unheeded TERM/HUP giving up after ``GIVE_UP`` seconds with 128+N; the remote status
+mirrored (128+N for a signal, 124 for ``--timeout``, 127 when it could not start, 255 when the
+connection or authentication failed, 141 when stdout closes); errors as one line.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+
+from tether.cli.shared import (
+    FORWARDED_SIGNALS,
+    GIVE_UP,
+    STDIN_CHUNK,
+    RunOptions,
+    error_line,
+    exit_code,
+    internal_error_line,
+    output_sinks,
+    parse_env,
+    timed_out,
+)
+from tether.errors import ConnectionBroken, TetherError, from_wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from tether.client.blocking import BlockingConnection
+
+FULL_CLI_VAR = "TETHER_FULL_CLI"
+DEFAULT_PORT = 7722
+_FLAGS = {"--accept-new": "accept_new", "--plaintext": "plaintext", "-n": "no_stdin",
+          "--no-stdin": "no_stdin"}
+_VALUES = {"--home": "home", "-p": "port", "--port": "port", "--cwd": "cwd", "--env": "env",
+           "--timeout": "timeout", "--encoding": "encoding"}
+
+
+class FullPath(Exception):
+    """This invocation needs the click CLI (decided before anything was sent)."""
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def parse(args: list[str]) -> RunOptions | None:
+    """``run``'s arguments (after ``run``) as options, or None for anything but the plain form."""
+    given: dict[str, object] = {"env": []}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg[:2], "", arg[2:])
+        if name in _FLAGS and not eq and not value:
+            given[_FLAGS[name]] = True
+        elif name in _VALUES and (eq or value or i + 1 < len(args)):
+            if not eq and not value:
+                i += 1
+                value = args[i]
+            if name == "--env":
+                given["env"].append(value)  # type: ignore[attr-defined]
+            else:
+                given[_VALUES[name]] = value
+        else:
+            return None
+        i += 1
+    if i >= len(args):
+        return None  # no HOST: a usage error, the click CLI words it
+    host, command = args[i], args[i + 1:]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return _options(given, host, command)
+
+
+def _options(given: dict[str, object], host: str, command: list[str]) -> RunOptions | None:
+    env = parse_env(given["env"])  # type: ignore[arg-type]
+    try:
+        port = int(given.get("port", DEFAULT_PORT))  # type: ignore[call-overload]
+        timeout = float(given["timeout"]) if "timeout" in given else None  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if env is None:
+        return None
+    home = given.get("home") or os.environ.get("TETHER_HOME") or None
+    return RunOptions(
+        home=home, host=host, port=port, command=command,  # type: ignore[arg-type]
+        accept_new=bool(given.get("accept_new")), plaintext=bool(given.get("plaintext")),
+        cwd=given.get("cwd"), env=env, timeout=timeout,  # type: ignore[arg-type]
+        encoding=given.get("encoding"), stdin=not given.get("no_stdin"),  # type: ignore[arg-type]
+    )
+
+
+def _names_several_or_inventory(host: str, home: str) -> bool:
+    """Whether HOST may be more than an address (``a,b``, ``@group``, an inventory name): then
+    the click CLI resolves it (tether.inventory)."""
+    if "," in host or host.startswith("@"):
+        return True
+    try:
+        with open(os.path.join(home, "hosts.toml"), encoding="utf-8", errors="replace") as fh:
+            return host in fh.read()
+    except OSError:
+        return False
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def connect(opts: RunOptions) -> BlockingConnection:
+    """Connect as the click path would, or raise FullPath where it would behave differently."""
+    from tether.client.blocking import connect as blocking_connect
+    from tether.errors import IdentityError
+    from tether.home import home_path, lookup_known_host, require_identity
+
+    home = home_path(opts.home)
+    if _names_several_or_inventory(opts.host, home):
+        raise FullPath
+    opts.check()
+    context, cert = None, ""
+    if not opts.plaintext:
+        from tether.tls import client_context_files
+
+        try:
+            key, cert = require_identity(home)
+            context = client_context_files(cert, key)
+        except (IdentityError, OSError) as exc:  # the click path words these
+            raise FullPath from exc
+        if (not opts.accept_new and sys.stdin is not None and sys.stdin.isatty()
+                and lookup_known_host(home, opts.host, opts.port) is None):
+            raise FullPath  # a first connection asks on the terminal
+    return blocking_connect(opts.host, opts.port, home, context=context, cert=cert,
+                            accept_new=opts.accept_new)
+
+
+class Loop:
+    """One remote command over one connection: the select loop and its signal handling."""
+
+    def __init__(self, conn: BlockingConnection, opts: RunOptions) -> None:
+        from tether.protocol.messages import Exec
+
+        self.conn = conn
+        self.opts = opts
+        self.stream = conn.proto.next_stream_id()
+        cmd = opts.remote_command
+        conn.send(Exec(argv=[cmd] if isinstance(cmd, str) else cmd, shell=isinstance(cmd, str),
+                       cwd=opts.cwd, env=opts.env, timeout=opts.timeout, stdin=opts.stdin,
+                       stream=self.stream))
+        assert conn.welcome is not None
+        self.sinks = output_sinks(conn.welcome.encoding, opts.encoding)
+        self.stdin_open = opts.stdin
+        self.interrupted = False
+        self.give_up: tuple[float, int] | None = None  # (when, exit status)
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        handlers = {sig: signal.signal(sig, _note) for sig in FORWARDED_SIGNALS}
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        try:
+            self._check_stdin()
+            while True:
+                status = self._step(wake_r)
+                if status is not None:
+                    return status
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+            for sink in self.sinks.values():
+                sink.close()
+
+    def _check_stdin(self) -> None:
+        if self.stdin_open:
+            try:
+                os.fstat(0)
+            except OSError:  # no stdin at all: end of input
+                self._end_stdin()
+
+    def _step(self, wake_r: int) -> int | None:
+        """One turn of the loop; the exit status once the command is over."""
+        conn, sock = self.conn, self.conn.sock.fileno()
+        readers = [sock, wake_r]
+        if (self.stdin_open and conn.wants_write < STDIN_CHUNK
+                and conn.proto.send_window(self.stream) > 0):
+            readers.append(0)
+        writers = [sock] if conn.wants_write else []
+        wait = None if self.give_up is None else max(self.give_up[0] - time.monotonic(), 0)
+        ready, writable, _ = select.select(readers, writers, [], wait)
+        if wake_r in ready:
+            self._signals(wake_r)
+        if self.give_up is not None and time.monotonic() >= self.give_up[0]:
+            return self.give_up[1]  # leaving the connection kills the remote group
+        if writable:
+            conn.flush()
+        if 0 in ready:
+            self._forward_stdin()
+        status = self._receive() if sock in ready else None
+        conn.flush()
+        return status
+
+    def _signals(self, wake_r: int) -> None:
+        try:
+            numbers = os.read(wake_r, 64)
+        except BlockingIOError:
+            return
+        from tether.protocol.messages import Signal
+
+        for number in numbers:
+            sig = signal.Signals(number)
+            self.conn.send(Signal(name=sig.name[3:], stream=self.stream))
+            if sig == signal.SIGINT and not self.interrupted:
+                self.interrupted = True  # the first Ctrl-C is the command's to handle
+                continue
+            when = time.monotonic() + (0.0 if sig == signal.SIGINT else GIVE_UP)
+            if self.give_up is None or when < self.give_up[0]:
+                self.give_up = (when, 128 + sig)
+
+    def _forward_stdin(self) -> None:
+        size = min(STDIN_CHUNK, self.conn.proto.send_window(self.stream))
+        try:
+            data = os.read(0, size)
+        except OSError:
+            data = b""
+        if data:
+            self.conn.send_data(self.stream, data)
+        else:
+            self._end_stdin()
+
+    def _end_stdin(self) -> None:
+        from tether.protocol.messages import Eof
+
+        self.stdin_open = False
+        self.conn.send(Eof(channel=0, stream=self.stream))
+
+    def _receive(self) -> int | None:
+        from tether.protocol.messages import Close, Data, Error, Exit
+
+        for event in self.conn.receive():
+            if isinstance(event, Data):
+                self.sinks[event.channel].write(event.data)
+                self.conn.consumed(self.stream, len(event.data))
+            elif isinstance(event, Exit | Error) and event.stream == self.stream:
+                self.conn.send(Close(stream=self.stream))
+                if isinstance(event, Error):
+                    raise from_wire(event.code, event.message)
+                return timed_out(self.opts.timeout) if event.timed_out else event.shell_status
+        if self.conn.closed:
+            raise ConnectionBroken("connection closed by peer")
+        return None
+
+
+def _note(signum: int, frame: object) -> None:
+    """A forwarded signal arrived: the wakeup fd carries its number to the loop."""
+
+
+def run(opts: RunOptions) -> int:
+    conn = connect(opts)
+    try:
+        return Loop(conn, opts).run()
+    finally:
+        conn.finish()
+
+
+# --- the console script -------------------------------------------------------------------------
+
+
+def full_cli() -> NoReturn:
+    from tether.cli.main import main as click_main
+
+    click_main()
+    sys.exit(0)
+
+
+def main() -> None:
+    """``tether``: the fast path for a plain ``tether run``, the click CLI for the rest."""
+    args = sys.argv[1:]
+    opts = None
+    if args[:1] == ["run"] and not os.environ.get(FULL_CLI_VAR) \
+            and not os.environ.get("TETHER_DEBUG"):
+        opts = parse(args[1:])
+    if opts is None:
+        full_cli()
+    try:
+        code = run(opts)
+    except FullPath:
+        full_cli()
+    except TetherError as exc:
+        print(error_line(exc), file=sys.stderr)
+        code = exit_code(exc)
+    except BrokenPipeError:
+        code = 141
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        print(internal_error_line(exc), file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

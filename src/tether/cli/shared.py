@@ -1,0 +1,167 @@
+"""What both ``tether run`` paths share — the click/asyncio one (``cli/run.py``) and the
+synchronous fast path (``cli/oneshot.py``) — so that they behave the same: the options, their
+checks, output sinks, the trust prompt, and how an error becomes one line and an exit status.
+
+Light on purpose: no click, no asyncio, no typing at run time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import signal
+import sys
+
+from tether.errors import BadRequest, IdentityError, RemoteError, SpawnFailed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
+
+STDIN_CHUNK = 256 * 1024
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # as INT, TERM, HUP
+# A SIGTERM or SIGHUP the remote command has not obeyed within this many seconds makes the
+# client give up (leaving kills the remote group); a second Ctrl-C does so at once.
+GIVE_UP = 2.0
+
+
+class RunOptions:
+    """What ``tether run`` was asked to do (after option parsing)."""
+
+    def __init__(self, *, home: str | None, host: str, port: int, command: list[str],
+                 accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
+                 env: dict[str, str] | None = None, timeout: float | None = None,
+                 encoding: str | None = None, stdin: bool = True) -> None:
+        self.home = home
+        self.host = host
+        self.port = port
+        self.command = command
+        self.accept_new = accept_new
+        self.plaintext = plaintext
+        self.cwd = cwd
+        self.env = env or {}
+        self.timeout = timeout
+        self.encoding = encoding
+        self.stdin = stdin
+
+    def check(self) -> None:
+        """Refuse, before connecting, what the server would refuse anyway."""
+        if not self.command or not any(a.strip() for a in self.command):
+            raise BadRequest("empty command: give a command after the host, "
+                             "e.g. tether run HOST -- ls")
+        if self.encoding and not known_encoding(self.encoding):
+            raise BadRequest(f"unknown encoding {self.encoding!r} (try utf-8, gbk, cp1252)")
+
+    @property
+    def remote_command(self) -> str | list[str]:
+        """One argument runs through the remote shell; several run as an argv."""
+        return self.command[0] if len(self.command) == 1 else self.command
+
+
+def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str] | None:
+    """``--env K=V`` items as a mapping; None if one is not ``K=V``."""
+    variables = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return None
+        variables[key] = value
+    return variables
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+class OutputSink:
+    """Writes one remote channel to a local stream: raw bytes, or text re-encoded for it.
+
+    Undecodable remote bytes and characters the local side cannot show both become
+    replacement characters: never a crash.
+    """
+
+    def __init__(self, text: TextIO, encoding: str | None) -> None:
+        self.binary: BinaryIO = text.buffer
+        self.local = text.encoding or "utf-8"
+        self.decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
+
+    def write(self, data: bytes) -> None:
+        if self.decoder is not None:
+            data = self.decoder.decode(data).encode(self.local, "replace")
+        self.binary.write(data)
+        self.binary.flush()
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.binary.write(self.decoder.decode(b"", final=True).encode(self.local, "replace"))
+            self.binary.flush()
+
+
+def output_sinks(server_encoding: str, override: str | None) -> dict[int, OutputSink]:
+    """The sinks for channels 1 and 2 (stdout and stderr)."""
+    return {
+        1: OutputSink(sys.stdout, terminal_encoding(sys.stdout, server_encoding, override)),
+        2: OutputSink(sys.stderr, terminal_encoding(sys.stderr, server_encoding, override)),
+    }
+
+
+def terminal_encoding(stream: TextIO, server: str, override: str | None) -> str | None:
+    """The encoding to decode a channel with, or None to pass bytes through: the server's on a
+    terminal, ``--encoding`` wherever the output goes, raw bytes into pipes and files."""
+    if override:
+        return override
+    return server if stream.isatty() and known_encoding(server) else None
+
+
+def known_encoding(encoding: str) -> bool:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    return True
+
+
+def confirm_on_tty(key: str, fp: str) -> bool:
+    """Ask on the terminal whether to trust a new server (like ssh's first-connection prompt)."""
+    try:  # unbuffered bytes: a text "r+" stream would try to seek the terminal, and fail
+        tty = open("/dev/tty", "r+b", buffering=0)  # noqa: SIM115
+    except OSError:
+        return False
+    with tty:
+        tty.write(f"The server {key} is not known.\nIts fingerprint is {fp}.\n"
+                  f"Trust it and connect (yes/no)? ".encode())
+        answer = tty.readline().decode(errors="replace")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def timed_out(timeout: float | None) -> int:
+    """Say that ``--timeout`` ran out; the exit status for it."""
+    print(f"tether: command timed out after {timeout:g} s; its process group was killed",
+          file=sys.stderr)
+    return 124
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def exit_code(exc: BaseException) -> int:
+    """127: the command could not start; 1: refused or a local identity problem; else 255."""
+    if isinstance(exc, SpawnFailed):
+        return 127
+    if isinstance(exc, RemoteError | IdentityError):
+        return 1
+    return 255
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line an error is shown as (a traceback too when TETHER_DEBUG is set)."""
+    if os.environ.get("TETHER_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    return f"tether: {str(exc) or exc.__class__.__name__}"
+
+
+def internal_error_line(exc: BaseException) -> str:
+    """A bug is still one line, with the way to see more."""
+    return (f"tether: internal error: {exc.__class__.__name__}: {exc} "
+            f"(run with --debug for the traceback)")
