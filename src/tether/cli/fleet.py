@@ -2,8 +2,8 @@
 
 Chosen when the target has fleet syntax (``@group``, ``a,b``) or names an inventory host (or
 ``--json``/``--group-output`` asks for per-host results); a plain single host keeps the one-host
-path of ``cli/run.py`` and ``cli/transfer.py`` unchanged. This module is imported at start-up
-only for :func:`fleet_options` and :func:`wants_fleet`, so its top level stays light.
+path of ``cli/run.py`` and ``cli/transfer.py`` unchanged. The options are in cli/main.py, so
+this module loads only when a target means several hosts.
 
 Output: each complete line as it arrives, prefixed ``NAME | `` (coloured per host on a terminal),
 stdout lines to stdout and stderr lines to stderr; or with ``--group-output`` each host's output
@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
+from tether.cli.main import DEFAULT_PARALLEL
+
 if TYPE_CHECKING:
     from tether.cli.shared import RunOptions
     from tether.cli.transfer import TransferOptions
     from tether.client.fleet import Fleet, FleetResult, HostResult
     from tether.inventory import Target
 
-DEFAULT_PARALLEL = 64
 COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 PREFIX_WIDTH = 24
 CONNECTION_KINDS = ("unreachable", "unauthorized", "untrusted")
@@ -41,34 +42,6 @@ class FleetOptions:
     host_timeout: float | None = None
     group_output: bool = False
     json: bool = False
-
-
-def fleet_options(run: bool) -> Callable[[Any], Any]:
-    """The options every fleet-capable command takes (``run`` adds output and JSON ones)."""
-    options = [
-        click.option("--parallel", type=click.IntRange(min=1), default=DEFAULT_PARALLEL,
-                     show_default=True, help="Hosts worked on at once (several hosts only)."),
-        click.option("--host-timeout", type=click.FloatRange(min=0, min_open=True),
-                     metavar="S", help="Give up on a host after S seconds, connecting "
-                                       "included; beats a host's inventory timeout "
-                                       "[default: the inventory's, else none]."),
-    ]
-    if run:
-        options += [
-            click.option("--group-output", is_flag=True,
-                         help="Print each host's output in one piece when it finishes, "
-                              "instead of prefixed lines as they arrive."),
-            click.option("--json", "as_json", is_flag=True,
-                         help="Print per-host results (status, output, error, duration) as "
-                              "JSON on stdout."),
-        ]
-
-    def apply(func: Any) -> Any:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return apply
 
 
 def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> bool:

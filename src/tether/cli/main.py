@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
 
 from tether import __version__
-from tether.cli.fleet import fleet_options
 
 DEFAULT_PORT = 7722
+DEFAULT_PARALLEL = 64
 
 
 def fail(exc: BaseException) -> NoReturn:
@@ -29,7 +30,8 @@ def fail(exc: BaseException) -> NoReturn:
 
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
-LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover"}
+LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
+                 "serve": "tether.cli.serve"}
 
 
 class _Group(click.Group):
@@ -130,75 +132,33 @@ def authorize(home: str | None, id_line: str, name: str | None, root: str | None
     click.echo(f"{state}: {client.name} {fingerprint(der)} in {authorized_path(h)}")
 
 
-_LIMIT_FLAGS: list[tuple[str, type, str]] = [
-    ("max_connections", int, "Connections at once, in total."),
-    ("max_connections_per_client", int, "Connections at once per client identity."),
-    ("max_processes_per_client", int, "Commands and shells running at once per client."),
-    ("max_streams_per_connection", int, "Operations at once on one connection."),
-    ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
-    ("max_failures_per_address", int, "Failed handshakes per address per minute before it "
-                                      "is refused until it is quiet."),
-    ("handshake_timeout", float, "Seconds from TCP accept to an authenticated hello."),
-    ("frame_timeout", float, "Seconds a started frame may take to arrive (slowloris)."),
-    ("idle_timeout", float, "Close connections with no operation for this long (0: never)."),
-    ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
-    ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
-    ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
-]
+def fleet_options(run: bool) -> Callable[[Any], Any]:
+    """The options every fleet-capable command takes (``run`` adds output and JSON ones); the
+    fleet code itself (cli/fleet.py) loads only when a target means several hosts."""
+    options = [
+        click.option("--parallel", type=click.IntRange(min=1), default=DEFAULT_PARALLEL,
+                     show_default=True, help="Hosts worked on at once (several hosts only)."),
+        click.option("--host-timeout", type=click.FloatRange(min=0, min_open=True),
+                     metavar="S", help="Give up on a host after S seconds, connecting "
+                                       "included; beats a host's inventory timeout "
+                                       "[default: the inventory's, else none]."),
+    ]
+    if run:
+        options += [
+            click.option("--group-output", is_flag=True,
+                         help="Print each host's output in one piece when it finishes, "
+                              "instead of prefixed lines as they arrive."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="Print per-host results (status, output, error, duration) as "
+                              "JSON on stdout."),
+        ]
 
+    def apply(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
 
-def limit_options(func: Any) -> Any:
-    """One --flag per field of Limits, defaulting to the documented default."""
-    from dataclasses import fields
-
-    from tether.server.limits import Limits
-
-    defaults = {f.name: f.default for f in fields(Limits)}
-    for name, kind, text in reversed(_LIMIT_FLAGS):
-        func = click.option(f"--{name.replace('_', '-')}", name, type=kind,
-                            default=defaults[name], show_default=True, help=text)(func)
-    return func
-
-
-@cli.command()
-@home_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
-@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
-@click.option("--root", type=click.Path(file_okay=False, exists=True),
-              help="Directory that relative paths resolve against [default: your home].")
-@click.option("--name", help="Server name shown to clients [default: hostname].")
-@click.option("--encoding", help="Encoding of command output announced to clients "
-                                 "[default: the locale's].")
-@click.option("--plaintext", is_flag=True,
-              help="No TLS and no authentication, for benchmarks; loopback addresses only.")
-@click.option("--kill-grace", default=1.0, show_default=True, type=float,
-              help="Seconds between SIGTERM and SIGKILL when killing a command's group.")
-@click.option("--classic-port", type=int,
-              help="Also serve the classic tutorial protocol (plain TCP: NO encryption, NO "
-                   "authentication) on this port, loopback only; 0 picks a free port.")
-@click.option("--classic-host", metavar="ADDR",
-              help="Address for --classic-port [default: --host if loopback, else 127.0.0.1].")
-@click.option("--i-understand-classic-is-unauthenticated", "classic_unsafe", is_flag=True,
-              help="Allow a non-loopback --classic-host: anyone who reaches it runs commands.")
-@click.option("--audit", type=click.Path(dir_okay=False),
-              help="Append an audit log here: one JSON object per line and event.")
-@click.option("--discoverable", is_flag=True,
-              help="Answer `tether discover` probes over UDP on the same port number "
-                   "(name, fingerprint and version; rate-limited, never amplified).")
-@limit_options
-def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
-          encoding: str | None, plaintext: bool, kill_grace: float, classic_port: int | None,
-          classic_host: str | None, classic_unsafe: bool, audit: str | None,
-          discoverable: bool, **limits: Any) -> None:
-    """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
-    from tether.cli.serve import serve_main
-    from tether.server.limits import Limits
-
-    serve_main(home, host, port, root, name, encoding, plaintext, kill_grace,
-               classic_port=classic_port, classic_host=classic_host,
-               classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits),
-               discoverable=discoverable)
+    return apply
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
