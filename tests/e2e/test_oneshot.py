@@ -221,3 +221,28 @@ def test_signals_reach_the_remote_command(client: Client, path: str, sig: int,
             proc.kill()
             proc.wait()
     assert (proc.returncode, out) == (status, f"got-{name}\n".encode()), err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["h", "--", "ls", "-l"], ("h", 7722, ["ls", "-l"], None, True)),
+    (["-p7000", "-n", "--timeout=2.5", "h", "x"], ("h", 7000, ["x"], 2.5, False)),
+    (["--port", "7000", "--", "h", "--", "x"], ("h", 7000, ["x"], None, True)),
+    (["--cwd", "-dir-", "h", "-h"], ("h", 7722, ["-h"], None, True)),
+])
+def test_parse_plain_forms(args: list[str], expected: tuple[Any, ...]) -> None:
+    from tether.cli.oneshot import parse
+
+    opts = parse(args)
+    assert opts is not None
+    assert (opts.host, opts.port, opts.command, opts.timeout, opts.stdin) == expected
+
+
+@pytest.mark.parametrize("args", [
+    [], ["-h"], ["--help"], ["--json", "h", "x"], ["--parallel", "2", "h", "x"],
+    ["--home=", "h", "x"], ["-p", "x7", "h", "x"], ["-nx", "h", "x"], ["--env", "NOEQ", "h", "x"],
+    ["--timeout"], ["--accept-new=yes", "h", "x"],
+])
+def test_parse_leaves_other_forms_to_click(args: list[str]) -> None:
+    from tether.cli.oneshot import parse
+
+    assert parse(args) is None

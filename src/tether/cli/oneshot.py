@@ -73,6 +73,8 @@ def parse(args: list[str]) -> RunOptions | None:
         if not arg.startswith("-") or arg == "-":
             break
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg[:2], "", arg[2:])
+        if eq and not value:
+            return None  # an empty value: let click decide what it means
         if name in _FLAGS and not eq and not value:
             given[_FLAGS[name]] = True
         elif name in _VALUES and (eq or value or i + 1 < len(args)):
@@ -230,6 +232,8 @@ class Loop:
         from tether.protocol.messages import Signal
 
         for number in numbers:
+            if number not in FORWARDED_SIGNALS:
+                continue
             sig = signal.Signals(number)
             self.conn.send(Signal(name=sig.name[3:], stream=self.stream))
             if sig == signal.SIGINT and not self.interrupted:
