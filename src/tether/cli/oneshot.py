@@ -20,6 +20,7 @@ connection or authentication failed, 141 when stdout closes); errors as one line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -322,7 +323,17 @@ def main() -> None:
     except Exception as exc:  # a bug: still one line, with the way to see more
         print(internal_error_line(exc), file=sys.stderr)
         code = 1
-    sys.exit(code)
+    leave(code)
+
+
+def leave(code: int) -> NoReturn:
+    """Flush and exit without the interpreter's teardown: freeing the modules of ssl, socket and
+    the rest costs about 4 ms, a tenth of a whole ``tether run``, for memory the OS frees anyway.
+    Nothing is left to write: the output sinks flush every chunk, and stdin is not ours."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed under us: 141 was decided
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
