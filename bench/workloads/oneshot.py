@@ -22,7 +22,8 @@ from bench.peers import HOST, SSH_ALIAS
 from bench.procs import run_measured
 from bench.stats import Contender, Group, GroupResult, Sample, Target, run_group
 
-IMPORTS = "import tether.cli.oneshot, tether.client.blocking, tether.tls"  # all the fast path's
+# every module the fast path loads; it leaves with os._exit, as this reference does
+IMPORTS = "import tether.cli.oneshot, tether.client.blocking, tether.tls"
 
 
 def _timed(ctx: Context, name: str, argv: Sequence[str]) -> Sample:
@@ -40,7 +41,7 @@ def run(ctx: Context) -> list[GroupResult]:
     peers = ctx.peers
     _compile_tether()
     floor = [sys.executable, "-S", "-c", "pass"]
-    imports = [sys.executable, "-c", IMPORTS]
+    imports = [sys.executable, "-c", f"{IMPORTS}, os; os._exit(0)"]
     with peers.tether_server() as server:
         tether = peers.tether_cli("run", "-p", str(server.port), HOST, "--", "true")
         fresh = peers.sshd.ssh(SSH_ALIAS, "true")
@@ -57,7 +58,7 @@ def run(ctx: Context) -> list[GroupResult]:
                 Contender("python -S (floor)", lambda: _timed(ctx, "floor", floor),
                           "python -S -c pass  # reference: the interpreter alone"),
                 Contender("python import", lambda: _timed(ctx, "import", imports),
-                          f"python -c '{IMPORTS}'  # reference: start + imports"),
+                          f"python -c '{IMPORTS}, os; os._exit(0)'  # start + imports"),
             ],
             targets=[
                 Target("<= 0.25x ssh with a fresh connection", "tether run", "<=", 0.25,

@@ -79,12 +79,44 @@ def _is_class_var(hint: Any) -> bool:
                                    or getattr(hint, "__origin__", None) is typing.ClassVar)
 
 
+class _Frozen:
+    """Immutability, equality (same class, same values), hash and repr over ``_names()``."""
+
+    __slots__ = ()
+
+    def _names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, name) for name in self._names()])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Frozen)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._names())
+        return f"{type(self).__qualname__}({values})"
+
+
 @dataclass_transform(frozen_default=True, field_specifiers=(field, Field))
-class Record:
+class Record(_Frozen):
     """Base of frozen records; subclasses declare fields as annotated class attributes."""
 
     if TYPE_CHECKING:
         FIELDS: ClassVar[tuple[Field, ...]]
+        _NAMES: ClassVar[tuple[str, ...]]
         _POSITIONAL: ClassVar[tuple[Field, ...]]
         _BY_NAME: ClassVar[dict[str, Field]]
     FIELDS = ()
@@ -106,6 +138,7 @@ class Record:
                 setattr(cls, name, spec.default)
             found[name] = spec
         cls.FIELDS = tuple(found.values())
+        cls._NAMES = tuple(found)
         cls._POSITIONAL = tuple(f for f in cls.FIELDS if not f.kw_only)
         cls._BY_NAME = found
         seen_default = None
@@ -142,23 +175,8 @@ class Record:
                     raise TypeError(f"{cls.__name__}() missing required argument: "
                                     f"{spec.name!r}")
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self.__dict__ == other.__dict__
-
-    def __hash__(self) -> int:
-        return hash(tuple(self.__dict__[f.name] for f in self.FIELDS))
-
-    def __repr__(self) -> str:
-        values = ", ".join(f"{f.name}={self.__dict__[f.name]!r}" for f in self.FIELDS)
-        return f"{type(self).__qualname__}({values})"
+    def _names(self) -> tuple[str, ...]:
+        return self._NAMES
 
 
 def fields(record: Record | type[Record]) -> tuple[Field, ...]:
@@ -173,7 +191,7 @@ def replace(record: R, **changes: Any) -> R:
     return type(record)(**values)
 
 
-class Value:
+class Value(_Frozen):
     """Base of small immutable classes made once per frame (``Data``, ``Frame``), where even a
     record's generic ``__init__`` would show: the subclass lists its fields in ``ORDER`` (also
     its ``__slots__``) and writes a plain ``__init__`` with :func:`init`."""
@@ -182,27 +200,8 @@ class Value:
     if TYPE_CHECKING:
         ORDER: ClassVar[tuple[str, ...]]
 
-    def _values(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in self.ORDER])
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Value)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        values = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.ORDER)
-        return f"{type(self).__qualname__}({values})"
+    def _names(self) -> tuple[str, ...]:
+        return self.ORDER
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), self._values()
