@@ -114,23 +114,12 @@ class PartialFile:
         self.dir_fd = dir_fd
         self.name = check_name(name)
         self.part = part_name(name)
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd, size = open_part(dir_fd, name)
         try:
-            self.fd = os.open(self.part, flags, 0o600, dir_fd=dir_fd)
-        except OSError as exc:
-            raise _disk_error(exc, self.part) from exc
-        try:
-            st = os.fstat(self.fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise UnsafePath(f"{self.part} is not a regular file")
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise Busy(f"another transfer is writing {name}") from exc
             self.hasher = new_hasher()
             self.offset = 0
-            if resume and st.st_size:
-                self._hash_existing(st.st_size)
+            if resume and size:
+                self._hash_existing(size)
             else:
                 os.ftruncate(self.fd, 0)
         except BaseException:
@@ -198,29 +187,9 @@ class PartialFile:
 
     def _place(self, force: bool, rename: bool) -> str:
         try:
-            return self._move(force, rename)
+            return place(self.dir_fd, self.part, self.name, force, rename)
         except OSError as exc:
             raise _disk_error(exc, self.name) from exc
-
-    def _move(self, force: bool, rename: bool) -> str:
-        if force:
-            try:
-                os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            except IsADirectoryError as exc:
-                raise AlreadyExists(f"{self.name} is a directory") from exc
-            return self.name
-        candidates = [self.name]
-        if rename:
-            candidates += [renamed(self.name, n) for n in range(1, MAX_RENAMES)]
-        for candidate in candidates:
-            try:  # link() never replaces: the no-clobber move is atomic
-                os.link(self.part, candidate, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
-                        follow_symlinks=False)
-            except FileExistsError:
-                continue
-            os.unlink(self.part, dir_fd=self.dir_fd)
-            return candidate
-        raise AlreadyExists(f"{self.name} exists (use --force to replace it or --rename)")
 
     def discard(self) -> None:
         """Remove the partial (it is corrupt or unwanted)."""
@@ -233,6 +202,80 @@ class PartialFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def open_part(dir_fd: int, name: str) -> tuple[int, int]:
+    """(fd, size) of the partial for ``name``, opened without following a symlink and locked
+    against a second writer; created if missing, its content kept."""
+    part = part_name(name)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(part, flags, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _disk_error(exc, part) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{part} is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise Busy(f"another transfer is writing {name}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def place(dir_fd: int, part: str, name: str, force: bool, rename: bool) -> str:
+    """Move the partial ``part`` to ``name`` (replacing it only with ``force``; with ``rename``
+    to the first free ``NAME (n).EXT``); returns the name it took."""
+    if force:
+        try:
+            os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except IsADirectoryError as exc:
+            raise AlreadyExists(f"{name} is a directory") from exc
+        return name
+    candidates = [name]
+    if rename:
+        candidates += [renamed(name, n) for n in range(1, MAX_RENAMES)]
+    for candidate in candidates:
+        try:  # link() never replaces: the no-clobber move is atomic
+            os.link(part, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            continue
+        os.unlink(part, dir_fd=dir_fd)
+        return candidate
+    raise AlreadyExists(f"{name} exists (use --force to replace it or --rename)")
+
+
+def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
+                mtime_ns: int, *, force: bool, rename: bool) -> str:
+    """Store a whole small file the caller already verified: written to its partial, fsynced,
+    then moved into place, so the final name never holds less. The caller fsyncs ``dir_fd``
+    (once for many files). Returns the name it was stored under."""
+    fd, size = open_part(dir_fd, name)
+    part = part_name(name)
+    try:
+        if size:
+            os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)
+        if mtime_ns:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fsync(fd)
+        return place(dir_fd, part, name, force, rename)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=dir_fd)  # a small file has nothing worth resuming
+        if isinstance(exc, OSError):
+            raise _disk_error(exc, name) from exc
+        raise
+    finally:
+        os.close(fd)
 
 
 def destination_exists(dir_fd: int, name: str) -> bool:

@@ -27,6 +27,8 @@ from tether.protocol import (
     Connection,
     Done,
     Entry,
+    Fetch,
+    Files,
     Get,
     Hello,
     List,
@@ -84,7 +86,7 @@ class HostileServer:
                 event = await next_event()
                 if event is CLOSED:
                     return
-                if isinstance(event, List | Get):
+                if isinstance(event, List | Get | Fetch):
                     self.requests.append(event)
                     for item in self.script(event):
                         if isinstance(item, tuple):
@@ -130,6 +132,12 @@ def listing_script(entries: list[dict[str, object]]) -> Script:
         body = b"payload"
         hasher = new_hasher()
         hasher.update(body)
+        if isinstance(req, Fetch):
+            n = len(req.names)
+            return [Files(sizes=[len(body)] * n, modes=[0o644] * n, mtimes=[0] * n,
+                          hashes=[digest(hasher)] * n, stream=req.stream),
+                    (req.stream, body * n),
+                    Done(path="x", size=n * len(body), count=n, stream=req.stream)]
         return [Meta(size=len(body), mode=0o644, mtime_ns=0, stream=req.stream),
                 (req.stream, body),
                 Done(path="x", size=len(body), hash=digest(hasher), stream=req.stream)]

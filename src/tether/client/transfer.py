@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from tether.batch import SMALL_FILE
 from tether.errors import (
     AlreadyExists,
     BadRequest,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 RESUME_MIN = 1024 * 1024  # smaller files are simply sent again: no round trip to ask
 IN_FLIGHT = 32  # transfers open at once during a tree transfer
+BATCHES_IN_FLIGHT = 4  # batches of small files open at once (docs/PROTOCOL.md, "Batches")
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -221,50 +223,73 @@ async def _put_entry(handle: StreamHandle, kind: str) -> FileResult:
 
 async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
                     result: TransferResult) -> None:
-    """The tree's root first (to learn where it lands), then every entry pipelined in order."""
+    """The tree's root first (to learn where it lands), then every entry pipelined in walk
+    order: directories and symlinks one stream each, small files many to a batch, large files
+    one stream each (resumable)."""
+    from tether.client.batches import Batcher, Source, open_batch, send_batch
+
     root = conn.open_stream(Put, path=remote, name=src.name, kind="dir",
                             mode=src.stat().st_mode & 0o7777)
     top = await _put_entry(root, "dir")
     result.files.append(top)
     base = top.path.rstrip("/")
     limit = asyncio.Semaphore(IN_FLIGHT)
-    tasks: list[asyncio.Task[FileResult]] = []
+    batches = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+    tasks: list[asyncio.Task[list[FileResult]]] = []
+    batcher: Batcher[Source] = Batcher()
 
-    def spawn(work: Awaitable[FileResult]) -> None:
-        async def run() -> FileResult:
+    def spawn(work: Awaitable[list[FileResult]], sem: asyncio.Semaphore) -> None:
+        async def run() -> list[FileResult]:
             try:
                 return await work
             finally:
-                limit.release()
+                sem.release()
         tasks.append(asyncio.create_task(run()))
+
+    async def flush() -> None:
+        if batcher.names:
+            await batches.acquire()
+            spawn(send_batch(open_batch(conn, base, *batcher.take(), opts), opts), batches)
 
     try:
         for dirpath, dirs, names in os.walk(src):
             dirs.sort()
             rel = os.path.relpath(dirpath, src)
-            where = base + "/" + ("" if rel == "." else rel.replace(os.sep, "/") + "/")
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            where = base + "/" + prefix
             for name in sorted(dirs) + sorted(names):
                 path = os.path.join(dirpath, name)
                 lst = os.lstat(path)
+                if stat.S_ISREG(lst.st_mode) and lst.st_size <= SMALL_FILE:
+                    if batcher.full_before(prefix + name, lst.st_size):
+                        await flush()
+                    batcher.add(prefix + name, lst.st_size, (path, lst))
+                    continue
                 await limit.acquire()  # streams open in walk order: parents before children
                 if stat.S_ISLNK(lst.st_mode):
                     target = os.readlink(path)
-                    spawn(_put_entry(conn.open_stream(
+                    spawn(_one(_put_entry(conn.open_stream(
                         Put, path=where, name=name, kind="symlink", target=target,
-                        force=opts.force), "symlink"))
+                        force=opts.force), "symlink")), limit)
                 elif stat.S_ISDIR(lst.st_mode):
-                    spawn(_put_entry(conn.open_stream(
+                    spawn(_one(_put_entry(conn.open_stream(
                         Put, path=where, name=name, kind="dir", mode=lst.st_mode & 0o7777),
-                        "dir"))
+                        "dir")), limit)
                 elif stat.S_ISREG(lst.st_mode):
-                    spawn(_put_file(conn, _open_put(conn, Path(path), where, name, opts),
-                                    Path(path), opts))
+                    spawn(_one(_put_file(conn, _open_put(conn, Path(path), where, name, opts),
+                                         Path(path), opts)), limit)
                 else:
                     limit.release()  # devices, FIFOs, sockets: not sent
-        result.files.extend(await asyncio.gather(*tasks))
+        await flush()
+        for files in await asyncio.gather(*tasks):
+            result.files.extend(files)
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _one(work: Awaitable[FileResult]) -> list[FileResult]:
+    return [await work]
 
 
 # --- get ----------------------------------------------------------------------------------------
@@ -440,18 +465,27 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
 
 async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
                        entries: list[Entry], opts: Options, result: TransferResult) -> None:
-    limit = asyncio.Semaphore(IN_FLIGHT)
+    from tether.client.batches import Batcher, fetch_batch
 
-    async def fetch(entry: Entry) -> FileResult:
+    limit = asyncio.Semaphore(IN_FLIGHT)
+    batches = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+
+    async def fetch(entry: Entry) -> list[FileResult]:
         async with limit:
             dir_fd = _walk_local(root_fd, entry.parts[:-1])
             try:
-                return await _get_file(conn, posixpath.join(remote, *entry.parts), dir_fd,
-                                       entry.parts[-1], str(top.joinpath(*entry.parts)), opts)
+                return [await _get_file(conn, posixpath.join(remote, *entry.parts), dir_fd,
+                                        entry.parts[-1], str(top.joinpath(*entry.parts)),
+                                        opts)]
             finally:
                 os.close(dir_fd)
 
+    async def fetch_many(group: list[Entry]) -> list[FileResult]:
+        async with batches:
+            return await fetch_batch(conn, remote, root_fd, top, group, opts)
+
     tasks = []
+    batcher: Batcher[Entry] = Batcher()
     for entry in entries:
         if not entry.parts:
             continue
@@ -477,10 +511,18 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
             finally:
                 os.close(dir_fd)
             result.files.append(FileResult(str(top.joinpath(*entry.parts)), "symlink"))
+        elif entry.kind == "file" and entry.size <= SMALL_FILE:
+            name = "/".join(entry.parts)
+            if batcher.full_before(name, entry.size):
+                tasks.append(asyncio.create_task(fetch_many(batcher.take()[1])))
+            batcher.add(name, entry.size, entry)
         elif entry.kind == "file":
             tasks.append(asyncio.create_task(fetch(entry)))
+    if batcher.names:
+        tasks.append(asyncio.create_task(fetch_many(batcher.take()[1])))
     try:
-        result.files.extend(await asyncio.gather(*tasks))
+        for files in await asyncio.gather(*tasks):
+            result.files.extend(files)
     finally:
         for task in tasks:
             task.cancel()

@@ -13,6 +13,7 @@ from tether.protocol.connection import (
 )
 from tether.protocol.frames import MAX_BODY, MAX_HEADER
 from tether.protocol.messages import (
+    Batch,
     Begin,
     Close,
     Commit,
@@ -24,6 +25,8 @@ from tether.protocol.messages import (
     Error,
     Exec,
     Exit,
+    Fetch,
+    Files,
     Get,
     Hello,
     List,
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_HEADER",
     "NEED_DATA",
     "PROTOCOL_VERSIONS",
+    "Batch",
     "Begin",
     "Close",
     "Commit",
@@ -61,6 +65,8 @@ __all__ = [
     "Error",
     "Exec",
     "Exit",
+    "Fetch",
+    "Files",
     "Get",
     "Hello",
     "List",

@@ -287,6 +287,50 @@ class Done(Message):
     hash: str = ""
     resumed_from: int = 0
     count: int = 0
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Batch(Message):
+    """Open a stream that stores many small files below the directory ``path`` at once: the
+    lists give, per file, its name below ``path`` (components joined by ``/``), size, mode,
+    mtime and hash; the contents follow as DATA, concatenated in that order."""
+
+    TYPE = "batch"
+    SENDERS = CLIENT
+    OPENS = True
+    path: str
+    names: list[str]
+    sizes: list[int]
+    modes: list[int]
+    mtimes: list[int]
+    hashes: list[str]
+    force: bool = False
+    rename: bool = False
+
+
+@dataclass(frozen=True)
+class Fetch(Message):
+    """Open a stream that reads many small files below ``path`` at once (names as in batch)."""
+
+    TYPE = "fetch"
+    SENDERS = CLIENT
+    OPENS = True
+    path: str
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class Files(Message):
+    """The files a fetch will send, in the order asked: sizes, modes, mtimes and hashes; their
+    contents follow as DATA, concatenated."""
+
+    TYPE = "files"
+    SENDERS = SERVER
+    sizes: list[int]
+    modes: list[int]
+    mtimes: list[int]
+    hashes: list[str]
 
 
 # --- shell messages (docs/PROTOCOL.md, "Shells") ------------------------------------------------
@@ -334,7 +378,7 @@ REGISTRY: "dict[str, type[Message]]" = {
     for cls in (
         Hello, Welcome, Error, Ping, Pong,
         Exec, Started, Eof, Credit, Signal, Exit, Close,
-        Put, Ready, Begin, Commit, Get, Meta, List, Entry, Done,
+        Put, Ready, Begin, Commit, Get, Meta, List, Entry, Done, Batch, Fetch, Files,
         Shell, Resize, Status,
     )
 }

@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tether.batch import read_whole
 from tether.errors import (
     AlreadyExists,
     NoSpace,
     NotFound,
     PermissionDenied,
     RemoteError,
+    SourceChanged,
     UnsafePath,
 )
 from tether.partial import (
@@ -219,7 +221,41 @@ class FileArea:
         except OSError as exc:
             raise _os_error(exc, name) from exc
 
+    def open_tree(self, path: str) -> int:
+        """A directory fd for the existing directory ``path`` (where a batch's names start)."""
+        dir_fd, last = self.resolve(path)
+        if last is None:
+            return dir_fd
+        try:
+            return self.open_at(dir_fd, last, DIR_FLAGS, path)
+        finally:
+            os.close(dir_fd)
+
+    def open_sub_dir(self, dir_fd: int, name: str, shown: str) -> int:
+        """One directory below ``dir_fd`` (a :class:`tether.batch.DirCache` opener)."""
+        return self.open_at(dir_fd, name, DIR_FLAGS, shown)
+
     # --- get -----------------------------------------------------------------------------------
+
+    def read_small(self, dir_fd: int, name: str, shown: str, room: int
+                   ) -> tuple[bytes, os.stat_result]:
+        """The whole content of the regular file ``name`` (at most ``room`` bytes) and its
+        status; anything else is refused like :meth:`open_read` refuses it."""
+        fd = self.open_at(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, shown)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                raise UnsafePath(f"{shown} is {kind}")
+            if st.st_size > room:
+                raise SourceChanged(f"{shown} has grown to {st.st_size} bytes since it was "
+                                    f"listed; get it again")
+            try:
+                return read_whole(fd, st.st_size, shown), st
+            except OSError as exc:
+                raise _os_error(exc, shown) from exc
+        finally:
+            os.close(fd)
 
     def open_read(self, path: str) -> tuple[int, os.stat_result]:
         """An fd on the regular file at ``path``; devices, FIFOs and directories are refused."""

@@ -33,6 +33,7 @@ from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
 from tether.net.framed import FramedConnection
 from tether.protocol import (
     PROTOCOL_VERSIONS,
+    Batch,
     Begin,
     Close,
     Commit,
@@ -41,6 +42,7 @@ from tether.protocol import (
     Eof,
     Error,
     Exec,
+    Fetch,
     Get,
     Hello,
     List,
@@ -54,6 +56,7 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
+from tether.server.batch import BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.files import FileArea
 from tether.server.limits import Limits
@@ -276,6 +279,23 @@ class Session:
         if put.partial is not None:
             self.streams[msg.stream] = put
 
+    async def _on_batch(self, msg: Batch) -> None:
+        try:
+            batch = BatchPut(self.conn, msg.stream, msg, self._area(self._check_open("put")),
+                             self.limits.max_upload,
+                             lambda path, size, hash_: self._audit_file("put", path, size, hash_))
+            self.streams[msg.stream] = batch
+            batch.start()
+        except (RemoteError, OSError) as exc:
+            self._end_stream(msg.stream, _as_remote(exc))
+
+    async def _on_fetch(self, msg: Fetch) -> None:
+        def on_file(path: str, size: int, hash_: str) -> None:
+            self._audit_file("get", path, size, hash_)
+
+        self._start_task(msg.stream, "get", "fetch",
+                         lambda area: send_batch(self.conn, msg.stream, msg, area, on_file))
+
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg.stream, "get", "get",
                          lambda area: send_file(self.conn, msg.stream, msg, area))
@@ -285,11 +305,14 @@ class Session:
                          lambda area: send_listing(self.conn, msg.stream, msg, area))
 
     def _audit(self, op: str, done: Done) -> None:
+        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)
+
+    def _audit_file(self, op: str, path: str, size: int, hash_: str,
+                    resumed_from: int = 0) -> None:
         assert self.peer is not None
         self.server.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
-                                path=done.path, bytes=done.size - done.resumed_from,
-                                size=done.size, hash=done.hash, resumed_from=done.resumed_from,
-                                outcome="ok")
+                                path=path, bytes=size - resumed_from, size=size, hash=hash_,
+                                resumed_from=resumed_from, outcome="ok")
 
     def _start_task(self, stream: int, permission: str, op: str,
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
@@ -304,7 +327,7 @@ class Session:
 
     async def _audited(self, op: str, body: Awaitable[Done]) -> None:
         done = await body
-        if op != "list":
+        if op == "get":  # a fetch audits each of its files, a listing nothing
             self._audit(op, done)
 
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
@@ -370,6 +393,8 @@ class Session:
         Exec: _on_exec,
         Shell: _on_shell,
         Put: _on_put,
+        Batch: _on_batch,
+        Fetch: _on_fetch,
         Get: _on_get,
         List: _on_list,
         Data: _on_data,

@@ -1,0 +1,197 @@
+"""Batches of small files, for both ends of a tree transfer (docs/PROTOCOL.md, "Batches").
+
+A tree of small files moves like a tar stream: many files per message, their contents
+concatenated in DATA frames, several batches in flight, and no round trip per file. Each file
+still carries its own BLAKE3 hash, and the receiver (:class:`BatchReceiver`: the server for
+``put -r``, the client for ``get -r``) stores a file only once its bytes are all there and
+verified: written to its ``.NAME.tether-part``, fsynced, then moved into place. Each directory
+touched is fsynced once per batch, before the batch is reported done, instead of once per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import blake3
+
+from tether.errors import AlreadyExists, BadRequest, IntegrityError, SourceChanged, TetherError
+from tether.partial import HASH_NAME, check_name, destination_exists, store_whole
+
+MAX_FILES = 512  # protocol: files in one batch
+MAX_BYTES = 4 * 1024 * 1024  # protocol: bytes of content in one batch (the initial window)
+SMALL_FILE = 256 * 1024  # reference policy: files up to this size travel in batches
+SEND_FILES = 256  # reference policy: a sender closes a batch at this many files...
+SEND_BYTES = 1024 * 1024  # ...or this many bytes of content...
+SEND_HEADER = 40 * 1024  # ...or this much (pessimistically estimated) header
+IN_FLIGHT = 4  # reference policy: batches open at once per transfer
+
+
+def file_hash(data: bytes | bytearray | memoryview) -> str:
+    return f"{HASH_NAME}:{blake3.blake3(data).hexdigest()}"
+
+
+def header_cost(name: str) -> int:
+    """An upper bound of what one file adds to a batch's JSON header (every byte of its name
+    escaped as ``\\u00XX``, plus its size, mode, mtime and hash)."""
+    return 6 * len(name.encode("utf-8", "surrogateescape")) + 120
+
+
+def name_parts(name: str) -> list[str]:
+    """A batch name's components, each a plain name (no '', '.', '..', '\\\\' or NUL)."""
+    return [check_name(part) for part in name.split("/")]
+
+
+def read_whole(fd: int, size: int, shown: str) -> bytes:
+    """The ``size`` bytes of an open small file; a file that is not that size now changed."""
+    data = os.read(fd, size + 1)
+    while len(data) < size:  # short reads only happen at the end of a regular file
+        more = os.read(fd, size + 1 - len(data))
+        if not more:
+            break
+        data += more
+    if len(data) != size:
+        raise SourceChanged(f"{shown} changed size while it was being sent")
+    return data
+
+
+def check_lists(count: int, *lists: list[int] | list[str]) -> None:
+    """The per-file lists of a batch agree in length and respect the batch caps."""
+    if any(len(values) != count for values in lists):
+        raise BadRequest("a batch's lists of names, sizes, modes, mtimes and hashes differ "
+                         "in length")
+    if count > MAX_FILES:
+        raise BadRequest(f"a batch of {count} files exceeds the limit of {MAX_FILES}")
+
+
+def check_sizes(sizes: list[int]) -> int:
+    """The total of a batch's sizes, which must each be >= 0 and together within the cap."""
+    if any(size < 0 for size in sizes):
+        raise BadRequest("negative size in a batch")
+    total = sum(sizes)
+    if total > MAX_BYTES:
+        raise BadRequest(f"a batch of {total} bytes exceeds the limit of {MAX_BYTES}")
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one file of a batch goes: a directory fd (owned by the caller) and a name in it."""
+
+    dir_fd: int
+    name: str
+    shown: str
+    size: int
+    mode: int
+    mtime_ns: int
+    hash: str
+
+
+def refuse_existing(targets: list[Target], force: bool, rename: bool) -> None:
+    """Without force or rename an existing destination refuses the whole batch, before any
+    byte of it is written."""
+    if force or rename:
+        return
+    for t in targets:
+        if destination_exists(t.dir_fd, t.name):
+            raise AlreadyExists(f"{t.shown} exists (use --force to replace it or --rename)")
+
+
+Stored = Callable[[Target, str], None]
+Opener = Callable[[int, str, str], int]  # (parent fd, name, shown path) -> directory fd
+
+
+class DirCache:
+    """The directories a batch's names lead through, each opened once (with ``opener``, which
+    decides about symlinks) from its parent; :meth:`close` closes them all, the base too."""
+
+    def __init__(self, base_fd: int, opener: Opener) -> None:
+        self.fds = {"": base_fd}
+        self.opener = opener
+
+    def get(self, parts: list[str], shown: str) -> int:
+        key = "/".join(parts)
+        fd = self.fds.get(key)
+        if fd is None:
+            fd = self.opener(self.get(parts[:-1], shown), parts[-1], shown)
+            self.fds[key] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+class BatchReceiver:
+    """Splits a batch's DATA into its files and stores each as soon as it is whole and
+    verified; :meth:`finish` makes the batch durable and reports files that did not verify."""
+
+    def __init__(self, targets: list[Target], *, force: bool, rename: bool, on_stored: Stored,
+                 too_much: type[TetherError] = BadRequest) -> None:
+        self.targets = targets
+        self.too_much = too_much
+        self.force = force
+        self.rename = rename
+        self.on_stored = on_stored
+        self.expected = sum(t.size for t in targets)
+        self.received = 0
+        self.failed: list[str] = []
+        self._index = 0
+        self._buf = bytearray()
+        self._dirs: set[int] = set()
+        self._skip_empty()
+
+    @property
+    def complete(self) -> bool:
+        return self._index >= len(self.targets)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Take the next bytes of the batch; more than the sizes announced is refused."""
+        if self.received + len(data) > self.expected:
+            raise self.too_much(f"more data than the {self.expected} bytes this batch announced")
+        self.received += len(data)
+        view = memoryview(data)
+        while view:
+            target = self.targets[self._index]
+            need = target.size - len(self._buf)
+            if not self._buf and len(view) >= need:
+                self._store(target, view[:need])  # the common case: no copy
+            else:
+                self._buf += view[:need]
+                if len(self._buf) < target.size:
+                    return
+                self._store(target, self._buf)
+                self._buf = bytearray()
+            view = view[need:]
+            self._index += 1
+            self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        while self._index < len(self.targets) and self.targets[self._index].size == 0:
+            self._store(self.targets[self._index], b"")
+            self._index += 1
+
+    def _store(self, target: Target, data: bytes | bytearray | memoryview) -> None:
+        if file_hash(data) != target.hash:
+            self.failed.append(target.shown)
+            return
+        final = store_whole(target.dir_fd, target.name, data, target.mode, target.mtime_ns,
+                            force=self.force, rename=self.rename)
+        self._dirs.add(target.dir_fd)
+        self.on_stored(target, final)
+
+    def finish(self) -> None:
+        """Make the renames durable (each directory fsynced once); then, if any file did not
+        verify, raise IntegrityError naming it (the others are stored)."""
+        for fd in self._dirs:
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+        if self.failed:
+            more = len(self.failed) - 1
+            also = f" ({more} more in this batch likewise)" if more else ""
+            raise IntegrityError(f"{self.failed[0]}: data does not match the sender's hash; "
+                                 f"nothing was stored under that name{also}")

@@ -1,0 +1,208 @@
+"""The client's half of batches (docs/PROTOCOL.md, "Batches"): a ``put -r`` sends its small
+files many to a ``batch`` stream; a ``get -r`` asks for them many to a ``fetch`` stream.
+
+Names in a fetch are the client's own, taken from a listing already checked whole
+(``tether.client.transfer``): the server only says how big each file is, its mode, mtime and
+hash, and every local directory is entered with no-follow opens below the tree's root.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from tether.batch import (
+    SEND_BYTES,
+    SEND_FILES,
+    SEND_HEADER,
+    BatchReceiver,
+    DirCache,
+    Target,
+    check_lists,
+    check_sizes,
+    file_hash,
+    header_cost,
+    read_whole,
+)
+from tether.client.transfer import DIR_FLAGS, FileResult, Options, _expect
+from tether.errors import (
+    AlreadyExists,
+    BadRequest,
+    NotFound,
+    RemoteProtocolError,
+    SourceChanged,
+    UnsafePath,
+)
+from tether.partial import destination_exists
+from tether.protocol import Batch, Data, Done, Entry, Fetch, Files
+
+if TYPE_CHECKING:
+    from tether.client.api import Connection, StreamHandle
+
+
+T = TypeVar("T")
+Source = tuple[str, os.stat_result]  # a local file to put: its path and lstat
+
+
+@dataclass
+class Batcher(Generic[T]):
+    """Collects the small files of a tree in walk order into batches of bounded size."""
+
+    names: list[str] = field(default_factory=list)
+    items: list[T] = field(default_factory=list)
+    size: int = 0
+    header: int = 0
+
+    def full_before(self, name: str, size: int) -> bool:
+        """Whether a file of ``size`` named ``name`` no longer fits in the batch so far."""
+        return bool(self.names) and (
+            len(self.names) >= SEND_FILES or self.size + size > SEND_BYTES
+            or self.header + header_cost(name) > SEND_HEADER)
+
+    def add(self, name: str, size: int, item: T) -> None:
+        self.names.append(name)
+        self.items.append(item)
+        self.size += size
+        self.header += header_cost(name)
+
+    def take(self) -> tuple[list[str], list[T]]:
+        taken = self.names, self.items
+        self.names, self.items, self.size, self.header = [], [], 0, 0
+        return taken
+
+
+def _label(names: list[str]) -> str:
+    """What a progress display calls a batch (unique: each file is in one batch)."""
+    return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
+
+
+# --- put -r -------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenBatch:
+    handle: StreamHandle
+    contents: list[bytes]
+    hashes: list[str]
+    label: str
+
+
+def open_batch(conn: Connection, base: str, names: list[str], sources: list[Source],
+               opts: Options) -> OpenBatch:
+    """Read and hash the files, and open their batch stream (at once, in walk order, so the
+    directories they go into were asked for before)."""
+    contents, modes, mtimes = [], [], []
+    for path, st in sources:
+        contents.append(_read_local(path, st.st_size))
+        modes.append(st.st_mode & 0o7777)
+        mtimes.append(st.st_mtime_ns)
+    hashes = [file_hash(data) for data in contents]
+    handle = conn.open_stream(Batch, path=base, names=names,
+                              sizes=[len(data) for data in contents], modes=modes,
+                              mtimes=mtimes, hashes=hashes, force=opts.force,
+                              rename=opts.rename)
+    return OpenBatch(handle, contents, hashes, _label(names))
+
+
+def _read_local(path: str, size: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise NotFound(f"{path}: {exc.strerror}") from exc
+    try:
+        return read_whole(fd, size, path)
+    finally:
+        os.close(fd)
+
+
+async def send_batch(batch: OpenBatch, opts: Options) -> list[FileResult]:
+    """Send the contents and wait for the server's word that every file is stored."""
+    handle, total = batch.handle, sum(len(data) for data in batch.contents)
+    opts.progress.file_started(batch.label, total, 0)
+    try:
+        if total:
+            await handle.send_data(b"".join(batch.contents))
+        done = await _expect(handle, Done)
+    except BaseException:
+        handle.abandon()
+        raise
+    assert isinstance(done, Done)
+    if len(done.names) != len(batch.contents):
+        raise RemoteProtocolError(f"the server stored {len(done.names)} files of a batch of "
+                                  f"{len(batch.contents)}")
+    opts.progress.advanced(batch.label, total)
+    opts.progress.file_done(batch.label)
+    return [FileResult(path, "file", len(data), hash_)
+            for path, data, hash_ in zip(done.names, batch.contents, batch.hashes, strict=True)]
+
+
+# --- get -r -------------------------------------------------------------------------------------
+
+
+def _open_local_sub(dir_fd: int, name: str, shown: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise UnsafePath(f"cannot enter {shown}: {exc.strerror}") from exc
+
+
+async def fetch_batch(conn: Connection, remote: str, root_fd: int, top: Path,
+                      entries: list[Entry], opts: Options) -> list[FileResult]:
+    """Fetch the files of ``entries`` (small, all checked) in one stream and store each."""
+    dirs = DirCache(os.dup(root_fd), _open_local_sub)
+    try:
+        places = [(dirs.get(e.parts[:-1], "/".join(e.parts)), e.parts[-1],
+                   str(top.joinpath(*e.parts))) for e in entries]
+        if not (opts.force or opts.rename):
+            for dir_fd, name, shown in places:
+                if destination_exists(dir_fd, name):
+                    raise AlreadyExists(f"{shown} exists (use --force to replace it or --rename)")
+        names = ["/".join(e.parts) for e in entries]
+        handle = conn.open_stream(Fetch, path=remote, names=names)
+        try:
+            return await _receive(handle, places, _label(names), opts)
+        except BaseException:
+            handle.abandon()
+            raise
+    finally:
+        dirs.close()
+
+
+async def _receive(handle: StreamHandle, places: list[tuple[int, str, str]], label: str,
+                   opts: Options) -> list[FileResult]:
+    files = await _expect(handle, Files)
+    assert isinstance(files, Files)
+    try:
+        check_lists(len(places), files.sizes, files.modes, files.mtimes, files.hashes)
+        total = check_sizes(files.sizes)
+    except BadRequest as exc:
+        raise RemoteProtocolError(f"the server's answer to a fetch: {exc}") from exc
+    targets = [Target(dir_fd, name, shown, size, mode & 0o777, mtime, hash_)
+               for (dir_fd, name, shown), size, mode, mtime, hash_ in zip(
+                   places, files.sizes, files.modes, files.mtimes, files.hashes, strict=True)]
+    results: list[FileResult] = []
+
+    def stored(target: Target, final: str) -> None:
+        results.append(FileResult(str(Path(target.shown).with_name(final)), "file",
+                                  target.size, target.hash))
+
+    receiver = BatchReceiver(targets, force=opts.force, rename=opts.rename, on_stored=stored,
+                             too_much=SourceChanged)
+    opts.progress.file_started(label, total, 0)
+    while True:
+        event = await handle.next()
+        if isinstance(event, Done):
+            break
+        if not isinstance(event, Data):
+            raise RemoteProtocolError(f"unexpected {type(event).__name__} in a fetch")
+        receiver.feed(event.data)
+        opts.progress.advanced(label, len(event.data))
+    if not receiver.complete:
+        raise SourceChanged(f"{posixpath.dirname(targets[0].shown)}: {receiver.received} of "
+                            f"{receiver.expected} bytes of a batch arrived")
+    receiver.finish()
+    opts.progress.file_done(label)
+    return results
