@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import blake3
 
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, SourceChanged, TetherError
-from tether.partial import HASH_NAME, check_name, destination_exists, store_whole
+from tether.partial import HASH_NAME, check_name, store_whole
 
 MAX_FILES = 512  # protocol: files in one batch
 MAX_BYTES = 4 * 1024 * 1024  # protocol: bytes of content in one batch (the initial window)
@@ -87,16 +87,6 @@ class Target:
     mode: int
     mtime_ns: int
     hash: str
-
-
-def refuse_existing(targets: list[Target], force: bool, rename: bool) -> None:
-    """Without force or rename an existing destination refuses the whole batch, before any
-    byte of it is written."""
-    if force or rename:
-        return
-    for t in targets:
-        if destination_exists(t.dir_fd, t.name):
-            raise AlreadyExists(f"{t.shown} exists (use --force to replace it or --rename)")
 
 
 Stored = Callable[[Target, str], None]
@@ -179,8 +169,12 @@ class BatchReceiver:
         if file_hash(data) != target.hash:
             self.failed.append(target.shown)
             return
-        final = store_whole(target.dir_fd, target.name, data, target.mode, target.mtime_ns,
-                            force=self.force, rename=self.rename)
+        try:
+            final = store_whole(target.dir_fd, target.name, data, target.mode,
+                                target.mtime_ns, force=self.force, rename=self.rename)
+        except AlreadyExists as exc:
+            raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
+                                f"--rename)") from exc
         self._dirs.add(target.dir_fd)
         self.on_stored(target, final)
 

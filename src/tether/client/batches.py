@@ -29,14 +29,12 @@ from tether.batch import (
 )
 from tether.client.transfer import DIR_FLAGS, FileResult, Options, _expect
 from tether.errors import (
-    AlreadyExists,
     BadRequest,
     NotFound,
     RemoteProtocolError,
     SourceChanged,
     UnsafePath,
 )
-from tether.partial import destination_exists
 from tether.protocol import Batch, Data, Done, Entry, Fetch, Files
 
 if TYPE_CHECKING:
@@ -156,10 +154,6 @@ async def fetch_batch(conn: Connection, remote: str, root_fd: int, top: Path,
     try:
         places = [(dirs.get(e.parts[:-1], "/".join(e.parts)), e.parts[-1],
                    str(top.joinpath(*e.parts))) for e in entries]
-        if not (opts.force or opts.rename):
-            for dir_fd, name, shown in places:
-                if destination_exists(dir_fd, name):
-                    raise AlreadyExists(f"{shown} exists (use --force to replace it or --rename)")
         names = ["/".join(e.parts) for e in entries]
         handle = conn.open_stream(Fetch, path=remote, names=names)
         try:

@@ -134,9 +134,9 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
         remote += "/"  # several sources: the destination must be a directory
     plans = [_plan_source(src, recursive) for src in sources]
     opts.progress.total(sum(p[0] for p in plans), sum(p[1] for p in plans))
-    for src in sources:
-        if src.is_dir():
-            await _put_tree(conn, src, remote, opts, result)
+    for src, (_files, _size, tree) in zip(sources, plans, strict=True):
+        if tree is not None:
+            await _put_tree(conn, src, tree, remote, opts, result)
         else:
             result.files.append(await _put_file(conn, _open_put(conn, src, remote, src.name,
                                                                 opts), src, opts))
@@ -144,8 +144,9 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     return result
 
 
-def _plan_source(src: Path, recursive: bool) -> tuple[int, int]:
-    """(files, bytes) a source will send; refuses a directory without -r."""
+def _plan_source(src: Path, recursive: bool) -> tuple[int, int, list[_Local] | None]:
+    """(files, bytes, the tree's entries) a source will send (no entries for a file);
+    refuses a directory without -r."""
     try:
         st = src.stat()
     except OSError as exc:
@@ -153,17 +154,40 @@ def _plan_source(src: Path, recursive: bool) -> tuple[int, int]:
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise BadRequest(f"{src} is a directory (use -r)")
-        files = size = 0
-        for dirpath, _dirs, names in os.walk(src):
-            for name in names:
-                with contextlib.suppress(OSError):
-                    lst = os.lstat(os.path.join(dirpath, name))
-                    if stat.S_ISREG(lst.st_mode):
-                        files, size = files + 1, size + lst.st_size
-        return files, size
+        tree = _walk_tree(src)
+        files = [e.st.st_size for e in tree if stat.S_ISREG(e.st.st_mode)]
+        return len(files), sum(files), tree
     if not stat.S_ISREG(st.st_mode):
         raise BadRequest(f"{src} is not a regular file")
-    return 1, st.st_size
+    return 1, st.st_size, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """One entry of a local tree, from the single walk a put -r makes."""
+
+    prefix: str  # its directory below the tree's root, "/"-terminated ("" at the top)
+    name: str
+    path: str
+    st: os.stat_result
+
+
+def _walk_tree(src: Path) -> list[_Local]:
+    """Every entry below ``src``, each directory before its contents, symlinks not followed."""
+    out: list[_Local] = []
+    todo = [("", str(src))]
+    while todo:
+        prefix, path = todo.pop()
+        with os.scandir(path) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        below = []
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            out.append(_Local(prefix, entry.name, entry.path, st))
+            if stat.S_ISDIR(st.st_mode):
+                below.append((f"{prefix}{entry.name}/", entry.path))
+        todo.extend(reversed(below))
+    return out
 
 
 def _open_put(conn: Connection, src: Path, path: str, name: str,
@@ -221,8 +245,8 @@ async def _put_entry(handle: StreamHandle, kind: str) -> FileResult:
     return FileResult(done.path, kind)
 
 
-async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
-                    result: TransferResult) -> None:
+async def _put_tree(conn: Connection, src: Path, tree: list[_Local], remote: str,
+                    opts: Options, result: TransferResult) -> None:
     """The tree's root first (to learn where it lands), then every entry pipelined in walk
     order: directories and symlinks one stream each, small files many to a batch, large files
     one stream each (resumable)."""
@@ -252,34 +276,29 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
             spawn(send_batch(open_batch(conn, base, *batcher.take(), opts), opts), batches)
 
     try:
-        for dirpath, dirs, names in os.walk(src):
-            dirs.sort()
-            rel = os.path.relpath(dirpath, src)
-            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            where = base + "/" + prefix
-            for name in sorted(dirs) + sorted(names):
-                path = os.path.join(dirpath, name)
-                lst = os.lstat(path)
-                if stat.S_ISREG(lst.st_mode) and lst.st_size <= SMALL_FILE:
-                    if batcher.full_before(prefix + name, lst.st_size):
-                        await flush()
-                    batcher.add(prefix + name, lst.st_size, (path, lst))
-                    continue
-                await limit.acquire()  # streams open in walk order: parents before children
-                if stat.S_ISLNK(lst.st_mode):
-                    target = os.readlink(path)
-                    spawn(_one(_put_entry(conn.open_stream(
-                        Put, path=where, name=name, kind="symlink", target=target,
-                        force=opts.force), "symlink")), limit)
-                elif stat.S_ISDIR(lst.st_mode):
-                    spawn(_one(_put_entry(conn.open_stream(
-                        Put, path=where, name=name, kind="dir", mode=lst.st_mode & 0o7777),
-                        "dir")), limit)
-                elif stat.S_ISREG(lst.st_mode):
-                    spawn(_one(_put_file(conn, _open_put(conn, Path(path), where, name, opts),
-                                         Path(path), opts)), limit)
-                else:
-                    limit.release()  # devices, FIFOs, sockets: not sent
+        for entry in tree:
+            name, path, lst = entry.name, entry.path, entry.st
+            where = base + "/" + entry.prefix
+            if stat.S_ISREG(lst.st_mode) and lst.st_size <= SMALL_FILE:
+                if batcher.full_before(entry.prefix + name, lst.st_size):
+                    await flush()
+                batcher.add(entry.prefix + name, lst.st_size, (path, lst))
+                continue
+            await limit.acquire()  # streams open in walk order: parents before children
+            if stat.S_ISLNK(lst.st_mode):
+                target = os.readlink(path)
+                spawn(_one(_put_entry(conn.open_stream(
+                    Put, path=where, name=name, kind="symlink", target=target,
+                    force=opts.force), "symlink")), limit)
+            elif stat.S_ISDIR(lst.st_mode):
+                spawn(_one(_put_entry(conn.open_stream(
+                    Put, path=where, name=name, kind="dir", mode=lst.st_mode & 0o7777),
+                    "dir")), limit)
+            elif stat.S_ISREG(lst.st_mode):
+                spawn(_one(_put_file(conn, _open_put(conn, Path(path), where, name, opts),
+                                     Path(path), opts)), limit)
+            else:
+                limit.release()  # devices, FIFOs, sockets: not sent
         await flush()
         for files in await asyncio.gather(*tasks):
             result.files.extend(files)

@@ -20,7 +20,6 @@ from tether.batch import (
     check_sizes,
     file_hash,
     name_parts,
-    refuse_existing,
 )
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -50,8 +49,8 @@ class BatchPut:
         self.receiver: BatchReceiver | None = None
 
     def start(self) -> None:
-        """Refuse a malformed batch, or one that would replace a file without force or
-        rename, before anything is written; a batch of empty files completes here."""
+        """Refuse a malformed batch before anything is written; a batch of empty files
+        completes here."""
         req = self.req
         check_lists(len(req.names), req.sizes, req.modes, req.mtimes, req.hashes)
         check_sizes(req.sizes)
@@ -66,7 +65,6 @@ class BatchPut:
             shown = _shown(req.path, name)
             targets.append(Target(self.dirs.get(p[:-1], shown), p[-1], shown, size,
                                   mode & 0o1777, mtime, hash_))
-        refuse_existing(targets, req.force, req.rename)
         self.receiver = BatchReceiver(targets, force=req.force, rename=req.rename,
                                       on_stored=self._stored)
         if self.receiver.complete:
