@@ -152,9 +152,9 @@ async def fetch_batch(conn: Connection, remote: str, root_fd: int, top: Path,
     """Fetch the files of ``entries`` (small, all checked) in one stream and store each."""
     dirs = DirCache(os.dup(root_fd), _open_local_sub)
     try:
-        places = [(dirs.get(e.parts[:-1], "/".join(e.parts)), e.parts[-1],
-                   str(top.joinpath(*e.parts))) for e in entries]
         names = ["/".join(e.parts) for e in entries]
+        places = [(dirs.get(e.parts[:-1], name), e.parts[-1], f"{top}/{name}")
+                  for e, name in zip(entries, names, strict=True)]
         handle = conn.open_stream(Fetch, path=remote, names=names)
         try:
             return await _receive(handle, places, _label(names), opts)
@@ -180,8 +180,9 @@ async def _receive(handle: StreamHandle, places: list[tuple[int, str, str]], lab
     results: list[FileResult] = []
 
     def stored(target: Target, final: str) -> None:
-        results.append(FileResult(str(Path(target.shown).with_name(final)), "file",
-                                  target.size, target.hash))
+        shown = target.shown if final == target.name else posixpath.join(
+            posixpath.dirname(target.shown), final)
+        results.append(FileResult(shown, "file", target.size, target.hash))
 
     receiver = BatchReceiver(targets, force=opts.force, rename=opts.rename, on_stored=stored,
                              too_much=SourceChanged)

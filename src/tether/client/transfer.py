@@ -38,7 +38,19 @@ from tether.partial import (
     link_stays_inside,
     new_hasher,
 )
-from tether.protocol import Begin, Commit, Data, Done, Entry, Get, List, Meta, Put, Ready
+from tether.protocol import (
+    Begin,
+    Commit,
+    Data,
+    Done,
+    Entries,
+    Entry,
+    Get,
+    List,
+    Meta,
+    Put,
+    Ready,
+)
 
 if TYPE_CHECKING:
     from tether.client.api import Connection, StreamHandle
@@ -433,6 +445,19 @@ def _check_listing(entries: list[Entry]) -> None:
             _check_link(entry.parts, entry.target or "")
 
 
+def _unbatch(msg: Entries) -> list[Entry]:
+    """The entries an ``entries`` message lists (checked like any others afterwards)."""
+    count = len(msg.names)
+    if any(len(values) != count for values in (msg.kinds, msg.sizes, msg.modes, msg.mtimes,
+                                                 msg.targets)):
+        raise RemoteProtocolError("the server listed entries whose fields differ in number")
+    return [Entry(parts=name.split("/") if name else [], kind=kind, size=size, mode=mode,
+                  mtime_ns=mtime, target=target, stream=msg.stream)
+            for name, kind, size, mode, mtime, target in zip(
+                msg.names, msg.kinds, msg.sizes, msg.modes, msg.mtimes, msg.targets,
+                strict=True)]
+
+
 def _walk_local(root_fd: int, parts: list[str]) -> int:
     """A directory fd for ``parts`` below ``root_fd``, never following a symlink."""
     fd = os.dup(root_fd)
@@ -449,15 +474,18 @@ def _walk_local(root_fd: int, parts: list[str]) -> int:
 
 async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
                     result: TransferResult) -> None:
-    listing = conn.open_stream(List, path=remote)
+    listing = conn.open_stream(List, path=remote, batched=True)
     entries: list[Entry] = []
     while True:
         event = await listing.next()
         if isinstance(event, Done):
             break
-        if not isinstance(event, Entry):
+        if isinstance(event, Entries):
+            entries += _unbatch(event)
+        elif isinstance(event, Entry):
+            entries.append(event)
+        else:
             raise RemoteProtocolError(f"unexpected {type(event).__name__} in a listing")
-        entries.append(event)
     _check_listing(entries)  # everything, before writing anything
     if entries and not entries[0].parts and entries[0].kind == "file":
         directory, name = _local_target(local, remote)

@@ -261,6 +261,7 @@ class List(Message):
     SENDERS = CLIENT
     OPENS = True
     path: str
+    batched: bool = False  # answer with ``entries`` (many at once) instead of ``entry``
 
 
 class Entry(Message):
@@ -274,6 +275,20 @@ class Entry(Message):
     mode: int = 0o644
     mtime_ns: int = 0
     target: str | None = None
+
+
+class Entries(Message):
+    """Many entries of a listing at once, one list per field: ``names`` are the paths below
+    the listed root with components joined by ``/`` (``""`` for the root itself)."""
+
+    TYPE = "entries"
+    SENDERS = SERVER
+    names: list[str]
+    kinds: list[str]
+    sizes: list[int]
+    modes: list[int]
+    mtimes: list[int]
+    targets: list[str | None]
 
 
 class Done(Message):
@@ -290,7 +305,6 @@ class Done(Message):
     names: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
 class Batch(Message):
     """Open a stream that stores many small files below the directory ``path`` at once: the
     lists give, per file, its name below ``path`` (components joined by ``/``), size, mode,
@@ -309,7 +323,6 @@ class Batch(Message):
     rename: bool = False
 
 
-@dataclass(frozen=True)
 class Fetch(Message):
     """Open a stream that reads many small files below ``path`` at once (names as in batch)."""
 
@@ -320,7 +333,6 @@ class Fetch(Message):
     names: list[str]
 
 
-@dataclass(frozen=True)
 class Files(Message):
     """The files a fetch will send, in the order asked: sizes, modes, mtimes and hashes; their
     contents follow as DATA, concatenated."""
@@ -378,7 +390,7 @@ REGISTRY: "dict[str, type[Message]]" = {
     for cls in (
         Hello, Welcome, Error, Ping, Pong,
         Exec, Started, Eof, Credit, Signal, Exit, Close,
-        Put, Ready, Begin, Commit, Get, Meta, List, Entry, Done, Batch, Fetch, Files,
+        Put, Ready, Begin, Commit, Get, Meta, List, Entry, Entries, Done, Batch, Fetch, Files,
         Shell, Resize, Status,
     )
 }

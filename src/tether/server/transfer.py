@@ -15,11 +15,28 @@ import posixpath
 from collections.abc import Callable
 from enum import Enum, auto
 
+from tether.batch import SEND_FILES, header_cost
 from tether.errors import BadRequest, RemoteError, SourceChanged
 from tether.net.framed import FramedConnection
 from tether.partial import CHUNK, PartialFile, digest, new_hasher
-from tether.protocol import Begin, Commit, Done, Entry, Get, List, Message, Meta, Put, Ready
-from tether.server.files import FileArea
+from tether.protocol import (
+    Begin,
+    Commit,
+    Done,
+    Entries,
+    Entry,
+    Get,
+    List,
+    Message,
+    Meta,
+    Put,
+    Ready,
+)
+from tether.server.files import EntryInfo, FileArea
+
+# a bound on one entries header (within MAX_HEADER even for a single entry whose path and link
+# target are each 4,096 bytes of characters JSON escapes)
+ENTRIES_HEADER = 60 * 1024
 
 
 class _PutState(Enum):
@@ -212,16 +229,57 @@ async def send_listing(conn: FramedConnection, stream: int, req: List, area: Fil
 async def _send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea
                         ) -> Done:
     count = 0
+    group = _EntryGroup()
     for info in area.walk(req.path):
-        conn.send(Entry(parts=info.parts, kind=info.kind, size=info.size, mode=info.mode,
-                        mtime_ns=info.mtime_ns, target=info.target, stream=stream))
         count += 1
+        if not req.batched:
+            conn.send(Entry(parts=info.parts, kind=info.kind, size=info.size, mode=info.mode,
+                            mtime_ns=info.mtime_ns, target=info.target, stream=stream))
+        else:
+            name = "/".join(info.parts)
+            cost = header_cost(name) + header_cost(info.target or "")
+            if group.names and (len(group.names) >= SEND_FILES
+                                or group.cost + cost > ENTRIES_HEADER):
+                conn.send(group.take(stream))
+            group.add(name, info, cost)
         if count % 256 == 0:
             await conn.drain()
             await asyncio.sleep(0)
+    if group.names:
+        conn.send(group.take(stream))
     done = Done(path=req.path, count=count, stream=stream)
     conn.send(done)
     await conn.drain()
     return done
 
 
+class _EntryGroup:
+    """Entries gathered for one ``entries`` message."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.names: list[str] = []
+        self.kinds: list[str] = []
+        self.sizes: list[int] = []
+        self.modes: list[int] = []
+        self.mtimes: list[int] = []
+        self.targets: list[str | None] = []
+        self.cost = 0
+
+    def add(self, name: str, info: EntryInfo, cost: int) -> None:
+        self.names.append(name)
+        self.kinds.append(info.kind)
+        self.sizes.append(info.size)
+        self.modes.append(info.mode)
+        self.mtimes.append(info.mtime_ns)
+        self.targets.append(info.target)
+        self.cost += cost
+
+    def take(self, stream: int) -> Entries:
+        """The message for what was gathered; the group starts empty again."""
+        msg = Entries(names=self.names, kinds=self.kinds, sizes=self.sizes, modes=self.modes,
+                      mtimes=self.mtimes, targets=self.targets, stream=stream)
+        self._reset()
+        return msg
