@@ -126,11 +126,12 @@ def test_stream_error_ends_only_that_stream() -> None:
 def test_samples_cover_the_registry() -> None:
     assert set(SAMPLES) == set(REGISTRY)
     assert types_not_sent_by(Role.CLIENT) == [
-        "done", "entry", "exit", "meta", "ready", "started", "status", "welcome"
+        "done", "entries", "entry", "exit", "files", "meta", "ready", "started", "status",
+        "welcome",
     ]
     assert types_not_sent_by(Role.SERVER) == [
-        "begin", "close", "commit", "exec", "get", "hello", "list", "put", "resize", "shell",
-        "signal",
+        "batch", "begin", "close", "commit", "exec", "fetch", "get", "hello", "list", "put",
+        "resize", "shell", "signal",
     ]
 
 

@@ -19,13 +19,20 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.errors import IntegrityError, SourceChanged, TetherError, UnsafePath
+from tether.errors import (
+    IntegrityError,
+    RemoteProtocolError,
+    SourceChanged,
+    TetherError,
+    UnsafePath,
+)
 from tether.partial import digest, new_hasher
 from tether.protocol import (
     CLOSED,
     NEED_DATA,
     Connection,
     Done,
+    Entries,
     Entry,
     Fetch,
     Files,
@@ -53,6 +60,7 @@ class HostileServer:
     ids: Identities
     script: Script
     requests: list[Message] = field(default_factory=list)
+    close_after_script: bool = False  # end the connection once the first answer is sent
     server: asyncio.Server | None = None
     port: int = 0
 
@@ -95,6 +103,8 @@ class HostileServer:
                         else:
                             writer.write(proto.send(item))
                     await writer.drain()
+                    if self.close_after_script and not isinstance(event, List):
+                        return
         except (ConnectionError, TetherError, AssertionError):
             pass
         finally:
@@ -276,3 +286,121 @@ async def test_a_single_file_get_takes_its_name_from_the_user(
         await conn.get("../../etc/passwd", work / "LOCAL")
     assert listing(work / "LOCAL") == ["passwd"]
     assert (work / "LOCAL" / "passwd").stat().st_mode & 0o7777 == 0o777  # no setuid from afar
+
+
+# --- batches: a batched listing, and lying or cut answers to fetch ---------------------------
+
+
+def batched_listing_script(entries: list[dict[str, object]]) -> Script:
+    """A ``list`` answered with one ``entries`` message (the root directory first)."""
+
+    def script(req: Message) -> list[Message | tuple[int, bytes]]:
+        assert isinstance(req, List) and req.batched
+        rows = [{"parts": [], "kind": "dir", "mode": 0o755}, *entries]
+        return [Entries(names=["/".join(r["parts"]) for r in rows],  # type: ignore[arg-type]
+                        kinds=[str(r["kind"]) for r in rows],
+                        sizes=[int(r.get("size", 0)) for r in rows],  # type: ignore[call-overload]
+                        modes=[int(r.get("mode", 0o644)) for r in rows],  # type: ignore[call-overload]
+                        mtimes=[0] * len(rows),
+                        targets=[r.get("target") for r in rows],  # type: ignore[misc]
+                        stream=req.stream),
+                Done(path="tree", count=len(rows), stream=req.stream)]
+
+    return script
+
+
+JOINED_BAD = {k: v for k, v in BAD_LISTINGS.items()  # a "/" inside a component cannot be said
+              if not any("/" in p for e in v for p in e["parts"])}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("entries", list(JOINED_BAD.values()), ids=list(JOINED_BAD))
+async def test_a_hostile_batched_listing_is_refused_before_any_write(
+        hostile: Starter, ids: Identities, work: Path,
+        entries: list[dict[str, object]]) -> None:
+    server = await hostile(batched_listing_script([f("harmless first"), *entries]))
+    (work / "LOCAL").mkdir()
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        with pytest.raises(UnsafePath):
+            await conn.get("tree", work / "LOCAL", recursive=True)
+    assert listing(work / "LOCAL") == []
+    assert sorted(p.name for p in work.iterdir()) == ["LOCAL"]
+    assert all(isinstance(r, List) for r in server.requests)  # no file was even requested
+
+
+GOOD = [b"first file", b"second file", b"third file"]
+
+
+def lying_fetch(kind: str) -> Script:
+    """A tree of three small files, whose fetch is answered wrongly in the way ``kind`` says."""
+    rows = [f(f"f{i}") for i in range(3)]
+    listing_answer = batched_listing_script(rows)
+
+    def script(req: Message) -> list[Message | tuple[int, bytes]]:
+        if isinstance(req, List):
+            return listing_answer(req)
+        assert isinstance(req, Fetch) and req.names == ["f0", "f1", "f2"]
+        s, datas = req.stream, list(GOOD)
+        hashes = [digest(_hashed(d)) for d in datas]
+        sizes = [len(d) for d in datas]
+        body = b"".join(datas)
+        if kind == "flipped byte":
+            body = body[:15] + b"X" + body[16:]  # inside f1
+        elif kind == "too few files":
+            sizes, hashes = sizes[:2], hashes[:2]
+        elif kind == "over the cap":
+            sizes = [5 * 1024 * 1024, 0, 0]
+        elif kind == "more data":
+            body += b"extra"
+        elif kind == "less data":
+            body = body[:-3]
+        n = len(sizes)
+        files = Files(sizes=sizes, modes=[0o644] * n, mtimes=[0] * n, hashes=hashes, stream=s)
+        return [files, (s, body), Done(path="tree", count=n, stream=s)]
+
+    return script
+
+
+def _hashed(data: bytes) -> object:
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher
+
+
+@pytest.mark.parametrize(("kind", "error", "stored"), [
+    ("flipped byte", IntegrityError, ["f0", "f2"]),
+    ("too few files", RemoteProtocolError, []),
+    ("over the cap", RemoteProtocolError, []),
+    ("more data", SourceChanged, []),  # the frame is refused whole
+    ("less data", SourceChanged, ["f0", "f1"]),
+])
+async def test_a_lying_fetch_answer_never_stores_what_does_not_verify(
+        hostile: Starter, ids: Identities, work: Path, kind: str, error: type[Exception],
+        stored: list[str]) -> None:
+    server = await hostile(lying_fetch(kind))
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        with pytest.raises(error):
+            await conn.get("tree", work / "copy", recursive=True)
+    assert listing(work / "copy") == stored  # no partials, and only whole, verified files
+    for name in stored:
+        assert (work / "copy" / name).read_bytes() == GOOD[int(name[1])]
+
+
+async def test_a_fetch_cut_mid_batch_stores_only_whole_files(
+        hostile: Starter, ids: Identities, work: Path) -> None:
+    rows = [f(f"f{i}") for i in range(3)]
+
+    def script(req: Message) -> list[Message | tuple[int, bytes]]:
+        if isinstance(req, List):
+            return batched_listing_script(rows)(req)
+        n, s = 3, req.stream
+        return [Files(sizes=[len(d) for d in GOOD], modes=[0o644] * n, mtimes=[0] * n,
+                      hashes=[digest(_hashed(d)) for d in GOOD], stream=s),
+                (s, b"".join(GOOD)[:16])]  # f0 and part of f1, then the connection ends
+
+    server = await hostile(script)
+    server.close_after_script = True
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        with pytest.raises(TetherError):
+            await conn.get("tree", work / "copy", recursive=True)
+    assert listing(work / "copy") == ["f0"]
+    assert (work / "copy" / "f0").read_bytes() == GOOD[0]

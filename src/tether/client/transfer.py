@@ -431,7 +431,10 @@ def _check_listing(entries: list[Entry]) -> None:
     the tree, each path listed once, and each entry's parent a directory listed before it (so
     nothing is ever placed beneath a symlink or a file, even one that stays in the tree)."""
     kinds: dict[tuple[str, ...], str] = {(): "dir"}
-    for entry in entries:
+    for i, entry in enumerate(entries):
+        if not entry.parts and i:
+            raise UnsafePath("the server listed the tree's root again (an empty name); "
+                             "nothing written")
         if entry.parts:
             path = tuple(_check_parts(entry.parts))
             shown = "/".join(path)
