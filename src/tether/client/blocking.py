@@ -38,34 +38,59 @@ if TYPE_CHECKING:
 
     from tether.home import Confirm
 
-READ_SIZE = 256 * 1024
+RECV_SIZE = 256 * 1024  # bytes taken from the socket per call (all of it that has arrived)
+READ_BUDGET = 1024 * 1024  # bytes read per turn of the caller's loop, at most
 SNI: Any = b"tether"  # the name the async client sends too; as bytes, no idna codec is loaded
 FINISH_TIMEOUT = 2.0  # seconds the last frames may take to leave
 
 
 class BlockingConnection:
-    """An authenticated connection; :attr:`welcome` is the server's answer to our hello."""
+    """An authenticated connection; :attr:`welcome` is the server's answer to our hello.
 
-    def __init__(self, sock: socket.socket) -> None:
+    TLS runs over memory BIOs (as asyncio's does), not as an ``ssl.SSLSocket``: that one reads
+    each 16 KiB record with two system calls, which made bulk output CPU-bound in the kernel;
+    here one ``recv_into`` takes everything that has arrived and OpenSSL decrypts it in memory.
+    """
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject | None = None,
+                 incoming: ssl.MemoryBIO | None = None,
+                 outgoing: ssl.MemoryBIO | None = None) -> None:
         self.sock = sock
+        self.tls = tls
+        self._incoming = incoming
+        self._outgoing = outgoing
         self.proto = Connection(Role.CLIENT)
         self.welcome: Welcome | None = None
         self.closed = False  # the peer closed the connection
-        self._out = bytearray()
+        self._out = bytearray()  # bytes for the socket (ciphertext with TLS)
         self._eof = False
+        self._buffer = memoryview(bytearray(RECV_SIZE))
 
     # --- sending: queued, written by flush ---------------------------------------------------
 
+    def _queue(self, data: bytes) -> None:
+        if self.tls is None:
+            self._out += data
+            return
+        assert self._outgoing is not None
+        try:
+            self.tls.write(data)
+        except ssl.SSLError as exc:
+            raise translate(exc) from exc
+        self._out += self._outgoing.read()
+
     def send(self, msg: Message) -> None:
-        self._out += self.proto.send(msg)
+        self._queue(self.proto.send(msg))
 
     def send_data(self, stream: int, data: bytes) -> None:
         """Queue DATA on channel 0; the caller keeps within ``proto.send_window(stream)``."""
-        self._out += self.proto.send_data(stream, 0, data)
+        self._queue(self.proto.send_data(stream, 0, data))
 
     def consumed(self, stream: int, size: int) -> None:
         """The application used ``size`` bytes of the stream's output: grant credit if due."""
-        self._out += self.proto.consumed(stream, size)
+        credit = self.proto.consumed(stream, size)
+        if credit:
+            self._queue(credit)
 
     @property
     def wants_write(self) -> int:
@@ -77,8 +102,8 @@ class BlockingConnection:
         while self._out:
             try:
                 sent = self.sock.send(self._out)
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                return  # TLS retries the same bytes, so they stay queued as they are
+            except BlockingIOError:
+                return
             except OSError as exc:
                 raise translate(exc) from exc
             del self._out[:sent]
@@ -113,22 +138,51 @@ class BlockingConnection:
         return events
 
     def _read(self) -> None:
-        try:
-            data = self.sock.recv(READ_SIZE)
-            pending = getattr(self.sock, "pending", None)
-            while data and pending is not None and pending():
-                data += self.sock.recv(pending())  # TLS: decrypted bytes select cannot see
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        """Feed the protocol what has arrived: once while the socket blocks (the handshake),
+        then until the socket has nothing more or READ_BUDGET bytes were read."""
+        total = 0
+        while total < READ_BUDGET and not self._eof:
+            try:
+                size = self.sock.recv_into(self._buffer)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                raise translate(exc) from exc
+            self._received(self._buffer[:size])
+            if self.sock.gettimeout() != 0.0:
+                return  # blocking: another read would wait for bytes that may never come
+            total += size
+
+    def _received(self, data: memoryview) -> None:
+        """Bytes from the socket (empty at its end): decrypted, then fed to the protocol."""
+        if self.tls is None:
+            self._eof = not data
+            self.proto.receive_data(bytes(data))
             return
-        except OSError as exc:
-            raise translate(exc) from exc
-        self._eof = not data
-        self.proto.receive_data(data)
+        assert self._incoming is not None and self._outgoing is not None
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        while True:
+            try:
+                plain = self.tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                plain = b""  # close_notify, or an end without one (like suppress_ragged_eofs)
+            except ssl.SSLError as exc:
+                raise translate(exc) from exc
+            self._eof = not plain
+            self.proto.receive_data(plain)
+            if self._eof:
+                break
+        self._out += self._outgoing.read()  # TLS may answer (a key update)
 
     def _tell_peer(self, exc: RemoteProtocolError) -> None:
         """Send a stream-0 error saying why we give up (best effort: the peer misbehaved)."""
         with contextlib.suppress(Exception):
-            self._out += self.proto.send(Error(code=exc.code, message=str(exc)))
+            self._queue(self.proto.send(Error(code=exc.code, message=str(exc))))
             self.flush()
 
     def next_events(self) -> list[Message | Data]:
@@ -151,10 +205,31 @@ class BlockingConnection:
     def close(self) -> None:
         """Close without waiting: leaving is how a client abandons its streams."""
         with contextlib.suppress(OSError, ValueError):
-            if isinstance(self.sock, ssl.SSLSocket):
+            if self.tls is not None and self._outgoing is not None:
+                with contextlib.suppress(ssl.SSLError):
+                    self.tls.unwrap()  # close_notify, as asyncio sends; the peer's: not awaited
                 self.sock.setblocking(False)
-                self.sock.unwrap()  # close_notify, as asyncio sends; the peer's is not awaited
+                self.sock.send(self._outgoing.read())
         self.sock.close()
+
+
+def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingConnection:
+    """The TLS handshake over ``sock`` (blocking, within its timeout), through memory BIOs."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=SNI)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            data = sock.recv(RECV_SIZE)
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+    sock.sendall(outgoing.read())
+    return BlockingConnection(sock, tls, incoming, outgoing)
 
 
 def _tcp(host: str, port: int, timeout: float) -> socket.socket:
@@ -193,15 +268,17 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
     """
     try:
         sock = _tcp(host, port, timeout)
-        if context is not None:
-            sock.settimeout(timeout)
-            sock = context.wrap_socket(sock, server_hostname=SNI)
     except OSError as exc:
         raise translate(exc) from exc
-    conn = BlockingConnection(sock)
     try:
-        if isinstance(sock, ssl.SSLSocket):
-            server_fp = fingerprint(sock.getpeercert(binary_form=True) or b"")
+        sock.settimeout(timeout)
+        conn = BlockingConnection(sock) if context is None else _tls(sock, context)
+    except OSError as exc:  # ssl.SSLError included
+        sock.close()
+        raise translate(exc) from exc
+    try:
+        if conn.tls is not None:
+            server_fp = fingerprint(conn.tls.getpeercert(binary_form=True) or b"")
             check_host(home, host, port, server_fp, accept_new, confirm)
         try:
             conn.send(handshake.hello())
