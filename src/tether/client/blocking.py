@@ -34,6 +34,7 @@ from tether.protocol.messages import Credit, Data, Error, Message, Role, Welcome
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
+    from collections.abc import Callable
     from typing import Any
 
     from tether.home import Confirm
@@ -100,13 +101,19 @@ class BlockingConnection:
     def flush(self) -> None:
         """Write what the socket takes now (all of it while the socket is still blocking)."""
         while self._out:
-            try:
-                sent = self.sock.send(self._out)
-            except BlockingIOError:
+            sent = self._io(self.sock.send, self._out)
+            if sent is None:
                 return
-            except OSError as exc:
-                raise translate(exc) from exc
             del self._out[:sent]
+
+    def _io(self, call: Callable[[Any], int], buffer: Any) -> int | None:
+        """``call(buffer)`` on the socket: None if it would block; OSError becomes ours."""
+        try:
+            return call(buffer)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise translate(exc) from exc
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -142,12 +149,9 @@ class BlockingConnection:
         then until the socket has nothing more or READ_BUDGET bytes were read."""
         total = 0
         while total < READ_BUDGET and not self._eof:
-            try:
-                size = self.sock.recv_into(self._buffer)
-            except BlockingIOError:
+            size = self._io(self.sock.recv_into, self._buffer)
+            if size is None:
                 return
-            except OSError as exc:
-                raise translate(exc) from exc
             self._received(self._buffer[:size])
             if self.sock.gettimeout() != 0.0:
                 return  # blocking: another read would wait for bytes that may never come
