@@ -64,54 +64,51 @@ class FullPath(Exception):
 
 def parse(args: list[str]) -> RunOptions | None:
     """``run``'s arguments (after ``run``) as options, or None for anything but the plain form."""
-    given: dict[str, object] = {"env": []}
+    flags: set[str] = set()
+    values: dict[str, str] = {}
+    env: list[str] = []
     i = 0
-    while i < len(args):
+    while i < len(args) and args[i].startswith("-") and args[i] != "-":
         arg = args[i]
+        i += 1
         if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
             break
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg[:2], "", arg[2:])
-        if eq and not value:
-            return None  # an empty value: let click decide what it means
         if name in _FLAGS and not eq and not value:
-            given[_FLAGS[name]] = True
-        elif name in _VALUES and (eq or value or i + 1 < len(args)):
-            if not eq and not value:
-                i += 1
-                value = args[i]
-            if name == "--env":
-                given["env"].append(value)  # type: ignore[attr-defined]
-            else:
-                given[_VALUES[name]] = value
+            flags.add(_FLAGS[name])
+            continue
+        if name not in _VALUES or (eq and not value):
+            return None  # an unknown option, or an empty value: click words or decides it
+        if not eq and not value:
+            if i >= len(args):
+                return None
+            value = args[i]
+            i += 1
+        if name == "--env":
+            env.append(value)
         else:
-            return None
-        i += 1
+            values[_VALUES[name]] = value
     if i >= len(args):
         return None  # no HOST: a usage error, the click CLI words it
-    host, command = args[i], args[i + 1:]
-    if command[:1] == ["--"]:
-        command = command[1:]
-    return _options(given, host, command)
+    command = args[i + 1:]
+    return _options(flags, values, env, args[i], command[1:] if command[:1] == ["--"] else command)
 
 
-def _options(given: dict[str, object], host: str, command: list[str]) -> RunOptions | None:
-    env = parse_env(given["env"])  # type: ignore[arg-type]
+def _options(flags: set[str], values: dict[str, str], env: list[str], host: str,
+             command: list[str]) -> RunOptions | None:
+    variables = parse_env(env)
     try:
-        port = int(given.get("port", DEFAULT_PORT))  # type: ignore[call-overload]
-        timeout = float(given["timeout"]) if "timeout" in given else None  # type: ignore[arg-type]
+        port = int(values.get("port", DEFAULT_PORT))
+        timeout = float(values["timeout"]) if "timeout" in values else None
     except ValueError:
         return None
-    if env is None:
+    if variables is None:
         return None
-    home = given.get("home") or os.environ.get("TETHER_HOME") or None
     return RunOptions(
-        home=home, host=host, port=port, command=command,  # type: ignore[arg-type]
-        accept_new=bool(given.get("accept_new")), plaintext=bool(given.get("plaintext")),
-        cwd=given.get("cwd"), env=env, timeout=timeout,  # type: ignore[arg-type]
-        encoding=given.get("encoding"), stdin=not given.get("no_stdin"),  # type: ignore[arg-type]
+        home=values.get("home") or os.environ.get("TETHER_HOME") or None, host=host, port=port,
+        command=command, accept_new="accept_new" in flags, plaintext="plaintext" in flags,
+        cwd=values.get("cwd"), env=variables, timeout=timeout, encoding=values.get("encoding"),
+        stdin="no_stdin" not in flags,
     )
 
 
