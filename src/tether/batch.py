@@ -139,7 +139,7 @@ class BatchReceiver:
     def complete(self) -> bool:
         return self._index >= len(self.targets)
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take the next bytes of the batch; more than the sizes announced is refused."""
         if self.received + len(data) > self.expected:
             raise self.too_much(f"more data than the {self.expected} bytes this batch announced")

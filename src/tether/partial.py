@@ -147,7 +147,7 @@ class PartialFile:
         self.hasher = new_hasher()
         self.offset = self.written = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         try:
             view = memoryview(data)
             while view:

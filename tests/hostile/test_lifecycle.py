@@ -394,7 +394,7 @@ async def test_keepalive_is_on_for_every_connection(setup: Setup) -> None:
                               accept_new=True) as conn:
         await conn.run(["true"])
         (session,) = setup.server.sessions
-        sock = session.conn.writer.get_extra_info("socket")
+        sock = session.conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10

@@ -84,7 +84,7 @@ class OutputSink:
         self.local = text.encoding or "utf-8"
         self.decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.decoder is not None:
             data = self.decoder.decode(data).encode(self.local, "replace")
         self.binary.write(data)

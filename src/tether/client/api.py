@@ -36,7 +36,7 @@ from tether.errors import (
 )
 from tether.home import check_host as _check_host
 from tether.identity import DEFAULT_PORT, fingerprint, home_dir, load_identity
-from tether.net.framed import FramedConnection
+from tether.net.framed import FramedConnection, FramedProtocol
 from tether.net.translate import translated
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ class Process(StreamHandle):
                 self._error = exc
                 return
             if isinstance(event, Data):
-                yield event.channel, event.data
+                yield event.channel, bytes(event.data)
             elif isinstance(event, Started):
                 self.pid = event.pid
             elif isinstance(event, Exit):
@@ -284,8 +284,8 @@ class LineShell:
 
     async def _next_status(self) -> tuple[int, bytes, bytes]:
         """Events up to the next status (or the exit): it and the output that came before."""
-        out: list[bytes] = []
-        err: list[bytes] = []
+        out: list[bytes | bytearray] = []
+        err: list[bytes | bytearray] = []
         while True:
             event = await self._handle.next()
             if isinstance(event, Data):
@@ -553,15 +553,16 @@ async def _open(
 
     identity = None if plaintext else load_identity(home)
     ctx = None if identity is None else client_context(identity)
+    loop = asyncio.get_running_loop()
     with translated():
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host, port, ssl=ctx, server_hostname="tether" if ctx else None,
-                limit=1024 * 1024,
+        _, link = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: FramedProtocol(Role.CLIENT), host, port, ssl=ctx,
+                server_hostname="tether" if ctx else None,
             ),
             timeout,
         )
-    framed = FramedConnection(reader, writer, Role.CLIENT)
+    framed = FramedConnection(link)
     try:
         if identity is not None:
             server_fp = fingerprint(framed.peer_cert or b"")

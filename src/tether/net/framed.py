@@ -1,8 +1,11 @@
-"""A framed tether connection over an asyncio (reader, writer) pair.
+"""A framed tether connection over an asyncio transport.
 
-It drives :class:`tether.protocol.Connection`: reads bytes into it, hands events to one reader,
-writes the bytes it produces, and makes DATA senders wait for flow-control credit. Credit frames
-are consumed here and never reach the application. OSError and ssl errors become tether errors at
+:class:`FramedProtocol` receives bytes straight into :class:`tether.protocol.Connection`'s
+buffers (asyncio's ``BufferedProtocol``: ``recv_into`` for TCP, ``SSLObject.read`` into our
+buffer for TLS), so a large DATA body is written once, by the kernel or by decryption, and handed
+to the application as it is. :class:`FramedConnection` hands events to one reader, writes the
+bytes the core produces, and makes DATA senders wait for flow-control credit. Credit frames are
+consumed here and never reach the application. OSError and ssl errors become tether errors at
 this boundary (:func:`tether.net.translate.translate`).
 """
 
@@ -19,7 +22,7 @@ from tether.errors import (
     TetherError,
     from_wire,
 )
-from tether.net.translate import translated
+from tether.net.translate import translate, translated
 from tether.protocol import (
     CLOSED,
     MAX_BODY,
@@ -32,34 +35,146 @@ from tether.protocol import (
     Role,
 )
 
-READ_SIZE = 256 * 1024
+HIGH_WATER = 2 * 1024 * 1024  # complete frames waiting for the reader: stop receiving above
+LOW_WATER = HIGH_WATER // 4  # ...and receive again below this
+
+
+class FramedProtocol(asyncio.BufferedProtocol):
+    """The asyncio end of one connection: bytes are received straight into the protocol
+    core's buffers (``get_buffer``), and reading pauses while complete frames pile up unread,
+    so memory stays bounded however far the application lags."""
+
+    def __init__(self, role: Role) -> None:
+        self.proto = Connection(role)
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None  # set when the transport is gone
+        self.eof = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._write_paused = False
+        self._drainers: list[asyncio.Future[None]] = []
+        self._gone = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.proto.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        started = self.proto.buffered == 0  # a frame began: the reader's deadline changes
+        self.proto.buffer_updated(nbytes)
+        queued = self.proto.queued
+        if queued >= HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        if queued or started:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.proto.receive_data(b"")
+        self._wake()
+        # over TLS the transport must close; over TCP keep our sending side open (half-close)
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionResetError("Connection lost")
+        if not self._gone.done():
+            self._gone.set_result(None)
+        if not self.eof and exc is None:
+            self.eof = True
+            self.proto.receive_data(b"")
+        self._wake()
+        for fut in self._drainers:
+            if not fut.done():
+                fut.set_result(None)
+        self._drainers.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for fut in self._drainers:
+            if not fut.done():
+                fut.set_result(None)
+        self._drainers.clear()
+
+    # --- for FramedConnection ------------------------------------------------------------------
+
+    def taken(self) -> None:
+        """The reader took an event: receive again if enough of the backlog is gone."""
+        if self._paused and self.proto.queued < LOW_WATER and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def wait_bytes(self, timeout: float | None) -> bool:
+        """Wait until something arrives or the connection ends; False if ``timeout`` passed."""
+        if self.eof or self.lost is not None:
+            return True
+        self.taken()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            self._wake()
+
+        timer = None if timeout is None else loop.call_later(timeout, expire)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return not expired
+
+    async def drain(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+        if self._write_paused:
+            fut = asyncio.get_running_loop().create_future()
+            self._drainers.append(fut)
+            await fut
+            if self.lost is not None:
+                raise self.lost
+
+    async def closed(self) -> None:
+        """Wait until the transport is gone."""
+        await asyncio.shield(self._gone)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class FramedConnection:
     """One peer connection: ``next_event`` for the single reader, ``send*`` for anyone."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: Role
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.proto = Connection(role)
+    def __init__(self, link: FramedProtocol) -> None:
+        assert link.transport is not None, "the protocol must be connected"
+        self.link = link
+        self.transport: asyncio.Transport = link.transport
+        self.proto = link.proto
         self._credit: dict[int, asyncio.Event] = {}
         self._closed = False
         self._error: TetherError | None = None
         self.frame_timeout: float | None = None  # a started frame must complete in this time
         self.idle_timeout: float | None = None  # with no stream open, close after this long
         self._partial_since: float | None = None
-        self._eof = False
 
     @property
     def peer_cert(self) -> bytes | None:
-        sslobj = self.writer.get_extra_info("ssl_object")
+        sslobj = self.transport.get_extra_info("ssl_object")
         return sslobj.getpeercert(binary_form=True) if sslobj is not None else None
 
     @property
     def peer_address(self) -> str:
-        peer = self.writer.get_extra_info("peername")
+        peer = self.transport.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if peer else "?"
 
     # --- receiving -----------------------------------------------------------------------------
@@ -72,7 +187,7 @@ class FramedConnection:
         try:
             return await self._next_event()
         except ProtocolError as exc:
-            if not self._eof:
+            if not self.link.eof:
                 self._fail(exc)
                 raise
             # the peer or the network cut a frame short: a broken connection, not a violation
@@ -87,13 +202,12 @@ class FramedConnection:
         while True:
             event = self.proto.next_event()
             if event is NEED_DATA:
-                data = await self._read()
-                self._eof = not data
-                self.proto.receive_data(data)
+                await self._wait_bytes()
                 continue
             if event is CLOSED:
                 raise ConnectionBroken("connection closed by peer")
             assert not isinstance(event, type(NEED_DATA))
+            self.link.taken()
             self._partial_since = None  # a frame completed: the frame deadline starts anew
             if isinstance(event, Credit):
                 self._wake(event.stream)
@@ -105,8 +219,11 @@ class FramedConnection:
                 self._wake(event.stream)
             return event
 
-    async def _read(self) -> bytes:
-        """The next bytes, within the deadline that applies now (slowloris, idle peers)."""
+    async def _wait_bytes(self) -> None:
+        """Wait for more bytes, within the deadline that applies now (slowloris, idle peers)."""
+        link = self.link
+        if link.lost is not None and not link.eof:
+            raise translate(link.lost)
         loop = asyncio.get_running_loop()
         if self.proto.buffered and self.frame_timeout is not None:
             if self._partial_since is None:
@@ -117,32 +234,28 @@ class FramedConnection:
             deadline, why = self.idle_timeout, "idle for too long"
         else:
             deadline, why = None, ""
-        with translated():
-            try:
-                return await asyncio.wait_for(self.reader.read(READ_SIZE),
-                                              None if deadline is None else max(deadline, 0))
-            except TimeoutError:
-                raise ConnectionFailed(why) from None
+        if not await link.wait_bytes(None if deadline is None else max(deadline, 0)):
+            raise ConnectionFailed(why)
 
     def consumed(self, stream: int, size: int) -> None:
         """The application has used ``size`` bytes of the stream's data: grant credit if due."""
         frame = self.proto.consumed(stream, size)
         if frame and not self._closed:
-            self.writer.write(frame)
+            self.transport.write(frame)
 
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, msg: Message, body: bytes = b"") -> None:
         """Queue a message for sending (call :meth:`drain` to apply back-pressure)."""
         self._check_usable()
-        self.writer.write(self.proto.send(msg, body))
+        self.transport.write(self.proto.send(msg, body))
         if msg.FINAL:
             self._wake(msg.stream)
 
     async def drain(self) -> None:
         self._check_usable()
         with translated():
-            await self.writer.drain()
+            await self.link.drain()
 
     async def send_data(self, stream: int, channel: int, data: bytes | memoryview) -> None:
         """Send ``data`` as DATA frames, waiting for credit; raises if the stream ends first."""
@@ -157,8 +270,8 @@ class FramedConnection:
                 continue
             size = min(window, MAX_BODY, len(view))
             self._check_usable()
-            self.writer.write(self.proto.data_prefix(stream, channel, size))
-            self.writer.write(view[:size])
+            self.transport.write(self.proto.data_prefix(stream, channel, size))
+            self.transport.write(view[:size])
             view = view[size:]
             await self.drain()
 
@@ -192,7 +305,7 @@ class FramedConnection:
         """Tell the peer why (a stream-0 error frame, where still possible) and close."""
         if not self._closed and not isinstance(self._error, ConnectionFailed):
             with contextlib.suppress(Exception):  # the transport may already be gone
-                self.writer.write(self.proto.send(Error(code=error.code, message=str(error))))
+                self.transport.write(self.proto.send(Error(code=error.code, message=str(error))))
         self._fail(error)
         await self.close()
 
@@ -202,5 +315,5 @@ class FramedConnection:
         self._closed = True
         self._fail(self._error or ConnectionClosed("connection is closed"))
         with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+            self.transport.close()
+            await asyncio.wait_for(self.link.closed(), 2)

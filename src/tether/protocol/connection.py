@@ -113,9 +113,18 @@ class Connection:
 
     # --- receiving -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes read from the peer; ``b""`` when the peer closed its side."""
         self._decoder.feed(data)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Space to receive the next bytes into without a copy (``recv_into``, asyncio's
+        ``BufferedProtocol``); report what was written with :meth:`buffer_updated`."""
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the space :meth:`get_buffer` gave."""
+        self._decoder.buffer_updated(nbytes)
 
     def next_event(self) -> Event:
         """The next event, NEED_DATA, or CLOSED; raises RemoteProtocolError on a violation."""
@@ -349,6 +358,11 @@ class Connection:
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
         return self._decoder.buffered
+
+    @property
+    def queued(self) -> int:
+        """Bytes of complete frames received but not yet returned by :meth:`next_event`."""
+        return self._decoder.queued
 
     @property
     def open_streams(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections import deque
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.records import Value, init
@@ -34,6 +35,9 @@ MAX_STREAM_ID = 2**32 - 1  # the prefix's stream field is an unsigned 32-bit int
 KIND_MSG = 1
 KIND_DATA = 2
 CHANNELS = (0, 1, 2)  # 0 data/stdin, 1 stdout, 2 stderr
+RING_SIZE = 64 * 1024  # the decoder's shared buffer for prefixes, headers and small bodies
+DIRECT_MIN = 128 * 1024  # DATA bodies above this are received into a buffer of their own...
+DIRECT_AFTER = 32 * 1024  # ...once this much of them has arrived
 
 
 class Frame(Value):
@@ -44,10 +48,10 @@ class Frame(Value):
     stream: int
     channel: int
     header: dict[str, Any] | None
-    body: bytes
+    body: bytes | bytearray
 
     def __init__(self, kind: int, stream: int, channel: int, header: dict[str, Any] | None,
-                 body: bytes) -> None:
+                 body: bytes | bytearray) -> None:
         init(self, "kind", kind)
         init(self, "stream", stream)
         init(self, "channel", channel)
@@ -142,11 +146,29 @@ def parse_header(raw: bytes) -> dict[str, Any]:
 
 
 class FrameDecoder:
-    """Accumulates bytes and yields whole frames, however the stream was split or merged."""
+    """Accumulates bytes and yields whole frames, however the stream was split or merged.
+
+    Bytes come in by :meth:`feed` (a copy) or, without a copy, by writing into the space
+    :meth:`get_buffer` hands out and reporting it with :meth:`buffer_updated` (what
+    ``asyncio.BufferedProtocol`` and ``socket.recv_into`` do). Complete frames are split off as
+    soon as they are in; a bad prefix is reported after the frames before it. Small frames share
+    one buffer; the body of a large DATA frame, once part of it has arrived, gets a buffer of its
+    own that the rest is received straight into and that becomes the frame's body (a
+    ``bytearray``, never copied again). Nothing is allocated for a frame before its prefix has
+    passed every cap, and a body buffer only after ``DIRECT_AFTER`` of its bytes arrived, so a
+    peer cannot make us hold more than 32 times what it sent, and at most one frame's worth.
+    """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf: bytearray | None = None  # unparsed bytes in [_start, _end); None when empty
+        self._start = 0
+        self._end = 0
+        self._body: bytearray | None = None  # a large DATA body being received into
+        self._body_fill = 0
+        self._body_frame: tuple[int, int, int] = (0, 0, 0)  # kind, stream, channel
+        self._ready: deque[tuple[int, int, int, bytes | None, bytes | bytearray]] = deque()
+        self._queued = 0  # bytes in _ready
+        self._error: RemoteProtocolError | None = None
         self._eof = False
 
     @property
@@ -155,40 +177,137 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        """Bytes received of the frame not yet complete (0 between frames)."""
+        return self._end - self._start + self._body_fill
 
-    def feed(self, data: bytes) -> None:
+    @property
+    def queued(self) -> int:
+        """Bytes of complete frames not yet taken by :meth:`next_frame`."""
+        return self._queued
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; ``b""`` means the peer closed its side."""
-        if not data:
+        view = memoryview(data)
+        if not view:
             self._eof = True
             return
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        while view:
+            space = self.get_buffer(len(view))
+            n = min(len(space), len(view))
+            space[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Writable space for the next received bytes (never empty); report them with
+        :meth:`buffer_updated` before asking again."""
+        if self._body is not None:
+            return memoryview(self._body)[self._body_fill :]
+        if self._error is not None:  # the stream is dead: whatever arrives is dropped
+            self._buf, self._start, self._end = bytearray(PREFIX_SIZE), 0, 0
+            return memoryview(self._buf)
+        need = self._front_need()
+        if need < 0:
+            return self._start_body()
+        buf, have = self._buf, self._end - self._start
+        if buf is None:
+            hint = min(sizehint, RING_SIZE) if sizehint > 0 else RING_SIZE
+            buf = self._buf = bytearray(max(need, hint))
+        elif len(buf) < need:
+            grown = bytearray(need)
+            grown[:have] = buf[self._start : self._end]
+            buf, self._buf, self._start, self._end = grown, grown, 0, have
+        elif len(buf) - self._start < need or (self._start and self._end == len(buf)):
+            buf[:have] = buf[self._start : self._end]  # move the partial frame to the front
+            self._start, self._end = 0, have
+        return memoryview(buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer` space."""
+        if self._error is not None:
+            return
+        if self._body is not None:
+            self._body_fill += nbytes
+            if self._body_fill == len(self._body):
+                kind, stream, channel = self._body_frame
+                self._ready.append((kind, stream, channel, None, self._body))
+                self._queued += len(self._body)
+                self._body, self._body_fill = None, 0
+            return
+        self._end += nbytes
+        self._split()
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes arrive."""
-        if self.buffered < PREFIX_SIZE:
-            self._check_eof()
-            return None
-        magic, kind, channel, stream, hlen, blen = PREFIX.unpack_from(self._buf, self._pos)
-        _check_prefix(magic, kind, channel, hlen, blen)
-        total = PREFIX_SIZE + hlen + blen
-        if self.buffered < total:
-            self._check_eof()
-            return None
-        start = self._pos + PREFIX_SIZE
-        header = parse_header(bytes(self._buf[start : start + hlen])) if hlen else None
-        body = bytes(self._buf[start + hlen : start + hlen + blen])
-        self._pos += total
-        return Frame(kind, stream, channel, header, body)
-
-    def _check_eof(self) -> None:
+        if self._ready:
+            kind, stream, channel, raw, body = self._ready.popleft()
+            self._queued -= len(body) + (len(raw) if raw else 0)
+            header = parse_header(raw) if raw is not None else None
+            return Frame(kind, stream, channel, header, body)
+        if self._error is not None:
+            raise self._error
         if self._eof and self.buffered:
             raise RemoteProtocolError(
                 f"connection closed in the middle of a frame ({self.buffered} bytes pending)"
             )
+        return None
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _front_need(self) -> int:
+        """Room the partial frame at the front needs in the shared buffer (growing at most to
+        twice what arrived); -1 if its body should get a buffer of its own now."""
+        have = self._end - self._start
+        if have < PREFIX_SIZE:
+            return PREFIX_SIZE
+        assert self._buf is not None  # the prefix passed its checks in _split
+        kind, hlen, blen = _kind_and_lengths(self._buf, self._start)
+        if kind == KIND_DATA and blen > DIRECT_MIN:
+            return -1 if have - PREFIX_SIZE >= DIRECT_AFTER else PREFIX_SIZE + DIRECT_AFTER
+        return min(PREFIX_SIZE + hlen + blen, max(RING_SIZE, 2 * have))
+
+    def _start_body(self) -> memoryview:
+        assert self._buf is not None
+        _, kind, channel, stream, _, blen = PREFIX.unpack_from(self._buf, self._start)
+        body = bytearray(blen)
+        got = self._end - self._start - PREFIX_SIZE
+        body[:got] = self._buf[self._start + PREFIX_SIZE : self._end]
+        self._body, self._body_fill, self._body_frame = body, got, (kind, stream, channel)
+        self._start = self._end = 0
+        self._buf = None  # between large bodies the shared buffer holds nothing: let it go
+        return memoryview(body)[got:]
+
+    def _split(self) -> None:
+        """Move every complete frame out of the shared buffer (checking each prefix once)."""
+        buf = self._buf
+        assert buf is not None
+        while self._end - self._start >= PREFIX_SIZE:
+            magic, kind, channel, stream, hlen, blen = PREFIX.unpack_from(buf, self._start)
+            try:
+                _check_prefix(magic, kind, channel, hlen, blen)
+            except RemoteProtocolError as exc:
+                self._error = exc
+                self._buf, self._start, self._end = None, 0, 0
+                return
+            total = PREFIX_SIZE + hlen + blen
+            if self._end - self._start < total:
+                break
+            at = self._start + PREFIX_SIZE
+            raw = bytes(buf[at : at + hlen]) if hlen else None
+            body = bytes(buf[at + hlen : at + hlen + blen])
+            self._ready.append((kind, stream, channel, raw, body))
+            self._queued += hlen + blen
+            self._start += total
+        if self._start == self._end:
+            self._start = self._end = 0
+            if len(buf) > RING_SIZE:
+                self._buf = None  # a large message grew it: back to the usual size
+
+
+def _kind_and_lengths(buf: bytearray, at: int) -> tuple[int, int, int]:
+    """(kind, header length, body length) of the (already checked) prefix at ``at``."""
+    _, kind, _, _, hlen, blen = PREFIX.unpack_from(buf, at)
+    return int(kind), int(hlen), int(blen)
 
 
 def _check_prefix(magic: bytes, kind: int, channel: int, hlen: int, blen: int) -> None:

@@ -402,9 +402,9 @@ class Data(Value):
     ORDER = __slots__ = ("stream", "channel", "data")
     stream: int
     channel: int
-    data: bytes
+    data: bytes | bytearray  # a large body is the buffer it was received into
 
-    def __init__(self, stream: int, channel: int, data: bytes) -> None:
+    def __init__(self, stream: int, channel: int, data: bytes | bytearray) -> None:
         init(self, "stream", stream)
         init(self, "channel", channel)
         init(self, "data", data)

@@ -75,7 +75,7 @@ class BatchPut:
         self.names.append(shown)
         self.on_file(shown, target.size, target.hash)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         try:
             if self.receiver is None or self.receiver.complete:
                 raise BadRequest("data after a batch was complete")

@@ -144,7 +144,8 @@ class CommandRun:
         self.timed_out = False
         self.outputs: list[tuple[asyncio.StreamReader, int]] = []
         self.stdin: asyncio.StreamWriter | None = None
-        self._stdin: deque[tuple[bytes, int]] = deque()  # (bytes to write, credit they free)
+        # (bytes to write, credit they free)
+        self._stdin: deque[tuple[bytes | bytearray, int]] = deque()
         self._stdin_ready = asyncio.Event()
         self._stdin_eof = False
         self._killing: asyncio.Task[None] | None = None
@@ -234,11 +235,11 @@ class CommandRun:
         else:
             raise BadRequest(f"unexpected {msg.TYPE!r} for a command")
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """stdin from the client; credit is granted as the command consumes it."""
         self.queue_stdin(data, len(data))
 
-    def queue_stdin(self, data: bytes, credit: int) -> None:
+    def queue_stdin(self, data: bytes | bytearray, credit: int) -> None:
         """Write ``data`` to the process, granting ``credit`` received bytes once written."""
         if self.stdin is None or self._stdin_eof:
             self.conn.consumed(self.stream, credit)

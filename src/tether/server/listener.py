@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
 from tether.identity import AuthorizedClient, Identity, authorized_path, load_authorized
+from tether.net.framed import FramedProtocol
+from tether.protocol import Role
 from tether.server.audit import AuditLog
 from tether.server.limits import Admission, Limits
 from tether.server.session import Session
@@ -57,9 +59,6 @@ class ServerConfig:
     audit: Path | None = None
     classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
     discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
-
-
-STREAM_LIMIT = 1024 * 1024
 
 
 def _handshake_failure(exc: BaseException) -> str:
@@ -206,10 +205,10 @@ class Server:
             transport.abort()
             return
         try:
-            streams = await self._secure(transport, address)
-            if streams is None:
+            link = await self._secure(transport, address)
+            if link is None:
                 return
-            session = Session(self, *streams)
+            session = Session(self, link)
             self.sessions.add(session)
             try:
                 await session.serve()
@@ -220,13 +219,10 @@ class Server:
         finally:
             self.admission.connection_closed()
 
-    async def _secure(
-        self, transport: asyncio.Transport, address: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _secure(self, transport: asyncio.Transport, address: str) -> FramedProtocol | None:
         """The TLS handshake (skipped with --plaintext), under its deadline, counted per address."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol = FramedProtocol(Role.SERVER)
         ok = False
         try:
             if self.config.plaintext:
@@ -250,7 +246,7 @@ class Server:
             return None
         finally:
             self.admission.handshake_ended(address, ok)
-        return reader, asyncio.StreamWriter(secured, protocol, reader, loop)  # type: ignore[arg-type]
+        return protocol
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()

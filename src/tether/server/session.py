@@ -30,7 +30,7 @@ from tether.errors import (
     VersionMismatch,
 )
 from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
-from tether.net.framed import FramedConnection
+from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
     Batch,
@@ -51,7 +51,6 @@ from tether.protocol import (
     Pong,
     Put,
     Resize,
-    Role,
     Shell,
     Signal,
     Welcome,
@@ -82,11 +81,9 @@ class Peer:
 
 
 class Session:
-    def __init__(
-        self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, server: Server, link: FramedProtocol) -> None:
         self.server = server
-        self.conn = FramedConnection(reader, writer, Role.SERVER)
+        self.conn = FramedConnection(link)
         self.peer: Peer | None = None
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -428,7 +425,7 @@ class Session:
 class StreamHandler(Protocol):
     """What the session needs of an open operation."""
 
-    def feed(self, data: bytes) -> None: ...
+    def feed(self, data: bytes | bytearray) -> None: ...
     def handle(self, msg: Message) -> None: ...
     def abandon(self) -> None: ...
 
@@ -438,7 +435,7 @@ class _TaskStream:
 
     task: asyncio.Task[None] | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         raise BadRequest("unexpected data on a download")
 
     def handle(self, msg: Message) -> None:

@@ -186,7 +186,7 @@ class LineRun(CommandRun):
         self.seen: dict[int, list[int]] = {1: [], 2: []}  # statuses (or 0) per channel
         self.reported = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self.pending += data
         if len(self.pending) > MAX_LINE and b"\n" not in self.pending:
             raise BadRequest(f"a line longer than {MAX_LINE} bytes")

@@ -125,7 +125,7 @@ class PutTransfer:
 
     # --- events from the client ----------------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         try:
             if self.state is not _PutState.DATA or self.partial is None:
                 raise BadRequest("file data before begin, or after commit")
