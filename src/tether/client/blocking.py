@@ -146,41 +146,52 @@ class BlockingConnection:
 
     def _read(self) -> None:
         """Feed the protocol what has arrived: once while the socket blocks (the handshake),
-        then until the socket has nothing more or READ_BUDGET bytes were read."""
+        then until the socket has nothing more or READ_BUDGET bytes were read. Bytes land in
+        the frame decoder's own buffer (plaintext: received there; TLS: decrypted there)."""
         total = 0
         while total < READ_BUDGET and not self._eof:
-            size = self._io(self.sock.recv_into, self._buffer)
-            if size is None:
-                return
-            self._received(self._buffer[:size])
+            if self.tls is None:
+                size = self._io(self.sock.recv_into, self.proto.get_buffer(RECV_SIZE))
+                if size is None:
+                    return
+                self._got(size)
+            else:
+                size = self._io(self.sock.recv_into, self._buffer)
+                if size is None:
+                    return
+                self._decrypt(self._buffer[:size])
             if self.sock.gettimeout() != 0.0:
                 return  # blocking: another read would wait for bytes that may never come
             total += size
 
-    def _received(self, data: memoryview) -> None:
-        """Bytes from the socket (empty at its end): decrypted, then fed to the protocol."""
-        if self.tls is None:
-            self._eof = not data
-            self.proto.receive_data(bytes(data))
-            return
-        assert self._incoming is not None and self._outgoing is not None
+    def _got(self, size: int) -> None:
+        """``size`` bytes were written into the protocol's buffer; none: the peer's end."""
+        self._eof = size == 0
+        if self._eof:
+            self.proto.receive_data(b"")
+        else:
+            self.proto.buffer_updated(size)
+
+    def _decrypt(self, data: memoryview) -> None:
+        """TLS bytes from the socket (empty at its end), decrypted into the protocol."""
+        assert self.tls is not None and self._incoming is not None
+        assert self._outgoing is not None
         if data:
             self._incoming.write(data)
         else:
             self._incoming.write_eof()
-        while True:
+        while not self._eof:
+            space = self.proto.get_buffer(RECV_SIZE)
             try:
-                plain = self.tls.read(RECV_SIZE)
+                # with a buffer, read() returns the count (typeshed says bytes)
+                size: int = self.tls.read(len(space), space)  # type: ignore[assignment]
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                plain = b""  # close_notify, or an end without one (like suppress_ragged_eofs)
+                size = 0  # close_notify, or an end without one (like suppress_ragged_eofs)
             except ssl.SSLError as exc:
                 raise translate(exc) from exc
-            self._eof = not plain
-            self.proto.receive_data(plain)
-            if self._eof:
-                break
+            self._got(size)
         self._out += self._outgoing.read()  # TLS may answer (a key update)
 
     def _tell_peer(self, exc: RemoteProtocolError) -> None:
