@@ -15,7 +15,7 @@ import os
 import posixpath
 import stat
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -145,10 +145,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     if len(sources) > 1 and not remote.endswith("/"):
         remote += "/"  # several sources: the destination must be a directory
     plans = [_plan_source(src, recursive) for src in sources]
-    opts.progress.total(sum(p[0] for p in plans), sum(p[1] for p in plans))
-    for src, (_files, _size, tree) in zip(sources, plans, strict=True):
-        if tree is not None:
-            await _put_tree(conn, src, tree, remote, opts, result)
+    totals = [sum(p[0] for p in plans), sum(p[1] for p in plans)]
+    opts.progress.total(*totals)  # files now; each tree's files once its walk has found them
+
+    def walked(files: int, size: int) -> None:
+        totals[0] += files
+        totals[1] += size
+        opts.progress.total(*totals)
+
+    for src, (_files, _size, is_tree) in zip(sources, plans, strict=True):
+        if is_tree:
+            await _put_tree(conn, src, remote, opts, result, walked)
         else:
             result.files.append(await _put_file(conn, _open_put(conn, src, remote, src.name,
                                                                 opts), src, opts))
@@ -156,9 +163,9 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     return result
 
 
-def _plan_source(src: Path, recursive: bool) -> tuple[int, int, list[_Local] | None]:
-    """(files, bytes, the tree's entries) a source will send (no entries for a file);
-    refuses a directory without -r."""
+def _plan_source(src: Path, recursive: bool) -> tuple[int, int, bool]:
+    """(files, bytes, whether it is a tree) a source will send; a tree is walked while it is
+    sent, so its files are counted then. Refuses a directory without -r."""
     try:
         st = src.stat()
     except OSError as exc:
@@ -166,12 +173,10 @@ def _plan_source(src: Path, recursive: bool) -> tuple[int, int, list[_Local] | N
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise BadRequest(f"{src} is a directory (use -r)")
-        tree = _walk_tree(src)
-        files = [e.st.st_size for e in tree if stat.S_ISREG(e.st.st_mode)]
-        return len(files), sum(files), tree
+        return 0, 0, True
     if not stat.S_ISREG(st.st_mode):
         raise BadRequest(f"{src} is not a regular file")
-    return 1, st.st_size, None
+    return 1, st.st_size, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +189,8 @@ class _Local:
     st: os.stat_result
 
 
-def _walk_tree(src: Path) -> list[_Local]:
+def _walk_tree(src: Path) -> Iterator[_Local]:
     """Every entry below ``src``, each directory before its contents, symlinks not followed."""
-    out: list[_Local] = []
     todo = [("", str(src))]
     while todo:
         prefix, path = todo.pop()
@@ -195,11 +199,10 @@ def _walk_tree(src: Path) -> list[_Local]:
         below = []
         for entry in entries:
             st = entry.stat(follow_symlinks=False)
-            out.append(_Local(prefix, entry.name, entry.path, st))
+            yield _Local(prefix, entry.name, entry.path, st)
             if stat.S_ISDIR(st.st_mode):
                 below.append((f"{prefix}{entry.name}/", entry.path))
         todo.extend(reversed(below))
-    return out
 
 
 def _open_put(conn: Connection, src: Path, path: str, name: str,
@@ -257,8 +260,8 @@ async def _put_entry(handle: StreamHandle, kind: str) -> FileResult:
     return FileResult(done.path, kind)
 
 
-async def _put_tree(conn: Connection, src: Path, tree: list[_Local], remote: str,
-                    opts: Options, result: TransferResult) -> None:
+async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
+                    result: TransferResult, walked: Callable[[int, int], None]) -> None:
     """The tree's root first (to learn where it lands), then every entry pipelined in walk
     order: directories and symlinks one stream each, small files many to a batch, large files
     one stream each (resumable)."""
@@ -287,9 +290,12 @@ async def _put_tree(conn: Connection, src: Path, tree: list[_Local], remote: str
             await batches.acquire()
             spawn(send_batch(open_batch(conn, base, *batcher.take(), opts), opts), batches)
 
+    files = size = 0
     try:
-        for entry in tree:
+        for entry in _walk_tree(src):
             name, path, lst = entry.name, entry.path, entry.st
+            if stat.S_ISREG(lst.st_mode):
+                files, size = files + 1, size + lst.st_size
             where = base + "/" + entry.prefix
             if stat.S_ISREG(lst.st_mode) and lst.st_size <= SMALL_FILE:
                 if batcher.full_before(entry.prefix + name, lst.st_size):
@@ -312,8 +318,9 @@ async def _put_tree(conn: Connection, src: Path, tree: list[_Local], remote: str
             else:
                 limit.release()  # devices, FIFOs, sockets: not sent
         await flush()
-        for files in await asyncio.gather(*tasks):
-            result.files.extend(files)
+        walked(files, size)
+        for done in await asyncio.gather(*tasks):
+            result.files.extend(done)
     finally:
         for task in tasks:
             task.cancel()

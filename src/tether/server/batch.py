@@ -71,7 +71,8 @@ class BatchPut:
             self._finish()
 
     def _stored(self, target: Target, final: str) -> None:
-        shown = posixpath.join(posixpath.dirname(target.shown), final)
+        shown = target.shown if final == target.name else posixpath.join(
+            posixpath.dirname(target.shown), final)
         self.names.append(shown)
         self.on_file(shown, target.size, target.hash)
 
