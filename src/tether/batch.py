@@ -34,9 +34,11 @@ def file_hash(data: bytes | bytearray | memoryview) -> str:
 
 
 def header_cost(name: str) -> int:
-    """An upper bound of what one file adds to a batch's JSON header (every byte of its name
-    escaped as ``\\u00XX``, plus its size, mode, mtime and hash)."""
-    return 6 * len(name.encode("utf-8", "surrogateescape")) + 120
+    """An upper bound of what one file adds to a batch's JSON header: its name as JSON (a
+    printable character is escaped to at most two bytes per byte, anything else to ``\\uXXXX``),
+    plus its size, mode, mtime and hash."""
+    per_byte = 2 if name.isprintable() else 6
+    return per_byte * len(name.encode("utf-8", "surrogateescape")) + 120
 
 
 def name_parts(name: str) -> list[str]:

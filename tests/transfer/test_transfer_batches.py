@@ -275,3 +275,17 @@ async def test_json_summary_and_audit_of_a_batched_tree(make_rig: RigFactory, id
         one = next(e for e in records if e["path"].endswith("a/b b/plain0.txt"))
         assert one["hash"] == file_hash((src / "a" / "b b" / "plain0.txt").read_bytes())
         assert one["outcome"] == "ok"
+
+
+async def test_long_names_that_json_escapes_still_fit_a_batch_header(
+        api: tether.Connection, rig: Rig, work: Path) -> None:
+    """Names of 240 bytes (what a partial's name leaves of 255) that JSON writes six times as
+    long (control characters), or twice (quotes): every batch header stays within its cap."""
+    src = work / "odd"
+    for i in range(120):
+        make_file(src / (chr(1 + i % 30) * 239 + chr(65 + i % 26)) if i % 2 else
+                  src / (f"{i:03}" + '"' * 237), 10 + i, seed=i)
+    await api.put(src, "odd", recursive=True)
+    assert snapshot(rig.root / "odd") == snapshot(src)
+    await api.get("odd", work / "back", recursive=True)
+    assert snapshot(work / "back") == snapshot(src)
