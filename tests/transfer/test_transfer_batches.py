@@ -25,8 +25,21 @@ from tether.errors import AlreadyExists, BadRequest, IntegrityError, UnsafePath
 from tether.protocol import Batch, Done, Fetch
 from tether.server.listener import Server, ServerConfig
 
-from .conftest import RigFactory
-from .helpers import ClientSpec, Identities, Rig, arun_cli, listing, make_file, snapshot
+from .conftest import RigFactory, ServeFactory
+from .helpers import (
+    HOST,
+    ClientSpec,
+    Identities,
+    Rig,
+    arun_cli,
+    kill9,
+    listing,
+    make_file,
+    popen_cli,
+    run_cli,
+    snapshot,
+    wait_until,
+)
 
 T0 = 1_650_000_000_123_456_789
 NAMES = ["plain.txt", "with space.bin", "ünïcødé ✓.txt", "'quoted' \"name\"", ".hidden",
@@ -289,3 +302,35 @@ async def test_long_names_that_json_escapes_still_fit_a_batch_header(
     assert snapshot(rig.root / "odd") == snapshot(src)
     await api.get("odd", work / "back", recursive=True)
     assert snapshot(work / "back") == snapshot(src)
+
+
+def test_kill9_mid_put_r_then_rerun(serve: ServeFactory, ids: Identities, work: Path) -> None:
+    """``tether put -r`` killed with SIGKILL while batches are arriving: every file that
+    has a name at the destination is whole, there is no partial file, and the same command
+    with --force completes the tree."""
+    server = serve()
+    src = work / "big tree"
+    for i in range(6000):
+        make_file(src / f"{i // 500:02}" / f"file {i:05}.bin", 4096 + i % 7, seed=i)
+    args = ["put", "-r", "-p", str(server.port), "--accept-new", str(src), f"{HOST}:"]
+    proc = popen_cli(*args, home=ids.client_home, log=work / "put.log")
+    dest = server.root / "big tree"
+
+    def some_arrived() -> bool:
+        return proc.poll() is not None or len(listing(dest)) > 300
+
+    assert wait_until(some_arrived, timeout=60, interval=0.001)
+    assert proc.poll() is None, "the put ended before it could be killed"
+    kill9(proc)
+    arrived = [p for p in listing(dest) if p.endswith(".bin")]
+    assert 0 < len(arrived) < 6000
+    # once the server has seen the connection end, no batch is being stored any more
+    assert wait_until(lambda: "disconnected" in server.log_text(), timeout=30)
+    assert not [p for p in listing(dest) if "tether-part" in p]
+    for rel in listing(dest):
+        if rel.endswith(".bin"):
+            assert (dest / rel).read_bytes() == (src / rel).read_bytes(), rel
+    done = run_cli(*args[:1], "--force", *args[1:], home=ids.client_home)
+    assert done.returncode == 0, done.stderr
+    assert snapshot(dest) == snapshot(src)
+    assert server.alive()
