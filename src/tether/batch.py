@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import blake3
 
@@ -44,6 +44,12 @@ def header_cost(name: str) -> int:
 def name_parts(name: str) -> list[str]:
     """A batch name's components, each a plain name (no '', '.', '..', '\\\\' or NUL)."""
     return [check_name(part) for part in name.split("/")]
+
+
+def shown_below(base: str, name: str) -> str:
+    """The path of batch name ``name`` (checked components) below ``base``, normalized."""
+    base = posixpath.normpath(base)
+    return name if base == "." else f"{base}/{name}"
 
 
 def read_whole(fd: int, size: int, shown: str) -> bytes:
@@ -78,17 +84,21 @@ def check_sizes(sizes: list[int]) -> int:
     return total
 
 
-@dataclass(frozen=True, slots=True)
 class Target:
-    """Where one file of a batch goes: a directory fd (owned by the caller) and a name in it."""
+    """Where one file of a batch goes: a directory fd (owned by the caller) and a name in it,
+    with what the sender said of the file. (A plain class: thousands are made per tree.)"""
 
-    dir_fd: int
-    name: str
-    shown: str
-    size: int
-    mode: int
-    mtime_ns: int
-    hash: str
+    __slots__ = ("dir_fd", "hash", "mode", "mtime_ns", "name", "shown", "size")
+
+    def __init__(self, dir_fd: int, name: str, shown: str, size: int, mode: int,
+                 mtime_ns: int, hash_: str) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.shown = shown
+        self.size = size
+        self.mode = mode
+        self.mtime_ns = mtime_ns
+        self.hash = hash_
 
 
 Stored = Callable[[Target, str], None]
@@ -104,12 +114,21 @@ class DirCache:
         self.opener = opener
 
     def get(self, parts: list[str], shown: str) -> int:
+        """The fd of the directory ``parts`` (already checked names) below the base."""
         key = "/".join(parts)
         fd = self.fds.get(key)
         if fd is None:
             fd = self.opener(self.get(parts[:-1], shown), parts[-1], shown)
             self.fds[key] = fd
         return fd
+
+    def place(self, name: str) -> tuple[int, str]:
+        """(directory fd, last component) for a batch name whose components are checked."""
+        head, _, last = name.rpartition("/")
+        fd = self.fds.get(head)
+        if fd is None:
+            fd = self.get(head.split("/"), name)
+        return fd, last
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -153,8 +153,7 @@ async def fetch_batch(conn: Connection, remote: str, root_fd: int, top: Path,
     dirs = DirCache(os.dup(root_fd), _open_local_sub)
     try:
         names = ["/".join(e.parts) for e in entries]
-        places = [(dirs.get(e.parts[:-1], name), e.parts[-1], f"{top}/{name}")
-                  for e, name in zip(entries, names, strict=True)]
+        places = [(*dirs.place(name), f"{top}/{name}") for name in names]
         handle = conn.open_stream(Fetch, path=remote, names=names)
         try:
             return await _receive(handle, places, _label(names), opts)

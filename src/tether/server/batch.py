@@ -20,6 +20,7 @@ from tether.batch import (
     check_sizes,
     file_hash,
     name_parts,
+    shown_below,
 )
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -27,10 +28,6 @@ from tether.protocol import Batch, Done, Fetch, Files, Message
 from tether.server.files import FileArea
 
 FileDone = Callable[[str, int, str], None]  # (shown path, size, hash): for the audit log
-
-
-def _shown(base: str, name: str) -> str:
-    return posixpath.normpath(posixpath.join(base, name))
 
 
 class BatchPut:
@@ -57,14 +54,16 @@ class BatchPut:
         if self.max_upload and any(size > self.max_upload for size in req.sizes):
             raise BadRequest(f"a file of {max(req.sizes)} bytes exceeds this server's upload "
                              f"limit of {self.max_upload} bytes")
-        parts = [name_parts(name) for name in req.names]
+        for name in req.names:
+            name_parts(name)
         self.dirs = DirCache(self.area.open_tree(req.path), self.area.open_sub_dir)
+        base = posixpath.normpath(req.path)
         targets = []
-        for name, p, size, mode, mtime, hash_ in zip(req.names, parts, req.sizes, req.modes,
-                                                    req.mtimes, req.hashes, strict=True):
-            shown = _shown(req.path, name)
-            targets.append(Target(self.dirs.get(p[:-1], shown), p[-1], shown, size,
-                                  mode & 0o1777, mtime, hash_))
+        for name, size, mode, mtime, hash_ in zip(req.names, req.sizes, req.modes, req.mtimes,
+                                                 req.hashes, strict=True):
+            dir_fd, last = self.dirs.place(name)
+            targets.append(Target(dir_fd, last, name if base == "." else f"{base}/{name}",
+                                  size, mode & 0o1777, mtime, hash_))
         self.receiver = BatchReceiver(targets, force=req.force, rename=req.rename,
                                       on_stored=self._stored)
         if self.receiver.complete:
@@ -110,16 +109,18 @@ async def send_batch(conn: FramedConnection, stream: int, req: Fetch, area: File
                      on_file: FileDone) -> Done:
     """Read every named file whole, announce them in ``files``, then send their contents."""
     check_lists(len(req.names))
-    parts = [name_parts(name) for name in req.names]
-    shown = [_shown(req.path, name) for name in req.names]
+    for name in req.names:
+        name_parts(name)
+    shown = [shown_below(req.path, name) for name in req.names]
     contents: list[bytes] = []
     modes: list[int] = []
     mtimes: list[int] = []
     total = 0
     dirs = DirCache(area.open_tree(req.path), area.open_sub_dir)
     try:
-        for p, where in zip(parts, shown, strict=True):
-            data, st = area.read_small(dirs.get(p[:-1], where), p[-1], where, MAX_BYTES - total)
+        for name, where in zip(req.names, shown, strict=True):
+            dir_fd, last = dirs.place(name)
+            data, st = area.read_small(dir_fd, last, where, MAX_BYTES - total)
             total += len(data)
             contents.append(data)
             modes.append(st.st_mode & 0o7777)
