@@ -22,7 +22,7 @@ import pytest
 import tether
 from tether.batch import SMALL_FILE, file_hash
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, UnsafePath
-from tether.protocol import Batch, Done, Fetch
+from tether.protocol import Batch, Data, Done, Fetch
 from tether.server.listener import Server, ServerConfig
 
 from .conftest import RigFactory, ServeFactory
@@ -334,3 +334,24 @@ def test_kill9_mid_put_r_then_rerun(serve: ServeFactory, ids: Identities, work: 
     assert done.returncode == 0, done.stderr
     assert snapshot(dest) == snapshot(src)
     assert server.alive()
+
+
+async def test_many_fetches_at_once_all_complete(api: tether.Connection, rig: Rig) -> None:
+    """More fetches than the server reads at once (it holds four): the others wait their turn,
+    and every one gets its files."""
+    for i in range(20):
+        make_file(rig.root / "src" / f"d{i}" / "f", 1000 + i, seed=i)
+
+    async def fetch(i: int) -> bytes:
+        handle = api.open_stream(Fetch, path="src", names=[f"d{i}/f"])
+        got = b""
+        try:
+            while not isinstance(event := await handle.next(), Done):
+                if isinstance(event, Data):
+                    got += event.data
+        finally:
+            handle.abandon()
+        return got
+
+    results = await asyncio.gather(*(fetch(i) for i in range(20)))
+    assert results == [(rig.root / "src" / f"d{i}" / "f").read_bytes() for i in range(20)]

@@ -8,6 +8,7 @@ without following symlinks for a confined client.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 from collections.abc import Callable
 
@@ -105,12 +106,22 @@ class BatchPut:
             self.dirs = None
 
 
+FETCHES_AT_ONCE = 4  # per connection: a fetch holds up to MAX_BYTES while it is sent
+
+
 async def send_batch(conn: FramedConnection, stream: int, req: Fetch, area: FileArea,
-                     on_file: FileDone) -> Done:
-    """Read every named file whole, announce them in ``files``, then send their contents."""
+                     on_file: FileDone, slots: asyncio.Semaphore) -> Done:
+    """Read every named file whole, announce them in ``files``, then send their contents;
+    ``slots`` bounds how many fetches of one connection hold their files at once."""
     check_lists(len(req.names))
     for name in req.names:
         name_parts(name)
+    async with slots:
+        return await _send_batch(conn, stream, req, area, on_file)
+
+
+async def _send_batch(conn: FramedConnection, stream: int, req: Fetch, area: FileArea,
+                      on_file: FileDone) -> Done:
     shown = [shown_below(req.path, name) for name in req.names]
     contents: list[bytes] = []
     modes: list[int] = []

@@ -55,7 +55,7 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
-from tether.server.batch import BatchPut, send_batch
+from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.files import FileArea
 from tether.server.limits import Limits
@@ -87,6 +87,7 @@ class Session:
         self.peer: Peer | None = None
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
 
     async def serve(self) -> None:
         address = self.conn.peer_address
@@ -291,7 +292,8 @@ class Session:
             self._audit_file("get", path, size, hash_)
 
         self._start_task(msg.stream, "get", "fetch",
-                         lambda area: send_batch(self.conn, msg.stream, msg, area, on_file))
+                         lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
+                                                 self.fetch_slots))
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg.stream, "get", "get",
