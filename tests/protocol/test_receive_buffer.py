@@ -185,3 +185,22 @@ def test_connection_receives_through_the_buffer_api() -> None:
     event = conn.next_event()
     assert not isinstance(event, Data) and event is not NEED_DATA
     assert conn.queued == 0 and conn.next_event() is NEED_DATA
+
+
+def test_between_frames_a_decoder_holds_no_buffer() -> None:
+    """1,000 idle connections must cost little: a buffer lives only while a frame is partial."""
+    raw, _ = msg_frame(0, {"t": "ping"})
+    tracemalloc.start()
+    try:
+        decoders = [FrameDecoder() for _ in range(100)]
+        baseline, _ = tracemalloc.get_traced_memory()
+        for decoder in decoders:
+            space = decoder.get_buffer(-1)  # a full-size buffer while bytes come in...
+            space[: len(raw)] = raw
+            space.release()
+            decoder.buffer_updated(len(raw))
+            assert decoder.next_frame() is not None
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held - baseline < 100 * 1024  # ...and none kept afterwards (64 KiB each if it were)

@@ -298,10 +298,8 @@ class FrameDecoder:
             self._ready.append((kind, stream, channel, raw, body))
             self._queued += hlen + blen
             self._start += total
-        if self._start == self._end:
-            self._start = self._end = 0
-            if len(buf) > RING_SIZE:
-                self._buf = None  # a large message grew it: back to the usual size
+        if self._start == self._end:  # between frames nothing is held: an idle connection
+            self._buf, self._start, self._end = None, 0, 0  # costs no buffer at all
 
 
 def _kind_and_lengths(buf: bytearray, at: int) -> tuple[int, int, int]:
