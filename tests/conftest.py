@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -29,15 +28,13 @@ import psutil
 import pytest
 
 import tether
-from support import TETHER, stop_process, wait_until
+from support import TETHER, ServeProcess, start_serve, stop_process, wait_until
 from tether.client.api import Connection
 from tether.identity import Identity, host_key, known_hosts_path, load_identity
 
 HOST = "127.0.0.1"
 MARK_VAR = "TETHER_E2E_MARK"
 SESSION_TAG = f"tether-e2e-{uuid.uuid4().hex[:8]}"
-LISTENING = re.compile(r"listening on [\d.]+:(\d+), fingerprint (SHA256:\S+)")
-START_TIMEOUT = 30.0
 CLI_TIMEOUT = 60.0
 
 
@@ -165,58 +162,11 @@ class Marker:
 # --- servers and clients ------------------------------------------------------------------------
 
 
-@dataclass
-class ServerProcess:
-    """A running ``tether serve`` subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    home: Path
-    root: Path
-    log: Path
-    port: int
-    fingerprint: str
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
 def start_server(
     home: Path, root: Path, log: Path, *extra: str, port: int = 0
-) -> ServerProcess:
-    """Start ``tether serve`` and wait for its "listening on HOST:PORT, fingerprint FP" line."""
-    root.mkdir(parents=True, exist_ok=True)
-    offset = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as log_file:
-        proc = subprocess.Popen(
-            [*TETHER, "serve", "-p", str(port), "--root", str(root), *extra],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            env=cli_env(home), start_new_session=True,
-        )
-    match: re.Match[str] | None = None
-
-    def listening() -> bool:
-        nonlocal match
-        match = LISTENING.search(log.read_text(errors="replace")[offset:])
-        return match is not None or proc.poll() is not None
-
-    try:
-        wait_until(listening, START_TIMEOUT)
-        if match is None:
-            raise AssertionError(f"tether serve did not start:\n{log.read_text()}")
-    except BaseException:
-        stop_process(proc)
-        raise
-    return ServerProcess(proc, home, root, log, int(match.group(1)), match.group(2))
+) -> ServeProcess:
+    """Start ``tether serve`` as ``home`` in its own session and wait until it listens."""
+    return start_serve(home, root, log, *extra, env=cli_env(), port=port, new_session=True)
 
 
 @dataclass
@@ -224,7 +174,7 @@ class Client:
     """The tether CLI and API as one client identity sees one server. Background clients
     started with :meth:`popen` are stopped by PID when the test ends."""
 
-    server: ServerProcess
+    server: ServeProcess
     home: Path
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -264,7 +214,7 @@ class Client:
         """``tether.connect`` to this client's server (use with ``async with``)."""
         return tether.connect(HOST, self.port, home=self.home, **kwargs)
 
-    def other(self, *, server: ServerProcess | None = None, home: Path | None = None
+    def other(self, *, server: ServeProcess | None = None, home: Path | None = None
               ) -> Client:
         """The same kind of client for another server or with another identity."""
         return Client(server or self.server, home or self.home)
@@ -291,7 +241,7 @@ def client_home(e2e_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_server(e2e_dir: Path, client_home: Path) -> Iterator[ServerProcess]:
+def shared_server(e2e_dir: Path, client_home: Path) -> Iterator[ServeProcess]:
     """One ``tether serve`` for the session (it creates its identity on first start), with the
     client authorized through ``tether authorize`` and the server pinned in its known_hosts."""
     home = e2e_dir / "server"
@@ -305,14 +255,14 @@ def shared_server(e2e_dir: Path, client_home: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def server(shared_server: ServerProcess) -> ServerProcess:
+def server(shared_server: ServeProcess) -> ServeProcess:
     """The shared server, checked alive: a test that crashed it shows up as its own failure."""
     assert shared_server.alive(), shared_server.log_text()[-4000:]
     return shared_server
 
 
 @pytest.fixture
-def client(server: ServerProcess, client_home: Path) -> Iterator[Client]:
+def client(server: ServeProcess, client_home: Path) -> Iterator[Client]:
     """The authorized client of the shared server."""
     c = Client(server, client_home)
     yield c
@@ -344,7 +294,7 @@ ClientHomeFactory = Callable[..., Path]
 
 
 @pytest.fixture
-def make_client_home(tmp_path: Path, shared_server: ServerProcess) -> ClientHomeFactory:
+def make_client_home(tmp_path: Path, shared_server: ServeProcess) -> ClientHomeFactory:
     """``make_client_home(dirname, authorized=False, name=dirname)``: a fresh identity made with
     ``tether keygen``, authorized on the shared server only if asked; it has pinned no server."""
 
@@ -358,17 +308,17 @@ def make_client_home(tmp_path: Path, shared_server: ServerProcess) -> ClientHome
     return make
 
 
-ServerFactory = Callable[..., ServerProcess]
+ServerFactory = Callable[..., ServeProcess]
 
 
 @pytest.fixture
 def make_server(tmp_path: Path, client_home: Path) -> Iterator[ServerFactory]:
     """``make_server(*serve_args, home=None, port=0, pinned=True)``: extra servers, each with
     the shared client authorized (and pinned unless ``pinned=False``); stopped at teardown."""
-    started: list[ServerProcess] = []
+    started: list[ServeProcess] = []
 
     def make(*extra: str, home: Path | None = None, port: int = 0, pinned: bool = True
-             ) -> ServerProcess:
+             ) -> ServeProcess:
         home = home or tmp_path / f"server{len(started)}"
         if not (home / "authorized").exists():
             authorize(home, client_home)

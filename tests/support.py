@@ -1,16 +1,19 @@
 """Helpers every test suite shares: the tether command of this venv, stopping a process we
-started (by its PID), and polling for a condition. Suites import it as ``support`` (pytest puts
-``tests/`` on ``sys.path`` for the top-level conftest)."""
+started (by its PID), polling for a condition, and a ``tether serve`` subprocess read from its
+"listening on" line. Suites import it as ``support`` (pytest puts ``tests/`` on ``sys.path`` for
+the top-level conftest)."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +55,74 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0,
             return predicate()
         time.sleep(interval)
     return True
+
+
+# --- ``tether serve`` subprocesses --------------------------------------------------------------
+
+LISTENING = re.compile(r"listening on [\d.]+:(\d+)(?:, fingerprint (SHA256:\S+))?")
+START_TIMEOUT = 30.0
+
+
+def await_line(proc: subprocess.Popen[Any], log: Path, pattern: re.Pattern[str],
+               offset: int = 0, timeout: float = START_TIMEOUT) -> re.Match[str]:
+    """The first match of ``pattern`` in ``log`` past ``offset``, waited for while ``proc``
+    lives; if it never comes, ``proc`` is stopped and the test fails with the log."""
+    match: re.Match[str] | None = None
+
+    def seen() -> bool:
+        nonlocal match
+        match = pattern.search(log.read_text(errors="replace")[offset:])
+        return match is not None or proc.poll() is not None
+
+    try:
+        wait_until(seen, timeout, interval=0.02)
+        if match is None:
+            raise AssertionError(f"tether serve did not start:\n{log.read_text()}")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return match
+
+
+@dataclass
+class ServeProcess:
+    """A running ``tether serve`` subprocess, its files, and what its "listening on" line
+    said (port, and fingerprint unless it serves plaintext)."""
+
+    proc: subprocess.Popen[bytes]
+    home: Path
+    root: Path
+    log: Path
+    port: int
+    fingerprint: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str, str],
+                port: int = 0, new_session: bool = False) -> ServeProcess:
+    """Start ``tether serve -p PORT --root ROOT EXTRA`` as ``home`` (``env`` is the whole
+    environment; ``TETHER_HOME`` is set here) and wait for its "listening on" line. The log is
+    appended to (a restart keeps the earlier lines) and is a file, never a pipe that could fill
+    up and block the server."""
+    root.mkdir(parents=True, exist_ok=True)
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [*TETHER, "serve", "-p", str(port), "--root", str(root), *extra],
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+            env={**env, "TETHER_HOME": str(home)}, start_new_session=new_session,
+        )
+    match = await_line(proc, log, LISTENING, offset)
+    return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2) or "")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from classic_harness import ServeProcess, start_serve
+from classic_harness import ClassicServe, start_classic
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClassicServe]:
     """One server per test module; tests use file names of their own."""
-    server = start_serve(tmp_path_factory.mktemp("classic"))
+    server = start_classic(tmp_path_factory.mktemp("classic"))
     try:
         yield server
     finally:
@@ -19,6 +19,6 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 @pytest.fixture
-def server(serve: ServeProcess) -> ServeProcess:
+def server(serve: ClassicServe) -> ClassicServe:
     assert serve.alive(), serve.log_text()[-4000:]
     return serve

@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import classic_clients as classic
-from classic_harness import ServeProcess, tether, wait_until
+from classic_harness import ClassicServe, tether
+
+from support import wait_until
 
 
-def stored(server: ServeProcess, name: str, size: int) -> bytes:
+def stored(server: ClassicServe, name: str, size: int) -> bytes:
     """The bytes stored under ``name`` once the upload is complete (uploads get no reply)."""
     path = server.root / name
     assert wait_until(lambda: path.exists() and path.stat().st_size == size, 10), (
@@ -22,42 +24,42 @@ def stored(server: ServeProcess, name: str, size: int) -> bytes:
 # --- command mode --------------------------------------------------------------------------------
 
 
-def test_command_output(server: ServeProcess) -> None:
+def test_command_output(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         assert classic.command(sock, "echo hello classic") == b"hello classic\n"
 
 
-def test_stdout_wins_over_stderr(server: ServeProcess) -> None:
+def test_stdout_wins_over_stderr(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         assert classic.command(sock, "echo out; echo err >&2") == b"out\n"
 
 
-def test_stderr_only_output(server: ServeProcess) -> None:
+def test_stderr_only_output(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         reply = classic.command(sock, "ls /no-such-dir-for-classic")
     assert b"no-such-dir-for-classic" in reply
     assert b"No such file" in reply
 
 
-def test_empty_line_gets_an_error_and_the_connection_lives_on(server: ServeProcess) -> None:
+def test_empty_line_gets_an_error_and_the_connection_lives_on(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         assert classic.command(sock, "\n") == b"tether: empty command\n"
         assert classic.command(sock, "   \t ") == b"tether: empty command\n"
         assert classic.command(sock, "echo still here") == b"still here\n"
 
 
-def test_no_output_gets_a_note(server: ServeProcess) -> None:
+def test_no_output_gets_a_note(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         assert classic.command(sock, "true") == b"tether: no output (exit status 0)\n"
         assert classic.command(sock, "exit 3") == b"tether: no output (exit status 3)\n"
 
 
-def test_commands_run_in_the_root(server: ServeProcess) -> None:
+def test_commands_run_in_the_root(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         assert classic.command(sock, "pwd").decode().strip() == str(server.root)
 
 
-def test_commands_are_logged_and_audited(server: ServeProcess) -> None:
+def test_commands_are_logged_and_audited(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         classic.command(sock, "echo logged-marker-71")
     assert wait_until(lambda: "classic 127.0.0.1:" in server.log_text()
@@ -72,7 +74,7 @@ def test_commands_are_logged_and_audited(server: ServeProcess) -> None:
 # --- file mode -----------------------------------------------------------------------------------
 
 
-def test_upload_text_file(server: ServeProcess, tmp_path: Path) -> None:
+def test_upload_text_file(server: ClassicServe, tmp_path: Path) -> None:
     src = tmp_path / "notes.txt"
     src.write_text("first line\nzweite Zeile — ünïcödé\n" * 50, encoding="utf-8")
     with classic.connect(server.classic_port) as sock:
@@ -80,7 +82,7 @@ def test_upload_text_file(server: ServeProcess, tmp_path: Path) -> None:
     assert stored(server, "notes.txt", src.stat().st_size) == src.read_bytes()
 
 
-def test_upload_binary_file(server: ServeProcess, tmp_path: Path) -> None:
+def test_upload_binary_file(server: ClassicServe, tmp_path: Path) -> None:
     src = tmp_path / "blob.bin"
     src.write_bytes(bytes(range(256)) * 64 + os.urandom(3 * 1024 * 1024 + 17))
     with classic.connect(server.classic_port) as sock:
@@ -90,7 +92,7 @@ def test_upload_binary_file(server: ServeProcess, tmp_path: Path) -> None:
                                   for e in server.audit_events()), 5)
 
 
-def test_name_collision_gets_a_fresh_name(server: ServeProcess, tmp_path: Path) -> None:
+def test_name_collision_gets_a_fresh_name(server: ClassicServe, tmp_path: Path) -> None:
     src = tmp_path / "report.txt"
     with classic.connect(server.classic_port) as sock:
         src.write_bytes(b"first\n")
@@ -102,7 +104,7 @@ def test_name_collision_gets_a_fresh_name(server: ServeProcess, tmp_path: Path) 
     assert (server.root / "report.txt").read_bytes() == b"first\n"
 
 
-def test_dotdot_is_stored_as_its_basename(server: ServeProcess, tmp_path: Path) -> None:
+def test_dotdot_is_stored_as_its_basename(server: ClassicServe, tmp_path: Path) -> None:
     src = tmp_path / "x"
     src.write_bytes(b"escape attempt\n")
     with classic.connect(server.classic_port) as sock:
@@ -111,7 +113,7 @@ def test_dotdot_is_stored_as_its_basename(server: ServeProcess, tmp_path: Path) 
     assert not (server.root.parent / "x").exists()
 
 
-def test_header_split_from_its_length_and_body_in_one_send(server: ServeProcess) -> None:
+def test_header_split_from_its_length_and_body_in_one_send(server: ClassicServe) -> None:
     """The 4 length bytes alone first (detection waits for the '{'), then header and body."""
     header = b'{"opt": "upload", "filename": "split.txt", "filesize": 5}'
     with classic.connect(server.classic_port) as sock:
@@ -121,7 +123,7 @@ def test_header_split_from_its_length_and_body_in_one_send(server: ServeProcess)
         assert classic.command(sock, "cat split.txt") == b"hello"
 
 
-def test_download(server: ServeProcess) -> None:
+def test_download(server: ClassicServe) -> None:
     data = os.urandom(300_000)
     (server.root / "fetch.bin").write_bytes(data)
     with classic.connect(server.classic_port) as sock:
@@ -131,7 +133,7 @@ def test_download(server: ServeProcess) -> None:
         assert classic.command(sock, "echo after") == b"after\n"
 
 
-def test_download_of_a_missing_file(server: ServeProcess) -> None:
+def test_download_of_a_missing_file(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         header, body = classic.download(sock, "missing.bin")
         assert header["filesize"] == 0 and body == b""
@@ -142,7 +144,7 @@ def test_download_of_a_missing_file(server: ServeProcess) -> None:
 # --- bounds and the TLS port ---------------------------------------------------------------------
 
 
-def test_tls_port_does_not_speak_classic(server: ServeProcess) -> None:
+def test_tls_port_does_not_speak_classic(server: ClassicServe) -> None:
     with classic.connect(server.tls_port) as sock:
         sock.settimeout(10)
         sock.send(b"echo should-not-run")
@@ -153,7 +155,7 @@ def test_tls_port_does_not_speak_classic(server: ServeProcess) -> None:
     assert b"should-not-run" not in reply
 
 
-def test_malformed_header_closes_only_that_connection(server: ServeProcess,
+def test_malformed_header_closes_only_that_connection(server: ClassicServe,
                                                       tmp_path: Path) -> None:
     bad = b"{not json at all}"
     with classic.connect(server.classic_port) as sock:
@@ -175,7 +177,7 @@ def test_malformed_header_closes_only_that_connection(server: ServeProcess,
     assert run.stdout == b"tls-ok\n"
 
 
-def test_too_large_upload_is_refused(server: ServeProcess) -> None:
+def test_too_large_upload_is_refused(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         classic.send_header(sock, {"opt": "upload", "filename": "huge.bin",
                                    "filesize": 2 << 30})
@@ -184,7 +186,7 @@ def test_too_large_upload_is_refused(server: ServeProcess) -> None:
     assert wait_until(lambda: "exceeds the limit" in server.log_text(), 5)
 
 
-def test_unsafe_upload_name_is_refused(server: ServeProcess) -> None:
+def test_unsafe_upload_name_is_refused(server: ClassicServe) -> None:
     with classic.connect(server.classic_port) as sock:
         classic.send_header(sock, {"opt": "upload", "filename": "..", "filesize": 3})
         try:

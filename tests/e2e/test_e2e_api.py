@@ -13,7 +13,8 @@ import tether
 from tether.errors import BadRequest, NotFound
 
 if TYPE_CHECKING:
-    from conftest import Client, ServerProcess
+    from conftest import Client
+    from support import ServeProcess
     from tether.client.api import Connection
 
 CONCURRENT = 20
@@ -85,17 +86,17 @@ def test_sync_connection_raises_remote_errors(client: Client) -> None:
 
 
 @pytest.fixture
-def subdir(server: ServerProcess) -> str:
+def subdir(server: ServeProcess) -> str:
     (server.root / "sub dir").mkdir(exist_ok=True)
     return "sub dir"
 
 
-def test_cli_cwd(client: Client, server: ServerProcess, subdir: str) -> None:
+def test_cli_cwd(client: Client, server: ServeProcess, subdir: str) -> None:
     done = client.run("pwd", opts=["--cwd", subdir])
     assert (done.returncode, done.stdout) == (0, f"{server.root / subdir}\n".encode())
 
 
-def test_cli_default_cwd_is_the_server_root(client: Client, server: ServerProcess) -> None:
+def test_cli_default_cwd_is_the_server_root(client: Client, server: ServeProcess) -> None:
     assert client.run("pwd").stdout == f"{server.root}\n".encode()
 
 
@@ -119,7 +120,7 @@ def test_cli_env_without_equals_is_rejected(client: Client) -> None:
     assert b"K=V" in done.stderr
 
 
-async def test_api_cwd_and_env(conn: Connection, server: ServerProcess, subdir: str) -> None:
+async def test_api_cwd_and_env(conn: Connection, server: ServeProcess, subdir: str) -> None:
     result = await conn.run('pwd; echo "$ANSWER"', cwd=subdir, env={"ANSWER": "42"})
     assert result.stdout == f"{server.root / subdir}\n42\n".encode()
 

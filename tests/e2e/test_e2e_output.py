@@ -17,7 +17,8 @@ import pytest
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import Client, ServerFactory, ServerProcess
+    from conftest import Client, ServerFactory
+    from support import ServeProcess
     from tether.client.api import Connection
 
 MIB = 1024 * 1024
@@ -88,7 +89,7 @@ def count_bytes(pipe: IO[bytes]) -> tuple[int, int]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_gib_of_stdout_arrives_whole_in_bounded_memory(
-    client: Client, server: ServerProcess, tmp_path: Path
+    client: Client, server: ServeProcess, tmp_path: Path
 ) -> None:
     with (tmp_path / "stderr").open("wb") as err:
         proc = client.popen(f"head -c {GIB} /dev/zero", stdout=subprocess.PIPE, stderr=err)
@@ -135,7 +136,7 @@ def test_cli_heavy_stdout_and_stderr_at_once(client: Client) -> None:
 
 
 @pytest.fixture
-def payload_file(server: ServerProcess) -> Path:
+def payload_file(server: ServeProcess) -> Path:
     path = server.root / f"payload-{os.getpid()}.bin"
     path.write_bytes(binary_payload())
     return path

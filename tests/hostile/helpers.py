@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from typing import Any, TypeVar
 
 import psutil
 
+from support import LISTENING, await_line
 from tether.identity import AuthorizedClient, Identity, add_authorized, generate_identity
 
 T = TypeVar("T")
-LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
 
 
 def new_mark() -> str:
@@ -134,17 +133,8 @@ class ServeProcess:
             self.proc = subprocess.Popen(
                 argv, env={**os.environ, "TETHER_HOME": str(self.home), **self.env},
                 stdout=sink, stderr=sink)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            found = LISTENING.findall(self.log.read_bytes()[seen:].decode(errors="replace"))
-            if found:
-                self.port = int(found[0])
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"the server did not start:\n{self.log.read_text()}")
+        self.port = int(await_line(self.proc, self.log, LISTENING, seen, timeout).group(1))
+        return self
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it is still there after 10 s; its exit status."""

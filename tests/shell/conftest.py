@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 import tether
+from support import ServeProcess
 from tether.identity import AuthorizedClient, add_authorized, generate_identity
 
-from .helpers import BASH_PROFILE, HOST, ServeProcess, Terminal, start_serve
+from .helpers import BASH_PROFILE, HOST, Terminal, start_login_serve
 
 
 @dataclass
@@ -50,7 +51,7 @@ def ids(tmp_path_factory: pytest.TempPathFactory) -> Identities:
 
 @pytest.fixture(scope="session")
 def shared_server(ids: Identities) -> Iterator[ServeProcess]:
-    server = start_serve(ids.server_home, ids.base / "root", ids.base / "serve.log",
+    server = start_login_serve(ids.server_home, ids.base / "root", ids.base / "serve.log",
                          ids.remote_home)
     try:
         yield server
@@ -73,7 +74,7 @@ def own_server(ids: Identities, tmp_path: Path) -> Iterator[Callable[[], ServePr
     def start() -> ServeProcess:
         home = tmp_path / f"server{len(started)}"
         shutil.copytree(ids.server_home, home)
-        server = start_serve(home, tmp_path / "root", tmp_path / f"serve{len(started)}.log",
+        server = start_login_serve(home, tmp_path / "root", tmp_path / f"serve{len(started)}.log",
                              ids.remote_home)
         started.append(server)
         return server

@@ -23,12 +23,10 @@ from pathlib import Path
 import pexpect
 import psutil
 
-from support import TETHER, stop_process, wait_until
+from support import TETHER, ServeProcess, start_serve
 
 HOST = "127.0.0.1"
 PROMPT = "tt$ "
-LISTENING = re.compile(r"listening on [\d.]+:(\d+), fingerprint (SHA256:\S+)")
-START_TIMEOUT = 30.0
 EXPECT_TIMEOUT = 30.0  # generous: a loaded 2-core machine
 CLI_TIMEOUT = 60.0
 SETTLE = 30.0  # how long a remote process may take to start, stop or notice, under load
@@ -54,50 +52,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class ServeProcess:
-    """A running ``tether serve`` whose login shells see ``remote_home`` as HOME."""
-
-    proc: subprocess.Popen[bytes]
-    home: Path
-    root: Path
-    log: Path
-    port: int
-    fingerprint: str
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
-def start_serve(home: Path, root: Path, log: Path, remote_home: Path) -> ServeProcess:
-    root.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*TETHER, "serve", "-p", "0", "--root", str(root)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            env=base_env(TETHER_HOME=str(home), HOME=str(remote_home)),
-        )
-    match: re.Match[str] | None = None
-
-    def listening() -> bool:
-        nonlocal match
-        match = LISTENING.search(log.read_text(errors="replace"))
-        return match is not None or proc.poll() is not None
-
-    try:
-        wait_until(listening, START_TIMEOUT)
-        if match is None:
-            raise AssertionError(f"tether serve did not start:\n{log.read_text()}")
-    except BaseException:
-        stop_process(proc)
-        raise
-    return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2))
+def start_login_serve(home: Path, root: Path, log: Path, remote_home: Path) -> ServeProcess:
+    """``tether serve`` whose login shells see ``remote_home`` (a fixed prompt) as HOME."""
+    return start_serve(home, root, log, env=base_env(HOME=str(remote_home)))
 
 
 def shell_argv(port: int, *args: str, opts: Sequence[str] = ()) -> list[str]:

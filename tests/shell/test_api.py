@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 import tether
+from support import ServeProcess
 from tether.client.api import LineShell, ShellProcess
 from tether.errors import ConnectionClosed, PermissionDenied
 
 from .conftest import Identities
-from .helpers import HOST, PROMPT, SETTLE, ServeProcess, yes_running
+from .helpers import HOST, PROMPT, SETTLE, yes_running
 
 TIMEOUT = 30.0
 

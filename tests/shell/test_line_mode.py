@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 
+from support import ServeProcess
+
 from .conftest import Identities
-from .helpers import ServeProcess, line_shell
+from .helpers import line_shell
 
 
 def test_cd_and_variables_persist_and_failures_are_reported(server: ServeProcess,

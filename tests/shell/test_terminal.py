@@ -13,15 +13,10 @@ from collections.abc import Callable
 import psutil
 import pytest
 
+from support import ServeProcess, wait_until
+
 from .conftest import Identities, TerminalFactory
-from .helpers import (
-    PROMPT,
-    SETTLE,
-    ServeProcess,
-    find_processes,
-    wait_until,
-    yes_running,
-)
+from .helpers import PROMPT, SETTLE, find_processes, yes_running
 
 
 def unique_sleep() -> list[str]:

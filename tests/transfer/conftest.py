@@ -26,20 +26,11 @@ from pathlib import Path
 import pytest
 
 import tether
-from support import stop_process
+from support import ServeProcess, start_serve
 from tether.identity import AuthorizedClient, add_authorized, generate_identity
 from tether.server.listener import Server, ServerConfig
 
-from .helpers import (
-    LISTENING,
-    TETHER,
-    ClientSpec,
-    Identities,
-    Rig,
-    ServeProcess,
-    cli_env,
-    wait_until,
-)
+from .helpers import ClientSpec, Identities, Rig, cli_env
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -180,34 +171,16 @@ def serve(ids: Identities, work: Path) -> Iterator[ServeFactory]:
               ) -> ServeProcess:
         home = home or work / "serve-home"
         root = root or work / "serve-root"
-        root.mkdir(parents=True, exist_ok=True)
         if not (home / "server_key.pem").exists():
             home.mkdir(parents=True, exist_ok=True)
             for name in ("server_key.pem", "server_cert.pem", "server_cert.name"):
                 shutil.copy2(ids.server_home / name, home / name)
             add_authorized(home, AuthorizedClient(ids.client.cert_der, "transfer-client"))
-        log = work / f"serve{len(started)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [*TETHER, "serve", "-p", str(port), "--root", str(root)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=cli_env(home),
-            )
-        found: list[int] = []
-
-        def listening() -> bool:
-            match = LISTENING.search(log.read_text(errors="replace"))
-            if match:
-                found.append(int(match.group(1)))
-            return bool(match) or proc.poll() is not None
-
-        wait_until(listening, 30.0, 0.02)
-        if not found:
-            stop_process(proc)
-            raise AssertionError(f"tether serve did not start:\n{log.read_text()}")
-        server = ServeProcess(proc, home, root, log, found[0])
+        server = start_serve(home, root, work / f"serve{len(started)}.log", env=cli_env(home),
+                             port=port)
         started.append(server)
         return server
 
     yield start
     for server in started:
-        stop_process(server.proc)
+        server.stop()

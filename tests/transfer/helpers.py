@@ -27,7 +27,6 @@ from tether.server.listener import Server
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
-LISTENING = re.compile(r"listening on [\d.]+:(\d+), fingerprint (SHA256:\S+)")
 RESUMED = re.compile(r"resumed at (\d+) bytes")
 CLI_TIMEOUT = 90.0
 ALL_PERMISSIONS = frozenset({"exec", "shell", "put", "get"})
@@ -195,23 +194,6 @@ class ClientSpec:
     root: str | None = None
     permissions: frozenset[str] = ALL_PERMISSIONS
     home: Path = field(default=Path())
-
-
-@dataclass
-class ServeProcess:
-    """A ``tether serve`` subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    home: Path
-    root: Path
-    log: Path
-    port: int
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 # --- the CLI as a subprocess --------------------------------------------------------------------

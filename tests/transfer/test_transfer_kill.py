@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import stop_process
+from support import ServeProcess, stop_process
 
 from .conftest import ServeFactory
 from .helpers import (
@@ -24,7 +24,6 @@ from .helpers import (
     RESUMED,
     Identities,
     MiB,
-    ServeProcess,
     file_size,
     flip_bytes,
     kill9,
