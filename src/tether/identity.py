@@ -204,7 +204,7 @@ def load_authorized(home: Path) -> dict[str, AuthorizedClient]:
     if not path.exists():
         return clients
     for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        if not _is_entry(line):
             continue
         try:
             client = parse_authorized_line(line)
@@ -214,18 +214,35 @@ def load_authorized(home: Path) -> dict[str, AuthorizedClient]:
     return clients
 
 
+def _is_entry(line: str) -> bool:
+    """Whether a line of the authorized file grants a client (not a comment or blank line)."""
+    return bool(line.strip()) and not line.lstrip().startswith("#")
+
+
 def add_authorized(home: Path, client: AuthorizedClient) -> bool:
-    """Append (or replace, by fingerprint) a client; False if it was already there unchanged."""
-    clients = load_authorized(home)
-    if clients.get(client.fingerprint) == client:
+    """Append a client, or replace its entry in place (by fingerprint); False if it was already
+    there unchanged. Every other line is kept as written: an admin's comments and blank lines
+    survive ``tether authorize``."""
+    path = authorized_path(home)
+    if load_authorized(home).get(client.fingerprint) == client:  # also validates every line
         return False
-    clients[client.fingerprint] = client
+    lines = path.read_text().splitlines() if path.exists() else []
+    entry = format_authorized(client)
+    kept: list[str] = []
+    placed = False
+    for line in lines:
+        if not _is_entry(line) or parse_authorized_line(line).fingerprint != client.fingerprint:
+            kept.append(line)
+        elif not placed:  # its first entry is replaced in place, later duplicates dropped
+            kept.append(entry)
+            placed = True
+    if not placed:
+        kept.append(entry)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = "".join(format_authorized(c) + "\n" for c in clients.values())
-    tmp = authorized_path(home).with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
     os.chmod(tmp, 0o600)
-    os.replace(tmp, authorized_path(home))
+    os.replace(tmp, path)
     return True
 
 

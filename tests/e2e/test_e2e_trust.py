@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tether.identity import load_identity, lookup_known_host
+from tether.identity import load_authorized, load_identity, lookup_known_host
 
 if TYPE_CHECKING:
 
@@ -97,3 +98,51 @@ def test_changed_server_identity_is_refused(client: Client, make_server: ServerF
         assert second.fingerprint in line
         assert "CHANGED" in line.upper()
     assert not marker.exists()
+
+
+ADMIN_NOTES = "# managed by hand: ask ops before editing\n\n# --- build machines ---\n"
+
+
+def _id_line(cli: Callable[..., Any], home: Path) -> str:
+    done = cli("id", home=home)
+    assert done.returncode == 0, done.stderr
+    return str(done.stdout.decode().strip())
+
+
+def test_authorize_keeps_the_admins_comments_and_blank_lines(
+    tmp_path: Path, make_client_home: ClientHomeFactory, cli: Callable[..., Any]
+) -> None:
+    server_home = tmp_path / "noted-server"
+    first, second = make_client_home("noted1"), make_client_home("noted2")
+    assert cli("authorize", _id_line(cli, first), home=server_home).returncode == 0
+    path = server_home / "authorized"
+    entry = path.read_text()
+    path.write_text(ADMIN_NOTES + entry + "\n# end of build machines\n")
+
+    added = cli("authorize", _id_line(cli, second), home=server_home)
+    assert added.returncode == 0, added.stderr
+    lines = path.read_text().splitlines()
+    assert lines[:5] == [*ADMIN_NOTES.splitlines(), entry.strip(), ""]
+    assert lines[5] == "# end of build machines"
+    assert lines[6].endswith(" noted2") and len(lines) == 7
+
+    renamed = cli("authorize", "--name", "builder", _id_line(cli, first), home=server_home)
+    assert renamed.returncode == 0, renamed.stderr
+    after = path.read_text().splitlines()
+    assert after[3].endswith(" builder"), "the entry is replaced where it stood"
+    assert after[:3] + after[4:] == lines[:3] + lines[4:]
+    assert set(load_authorized(server_home)) == {load_identity(h).fingerprint
+                                                 for h in (first, second)}
+
+
+def test_authorize_with_a_damaged_line_changes_nothing(
+    tmp_path: Path, make_client_home: ClientHomeFactory, cli: Callable[..., Any]
+) -> None:
+    server_home = tmp_path / "damaged-server"
+    server_home.mkdir()
+    path = server_home / "authorized"
+    path.write_text("# notes\ntether-cert not-base64!! someone\n")
+    done = cli("authorize", _id_line(cli, make_client_home("late")), home=server_home)
+    assert done.returncode == 1
+    assert _one_line(done.stderr).startswith("tether: ") and "authorized:2:" in done.stderr.decode()
+    assert path.read_text() == "# notes\ntether-cert not-base64!! someone\n"
