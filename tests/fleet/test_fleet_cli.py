@@ -119,6 +119,54 @@ async def test_put_and_get_across_all(farm: Farm, tmp_path: Path) -> None:
     assert _summary(get.stderr) == (50, 50, 0)
 
 
+RESUMING = {"n02": 1000, "n03": 70_000}  # bytes of an interrupted transfer left per host
+
+
+def _plant_prefix(src: Path, partial: Path, size: int) -> None:
+    """The partial file an interrupted transfer of ``src`` leaves: its first ``size`` bytes."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(src.read_bytes()[:size])
+
+
+async def test_put_and_get_note_each_host_that_resumed(farm: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "resume.bin"
+    src.write_bytes(bytes(range(256)) * 4096)  # 1 MiB: above SMALL_FILE, so never batched
+    roots = {name_of(a): node.root for a, node in farm.nodes.items()}
+    for name, kept in RESUMING.items():
+        _plant_prefix(src, roots[name] / ".fleet-resume.bin.tether-part", kept)
+    put = await atether("put", str(src), "n02,n03,n04:fleet-resume.bin", home=farm.client_a)
+    assert put.returncode == 0, put.stderr
+    for name, kept in RESUMING.items():
+        assert f"{name} | tether: fleet-resume.bin: resumed at {kept} bytes\n" in put.stderr
+    assert "n04 | " not in put.stderr
+    for name in ("n02", "n03", "n04"):
+        assert (roots[name] / "fleet-resume.bin").read_bytes() == src.read_bytes()
+
+    logs = tmp_path / "logs"
+    for name, kept in RESUMING.items():
+        _plant_prefix(src, logs / name / ".fleet-resume.bin.tether-part", kept)
+    get = await atether("get", "--json", "n02,n03,n04:fleet-resume.bin", str(logs),
+                        home=farm.client_a)
+    assert get.returncode == 0, get.stderr
+    hosts = {h["host"]: h for h in json.loads(get.stdout)["hosts"]}
+    assert {n: [r["at"] for r in h["resumed"]] for n, h in hosts.items()} == {
+        "n02": [1000], "n03": [70_000], "n04": []}
+    assert "n03 | tether: " in get.stderr and "resumed at 70000 bytes" in get.stderr
+    for name in ("n02", "n03", "n04"):
+        assert (logs / name / "fleet-resume.bin").read_bytes() == src.read_bytes()
+
+
+async def test_progress_is_refused_for_several_hosts(farm: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "p.txt"
+    src.write_text("p\n")
+    put = await atether("put", "--progress", str(src), "n02,n03:fleet-progress.txt",
+                        home=farm.client_a)
+    assert put.returncode != 0
+    assert put.stderr.count("\n") == 1 and put.stderr.startswith("tether: ")
+    assert "--progress" in put.stderr and "Traceback" not in put.stderr
+    assert not any((node.root / "fleet-progress.txt").exists() for node in farm.nodes.values())
+
+
 async def test_transfers_report_failed_hosts(farm: Farm, stopped: list[str],
                                              tmp_path: Path) -> None:
     file = tmp_path / "f.txt"

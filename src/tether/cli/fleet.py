@@ -248,17 +248,33 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
     return _main(work)
 
 
+def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
+    """One prefixed stderr line per file a host resumed, as the one-host path prints it."""
+    from tether.cli.transfer import resume_note
+
+    for path, offset in result.resumed:
+        prefixer.output(result.target, 2, resume_note(path, offset).encode() + b"\n")
+
+
 def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
                    opts: TransferOptions) -> int:
     """``tether put LOCAL... TARGET:REMOTE`` / ``tether get TARGET:REMOTE... LOCAL``; a get
-    puts each host's files in ``LOCAL/HOST/``."""
+    puts each host's files in ``LOCAL/HOST/``. Files that resumed are noted per host; there
+    is no progress display (``--progress`` is refused: the summary reports every host)."""
+    from tether.errors import BadRequest
+
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout)
 
     async def work() -> int:
+        if opts.progress:
+            raise BadRequest("--progress shows one host's transfer; with several hosts the "
+                             "summary reports each one (--json for files and bytes)")
         async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            prefixer = Prefixer(fleet.targets)
             kw: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
-                                      rename=opts.rename, resume=opts.resume)
+                                      rename=opts.rename, resume=opts.resume,
+                                      on_done=lambda r: note_resumed(prefixer, r))
             if upload:
                 results = await fleet.put(sources, dest, **kw)
             else:

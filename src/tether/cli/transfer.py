@@ -91,9 +91,14 @@ def _stderr_console() -> Any:
     return Console(file=sys.stderr, force_terminal=sys.stderr.isatty() or None)
 
 
+def resume_note(path: str, offset: int) -> str:
+    """The line saying a file continued an interrupted transfer instead of starting over."""
+    return f"tether: {path}: resumed at {offset} bytes"
+
+
 def _report(result: TransferResult, opts: TransferOptions) -> None:
     for f in result.resumed:
-        click.echo(f"tether: {f.path}: resumed at {f.resumed_from} bytes", err=True)
+        click.echo(resume_note(f.path, f.resumed_from), err=True)
     if opts.json:
         click.echo(json.dumps({
             "files": sum(1 for f in result.files if f.kind == "file"),

@@ -83,6 +83,13 @@ class HostResult:
     def error_text(self) -> str:
         return self.stderr.decode(self.encoding, "replace")
 
+    @property
+    def resumed(self) -> list[tuple[str, int]]:
+        """(path, offset) of each file this host's transfer resumed instead of restarting."""
+        if self.transfer is None:
+            return []
+        return [(f.path, f.resumed_from) for f in self.transfer.resumed]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (output decoded, undecodable bytes replaced)."""
         out: dict[str, Any] = {
@@ -92,7 +99,8 @@ class HostResult:
         }
         if self.transfer is not None:
             out.update(files=sum(1 for f in self.transfer.files if f.kind == "file"),
-                       bytes=self.transfer.bytes)
+                       bytes=self.transfer.bytes,
+                       resumed=[{"path": path, "at": at} for path, at in self.resumed])
         else:
             out.update(stdout=self.text, stderr=self.error_text)
         return out
