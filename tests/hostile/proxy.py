@@ -1,6 +1,7 @@
 """A fault-injecting TCP proxy for tests: it sits between a client and a server on loopback and
 re-segments the byte stream (1-byte writes, random splits, coalescing), delays and throttles it,
-and cuts or resets the connection at a chosen byte offset in either direction.
+and cuts or resets the connection at a chosen byte offset in either direction;
+:class:`BlackHoleProxy` stops forwarding without closing, as a peer that vanished.
 
 The proxy never looks inside the bytes (they are TLS), so whatever it does is exactly what a bad
 network could do.
@@ -135,3 +136,31 @@ class Proxy:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             w.transport.abort() if reset else w.close()
+
+
+@dataclass
+class BlackHoleProxy(Proxy):
+    """Forwards until :meth:`vanish`; from then on it swallows everything in both directions
+    and never closes, as a peer whose cable was cut (no FIN, no RST, keepalives answered)."""
+
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def vanish(self) -> None:
+        self.gone.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    other: asyncio.StreamWriter, faults: Faults) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if self.gone.is_set():
+                    if not data:  # the other side closed: never pass that on
+                        await asyncio.Event().wait()
+                    continue
+                if not data:
+                    writer.write_eof()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return

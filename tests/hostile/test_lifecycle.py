@@ -35,7 +35,7 @@ from tether.server.limits import Limits
 
 from .conftest import Setup, make_setup
 from .helpers import LoopThread, ServeProcess, family, marked, new_mark, survivors, wait_until
-from .proxy import Faults, Proxy
+from .proxy import BlackHoleProxy, Faults, Proxy
 from .rawclient import RawClient, msg_frame
 
 # --- SIGTERM with live sessions -----------------------------------------------------------------
@@ -319,34 +319,6 @@ async def test_a_fork_bomb_is_contained_by_process_nproc(nobody: Unprivileged,
 
 
 # --- a peer that vanishes without a FIN ---------------------------------------------------------
-
-
-@dataclass
-class BlackHoleProxy(Proxy):
-    """Forwards until :meth:`vanish`; from then on it swallows everything in both directions
-    and never closes, as a peer whose cable was cut (no FIN, no RST, keepalives answered)."""
-
-    gone: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def vanish(self) -> None:
-        self.gone.set()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    other: asyncio.StreamWriter, faults: Faults) -> None:
-        try:
-            while True:
-                data = await reader.read(65536)
-                if self.gone.is_set():
-                    if not data:  # the other side closed: never pass that on
-                        await asyncio.Event().wait()
-                    continue
-                if not data:
-                    writer.write_eof()
-                    return
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            return
 
 
 @contextlib.asynccontextmanager

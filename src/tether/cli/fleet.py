@@ -42,6 +42,7 @@ class FleetOptions:
     host_timeout: float | None = None
     group_output: bool = False
     json: bool = False
+    keepalive: float = 0.0  # seconds of a server's silence before a ping (0: off)
 
 
 def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> bool:
@@ -191,6 +192,7 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
     if fopts.host_timeout is not None:  # said on the command line: it beats the inventory
         fleet.targets = [t._replace(timeout=fopts.host_timeout)
                          for t in fleet.targets]
+    fleet.keepalive = fopts.keepalive or None
     if len(fleet.targets) == 1 and sys.stdin.isatty():
         from tether.cli.shared import confirm_on_tty
 
@@ -263,7 +265,8 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
     is no progress display (``--progress`` is refused: the summary reports every host)."""
     from tether.errors import BadRequest
 
-    fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout)
+    fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
+                         keepalive=opts.keepalive)
 
     async def work() -> int:
         if opts.progress:

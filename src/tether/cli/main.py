@@ -161,6 +161,12 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
     return apply
 
 
+keepalive_option = click.option(
+    "--keepalive", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+    help="Ping a server silent for this long; after 3 silent intervals give up (exit 255), "
+         "like ssh's ServerAliveInterval [default: 0, off].")
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @home_option
 @click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
@@ -173,13 +179,14 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
                                  "for this side, also into pipes and files [default: the "
                                  "server's encoding, on a terminal only].")
 @click.option("-n", "--no-stdin", is_flag=True, help="Do not forward stdin (like ssh -n).")
+@keepalive_option
 @fleet_options(run=True)
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str | None,
         env: tuple[str, ...], timeout: float | None, encoding: str | None, no_stdin: bool,
-        parallel: int, host_timeout: float | None, group_output: bool, as_json: bool,
-        host: str, command: tuple[str, ...]) -> None:
+        keepalive: float, parallel: int, host_timeout: float | None, group_output: bool,
+        as_json: bool, host: str, command: tuple[str, ...]) -> None:
     """Run COMMAND on HOST: one argument goes through the remote shell, several run as argv.
 
     stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
@@ -203,12 +210,13 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
     opts = RunOptions(
         home=home, host=host, port=port, accept_new=accept_new, plaintext=plaintext,
         command=list(command), cwd=cwd, env=variables, timeout=timeout, encoding=encoding,
-        stdin=not no_stdin,
+        stdin=not no_stdin, keepalive=keepalive,
     )
     from tether.cli.fleet import FleetOptions, run_fleet, wants_fleet
 
     if wants_fleet(host, home, group_output or as_json):
-        sys.exit(run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json)))
+        sys.exit(run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
+                                              keepalive)))
     from tether.cli.fleet import one_host
 
     opts.host, opts.port = one_host(host, home, port)  # an inventory name: its address, port
@@ -222,10 +230,11 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
 @click.option("--plaintext", is_flag=True, help="Connect without TLS (a --plaintext server).")
 @click.option("-T", "--lines", is_flag=True,
               help="Line mode even on a terminal: one command per line, statuses reported.")
+@keepalive_option
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
-          host: str, command: tuple[str, ...]) -> None:
+          keepalive: float, host: str, command: tuple[str, ...]) -> None:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
     On a terminal: a remote pseudo-terminal running your login shell; the local terminal is
@@ -238,7 +247,7 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     host, port = one_host(host, home, port)  # an inventory name: its address and port
-    sys.exit(shell_main(host, port, home, accept_new, plaintext, argv, lines))
+    sys.exit(shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive))
 
 
 def transfer_options(func: Any) -> Any:
@@ -257,6 +266,7 @@ def transfer_options(func: Any) -> Any:
                      help="Print a machine-readable summary on stdout."),
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
         click.option("--plaintext", is_flag=True, help="Connect without TLS."),
+        keepalive_option,
     ]):
         func = option(func)
     return func
@@ -270,6 +280,7 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
+        keepalive=kw["keepalive"],
     )
 
 

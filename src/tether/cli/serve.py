@@ -35,6 +35,8 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("handshake_timeout", float, "Seconds from TCP accept to an authenticated hello."),
     ("frame_timeout", float, "Seconds a started frame may take to arrive (slowloris)."),
     ("idle_timeout", float, "Close connections with no operation for this long (0: never)."),
+    ("keepalive", float, "Ping a client silent for this long; after 3 such intervals it is gone "
+                         "and its commands are killed (0: never)."),
     ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
     ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),

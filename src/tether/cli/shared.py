@@ -31,7 +31,8 @@ class RunOptions:
     def __init__(self, *, home: str | None, host: str, port: int, command: list[str],
                  accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
                  env: dict[str, str] | None = None, timeout: float | None = None,
-                 encoding: str | None = None, stdin: bool = True) -> None:
+                 encoding: str | None = None, stdin: bool = True,
+                 keepalive: float = 0.0) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -43,6 +44,7 @@ class RunOptions:
         self.timeout = timeout
         self.encoding = encoding
         self.stdin = stdin
+        self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""

@@ -165,10 +165,10 @@ async def _line_session(conn: Connection) -> int:
 
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-                 command: list[str], terminal: bool) -> int:
+                 command: list[str], terminal: bool, keepalive: float) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm) as conn:
+                       confirm=confirm, keepalive=keepalive) as conn:
         if terminal:
             try:
                 return await _terminal_session(conn, command)
@@ -185,12 +185,13 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
 
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-               command: list[str], force_lines: bool) -> int:
+               command: list[str], force_lines: bool, keepalive: float = 0.0) -> int:
     from tether.cli.main import fail
 
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
-        return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal))
+        return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
+                                  keepalive))
     except TetherError as exc:
         fail(exc)
     except asyncio.CancelledError:

@@ -32,6 +32,7 @@ class TransferOptions:
     json: bool
     parallel: int = 64  # several hosts (cli/fleet.py)
     host_timeout: float | None = None
+    keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
 
 
 def split_remote(arg: str) -> tuple[str, str]:
@@ -117,7 +118,8 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
 
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
-                       plaintext=opts.plaintext, confirm=confirm) as conn:
+                       plaintext=opts.plaintext, confirm=confirm,
+                       keepalive=opts.keepalive) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume, progress=progress)
         if progress is not None:

@@ -548,6 +548,7 @@ async def _open(
     plaintext: bool,
     confirm: Confirm | None,
     timeout: float,
+    keepalive: float | None = None,
 ) -> Connection:
     from tether.tls import client_context
 
@@ -586,11 +587,18 @@ async def _open(
         fingerprint(framed.peer_cert) if framed.peer_cert else "plaintext",
         welcome.client_name, welcome.permissions,
     )
+    framed.keepalive = keepalive or None
     return Connection(framed, info)
 
 
 class connect:  # used like a function: `async with tether.connect(...)`
-    """Connect to a tether server: ``await tether.connect(...)`` or ``async with``."""
+    """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
+
+    ``keepalive`` (seconds, like ssh's ServerAliveInterval; None or 0: off): after that much
+    silence from the server, ping it; after three silent intervals the connection is broken
+    (ConnectionBroken "no answer from the server for N s"), so a server that vanished without
+    closing is noticed even while a command runs.
+    """
 
     def __init__(
         self,
@@ -602,8 +610,12 @@ class connect:  # used like a function: `async with tether.connect(...)`
         plaintext: bool = False,
         confirm: Confirm | None = None,
         timeout: float = 10.0,
+        keepalive: float | None = None,
     ) -> None:
-        self._args = (host, port, home_dir(home), accept_new, plaintext, confirm, timeout)
+        if keepalive is not None and keepalive < 0:
+            raise ValueError("keepalive must be a number of seconds >= 0 (0: off)")
+        self._args = (host, port, home_dir(home), accept_new, plaintext, confirm, timeout,
+                      keepalive)
         self._conn: Connection | None = None
 
     def __await__(self) -> Any:

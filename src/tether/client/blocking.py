@@ -29,7 +29,7 @@ from tether.errors import (
 from tether.home import check_host, fingerprint
 from tether.net.translate import translate
 from tether.protocol.connection import CLOSED, NEED_DATA, Connection
-from tether.protocol.messages import Credit, Data, Error, Message, Role, Welcome
+from tether.protocol.messages import Credit, Data, Error, Message, Ping, Pong, Role, Welcome
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ class BlockingConnection:
     # --- receiving -----------------------------------------------------------------------------
 
     def receive(self) -> list[Message | Data]:
-        """Read what has arrived and return the complete events (credit is handled here).
+        """Read what has arrived and return the complete events (credit and the server's
+        keepalive pings are handled here).
 
         Sets :attr:`closed` when the peer closed the connection after whole frames; a stream-0
         error is raised as the tether error it stands for.
@@ -139,7 +140,9 @@ class BlockingConnection:
                 self.closed = True
             elif isinstance(event, Error) and event.stream == 0:
                 raise from_wire(event.code, event.message)
-            elif not isinstance(event, Credit):  # credit: the protocol has counted it
+            elif isinstance(event, Ping):  # the server's keepalive: the next flush answers it
+                self.send(Pong(token=event.token))
+            elif not isinstance(event, Credit | Pong):  # credit: the protocol has counted it
                 assert not isinstance(event, type(NEED_DATA))
                 events.append(event)
         return events

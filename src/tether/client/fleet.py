@@ -167,14 +167,15 @@ class Fleet:
     def __init__(self, targets: Sequence[Target], *, home: Path, accept_new: bool = False,
                  plaintext: bool = False, confirm: Confirm | None = None,
                  parallel: int = DEFAULT_PARALLEL, timeout: float | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, keep_connections: bool = True
-                 ) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, keep_connections: bool = True,
+                 keepalive: float | None = None) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         self.targets = list(targets)
         self.home = home
         self.accept_new = accept_new
         self.plaintext = plaintext
+        self.keepalive = keepalive  # per connection, as tether.connect's
         self.confirm = confirm
         self.parallel = parallel
         self.timeout = timeout
@@ -305,7 +306,8 @@ class Fleet:
         if conn is None or conn._failure is not None:
             conn = await connect(target.address, target.port, home=self.home,
                                  accept_new=self.accept_new, plaintext=self.plaintext,
-                                 confirm=self.confirm, timeout=self.connect_timeout)
+                                 confirm=self.confirm, timeout=self.connect_timeout,
+                                 keepalive=self.keepalive)
             self._conns[target.name] = conn
         return conn
 

@@ -5,8 +5,10 @@ buffers (asyncio's ``BufferedProtocol``: ``recv_into`` for TCP, ``SSLObject.read
 buffer for TLS), so a large DATA body is written once, by the kernel or by decryption, and handed
 to the application as it is. :class:`FramedConnection` hands events to one reader, writes the
 bytes the core produces, and makes DATA senders wait for flow-control credit. Credit frames are
-consumed here and never reach the application. OSError and ssl errors become tether errors at
-this boundary (:func:`tether.net.translate.translate`).
+consumed here and never reach the application; so are ``ping`` (answered with ``pong``) and
+``pong``: the keepalive (:attr:`FramedConnection.keepalive`) lives here too, so a peer that
+vanished without a FIN is noticed while streams are open. OSError and ssl errors become tether
+errors at this boundary (:func:`tether.net.translate.translate`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from tether.protocol import (
     Data,
     Error,
     Message,
+    Ping,
+    Pong,
     Role,
 )
 
 HIGH_WATER = 2 * 1024 * 1024  # complete frames waiting for the reader: stop receiving above
 LOW_WATER = HIGH_WATER // 4  # ...and receive again below this
+KEEPALIVE_COUNT = 3  # silent keepalive intervals before the peer is declared gone (ssh's default)
 
 
 class FramedProtocol(asyncio.BufferedProtocol):
@@ -53,7 +58,10 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._paused = False
         self._write_paused = False
         self._drainers: list[asyncio.Future[None]] = []
-        self._gone = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._gone = loop.create_future()
+        self._clock = loop.time
+        self.heard = loop.time()  # when bytes last arrived: any frame is a sign of life
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -64,6 +72,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         started = self.proto.buffered == 0  # a frame began: the reader's deadline changes
+        self.heard = self._clock()
         self.proto.buffer_updated(nbytes)
         queued = self.proto.queued
         if queued >= HIGH_WATER and not self._paused and self.transport is not None:
@@ -165,7 +174,11 @@ class FramedConnection:
         self._error: TetherError | None = None
         self.frame_timeout: float | None = None  # a started frame must complete in this time
         self.idle_timeout: float | None = None  # with no stream open, close after this long
+        self.keepalive: float | None = None  # ping after this much silence (see _keepalive)
         self._partial_since: float | None = None
+        self._idle_since: float | None = None  # no stream open and no frame but pings since
+        self._probes = 0  # pings sent since bytes last arrived
+        self._probed_after = link.heard  # the arrival time those pings counted from
 
     @property
     def peer_cert(self) -> bytes | None:
@@ -210,8 +223,16 @@ class FramedConnection:
             self.link.taken()
             self._partial_since = None  # a frame completed: the frame deadline starts anew
             if isinstance(event, Credit):
+                self._idle_since = None
                 self._wake(event.stream)
                 continue
+            if isinstance(event, Ping):
+                if not self._closed and self._error is None:
+                    self.transport.write(self.proto.send(Pong(token=event.token)))
+                continue
+            if isinstance(event, Pong):
+                continue  # an answer to our keepalive: its arrival was the point
+            self._idle_since = None  # pings and pongs keep a connection alive, not busy
             if isinstance(event, Error) and event.stream == 0:
                 # the peer ends the connection: whoever waits for credit must hear it now
                 self._fail(from_wire(event.code, event.message))
@@ -220,7 +241,8 @@ class FramedConnection:
             return event
 
     async def _wait_bytes(self) -> None:
-        """Wait for more bytes, within the deadline that applies now (slowloris, idle peers)."""
+        """Wait for more bytes, within the deadline that applies now (slowloris, idle peers),
+        pinging a silent peer on the way (:meth:`_keepalive`)."""
         link = self.link
         if link.lost is not None and not link.eof:
             raise translate(link.lost)
@@ -228,14 +250,48 @@ class FramedConnection:
         if self.proto.buffered and self.frame_timeout is not None:
             if self._partial_since is None:
                 self._partial_since = loop.time()
-            deadline: float | None = self._partial_since + self.frame_timeout - loop.time()
+            end: float | None = self._partial_since + self.frame_timeout
             why = "a frame took too long to arrive"
-        elif self.proto.open_streams == 0:
-            deadline, why = self.idle_timeout, "idle for too long"
+        elif self.proto.open_streams == 0 and self.idle_timeout is not None:
+            if self._idle_since is None:
+                self._idle_since = loop.time()
+            end, why = self._idle_since + self.idle_timeout, "idle for too long"
         else:
-            deadline, why = None, ""
-        if not await link.wait_bytes(None if deadline is None else max(deadline, 0)):
-            raise ConnectionFailed(why)
+            self._idle_since = None
+            end, why = None, ""
+        while True:
+            now = loop.time()
+            wait = None if end is None else max(end - now, 0)
+            ping_in = self._keepalive(now)
+            if ping_in is not None and (wait is None or ping_in < wait):
+                if await link.wait_bytes(ping_in):
+                    return
+                continue
+            if not await link.wait_bytes(wait):
+                raise ConnectionFailed(why)
+            return
+
+    def _keepalive(self, now: float) -> float | None:
+        """Seconds until the keepalive must act again (None: it is off). After each interval of
+        silence it pings; after :data:`KEEPALIVE_COUNT` silent intervals the peer is gone: the
+        connection is aborted (no FIN to wait for) and ConnectionBroken says so."""
+        interval = self.keepalive
+        if not interval or self._closed:
+            return None
+        heard = self.link.heard
+        if heard != self._probed_after:
+            self._probed_after, self._probes = heard, 0
+        due = heard + interval * (self._probes + 1)
+        if now < due:
+            return due - now
+        if self._probes + 1 >= KEEPALIVE_COUNT:
+            peer = "server" if self.proto.role is Role.CLIENT else "client"
+            self.transport.abort()
+            raise ConnectionBroken(
+                f"no answer from the {peer} for {interval * KEEPALIVE_COUNT:g} s")
+        self._probes += 1
+        self.transport.write(self.proto.send(Ping(token=self._probes)))
+        return interval
 
     def consumed(self, stream: int, size: int) -> None:
         """The application has used ``size`` bytes of the stream's data: grant credit if due."""

@@ -24,6 +24,7 @@ class Limits:
     handshake_timeout: float = 10.0  # TCP accept to welcome
     frame_timeout: float = 60.0  # a started frame must complete by then (1 MiB: >= 17 KiB/s)
     idle_timeout: float = 0.0  # close a connection with no operation for this long (0: never)
+    keepalive: float = 15.0  # ping a silent client after this long; 3 silent: gone (0: never)
     max_upload: int = 0  # bytes per uploaded file (0: no limit)
     process_nproc: int = 0  # RLIMIT_NPROC for commands (0: inherit)
     process_memory: int = 0  # RLIMIT_AS in bytes for commands (0: inherit)

@@ -47,8 +47,6 @@ from tether.protocol import (
     Hello,
     List,
     Message,
-    Ping,
-    Pong,
     Put,
     Resize,
     Shell,
@@ -92,7 +90,7 @@ class Session:
     async def serve(self) -> None:
         address = self.conn.peer_address
         audit = self.server.audit
-        admitted = False
+        admitted, reason = False, ""
         try:
             self.peer = self._authorize()
             refusal = self.server.admission.admit_client(self.peer.fingerprint)
@@ -105,6 +103,7 @@ class Session:
                         name=self.peer.name)
             self.conn.frame_timeout = self.limits.frame_timeout or None
             self.conn.idle_timeout = self.limits.idle_timeout or None
+            self.conn.keepalive = self.limits.keepalive if self.limits.keepalive > 0 else None
             await self._dispatch_loop()
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s", address, exc)
@@ -120,12 +119,14 @@ class Session:
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
+            reason = str(exc)
         finally:
             self._abandon_all()
             await self.conn.close()
             if admitted and self.peer is not None:
                 self.server.admission.client_left(self.peer.fingerprint)
-                audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint)
+                audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
+                            **({"reason": reason} if reason else {}))
 
     @property
     def limits(self) -> Limits:
@@ -384,12 +385,6 @@ class Session:
             raise ConnectionFailed(f"client error: {msg.message}")
         await self._on_close(Close(stream=msg.stream))
 
-    async def _on_ping(self, msg: Ping) -> None:
-        self.conn.send(Pong(token=msg.token))
-
-    async def _on_pong(self, msg: Pong) -> None:
-        pass  # an answer to a keepalive ping; nothing to do
-
     HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]] = {
         Exec: _on_exec,
         Shell: _on_shell,
@@ -406,8 +401,6 @@ class Session:
         Resize: _on_stream_message,
         Close: _on_close,
         Error: _on_error,
-        Ping: _on_ping,
-        Pong: _on_pong,
     }
 
     # --- lifetime ------------------------------------------------------------------------------
