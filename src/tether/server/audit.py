@@ -1,9 +1,10 @@
 """The audit log: one JSON object per line and event (``tether serve --audit FILE``).
 
 Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reason),
-``disconnection``, ``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``,
-``transfer`` (op, path, bytes, hash, outcome) and ``classic``. Lines are written whole with one
-``write`` on an O_APPEND file, so concurrent writers never interleave within a line.
+``disconnection`` (a ``reason`` when the connection failed: idle, no keepalive answer, lost),
+``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``, ``transfer`` (op, path,
+bytes, hash, outcome) and ``classic``. Lines are written whole with one ``write`` on an O_APPEND
+file, so concurrent writers never interleave within a line.
 """
 
 from __future__ import annotations
