@@ -171,3 +171,28 @@ async def test_pings_do_not_keep_an_idle_connection_open(tmp_path: Path) -> None
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     gone = [e for e in events if e["event"] == "disconnection"]
     assert gone[0]["reason"] == "idle for too long"
+
+
+async def test_the_sync_facade_takes_a_keepalive(tmp_path: Path) -> None:
+    """``SyncConnection(..., keepalive=...)``: a blocking run on a vanished server raises
+    ConnectionBroken; a negative interval is refused before connecting."""
+    s, mark = await make_setup(tmp_path, Limits(keepalive=0)), new_mark()
+    try:
+        with pytest.raises(ValueError, match="keepalive"):
+            await asyncio.to_thread(tether.SyncConnection, "127.0.0.1", s.port,
+                                    home=s.client_home, accept_new=True, keepalive=-1)
+        async with BlackHoleProxy(("127.0.0.1", s.port)) as proxy:
+            conn = await asyncio.to_thread(tether.SyncConnection, "127.0.0.1", proxy.port,
+                                           home=s.client_home, accept_new=True, keepalive=0.5)
+            try:
+                running = asyncio.ensure_future(asyncio.to_thread(conn.run, family(mark)))
+                await _eventually(lambda: len(marked(mark)) >= 2)
+                proxy.vanish()
+                with pytest.raises(ConnectionBroken, match="no answer from the server"):
+                    await asyncio.wait_for(running, 60)
+            finally:
+                await proxy.close()
+                await asyncio.to_thread(conn.close)
+    finally:
+        await s.server.close()
+        survivors(mark)

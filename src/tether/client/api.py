@@ -552,6 +552,8 @@ async def _open(
 ) -> Connection:
     from tether.tls import client_context
 
+    if keepalive is not None and keepalive < 0:
+        raise ValueError("keepalive must be a number of seconds >= 0 (0: off)")
     identity = None if plaintext else load_identity(home)
     ctx = None if identity is None else client_context(identity)
     loop = asyncio.get_running_loop()
@@ -612,8 +614,6 @@ class connect:  # used like a function: `async with tether.connect(...)`
         timeout: float = 10.0,
         keepalive: float | None = None,
     ) -> None:
-        if keepalive is not None and keepalive < 0:
-            raise ValueError("keepalive must be a number of seconds >= 0 (0: off)")
         self._args = (host, port, home_dir(home), accept_new, plaintext, confirm, timeout,
                       keepalive)
         self._conn: Connection | None = None

@@ -32,14 +32,17 @@ class SyncConnection:
         accept_new: bool = False,
         plaintext: bool = False,
         timeout: float = 10.0,
+        keepalive: float | None = None,
     ) -> None:
+        """``keepalive``: as :func:`tether.connect`'s (seconds; None or 0: off)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="tether-sync")
         self._thread.start()
         try:
             self._conn: Connection = self._call(
-                _open(host, port, home_dir(home), accept_new, plaintext, None, timeout)
+                _open(host, port, home_dir(home), accept_new, plaintext, None, timeout,
+                      keepalive)
             )
         except BaseException:
             self._stop()
