@@ -16,6 +16,7 @@ import click
 from tether.client.api import connect
 from tether.client.transfer import TransferResult
 from tether.errors import BadRequest, TetherError
+from tether.malloc import tune_for_bulk
 
 
 @dataclass
@@ -157,6 +158,7 @@ def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,
 def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> None:
     from tether.cli.main import fail
 
+    tune_for_bulk()
     try:
         host, remote = split_remote(target)
         if _fleet_target(host, opts):
@@ -171,6 +173,7 @@ def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> No
 def get_main(args: tuple[str, ...], opts: TransferOptions) -> None:
     from tether.cli.main import fail
 
+    tune_for_bulk()
     try:
         if len(args) < 2:
             raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
