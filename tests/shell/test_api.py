@@ -137,12 +137,14 @@ async def test_put_while_a_pty_shell_is_open(api: tether.Connection, server: Ser
     data = os.urandom(3 * 1024 * 1024 + 17)
     local.write_bytes(data)
     name = f"shell-put-{os.getpid()}-{time.monotonic_ns()}.bin"
-    await asyncio.wait_for(api.put(local, name), TIMEOUT)
+    await asyncio.wait_for(api.put(local, name), 2 * SETTLE)  # a loaded machine: be patient
     assert (server.root / name).read_bytes() == data
     await proc.write(b"echo $PWD two''2\r")  # the shell lives on, in its own state
-    await read_until(proc, b"/tmp two2\r\n")
+    # Wait for the next prompt, not just the output: a Ctrl-D typed while bash is still between
+    # commands meets a terminal in canonical mode, which swallows it, and bash never exits.
+    await read_until(proc, b"/tmp two2\r\n" + PROMPT.encode(), timeout=SETTLE)
     await proc.write(b"\x04")
-    assert (await asyncio.wait_for(proc.wait(), TIMEOUT)).status == 0
+    assert (await asyncio.wait_for(proc.wait(), SETTLE)).status == 0
 
 
 async def test_flood_does_not_stall_keystrokes(api: tether.Connection,
