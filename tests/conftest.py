@@ -246,19 +246,15 @@ def shared_server(e2e_dir: Path, client_home: Path) -> Iterator[ServeProcess]:
     client authorized through ``tether authorize`` and the server pinned in its known_hosts."""
     home = e2e_dir / "server"
     authorize(home, client_home)
-    server = start_server(home, e2e_dir / "root", e2e_dir / "server.log")
-    pin(client_home, server.port, server.fingerprint)
-    try:
+    with start_server(home, e2e_dir / "root", e2e_dir / "server.log") as server:
+        pin(client_home, server.port, server.fingerprint)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def server(shared_server: ServeProcess) -> ServeProcess:
     """The shared server, checked alive: a test that crashed it shows up as its own failure."""
-    assert shared_server.alive(), shared_server.log_text()[-4000:]
-    return shared_server
+    return shared_server.checked()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 def _tether_command() -> list[str]:
@@ -87,7 +87,8 @@ def await_line(proc: subprocess.Popen[Any], log: Path, pattern: re.Pattern[str],
 @dataclass
 class ServeProcess:
     """A running ``tether serve`` subprocess, its files, and what its "listening on" line
-    said (port, and fingerprint unless it serves plaintext)."""
+    said (port, and fingerprint unless it serves plaintext). As a context manager it is
+    stopped (by PID) at the end of the block."""
 
     proc: subprocess.Popen[bytes]
     home: Path
@@ -108,6 +109,18 @@ class ServeProcess:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+    def checked(self) -> Self:
+        """This server, asserted still running (failing with its log's tail otherwise): a test
+        that crashed a shared server shows up as its own failure, not the next test's."""
+        assert self.alive(), self.log_text()[-4000:]
+        return self
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str, str],

@@ -11,14 +11,10 @@ from classic_harness import ClassicServe, start_classic
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClassicServe]:
     """One server per test module; tests use file names of their own."""
-    server = start_classic(tmp_path_factory.mktemp("classic"))
-    try:
+    with start_classic(tmp_path_factory.mktemp("classic")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def server(serve: ClassicServe) -> ClassicServe:
-    assert serve.alive(), serve.log_text()[-4000:]
-    return serve
+    return serve.checked()

@@ -51,19 +51,15 @@ def ids(tmp_path_factory: pytest.TempPathFactory) -> Identities:
 
 @pytest.fixture(scope="session")
 def shared_server(ids: Identities) -> Iterator[ServeProcess]:
-    server = start_login_serve(ids.server_home, ids.base / "root", ids.base / "serve.log",
-                         ids.remote_home)
-    try:
+    with start_login_serve(ids.server_home, ids.base / "root", ids.base / "serve.log",
+                           ids.remote_home) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def server(shared_server: ServeProcess) -> ServeProcess:
     """The shared server, checked alive (a test that crashed it fails on its own)."""
-    assert shared_server.alive(), shared_server.log_text()[-4000:]
-    return shared_server
+    return shared_server.checked()
 
 
 @pytest.fixture
