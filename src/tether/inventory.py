@@ -8,7 +8,8 @@ A target is what a user types where one HOST is accepted, so that one word can m
     @web            every inventory host in the group "web"
     @all            every inventory host
 
-:func:`resolve` returns :class:`Target` tuples (name, address, port, timeout) in the order given,
+:func:`resolve` returns :class:`Target` tuples (name, address, port, timeout, keepalive) in the
+order given,
 without duplicates. The file is read with the standard library's ``tomllib`` and written by
 :func:`dump` in one small fixed format (no writer dependency), atomically, so a crash never
 leaves half an inventory::
@@ -18,6 +19,7 @@ leaves half an inventory::
     port = 7722
     groups = ["web", "eu"]
     timeout = 30.0          # optional per-host deadline in seconds (connect + operation)
+    keepalive = 15.0        # optional: ping the server after this much silence (--keepalive)
 
 Pure files, no sockets: :mod:`tether.client.fleet` connects, :mod:`tether.cli.hosts` prints.
 """
@@ -37,7 +39,7 @@ from tether.identity import DEFAULT_PORT, home_dir
 INVENTORY_FILE = "hosts.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 GROUP_ALL = "all"
-SETTINGS = ("timeout",)  # optional per-host keys beside address, port and groups
+SETTINGS = ("timeout", "keepalive")  # optional per-host keys beside address, port and groups
 
 
 class InventoryError(IdentityError):
@@ -45,12 +47,14 @@ class InventoryError(IdentityError):
 
 
 class Target(NamedTuple):
-    """One host to reach: a display name, where it is, and its own deadline if it has one."""
+    """One host to reach: a display name, where it is, and its own deadline and keepalive
+    interval if it has them."""
 
     name: str
     address: str
     port: int
     timeout: float | None = None
+    keepalive: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,10 @@ class Host:
     port: int = DEFAULT_PORT
     groups: tuple[str, ...] = ()
     timeout: float | None = None
+    keepalive: float | None = None
 
     def target(self) -> Target:
-        return Target(self.name, self.address, self.port, self.timeout)
+        return Target(self.name, self.address, self.port, self.timeout, self.keepalive)
 
 
 @dataclass
@@ -158,11 +163,18 @@ def _host(name: str, entry: Any) -> Host:
     groups = entry.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ValueError("'groups' must be a list of strings")
-    timeout = entry.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ValueError("'timeout' must be a positive number of seconds")
     return Host(name, address, check_port(entry.get("port", DEFAULT_PORT)), tuple(groups),
-                None if timeout is None else float(timeout))
+                _seconds(entry, "timeout"), _seconds(entry, "keepalive"))
+
+
+def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
+    """An optional positive number of seconds (a bool is not a number here)."""
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{key!r} must be a positive number of seconds")
+    return float(value)
 
 
 def check_port(port: Any) -> int:
@@ -181,6 +193,8 @@ def dump(inventory: Inventory) -> str:
         out.append(f"groups = [{', '.join(_string(g) for g in host.groups)}]\n")
         if host.timeout is not None:
             out.append(f"timeout = {host.timeout!r}\n")
+        if host.keepalive is not None:
+            out.append(f"keepalive = {host.keepalive!r}\n")
     return "".join(out)
 
 

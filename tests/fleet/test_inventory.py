@@ -30,7 +30,7 @@ from .farm import tether
 def _inventory() -> Inventory:
     inv = Inventory()
     inv.add(Host("web1", "10.0.0.1", 7722, ("web", "eu")))
-    inv.add(Host("web2", "10.0.0.2", 7800, ("web",), timeout=5.0))
+    inv.add(Host("web2", "10.0.0.2", 7800, ("web",), timeout=5.0, keepalive=2.5))
     inv.add(Host("db", "db.example.com", groups=("eu",)))
     return inv
 
@@ -44,6 +44,7 @@ def test_resolve_every_kind_of_target() -> None:
     assert [t.name for t in resolve("@all", inv)] == ["web1", "web2", "db"]
     assert [t.name for t in resolve("@eu,web2,web1,x", inv)] == ["web1", "db", "web2", "x"]
     assert resolve("web2", inv)[0].timeout == 5.0
+    assert resolve("web2", inv)[0].keepalive == 2.5 and resolve("web1", inv)[0].keepalive is None
     assert resolve("web2", inv, 1)[0].port == 7800  # the inventory's port wins
     assert resolve(["web1", Target("t", "1.2.3.4", 1)], inv)[1] == Target("t", "1.2.3.4", 1)
 
@@ -84,6 +85,8 @@ def test_any_address_survives_the_writer(address: str, groups: list[str]) -> Non
     ("[hosts.a]\naddress = 'x'\ncolour = 'red'\n", "unknown key 'colour'"),
     ("[hosts.a]\naddress = 'x'\ngroups = 'web'\n", "'groups'"),
     ("[hosts.a]\naddress = 'x'\ntimeout = -1\n", "'timeout'"),
+    ("[hosts.a]\naddress = 'x'\nkeepalive = 0\n", "'keepalive'"),
+    ("[hosts.a]\naddress = 'x'\nkeepalive = true\n", "'keepalive'"),
     ('[hosts."../x"]\naddress = "x"\n', "not allowed"),
     ("[hosts.a]\naddress = 'x'\ngroups = ['all']\n", "'all'"),
     ("hosts = 3\n", "table"),
@@ -100,7 +103,7 @@ def test_hosts_cli(tmp_path: Path) -> None:
     empty = tether("hosts", home=home)
     assert empty.returncode == 0 and "no hosts" in empty.stderr
     added = tether("hosts", "add", "web1", "10.0.0.1", "-g", "web", "-g", "eu", "--timeout",
-                   "7", home=home)
+                   "7", "--keepalive", "4", home=home)
     assert added.returncode == 0 and added.stdout.startswith("added: web1"), added.stderr
     assert tether("hosts", "add", "web2", "10.0.0.2", "-p", "7800", home=home).returncode == 0
     again = tether("hosts", "add", "web2", "10.0.0.2", "-p", "7800", home=home)
@@ -110,7 +113,7 @@ def test_hosts_cli(tmp_path: Path) -> None:
                                           "web2\t10.0.0.2\t7800\t\t"]
     as_json = json.loads(tether("hosts", "--json", home=home).stdout)
     assert as_json[0] == {"name": "web1", "address": "10.0.0.1", "port": 7722,
-                          "groups": ["web", "eu"], "timeout": 7.0}
+                          "groups": ["web", "eu"], "timeout": 7.0, "keepalive": 4.0}
     bad = tether("hosts", "add", "../evil", "1.2.3.4", home=home)
     assert bad.returncode == 1 and "not allowed" in bad.stderr
     removed = tether("hosts", "remove", "web1", home=home)

@@ -55,19 +55,23 @@ def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> b
     return per_host_output or is_multi(host)
 
 
-def one_host(host: str, home: str | None, port: int) -> tuple[str, int]:
+def one_host(host: str, home: str | None, port: int,
+             keepalive: float = 0.0) -> tuple[str, int, float]:
     """For a command that reaches exactly one host (``tether shell``): an inventory name, or a
-    target meaning one host, becomes its address and port; a target meaning several is refused.
+    target meaning one host, becomes its address, port and keepalive interval (``keepalive``
+    from the command line if given, else the host's own, else 0: off); a target meaning
+    several is refused.
     """
     from tether.errors import BadRequest
     from tether.inventory import is_multi, load, names_inventory_host, resolve
 
     if not (is_multi(host) or names_inventory_host(host, home)):
-        return host, port
+        return host, port, keepalive
     targets = resolve(host, load(home), port)
     if len(targets) != 1:
         raise BadRequest(f"{host} means {len(targets)} hosts; this command reaches one")
-    return targets[0].address, targets[0].port
+    (target,) = targets
+    return target.address, target.port, keepalive or target.keepalive or 0.0
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -192,7 +196,8 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
     if fopts.host_timeout is not None:  # said on the command line: it beats the inventory
         fleet.targets = [t._replace(timeout=fopts.host_timeout)
                          for t in fleet.targets]
-    fleet.keepalive = fopts.keepalive or None
+    if fopts.keepalive:  # said on the command line: it beats the inventory
+        fleet.targets = [t._replace(keepalive=fopts.keepalive) for t in fleet.targets]
     if len(fleet.targets) == 1 and sys.stdin.isatty():
         from tether.cli.shared import confirm_on_tty
 

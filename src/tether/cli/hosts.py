@@ -70,7 +70,7 @@ def _print_json(inventory: Inventory) -> None:
 
     click.echo(json.dumps([
         {"name": h.name, "address": h.address, "port": h.port, "groups": list(h.groups),
-         "timeout": h.timeout}
+         "timeout": h.timeout, "keepalive": h.keepalive}
         for h in inventory.hosts.values()
     ]))
 
@@ -84,12 +84,15 @@ def _print_json(inventory: Inventory) -> None:
               help="Put the host in group G (repeat for several).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Per-host deadline for fleet operations, in seconds.")
+@click.option("--keepalive", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Ping this host's server after S seconds of silence (as run --keepalive).")
 def add(home: str | None, name: str, address: str, port: int, groups: tuple[str, ...],
-        timeout: float | None) -> None:
+        timeout: float | None, keepalive: float | None) -> None:
     """Add NAME at ADDRESS (or replace the host called NAME)."""
     from tether.inventory import Host, add_host, inventory_path
 
-    changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout))
+    changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout,
+                                  keepalive))
     state = "added" if changed else "unchanged"
     click.echo(f"{state}: {name} {address}:{port} in {inventory_path(home)}")
 

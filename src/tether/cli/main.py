@@ -219,7 +219,8 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
                                               keepalive)))
     from tether.cli.fleet import one_host
 
-    opts.host, opts.port = one_host(host, home, port)  # an inventory name: its address, port
+    # an inventory name: its address, port and keepalive
+    opts.host, opts.port, opts.keepalive = one_host(host, home, port, keepalive)
     sys.exit(run_main(opts))
 
 
@@ -246,7 +247,7 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     from tether.cli.shell import shell_main
 
     argv = list(command[1:] if command and command[0] == "--" else command)
-    host, port = one_host(host, home, port)  # an inventory name: its address and port
+    host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
     sys.exit(shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive))
 
 

@@ -141,11 +141,11 @@ def _fleet_target(host: str, opts: TransferOptions) -> bool:
 
 
 def _one(host: str, opts: TransferOptions) -> tuple[str, TransferOptions]:
-    """An inventory name becomes its address and port; anything else stays as it is."""
+    """An inventory name becomes its address, port and keepalive; anything else stays as is."""
     from tether.cli.fleet import one_host
 
-    address, port = one_host(host, opts.home, opts.port)
-    return address, dataclasses.replace(opts, port=port)
+    address, port, keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
+    return address, dataclasses.replace(opts, port=port, keepalive=keepalive)
 
 
 def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,

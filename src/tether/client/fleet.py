@@ -175,7 +175,7 @@ class Fleet:
         self.home = home
         self.accept_new = accept_new
         self.plaintext = plaintext
-        self.keepalive = keepalive  # per connection, as tether.connect's
+        self.keepalive = keepalive  # per connection, as tether.connect's (a host's own wins)
         self.confirm = confirm
         self.parallel = parallel
         self.timeout = timeout
@@ -307,7 +307,7 @@ class Fleet:
             conn = await connect(target.address, target.port, home=self.home,
                                  accept_new=self.accept_new, plaintext=self.plaintext,
                                  confirm=self.confirm, timeout=self.connect_timeout,
-                                 keepalive=self.keepalive)
+                                 keepalive=target.keepalive or self.keepalive)
             self._conns[target.name] = conn
         return conn
 
