@@ -68,20 +68,22 @@ async def test_the_cli_gives_up_on_a_server_that_vanished(tmp_path: Path, path: 
 async def test_an_inventory_hosts_keepalive_applies(tmp_path: Path) -> None:
     """``keepalive = 1`` in hosts.toml: ``tether run NAME`` and ``tether run @group`` give up on
     the vanished server without a flag (one host: exit 255; a fleet: that host failed)."""
-    s, mark = await make_setup(tmp_path, Limits(keepalive=0)), new_mark()
+    s, marks = await make_setup(tmp_path, Limits(keepalive=0)), (new_mark(), new_mark())
     try:
         async with BlackHoleProxy(("127.0.0.1", s.port)) as proxy:
             add_host(s.client_home, Host("frozen", "127.0.0.1", proxy.port, ("g",),
                                          keepalive=1.0))
-            one = await _cli(s, proxy.port, "full", "frozen", "--", *family(mark))
-            many = await _cli(s, proxy.port, "full", "@g", "--", *family(mark))
-            await _eventually(lambda: len(marked(mark)) >= 4)
+            one = await _cli(s, proxy.port, "full", "frozen", "--", *family(marks[0]))
+            many = await _cli(s, proxy.port, "full", "@g", "--", *family(marks[1]))
+            # both commands run (their connections are up) before the server vanishes
+            await _eventually(lambda: all(len(marked(m)) >= 2 for m in marks))
             proxy.vanish()
             (out, err), (_, fleet_err) = await asyncio.wait_for(
                 asyncio.gather(one.communicate(), many.communicate()), 60)
     finally:
         await s.server.close()
-        survivors(mark)
+        for mark in marks:
+            survivors(mark)
     assert (one.returncode, out, err) == (255, b"",
                                           b"tether: no answer from the server for 3 s\n")
     assert many.returncode == 255 and b"no answer from the server for 3 s" in fleet_err
