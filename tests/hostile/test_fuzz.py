@@ -40,6 +40,7 @@ from tether.partial import check_name
 from tether.protocol import (
     CLOSED,
     NEED_DATA,
+    Batch,
     Begin,
     Close,
     Commit,
@@ -47,11 +48,14 @@ from tether.protocol import (
     Credit,
     Data,
     Done,
+    Entries,
     Entry,
     Eof,
     Error,
     Exec,
     Exit,
+    Fetch,
+    Files,
     Get,
     Hello,
     List,
@@ -93,6 +97,7 @@ class Conversation:
     up: list[bytes] = field(default_factory=list)  # client -> server
     down: list[bytes] = field(default_factory=list)  # server -> client
     openers: list[Message] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # every message, both ways
 
 
 def _conversation() -> Conversation:
@@ -105,6 +110,7 @@ def _conversation() -> Conversation:
 
     def c(msg: Message, body: bytes = b"") -> None:
         raw = client.send(msg, body)
+        talk.messages.append(msg)
         if msg.OPENS:
             talk.openers.append(msg)
         talk.up.append(raw)
@@ -119,6 +125,7 @@ def _conversation() -> Conversation:
 
     def s(msg: Message) -> None:
         raw = server.send(msg)
+        talk.messages.append(msg)
         talk.down.append(raw)
         client.receive_data(raw)
         drain(client)
@@ -178,6 +185,22 @@ def _conversation() -> Conversation:
     c(Put(path="g", size=1, stream=15))
     c(Error(code="failed", message="client gave up", stream=15))
     s(Error(code="failed", message="abandoned", stream=15))
+    c(Batch(path="dir", names=["a", "sub/b"], sizes=[3, 2], modes=[0o644, 0o600],
+            mtimes=[1, 2], hashes=[h, h], stream=17))
+    cdata(17, b"aaabb")
+    s(Done(path="dir", size=5, count=2, names=["dir/a", "dir/sub/b"], stream=17))
+    c(Close(stream=17))
+    c(List(path="dir", batched=True, stream=19))
+    s(Entries(names=["", "a", "l"], kinds=["dir", "file", "symlink"], sizes=[0, 3, 1],
+              modes=[0o755, 0o644, 0o777], mtimes=[1, 1, 1], targets=[None, None, "a"],
+              stream=19))
+    s(Done(path="dir", count=3, stream=19))
+    c(Close(stream=19))
+    c(Fetch(path="dir", names=["a", "sub/b"], stream=21))
+    s(Files(sizes=[3, 2], modes=[0o644, 0o600], mtimes=[1, 2], hashes=[h, h], stream=21))
+    sdata(21, 0, b"aaabb")
+    s(Done(path="dir", size=5, count=2, stream=21))
+    c(Close(stream=21))
     s(Exit(status=None, signal=9, stream=9))
     c(Close(stream=9))
     return talk
@@ -352,7 +375,9 @@ def test_the_unmutated_conversation_is_valid() -> None:
         tally = Tally()
         feed(role, b"".join(frames), random.Random(1).randint, tally)
         assert tally.errors == 0 and tally.events == len(frames)
-    assert {type(m).__name__ for m in TALK.openers} >= {"Exec", "Put", "Get", "List", "Shell"}
+    assert {type(m).__name__ for m in TALK.openers} >= {"Exec", "Put", "Get", "List", "Shell",
+                                                        "Batch", "Fetch"}
+    assert {"Entries", "Files"} <= {type(m).__name__ for m in TALK.messages}
 
 
 # --- the path resolver ------------------------------------------------------------------------
