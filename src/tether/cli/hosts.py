@@ -1,4 +1,4 @@
-"""``tether hosts``: list, add and remove the named hosts of ``$TETHER_HOME/hosts.toml``.
+"""``tether hosts``: list, add, remove and import the named hosts of ``$TETHER_HOME/hosts.toml``.
 
 The data and its rules live in :mod:`tether.inventory`; this module only parses arguments and
 prints (a rich table on a terminal, tab-separated columns otherwise, or JSON). Its top level
@@ -109,3 +109,46 @@ def remove(home: str | None, names: tuple[str, ...]) -> None:
         inventory.remove(name)
     path = save(inventory, home)
     click.echo(f"removed {', '.join(names)} from {path}")
+
+
+@hosts.command("import")
+@home_option
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=7722, show_default=True,
+              help="tether's port for hosts with no tether_port (ansible_port is ssh's port, "
+                   "used only for hosts whose ansible_connection is tether).")
+@click.option("-g", "--group", "groups", multiple=True, metavar="G",
+              help="Also put every imported host in group G (repeat for several).")
+@click.option("-n", "--dry-run", is_flag=True, help="Print what would be imported; write nothing.")
+def import_(home: str | None, path: str, port: int, groups: tuple[str, ...],
+            dry_run: bool) -> None:
+    """Add (or replace) every host of an Ansible inventory FILE (INI or YAML).
+
+    Names, ansible_host, groups (children included) and ports are taken; hosts already in the
+    inventory under other names are kept.
+    """
+    from tether.ansible_inventory import read
+    from tether.inventory import inventory_path, load, merge_groups, save
+
+    imported = read(path, port)
+    inventory = load(home)
+    changed = 0
+    for host in imported.hosts:
+        host = merge_groups(host, groups)
+        if inventory.hosts.get(host.name) != host:
+            changed += 1
+            inventory.add(host)
+        if dry_run:
+            click.echo("\t".join(_row(host)))
+    if imported.ssh_ports_ignored:
+        click.echo(f"note: ansible_port of {imported.ssh_ports_ignored} host(s) taken as ssh's "
+                   f"port and not used (set tether_port, or --port)", err=True)
+    found = len(imported.hosts)
+    target = inventory_path(home)
+    if dry_run:
+        click.echo(f"would import {found} hosts ({changed} new or changed) into {target}",
+                   err=True)
+        return
+    if changed:
+        save(inventory, home)
+    click.echo(f"imported {found} hosts ({changed} new or changed) into {target}")
