@@ -101,7 +101,8 @@ def check_host(home: str | os.PathLike[str], host: str, port: int, fp: str, acce
         raise HostChanged(
             f"THE SERVER'S IDENTITY HAS CHANGED for {key}: expected {known}, got {fp}. "
             f"Someone may be intercepting the connection, or the server got a new identity. "
-            f"If you know why, remove the line for {key} from {_shown(home)} and "
+            f"If you know why, forget the old one with `tether known-hosts forget {host}"
+            f"{'' if port == DEFAULT_PORT else f' -p {port}'}` (it edits {_shown(home)}) and "
             f"connect again."
         )
     if accept_new or (confirm is not None and confirm(key, fp)):

@@ -253,6 +253,32 @@ def known_hosts_path(home: Path) -> Path:
     return Path(known_hosts_file(home))
 
 
+def forget_known_host(home: Path, host: str, port: int | None = None) -> list[str]:
+    """Remove the pins of ``host`` (at ``port``, or at every port), as ``ssh-keygen -R`` does;
+    the removed lines are returned. Comments and every other line are kept; the file is
+    replaced atomically, so a crash leaves the old file or the new one."""
+    path = known_hosts_path(home)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    keys = {host_key(host, port)} if port is not None else None
+
+    def pins_host(line: str) -> bool:
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if keys is not None:
+            return first in keys
+        return first == host or (first.startswith(f"[{host}]:") and first.count("]:") == 1)
+
+    removed = [line for line in lines if pins_host(line)]
+    if removed:
+        tmp = path.with_name(f".known_hosts.{os.getpid()}.tmp")
+        tmp.write_text("".join(line + "\n" for line in lines if not pins_host(line)))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    return removed
+
+
 __all__ = [
     "DEFAULT_PORT",
     "AuthorizedClient",
@@ -262,6 +288,7 @@ __all__ = [
     "authorized_path",
     "check_host",
     "fingerprint",
+    "forget_known_host",
     "generate_identity",
     "home_dir",
     "host_key",

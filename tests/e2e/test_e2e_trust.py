@@ -97,7 +97,41 @@ def test_changed_server_identity_is_refused(client: Client, make_server: ServerF
         assert first.fingerprint in line
         assert second.fingerprint in line
         assert "CHANGED" in line.upper()
+        assert f"tether known-hosts forget 127.0.0.1 -p {second.port}" in line
     assert not marker.exists()
+
+
+def test_forgetting_a_changed_server_lets_it_be_pinned_again(
+    client: Client, make_server: ServerFactory, cli: Callable[..., Any]
+) -> None:
+    first = make_server()
+    user = client.other(server=first)
+    assert _run_detached(user, "true").returncode == 0
+    known = user.home / "known_hosts"
+    known.write_text(f"# my notes\nother.example {first.fingerprint}\n" + known.read_text())
+    pin = f"[127.0.0.1]:{first.port} {first.fingerprint}\n"
+    kept = known.read_text().replace(pin, "")
+    assert kept != known.read_text()
+    first.stop()
+    for name in ("server_key.pem", "server_cert.pem"):
+        (first.home / name).unlink()
+    second = make_server(home=first.home, port=first.port, pinned=False)
+    assert _run_detached(client.other(server=second), "true").returncode == 255
+
+    wrong_port = cli("known-hosts", "forget", "127.0.0.1", "-p", "1", home=user.home)
+    assert wrong_port.returncode == 1
+    assert "no pin for 127.0.0.1 port 1" in _one_line(wrong_port.stderr)
+    done = cli("known-hosts", "forget", f"[127.0.0.1]:{second.port}", home=user.home)
+    assert done.returncode == 0, done.stderr
+    assert b"removed 1 pin(s)" in done.stdout
+    assert known.read_text() == kept
+    assert lookup_known_host(user.home, "127.0.0.1", second.port) is None
+
+    again = _run_detached(client.other(server=second), "echo pinned", "--accept-new")
+    assert (again.returncode, again.stdout) == (0, b"pinned\n"), again.stderr
+    assert lookup_known_host(user.home, "127.0.0.1", second.port) == second.fingerprint
+    listed = cli("known-hosts", "list", home=user.home).stdout.decode()
+    assert f"[127.0.0.1]:{second.port} {second.fingerprint}" in listed
 
 
 ADMIN_NOTES = "# managed by hand: ask ops before editing\n\n# --- build machines ---\n"

@@ -31,7 +31,7 @@ def fail(exc: BaseException) -> NoReturn:
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
-                 "serve": "tether.cli.serve"}
+                 "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts"}
 
 
 class _Group(click.Group):
@@ -42,7 +42,8 @@ class _Group(click.Group):
         if name in LAZY_COMMANDS:
             import importlib
 
-            command: click.Command = getattr(importlib.import_module(LAZY_COMMANDS[name]), name)
+            module = importlib.import_module(LAZY_COMMANDS[name])
+            command: click.Command = getattr(module, name.replace("-", "_"))
             return command
         return super().get_command(ctx, name)
 
