@@ -62,14 +62,14 @@ def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
 
 def tether_cli(
     *args: str, home: Path | None = None, input: bytes | None = None,
-    timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None, cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one ``tether`` command to completion, capturing bytes (stdin /dev/null by default);
     ``env`` adds variables to :func:`cli_env`."""
     return subprocess.run(
         [*TETHER, *args], input=input, capture_output=True, timeout=timeout,
         env=cli_env(home, **(env or {})),
-        stdin=None if input is not None else subprocess.DEVNULL,
+        stdin=None if input is not None else subprocess.DEVNULL, cwd=cwd,
     )
 
 

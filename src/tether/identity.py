@@ -146,6 +146,31 @@ class AuthorizedClient:
         return fingerprint(self.cert_der)
 
 
+def short_fingerprint(fp: str) -> str:
+    """Enough of a fingerprint to tell two identities of the same name apart in a log line."""
+    return fp[: len("SHA256:") + 8]
+
+
+def check_certificate(der: bytes) -> None:
+    """Raise IdentityError unless ``der`` is a whole X.509 certificate whose Ed25519 key signed
+    it: what ``tether keygen`` makes. A damaged entry in ``authorized`` would otherwise reach
+    the TLS trust store, where one bad certificate locks every client out."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise IdentityError("the certificate is damaged (cut short or not a certificate)") from exc
+    if not isinstance(cert.public_key(), Ed25519PublicKey):
+        raise IdentityError("the certificate's key is not Ed25519 (not made by tether keygen)")
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise IdentityError("the certificate is not signed by its own key") from exc
+
+
 def parse_id_line(line: str) -> tuple[bytes, str]:
     """The certificate and name in an id line; raises IdentityError if it is not one."""
     parts = line.split()
@@ -197,21 +222,48 @@ def parse_authorized_line(line: str) -> AuthorizedClient:
     return AuthorizedClient(der, name, root, perms)
 
 
-def load_authorized(home: Path) -> dict[str, AuthorizedClient]:
-    """Authorized clients by fingerprint; a damaged line is an error naming its line number."""
+@dataclass(frozen=True)
+class AuthorizedFile:
+    """What the server admits: every valid entry, and a message per line it had to skip."""
+
+    clients: dict[str, AuthorizedClient]
+    problems: list[str]
+
+
+def read_authorized(home: Path) -> AuthorizedFile:
+    """Every valid entry of ``authorized`` (its certificate checked), and each damaged line
+    named with its number. The server admits exactly the valid entries: a typo made while
+    removing a client must not keep that client (or lock out everyone else)."""
     path = authorized_path(home)
     clients: dict[str, AuthorizedClient] = {}
-    if not path.exists():
-        return clients
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    problems: list[str] = []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return AuthorizedFile(clients, problems)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return AuthorizedFile(clients, [f"{path}: cannot read it: {reason}"])
+    for number, line in enumerate(text.splitlines(), 1):
         if not _is_entry(line):
             continue
         try:
             client = parse_authorized_line(line)
+            check_certificate(client.cert_der)
         except (IdentityError, ValueError) as exc:
-            raise IdentityError(f"{path}:{number}: {exc}") from exc
+            problems.append(f"{path}:{number}: {exc}")
+            continue
         clients[client.fingerprint] = client
-    return clients
+    return AuthorizedFile(clients, problems)
+
+
+def load_authorized(home: Path) -> dict[str, AuthorizedClient]:
+    """Authorized clients by fingerprint; a damaged line is an error naming its line number
+    (for commands that rewrite the file: they must not build on a damaged one)."""
+    found = read_authorized(home)
+    if found.problems:
+        raise IdentityError(found.problems[0])
+    return found.clients
 
 
 def _is_entry(line: str) -> bool:
@@ -244,6 +296,35 @@ def add_authorized(home: Path, client: AuthorizedClient) -> bool:
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return True
+
+
+def revoke_authorized(home: Path, who: str) -> list[AuthorizedClient]:
+    """Remove the entries of the client named ``who``, or with that fingerprint (or a unique
+    prefix of it, at least the short form); comments and other lines are kept. A name shared
+    by several identities is refused: the admin must say which fingerprint."""
+    path = authorized_path(home)
+    clients = list(load_authorized(home).values())
+    if who.startswith("SHA256:"):
+        if len(who) < len(short_fingerprint(who)):
+            raise IdentityError(f"{who!r} is too short: give at least {len('SHA256:') + 8} "
+                                f"characters of the fingerprint")
+        chosen = [c for c in clients if c.fingerprint.startswith(who)]
+    else:
+        chosen = [c for c in clients if c.name == who]
+    if not chosen:
+        raise IdentityError(f"no authorized client {who!r} in {path}")
+    if len(chosen) > 1:
+        shown = ", ".join(short_fingerprint(c.fingerprint) for c in chosen)
+        raise IdentityError(f"{len(chosen)} clients match {who!r} ({shown}): revoke one by its "
+                            f"fingerprint")
+    gone = {c.fingerprint for c in chosen}
+    kept = [line for line in path.read_text().splitlines()
+            if not _is_entry(line) or parse_authorized_line(line).fingerprint not in gone]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return chosen
 
 
 # --- known hosts (the light functions live in tether.home) --------------------------------------
@@ -282,10 +363,12 @@ def forget_known_host(home: Path, host: str, port: int | None = None) -> list[st
 __all__ = [
     "DEFAULT_PORT",
     "AuthorizedClient",
+    "AuthorizedFile",
     "Identity",
     "add_authorized",
     "add_known_host",
     "authorized_path",
+    "check_certificate",
     "check_host",
     "fingerprint",
     "forget_known_host",
@@ -298,4 +381,7 @@ __all__ = [
     "lookup_known_host",
     "parse_id_line",
     "parse_permissions",
+    "read_authorized",
+    "revoke_authorized",
+    "short_fingerprint",
 ]

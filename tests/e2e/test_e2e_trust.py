@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from support import wait_until
 from tether.identity import load_authorized, load_identity, lookup_known_host
 
 if TYPE_CHECKING:
@@ -180,3 +183,86 @@ def test_authorize_with_a_damaged_line_changes_nothing(
     assert done.returncode == 1
     assert _one_line(done.stderr).startswith("tether: ") and "authorized:2:" in done.stderr.decode()
     assert path.read_text() == "# notes\ntether-cert not-base64!! someone\n"
+
+
+def _authorized_lines(home: Path) -> list[str]:
+    return [ln for ln in (home / "authorized").read_text().splitlines() if ln.strip()]
+
+
+def test_authorize_refuses_a_cut_paste_and_writes_nothing(
+    tmp_path: Path, make_client_home: ClientHomeFactory, cli: Callable[..., Any]
+) -> None:
+    server_home = tmp_path / "paste-server"
+    line = _id_line(cli, make_client_home("paster"))
+    done = cli("authorize", line[:200], home=server_home)
+    assert done.returncode == 1
+    assert "certificate" in _one_line(done.stderr)
+    assert not (server_home / "authorized").exists()
+
+
+def test_a_damaged_entry_locks_out_only_itself_and_never_keeps_a_stale_list(
+    client: Client, make_server: ServerFactory, make_client_home: ClientHomeFactory,
+    cli: Callable[..., Any]
+) -> None:
+    server = make_server()
+    other_home = make_client_home("other")
+    assert cli("authorize", _id_line(cli, other_home), home=server.home).returncode == 0
+    other = client.other(server=server, home=other_home)
+    assert _run_detached(other, "true", "--accept-new").returncode == 0
+    mine, theirs = _authorized_lines(server.home)
+    # the admin removes "other" and, in the same edit, damages the shared client's entry
+    (server.home / "authorized").write_text(mine[:150] + "\n")
+    refused = _run_detached(other, "true")
+    assert refused.returncode == 255, "a removed client was still admitted"
+    assert _run_detached(client.other(server=server), "true").returncode == 255
+    wait_until(lambda: "skipped in the authorized list" in server.log_text(), timeout=10)
+    assert re.search(r"authorized:1: .*damaged", server.log_text())
+    # one damaged line does not lock out the valid ones
+    (server.home / "authorized").write_text("tether-cert AAAA broken\n" + theirs + "\n")
+    assert _run_detached(other, "echo still").stdout == b"still\n"
+
+
+def test_authorize_list_and_revoke(
+    tmp_path: Path, make_client_home: ClientHomeFactory, cli: Callable[..., Any]
+) -> None:
+    server_home = tmp_path / "listed-server"
+    assert cli("authorize", "--list", home=server_home).returncode == 0
+    homes = [make_client_home(f"lab{i}", name="ci@build") for i in (1, 2)]
+    fps = [load_identity(h).fingerprint for h in homes]
+    root = tmp_path / "jail"
+    root.mkdir()
+    added = cli("authorize", "--root", str(root.relative_to(tmp_path)), "--allow", "get",
+                _id_line(cli, homes[0]), home=server_home, cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    assert cli("authorize", _id_line(cli, homes[1]), home=server_home).returncode == 0
+    missing = cli("authorize", "--root", str(tmp_path / "nope"), _id_line(cli, homes[1]),
+                  home=server_home)
+    assert missing.returncode == 2
+
+    listed = cli("authorize", "--list", home=server_home).stdout.decode().splitlines()
+    assert listed == [f"ci@build\t{fps[0]}\t{root}\tget",
+                      f"ci@build\t{fps[1]}\t-\texec,shell,put,get"]
+    as_json = json.loads(cli("authorize", "--list", "--json", home=server_home).stdout)
+    assert as_json[0] == {"name": "ci@build", "fingerprint": fps[0], "root": str(root),
+                          "permissions": ["get"]}
+
+    ambiguous = cli("authorize", "--revoke", "ci@build", home=server_home)
+    assert ambiguous.returncode == 1
+    assert "2 clients match" in _one_line(ambiguous.stderr)
+    gone = cli("authorize", "--revoke", fps[1][:15], home=server_home)
+    assert gone.returncode == 0, gone.stderr
+    assert set(load_authorized(server_home)) == {fps[0]}
+    assert cli("authorize", "--revoke", fps[1][:15], home=server_home).returncode == 1
+    both = cli("authorize", "--list", "--revoke", "x", home=server_home)
+    assert both.returncode == 2
+
+
+def test_a_server_nobody_may_reach_says_so(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    home = tmp_path / "lonely"
+    home.mkdir()
+    (home / "authorized").write_text("# nobody yet\n")
+    server = make_server(home=home, pinned=False)
+    wait_until(lambda: "no client is authorized yet" in server.log_text(), timeout=10)
+    assert "tether authorize" in server.log_text()

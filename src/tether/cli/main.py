@@ -100,37 +100,40 @@ def id_(home: str | None) -> None:
 
 @cli.command()
 @home_option
-@click.argument("id_line")
+@click.argument("id_line", required=False)
 @click.option("--name", help="Name to record for this client [default: the line's name].")
-@click.option("--root", type=click.Path(file_okay=False),
-              help="Confine this client's file operations and commands' working directory here.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, resolve_path=True),
+              help="Confine this client's file operations and commands' working directory here "
+                   "(an existing directory; stored as an absolute path).")
 @click.option("--allow", default="exec,shell,put,get", show_default=True,
               help="Comma-separated permissions: exec (run commands), shell (interactive "
                    "shells), put (upload files), get (download files).")
-def authorize(home: str | None, id_line: str, name: str | None, root: str | None,
-              allow: str) -> None:
+@click.option("--list", "list_", is_flag=True,
+              help="List the authorized clients: name, fingerprint, root, permissions.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: print JSON.")
+@click.option("--revoke", metavar="NAME|FINGERPRINT",
+              help="Remove the client with this name or fingerprint (or its first 15 "
+                   "characters, SHA256:xxxxxxxx).")
+def authorize(home: str | None, id_line: str | None, name: str | None, root: str | None,
+              allow: str, list_: bool, as_json: bool, revoke: str | None) -> None:
     """Let the client with ID_LINE (from its `tether id`) connect to this server.
 
     Takes effect for the next connection; no restart needed. Re-running it for the same identity
-    replaces that client's name, root and permissions.
+    replaces that client's name, root and permissions. --list shows who may connect; --revoke
+    removes one client (connections already open stay open).
     """
-    from tether.identity import (
-        AuthorizedClient,
-        add_authorized,
-        authorized_path,
-        fingerprint,
-        home_dir,
-        parse_id_line,
-        parse_permissions,
-    )
+    from tether.cli import authorize as impl
 
-    der, line_name = parse_id_line(id_line)
-    client = AuthorizedClient(der, name or line_name,
-                              os.path.abspath(root) if root else None, parse_permissions(allow))
-    h = home_dir(home)
-    changed = add_authorized(h, client)
-    state = "authorized" if changed else "already authorized"
-    click.echo(f"{state}: {client.name} {fingerprint(der)} in {authorized_path(h)}")
+    modes = [bool(id_line), list_, revoke is not None]
+    if sum(modes) != 1:
+        raise click.UsageError("give one of: ID_LINE, --list, or --revoke NAME|FINGERPRINT")
+    if list_:
+        impl.show(home, as_json)
+    elif revoke is not None:
+        impl.revoke(home, revoke)
+    else:
+        assert id_line is not None
+        impl.add(home, id_line, name, root, allow)
 
 
 def fleet_options(run: bool) -> Callable[[Any], Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tether.cli.main import DEFAULT_PORT, home_option
-from tether.identity import generate_identity, home_dir, load_identity
+from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
     from tether.server.classic import ClassicConfig, ClassicServer
@@ -136,6 +136,10 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
         if identity is not None:
             click.echo(f"tether serve: listening on {where}, fingerprint {identity.fingerprint}",
                        err=True)
+            if not server.authorized():
+                click.echo(f"tether serve: no client is authorized yet, so nobody can connect: "
+                           f"run `tether id` on a client, then here `tether authorize "
+                           f"'LINE'` (into {authorized_path(h)})", err=True)
         else:
             click.echo(f"tether serve: listening on {where} in PLAINTEXT (no TLS, no "
                        f"authentication)", err=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
-from tether.identity import AuthorizedClient, Identity, authorized_path, load_authorized
+from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
 from tether.protocol import Role
 from tether.server.audit import AuditLog
@@ -132,10 +132,10 @@ class Server:
         except FileNotFoundError:
             stamp = (0, 0)
         if stamp != self._stamp:
-            try:
-                self._clients = load_authorized(self.config.home)
-            except TetherError as exc:
-                log.error("keeping the previous authorized list: %s", exc)
+            found = read_authorized(self.config.home)
+            for problem in found.problems:  # admit the valid entries, never a stale list
+                log.error("skipped in the authorized list: %s", problem)
+            self._clients = found.clients
             self._stamp = stamp
             self._ctx = None
         return self._clients
