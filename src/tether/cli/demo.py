@@ -8,6 +8,7 @@ socket tutorial gets wrong and tether gets right.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import tempfile
 import time
@@ -42,7 +43,13 @@ def _describe(result: RunResult, seconds: float) -> str:
     return text + "   " + ", ".join(parts)
 
 
-async def _demo(tmp: Path) -> None:
+def _command(client_home: Path, port: int, cmd: str) -> str:
+    """The ``tether run`` line a user can paste to do the same (quoted for a POSIX shell)."""
+    return shlex.join(["tether", "run", "--home", str(client_home), "-p", str(port),
+                       "127.0.0.1", "--", cmd])
+
+
+async def _demo(tmp: Path, keep: bool) -> None:
     server_home, client_home = tmp / "server", tmp / "client"
     started = time.perf_counter()
     server_id = generate_identity(server_home, "demo-server", "server")
@@ -61,11 +68,11 @@ async def _demo(tmp: Path) -> None:
             click.echo(f"connected and authenticated in {(time.perf_counter() - started):.2f} s "
                        f"(server pinned in {client_home / 'known_hosts'})\n")
             for title, cmd in STEPS:
-                click.echo(f"$ tether run 127.0.0.1 -- '{cmd}'    # {title}")
+                click.echo(f"$ {_command(client_home, server.port, cmd)}    # {title}")
                 t0 = time.perf_counter()
                 result = await conn.run(cmd)
                 click.echo(_describe(result, time.perf_counter() - t0) + "\n")
-            click.echo("$ tether run 127.0.0.1 -- ''    # an empty command")
+            click.echo(f"$ {_command(client_home, server.port, '')}    # an empty command")
             try:
                 await conn.run("")
             except Exception as exc:  # the demo shows the error the user would see
@@ -78,12 +85,16 @@ async def _demo(tmp: Path) -> None:
     finally:
         await server.close()
     click.echo(f"\ndone in {time.perf_counter() - started:.2f} s; server stopped.")
+    if keep:
+        serve = shlex.join(["tether", "serve", "--home", str(server_home), "-p",
+                            str(server.port), "--root", str(tmp)])
+        click.echo(f"to try the commands above again, start the server: {serve}")
 
 
 def demo_main(keep: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tether-demo-"))
     try:
-        asyncio.run(_demo(tmp))
+        asyncio.run(_demo(tmp, keep))
     finally:
         if keep:
             click.echo(f"kept {tmp}")
