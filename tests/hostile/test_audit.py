@@ -52,3 +52,19 @@ async def test_transfers_and_commands_are_audited(tmp_path: Path) -> None:
     assert sum(e["event"] == "command" for e in events) == 21
     kinds = {e["event"] for e in events}
     assert {"connection", "disconnection", "transfer", "command"} <= kinds
+
+
+async def test_unicode_line_breaks_from_a_peer_are_escaped(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    s = await make_setup(tmp_path, audit=log)
+    odd = "a\u2028b\x85c\u2029d\x1b[2J"
+    try:
+        async with tether.connect("127.0.0.1", s.port, home=s.client_home,
+                                  accept_new=True) as conn:
+            await conn.run(["true", odd])
+    finally:
+        await s.server.close()
+    raw = log.read_bytes()
+    assert raw.isascii() and raw.count(b"\n") == len(raw.splitlines())
+    command = next(e for e in _events(log) if e["event"] == "command")
+    assert command["argv"] == ["true", odd]

@@ -3,7 +3,7 @@
 Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reason),
 ``disconnection`` (a ``reason`` when the connection failed: idle, no keepalive answer, lost),
 ``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``, ``transfer`` (op, path,
-bytes, hash, outcome) and ``classic``. Lines are written whole with one ``write`` on an O_APPEND
+bytes, hash, outcome) and ``classic``. Every line is ASCII (JSON escapes). Lines are written whole with one ``write`` on an O_APPEND
 file, so concurrent writers never interleave within a line.
 """
 
@@ -27,9 +27,10 @@ class AuditLog:
         if self._fd < 0:
             return
         record = {"time": round(time.time(), 6), "event": kind, **fields}
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        # a peer's text may hold a lone surrogate: escaped, it stays readable JSON
-        os.write(self._fd, line.encode("utf-8", "backslashreplace"))
+        # ASCII only: a peer's U+2028, U+0085 or lone surrogate is escaped, so no reader (a
+        # log shipper splitting on Unicode line breaks, a terminal) sees a raw one
+        line = json.dumps(record, ensure_ascii=True, default=str) + "\n"
+        os.write(self._fd, line.encode("ascii"))
 
     def close(self) -> None:
         if self._fd >= 0:
