@@ -76,8 +76,21 @@ def load_identity(home: Path, kind: str = "client") -> Identity:
     return Identity(key_path, cert_path, der, name)
 
 
+MAX_NAME = 64  # an X.509 common name's limit
+
+
+def check_identity_name(name: str) -> str:
+    """An identity's name goes into its certificate (a common name of at most 64 characters)
+    and into its id line as one word: printable, no white space."""
+    if not 0 < len(name) <= MAX_NAME or not name.isprintable() or any(c.isspace() for c in name):
+        raise IdentityError(f"the name {name[:80]!r} is not allowed: 1 to {MAX_NAME} printable "
+                            f"characters without spaces")
+    return name
+
+
 def generate_identity(home: Path, name: str, kind: str = "client") -> Identity:
     """Create an Ed25519 key (mode 0600) and a self-signed certificate under ``home``."""
+    check_identity_name(name or "tether")
     import datetime
 
     from cryptography import x509
@@ -370,6 +383,7 @@ __all__ = [
     "authorized_path",
     "check_certificate",
     "check_host",
+    "check_identity_name",
     "fingerprint",
     "forget_known_host",
     "generate_identity",

@@ -266,3 +266,15 @@ def test_a_server_nobody_may_reach_says_so(
     server = make_server(home=home, pinned=False)
     wait_until(lambda: "no client is authorized yet" in server.log_text(), timeout=10)
     assert "tether authorize" in server.log_text()
+
+
+def test_an_identity_name_too_long_for_a_certificate_is_a_usage_error(
+    tmp_path: Path, cli: Callable[..., Any]
+) -> None:
+    for command in (("serve", "-p", "0"), ("keygen",)):
+        done = cli(*command, "--name", "x" * 65, home=tmp_path / "h")
+        assert done.returncode == 2, done.stderr
+        assert b"1 to 64 printable characters" in done.stderr
+        assert b"Traceback" not in done.stderr and b"internal error" not in done.stderr
+    assert not (tmp_path / "h").exists()
+    assert cli("keygen", "--name", "x" * 64, home=tmp_path / "h").returncode == 0

@@ -67,6 +67,19 @@ def cli(debug: bool) -> None:
         os.environ["TETHER_DEBUG"] = "1"
 
 
+def identity_name(value: str | None) -> str | None:
+    """A ``--name`` for an identity, checked before anything is made (a usage error, exit 2)."""
+    if value is None:
+        return None
+    from tether.errors import IdentityError
+    from tether.identity import check_identity_name
+
+    try:
+        return check_identity_name(value)
+    except IdentityError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 home_option = click.option(
     "--home", envvar="TETHER_HOME", type=click.Path(file_okay=False),
     help="Identity and trust directory [default: $TETHER_HOME or ~/.config/tether].",
@@ -75,7 +88,8 @@ home_option = click.option(
 
 @cli.command()
 @home_option
-@click.option("--name", help="A name for this identity [default: user@host].")
+@click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
+              help="A name for this identity, at most 64 characters [default: user@host].")
 def keygen(home: str | None, name: str | None) -> None:
     """Create this user's identity (an Ed25519 key and certificate)."""
     import getpass
@@ -83,7 +97,8 @@ def keygen(home: str | None, name: str | None) -> None:
 
     from tether.identity import generate_identity, home_dir
 
-    ident = generate_identity(home_dir(home), name or f"{getpass.getuser()}@{socket.gethostname()}")
+    default = f"{getpass.getuser()}@{socket.gethostname()}"[:64]
+    ident = generate_identity(home_dir(home), name or default)
     click.echo(f"identity created in {ident.key_path.parent}")
     click.echo(f"fingerprint: {ident.fingerprint}")
     click.echo("give a server's admin the line `tether id` prints, to run: tether authorize 'LINE'")

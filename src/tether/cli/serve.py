@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tether.cli.main import DEFAULT_PORT, home_option
+from tether.cli.main import DEFAULT_PORT, home_option, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
@@ -63,7 +63,8 @@ def limit_options(func: Any) -> Any:
 @click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
 @click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Directory that relative paths resolve against [default: your home].")
-@click.option("--name", help="Server name shown to clients [default: hostname].")
+@click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
+              help="Server name shown to clients, at most 64 characters [default: hostname].")
 @click.option("--encoding", help="Encoding of command output announced to clients "
                                  "[default: the locale's].")
 @click.option("--plaintext", is_flag=True,
@@ -124,7 +125,7 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     identity = None
     if not plaintext:
         if not (h / "server_key.pem").exists():
-            identity = generate_identity(h, name or socket.gethostname(), "server")
+            identity = generate_identity(h, name or socket.gethostname()[:64], "server")
             click.echo(f"created server identity in {h}", err=True)
         else:
             identity = load_identity(h, "server")

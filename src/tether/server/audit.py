@@ -3,8 +3,9 @@
 Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reason),
 ``disconnection`` (a ``reason`` when the connection failed: idle, no keepalive answer, lost),
 ``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``, ``transfer`` (op, path,
-bytes, hash, outcome) and ``classic``. Every line is ASCII (JSON escapes). Lines are written whole with one ``write`` on an O_APPEND
-file, so concurrent writers never interleave within a line.
+bytes, hash, outcome) and ``classic``. Every line is ASCII (JSON escapes). Lines are written
+whole with one ``write`` on an O_APPEND file, so concurrent writers never interleave within a
+line.
 """
 
 from __future__ import annotations
