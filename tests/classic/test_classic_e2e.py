@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import struct
 import time
+import urllib.request
 from pathlib import Path
 
 import classic_clients as classic
@@ -221,3 +224,30 @@ def test_classic_port_is_never_the_tls_port(tmp_path: Path) -> None:
 def test_classic_host_alone_is_an_error(tmp_path: Path) -> None:
     code, err = _serve_refusal(tmp_path, "--classic-host", "127.0.0.1")
     assert code == 1 and err == "tether: --classic-host needs --classic-port\n"
+
+
+def _post(port: int, body: bytes, **headers: str) -> None:
+    """What a web page's ``fetch(url, {method: 'POST', mode: 'no-cors', body})`` makes a
+    browser send: a real HTTP client's request."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/x", data=body, method="POST",
+                                     headers={"Content-Type": "text/plain", **headers})
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        urllib.request.urlopen(request, timeout=10).read()
+
+
+def test_a_web_page_cannot_run_commands_on_the_classic_port(server: ClassicServe) -> None:
+    marker = server.root / "posted-by-a-web-page"
+    for body in (f"touch {marker}\n".encode(), b"x" * 3000 + f"\ntouch {marker}\n".encode()):
+        _post(server.classic_port, body, Origin="http://evil.example")
+    with classic.connect(server.classic_port) as sock:  # request line and headers apart
+        sock.send(b"POST /x HTTP/1.1\r\n")
+        time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            sock.send(b"Host: 127.0.0.1\r\n\r\n" + f"touch {marker}".encode())
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(1024) == b""
+    assert not marker.exists()
+    closed = [e for e in server.audit_events() if "HTTP request" in str(e.get("reason", ""))]
+    assert len(closed) >= 3
+    with classic.connect(server.classic_port) as sock:  # it serves everyone else as before
+        assert classic.command(sock, "echo still here") == b"still here\n"

@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import struct
 import time
@@ -146,6 +147,20 @@ def parse_header(raw: bytes, max_file: int) -> FileRequest:
     if size > max_file:
         raise Malformed(f"upload of {size} bytes exceeds the limit of {max_file}")
     return FileRequest(opt, filename, size)
+
+
+_HTTP_REQUEST = re.compile(
+    rb"^(?:GET|POST|PUT|HEAD|OPTIONS|DELETE|PATCH|CONNECT|TRACE) +\S+ +HTTP/\d", re.I)
+_HTTP_HEADER = re.compile(rb"^(?:host|origin|user-agent|content-type|content-length|referer)"
+                          rb"[ \t]*:", re.I | re.M)
+
+
+def looks_like_http(data: bytes) -> bool:
+    """Whether a request is HTTP: a request line (a method word, a path, ``HTTP/``) or a header
+    line a browser always sends. A web page can make a browser POST to 127.0.0.1 without any
+    preflight; were its body run as a command, any page could run commands here (Redis refuses
+    the same way)."""
+    return bool(_HTTP_REQUEST.match(data) or _HTTP_HEADER.search(data))
 
 
 def basename(filename: str) -> str:
@@ -354,6 +369,8 @@ class ClassicConnection:
     async def _command(self, data: bytes) -> None:
         text = data.decode("utf-8", "replace")
         encoding = self.server.encoding
+        if looks_like_http(data):  # a browser sent this for some web page: run nothing
+            raise _Drop("an HTTP request (a web page?) on the classic port: nothing was run")
         if "\0" in text:  # binary, e.g. a header too long to be one: nothing after is trusted
             await self._send(b"tether: NUL byte in command; closing the connection\n")
             raise _Drop("NUL byte in a command (not a file header the server recognizes)")
