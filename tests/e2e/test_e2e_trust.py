@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -278,3 +279,24 @@ def test_an_identity_name_too_long_for_a_certificate_is_a_usage_error(
         assert b"Traceback" not in done.stderr and b"internal error" not in done.stderr
     assert not (tmp_path / "h").exists()
     assert cli("keygen", "--name", "x" * 64, home=tmp_path / "h").returncode == 0
+
+
+def test_a_same_size_swap_with_a_kept_mtime_is_reloaded(
+    client: Client, make_server: ServerFactory, make_client_home: ClientHomeFactory,
+    cli: Callable[..., Any]
+) -> None:
+    server = make_server()
+    path = server.home / "authorized"
+    before = path.stat()
+    ours = path.read_text()
+    twin_home = make_client_home("twin", name="x" * len(load_identity(client.home).name))
+    twin = client.other(server=server, home=twin_home)
+    assert _run_detached(client.other(server=server), "true").returncode == 0
+    # a configuration manager swaps in another identity of the same size, keeping the mtime
+    swapped = _id_line(cli, twin_home)
+    assert len(swapped) == len(ours.strip())
+    path.write_text(swapped + "\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert _run_detached(client.other(server=server), "true").returncode == 255
+    assert _run_detached(twin, "echo swapped", "--accept-new").stdout == b"swapped\n"

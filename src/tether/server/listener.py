@@ -1,8 +1,10 @@
 """The listener: TLS setup, accepting connections, and an orderly shutdown.
 
-For every accepted connection :meth:`Server._tls_context` checks the authorized file's mtime and
-size and rebuilds the TLS context (whose trust store is exactly the authorized certificates) when
-it changed, so ``tether authorize`` takes effect for the next connection without a restart.
+For every accepted connection :meth:`Server._tls_context` checks the authorized file's identity
+(device, inode, ctime, mtime and size: the kernel sets the ctime on every change, so a same-size
+rewrite with a kept mtime, as ``cp -p`` or a configuration manager makes, is seen too) and
+rebuilds the TLS context (whose trust store is exactly the authorized certificates) when it
+changed, so ``tether authorize`` takes effect for the next connection without a restart.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class Server:
         self.identity = identity
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._clients: dict[str, AuthorizedClient] = {}
         self._ctx: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
@@ -128,9 +130,10 @@ class Server:
         path = authorized_path(self.config.home)
         try:
             st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns,
+                                      st.st_size)
         except FileNotFoundError:
-            stamp = (0, 0)
+            stamp = ()
         if stamp != self._stamp:
             found = read_authorized(self.config.home)
             for problem in found.problems:  # admit the valid entries, never a stale list
