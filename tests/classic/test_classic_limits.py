@@ -15,7 +15,8 @@ import pytest
 
 from tether.errors import TetherError
 from tether.server.audit import AuditLog
-from tether.server.classic import ClassicConfig, ClassicServer
+from tether.server.classic import ClassicServer
+from tether.server.config import ClassicConfig
 from tether.server.limits import Limits
 
 Pipe = tuple[asyncio.StreamReader, asyncio.StreamWriter]

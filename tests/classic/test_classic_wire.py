@@ -10,18 +10,17 @@ import pytest
 from tether.errors import TetherError, UnsafePath
 from tether.server.classic import (
     MAX_HEADER,
-    ClassicConfig,
     FileRequest,
     Malformed,
     ShellResult,
     basename,
-    classic_config,
     command_reply,
     is_file_request,
     may_be_file_request,
     pack_header,
     parse_header,
 )
+from tether.server.config import ClassicConfig, classic_config
 
 
 def header(obj: object) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import tether
-from tether.partial import digest, new_hasher
+from tether.storage.source import digest, new_hasher
 
 from .conftest import make_setup
 

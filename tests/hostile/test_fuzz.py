@@ -36,7 +36,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tether.errors import LocalProtocolError, RemoteError, RemoteProtocolError
-from tether.partial import check_name
 from tether.protocol import (
     CLOSED,
     NEED_DATA,
@@ -75,7 +74,9 @@ from tether.protocol import (
 )
 from tether.protocol.frames import MAX_BODY, MAX_HEADER, PREFIX_SIZE
 from tether.protocol.messages import REGISTRY
-from tether.server.files import FileArea
+from tether.storage.area import FileArea
+from tether.storage.names import check_name
+from tether.storage.source import SourceFile
 
 FUZZ_SECONDS = float(os.environ.get("TETHER_FUZZ_SECONDS", "3"))
 PROTOCOL = settings(max_examples=400, deadline=None, database=None,
@@ -470,13 +471,15 @@ def exercise(tree: Tree, area: FileArea, path: str, name: str, target: str) -> i
         finally:
             os.close(dir_fd)
         ok += 1
-    opened = _safe(lambda: area.open_read(path))
+    opened = _safe(lambda: area.open_source(path))
     if opened is not None:
-        fd, st_ = opened  # type: ignore[misc]
+        source: SourceFile = opened  # type: ignore[assignment]
         try:
-            assert _inside(tree, _real(fd)) and stat.S_ISREG(st_.st_mode), (path, _real(fd))
+            st_ = os.fstat(source.fd)
+            assert _inside(tree, _real(source.fd)) and stat.S_ISREG(st_.st_mode), (
+                path, _real(source.fd))
         finally:
-            os.close(fd)
+            source.close()
         ok += 1
     listing = _safe(lambda: list(area.walk(path)))
     if listing is not None:
@@ -502,7 +505,8 @@ def _exercise_put(tree: Tree, area: FileArea, path: str, name: str, target: str)
         # what is shown is where the entry really is: a symlink's depth is counted from it
         assert rel == os.path.relpath(_real(dir_fd), tree.root), (path, name, shown)
         link = entry + ".lnk"
-        _safe(lambda: area.make_symlink(dir_fd, link, target, rel, False))
+        # the link's own path: beside the entry, where the put above resolved to
+        _safe(lambda: area.make_symlink(f"{shown}.lnk", link, target, False))
         if os.path.islink(f"{_real(dir_fd)}/{link}"):
             os.unlink(link, dir_fd=dir_fd)
             # the target, read from where the link is, stays below the root (links the

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.batch import SMALL_FILE, file_hash
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, UnsafePath
 from tether.protocol import Batch, Data, Done, Fetch
 from tether.server.listener import Server, ServerConfig
+from tether.storage.batch import SMALL_FILE
+from tether.storage.source import file_hash
 
 from .conftest import RigFactory, ServeFactory
 from .helpers import (

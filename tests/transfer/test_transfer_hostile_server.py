@@ -26,7 +26,6 @@ from tether.errors import (
     TetherError,
     UnsafePath,
 )
-from tether.partial import digest, new_hasher
 from tether.protocol import (
     CLOSED,
     NEED_DATA,
@@ -44,6 +43,7 @@ from tether.protocol import (
     Role,
     Welcome,
 )
+from tether.storage.source import digest, new_hasher
 from tether.tls import server_context
 
 from .helpers import HOST, Identities, listing

@@ -15,8 +15,8 @@ import pytest
 
 import tether
 from tether.errors import BadRequest, IntegrityError, SourceChanged
-from tether.partial import digest, new_hasher
 from tether.protocol import Commit, Done, Put
+from tether.storage.source import digest, new_hasher
 
 from .helpers import MiB, Rig, listing, make_file, part_of
 from .test_transfer_resume import CutAfter, Interrupt, released

@@ -20,7 +20,8 @@ from tether.cli.main import DEFAULT_PORT, home_option, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
-    from tether.server.classic import ClassicConfig, ClassicServer
+    from tether.server.classic import ClassicServer
+    from tether.server.config import ClassicConfig
     from tether.server.limits import Limits
 
 
@@ -199,7 +200,7 @@ def _classic_config(host: str, port: int, classic_port: int | None, classic_host
                     unsafe: bool) -> ClassicConfig | None:
     """The classic listener's config, or a one-line error and exit status 1."""
     from tether.errors import TetherError
-    from tether.server.classic import classic_config
+    from tether.server.config import classic_config
 
     try:
         if classic_port is None:

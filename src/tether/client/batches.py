@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from tether.batch import (
+from tether.client.transfer import FileResult, Options, _expect
+from tether.errors import BadRequest, NotFound, RemoteProtocolError, SourceChanged
+from tether.protocol import Batch, Data, Done, Entry, Fetch, Files
+from tether.storage.batch import (
     SEND_BYTES,
     SEND_FILES,
     SEND_HEADER,
@@ -23,19 +26,10 @@ from tether.batch import (
     Target,
     check_lists,
     check_sizes,
-    file_hash,
     header_cost,
-    read_whole,
 )
-from tether.client.transfer import DIR_FLAGS, FileResult, Options, _expect
-from tether.errors import (
-    BadRequest,
-    NotFound,
-    RemoteProtocolError,
-    SourceChanged,
-    UnsafePath,
-)
-from tether.protocol import Batch, Data, Done, Entry, Fetch, Files
+from tether.storage.names import enter_dir
+from tether.storage.source import file_hash, read_whole
 
 if TYPE_CHECKING:
     from tether.client.api import Connection, StreamHandle
@@ -140,17 +134,10 @@ async def send_batch(batch: OpenBatch, opts: Options) -> list[FileResult]:
 # --- get -r -------------------------------------------------------------------------------------
 
 
-def _open_local_sub(dir_fd: int, name: str, shown: str) -> int:
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        raise UnsafePath(f"cannot enter {shown}: {exc.strerror}") from exc
-
-
 async def fetch_batch(conn: Connection, remote: str, root_fd: int, top: Path,
                       entries: list[Entry], opts: Options) -> list[FileResult]:
     """Fetch the files of ``entries`` (small, all checked) in one stream and store each."""
-    dirs = DirCache(os.dup(root_fd), _open_local_sub)
+    dirs = DirCache(os.dup(root_fd), enter_dir)
     try:
         names = ["/".join(e.parts) for e in entries]
         places = [(*dirs.place(name), f"{top}/{name}") for name in names]

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from tether.batch import SMALL_FILE
 from tether.errors import (
     AlreadyExists,
     BadRequest,
@@ -28,15 +27,6 @@ from tether.errors import (
     RemoteProtocolError,
     SourceChanged,
     UnsafePath,
-)
-from tether.partial import (
-    CHUNK,
-    PartialFile,
-    check_name,
-    destination_exists,
-    digest,
-    link_stays_inside,
-    new_hasher,
 )
 from tether.protocol import (
     Begin,
@@ -51,6 +41,16 @@ from tether.protocol import (
     Put,
     Ready,
 )
+from tether.storage.batch import SMALL_FILE
+from tether.storage.names import (
+    check_name,
+    destination_exists,
+    link_stays_inside,
+    open_dir,
+    walk_dirs,
+)
+from tether.storage.partial import PartialFile
+from tether.storage.source import CHUNK, digest, new_hasher
 
 if TYPE_CHECKING:
     from tether.client.api import Connection, StreamHandle
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 RESUME_MIN = 1024 * 1024  # smaller files are simply sent again: no round trip to ask
 IN_FLIGHT = 32  # transfers open at once during a tree transfer
 BATCHES_IN_FLIGHT = 4  # batches of small files open at once (docs/PROTOCOL.md, "Batches")
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Progress(Protocol):
@@ -367,10 +366,7 @@ async def get(conn: Connection, remotes: list[str], local: Path, *, recursive: b
 
 
 def _open_local_dir(directory: Path) -> int:
-    try:
-        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise NotFound(f"{directory}: {exc.strerror}") from exc
+    return open_dir(str(directory))
 
 
 async def _get_file(conn: Connection, remote: str, dir_fd: int, name: str, shown: str,
@@ -468,20 +464,6 @@ def _unbatch(msg: Entries) -> list[Entry]:
                 strict=True)]
 
 
-def _walk_local(root_fd: int, parts: list[str]) -> int:
-    """A directory fd for ``parts`` below ``root_fd``, never following a symlink."""
-    fd = os.dup(root_fd)
-    try:
-        for part in parts:
-            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError as exc:
-        os.close(fd)
-        raise UnsafePath(f"cannot enter {'/'.join(parts)}: {exc.strerror}") from exc
-    return fd
-
-
 async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
                     result: TransferResult) -> None:
     listing = conn.open_stream(List, path=remote, batched=True)
@@ -529,7 +511,7 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
 
     async def fetch(entry: Entry) -> list[FileResult]:
         async with limit:
-            dir_fd = _walk_local(root_fd, entry.parts[:-1])
+            dir_fd = walk_dirs(root_fd, entry.parts[:-1])
             try:
                 return [await _get_file(conn, posixpath.join(remote, *entry.parts), dir_fd,
                                         entry.parts[-1], str(top.joinpath(*entry.parts)),
@@ -547,7 +529,7 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
         if not entry.parts:
             continue
         if entry.kind == "dir":
-            dir_fd = _walk_local(root_fd, entry.parts[:-1])
+            dir_fd = walk_dirs(root_fd, entry.parts[:-1])
             try:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(entry.parts[-1], 0o700, dir_fd=dir_fd)
@@ -558,7 +540,7 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
                 os.close(dir_fd)
             result.files.append(FileResult(str(top.joinpath(*entry.parts)), "dir"))
         elif entry.kind == "symlink":
-            dir_fd = _walk_local(root_fd, entry.parts[:-1])
+            dir_fd = walk_dirs(root_fd, entry.parts[:-1])
             try:
                 if opts.force and destination_exists(dir_fd, entry.parts[-1]):
                     os.unlink(entry.parts[-1], dir_fd=dir_fd)

@@ -4,8 +4,10 @@ This module owns everything about that protocol: its listener, telling its two m
 commands and its file transfers. It is separate from the TLS listener on purpose: the classic
 protocol has no authentication and no encryption, so it gets its own port (loopback unless the
 operator says otherwise, see :func:`classic_config`) and never shares a byte or a code path with
-tether's framed protocol. What it does share are the server's rules: the shell and process
-groups of :mod:`tether.server.exec`, and the safe, atomic writes of :mod:`tether.partial`.
+tether's framed protocol. What it does share are the server's rules: the shell, process
+groups and kills of :mod:`tether.server.process`, and the confined, atomic file access of
+:class:`tether.storage.area.FileArea`. Its configuration is
+:class:`tether.server.config.ClassicConfig`.
 
 docs/PROTOCOL.md, section "Classic", is the normative description. In short, a connection is a
 sequence of requests; each request begins with whatever one read delivers:
@@ -30,23 +32,31 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import signal
 import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError, UnsafePath
-from tether.partial import PartialFile, check_name
 from tether.server.audit import AuditLog
-from tether.server.exec import ExecPolicy, login_shell, pipe_reader, spawn_error
-from tether.server.files import FileArea
+from tether.server.config import ClassicConfig, is_loopback
 from tether.server.limits import Limits
-from tether.server.listener import is_loopback
+from tether.server.process import (
+    Preexec,
+    kill_group,
+    login_shell,
+    rlimits,
+    spawn_error,
+    start_piped,
+    terminate,
+)
+from tether.storage.area import FileArea
+from tether.storage.names import check_name
+from tether.storage.partial import PartialFile
+from tether.storage.source import SourceFile
 
 log = logging.getLogger("tether.server.classic")
 
@@ -56,42 +66,6 @@ LENGTH = struct.Struct("<i")  # the tutorial's struct.pack('i'): little-endian w
 CHUNK = 256 * 1024
 UPLOAD_MODE = 0o644  # the classic client sends no mode; what a umask of 022 would give
 OPTS = ("upload", "download")
-
-
-@dataclass
-class ClassicConfig:
-    """Where the classic listener listens and the bounds it keeps (times in seconds)."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    allow_remote: bool = False  # --i-understand-classic-is-unauthenticated
-    timeout: float = 60.0  # one command, then its process group is killed
-    idle_timeout: float = 300.0  # silence between requests
-    read_timeout: float = 30.0  # silence inside a request (header, upload body, slow reader)
-    max_file: int = 1 << 30  # largest upload accepted
-    max_output: int = 16 << 20  # per output stream of one command; the rest is dropped
-    max_connections: int = 64  # at once; more are closed on arrival
-
-
-def classic_config(tls_host: str, tls_port: int, port: int, host: str | None,
-                   allow_remote: bool) -> ClassicConfig:
-    """The classic listener's config for ``tether serve``; TetherError explains a refusal.
-
-    Without ``host`` it listens on the TLS host when that is a loopback address, else on
-    127.0.0.1: the classic protocol is never exposed by accident.
-    """
-    if not 0 <= port <= 65535:
-        raise TetherError(f"--classic-port {port} is not a port number")
-    if port and port == tls_port:
-        raise TetherError("--classic-port must differ from the TLS port")
-    if host is None:
-        host = tls_host if is_loopback(tls_host) and tls_host != "localhost" else "127.0.0.1"
-    elif not is_loopback(host) and not allow_remote:
-        raise TetherError(
-            f"--classic-host {host} is not a loopback address and the classic protocol has no "
-            f"authentication or encryption; add --i-understand-classic-is-unauthenticated"
-        )
-    return ClassicConfig(host=host, port=port, allow_remote=allow_remote)
 
 
 # --- the wire: pure functions -------------------------------------------------------------------
@@ -182,11 +156,6 @@ class ShellResult:
     duration: float
 
 
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 async def _collect(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
     """All of a pipe's output up to ``cap`` bytes (the rest is read and dropped)."""
     buf = bytearray()
@@ -198,38 +167,6 @@ async def _collect(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]
     return bytes(buf), truncated
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
-    _kill_group(proc.pid, signal.SIGTERM)
-    _kill_group(proc.pid, signal.SIGCONT)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
-    _kill_group(proc.pid, signal.SIGKILL)
-
-
-Preexec = Callable[[], None] | None
-
-
-async def _spawn(command: str, cwd: Path,
-                 preexec: Preexec) -> tuple[asyncio.subprocess.Process, list[int]]:
-    """The shell on pipes of our own (asyncio's PIPE would make ``wait()`` wait for every
-    process holding the pipe, such as a job the command left in the background)."""
-    out, err = os.pipe(), os.pipe()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            login_shell(), "-c", command, cwd=cwd, start_new_session=True,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out[1], stderr=err[1],
-            preexec_fn=preexec,
-        )
-    except BaseException:
-        os.close(out[0])
-        os.close(err[0])
-        raise
-    finally:
-        os.close(out[1])
-        os.close(err[1])
-    return proc, [out[0], err[0]]
-
-
 async def run_shell(command: str, cwd: Path, config: ClassicConfig, kill_grace: float,
                     preexec: Preexec = None) -> ShellResult:
     """Run ``command`` with the login shell in a process group of its own (with the server's
@@ -237,20 +174,21 @@ async def run_shell(command: str, cwd: Path, config: ClassicConfig, kill_grace: 
     ``kill_grace``. Whatever the command leaves running in its group is killed when it exits,
     as when a terminal closes."""
     started = time.monotonic()
-    proc, pipes = await _spawn(command, cwd, preexec)
-    readers = [asyncio.create_task(_collect(await pipe_reader(fd), config.max_output))
-               for fd in pipes]
+    proc, out_pipe, err_pipe = await start_piped([login_shell(), "-c", command], cwd=cwd,
+                                                 env=None, stdin=False, preexec=preexec)
+    readers = [asyncio.create_task(_collect(pipe, config.max_output))
+               for pipe in (out_pipe, err_pipe)]
     timed_out = False
     try:
         try:
             await asyncio.wait_for(proc.wait(), config.timeout)
         except TimeoutError:
             timed_out = True
-            await _terminate(proc, kill_grace)
-        _kill_group(proc.pid, signal.SIGKILL)
+            await terminate(proc, kill_grace)
+        kill_group(proc.pid, signal.SIGKILL)
         (out, cut_out), (err, cut_err) = await asyncio.gather(*readers)
     finally:  # also when the server shuts down mid-command
-        _kill_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         for task in readers:
             task.cancel()
     code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
@@ -421,18 +359,16 @@ class ClassicConnection:
             name = basename(req.filename)
         except UnsafePath as exc:
             raise _Drop(f"upload refused: {exc}") from None
-        dir_fd = self._area().open_dir([], ".")
+        partial = self._area().open_upload(name)
         try:
-            partial = PartialFile(dir_fd, name, resume=False)
-            try:
-                await self._receive(partial, req.filesize)
-                digest = partial.hash  # ours: the classic client sends none
-                stored = partial.commit(digest, UPLOAD_MODE, None, force=False, rename=True)
-            except BaseException:
-                partial.discard()
-                raise
+            await self._receive(partial, req.filesize)
+            digest = partial.hash  # ours: the classic client sends none
+            stored = partial.commit(digest, UPLOAD_MODE, None, force=False, rename=True)
+        except BaseException:
+            partial.discard()
+            raise
         finally:
-            os.close(dir_fd)
+            partial.close()
         self._record("upload", f"upload {req.filename!r}, {req.filesize} bytes, stored as "
                      f"{stored!r}", filename=req.filename, stored=stored, bytes=req.filesize,
                      hash=digest, outcome="ok")
@@ -452,7 +388,7 @@ class ClassicConnection:
         file cannot be sent (the connection stays open)."""
         try:
             name = basename(req.filename)
-            fd, st = self._area().open_read(name)
+            source = self._area().open_source(name)
         except TetherError as exc:
             self._record("download", f"download {req.filename!r} refused: {exc}",
                          filename=req.filename, outcome=str(exc))
@@ -461,21 +397,19 @@ class ClassicConnection:
             return
         try:
             await self._send(pack_header({"opt": "download", "filename": name,
-                                          "filesize": st.st_size}))
-            await self._send_bytes(fd, name, st.st_size)
+                                          "filesize": source.size}))
+            await self._send_bytes(source)
         finally:
-            os.close(fd)
-        self._record("download", f"download {name!r}, {st.st_size} bytes", filename=name,
-                     bytes=st.st_size, outcome="ok")
+            source.close()
+        self._record("download", f"download {name!r}, {source.size} bytes", filename=name,
+                     bytes=source.size, outcome="ok")
 
-    async def _send_bytes(self, fd: int, name: str, size: int) -> None:
-        sent = 0
-        while sent < size:
-            chunk = os.pread(fd, min(CHUNK, size - sent), sent)
-            if not chunk:
-                raise _Drop(f"{name!r} shrank while it was being sent")
-            await self._send(chunk)
-            sent += len(chunk)
+    async def _send_bytes(self, source: SourceFile) -> None:
+        try:
+            for chunk in source.chunks(0):
+                await self._send(chunk)
+        except TetherError as exc:  # it shrank: the client was promised more bytes than exist
+            raise _Drop(str(exc)) from None
 
 
 # --- the listener -------------------------------------------------------------------------------
@@ -499,8 +433,7 @@ class ClassicServer:
         self.kill_grace = kill_grace
         self.audit = audit or AuditLog(None)
         self.max_file = min(config.max_file, lim.max_upload or config.max_file)
-        self.preexec = ExecPolicy(root, kill_grace, lim.process_nproc,
-                                  lim.process_memory).preexec()
+        self.preexec = rlimits(lim.process_nproc, lim.process_memory)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 

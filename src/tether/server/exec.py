@@ -1,46 +1,41 @@
-"""Running one command for one stream: spawn in its own process group, pump output under flow
-control, feed stdin, deliver signals, and kill the whole group on timeout or disconnect.
+"""Running one command for one stream: check the request, pump output under flow control, feed
+stdin, deliver signals, and kill the whole group on timeout or disconnect.
 
-Every command is a session leader (``start_new_session``), so its process group holds its
-children and grandchildren. When the command itself exits, whatever it left running in that group
-is killed, as when a terminal closes (``setsid`` detaches a process on purpose). On timeout or
-when the client goes away the group gets SIGTERM, then SIGKILL after a grace period.
+Processes are started, read and killed through :mod:`tether.server.process` (a process group per
+command). When the command itself exits, whatever it left running in its group is killed, as
+when a terminal closes (``setsid`` detaches a process on purpose). On timeout or when the client
+goes away the group gets SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
-import pwd
-import resource
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.errors import BadRequest, NotFound, PermissionDenied, SpawnFailed, TetherError
+from tether.errors import BadRequest, NotFound, PermissionDenied, TetherError
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
+from tether.server.process import (
+    Preexec,
+    kill_group,
+    login_shell,
+    read_chunk,
+    rlimits,
+    spawn_error,
+    start_piped,
+    terminate,
+)
 
 log = logging.getLogger("tether.server")
 
-READ_SIZE = 256 * 1024
-PIPE_SIZE = 1024 * 1024
 SIGNALS = frozenset({"INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "STOP", "CONT", "WINCH"})
-
-
-def login_shell() -> str:
-    """The server user's login shell, as ssh uses it; /bin/sh if it has none."""
-    try:
-        shell = pwd.getpwuid(os.getuid()).pw_shell
-    except KeyError:
-        shell = ""
-    return shell if shell and os.access(shell, os.X_OK) else "/bin/sh"
 
 
 @dataclass(frozen=True)
@@ -53,19 +48,9 @@ class ExecPolicy:
     memory: int = 0
     confined: bool = False  # a client with its own root: --cwd stays below it (not a sandbox)
 
-    def preexec(self) -> Callable[[], None] | None:
+    def preexec(self) -> Preexec:
         """Sets the resource limits in the child before exec, when there are any to set."""
-        if not (self.nproc or self.memory):
-            return None
-        nproc, memory = self.nproc, self.memory
-
-        def limit() -> None:
-            if nproc:
-                resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-            if memory:
-                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-        return limit
+        return rlimits(self.nproc, self.memory)
 
 
 @dataclass(frozen=True)
@@ -105,32 +90,6 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     return SpawnSpec(argv, cwd, {**os.environ, **req.env}, req.timeout, req.stdin)
 
 
-def spawn_error(program: str, exc: BaseException) -> SpawnFailed:
-    if isinstance(exc, FileNotFoundError):
-        return SpawnFailed(f"cannot start {program!r}: no such file")
-    if isinstance(exc, PermissionError):
-        return SpawnFailed(f"cannot start {program!r}: permission denied")
-    return SpawnFailed(f"cannot start {program!r}: {exc}")
-
-
-def _wide_pipe() -> tuple[int, int]:
-    """A pipe with a 1 MiB buffer (Linux), so output moves in a quarter as many reads."""
-    read_fd, write_fd = os.pipe()
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    return read_fd, write_fd
-
-
-async def pipe_reader(fd: int) -> asyncio.StreamReader:
-    """An asyncio reader over a pipe or terminal fd (which it takes ownership of)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
-    return reader
-
-
 class CommandRun:
     """One process on one stream, from spawn to the final ``exit`` frame."""
 
@@ -165,22 +124,10 @@ class CommandRun:
     async def _spawn(self) -> None:
         """Start with stdout and stderr on wide pipes of their own (subclasses: a terminal)."""
         spec = self.spec
-        out, err = _wide_pipe(), _wide_pipe()
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *spec.argv, cwd=spec.cwd, env=spec.env, start_new_session=True,
-                stdin=asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL,
-                stdout=out[1], stderr=err[1], preexec_fn=self.policy.preexec(),
-            )
-        except BaseException:
-            os.close(out[0])
-            os.close(err[0])
-            raise
-        finally:
-            os.close(out[1])
-            os.close(err[1])
+        self.proc, out, err = await start_piped(spec.argv, cwd=spec.cwd, env=spec.env,
+                                                stdin=spec.stdin, preexec=self.policy.preexec())
         self.stdin = self.proc.stdin
-        self.outputs = [(await pipe_reader(out[0]), 1), (await pipe_reader(err[0]), 2)]
+        self.outputs = [(out, 1), (err, 2)]
 
     async def run(self) -> None:
         """Pump output until the command ends, then send ``exit`` (unless the client is gone)."""
@@ -212,13 +159,13 @@ class CommandRun:
             await self.conn.drain()
 
     async def _pump(self, pipe: asyncio.StreamReader, channel: int) -> None:
-        while data := await _read(pipe):
+        while data := await read_chunk(pipe):
             try:
                 await self.send_output(channel, data)
             except TetherError:
                 # The client is gone or abandoned the stream: keep draining so the
                 # process is never blocked on a full pipe while it is being killed.
-                while await _read(pipe):
+                while await read_chunk(pipe):
                     pass
                 return
 
@@ -279,31 +226,16 @@ class CommandRun:
         self._kill_group(signal.Signals[f"SIG{name}"])
 
     def _kill_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+        if self.proc is not None:
+            kill_group(self.proc.pid, sig)
 
     async def terminate(self) -> None:
         """SIGTERM the group, then SIGKILL it after the grace period if the leader lives on."""
-        proc = self.proc
-        if proc is None:
-            return
-        self._kill_group(signal.SIGTERM)
-        self._kill_group(signal.SIGCONT)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), self.policy.kill_grace)
-        self._kill_group(signal.SIGKILL)
+        if self.proc is not None:
+            await terminate(self.proc, self.policy.kill_grace)
 
     def abandon(self) -> None:
         """The client closed the stream or went away: kill the group in the background."""
         if self._killing is None and self.proc is not None and self.proc.returncode is None:
             self._killing = asyncio.create_task(self.terminate())
 
-
-async def _read(pipe: asyncio.StreamReader) -> bytes:
-    """A chunk of output; b"" at the end (a terminal's EIO after its last writer is the end)."""
-    try:
-        return await pipe.read(READ_SIZE)
-    except OSError:
-        return b""

@@ -11,56 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import locale
 import logging
 import os
 import signal
 import socket
 import ssl
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tether import __version__
 from tether.errors import TetherError
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
 from tether.protocol import Role
+from tether.protocol.discovery import Announcement
 from tether.server.audit import AuditLog
-from tether.server.limits import Admission, Limits
-from tether.server.session import Session
+from tether.server.classic import ClassicServer
+from tether.server.config import ClassicConfig, ServerConfig, is_loopback
+from tether.server.discovery import DiscoveryResponder, start_discovery
+from tether.server.limits import Admission
+from tether.server.session import Session, SessionContext
 from tether.tls import server_context
 
-if TYPE_CHECKING:
-    from tether.server.classic import ClassicConfig, ClassicServer
-    from tether.server.discovery import DiscoveryResponder
+__all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 
 log = logging.getLogger("tether.server")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class ServerConfig:
-    home: Path
-    host: str = "127.0.0.1"
-    port: int = 7722
-    root: Path = field(default_factory=Path.home)
-    name: str = field(default_factory=socket.gethostname)
-    encoding: str = field(default_factory=lambda: locale.getpreferredencoding(False))
-    plaintext: bool = False
-    kill_grace: float = 1.0
-    limits: Limits = field(default_factory=Limits)
-    audit: Path | None = None
-    classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
-    discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
 
 
 def _handshake_failure(exc: BaseException) -> str:
@@ -122,6 +95,11 @@ class Server:
         self.audit = AuditLog(config.audit)
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
+        self.context = SessionContext(
+            limits=config.limits, root=config.root, plaintext=config.plaintext,
+            name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
+            admission=self.admission, audit=self.audit, authorized=self.authorized,
+        )
 
     # --- authorization -------------------------------------------------------------------------
 
@@ -165,8 +143,6 @@ class Server:
             await self._start_discovery()
 
     async def _start_classic(self, config: ClassicConfig) -> None:
-        from tether.server.classic import ClassicServer
-
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
                                      limits=c.limits)
@@ -179,10 +155,6 @@ class Server:
 
     async def _start_discovery(self) -> None:
         """The UDP responder on the TLS port's number; if it cannot bind, nothing stays up."""
-        from tether import __version__
-        from tether.protocol.discovery import Announcement
-        from tether.server.discovery import start_discovery
-
         c = self.config
         fp = self.identity.fingerprint if self.identity is not None else ""
         try:
@@ -211,7 +183,7 @@ class Server:
             link = await self._secure(transport, address)
             if link is None:
                 return
-            session = Session(self, link)
+            session = Session(self.context, link)
             self.sessions.add(session)
             try:
                 await session.serve()

@@ -1,5 +1,7 @@
 """One client connection on the server: handshake, authorization, and dispatch of its frames.
 
+A session sees the server only through a :class:`SessionContext` (its limits and settings,
+admission, the audit log and the authorized lookup), so it never imports the listener.
 Dispatch is an explicit table from message class to handler (:data:`Session.HANDLERS`); a
 peer-supplied name never reaches getattr. A protocol violation ends this connection with an error
 frame; nothing here can stop the listener or disturb other sessions.
@@ -14,7 +16,7 @@ import platform
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from tether import __version__
 from tether.errors import (
@@ -26,6 +28,7 @@ from tether.errors import (
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
+    ServerShuttingDown,
     TetherError,
     VersionMismatch,
 )
@@ -53,18 +56,31 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
+from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
-from tether.server.files import FileArea
-from tether.server.limits import Limits
+from tether.server.limits import Admission, Limits
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
-
-if TYPE_CHECKING:
-    from tether.server.listener import Server
+from tether.storage.area import FileArea
+from tether.storage.errors import disk_error
 
 log = logging.getLogger("tether.server")
 
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a session needs of its server, and nothing more."""
+
+    limits: Limits
+    root: Path  # where an unconfined client's relative paths and commands start
+    plaintext: bool
+    name: str  # the server's name, told in welcome
+    encoding: str
+    kill_grace: float
+    admission: Admission
+    audit: AuditLog
+    authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
 
 
 @dataclass(frozen=True)
@@ -79,8 +95,8 @@ class Peer:
 
 
 class Session:
-    def __init__(self, server: Server, link: FramedProtocol) -> None:
-        self.server = server
+    def __init__(self, context: SessionContext, link: FramedProtocol) -> None:
+        self.context = context
         self.conn = FramedConnection(link)
         self.peer: Peer | None = None
         self.streams: dict[int, StreamHandler] = {}
@@ -89,11 +105,11 @@ class Session:
 
     async def serve(self) -> None:
         address = self.conn.peer_address
-        audit = self.server.audit
+        audit = self.context.audit
         admitted, reason = False, ""
         try:
             self.peer = self._authorize()
-            refusal = self.server.admission.admit_client(self.peer.fingerprint)
+            refusal = self.context.admission.admit_client(self.peer.fingerprint)
             if refusal is not None:
                 raise Busy(refusal)
             admitted = True
@@ -124,33 +140,31 @@ class Session:
             self._abandon_all()
             await self.conn.close()
             if admitted and self.peer is not None:
-                self.server.admission.client_left(self.peer.fingerprint)
+                self.context.admission.client_left(self.peer.fingerprint)
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
 
     @property
     def limits(self) -> Limits:
-        return self.server.config.limits
+        return self.context.limits
 
     async def shutdown(self) -> None:
         """The server is stopping: tell the client, kill its commands."""
-        from tether.errors import ServerShuttingDown
-
         self._abandon_all()
         await self.conn.fail(ServerShuttingDown("server shutting down"))
 
     def _authorize(self) -> Peer:
-        config = self.server.config
-        if config.plaintext:
-            return Peer("plaintext", "plaintext", config.root, frozenset(PERMISSIONS))
+        context = self.context
+        if context.plaintext:
+            return Peer("plaintext", "plaintext", context.root, frozenset(PERMISSIONS))
         cert = self.conn.peer_cert
         if not cert:
             raise NotAuthorized("no client certificate")
         fp = fingerprint(cert)
-        client: AuthorizedClient | None = self.server.authorized().get(fp)
+        client: AuthorizedClient | None = context.authorized().get(fp)
         if client is None:
             raise NotAuthorized(f"client identity {fp} is not authorized")
-        root = Path(client.root) if client.root else config.root
+        root = Path(client.root) if client.root else context.root
         return Peer(fp, client.name, root, client.permissions, confined=client.root is not None)
 
     async def _handshake(self) -> None:
@@ -168,9 +182,9 @@ class Session:
             Welcome(
                 version=max(common),
                 software=f"tether/{__version__}",
-                server_name=self.server.config.name,
+                server_name=self.context.name,
                 platform=platform.system().lower(),
-                encoding=self.server.config.encoding,
+                encoding=self.context.encoding,
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
                 permissions=sorted(self.peer.permissions),
@@ -207,7 +221,7 @@ class Session:
 
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
-        return ExecPolicy(peer.root, self.server.config.kill_grace, lim.process_nproc,
+        return ExecPolicy(peer.root, self.context.kill_grace, lim.process_nproc,
                           lim.process_memory, peer.confined)
 
     async def _on_exec(self, msg: Exec) -> None:
@@ -234,7 +248,7 @@ class Session:
         try:
             peer = self._check_open(permission)
             run = make(self._policy(peer))
-            refusal = self.server.admission.admit_process(peer.fingerprint)
+            refusal = self.context.admission.admit_process(peer.fingerprint)
             if refusal is not None:
                 raise Busy(refusal)
         except RemoteError as exc:
@@ -243,9 +257,9 @@ class Session:
         try:
             await run.start()
         except RemoteError as exc:
-            self.server.admission.process_ended(peer.fingerprint)
+            self.context.admission.process_ended(peer.fingerprint)
             self._end_stream(stream, exc)
-            self.server.audit.event("command", fingerprint=peer.fingerprint, **what,
+            self.context.audit.event("command", fingerprint=peer.fingerprint, **what,
                                     outcome=str(exc))
             return
         self.streams[stream] = run
@@ -258,9 +272,9 @@ class Session:
         try:
             await run.run()
         finally:
-            self.server.admission.process_ended(peer.fingerprint)
+            self.context.admission.process_ended(peer.fingerprint)
             code = run.proc.returncode if run.proc else None
-            self.server.audit.event(
+            self.context.audit.event(
                 "command" if kind == "exec" else "shell", fingerprint=peer.fingerprint,
                 name=peer.name, **what, status=code if code is None or code >= 0 else None,
                 signal=-code if code is not None and code < 0 else None,
@@ -310,9 +324,9 @@ class Session:
     def _audit_file(self, op: str, path: str, size: int, hash_: str,
                     resumed_from: int = 0) -> None:
         assert self.peer is not None
-        if self.server.audit.path is None:
+        if self.context.audit.path is None:
             return  # no audit log: a batch's files cost nothing here
-        self.server.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
+        self.context.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
                                 path=path, bytes=size - resumed_from, size=size, hash=hash_,
                                 resumed_from=resumed_from, outcome="ok")
 
@@ -346,7 +360,7 @@ class Session:
             self.streams.pop(stream, None)
 
     def _end_stream(self, stream: int, exc: TetherError) -> None:
-        self.server.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
+        self.context.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
                                 else None, stream=stream, code=exc.code, reason=str(exc))
         handler = self.streams.pop(stream, None)
         if handler is not None:
@@ -469,7 +483,7 @@ def _as_remote(exc: BaseException) -> TetherError:
     if isinstance(exc, RemoteError):
         return exc
     if isinstance(exc, OSError):
-        return RemoteError(f"{exc.filename or 'operation'}: {exc.strerror or exc}")
+        return disk_error(exc, str(exc.filename or "operation"))
     return RemoteError(str(exc) or exc.__class__.__name__)
 
 

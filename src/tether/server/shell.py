@@ -26,14 +26,8 @@ from collections.abc import Callable
 from tether.errors import BadRequest, NoTerminal
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
-from tether.server.exec import (
-    READ_SIZE,
-    CommandRun,
-    ExecPolicy,
-    SpawnSpec,
-    check_env,
-    login_shell,
-)
+from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, check_env
+from tether.server.process import Preexec, login_shell, pipe_reader, start
 
 MAX_LINE = 64 * 1024
 
@@ -61,7 +55,7 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _child_setup(limits: Callable[[], None] | None) -> Callable[[], None]:
+def _child_setup(limits: Preexec) -> Callable[[], None]:
     """In the child, after setsid: take the pty's slave (stdin) as the controlling terminal."""
 
     def setup() -> None:
@@ -83,15 +77,6 @@ class _TerminalProtocol(asyncio.StreamReaderProtocol):
         if isinstance(exc, OSError) and exc.errno == errno.EIO:
             exc = None
         super().connection_lost(exc)
-
-
-async def _terminal_reader(fd: int) -> asyncio.StreamReader:
-    """An asyncio reader over a pty master (it takes ownership of ``fd``)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    await loop.connect_read_pipe(lambda: _TerminalProtocol(reader, loop=loop), pipe)
-    return reader
 
 
 async def _pipe_writer(fd: int) -> asyncio.StreamWriter:
@@ -119,17 +104,16 @@ class PtyRun(CommandRun):
         try:
             _set_winsize(master, *self.size)
             spec = self.spec
-            self.proc = await asyncio.create_subprocess_exec(
-                *spec.argv, cwd=spec.cwd, env=spec.env, stdin=slave, stdout=slave, stderr=slave,
-                start_new_session=True, preexec_fn=_child_setup(self.policy.preexec()),
-            )
+            self.proc = await start(spec.argv, cwd=spec.cwd, env=spec.env, stdin=slave,
+                                    stdout=slave, stderr=slave,
+                                    preexec=_child_setup(self.policy.preexec()))
         except BaseException:
             os.close(master)
             raise
         finally:
             os.close(slave)
         self.master = master
-        self.outputs = [(await _terminal_reader(os.dup(master)), 1)]
+        self.outputs = [(await pipe_reader(os.dup(master), _TerminalProtocol), 1)]
         self.stdin = await _pipe_writer(master)
 
     def handle(self, msg: Message) -> None:

@@ -1,6 +1,6 @@
 """Transfers for one stream each: ``put`` (store a file, directory or symlink), ``get`` (send a
-file) and ``list`` (describe a tree for a recursive get). Disk access goes through
-:mod:`tether.server.files`; this module speaks the protocol.
+file) and ``list`` (describe a tree for a recursive get). Every disk access goes through the
+client's :class:`tether.storage.area.FileArea`; this module speaks the protocol.
 
 A put writes to a partial file and commits it only when the client's hash matches ours; a get
 hashes as it sends and reports a source that grew or shrank instead of truncating silently.
@@ -9,16 +9,12 @@ hashes as it sends and reports a source that grew or shrank instead of truncatin
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import posixpath
 from collections.abc import Callable
 from enum import Enum, auto
 
-from tether.batch import SEND_FILES, header_cost
-from tether.errors import BadRequest, RemoteError, SourceChanged
+from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
-from tether.partial import CHUNK, PartialFile, digest, new_hasher
 from tether.protocol import (
     Begin,
     Commit,
@@ -32,7 +28,10 @@ from tether.protocol import (
     Put,
     Ready,
 )
-from tether.server.files import EntryInfo, FileArea
+from tether.storage.area import EntryInfo, FileArea
+from tether.storage.batch import SEND_FILES, header_cost
+from tether.storage.partial import PartialFile
+from tether.storage.source import digest
 
 # a bound on one entries header (within MAX_HEADER even for a single entry whose path and link
 # target are each 4,096 bytes of characters JSON escapes)
@@ -79,14 +78,8 @@ class PutTransfer:
         if self.max_upload and req.size > self.max_upload:
             raise BadRequest(f"a file of {req.size} bytes exceeds this server's upload limit "
                              f"of {self.max_upload} bytes")
-        dir_fd, name, self.shown = self.area.put_target(req.path, req.name)
-        try:
-            self.partial = self.area.open_partial(
-                dir_fd, name, exists_ok=req.force or req.rename, resume=req.resume
-            )
-        except BaseException:
-            os.close(dir_fd)
-            raise
+        self.partial, self.shown = self.area.open_put(
+            req.path, req.name, exists_ok=req.force or req.rename, resume=req.resume)
         if req.resume:
             self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
                                  stream=self.stream))
@@ -95,24 +88,14 @@ class PutTransfer:
             self.state = _PutState.DATA
 
     def _make_dir(self) -> None:
-        dir_fd, name, self.shown = self.area.put_target(self.req.path, self.req.name)
-        try:
-            self.area.make_dir(dir_fd, name, self.req.mode)
-        finally:
-            os.close(dir_fd)
+        self.shown = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
         self._done(0, "")
 
     def _make_symlink(self) -> None:
         req = self.req
         if req.target is None:
             raise BadRequest("symlink without a target")
-        dir_fd, name, self.shown = self.area.put_target(req.path, req.name)
-        try:
-            rel_dir = posixpath.dirname(self.shown) or "."
-            self.area.make_symlink(dir_fd, name, req.target, posixpath.normpath(rel_dir),
-                                   req.force)
-        finally:
-            os.close(dir_fd)
+        self.shown = self.area.make_symlink(req.path, req.name, req.target, req.force)
         self._done(0, "")
 
     def _done(self, size: int, hash_: str, resumed_from: int = 0) -> None:
@@ -147,9 +130,11 @@ class PutTransfer:
             if msg.size != partial.written or msg.size != self.req.size:
                 raise BadRequest(f"commit of {msg.size} bytes, but {partial.written} arrived")
             resumed = partial.offset
-            final = partial.commit(msg.hash, self.req.mode & 0o1777, self.req.mtime_ns,
-                                   force=self.req.force, rename=self.req.rename)
-            os.close(partial.dir_fd)
+            try:
+                final = partial.commit(msg.hash, self.req.mode & 0o1777, self.req.mtime_ns,
+                                       force=self.req.force, rename=self.req.rename)
+            finally:
+                partial.close()
             self.partial = None
             self.shown = posixpath.join(posixpath.dirname(self.shown), final)
             self._done(msg.size, msg.hash, resumed)
@@ -162,72 +147,33 @@ class PutTransfer:
             if self.partial.written == 0:
                 self.partial.discard()
             self.partial.close()
-            with contextlib.suppress(OSError):
-                os.close(self.partial.dir_fd)
             self.partial = None
 
 
 async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
     """Stream one file: meta, data from the agreed offset, then done with the full hash."""
+    source = area.open_source(req.path)
     try:
-        return await _send_file(conn, stream, req, area)
-    except OSError as exc:  # a read failed: this get fails, the connection lives on
-        raise RemoteError(f"cannot read {req.path}: {exc.strerror}") from exc
-
-
-async def _send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
-    fd, st = area.open_read(req.path)
-    try:
-        size = st.st_size
-        hasher, start = new_hasher(), 0
-        if 0 < req.offset <= size and req.prefix_hash:
-            prefix = _hash_range(fd, hasher, 0, req.offset)
-            if digest(prefix) == req.prefix_hash:
-                start = req.offset
-            else:
-                hasher = new_hasher()
-        conn.send(Meta(size=size, mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns,
+        start, hasher = source.resume_point(req.offset, req.prefix_hash)
+        conn.send(Meta(size=source.size, mode=source.mode, mtime_ns=source.mtime_ns,
                        offset=start, stream=stream))
-        pos = start
-        while pos < size:
-            chunk = os.pread(fd, min(CHUNK, size - pos), pos)
-            if not chunk:
-                raise SourceChanged(f"{req.path} shrank from {size} to {pos} bytes while sent")
+        for chunk in source.chunks(start):
             hasher.update(chunk)
             await conn.send_data(stream, 0, chunk)
-            pos += len(chunk)
-        if os.pread(fd, 1, size):
-            raise SourceChanged(f"{req.path} grew past {size} bytes while it was being sent")
-        done = Done(path=req.path, size=size, hash=digest(hasher), resumed_from=start,
+        source.check_end()
+        done = Done(path=req.path, size=source.size, hash=digest(hasher), resumed_from=start,
                     stream=stream)
         conn.send(done)
         await conn.drain()
         return done
     finally:
-        os.close(fd)
+        source.close()
 
 
-def _hash_range(fd: int, hasher: object, start: int, end: int) -> object:
-    pos = start
-    while pos < end:
-        chunk = os.pread(fd, min(CHUNK, end - pos), pos)
-        if not chunk:
-            break
-        hasher.update(chunk)  # type: ignore[attr-defined]
-        pos += len(chunk)
-    return hasher.copy()  # type: ignore[attr-defined]
-
-
-async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> Done:
-    """Describe the tree at ``req.path``, one ``entry`` per file, directory or symlink."""
-    try:
-        return await _send_listing(conn, stream, req, area)
-    except OSError as exc:
-        raise RemoteError(f"cannot list {req.path}: {exc.strerror}") from exc
-
-
-async def _send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea
-                        ) -> Done:
+async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea
+                       ) -> Done:
+    """Describe the tree at ``req.path``: one ``entry`` per file, directory or symlink, or
+    (``batched``) many to an ``entries``."""
     count = 0
     group = _EntryGroup()
     for info in area.walk(req.path):

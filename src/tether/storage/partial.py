@@ -1,117 +1,50 @@
-"""A partial file: the temporary file beside a destination that becomes the destination only
-when it is complete and its hash verified. Both ends use it: the server for puts, the client for
-gets. The final name therefore only ever holds a complete, verified file.
+"""Partial files, placement and durability: the temporary file beside a destination that becomes
+the destination only when it is complete and its hash verified. Both ends use it: the server for
+puts and classic uploads, the client for gets. The final name only ever holds a complete,
+verified, fsynced file.
 
 The partial is ``.NAME.tether-part`` in the destination's directory, so that running the same
 transfer again finds it and resumes; an exclusive ``flock`` keeps two transfers from writing one
-destination. Everything works relative to a directory file descriptor, so a caller that opened
-the directory safely (see ``tether.server.files``) is not exposed to symlink swaps on the name.
+destination. Everything works relative to a directory file descriptor opened safely by the caller
+(:class:`tether.storage.area.FileArea` on the server, :mod:`tether.storage.names` walks on the
+client), so a symlink swapped in for the name leads nowhere. Moves never replace a file unless
+asked (``link`` + ``unlink``); a renamed or replaced name is made durable by fsyncing its
+directory (once per batch for many files, see :mod:`tether.storage.batch`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import stat
-from typing import Any
 
-import blake3
+from tether.errors import AlreadyExists, Busy, IntegrityError, UnsafePath
+from tether.storage.errors import disk_error
+from tether.storage.names import check_name, renamed
+from tether.storage.source import CHUNK, digest, new_hasher
 
-from tether.errors import (
-    AlreadyExists,
-    BadRequest,
-    Busy,
-    IntegrityError,
-    NoSpace,
-    PermissionDenied,
-    RemoteError,
-    UnsafePath,
-)
-
-HASH_NAME = "blake3"
-CHUNK = 1024 * 1024
 MAX_RENAMES = 10_000
-
-
-def new_hasher() -> Any:
-    return blake3.blake3()
-
-
-def digest(hasher: Any) -> str:
-    return f"{HASH_NAME}:{hasher.hexdigest()}"
 
 
 def part_name(name: str) -> str:
     return f".{name}.tether-part"
 
 
-def check_name(name: str) -> str:
-    """A single, harmless path component, or UnsafePath."""
-    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise UnsafePath(f"refusing the file name {name!r}")
-    check_text(name)
-    return name
-
-
-def check_text(path: str) -> str:
-    """Refuse text that is not valid Unicode (a lone surrogate sent as a JSON escape): the
-    file system would reject it later, with an error of the wrong kind."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UnsafePath(f"the path {path[:40]!r} is not valid Unicode") from exc
-    return path
-
-
-def link_stays_inside(depth: int, target: str) -> bool:
-    """Whether a symlink to ``target``, placed ``depth`` directories below a tree's root,
-    resolves inside that tree, whichever symlinks (obeying this same rule) it passes through.
-
-    The target must be relative, and '..' may only lead it, at most ``depth`` times: the kernel
-    resolves a '..' that follows a name from wherever that name leads, so a link through an
-    in-tree link to a shallower place would climb out although ``normpath`` says it stays in.
-    """
-    if not target or target.startswith("/") or "\0" in target:
-        return False
-    ups, named = 0, False
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part != "..":
-            named = True
-        elif named:
-            return False
-        else:
-            ups += 1
-    return ups <= depth
-
-
-def _disk_error(exc: OSError, what: str) -> RemoteError:
-    """The error a failed write stands for; the operation fails, the connection lives on."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"no space left on device while writing {what} (partial kept for resume)")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"cannot write {what}: {exc.strerror}")
-    if exc.errno == errno.ELOOP:
-        return UnsafePath(f"refusing to write {what} through a symlink")
-    return RemoteError(f"cannot write {what}: {exc.strerror}")
-
-
-def renamed(name: str, n: int) -> str:
-    """``report (n).txt`` for ``report.txt``, as the tutorial's server renamed uploads."""
-    stem, dot, suffix = name.rpartition(".")
-    if not stem:  # no dot, or a dotfile like ".bashrc"
-        return f"{name} ({n})"
-    return f"{stem} ({n}){dot}{suffix}"
+def sync_dir(dir_fd: int) -> None:
+    """Make the names in a directory durable (a failure to is not the transfer's failure: the
+    file itself was fsynced)."""
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
 
 
 class PartialFile:
-    """The growing temporary file for destination ``name`` in directory ``dir_fd``."""
+    """The growing temporary file for destination ``name`` in directory ``dir_fd`` (which it
+    closes too when ``owns_dir``)."""
 
-    def __init__(self, dir_fd: int, name: str, *, resume: bool) -> None:
+    def __init__(self, dir_fd: int, name: str, *, resume: bool, owns_dir: bool = False) -> None:
         self.dir_fd = dir_fd
+        self.owns_dir = owns_dir
         self.name = check_name(name)
         self.part = part_name(name)
         self.fd, size = open_part(dir_fd, name)
@@ -155,7 +88,7 @@ class PartialFile:
                 self.written += n
                 view = view[n:]
         except OSError as exc:
-            raise _disk_error(exc, self.name) from exc
+            raise disk_error(exc, self.name, "write") from exc
         self.hasher.update(data)
 
     @property
@@ -177,19 +110,15 @@ class PartialFile:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             os.fsync(self.fd)
         except OSError as exc:
-            raise _disk_error(exc, self.name) from exc
-        final = self._place(force, rename)
+            raise disk_error(exc, self.name, "write") from exc
+        try:
+            final = place(self.dir_fd, self.part, self.name, force, rename)
+        except OSError as exc:
+            raise disk_error(exc, self.name, "write") from exc
         os.close(self.fd)
         self.fd = -1
-        with contextlib.suppress(OSError):
-            os.fsync(self.dir_fd)
+        sync_dir(self.dir_fd)
         return final
-
-    def _place(self, force: bool, rename: bool) -> str:
-        try:
-            return place(self.dir_fd, self.part, self.name, force, rename)
-        except OSError as exc:
-            raise _disk_error(exc, self.name) from exc
 
     def discard(self) -> None:
         """Remove the partial (it is corrupt or unwanted)."""
@@ -202,6 +131,9 @@ class PartialFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.owns_dir and self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 def open_part(dir_fd: int, name: str) -> tuple[int, int]:
@@ -212,7 +144,7 @@ def open_part(dir_fd: int, name: str) -> tuple[int, int]:
     try:
         fd = os.open(part, flags, 0o600, dir_fd=dir_fd)
     except OSError as exc:
-        raise _disk_error(exc, part) from exc
+        raise disk_error(exc, part, "write") from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -271,7 +203,7 @@ def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
     except FileExistsError:
         fd, size = open_part(dir_fd, name)
     except OSError as exc:
-        raise _disk_error(exc, part) from exc
+        raise disk_error(exc, part, "write") from exc
     try:
         if size:
             os.ftruncate(fd, 0)
@@ -287,17 +219,7 @@ def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=dir_fd)  # a small file has nothing worth resuming
         if isinstance(exc, OSError):
-            raise _disk_error(exc, name) from exc
+            raise disk_error(exc, name, "write") from exc
         raise
     finally:
         os.close(fd)
-
-
-def destination_exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:  # e.g. a name too long for this file system
-        raise BadRequest(f"cannot use the name {name[:40]!r}: {exc.strerror}") from exc
-    return True

@@ -1,11 +1,13 @@
-"""Where a peer's paths may go on this server's disk, and every disk access made for a peer.
+"""The file area: the part of this server's file system one client may use, and the only code
+that opens a client's paths on the server (``put``, ``get``, ``list``, batches, classic mode).
 
 A client authorized with its own root is *confined*: its paths are relative to that root, may not
 be absolute or contain ``..``, and are walked one component at a time with ``O_NOFOLLOW`` from a
 directory file descriptor, so no symlink (even one swapped in between a check and an open) can
 lead out. Only regular files are read or replaced; devices and FIFOs are refused. An unconfined
 client's relative paths resolve against the server's ``--root`` and absolute paths are allowed,
-as for any shell user of the same account.
+as for any shell user of the same account. Every failure is translated by
+:func:`tether.storage.errors.disk_error`.
 """
 
 from __future__ import annotations
@@ -18,49 +20,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.batch import read_whole
-from tether.errors import (
-    AlreadyExists,
-    NoSpace,
-    NotFound,
-    PermissionDenied,
-    RemoteError,
-    SourceChanged,
-    UnsafePath,
-)
-from tether.partial import (
-    PartialFile,
+from tether.errors import AlreadyExists, SourceChanged, UnsafePath
+from tether.storage.batch import MAX_BYTES, BatchReceiver, DirCache, Stored, Target
+from tether.storage.errors import disk_error
+from tether.storage.names import (
+    DIR_FLAGS,
     check_name,
     check_text,
     destination_exists,
+    is_symlink,
     link_stays_inside,
+    name_parts,
+    shown_below,
 )
+from tether.storage.partial import PartialFile
+from tether.storage.source import SourceFile, read_whole
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-def _os_error(exc: OSError, path: str) -> RemoteError:
-    """The error a failed disk access stands for: it ends the operation, never the connection."""
-    if exc.errno == errno.ENOENT:
-        return NotFound(f"no such file or directory: {path}")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"permission denied: {path}")
-    if exc.errno == errno.EROFS:
-        return PermissionDenied(f"read-only file system: {path}")
-    if exc.errno == errno.ELOOP:
-        return UnsafePath(f"refusing to follow a symlink in {path}")
-    if exc.errno == errno.ENOTDIR:
-        return NotFound(f"not a directory: {path}")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(f"no space left on device: {path}")
-    return RemoteError(f"{path}: {exc.strerror}")
-
-
-def _is_symlink(dir_fd: int, name: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except OSError:
-        return False
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
 
 
 @dataclass(frozen=True)
@@ -73,6 +49,17 @@ class EntryInfo:
     mode: int
     mtime_ns: int
     target: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchFiles:
+    """What a sender says of the files of one batch, in the order of their names."""
+
+    names: list[str]
+    sizes: list[int]
+    modes: list[int]
+    mtimes: list[int]
+    hashes: list[str]
 
 
 class FileArea:
@@ -107,19 +94,16 @@ class FileArea:
         try:
             return os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
-            if self.confined and exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(
+            if self.confined and exc.errno in (errno.ELOOP, errno.ENOTDIR) and is_symlink(
                 dir_fd, name
             ):
                 raise UnsafePath(f"refusing to follow the symlink {name!r} in {shown}") from exc
-            raise _os_error(exc, shown) from exc
+            raise disk_error(exc, shown) from exc
 
     def open_dir(self, parts: list[str], shown: str, create: bool = False) -> int:
         """A directory fd for ``parts``, walked safely; ``create`` makes missing directories."""
         start, _ = self._components("")
-        try:
-            fd = os.open(start, DIR_FLAGS)
-        except OSError as exc:
-            raise _os_error(exc, shown) from exc
+        fd = self._open_from(start, [], shown)
         try:
             for part in parts:
                 if create:
@@ -128,7 +112,7 @@ class FileArea:
                     except FileExistsError:
                         pass
                     except OSError as exc:
-                        raise _os_error(exc, shown) from exc
+                        raise disk_error(exc, shown) from exc
                 nxt = self.open_at(fd, part, DIR_FLAGS, shown)
                 os.close(fd)
                 fd = nxt
@@ -146,11 +130,12 @@ class FileArea:
             return self.open_dir([], path), None
         return self.open_dir(parts[:-1], path), parts[-1]
 
-    def _open_from(self, start: str, parts: list[str], shown: str) -> int:
+    @staticmethod
+    def _open_from(start: str, parts: list[str], shown: str) -> int:
         try:
             return os.open(os.path.join(start, *parts), DIR_FLAGS)
         except OSError as exc:
-            raise _os_error(exc, shown) from exc
+            raise disk_error(exc, shown) from exc
 
     def is_dir(self, dir_fd: int, name: str | None) -> bool:
         if name is None:
@@ -160,6 +145,26 @@ class FileArea:
         except OSError:
             return False
         return stat.S_ISDIR(st.st_mode)
+
+    def open_tree(self, path: str) -> int:
+        """A directory fd for the existing directory ``path`` (where a batch's names start)."""
+        dir_fd, last = self.resolve(path)
+        if last is None:
+            return dir_fd
+        try:
+            return self.open_at(dir_fd, last, DIR_FLAGS, path)
+        finally:
+            os.close(dir_fd)
+
+    def _open_sub_dir(self, dir_fd: int, name: str, shown: str) -> int:
+        """One directory below ``dir_fd`` (the :class:`DirCache` opener of this area)."""
+        return self.open_at(dir_fd, name, DIR_FLAGS, shown)
+
+    def _tree(self, path: str, names: list[str]) -> DirCache:
+        """The directories a batch's names (each component checked here) lead through."""
+        for name in names:
+            name_parts(name)
+        return DirCache(self.open_tree(path), self._open_sub_dir)
 
     # --- put -----------------------------------------------------------------------------------
 
@@ -184,95 +189,152 @@ class FileArea:
             os.close(dir_fd)
             raise
 
-    def open_partial(self, dir_fd: int, name: str, *, exists_ok: bool,
-                     resume: bool) -> PartialFile:
+    def open_partial(self, dir_fd: int, name: str, *, exists_ok: bool, resume: bool,
+                     owns_dir: bool = False) -> PartialFile:
+        """The partial for file ``name`` in ``dir_fd``. An existing destination is refused
+        unless ``exists_ok``; a directory always is."""
         if not exists_ok and destination_exists(dir_fd, name):
             raise AlreadyExists(f"{name} exists (use --force to replace it or --rename)")
         if self.is_dir(dir_fd, name):
             raise AlreadyExists(f"{name} is a directory")
-        return PartialFile(dir_fd, name, resume=resume)
+        return PartialFile(dir_fd, name, resume=resume, owns_dir=owns_dir)
 
-    def make_dir(self, dir_fd: int, name: str, mode: int) -> None:
+    def open_put(self, path: str, name: str, *, exists_ok: bool, resume: bool
+                 ) -> tuple[PartialFile, str]:
+        """The partial a put of file ``name`` to ``path`` writes (it owns its directory fd), and
+        the path shown for it."""
+        dir_fd, name, shown = self.put_target(path, name)
         try:
-            os.mkdir(check_name(name), mode & 0o1777, dir_fd=dir_fd)
+            partial = self.open_partial(dir_fd, name, exists_ok=exists_ok, resume=resume,
+                                        owns_dir=True)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        return partial, shown
+
+    def open_upload(self, name: str) -> PartialFile:
+        """A fresh partial for a classic upload of ``name`` (one plain name) at the root."""
+        dir_fd = self.open_dir([], name)
+        try:
+            return PartialFile(dir_fd, check_name(name), resume=False, owns_dir=True)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+
+    def make_dir(self, path: str, name: str, mode: int) -> str:
+        """A put of directory ``name`` to ``path`` (an existing directory is fine); the shown
+        path."""
+        dir_fd, name, shown = self.put_target(path, name)
+        try:
+            os.mkdir(name, mode & 0o1777, dir_fd=dir_fd)
         except FileExistsError:
             if not self.is_dir(dir_fd, name):
                 raise AlreadyExists(f"{name} exists and is not a directory") from None
         except OSError as exc:
-            raise _os_error(exc, name) from exc
-
-    def make_symlink(self, dir_fd: int, name: str, target: str, rel_dir: str,
-                     force: bool) -> None:
-        """Create a symlink; a confined client's link may not point outside its root."""
-        check_name(name)
-        if self.confined:
-            depth = len([p for p in posixpath.normpath(rel_dir).split("/") if p not in ("", ".")])
-            if not link_stays_inside(depth, target):
-                raise UnsafePath(f"symlink {name} -> {target} points outside this client's root")
-        if "\0" in target:
-            raise UnsafePath("NUL byte in symlink target")
-        check_text(target)
-        if destination_exists(dir_fd, name):
-            if not force:
-                raise AlreadyExists(f"{name} exists (use --force to replace it)")
-            os.unlink(name, dir_fd=dir_fd)
-        try:
-            os.symlink(target, name, dir_fd=dir_fd)
-        except OSError as exc:
-            raise _os_error(exc, name) from exc
-
-    def open_tree(self, path: str) -> int:
-        """A directory fd for the existing directory ``path`` (where a batch's names start)."""
-        dir_fd, last = self.resolve(path)
-        if last is None:
-            return dir_fd
-        try:
-            return self.open_at(dir_fd, last, DIR_FLAGS, path)
+            raise disk_error(exc, name) from exc
         finally:
             os.close(dir_fd)
+        return shown
 
-    def open_sub_dir(self, dir_fd: int, name: str, shown: str) -> int:
-        """One directory below ``dir_fd`` (a :class:`tether.batch.DirCache` opener)."""
-        return self.open_at(dir_fd, name, DIR_FLAGS, shown)
+    def make_symlink(self, path: str, name: str, target: str, force: bool) -> str:
+        """A put of symlink ``name`` to ``path``; a confined client's link may not point outside
+        its root. Returns the shown path."""
+        dir_fd, name, shown = self.put_target(path, name)
+        try:
+            if self.confined:
+                rel_dir = posixpath.normpath(posixpath.dirname(shown) or ".")
+                depth = len([p for p in rel_dir.split("/") if p not in ("", ".")])
+                if not link_stays_inside(depth, target):
+                    raise UnsafePath(
+                        f"symlink {name} -> {target} points outside this client's root")
+            if "\0" in target:
+                raise UnsafePath("NUL byte in symlink target")
+            check_text(target)
+            if destination_exists(dir_fd, name):
+                if not force:
+                    raise AlreadyExists(f"{name} exists (use --force to replace it)")
+                os.unlink(name, dir_fd=dir_fd)
+            os.symlink(target, name, dir_fd=dir_fd)
+        except OSError as exc:
+            raise disk_error(exc, name) from exc
+        finally:
+            os.close(dir_fd)
+        return shown
+
+    def store_batch(self, path: str, files: BatchFiles, *, force: bool, rename: bool,
+                    on_stored: Stored) -> BatchReceiver:
+        """A receiver storing a batch's files below the existing directory ``path``."""
+        dirs = self._tree(path, files.names)
+        try:
+            targets = []
+            for name, size, mode, mtime, hash_ in zip(files.names, files.sizes, files.modes,
+                                                     files.mtimes, files.hashes, strict=True):
+                dir_fd, last = dirs.place(name)
+                targets.append(Target(dir_fd, last, shown_below(path, name), size,
+                                      mode & 0o1777, mtime, hash_))
+            return BatchReceiver(targets, force=force, rename=rename, on_stored=on_stored,
+                                 dirs=dirs)
+        except BaseException:
+            dirs.close()
+            raise
 
     # --- get -----------------------------------------------------------------------------------
 
-    def read_small(self, dir_fd: int, name: str, shown: str, room: int
-                   ) -> tuple[bytes, os.stat_result]:
-        """The whole content of the regular file ``name`` (at most ``room`` bytes) and its
-        status; anything else is refused like :meth:`open_read` refuses it."""
-        fd = self.open_at(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, shown)
+    def open_source(self, path: str) -> SourceFile:
+        """The regular file at ``path``, to send; devices, FIFOs and directories are refused."""
+        dir_fd, name = self.resolve(path)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-                raise UnsafePath(f"{shown} is {kind}")
+            if name is None:
+                raise UnsafePath(f"{path} is a directory (use -r)")
+            fd = self.open_at(dir_fd, name, READ_FLAGS, path)
+        finally:
+            os.close(dir_fd)
+        try:
+            st = self._regular(fd, path, "a directory (use -r)")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return SourceFile(fd, st, path)
+
+    @staticmethod
+    def _regular(fd: int, shown: str, as_dir: str) -> os.stat_result:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = as_dir if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise UnsafePath(f"{shown} is {kind}")
+        return st
+
+    def read_batch(self, path: str, names: list[str]) -> list[tuple[bytes, os.stat_result]]:
+        """The whole content and status of each named regular file below ``path`` (a fetch),
+        together at most a batch's bytes; anything else is refused like :meth:`open_source`."""
+        dirs = self._tree(path, names)
+        found: list[tuple[bytes, os.stat_result]] = []
+        room = MAX_BYTES
+        try:
+            for name in names:
+                dir_fd, last = dirs.place(name)
+                data, st = self._read_small(dir_fd, last, shown_below(path, name), room)
+                room -= len(data)
+                found.append((data, st))
+        finally:
+            dirs.close()
+        return found
+
+    def _read_small(self, dir_fd: int, name: str, shown: str, room: int
+                    ) -> tuple[bytes, os.stat_result]:
+        fd = self.open_at(dir_fd, name, READ_FLAGS, shown)
+        try:
+            st = self._regular(fd, shown, "a directory")
             if st.st_size > room:
                 raise SourceChanged(f"{shown} has grown to {st.st_size} bytes since it was "
                                     f"listed; get it again")
             try:
                 return read_whole(fd, st.st_size, shown), st
             except OSError as exc:
-                raise _os_error(exc, shown) from exc
+                raise disk_error(exc, shown, "read") from exc
         finally:
             os.close(fd)
-
-    def open_read(self, path: str) -> tuple[int, os.stat_result]:
-        """An fd on the regular file at ``path``; devices, FIFOs and directories are refused."""
-        dir_fd, name = self.resolve(path)
-        try:
-            if name is None:
-                raise UnsafePath(f"{path} is a directory (use -r)")
-            fd = self.open_at(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, path)
-        finally:
-            os.close(dir_fd)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            kind = "a directory (use -r)" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise UnsafePath(f"{path} is {kind}")
-        os.set_blocking(fd, True)
-        return fd, st
 
     def walk(self, path: str) -> Iterator[EntryInfo]:
         """Every entry below ``path`` (directories before their contents), symlinks not followed."""
@@ -297,6 +359,8 @@ class FileArea:
                         st.st_mode
                     ):
                         yield self._entry([*base, entry_name], st, fd, entry_name)
+        except OSError as exc:
+            raise disk_error(exc, path, "list") from exc
         finally:
             os.close(top)
 
@@ -305,7 +369,7 @@ class FileArea:
         try:
             return os.lstat(name, dir_fd=dir_fd)
         except OSError as exc:
-            raise _os_error(exc, shown) from exc
+            raise disk_error(exc, shown) from exc
 
     @staticmethod
     def _entry(parts: list[str], st: os.stat_result, dir_fd: int, name: str) -> EntryInfo:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
 from collections.abc import Callable
 
-import blake3
-
-from tether.errors import AlreadyExists, BadRequest, IntegrityError, SourceChanged, TetherError
-from tether.partial import HASH_NAME, check_name, store_whole
+from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
+from tether.storage.partial import store_whole, sync_dir
+from tether.storage.source import file_hash
 
 MAX_FILES = 512  # protocol: files in one batch
 MAX_BYTES = 4 * 1024 * 1024  # protocol: bytes of content in one batch (the initial window)
@@ -29,40 +27,12 @@ SEND_HEADER = 40 * 1024  # ...or this much (pessimistically estimated) header
 IN_FLIGHT = 4  # reference policy: batches open at once per transfer
 
 
-def file_hash(data: bytes | bytearray | memoryview) -> str:
-    return f"{HASH_NAME}:{blake3.blake3(data).hexdigest()}"
-
-
 def header_cost(name: str) -> int:
     """An upper bound of what one file adds to a batch's JSON header: its name as JSON (a
     printable character is escaped to at most two bytes per byte, anything else to ``\\uXXXX``),
     plus its size, mode, mtime and hash."""
     per_byte = 2 if name.isprintable() else 6
     return per_byte * len(name.encode("utf-8", "surrogateescape")) + 120
-
-
-def name_parts(name: str) -> list[str]:
-    """A batch name's components, each a plain name (no '', '.', '..', '\\\\' or NUL)."""
-    return [check_name(part) for part in name.split("/")]
-
-
-def shown_below(base: str, name: str) -> str:
-    """The path of batch name ``name`` (checked components) below ``base``, normalized."""
-    base = posixpath.normpath(base)
-    return name if base == "." else f"{base}/{name}"
-
-
-def read_whole(fd: int, size: int, shown: str) -> bytes:
-    """The ``size`` bytes of an open small file; a file that is not that size now changed."""
-    data = os.read(fd, size + 1)
-    while len(data) < size:  # short reads only happen at the end of a regular file
-        more = os.read(fd, size + 1 - len(data))
-        if not more:
-            break
-        data += more
-    if len(data) != size:
-        raise SourceChanged(f"{shown} changed size while it was being sent")
-    return data
 
 
 def check_lists(count: int, *lists: list[int] | list[str]) -> None:
@@ -85,8 +55,8 @@ def check_sizes(sizes: list[int]) -> int:
 
 
 class Target:
-    """Where one file of a batch goes: a directory fd (owned by the caller) and a name in it,
-    with what the sender said of the file. (A plain class: thousands are made per tree.)"""
+    """Where one file of a batch goes: a directory fd (owned by a :class:`DirCache`) and a name
+    in it, with what the sender said of the file. (A plain class: thousands are made per tree.)"""
 
     __slots__ = ("dir_fd", "hash", "mode", "mtime_ns", "name", "shown", "size")
 
@@ -139,11 +109,15 @@ class DirCache:
 
 class BatchReceiver:
     """Splits a batch's DATA into its files and stores each as soon as it is whole and
-    verified; :meth:`finish` makes the batch durable and reports files that did not verify."""
+    verified; :meth:`finish` makes the batch durable and reports files that did not verify.
+    It closes ``dirs`` (where its targets' directory fds come from, if it was given them) in
+    :meth:`close`."""
 
     def __init__(self, targets: list[Target], *, force: bool, rename: bool, on_stored: Stored,
-                 too_much: type[TetherError] = BadRequest) -> None:
+                 too_much: type[TetherError] = BadRequest, dirs: DirCache | None = None
+                 ) -> None:
         self.targets = targets
+        self.dirs = dirs
         self.too_much = too_much
         self.force = force
         self.rename = rename
@@ -203,10 +177,15 @@ class BatchReceiver:
         """Make the renames durable (each directory fsynced once); then, if any file did not
         verify, raise IntegrityError naming it (the others are stored)."""
         for fd in self._dirs:
-            with contextlib.suppress(OSError):
-                os.fsync(fd)
+            sync_dir(fd)
         if self.failed:
             more = len(self.failed) - 1
             also = f" ({more} more in this batch likewise)" if more else ""
             raise IntegrityError(f"{self.failed[0]}: data does not match the sender's hash; "
                                  f"nothing was stored under that name{also}")
+
+    def close(self) -> None:
+        """The batch ended (or its stream did): files already stored stay, as they are whole
+        and verified; an incomplete one was never written."""
+        if self.dirs is not None:
+            self.dirs.close()

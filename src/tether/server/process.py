@@ -1,0 +1,136 @@
+"""Processes for a peer: how every command, shell and classic-mode command is started, read and
+killed. One module, so exec, shells and classic mode keep one set of rules:
+
+* every process is a session leader (``start_new_session``), so its process group holds its
+  children and grandchildren, and killing the group reaches them all;
+* resource limits (``RLIMIT_NPROC``, ``RLIMIT_AS``) are set in the child before exec;
+* output goes to pipes of our own with a 1 MiB buffer (asyncio's PIPE would make ``wait()`` wait
+  for every process holding the pipe, such as a job the command left in the background);
+* ending a group is SIGTERM (and SIGCONT, so a stopped group can act on it), then SIGKILL after
+  a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import pwd
+import resource
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tether.errors import SpawnFailed
+
+READ_SIZE = 256 * 1024
+PIPE_SIZE = 1024 * 1024
+
+Preexec = Callable[[], None] | None
+
+
+def login_shell() -> str:
+    """The server user's login shell, as ssh uses it; /bin/sh if it has none."""
+    try:
+        shell = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        shell = ""
+    return shell if shell and os.access(shell, os.X_OK) else "/bin/sh"
+
+
+def rlimits(nproc: int, memory: int) -> Preexec:
+    """What sets the resource limits in the child before exec (None: nothing to set; 0 means
+    inherit the server's limit)."""
+    if not (nproc or memory):
+        return None
+
+    def limit() -> None:
+        if nproc:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return limit
+
+
+def spawn_error(program: str, exc: BaseException) -> SpawnFailed:
+    if isinstance(exc, FileNotFoundError):
+        return SpawnFailed(f"cannot start {program!r}: no such file")
+    if isinstance(exc, PermissionError):
+        return SpawnFailed(f"cannot start {program!r}: permission denied")
+    return SpawnFailed(f"cannot start {program!r}: {exc}")
+
+
+def wide_pipe() -> tuple[int, int]:
+    """A pipe with a 1 MiB buffer (Linux), so output moves in a quarter as many reads."""
+    read_fd, write_fd = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_fd, write_fd
+
+
+async def start(argv: list[str], *, cwd: Path, env: dict[str, str] | None, stdin: Any,
+                stdout: Any, stderr: Any, preexec: Preexec) -> asyncio.subprocess.Process:
+    """Start ``argv`` as the leader of a new session (and so of its own process group)."""
+    return await asyncio.create_subprocess_exec(
+        *argv, cwd=cwd, env=env, start_new_session=True, stdin=stdin, stdout=stdout,
+        stderr=stderr, preexec_fn=preexec,
+    )
+
+
+async def start_piped(argv: list[str], *, cwd: Path, env: dict[str, str] | None, stdin: bool,
+                      preexec: Preexec
+                      ) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader,
+                                 asyncio.StreamReader]:
+    """Start ``argv`` with stdout and stderr on wide pipes of their own, stdin a pipe (or
+    /dev/null); returns the process and readers of its stdout and stderr."""
+    out, err = wide_pipe(), wide_pipe()
+    try:
+        proc = await start(
+            argv, cwd=cwd, env=env, preexec=preexec, stdout=out[1], stderr=err[1],
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        )
+    except BaseException:
+        os.close(out[0])
+        os.close(err[0])
+        raise
+    finally:
+        os.close(out[1])
+        os.close(err[1])
+    return proc, await pipe_reader(out[0]), await pipe_reader(err[0])
+
+
+async def pipe_reader(fd: int, protocol: type[asyncio.StreamReaderProtocol] =
+                      asyncio.StreamReaderProtocol) -> asyncio.StreamReader:
+    """An asyncio reader over a pipe or terminal fd (which it takes ownership of)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    await loop.connect_read_pipe(lambda: protocol(reader, loop=loop), pipe)
+    return reader
+
+
+async def read_chunk(pipe: asyncio.StreamReader) -> bytes:
+    """A chunk of output; b"" at the end (a terminal's EIO after its last writer is the end)."""
+    try:
+        return await pipe.read(READ_SIZE)
+    except OSError:
+        return b""
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal process group ``pid``; one already gone (or not ours any more) is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the group, then SIGKILL it after ``grace`` seconds if its leader lives on."""
+    kill_group(proc.pid, signal.SIGTERM)
+    kill_group(proc.pid, signal.SIGCONT)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+    kill_group(proc.pid, signal.SIGKILL)

@@ -1,0 +1,128 @@
+"""What a name from a peer may be, and walking directories without following symlinks.
+
+Every name a peer supplies (a file to store, a batch entry, a listed path, a symlink's target)
+is checked here before it reaches the file system; directories are entered one component at a
+time from a directory file descriptor, so a symlink swapped in between a check and an open cannot
+lead a write elsewhere. :data:`DIR_FLAGS` is the one set of flags a directory is opened with;
+callers add ``O_NOFOLLOW`` where a symlink must not be entered.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+
+from tether.errors import BadRequest, NotFound, UnsafePath
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+NO_FOLLOW_DIR = DIR_FLAGS | os.O_NOFOLLOW
+
+
+def check_name(name: str) -> str:
+    """A single, harmless path component, or UnsafePath."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UnsafePath(f"refusing the file name {name!r}")
+    check_text(name)
+    return name
+
+
+def check_text(path: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate sent as a JSON escape): the
+    file system would reject it later, with an error of the wrong kind."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsafePath(f"the path {path[:40]!r} is not valid Unicode") from exc
+    return path
+
+
+def name_parts(name: str) -> list[str]:
+    """A relative name's components (a batch's, a listing's), each a plain name."""
+    return [check_name(part) for part in name.split("/")]
+
+
+def shown_below(base: str, name: str) -> str:
+    """The path of ``name`` (checked components) below ``base``, normalized, as shown to users."""
+    base = posixpath.normpath(base)
+    return name if base == "." else f"{base}/{name}"
+
+
+def link_stays_inside(depth: int, target: str) -> bool:
+    """Whether a symlink to ``target``, placed ``depth`` directories below a tree's root,
+    resolves inside that tree, whichever symlinks (obeying this same rule) it passes through.
+
+    The target must be relative, and '..' may only lead it, at most ``depth`` times: the kernel
+    resolves a '..' that follows a name from wherever that name leads, so a link through an
+    in-tree link to a shallower place would climb out although ``normpath`` says it stays in.
+    """
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    ups, named = 0, False
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            named = True
+        elif named:
+            return False
+        else:
+            ups += 1
+    return ups <= depth
+
+
+def renamed(name: str, n: int) -> str:
+    """``report (n).txt`` for ``report.txt``, as the tutorial's server renamed uploads."""
+    stem, dot, suffix = name.rpartition(".")
+    if not stem:  # no dot, or a dotfile like ".bashrc"
+        return f"{name} ({n})"
+    return f"{stem} ({n}){dot}{suffix}"
+
+
+def destination_exists(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in ``dir_fd`` (as anything, a dangling symlink included)."""
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # e.g. a name too long for this file system
+        raise BadRequest(f"cannot use the name {name[:40]!r}: {exc.strerror}") from exc
+    return True
+
+
+def is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def enter_dir(dir_fd: int, name: str, shown: str) -> int:
+    """The directory ``name`` below ``dir_fd``, never through a symlink (a receiver's own tree:
+    UnsafePath names what could not be entered)."""
+    try:
+        return os.open(name, NO_FOLLOW_DIR, dir_fd=dir_fd)
+    except OSError as exc:
+        raise UnsafePath(f"cannot enter {shown}: {exc.strerror}") from exc
+
+
+def walk_dirs(root_fd: int, parts: list[str]) -> int:
+    """A new directory fd for ``parts`` below ``root_fd``, never following a symlink."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            nxt = enter_dir(fd, part, "/".join(parts))
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_dir(path: str, shown: str | None = None) -> int:
+    """A directory fd for a path a local user named (their own words: symlinks followed)."""
+    try:
+        return os.open(path, DIR_FLAGS)
+    except OSError as exc:
+        raise NotFound(f"{shown or path}: {exc.strerror}") from exc
