@@ -27,6 +27,7 @@ from tether.storage.names import (
     DIR_FLAGS,
     check_name,
     check_text,
+    descend,
     destination_exists,
     is_symlink,
     link_stays_inside,
@@ -100,26 +101,11 @@ class FileArea:
                 raise UnsafePath(f"refusing to follow the symlink {name!r} in {shown}") from exc
             raise disk_error(exc, shown) from exc
 
-    def open_dir(self, parts: list[str], shown: str, create: bool = False) -> int:
-        """A directory fd for ``parts``, walked safely; ``create`` makes missing directories."""
+    def open_dir(self, parts: list[str], shown: str) -> int:
+        """A directory fd for ``parts`` below the start, walked one component at a time."""
         start, _ = self._components("")
-        fd = self._open_from(start, [], shown)
-        try:
-            for part in parts:
-                if create:
-                    try:
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                    except OSError as exc:
-                        raise disk_error(exc, shown) from exc
-                nxt = self.open_at(fd, part, DIR_FLAGS, shown)
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return descend(self._open_from(start, [], shown), parts,
+                       lambda fd, part: self.open_at(fd, part, DIR_FLAGS, shown))
 
     def resolve(self, path: str) -> tuple[int, str | None]:
         """(directory fd, final name) for ``path``; name is None when path is the start itself."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 
 from tether.errors import BadRequest, NotFound, UnsafePath
 
@@ -106,18 +107,24 @@ def enter_dir(dir_fd: int, name: str, shown: str) -> int:
         raise UnsafePath(f"cannot enter {shown}: {exc.strerror}") from exc
 
 
-def walk_dirs(root_fd: int, parts: list[str]) -> int:
-    """A new directory fd for ``parts`` below ``root_fd``, never following a symlink."""
-    fd = os.dup(root_fd)
+def descend(fd: int, parts: list[str], step: Callable[[int, str], int]) -> int:
+    """Walk ``parts`` down from directory ``fd`` (which this takes over), ``step`` opening each
+    next directory from its parent; every fd but the last is closed, on failure that too."""
     try:
         for part in parts:
-            nxt = enter_dir(fd, part, "/".join(parts))
+            nxt = step(fd, part)
             os.close(fd)
             fd = nxt
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def walk_dirs(root_fd: int, parts: list[str]) -> int:
+    """A new directory fd for ``parts`` below ``root_fd``, never following a symlink."""
+    shown = "/".join(parts)
+    return descend(os.dup(root_fd), parts, lambda fd, part: enter_dir(fd, part, shown))
 
 
 def open_dir(path: str, shown: str | None = None) -> int:
