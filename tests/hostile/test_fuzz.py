@@ -570,7 +570,7 @@ def test_a_name_too_long_for_the_disk_is_a_remote_error(tree: Tree) -> None:
 
 def test_a_lone_surrogate_in_a_path_is_a_remote_error(tree: Tree) -> None:
     with pytest.raises(RemoteError):
-        FileArea(tree.root, confined=True).open_read("\ud800")
+        FileArea(tree.root, confined=True).open_source("\ud800")
 
 
 def test_put_target_keeps_no_descriptor_on_failure(tree: Tree) -> None:
@@ -589,9 +589,5 @@ def test_a_trailing_dot_is_shown_where_the_entry_is(tree: Tree) -> None:
 
 def test_a_lone_surrogate_in_a_symlink_target_is_a_remote_error(tree: Tree) -> None:
     area = FileArea(tree.root, confined=True)
-    dir_fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with pytest.raises(RemoteError):
-            area.make_symlink(dir_fd, "surrogate.lnk", "\ud800", ".", False)
-    finally:
-        os.close(dir_fd)
+    with pytest.raises(RemoteError):
+        area.make_symlink(".", "surrogate.lnk", "\ud800", False)
