@@ -555,7 +555,7 @@ def test_path_loop_for_a_bounded_time(tree: Tree) -> None:
     assert tried > 100 and succeeded > 0
 
 
-# --- what the fuzzing found in files.py and partial.py (now fixed there) -----------------------
+# --- what the fuzzing found in the file area and partial files (now fixed there) -------------
 
 
 def test_a_name_too_long_for_the_disk_is_a_remote_error(tree: Tree) -> None:
