@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from tether.client.api import connect
-from tether.client.transfer import TransferResult
-from tether.errors import BadRequest, TetherError
+from tether.client.transfer_base import TransferResult
+from tether.errors import BadRequest
 from tether.malloc import tune_for_bulk
 
 
@@ -155,36 +155,30 @@ def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,
     return transfer_fleet(spec, upload, sources, dest, opts)
 
 
-def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> None:
-    from tether.cli.main import fail
-
+def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> int:
+    """``tether put``'s exit status; errors propagate to :mod:`tether.cli.policy`."""
     tune_for_bulk()
-    try:
-        host, remote = split_remote(target)
-        if _fleet_target(host, opts):
-            sys.exit(_fleet_transfer(host, True, list(sources), remote, opts))
-        host, opts = _one(host, opts)
-        result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
-    except TetherError as exc:
-        fail(exc)
+    host, remote = split_remote(target)
+    if _fleet_target(host, opts):
+        return _fleet_transfer(host, True, list(sources), remote, opts)
+    host, opts = _one(host, opts)
+    result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
     _report(result, opts)
+    return 0
 
 
-def get_main(args: tuple[str, ...], opts: TransferOptions) -> None:
-    from tether.cli.main import fail
-
+def get_main(args: tuple[str, ...], opts: TransferOptions) -> int:
+    """``tether get``'s exit status; errors propagate to :mod:`tether.cli.policy`."""
     tune_for_bulk()
-    try:
-        if len(args) < 2:
-            raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
-        pairs = [split_remote(a) for a in args[:-1]]
-        hosts = {h for h, _ in pairs}
-        if len(hosts) == 1 and _fleet_target(next(iter(hosts)), opts):
-            sys.exit(_fleet_transfer(pairs[0][0], False, [p for _, p in pairs], args[-1], opts))
-        if len(hosts) != 1:
-            raise BadRequest("all sources of one get must be on the same host")
-        host, opts = _one(hosts.pop(), opts)
-        result = asyncio.run(_transfer(host, opts, False, [p for _, p in pairs], args[-1]))
-    except TetherError as exc:
-        fail(exc)
+    if len(args) < 2:
+        raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
+    pairs = [split_remote(a) for a in args[:-1]]
+    hosts = {h for h, _ in pairs}
+    if len(hosts) == 1 and _fleet_target(next(iter(hosts)), opts):
+        return _fleet_transfer(pairs[0][0], False, [p for _, p in pairs], args[-1], opts)
+    if len(hosts) != 1:
+        raise BadRequest("all sources of one get must be on the same host")
+    host, opts = _one(hosts.pop(), opts)
+    result = asyncio.run(_transfer(host, opts, False, [p for _, p in pairs], args[-1]))
     _report(result, opts)
+    return 0

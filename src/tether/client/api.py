@@ -45,7 +45,7 @@ from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
     from tether.client.shells import LineShell, ShellProcess
-    from tether.client.transfer import Progress, TransferResult
+    from tether.client.transfer_base import Progress, TransferResult
 
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
@@ -206,11 +206,12 @@ class Connection:
     ) -> TransferResult:
         """Upload files (trees with ``recursive``) to ``remote``, verified and atomic."""
         from tether.client import transfer
+        from tether.client.transfer_base import Options, _NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=transfer.Options(force, rename, resume, progress or transfer._NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress()),
         )
 
     async def get(
@@ -226,11 +227,12 @@ class Connection:
     ) -> TransferResult:
         """Download files (trees with ``recursive``) into ``local``, verified and atomic."""
         from tether.client import transfer
+        from tether.client.transfer_base import Options, _NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=transfer.Options(force, rename, resume, progress or transfer._NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress()),
         )
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from tether.client.transfer import FileResult, Options, _expect
+from tether.client.transfer_base import FileResult, Options, StreamOpener, _expect
 from tether.errors import BadRequest, NotFound, RemoteProtocolError, SourceChanged
 from tether.protocol import Batch, Data, Done, Entry, Fetch, Files
 from tether.storage.batch import (
@@ -32,7 +32,9 @@ from tether.storage.names import enter_dir
 from tether.storage.source import file_hash, read_whole
 
 if TYPE_CHECKING:
-    from tether.client.api import Connection, StreamHandle
+    from tether.client.process import StreamHandle
+
+Connection = StreamOpener  # what a batch needs of a connection
 
 
 T = TypeVar("T")

@@ -32,9 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from tether.client.api import Connection, connect
-from tether.client.options import CONNECT_TIMEOUT, Confirm, ConnectOptions, options_of
+from tether.client.options import (
+    CONNECT_TIMEOUT,
+    DEFAULT_PARALLEL,
+    Confirm,
+    ConnectOptions,
+    options_of,
+)
 from tether.client.process import STDOUT, _feed
-from tether.client.transfer import TransferResult
+from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
     ConnectionFailed,
@@ -43,8 +49,6 @@ from tether.errors import (
     NotAuthorized,
 )
 from tether.inventory import Target, load, resolve
-
-DEFAULT_PARALLEL = 64
 
 # HostResult.kind: why a host did not succeed (or "ok")
 OK, FAILED, TIMEOUT, UNREACHABLE, UNAUTHORIZED, UNTRUSTED, ERROR = (

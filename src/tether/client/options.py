@@ -19,6 +19,7 @@ from tether.home import DEFAULT_PORT, home_path
 
 Confirm = Callable[[str, str], bool]
 CONNECT_TIMEOUT = 10.0
+DEFAULT_PARALLEL = 64  # hosts worked on at once by a fleet
 
 
 @dataclass(frozen=True)
@@ -60,4 +61,4 @@ def options_of(options: ConnectOptions | None, **given: Any) -> ConnectOptions:
     return (options or ConnectOptions()).with_(**given)
 
 
-__all__ = ["CONNECT_TIMEOUT", "Confirm", "ConnectOptions", "options_of"]
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_PARALLEL", "Confirm", "ConnectOptions", "options_of"]

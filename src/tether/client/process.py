@@ -17,7 +17,14 @@ from tether.errors import ConnectionClosed, TetherError, from_wire
 from tether.protocol import Data, Eof, Error, Exit, Message, Signal, Started
 
 if TYPE_CHECKING:
-    from tether.client.api import Connection
+    from typing import Protocol
+
+    from tether.net.framed import FramedConnection
+
+    class Connection(Protocol):  # what a stream needs of tether.client.api.Connection
+        _framed: FramedConnection
+
+        def _end_stream(self, stream: int) -> None: ...
 
 STDOUT = 1
 STDERR = 2

@@ -16,10 +16,18 @@ import posixpath
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from tether.client.transfer_base import (
+    FileResult,
+    Options,
+    Progress,
+    StreamOpener,
+    TransferResult,
+    _expect,
+)
 from tether.errors import (
     AlreadyExists,
     BadRequest,
@@ -53,67 +61,13 @@ from tether.storage.partial import PartialFile
 from tether.storage.source import CHUNK, digest, new_hasher
 
 if TYPE_CHECKING:
-    from tether.client.api import Connection, StreamHandle
+    from tether.client.process import StreamHandle
+
+Connection = StreamOpener  # what put and get need of a connection
 
 RESUME_MIN = 1024 * 1024  # smaller files are simply sent again: no round trip to ask
 IN_FLIGHT = 32  # transfers open at once during a tree transfer
 BATCHES_IN_FLIGHT = 4  # batches of small files open at once (docs/PROTOCOL.md, "Batches")
-
-
-class Progress(Protocol):
-    """What a transfer reports as it goes (the CLI draws it; the API passes it through)."""
-
-    def total(self, files: int, size: int) -> None: ...
-    def file_started(self, name: str, size: int, offset: int) -> None: ...
-    def advanced(self, name: str, size: int) -> None: ...
-    def file_done(self, name: str) -> None: ...
-
-
-class _NoProgress:
-    def total(self, files: int, size: int) -> None:
-        pass
-
-    def file_started(self, name: str, size: int, offset: int) -> None:
-        pass
-
-    def advanced(self, name: str, size: int) -> None:
-        pass
-
-    def file_done(self, name: str) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class FileResult:
-    path: str
-    kind: str
-    size: int = 0
-    hash: str = ""
-    resumed_from: int = 0
-
-
-@dataclass
-class TransferResult:
-    """What a put or get did: every entry, the bytes moved, and how long it took."""
-
-    files: list[FileResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def bytes(self) -> int:
-        return sum(f.size - f.resumed_from for f in self.files)
-
-    @property
-    def resumed(self) -> list[FileResult]:
-        return [f for f in self.files if f.resumed_from]
-
-
-@dataclass(frozen=True)
-class Options:
-    force: bool = False
-    rename: bool = False
-    resume: bool = True
-    progress: Progress = field(default_factory=_NoProgress)
 
 
 def _hash_prefix(fh: object, size: int) -> object:
@@ -125,13 +79,6 @@ def _hash_prefix(fh: object, size: int) -> object:
         hasher.update(chunk)
         pos += len(chunk)
     return hasher
-
-
-async def _expect(handle: StreamHandle, kind: type) -> object:
-    event = await handle.next()
-    if not isinstance(event, kind):
-        raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
-    return event
 
 
 # --- put ----------------------------------------------------------------------------------------
@@ -565,3 +512,6 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
     finally:
         for task in tasks:
             task.cancel()
+
+
+__all__ = ["FileResult", "Options", "Progress", "TransferResult", "get", "put"]
