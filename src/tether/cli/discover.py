@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tether.cli.hosts import home_option
-from tether.home import DEFAULT_PORT
+from tether.defaults import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -28,8 +28,7 @@ import click
 from tether.client.options import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
-    from tether.cli.shared import RunOptions
-    from tether.cli.transfer import TransferOptions
+    from tether.cli.shared import RunOptions, TransferOptions
     from tether.client.fleet import Fleet, FleetResult, HostResult
     from tether.inventory import Target
 
@@ -252,7 +251,7 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
     """One prefixed stderr line per file a host resumed, as the one-host path prints it."""
-    from tether.cli.transfer import resume_note
+    from tether.cli.shared import resume_note
 
     for path, offset in result.resumed:
         prefixer.output(result.target, 2, resume_note(path, offset).encode() + b"\n")

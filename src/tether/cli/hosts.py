@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tether.cli.options import HOME, click_options
-from tether.home import DEFAULT_PORT
+from tether.defaults import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from tether.inventory import Host, Inventory

@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 
 import click
 
-from tether import __version__
 from tether.cli.options import (
     CONNECT_OPTIONS,
     HOME,
@@ -30,6 +29,7 @@ from tether.cli.options import (
 )
 from tether.cli.policy import run_command
 from tether.client.options import DEFAULT_PARALLEL
+from tether.version import __version__
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
@@ -243,7 +243,7 @@ def transfer_options(func: Any) -> Any:
 
 
 def _transfer_opts(kw: dict[str, Any]) -> Any:
-    from tether.cli.transfer import TransferOptions
+    from tether.cli.shared import TransferOptions
 
     return TransferOptions(
         home=kw["home"], port=kw["port"], accept_new=kw["accept_new"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from tether.cli.shared import RunOptions, parse_env
-from tether.home import DEFAULT_PORT
+from tether.defaults import DEFAULT_PORT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

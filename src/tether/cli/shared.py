@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import codecs
 import sys
+from dataclasses import dataclass
 
+from tether.defaults import DEFAULT_PARALLEL
 from tether.errors import BadRequest
 
 TYPE_CHECKING = False
@@ -125,3 +127,28 @@ def confirm_on_tty(key: str, fp: str) -> bool:
                   f"Trust it and connect (yes/no)? ".encode())
         answer = tty.readline().decode(errors="replace")
     return answer.strip().lower() in ("y", "yes")
+
+
+def resume_note(path: str, offset: int) -> str:
+    """The line saying a file continued an interrupted transfer instead of starting over (the
+    one-host put/get and the fleet's per-host lines say it alike)."""
+    return f"tether: {path}: resumed at {offset} bytes"
+
+
+@dataclass
+class TransferOptions:
+    """What ``tether put``/``get`` were asked to do (one host or a fleet)."""
+
+    home: str | None
+    port: int
+    accept_new: bool
+    plaintext: bool
+    recursive: bool
+    force: bool
+    rename: bool
+    resume: bool
+    progress: bool
+    json: bool
+    parallel: int = DEFAULT_PARALLEL  # several hosts (cli/fleet.py)
+    host_timeout: float | None = None
+    keepalive: float = 0.0  # seconds of server silence before a ping (0: off)

@@ -7,33 +7,17 @@ import asyncio
 import dataclasses
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tether.cli.shared import TransferOptions, resume_note
 from tether.client.api import connect
 from tether.client.transfer_base import TransferResult
 from tether.errors import BadRequest
 from tether.malloc import tune_for_bulk
-
-
-@dataclass
-class TransferOptions:
-    home: str | None
-    port: int
-    accept_new: bool
-    plaintext: bool
-    recursive: bool
-    force: bool
-    rename: bool
-    resume: bool
-    progress: bool
-    json: bool
-    parallel: int = 64  # several hosts (cli/fleet.py)
-    host_timeout: float | None = None
-    keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
 
 
 def split_remote(arg: str) -> tuple[str, str]:
@@ -91,11 +75,6 @@ def _stderr_console() -> Any:
     from rich.console import Console
 
     return Console(file=sys.stderr, force_terminal=sys.stderr.isatty() or None)
-
-
-def resume_note(path: str, offset: int) -> str:
-    """The line saying a file continued an interrupted transfer instead of starting over."""
-    return f"tether: {path}: resumed at {offset} bytes"
 
 
 def _report(result: TransferResult, opts: TransferOptions) -> None:

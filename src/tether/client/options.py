@@ -2,8 +2,8 @@
 
 Every entry point that opens connections (:func:`tether.connect`, :func:`tether.connect_many`,
 :class:`tether.SyncConnection`, the fleet) takes one of these, or the same keyword arguments it
-is made of, so an option added here reaches all of them. The default port lives in
-:mod:`tether.home` (the one-shot CLI reads it without importing dataclasses).
+is made of, so an option added here reaches all of them. The defaults live in
+:mod:`tether.defaults`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tether.home import DEFAULT_PORT, home_path
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL, DEFAULT_PORT
+from tether.home import home_path
 
 Confirm = Callable[[str, str], bool]
-CONNECT_TIMEOUT = 10.0
-DEFAULT_PARALLEL = 64  # hosts worked on at once by a fleet
 
 
 @dataclass(frozen=True)
