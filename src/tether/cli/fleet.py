@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
-from tether.client.options import DEFAULT_PARALLEL
+from tether.defaults import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
-    from tether.cli.shared import RunOptions, TransferOptions
+    from tether.cli.shared import RunOptions
+    from tether.cli.transfer_options import TransferOptions
     from tether.client.fleet import Fleet, FleetResult, HostResult
     from tether.inventory import Target
 

@@ -28,7 +28,7 @@ from tether.cli.options import (
     run_options,
 )
 from tether.cli.policy import run_command
-from tether.client.options import DEFAULT_PARALLEL
+from tether.defaults import DEFAULT_PARALLEL
 from tether.version import __version__
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
@@ -243,7 +243,7 @@ def transfer_options(func: Any) -> Any:
 
 
 def _transfer_opts(kw: dict[str, Any]) -> Any:
-    from tether.cli.shared import TransferOptions
+    from tether.cli.transfer_options import TransferOptions
 
     return TransferOptions(
         home=kw["home"], port=kw["port"], accept_new=kw["accept_new"],

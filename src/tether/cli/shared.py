@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import codecs
 import sys
-from dataclasses import dataclass
 
-from tether.defaults import DEFAULT_PARALLEL
 from tether.errors import BadRequest
 
 TYPE_CHECKING = False
@@ -133,22 +131,3 @@ def resume_note(path: str, offset: int) -> str:
     """The line saying a file continued an interrupted transfer instead of starting over (the
     one-host put/get and the fleet's per-host lines say it alike)."""
     return f"tether: {path}: resumed at {offset} bytes"
-
-
-@dataclass
-class TransferOptions:
-    """What ``tether put``/``get`` were asked to do (one host or a fleet)."""
-
-    home: str | None
-    port: int
-    accept_new: bool
-    plaintext: bool
-    recursive: bool
-    force: bool
-    rename: bool
-    resume: bool
-    progress: bool
-    json: bool
-    parallel: int = DEFAULT_PARALLEL  # several hosts (cli/fleet.py)
-    host_timeout: float | None = None
-    keepalive: float = 0.0  # seconds of server silence before a ping (0: off)

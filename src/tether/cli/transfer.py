@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from tether.cli.shared import TransferOptions, resume_note
+from tether.cli.shared import resume_note
+from tether.cli.transfer_options import TransferOptions
 from tether.client.api import connect
 from tether.client.transfer_base import TransferResult
 from tether.errors import BadRequest
