@@ -27,7 +27,7 @@ from tether.cli.options import (
     identity_name,
     run_options,
 )
-from tether.cli.policy import run_command
+from tether.cli.policy import run_command, status_of
 from tether.defaults import DEFAULT_PARALLEL
 from tether.version import __version__
 
@@ -48,6 +48,22 @@ class _Group(click.Group):
             command: click.Command = getattr(module, name.replace("-", "_"))
             return command
         return super().get_command(ctx, name)
+
+    # click turns a closed stdout into status 1 and Ctrl-C into "Aborted!": the exit policy
+    # decides these before click sees them (--help is printed while making the context).
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except (BrokenPipeError, KeyboardInterrupt) as exc:
+            sys.exit(status_of(exc))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BrokenPipeError, KeyboardInterrupt) as exc:
+            sys.exit(status_of(exc))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
