@@ -113,7 +113,8 @@ def remove(home: str | None, names: tuple[str, ...]) -> None:
 @hosts.command("import")
 @home_option
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
-@click.option("-p", "--port", type=click.IntRange(1, 65535), default=7722, show_default=True,
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT,
+              show_default=True,
               help="tether's port for hosts with no tether_port (ansible_port is ssh's port, "
                    "used only for hosts whose ansible_connection is tether).")
 @click.option("-g", "--group", "groups", multiple=True, metavar="G",
