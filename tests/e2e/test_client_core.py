@@ -11,8 +11,18 @@ import pytest
 
 import tether
 from tether.client.api import ExitInfo
+from tether.client.core import ClientCore
 from tether.client.options import ConnectOptions
-from tether.errors import CommandFailed, RemoteError
+from tether.errors import (
+    CommandFailed,
+    ConnectionBroken,
+    NotAuthorized,
+    RemoteError,
+    ServerShuttingDown,
+    SpawnFailed,
+)
+from tether.protocol.connection import Connection as ProtocolState
+from tether.protocol.messages import Close, Error, Exit, Ping, Role, Welcome
 
 if TYPE_CHECKING:
     from conftest import Client
@@ -79,3 +89,49 @@ def test_options_are_frozen_and_checked() -> None:
     with pytest.raises(ValueError, match="keepalive"):
         ConnectOptions(keepalive=-1)
     assert options.with_(port=None, accept_new=True) == ConnectOptions(accept_new=True)
+
+
+# --- the I/O-free client core, without sockets ----------------------------------------------------
+
+
+def core() -> ClientCore:
+    return ClientCore(ProtocolState(Role.CLIENT))
+
+
+def test_core_hands_the_first_event_to_the_handshake() -> None:
+    c = core()
+    welcome = Welcome(version=1, server_name="s")
+    assert c.route(welcome) is welcome  # before the welcome: the handshake's answer
+    assert c.answer(welcome, authenticated=True) is welcome and c.welcome is welcome
+    assert c.route(Ping(token=3)) is None  # after it: the connection's own chores
+
+
+def test_core_raises_a_stream_zero_error_as_its_class() -> None:
+    c = core()
+    c.answer(Welcome(version=1), authenticated=False)
+    with pytest.raises(ServerShuttingDown):
+        c.route(Error(code="shutting_down", message="bye"))
+
+
+def test_core_answer_refusal_and_outcome() -> None:
+    c = core()
+    with pytest.raises(NotAuthorized, match="not authorized: no"):
+        c.answer(Error(code="not_authorized", message="no"), authenticated=True)
+    broken = ConnectionBroken("reset")
+    refused = c.refused(broken, authenticated=True, own_fingerprint="SHA256:me")
+    assert isinstance(refused, NotAuthorized) and "SHA256:me" in str(refused)
+    assert c.refused(broken, authenticated=False, own_fingerprint="") is broken  # plaintext
+    assert ClientCore.outcome(Exit(status=None, signal=9, stream=1)) == ExitInfo(137, 9)
+    with pytest.raises(SpawnFailed):
+        ClientCore.outcome(Error(code="spawn_failed", message="no such program", stream=1))
+
+
+def test_core_opens_and_ends_streams_once() -> None:
+    shell_form, argv_form = core().exec("echo hi"), core().exec(["ls", "-l"], stdin=False)
+    assert (shell_form.argv, shell_form.shell, argv_form.argv, argv_form.shell) == (
+        ["echo hi"], True, ["ls", "-l"], False)
+    c = core()
+    request = c.exec("true")
+    assert c.streams == {request.stream}
+    assert c.end(request.stream) == Close(stream=request.stream)
+    assert c.end(request.stream) is None and not c.streams  # ended already: no second close

@@ -111,7 +111,9 @@ class ClientCore:
     def exec(self, cmd: str | Sequence[str], *, cwd: str | None = None,
              env: Mapping[str, str] | None = None, timeout: float | None = None,
              stdin: bool = True) -> Exec:
-        """Open a command's stream: a string runs through the remote shell, a list as argv."""
+        """Open a command's stream: a string runs through the remote shell, a list as argv.
+        The stream id is the protocol's next one: the driver sends the request before opening
+        another."""
         argv = [cmd] if isinstance(cmd, str) else list(cmd)
         return self.open(Exec(argv=argv, shell=isinstance(cmd, str), cwd=cwd,
                               env=dict(env or {}), timeout=timeout, stdin=stdin,
