@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
 from support import TETHER
 
 PATHS = {"fast": {}, "full": {"TETHER_FULL_CLI": "1"}}
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """This test's environment: no debug, our TETHER_HOME, a UTF-8 locale, ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TETHER_DEBUG", "TETHER_HOME")}
+    return {**env, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TETHER_HOME": str(home), **extra}
 
 
 def tether(*args: str, home: Path, stdout: int | None = subprocess.PIPE,
