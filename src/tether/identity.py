@@ -12,6 +12,7 @@ import base64
 import os
 import shlex
 import ssl
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,12 +137,21 @@ def generate_identity(home: Path, name: str, kind: str = "client") -> Identity:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
+    with os.fdopen(_create_private(key_path), "wb") as fh:
         fh.write(key_pem)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (home / f"{cert_path.stem}.name").write_text((name or "tether") + "\n")
     return load_identity(home, kind)
+
+
+def _create_private(path: Path) -> int:
+    """A new file only its owner can read: mode 0600 on Unix, a DACL of its own on Windows
+    (tether/winacl.py says what that does and does not protect)."""
+    if sys.platform == "win32":
+        from tether.winacl import create_private
+
+        return create_private(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
 
 # --- authorized clients -------------------------------------------------------------------------

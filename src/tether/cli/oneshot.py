@@ -238,8 +238,9 @@ def main() -> None:
     under the one exit policy (:mod:`tether.cli.policy`)."""
     args = sys.argv[1:]
     opts = None
+    # the fast path selects on pipes, which Windows cannot: there every run takes the full path
     if args[:1] == ["run"] and not os.environ.get(FULL_CLI_VAR) \
-            and not os.environ.get("TETHER_DEBUG"):
+            and not os.environ.get("TETHER_DEBUG") and sys.platform != "win32":
         opts = parse(args[1:])
     if opts is None:
         full_cli()

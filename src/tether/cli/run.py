@@ -56,10 +56,16 @@ class SignalRelay:
         self.exit_code: int | None = None
 
     def install(self) -> None:
+        """On Windows an event loop takes no signal handlers: Ctrl-C there cancels the client,
+        and leaving kills the remote command's tree (nothing is forwarded first)."""
+        if sys.platform == "win32":
+            return
         for sig in FORWARDED_SIGNALS:
             self.loop.add_signal_handler(sig, self._on_signal, sig)
 
     def remove(self) -> None:
+        if sys.platform == "win32":
+            return
         for sig in FORWARDED_SIGNALS:
             self.loop.remove_signal_handler(sig)
 

@@ -5,7 +5,8 @@ click/asyncio one (:mod:`tether.cli.run`) and the one-shot fast path (:mod:`teth
   TERM and HUP. The first Ctrl-C is the command's to handle; a second one gives up at once; a
   SIGTERM or SIGHUP the command has not obeyed within :data:`GIVE_UP` seconds gives up too.
   Giving up means leaving the connection (which kills the remote group) and exiting 128+N.
-- **exit status**: the remote one mirrored (128+N for signal N), 124 after ``--timeout``.
+- **exit status**: the remote one mirrored (128+N for signal N), 124 after ``--timeout``; a
+  Windows code past 255 is said whole on stderr and mapped (:func:`wide_status`).
 - **stdin**: forwarded only if asked (not ``-n``) and there is one, read only while the stream
   has flow-control credit and little is queued, so a fast stdin cannot outrun the server.
 
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from tether.client.core import ExitInfo
 
 STDIN_CHUNK = 256 * 1024
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # as INT, TERM, HUP
+# as INT, TERM, HUP (Windows has no SIGHUP)
+FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                          if hasattr(signal, name))
 GIVE_UP = 2.0
 TIMED_OUT = 124
 
@@ -60,7 +63,18 @@ class RunPolicy:
             print(f"tether: command timed out after {self.timeout:g} s; its process group "
                   f"was killed", file=sys.stderr)
             return TIMED_OUT
-        return info.status
+        return wide_status(info.status)
+
+
+def wide_status(status: int) -> int:
+    """The local exit status for a remote one. A Windows server's codes are 32-bit unsigned
+    (0xC0000005, an access violation, is 3221225477; ``exit -1`` is 4294967295): past 255 the
+    whole code is said on stderr and the exit status is its low byte, or 1 when that byte is 0,
+    so that a failure never reads as success."""
+    if 0 <= status <= 255:
+        return status
+    print(f"tether: remote exit status {status} (0x{status & 0xFFFFFFFF:08X})", file=sys.stderr)
+    return (status & 0xFF) or 1
 
 
 def stdin_wanted(forward: bool) -> bool:

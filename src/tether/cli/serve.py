@@ -170,6 +170,8 @@ def _default_signals() -> None:
     left alone (``nohup tether serve`` is deliberate)."""
     import signal
 
+    if sys.platform == "win32":  # no such signals there
+        return
     for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         if signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)

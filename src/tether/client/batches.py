@@ -28,6 +28,7 @@ from tether.storage.batch import (
     check_sizes,
     header_cost,
 )
+from tether.storage.fsops import fs
 from tether.storage.names import enter_dir
 from tether.storage.source import file_hash, read_whole
 
@@ -103,13 +104,13 @@ def open_batch(conn: Connection, base: str, names: list[str], sources: list[Sour
 
 def _read_local(path: str, size: int) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = fs.open(path, fs.O_RDONLY | fs.O_CLOEXEC | fs.O_NOFOLLOW)
     except OSError as exc:
         raise NotFound(f"{path}: {exc.strerror}") from exc
     try:
         return read_whole(fd, size, path)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 async def send_batch(batch: OpenBatch, opts: Options) -> list[FileResult]:
@@ -139,7 +140,7 @@ async def send_batch(batch: OpenBatch, opts: Options) -> list[FileResult]:
 async def fetch_batch(conn: Connection, remote: str, root_fd: int, top: Path,
                       entries: list[Entry], opts: Options) -> list[FileResult]:
     """Fetch the files of ``entries`` (small, all checked) in one stream and store each."""
-    dirs = DirCache(os.dup(root_fd), enter_dir)
+    dirs = DirCache(fs.dup(root_fd), enter_dir)
     try:
         names = ["/".join(e.parts) for e in entries]
         places = [(*dirs.place(name), f"{top}/{name}") for name in names]

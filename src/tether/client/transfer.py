@@ -50,6 +50,7 @@ from tether.protocol import (
     Ready,
 )
 from tether.storage.batch import SMALL_FILE
+from tether.storage.fsops import fs
 from tether.storage.names import (
     check_name,
     destination_exists,
@@ -250,7 +251,7 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
                 continue
             await limit.acquire()  # streams open in walk order: parents before children
             if stat.S_ISLNK(lst.st_mode):
-                target = os.readlink(path)
+                target = fs.readlink(path)
                 spawn(_one(_put_entry(conn.open_stream(
                     Put, path=where, name=name, kind="symlink", target=target,
                     force=opts.force), "symlink")), limit)
@@ -307,7 +308,7 @@ async def get(conn: Connection, remotes: list[str], local: Path, *, recursive: b
                 result.files.append(await _get_file(conn, remote, dir_fd, name,
                                                     str(directory / name), opts))
             finally:
-                os.close(dir_fd)
+                fs.close(dir_fd)
     result.seconds = time.monotonic() - started
     return result
 
@@ -433,7 +434,7 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
             result.files.append(await _get_file(conn, remote, dir_fd, name,
                                                 str(directory / name), opts))
         finally:
-            os.close(dir_fd)
+            fs.close(dir_fd)
         return
     if local.is_dir():
         top = local / check_name(posixpath.basename(remote.rstrip("/")) or "root")
@@ -446,7 +447,7 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
     try:
         await _get_entries(conn, remote, root_fd, top, entries, opts, result)
     finally:
-        os.close(root_fd)
+        fs.close(root_fd)
 
 
 async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
@@ -464,7 +465,7 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
                                         entry.parts[-1], str(top.joinpath(*entry.parts)),
                                         opts)]
             finally:
-                os.close(dir_fd)
+                fs.close(dir_fd)
 
     async def fetch_many(group: list[Entry]) -> list[FileResult]:
         async with batches:
@@ -479,23 +480,23 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
             dir_fd = walk_dirs(root_fd, entry.parts[:-1])
             try:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(entry.parts[-1], 0o700, dir_fd=dir_fd)
+                    fs.mkdir(entry.parts[-1], 0o700, dir_fd=dir_fd)
                 with contextlib.suppress(OSError):
-                    os.chmod(entry.parts[-1], entry.mode & 0o777, dir_fd=dir_fd,
+                    fs.chmod(entry.parts[-1], entry.mode & 0o777, dir_fd=dir_fd,
                              follow_symlinks=False)
             finally:
-                os.close(dir_fd)
+                fs.close(dir_fd)
             result.files.append(FileResult(str(top.joinpath(*entry.parts)), "dir"))
         elif entry.kind == "symlink":
             dir_fd = walk_dirs(root_fd, entry.parts[:-1])
             try:
                 if opts.force and destination_exists(dir_fd, entry.parts[-1]):
-                    os.unlink(entry.parts[-1], dir_fd=dir_fd)
-                os.symlink(entry.target or "", entry.parts[-1], dir_fd=dir_fd)
+                    fs.unlink(entry.parts[-1], dir_fd=dir_fd)
+                fs.symlink(entry.target or "", entry.parts[-1], dir_fd=dir_fd)
             except FileExistsError as exc:
                 raise AlreadyExists(f"{top.joinpath(*entry.parts)} exists") from exc
             finally:
-                os.close(dir_fd)
+                fs.close(dir_fd)
             result.files.append(FileResult(str(top.joinpath(*entry.parts)), "symlink"))
         elif entry.kind == "file" and entry.size <= SMALL_FILE:
             name = "/".join(entry.parts)

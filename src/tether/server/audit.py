@@ -22,7 +22,8 @@ class AuditLog:
         self.path = path
         self._fd = -1
         if path is not None:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+            self._fd = os.open(path, flags, 0o600)  # Windows has no O_CLOEXEC (nor modes)
 
     def event(self, kind: str, **fields: Any) -> None:
         if self._fd < 0:

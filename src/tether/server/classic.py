@@ -35,6 +35,7 @@ import logging
 import re
 import signal
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from tether.server.audit import AuditLog
 from tether.server.config import ClassicConfig, is_loopback
 from tether.server.limits import Limits
 from tether.server.process import (
+    OutputPipe,
     Preexec,
     kill_group,
     login_shell,
@@ -156,7 +158,7 @@ class ShellResult:
     duration: float
 
 
-async def _collect(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
+async def _collect(stream: OutputPipe, cap: int) -> tuple[bytes, bool]:
     """All of a pipe's output up to ``cap`` bytes (the rest is read and dropped)."""
     buf = bytearray()
     truncated = False
@@ -173,6 +175,10 @@ async def run_shell(command: str, cwd: Path, config: ClassicConfig, kill_grace: 
     resource limits, through ``preexec``); on timeout the group gets SIGTERM, then SIGKILL after
     ``kill_grace``. Whatever the command leaves running in its group is killed when it exits,
     as when a terminal closes."""
+    if sys.platform == "win32":
+        from tether.server.winexec import run_classic
+
+        return await run_classic(command, cwd, config, _collect)
     started = time.monotonic()
     proc, out_pipe, err_pipe = await start_piped([login_shell(), "-c", command], cwd=cwd,
                                                  env=None, stdin=False, preexec=preexec)

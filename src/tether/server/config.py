@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import locale
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def default_encoding() -> str:
+    """The encoding commands' output is in: the locale's, or on Windows the console code page
+    (what cmd.exe writes into a pipe, cp936 on a Chinese Windows; server/winproc.py)."""
+    if sys.platform == "win32":
+        from tether.server.winproc import console_encoding
+
+        return console_encoding()
+    return locale.getpreferredencoding(False)
 
 
 @dataclass
@@ -70,7 +81,7 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     root: Path = field(default_factory=Path.home)
     name: str = field(default_factory=socket.gethostname)
-    encoding: str = field(default_factory=lambda: locale.getpreferredencoding(False))
+    encoding: str = field(default_factory=lambda: default_encoding())
     plaintext: bool = False
     kill_grace: float = 1.0
     limits: Limits = field(default_factory=Limits)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from tether.errors import BadRequest, NotFound, PermissionDenied, TetherError
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
 from tether.server.process import (
+    OutputPipe,
     Preexec,
     kill_group,
     login_shell,
@@ -35,6 +37,7 @@ from tether.server.process import (
 
 log = logging.getLogger("tether.server")
 
+KILL = 9  # SIGKILL's number (Windows' signal module has no SIGKILL)
 SIGNALS = frozenset({"INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "STOP", "CONT", "WINCH"})
 
 
@@ -62,12 +65,22 @@ class SpawnSpec:
     env: dict[str, str]
     timeout: float | None = None
     stdin: bool = True
+    shell: bool = False  # Windows: argv[0] is a command line for cmd.exe (server/winproc.py)
 
 
 def check_env(env: dict[str, str]) -> None:
     for key, value in env.items():
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise BadRequest(f"bad environment variable {key[:40]!r}")
+
+
+def _leaves_root(cwd: str) -> bool:
+    """An absolute --cwd or one with '..' (on Windows also through '\\' or a drive)."""
+    if sys.platform == "win32":
+        cwd = cwd.replace("\\", "/")
+        if ":" in cwd:
+            return True
+    return cwd.startswith("/") or ".." in cwd.split("/")
 
 
 def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
@@ -81,13 +94,26 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     check_env(req.env)
     if req.timeout is not None and req.timeout <= 0:
         raise BadRequest("timeout must be positive")
-    if policy.confined and req.cwd and (req.cwd.startswith("/") or ".." in req.cwd.split("/")):
+    if policy.confined and req.cwd and _leaves_root(req.cwd):
         raise PermissionDenied(f"--cwd {req.cwd!r} is outside this client's root")
     cwd = policy.root / (req.cwd or "")
     if not cwd.is_dir():
         raise NotFound(f"no such directory: {req.cwd or cwd}")
+    env = {**os.environ, **req.env}
+    if sys.platform == "win32":
+        return SpawnSpec(list(req.argv), cwd, env, req.timeout, req.stdin, shell=req.shell)
     argv = [login_shell(), "-c", req.argv[0]] if req.shell else list(req.argv)
-    return SpawnSpec(argv, cwd, {**os.environ, **req.env}, req.timeout, req.stdin)
+    return SpawnSpec(argv, cwd, env, req.timeout, req.stdin)
+
+
+def command_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
+                policy: ExecPolicy) -> CommandRun:
+    """The run for an ``exec``: this module's on Unix, server/winexec.py's on Windows."""
+    if sys.platform == "win32":
+        from tether.server.winexec import WinCommandRun
+
+        return WinCommandRun(conn, stream, spec, policy)
+    return CommandRun(conn, stream, spec, policy)
 
 
 class CommandRun:
@@ -101,7 +127,7 @@ class CommandRun:
         self.policy = policy
         self.proc: asyncio.subprocess.Process | None = None
         self.timed_out = False
-        self.outputs: list[tuple[asyncio.StreamReader, int]] = []
+        self.outputs: list[tuple[OutputPipe, int]] = []
         self.stdin: asyncio.StreamWriter | None = None
         # (bytes to write, credit they free)
         self._stdin: deque[tuple[bytes | bytearray, int]] = deque()
@@ -140,7 +166,7 @@ class CommandRun:
         except TimeoutError:
             self.timed_out = True
             await self.terminate()
-        self._kill_group(signal.SIGKILL)  # leftovers in its group, as when a terminal closes
+        self._kill_group(KILL)  # leftovers in its group, as when a terminal closes
         await asyncio.gather(*pumps, return_exceptions=True)
         if feeder is not None:
             feeder.cancel()
@@ -158,7 +184,7 @@ class CommandRun:
             )
             await self.conn.drain()
 
-    async def _pump(self, pipe: asyncio.StreamReader, channel: int) -> None:
+    async def _pump(self, pipe: OutputPipe, channel: int) -> None:
         while data := await read_chunk(pipe):
             try:
                 await self.send_output(channel, data)

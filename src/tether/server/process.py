@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import pwd
-import resource
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tether.errors import SpawnFailed
+
+if sys.platform != "win32":  # Windows: server/winproc.py
+    import fcntl
+    import pwd
+    import resource
 
 READ_SIZE = 256 * 1024
 PIPE_SIZE = 1024 * 1024
@@ -113,7 +116,13 @@ async def pipe_reader(fd: int, protocol: type[asyncio.StreamReaderProtocol] =
     return reader
 
 
-async def read_chunk(pipe: asyncio.StreamReader) -> bytes:
+class OutputPipe(Protocol):
+    """What output is read from: an asyncio reader (on Windows, a thread's queue: winexec.py)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read_chunk(pipe: OutputPipe) -> bytes:
     """A chunk of output; b"" at the end (a terminal's EIO after its last writer is the end)."""
     try:
         return await pipe.read(READ_SIZE)

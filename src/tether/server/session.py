@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import platform
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ from tether.protocol import (
 )
 from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
-from tether.server.exec import CommandRun, ExecPolicy, exec_spec
+from tether.server.exec import CommandRun, ExecPolicy, command_run, exec_spec
 from tether.server.limits import Admission, Limits
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
@@ -66,6 +67,13 @@ from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
 
 log = logging.getLogger("tether.server")
+
+
+def _platform_name() -> str:
+    """The platform name sent in ``hello``: on Windows from sys.platform, since platform.system()
+    asks WMI there (Python 3.12+), which is slow and crashes under Wine 8 (an unimplemented
+    propsys.dll function)."""
+    return "windows" if sys.platform == "win32" else platform.system().lower()
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,7 @@ class Session:
                 version=max(common),
                 software=f"tether/{__version__}",
                 server_name=self.context.name,
-                platform=platform.system().lower(),
+                platform=_platform_name(),
                 encoding=self.context.encoding,
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
@@ -226,7 +234,7 @@ class Session:
 
     async def _on_exec(self, msg: Exec) -> None:
         def make(policy: ExecPolicy) -> CommandRun:
-            return CommandRun(self.conn, msg.stream, exec_spec(msg, policy), policy)
+            return command_run(self.conn, msg.stream, exec_spec(msg, policy), policy)
 
         await self._start_process(msg.stream, "exec", make, {"argv": msg.argv, "cwd": msg.cwd})
 

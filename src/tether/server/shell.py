@@ -15,25 +15,39 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import os
 import re
 import secrets
 import struct
-import termios
+import sys
 from collections.abc import Callable
 
-from tether.errors import BadRequest, NoTerminal
+from tether.errors import BadRequest, NoTerminal, SpawnFailed
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
 from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, check_env
-from tether.server.process import Preexec, login_shell, pipe_reader, start
+from tether.server.process import OutputPipe, Preexec, login_shell, pipe_reader, start
+
+if sys.platform != "win32":
+    import fcntl
+    import termios
 
 MAX_LINE = 64 * 1024
 
 
+def _windows_refusal(line_mode: bool) -> None:
+    """A Windows server has no pseudo-terminal (ConPTY through pywinpty is untested, README) and
+    no line-mode shell yet (cmd.exe under Wine loses lines, so it is not built: README)."""
+    if not line_mode:
+        raise NoTerminal("the server cannot give a pseudo-terminal: a Windows server has no "
+                         "PTY support")
+    raise SpawnFailed("a Windows server has no line-mode shell yet: use tether run")
+
+
 def shell_spec(req: Shell, policy: ExecPolicy, *, line_mode: bool) -> SpawnSpec:
     """What a shell request starts: a login shell, a shell command, or an argv."""
+    if sys.platform == "win32":
+        _windows_refusal(line_mode)
     check_env(req.env)
     if any("\0" in a for a in req.argv):
         raise BadRequest("NUL byte in command")
@@ -196,7 +210,7 @@ class LineRun(CommandRun):
             self.queue_stdin(b'exit "${__tether_status:-0}"\n', 0)
         super().close_stdin()
 
-    async def _pump(self, pipe: asyncio.StreamReader, channel: int) -> None:
+    async def _pump(self, pipe: OutputPipe, channel: int) -> None:
         await super()._pump(pipe, channel)
         rest = self.filters[channel].flush()
         if rest:

@@ -16,6 +16,7 @@ import errno
 import os
 import posixpath
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from tether.errors import AlreadyExists, SourceChanged, UnsafePath
 from tether.storage.batch import MAX_BYTES, BatchReceiver, DirCache, Stored, Target
 from tether.storage.errors import disk_error
+from tether.storage.fsops import fs
 from tether.storage.names import (
     DIR_FLAGS,
     check_name,
@@ -37,7 +39,10 @@ from tether.storage.names import (
 from tether.storage.partial import PartialFile
 from tether.storage.source import SourceFile, read_whole
 
-READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
+if sys.platform == "win32":
+    from tether.storage.winpaths import check_component
+
+READ_FLAGS = fs.O_RDONLY | fs.O_NONBLOCK | fs.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,10 @@ class FileArea:
         if "\0" in path:
             raise UnsafePath("NUL byte in path")
         check_text(path)
+        if sys.platform == "win32":
+            for part in path.split("/"):
+                if part:
+                    check_component(part)
         if self.confined:
             if path.startswith("/"):
                 raise UnsafePath(f"absolute paths are outside this client's root: {path}")
@@ -91,9 +100,9 @@ class FileArea:
         """``openat`` of one component: for a confined client never through a symlink, and a
         symlink met there is refused as one (Linux says ELOOP, or ENOTDIR with O_DIRECTORY)."""
         if self.confined:
-            flags |= os.O_NOFOLLOW
+            flags |= fs.O_NOFOLLOW
         try:
-            return os.open(name, flags, dir_fd=dir_fd)
+            return fs.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
             if self.confined and exc.errno in (errno.ELOOP, errno.ENOTDIR) and is_symlink(
                 dir_fd, name
@@ -119,7 +128,7 @@ class FileArea:
     @staticmethod
     def _open_from(start: str, parts: list[str], shown: str) -> int:
         try:
-            return os.open(os.path.join(start, *parts), DIR_FLAGS)
+            return fs.open(os.path.join(start, *parts), DIR_FLAGS)
         except OSError as exc:
             raise disk_error(exc, shown) from exc
 
@@ -127,7 +136,7 @@ class FileArea:
         if name is None:
             return True
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=not self.confined)
+            st = fs.stat(name, dir_fd=dir_fd, follow_symlinks=not self.confined)
         except OSError:
             return False
         return stat.S_ISDIR(st.st_mode)
@@ -140,7 +149,7 @@ class FileArea:
         try:
             return self.open_at(dir_fd, last, DIR_FLAGS, path)
         finally:
-            os.close(dir_fd)
+            fs.close(dir_fd)
 
     def _open_sub_dir(self, dir_fd: int, name: str, shown: str) -> int:
         """One directory below ``dir_fd`` (the :class:`DirCache` opener of this area)."""
@@ -163,7 +172,7 @@ class FileArea:
             into = path.endswith("/") or self.is_dir(dir_fd, last)
             if into and last is not None:
                 sub = self.open_at(dir_fd, last, DIR_FLAGS, path)
-                os.close(dir_fd)
+                fs.close(dir_fd)
                 dir_fd = sub
             if into:
                 return dir_fd, check_name(name), posixpath.normpath(posixpath.join(path, name))
@@ -172,7 +181,7 @@ class FileArea:
             # where the entry really is: "x/." names x itself
             return dir_fd, check_name(last), posixpath.normpath(path)
         except BaseException:
-            os.close(dir_fd)
+            fs.close(dir_fd)
             raise
 
     def open_partial(self, dir_fd: int, name: str, *, exists_ok: bool, resume: bool,
@@ -194,7 +203,7 @@ class FileArea:
             partial = self.open_partial(dir_fd, name, exists_ok=exists_ok, resume=resume,
                                         owns_dir=True)
         except BaseException:
-            os.close(dir_fd)
+            fs.close(dir_fd)
             raise
         return partial, shown
 
@@ -204,7 +213,7 @@ class FileArea:
         try:
             return PartialFile(dir_fd, check_name(name), resume=False, owns_dir=True)
         except BaseException:
-            os.close(dir_fd)
+            fs.close(dir_fd)
             raise
 
     def make_dir(self, path: str, name: str, mode: int) -> str:
@@ -212,14 +221,14 @@ class FileArea:
         path."""
         dir_fd, name, shown = self.put_target(path, name)
         try:
-            os.mkdir(name, mode & 0o1777, dir_fd=dir_fd)
+            fs.mkdir(name, mode & 0o1777, dir_fd=dir_fd)
         except FileExistsError:
             if not self.is_dir(dir_fd, name):
                 raise AlreadyExists(f"{name} exists and is not a directory") from None
         except OSError as exc:
             raise disk_error(exc, name) from exc
         finally:
-            os.close(dir_fd)
+            fs.close(dir_fd)
         return shown
 
     def make_symlink(self, path: str, name: str, target: str, force: bool) -> str:
@@ -239,12 +248,12 @@ class FileArea:
             if destination_exists(dir_fd, name):
                 if not force:
                     raise AlreadyExists(f"{name} exists (use --force to replace it)")
-                os.unlink(name, dir_fd=dir_fd)
-            os.symlink(target, name, dir_fd=dir_fd)
+                fs.unlink(name, dir_fd=dir_fd)
+            fs.symlink(target, name, dir_fd=dir_fd)
         except OSError as exc:
             raise disk_error(exc, name) from exc
         finally:
-            os.close(dir_fd)
+            fs.close(dir_fd)
         return shown
 
     def store_batch(self, path: str, files: BatchFiles, *, force: bool, rename: bool,
@@ -274,18 +283,18 @@ class FileArea:
                 raise UnsafePath(f"{path} is a directory (use -r)")
             fd = self.open_at(dir_fd, name, READ_FLAGS, path)
         finally:
-            os.close(dir_fd)
+            fs.close(dir_fd)
         try:
             st = self._regular(fd, path, "a directory (use -r)")
-            os.set_blocking(fd, True)
+            fs.set_blocking(fd, True)
         except BaseException:
-            os.close(fd)
+            fs.close(fd)
             raise
         return SourceFile(fd, st, path)
 
     @staticmethod
     def _regular(fd: int, shown: str, as_dir: str) -> os.stat_result:
-        st = os.fstat(fd)
+        st = fs.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = as_dir if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise UnsafePath(f"{shown} is {kind}")
@@ -320,7 +329,7 @@ class FileArea:
             except OSError as exc:
                 raise disk_error(exc, shown, "read") from exc
         finally:
-            os.close(fd)
+            fs.close(fd)
 
     def walk(self, path: str) -> Iterator[EntryInfo]:
         """Every entry below ``path`` (directories before their contents), symlinks not followed."""
@@ -333,11 +342,11 @@ class FileArea:
             top = self.open_dir([], path) if name is None else self.open_at(
                 dir_fd, name, DIR_FLAGS, path)
         finally:
-            os.close(dir_fd)
+            fs.close(dir_fd)
         try:
-            yield EntryInfo([], "dir", 0, os.fstat(top).st_mode & 0o7777,
-                            os.fstat(top).st_mtime_ns)
-            for rel, dirs, files, fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            yield EntryInfo([], "dir", 0, fs.fstat(top).st_mode & 0o7777,
+                            fs.fstat(top).st_mtime_ns)
+            for rel, dirs, files, fd in fs.fwalk(".", dir_fd=top, follow_symlinks=False):
                 base = [p for p in rel.split("/") if p not in ("", ".")]
                 for entry_name in sorted(dirs) + sorted(files):
                     st = self._lstat(fd, entry_name, entry_name)
@@ -348,12 +357,12 @@ class FileArea:
         except OSError as exc:
             raise disk_error(exc, path, "list") from exc
         finally:
-            os.close(top)
+            fs.close(top)
 
     @staticmethod
     def _lstat(dir_fd: int, name: str, shown: str) -> os.stat_result:
         try:
-            return os.lstat(name, dir_fd=dir_fd)
+            return fs.lstat(name, dir_fd=dir_fd)
         except OSError as exc:
             raise disk_error(exc, shown) from exc
 
@@ -362,6 +371,6 @@ class FileArea:
         mode = st.st_mode & 0o7777
         if stat.S_ISLNK(st.st_mode):
             return EntryInfo(parts, "symlink", 0, mode, st.st_mtime_ns,
-                             os.readlink(name, dir_fd=dir_fd))
+                             fs.readlink(name, dir_fd=dir_fd))
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         return EntryInfo(parts, kind, st.st_size if kind == "file" else 0, mode, st.st_mtime_ns)

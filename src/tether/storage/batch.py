@@ -11,10 +11,10 @@ touched is fsynced once per batch, before the batch is reported done, instead of
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
+from tether.storage.fsops import fs
 from tether.storage.partial import store_whole, sync_dir
 from tether.storage.source import file_hash
 
@@ -103,7 +103,7 @@ class DirCache:
     def close(self) -> None:
         for fd in self.fds.values():
             with contextlib.suppress(OSError):
-                os.close(fd)
+                fs.close(fd)
         self.fds.clear()
 
 

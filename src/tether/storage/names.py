@@ -9,15 +9,19 @@ callers add ``O_NOFOLLOW`` where a symlink must not be entered.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import stat
+import sys
 from collections.abc import Callable
 
 from tether.errors import BadRequest, NotFound, UnsafePath
+from tether.storage.fsops import fs
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-NO_FOLLOW_DIR = DIR_FLAGS | os.O_NOFOLLOW
+if sys.platform == "win32":
+    from tether.storage.winpaths import check_component
+
+DIR_FLAGS = fs.O_RDONLY | fs.O_DIRECTORY | fs.O_CLOEXEC
+NO_FOLLOW_DIR = DIR_FLAGS | fs.O_NOFOLLOW
 
 
 def check_name(name: str) -> str:
@@ -25,6 +29,8 @@ def check_name(name: str) -> str:
     if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise UnsafePath(f"refusing the file name {name!r}")
     check_text(name)
+    if sys.platform == "win32":
+        check_component(name)
     return name
 
 
@@ -83,7 +89,7 @@ def renamed(name: str, n: int) -> str:
 def destination_exists(dir_fd: int, name: str) -> bool:
     """Whether ``name`` exists in ``dir_fd`` (as anything, a dangling symlink included)."""
     try:
-        os.lstat(name, dir_fd=dir_fd)
+        fs.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError as exc:  # e.g. a name too long for this file system
@@ -93,7 +99,7 @@ def destination_exists(dir_fd: int, name: str) -> bool:
 
 def is_symlink(dir_fd: int, name: str) -> bool:
     try:
-        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+        return stat.S_ISLNK(fs.lstat(name, dir_fd=dir_fd).st_mode)
     except OSError:
         return False
 
@@ -102,7 +108,7 @@ def enter_dir(dir_fd: int, name: str, shown: str) -> int:
     """The directory ``name`` below ``dir_fd``, never through a symlink (a receiver's own tree:
     UnsafePath names what could not be entered)."""
     try:
-        return os.open(name, NO_FOLLOW_DIR, dir_fd=dir_fd)
+        return fs.open(name, NO_FOLLOW_DIR, dir_fd=dir_fd)
     except OSError as exc:
         raise UnsafePath(f"cannot enter {shown}: {exc.strerror}") from exc
 
@@ -113,10 +119,10 @@ def descend(fd: int, parts: list[str], step: Callable[[int, str], int]) -> int:
     try:
         for part in parts:
             nxt = step(fd, part)
-            os.close(fd)
+            fs.close(fd)
             fd = nxt
     except BaseException:
-        os.close(fd)
+        fs.close(fd)
         raise
     return fd
 
@@ -124,12 +130,12 @@ def descend(fd: int, parts: list[str], step: Callable[[int, str], int]) -> int:
 def walk_dirs(root_fd: int, parts: list[str]) -> int:
     """A new directory fd for ``parts`` below ``root_fd``, never following a symlink."""
     shown = "/".join(parts)
-    return descend(os.dup(root_fd), parts, lambda fd, part: enter_dir(fd, part, shown))
+    return descend(fs.dup(root_fd), parts, lambda fd, part: enter_dir(fd, part, shown))
 
 
 def open_dir(path: str, shown: str | None = None) -> int:
     """A directory fd for a path a local user named (their own words: symlinks followed)."""
     try:
-        return os.open(path, DIR_FLAGS)
+        return fs.open(path, DIR_FLAGS)
     except OSError as exc:
         raise NotFound(f"{shown or path}: {exc.strerror}") from exc

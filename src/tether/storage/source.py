@@ -14,6 +14,7 @@ import blake3
 
 from tether.errors import SourceChanged
 from tether.storage.errors import disk_error
+from tether.storage.fsops import fs
 
 HASH_NAME = "blake3"
 CHUNK = 1024 * 1024
@@ -73,7 +74,7 @@ class SourceFile:
         pos, end = start, self.size if end is None else end
         while pos < end:
             try:
-                chunk = os.pread(self.fd, min(CHUNK, end - pos), pos)
+                chunk = fs.pread(self.fd, min(CHUNK, end - pos), pos)
             except OSError as exc:
                 raise disk_error(exc, self.shown, "read") from exc
             if not chunk:
@@ -85,7 +86,7 @@ class SourceFile:
     def check_end(self) -> None:
         """SourceChanged if the file grew past the size it had when opened."""
         try:
-            grew = os.pread(self.fd, 1, self.size)
+            grew = fs.pread(self.fd, 1, self.size)
         except OSError as exc:
             raise disk_error(exc, self.shown, "read") from exc
         if grew:
@@ -94,5 +95,5 @@ class SourceFile:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            fs.close(self.fd)
             self.fd = -1
