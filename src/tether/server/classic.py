@@ -178,7 +178,8 @@ async def run_shell(command: str, cwd: Path, config: ClassicConfig, kill_grace: 
     if sys.platform == "win32":
         from tether.server.winexec import run_classic
 
-        return await run_classic(command, cwd, config, _collect)
+        return ShellResult(*await run_classic(command, cwd, config.timeout, config.max_output,
+                                              _collect))
     started = time.monotonic()
     proc, out_pipe, err_pipe = await start_piped([login_shell(), "-c", command], cwd=cwd,
                                                  env=None, stdin=False, preexec=preexec)

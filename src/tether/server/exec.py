@@ -106,16 +106,6 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     return SpawnSpec(argv, cwd, env, req.timeout, req.stdin)
 
 
-def command_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
-                policy: ExecPolicy) -> CommandRun:
-    """The run for an ``exec``: this module's on Unix, server/winexec.py's on Windows."""
-    if sys.platform == "win32":
-        from tether.server.winexec import WinCommandRun
-
-        return WinCommandRun(conn, stream, spec, policy)
-    return CommandRun(conn, stream, spec, policy)
-
-
 class CommandRun:
     """One process on one stream, from spawn to the final ``exit`` frame."""
 

@@ -59,7 +59,7 @@ from tether.protocol import (
 )
 from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
-from tether.server.exec import CommandRun, ExecPolicy, command_run, exec_spec
+from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, exec_spec
 from tether.server.limits import Admission, Limits
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
@@ -67,6 +67,16 @@ from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
 
 log = logging.getLogger("tether.server")
+
+
+def command_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
+                policy: ExecPolicy) -> CommandRun:
+    """The run for an ``exec``: server/exec.py's on Unix, server/winexec.py's on Windows."""
+    if sys.platform == "win32":
+        from tether.server.winexec import WinCommandRun
+
+        return WinCommandRun(conn, stream, spec, policy)
+    return CommandRun(conn, stream, spec, policy)
 
 
 def _platform_name() -> str:

@@ -20,15 +20,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from tether.errors import BadRequest
 from tether.server.exec import SIGNALS, CommandRun
 from tether.server.process import READ_SIZE, OutputPipe
-
-if TYPE_CHECKING:
-    from tether.server.classic import ShellResult
-    from tether.server.config import ClassicConfig
 
 assert sys.platform == "win32"
 
@@ -182,25 +178,24 @@ class WinCommandRun(CommandRun):
             win.kill(9)
 
 
-async def run_classic(command: str, cwd: Path, config: ClassicConfig,
+async def run_classic(command: str, cwd: Path, timeout: float, max_output: int,
                       collect: Callable[[OutputPipe, int], Awaitable[tuple[bytes, bool]]]
-                      ) -> ShellResult:
+                      ) -> tuple[int, bytes, bytes, bool, bool, float]:
     """The classic protocol's one command (server/classic.py's ``run_shell``) on Windows:
-    cmd.exe in a job, output collected up to the cap, the tree killed on timeout or exit."""
-    from tether.server.classic import ShellResult
-
+    cmd.exe in a job, output collected up to ``max_output``, the tree killed on timeout or
+    exit. (status, stdout, stderr, timed out, truncated, seconds)."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     proc, job = winproc.spawn([command], shell=True, cwd=str(cwd), env=dict(os.environ),
                               stdin=False)
     win = WinProcess(proc, job, loop)
     assert proc.stdout is not None and proc.stderr is not None
-    readers = [asyncio.create_task(collect(ThreadPipeReader(pipe, loop), config.max_output))
+    readers = [asyncio.create_task(collect(ThreadPipeReader(pipe, loop), max_output))
                for pipe in (proc.stdout, proc.stderr)]
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(win.wait(), config.timeout)
+            await asyncio.wait_for(win.wait(), timeout)
         except TimeoutError:
             timed_out = True
             win.kill(9)
@@ -211,5 +206,4 @@ async def run_classic(command: str, cwd: Path, config: ClassicConfig,
         for task in readers:
             task.cancel()
     code = await win.wait()
-    return ShellResult(code, out, err, timed_out, cut_out or cut_err,
-                       time.monotonic() - started)
+    return code, out, err, timed_out, cut_out or cut_err, time.monotonic() - started
