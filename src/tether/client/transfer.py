@@ -399,11 +399,8 @@ def _check_listing(entries: list[Entry]) -> None:
 
 
 def _unbatch(msg: Entries) -> list[Entry]:
-    """The entries an ``entries`` message lists (checked like any others afterwards)."""
-    count = len(msg.names)
-    if any(len(values) != count for values in (msg.kinds, msg.sizes, msg.modes, msg.mtimes,
-                                                 msg.targets)):
-        raise RemoteProtocolError("the server listed entries whose fields differ in number")
+    """The entries an ``entries`` message lists (its lists agree in length: the protocol
+    core checked that as it arrived; names are checked like any others afterwards)."""
     return [Entry(parts=name.split("/") if name else [], kind=kind, size=size, mode=mode,
                   mtime_ns=mtime, target=target, stream=msg.stream)
             for name, kind, size, mode, mtime, target in zip(

@@ -196,9 +196,9 @@ class Connection:
             return msg if reason is None else Refused(msg.stream, msg, reason)
         stream = self._known(msg.stream)
         after = self._move(stream, peer, stream.remote_state, msg, RemoteProtocolError)
-        if isinstance(msg, Credit):
-            if not 0 < msg.size <= MAX_CREDIT or stream.send_credit + msg.size > MAX_CREDIT:
-                raise RemoteProtocolError(f"credit of {msg.size} is out of range")
+        if isinstance(msg, Credit) and (
+                not 0 < msg.size <= MAX_CREDIT or stream.send_credit + msg.size > MAX_CREDIT):
+            raise RemoteProtocolError(f"credit of {msg.size} is out of range")
         reason = msg.problem(stream.request)
         if reason is not None:
             raise RemoteProtocolError(reason)
@@ -318,6 +318,8 @@ class Connection:
     def data_to_send(self) -> bytes:
         """The frames the core sent by itself (pongs, credit) since last asked; a driver
         writes them after receiving and after :meth:`consumed`."""
+        if not self._outbound:
+            return b""
         out = bytes(self._outbound)
         self._outbound.clear()
         return out
