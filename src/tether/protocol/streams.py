@@ -219,7 +219,7 @@ def _paths(op: Operation, role: Role, state: str, seen: frozenset[str]
            ) -> Iterator[list[tuple[str, int | None]]]:
     loops: list[tuple[str, int | None]] = [("data", ch) for ch in sorted(op.data[role, state])]
     onward: list[tuple[str, str]] = []
-    for (who, at, kind), after in sorted(op.moves.items()):
+    for (who, at, kind), after in op.moves.items():
         if who is role and at == state:
             if after == state:
                 loops.append((kind, None))
