@@ -31,7 +31,17 @@ from tether.protocol.connection import (
     State,
 )
 from tether.protocol.frames import KIND_DATA, KIND_MSG, MAGIC, MAX_BODY
-from tether.protocol.messages import REGISTRY, Data, Hello, Message, Role, Welcome
+from tether.protocol.messages import (
+    REGISTRY,
+    Data,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Refused,
+    Role,
+    Welcome,
+)
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -185,9 +195,14 @@ def handshake(conn: Connection) -> None:
     assert conn.state is State.OPEN
 
 
-def check_event(conn: Connection, event: Message | Data) -> None:
+def check_event(conn: Connection, event: Message | Data | Refused) -> None:
     """What the rules promise about any event a connection hands to its application."""
     peer = Role.SERVER if conn.role is Role.CLIENT else Role.CLIENT
+    if isinstance(event, Refused):
+        assert peer is Role.CLIENT and event.request.OPENS and event.reason
+        assert conn.is_open(event.stream)
+        return
+    assert not isinstance(event, Ping | Pong), "the core answers pings itself"
     if isinstance(event, Data):
         assert event.stream % 2 == 1 and event.data
         assert event.channel == 0 or peer is Role.SERVER
@@ -232,7 +247,8 @@ def act(conn: Connection, action: Send | SendData | Consume) -> None:
         elif isinstance(action, SendData):
             out = conn.data_prefix(action.stream, action.channel, action.size)
         else:
-            out = conn.consumed(action.stream, action.size)
+            conn.consumed(action.stream, action.size)
+            out = conn.data_to_send()
     except LocalProtocolError as exc:
         assert str(exc)
         assert snapshot(conn) == before

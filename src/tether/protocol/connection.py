@@ -434,6 +434,15 @@ class Connection:
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
+    def states(self, stream_id: int) -> tuple[str, str] | None:
+        """The (client's, server's) half-states of an open stream (streams.py), else None."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        if self.role is Role.CLIENT:
+            return stream.local_state, stream.remote_state
+        return stream.remote_state, stream.local_state
+
     def can_send(self, stream_id: int) -> bool:
         """True while neither side has ended the stream (data sent now would be used)."""
         stream = self._streams.get(stream_id)
