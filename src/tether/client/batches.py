@@ -173,8 +173,7 @@ async def _receive(handle: StreamHandle, places: list[tuple[int, str, str]], lab
         event = await handle.next()
         if isinstance(event, Done):
             break
-        if not isinstance(event, Data):
-            raise RemoteProtocolError(f"unexpected {type(event).__name__} in a fetch")
+        assert isinstance(event, Data)  # the fetch table allows nothing else after files
         receiver.feed(event.data)
         opts.progress.advanced(label, len(event.data))
     if not receiver.complete:

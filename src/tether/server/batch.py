@@ -58,8 +58,7 @@ class BatchPut:
 
     def feed(self, data: bytes | bytearray) -> None:
         try:
-            if self.receiver is None or self.receiver.complete:
-                raise BadRequest("data after a batch was complete")
+            assert self.receiver is not None  # DATA after the batch's done: dropped by the core
             self.receiver.feed(data)
             if self.receiver.complete:
                 self._finish()
@@ -76,7 +75,7 @@ class BatchPut:
                             count=len(self.names), names=self.names, stream=self.stream))
 
     def handle(self, msg: Message) -> None:
-        raise BadRequest(f"unexpected {msg.TYPE!r} in a batch")
+        """Nothing but close and error reach a batch (the core refuses anything else)."""
 
     def abandon(self) -> None:
         """The stream ended (or the batch did): files already stored stay, as they are whole
