@@ -10,6 +10,7 @@ Without Wine or the laid-out python these tests are skipped with that reason, ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -72,6 +73,7 @@ class WinServer:
     classic_port: int
     client_home: Path
     confined_home: Path  # a second client, authorized with --root ROOT/confined
+    copier: threading.Thread  # copies the server's output into ``log``
 
     @property
     def confined_root(self) -> Path:
@@ -109,6 +111,27 @@ def _copy(pipe: object, log: Path) -> None:
             sink.flush()
 
 
+def _start_copy(proc: subprocess.Popen[bytes], log: Path) -> threading.Thread:
+    copier = threading.Thread(target=_copy, args=(proc.stdout, log), daemon=True)
+    copier.start()
+    return copier
+
+
+def stop_wine(proc: subprocess.Popen[bytes], copier: threading.Thread) -> None:
+    """Stop a Wine process we started, by PID, and let its log copier reach the pipe's end
+    before the pipe is closed (closing it under the reading thread is an error there)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    copier.join(10)  # Wine's children may hold the pipe a moment longer
+    stop_process(proc)
+
+
 def start_wine_server(base: Path, *extra: str) -> WinServer:
     """Authorize a fresh Linux client on a fresh server home, start the server under Wine, wait
     for its "listening on" and classic lines, pin its fingerprint."""
@@ -130,7 +153,7 @@ def start_wine_server(base: Path, *extra: str) -> WinServer:
          "--classic-port", "0", "--kill-grace", "1", *extra],
         env={**os.environ, "TETHER_HOME": winpy.windows_path(home)},
     )
-    threading.Thread(target=_copy, args=(proc.stdout, log), daemon=True).start()
+    copier = _start_copy(proc, log)
     found: dict[str, re.Match[str]] = {}
 
     def up() -> bool:
@@ -143,14 +166,14 @@ def start_wine_server(base: Path, *extra: str) -> WinServer:
 
     wait_until(up, START_TIMEOUT, interval=0.1)
     if len(found) != 2:
-        stop_process(proc)
+        stop_wine(proc, copier)
         text = log.read_text(errors="replace") if log.exists() else ""
         raise AssertionError(f"tether serve under Wine did not start:\n{text[-4000:]}")
     port, fingerprint = int(found["tls"].group(1)), found["tls"].group(2)
     known_hosts_path(client_home).write_text(f"{host_key(HOST, port)} {fingerprint}\n")
     known_hosts_path(confined_home).write_text(f"{host_key(HOST, port)} {fingerprint}\n")
     return WinServer(proc, home, root, log, port, fingerprint, int(found["classic"].group(1)),
-                     client_home, confined_home)
+                     client_home, confined_home, copier)
 
 
 def _authorize_confined(home: Path, client_home: Path, root: Path) -> None:
@@ -171,7 +194,7 @@ def win_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WinServer]:
     try:
         yield server
     finally:
-        stop_process(server.proc, grace=10)
+        stop_wine(server.proc, server.copier)
 
 
 @pytest.fixture

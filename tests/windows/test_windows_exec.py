@@ -1,7 +1,7 @@
 """Commands on a Windows server (tether serve under Wine, a Chinese locale), driven by the Linux
 client: cmd.exe's output in GBK shown right on a terminal and passed unchanged into a pipe, argv
-quoting, exit codes (large and negative ones), stdin, a timeout killing the whole tree, and the
-shell's answer (no pseudo-terminal)."""
+quoting, exit codes (large and negative ones), stdin, and a timeout killing the whole tree
+(the shell's line mode: test_windows_shell.py)."""
 
 from __future__ import annotations
 
@@ -177,16 +177,3 @@ def test_a_forwarded_term_kills_the_tree_and_reports_the_signal(server: WinServe
     assert client.returncode == 128 + signal.SIGTERM, err
     assert _tree_gone(token), "the grandchild survived a forwarded TERM"
 
-
-def test_a_shell_on_a_terminal_hears_no_pty_and_why(server: WinServer) -> None:
-    """The server answers ``no_pty``; the client says so and tries line mode, which a Windows
-    server refuses with a clear reason (cmd.exe line mode is not built yet: README)."""
-    child = pexpect.spawn(TETHER[0], [*TETHER[1:], "shell", "-p", str(server.port), HOST],
-                          env=linux_env(server.client_home), timeout=90)
-    child.expect("pseudo-terminal")
-    child.expect("continuing in line mode")
-    child.sendline("echo hi")
-    child.expect("no line-mode shell")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus not in (0, None)

@@ -21,7 +21,7 @@ import threading
 import tty
 from collections.abc import Iterator
 
-from tether.cli.shared import confirm_on_tty
+from tether.cli.shared import confirm_on_tty, output_sinks
 from tether.client.api import Connection, ShellProcess, connect
 from tether.errors import ConnectionBroken, NoTerminal
 
@@ -140,7 +140,10 @@ def _read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | No
 
 
 async def _line_session(conn: Connection) -> int:
+    """Each stdin line one command; output decoded with the server's encoding on a terminal
+    (GBK from a Chinese Windows shown right), raw bytes into pipes, as ``tether run`` does."""
     shell = await conn.line_shell()
+    sinks = output_sinks(conn.server.encoding, None)
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
     threading.Thread(target=_read_lines, args=(loop, lines), daemon=True).start()
@@ -152,10 +155,8 @@ async def _line_session(conn: Connection) -> int:
             if not command.strip():
                 continue
             result = await shell.run(command)
-            sys.stdout.buffer.write(result.stdout)
-            sys.stdout.buffer.flush()
-            sys.stderr.buffer.write(result.stderr)
-            sys.stderr.buffer.flush()
+            sinks[1].write(result.stdout)
+            sinks[2].write(result.stderr)
             if shell.exit is not None:
                 return shell.exit.status
             if result.status:

@@ -80,6 +80,17 @@ def command_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
     return CommandRun(conn, stream, spec, policy)
 
 
+def line_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
+             policy: ExecPolicy) -> CommandRun:
+    """The run for a line-mode ``shell``: server/shell.py's on Unix, server/winshell.py's
+    (cmd.exe, a line at a time) on Windows."""
+    if sys.platform == "win32":
+        from tether.server.winshell import WinLineRun
+
+        return WinLineRun(conn, stream, spec, policy)
+    return LineRun(conn, stream, spec, policy)
+
+
 def _platform_name() -> str:
     """The platform name sent in ``hello``: on Windows from sys.platform, since platform.system()
     asks WMI there (Python 3.12+), which is slow and crashes under Wine 8 (an unimplemented
@@ -254,8 +265,8 @@ class Session:
             if msg.pty:
                 spec = shell_spec(msg, policy, line_mode=False)
                 return PtyRun(self.conn, msg.stream, spec, policy, msg.rows, msg.cols)
-            return LineRun(self.conn, msg.stream, shell_spec(msg, policy, line_mode=True),
-                           policy)
+            return line_run(self.conn, msg.stream, shell_spec(msg, policy, line_mode=True),
+                            policy)
 
         await self._start_process(msg.stream, "shell", make,
                                   {"argv": msg.argv, "pty": msg.pty})

@@ -22,7 +22,7 @@ import struct
 import sys
 from collections.abc import Callable
 
-from tether.errors import BadRequest, NoTerminal, SpawnFailed
+from tether.errors import BadRequest, NoTerminal
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
 from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, check_env
@@ -35,29 +35,33 @@ if sys.platform != "win32":
 MAX_LINE = 64 * 1024
 
 
-def _windows_refusal(line_mode: bool) -> None:
-    """A Windows server has no pseudo-terminal (ConPTY through pywinpty is untested, README) and
-    no line-mode shell yet (cmd.exe under Wine loses lines, so it is not built: README)."""
+def _windows_argv(line_mode: bool) -> list[str]:
+    """A Windows server has no pseudo-terminal (ConPTY through pywinpty does not work under Wine,
+    so it is not built: README); its line mode is cmd.exe (server/winshell.py): no AutoRun
+    (``/d``), echo off so no prompt (``/q``), a ``/k`` command so no banner."""
     if not line_mode:
         raise NoTerminal("the server cannot give a pseudo-terminal: a Windows server has no "
                          "PTY support")
-    raise SpawnFailed("a Windows server has no line-mode shell yet: use tether run")
+    if sys.platform == "win32":
+        from tether.server.winproc import comspec
+
+        return [comspec(), "/d", "/q", "/k", "rem"]
+    raise AssertionError("cmd.exe is Windows only")
 
 
 def shell_spec(req: Shell, policy: ExecPolicy, *, line_mode: bool) -> SpawnSpec:
     """What a shell request starts: a login shell, a shell command, or an argv."""
-    if sys.platform == "win32":
-        _windows_refusal(line_mode)
     check_env(req.env)
     if any("\0" in a for a in req.argv):
         raise BadRequest("NUL byte in command")
-    shell = login_shell()
-    if line_mode:
-        argv = [shell]
+    if sys.platform == "win32":
+        argv = _windows_argv(line_mode)
+    elif line_mode:
+        argv = [login_shell()]
     elif not req.argv:
-        argv = [shell, "-l"]
+        argv = [login_shell(), "-l"]
     elif len(req.argv) == 1:
-        argv = [shell, "-c", req.argv[0]]
+        argv = [login_shell(), "-c", req.argv[0]]
     else:
         argv = list(req.argv)
     env = {**os.environ, **req.env, "TERM": req.term or "dumb"}
@@ -139,13 +143,16 @@ class PtyRun(CommandRun):
             super().handle(msg)
 
 
-class _MarkerFilter:
-    """Strips ``\\n<token>[ status]\\n`` markers from one channel, across read boundaries."""
+class MarkerFilter:
+    """Strips ``<newline><token>[ status]<newline>`` markers from one channel, across read
+    boundaries (``\\n`` from a Unix shell, ``\\r\\n`` from cmd.exe)."""
 
-    def __init__(self, token: bytes, with_status: bool) -> None:
-        tail = rb" (-?\d{1,3})\n" if with_status else rb"\n"
-        self.pattern = re.compile(rb"\n" + re.escape(token) + tail)
-        self.keep = len(token) + 8  # longest marker prefix that may still be incomplete
+    def __init__(self, token: bytes, with_status: bool, newline: bytes = b"\n") -> None:
+        status = rb" (-?\d{1,10})" if with_status else b""
+        nl = re.escape(newline)
+        self.pattern = re.compile(nl + re.escape(token) + status + nl)
+        self.start = newline[:1]
+        self.keep = len(token) + 16  # longest marker prefix that may still be incomplete
         self.buffer = b""
 
     def feed(self, data: bytes) -> list[bytes | int]:
@@ -158,7 +165,7 @@ class _MarkerFilter:
             parts.append(int(match.group(1)) if match.groups() else 0)
             self.buffer = self.buffer[match.end():]
         # a marker starts at a newline: hold back from the last one that could begin it
-        newline = self.buffer.rfind(b"\n", max(0, len(self.buffer) - self.keep))
+        newline = self.buffer.rfind(self.start, max(0, len(self.buffer) - self.keep))
         cut = newline if newline >= 0 else len(self.buffer)
         if cut:
             parts.append(self.buffer[:cut])
@@ -178,7 +185,7 @@ class LineRun(CommandRun):
         super().__init__(conn, stream, spec, policy)
         token = secrets.token_hex(16).encode()
         self.token = token
-        self.filters = {1: _MarkerFilter(token, True), 2: _MarkerFilter(token, False)}
+        self.filters = {1: MarkerFilter(token, True), 2: MarkerFilter(token, False)}
         self.pending = b""
         self.sent = 0  # commands written to the shell
         self.seen: dict[int, list[int]] = {1: [], 2: []}  # statuses (or 0) per channel
