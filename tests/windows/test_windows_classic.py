@@ -41,6 +41,14 @@ def test_dir_of_chinese_names(server: WinServer) -> None:
     assert reply.decode("gbk").split() == ["文件.txt"]
 
 
+def test_stderr_only_output_is_the_reply_in_gbk(server: WinServer) -> None:
+    """As the tutorial's server answered: stdout if there is any, else stderr, as cmd.exe wrote
+    it (the console code page)."""
+    with classic.connect(server.classic_port) as sock:
+        reply = classic.command(sock, "echo 错误 1>&2")
+    assert reply == "错误 \r\n".encode("gbk")
+
+
 def test_no_output_gets_a_note_with_the_exit_status(server: WinServer) -> None:
     with classic.connect(server.classic_port) as sock:
         assert classic.command(sock, "exit 3") == b"tether: no output (exit status 3)\n"
@@ -72,3 +80,17 @@ def test_an_upload_under_a_device_name_is_refused(server: WinServer, tmp_path: P
     assert wait_until(lambda: "upload refused" in server.log_text(), 10)
     assert "CON is a device name" in server.log_text()
     assert sorted(p.name for p in server.root.iterdir()) == before
+
+
+def test_a_chinese_file_name_round_trips(server: WinServer, tmp_path: Path) -> None:
+    src = tmp_path / "报告.txt"
+    data = "第一行\r\n".encode("gbk") + os.urandom(1000)
+    src.write_bytes(data)
+    with classic.connect(server.classic_port) as sock:
+        classic.upload(sock, src)
+    assert _stored(server, "报告.txt", len(data)) == data
+    with classic.connect(server.classic_port) as sock:
+        assert classic.command(sock, "dir /b 报告.txt").decode("gbk").split() == ["报告.txt"]
+    with classic.connect(server.classic_port) as sock:
+        header, body = classic.download(sock, "报告.txt")
+    assert (header["filename"], body) == ("报告.txt", data)

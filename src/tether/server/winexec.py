@@ -18,9 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any
 
 from tether.errors import BadRequest
 from tether.server.exec import SIGNALS, CommandRun
@@ -38,13 +38,13 @@ SIGNAL_NUMBERS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "TERM": 15}
 class ThreadPipeReader:
     """The ``read`` of an asyncio reader over a pipe that a thread reads."""
 
-    def __init__(self, pipe: BinaryIO, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pipe: IO[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUED_CHUNKS)
         self._loop = loop
         threading.Thread(target=self._pump, args=(pipe,), daemon=True,
                          name="tether-pipe").start()
 
-    def _pump(self, pipe: BinaryIO) -> None:
+    def _pump(self, pipe: IO[bytes]) -> None:
         try:
             while True:
                 try:
@@ -68,7 +68,7 @@ class ThreadPipeReader:
 class ThreadPipeWriter:
     """The ``write``/``drain``/``close`` of an asyncio writer over a pipe, written off-loop."""
 
-    def __init__(self, pipe: BinaryIO) -> None:
+    def __init__(self, pipe: IO[bytes]) -> None:
         self.pipe = pipe
         self.pending: list[bytes] = []
 
@@ -139,7 +139,7 @@ class WinCommandRun(CommandRun):
         win = WinProcess(proc, job, loop)
         self.proc = win  # type: ignore[assignment]
         assert proc.stdout is not None and proc.stderr is not None
-        self.outputs = [(ThreadPipeReader(proc.stdout, loop), 1),  # type: ignore[list-item]
+        self.outputs = [(ThreadPipeReader(proc.stdout, loop), 1),
                         (ThreadPipeReader(proc.stderr, loop), 2)]
         if proc.stdin is not None:
             self.stdin = ThreadPipeWriter(proc.stdin)  # type: ignore[assignment]
@@ -179,7 +179,7 @@ class WinCommandRun(CommandRun):
 
 
 async def run_classic(command: str, cwd: Path, timeout: float, max_output: int,
-                      collect: Callable[[OutputPipe, int], Awaitable[tuple[bytes, bool]]]
+                      collect: Callable[[OutputPipe, int], Coroutine[Any, Any, tuple[bytes, bool]]]
                       ) -> tuple[int, bytes, bytes, bool, bool, float]:
     """The classic protocol's one command (server/classic.py's ``run_shell``) on Windows:
     cmd.exe in a job, output collected up to ``max_output``, the tree killed on timeout or

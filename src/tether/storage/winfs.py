@@ -293,7 +293,10 @@ def _walk(rel: str, fd: int) -> Iterator[tuple[str, list[str], list[str], int]]:
     files: list[str] = []
     with os.scandir(_dirs[fd]) as entries:
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not entry.is_junction():
+            # a reparse point (link, junction, mount point) is listed as a file, to be refused
+            # when opened; st_file_attributes rather than is_junction(), which is 3.12+
+            attrs = entry.stat(follow_symlinks=False).st_file_attributes
+            if entry.is_dir(follow_symlinks=False) and not attrs & FILE_ATTRIBUTE_REPARSE_POINT:
                 dirs.append(entry.name)
             else:
                 files.append(entry.name)
