@@ -60,10 +60,21 @@ def windows_path(path: Path | str) -> str:
     return "Z:" + str(Path(path).resolve()).replace("/", "\\")
 
 
+def has_locale() -> bool:
+    """Whether the C library has zh_CN.UTF-8, from which Wine takes the cp936 code pages."""
+    try:
+        names = subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+    return any(n.lower().replace("-", "") == "zh_cn.utf8" for n in names.split())
+
+
 def ready() -> str | None:
-    """None when Wine and the laid-out python are there; otherwise why not."""
+    """None when Wine, the Chinese locale and the laid-out python are there; otherwise why not."""
     if wine_program() is None:
         return "wine is not installed (.ci/run installs Debian's wine64)"
+    if not has_locale():
+        return f"no {LOCALE} locale (.ci/run generates it with localedef)"
     if not PYTHON_EXE.exists():
         return f"no Windows python at {PYTHON_EXE} (run: python tests/windows/winpy.py prepare)"
     return None
