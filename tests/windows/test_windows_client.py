@@ -1,7 +1,7 @@
 """The client on Windows (the Windows python under Wine) against a Linux ``tether serve``: ``run``
 (the full path: the fast path's select on pipes is Unix-only) with its exit status, ``put`` and
-``get`` and ``-r`` byte-identical; and the identity it makes, whose private key gets a DACL of its
-own (no Unix modes there)."""
+``get`` and ``-r`` byte-identical; ``shell`` in line mode (no terminal mode on Windows); and the
+identity it makes, whose private key gets a DACL of its own (no Unix modes there)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ def test_run_forwards_stdin(win: WinClient) -> None:
     done = win("run", "--accept-new", "-p", str(win.port), HOST, "--", "sha256sum", input=data)
     assert done.returncode == 0, done.stdout
     assert hashlib.sha256(data).hexdigest().encode() in done.stdout
+
+
+def test_shell_runs_in_line_mode(win: WinClient) -> None:
+    script = b"cd /tmp\nexport WORD=persisted\necho \"$WORD in $PWD\"\nfalse\nexit 3\n"
+    done = win("shell", "--accept-new", "-T", "-p", str(win.port), HOST, input=script)
+    assert b"persisted in /tmp\n" in done.stdout
+    assert b"line 4: 'false' exited with status 1" in done.stdout
+    assert done.returncode == 3, done.stdout
+
+
+def test_shell_with_a_command_says_to_use_run(win: WinClient) -> None:
+    done = win("shell", "--accept-new", "-p", str(win.port), HOST, "ls")
+    assert done.returncode != 0
+    assert done.stdout.strip().splitlines() == [
+        b"tether: a Windows client has no terminal mode, which a command needs: use tether run"]
 
 
 def test_put_and_get_trees_byte_identical(win: WinClient,

@@ -16,14 +16,16 @@ import os
 import queue
 import signal
 import sys
-import termios
 import threading
-import tty
 from collections.abc import Iterator
 
 from tether.cli.shared import confirm_on_tty, output_sinks
 from tether.client.api import Connection, ShellProcess, connect
-from tether.errors import ConnectionBroken, NoTerminal
+from tether.errors import BadRequest, ConnectionBroken, NoTerminal
+
+if sys.platform != "win32":  # a Windows client has line mode only (no termios there)
+    import termios
+    import tty
 
 STDIN_CHUNK = 64 * 1024
 
@@ -179,8 +181,6 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
                 print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
                 return await _line_session(conn)
         if command:
-            from tether.errors import BadRequest
-
             raise BadRequest("a command needs a terminal (stdin is not one): use tether run")
         return await _line_session(conn)
 
@@ -189,6 +189,13 @@ def shell_main(host: str, port: int, home: str | None, accept_new: bool, plainte
                command: list[str], force_lines: bool, keepalive: float = 0.0) -> int:
     """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
+    if sys.platform == "win32" and (terminal or command):
+        if command:
+            raise BadRequest("a Windows client has no terminal mode, which a command needs: "
+                             "use tether run")
+        print("tether: a Windows client has no terminal mode; line mode: each line is one "
+              "command", file=sys.stderr, flush=True)
+        terminal = False
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
                                   keepalive))
