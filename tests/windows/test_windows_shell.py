@@ -101,3 +101,19 @@ def test_a_line_the_code_page_cannot_carry_fails_alone(server: WinServer) -> Non
     assert "line 1:" in err and "exited with status 1" in err
     assert done.stdout == b"still here\r\n"
     assert done.returncode == 0
+
+
+def test_a_goto_to_a_missing_label_fails_alone(server: WinServer) -> None:
+    """cmd.exe's message on stderr and the shell goes on (Windows' cmd.exe says status 1,
+    Wine's 0: the status is not asserted)."""
+    done = _lines(server, "goto nowhere", "echo still here")
+    assert done.stdout == b"still here\r\n", done.stderr
+    assert "GOTO" in done.stderr.decode(GBK)
+
+
+def test_a_line_too_long_for_cmd_fails_alone(server: WinServer) -> None:
+    done = _lines(server, "echo " + "x" * 9000, "echo still here")
+    assert done.stdout == b"still here\r\n", done.stderr
+    err = done.stderr.decode(errors="replace")
+    assert "the line is longer than cmd.exe's 8191 characters" in err
+    assert "line 1:" in err and "exited with status 1" in err

@@ -17,8 +17,8 @@ persistent cmd.exe (``/d /q /k rem``: no AutoRun, echo off, no banner) runs with
 ``cd`` and ``set`` persist (no ``setlocal``); ``exit N`` ends the shell, whose ``exit`` then
 carries N. The line is a line of a batch file: ``%%i`` in ``for``, ``%VAR%`` expanded, as in a
 ``.cmd`` script (the Unix line mode is a shell script too). It is written in the console code
-page, which cmd.exe reads batch files in; a line that code page cannot carry becomes a line that
-says so on stderr and fails with status 1 (the shell goes on).
+page, which cmd.exe reads batch files in; a line that code page cannot carry, or longer than
+cmd.exe takes, becomes a line that says so on stderr and fails with status 1 (the shell goes on).
 
 The next line is written only once the previous one's markers arrived: cmd.exe under Wine reads
 a pipe by blocks and drops what follows the first line of a block, and a line written while
@@ -46,6 +46,12 @@ from tether.server import winproc  # noqa: E402  (Windows only, after the platfo
 from tether.server.winexec import WinCommandRun  # noqa: E402
 
 CRLF = b"\r\n"
+CMD_LINE_MAX = 8191  # characters in one cmd.exe line; longer ones are cut or refused by it
+
+
+def _failing(message: str) -> bytes:
+    """A batch line that writes ``tether: MESSAGE`` on stderr and fails with status 1."""
+    return b">&2 echo tether: " + message.encode("ascii") + b"&exit /b 1"
 
 
 def batch(token: bytes, line: bytes) -> bytes:
@@ -116,14 +122,18 @@ class WinLineRun(LineRun, WinCommandRun):
             CommandRun.close_stdin(self)
 
     def _in_code_page(self, line: bytes) -> bytes:
-        """The client's UTF-8 line in the code page cmd.exe reads batch files in; if it cannot
-        be, a line that says why on stderr and fails (never a line with characters replaced:
-        ``del 文?.txt`` must not become a wildcard)."""
+        """The client's UTF-8 line in the code page cmd.exe reads batch files in. A line that
+        cannot be becomes one that says why on stderr and fails: never a line with characters
+        replaced (``del 文?.txt`` must not become a wildcard), nor one cmd.exe would cut."""
         try:
-            return line.decode("utf-8").encode(self.code_page)
+            text = line.decode("utf-8")
+            encoded = text.encode(self.code_page)
         except UnicodeError:
-            return (b">&2 echo tether: the line has characters the server's code page (%s) "
-                    b"cannot carry&exit /b 1" % self.code_page.encode())
+            return _failing(f"the line has characters the server's code page ({self.code_page}) "
+                            f"cannot carry")
+        if len(text) > CMD_LINE_MAX:
+            return _failing(f"the line is longer than cmd.exe's {CMD_LINE_MAX} characters")
+        return encoded
 
     def _report(self) -> None:
         while self.reported < min(len(self.seen[1]), len(self.seen[2])):
