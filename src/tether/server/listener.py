@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 
-from tether import __version__
 from tether.errors import TetherError
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
@@ -30,6 +29,7 @@ from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.limits import Admission
 from tether.server.session import Session, SessionContext
 from tether.tls import server_context
+from tether.version import __version__
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 
