@@ -21,7 +21,7 @@ MODULES = {
 # Lower numbers are lower layers: a module may import its own layer and those below it.
 LAYERS = {
     "tether.errors": 0, "tether.version": 0, "tether.defaults": 0,
-    "tether.protocol": 1, "tether.malloc": 1, "tether.home": 1,
+    "tether.protocol": 1, "tether.malloc": 1, "tether.home": 1, "tether.winacl": 1,
     "tether.identity": 2,
     "tether.tls": 3, "tether.net": 3, "tether.storage": 3,
     "tether.inventory": 4, "tether.ansible_inventory": 4,
