@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHINESE_DIR, WinServer
 from support import wait_until
+
+from .winserver import CHINESE_DIR, WinServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "classic"))
 import classic_clients as classic

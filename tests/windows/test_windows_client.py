@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import winpy
 
-from conftest import HOST, START_TIMEOUT, _require_wine, linux_env, tether
 from support import ServeProcess, start_serve
+
+from . import winpy
+from .winserver import HOST, START_TIMEOUT, linux_env, require_wine, tether
 
 # Wine starts slowly on a loaded machine: the module's first test also waits for the server
 pytestmark = pytest.mark.timeout(400)
@@ -43,7 +44,7 @@ class WinClient:
 
 @pytest.fixture(scope="module")
 def linux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, Path]]:
-    _require_wine()
+    require_wine()
     base = tmp_path_factory.mktemp("winclient")
     client_home = base / "client"
     client_home.mkdir()

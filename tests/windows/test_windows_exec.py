@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 import tether
-from conftest import CHINESE_DIR, HOST, WinServer, linux_env
 from support import TETHER, wait_until
+
+from .winserver import CHINESE_DIR, HOST, WinServer, linux_env
 
 # Wine starts slowly on a loaded machine: the module's first test also waits for the server
 pytestmark = pytest.mark.timeout(400)

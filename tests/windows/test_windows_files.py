@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import tether
-from conftest import HOST, WinServer
+
+from .winserver import HOST, WinServer
 
 # Wine starts slowly on a loaded machine: the module's first test also waits for the server
 pytestmark = pytest.mark.timeout(400)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pexpect
 import pytest
 
-from conftest import CHINESE_DIR, HOST, WinServer, linux_env, tether
 from support import TETHER
+
+from .winserver import CHINESE_DIR, HOST, WinServer, linux_env, tether
 
 # Wine starts slowly on a loaded machine: the module's first test also waits for the server
 pytestmark = pytest.mark.timeout(400)
