@@ -5,6 +5,7 @@ quoting, exit codes (large and negative ones), stdin, and a timeout killing the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
@@ -178,3 +179,14 @@ def test_a_forwarded_term_kills_the_tree_and_reports_the_signal(server: WinServe
     assert client.returncode == 128 + signal.SIGTERM, err
     assert _tree_gone(token), "the grandchild survived a forwarded TERM"
 
+
+
+async def test_an_abandoned_stream_kills_the_whole_process_tree(server: WinServer) -> None:
+    """The client closes the stream and stays connected: the tree dies, the connection serves on."""
+    token = uuid.uuid4().hex[:12]
+    async with tether.connect(HOST, server.port, home=server.client_home, timeout=60) as conn:
+        async with conn.stream(["python.exe", "-c", TREE.format(token=token)]):
+            started = await asyncio.to_thread(wait_until, lambda: bool(_grandchildren(token)), 60)
+            assert started, "the grandchild never started"
+        assert await asyncio.to_thread(_tree_gone, token), "the grandchild survived the abandon"
+        assert (await conn.run("echo still here")).stdout == b"still here\r\n"
