@@ -14,7 +14,8 @@
     ├── AuthError                     someone's identity was not accepted
     │   ├── NotAuthorized             the server does not know our identity
     │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
-    │   └── HostChanged               the server's fingerprint differs from the pinned one
+    │   ├── HostChanged               the server's fingerprint differs from the pinned one
+    │   └── HostCertificateRefused    the server's host certificate is not valid for it
     ├── IdentityError                 our own key or certificate is missing or unreadable
     ├── UsageError                    the command line is wrong (the CLI exits 2)
     ├── ConfigError                   a setting or configuration file is wrong (the CLI exits 1)
@@ -95,6 +96,10 @@ class HostUnknown(AuthError):
 
 class HostChanged(AuthError):
     code = "host_changed"
+
+
+class HostCertificateRefused(AuthError):
+    code = "host_certificate"
 
 
 class IdentityError(TetherError):

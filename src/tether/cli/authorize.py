@@ -36,10 +36,11 @@ def shown(text: str) -> str:
         {c: f"\\x{c:02x}" for c in range(32)})
 
 
-def add(home: str | None, id_line: str, name: str | None, root: str | None, allow: str) -> None:
+def add(home: str | None, id_line: str, name: str | None, root: str | None, allow: str,
+        users: tuple[str, ...] = ()) -> None:
     der, line_name = parse_id_line(id_line)
     check_certificate(der)
-    client = AuthorizedClient(der, name or line_name, root, parse_permissions(allow))
+    client = AuthorizedClient(der, name or line_name, root, parse_permissions(allow), users)
     h = home_dir(home)
     changed = add_authorized(h, client)
     state = "authorized" if changed else "already authorized"
@@ -75,8 +76,12 @@ def show(home: str | None, as_json: bool) -> None:
 
 
 def _record(client: AuthorizedClient) -> dict[str, object]:
-    return {"name": client.name, "fingerprint": client.fingerprint, "root": client.root,
-            "permissions": [p for p in PERMISSIONS if p in client.permissions]}
+    record: dict[str, object] = {
+        "name": client.name, "fingerprint": client.fingerprint, "root": client.root,
+        "permissions": [p for p in PERMISSIONS if p in client.permissions]}
+    if client.users:  # the Unix accounts it may use (authorize --user)
+        record["users"] = list(client.users)
+    return record
 
 
 def revoke(home: str | None, who: str) -> None:

@@ -60,9 +60,10 @@ def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> b
 def one_host(host: str, home: str | None, port: int,
              keepalive: float = 0.0) -> tuple[str, int, float]:
     """For a command that reaches exactly one host (``tether shell``): an inventory name, or a
-    target meaning one host, becomes its address, port and keepalive interval (``keepalive``
-    from the command line if given, else the host's own, else 0: off); a target meaning
-    several is refused.
+    target meaning one host, becomes its address (``user@address`` when the target names an
+    account: ``tether.connect`` reads it), port and keepalive interval (``keepalive`` from the
+    command line if given, else the host's own, else 0: off); a target meaning several is
+    refused.
     """
     from tether.errors import BadRequest
     from tether.inventory import is_multi, load, names_inventory_host, resolve
@@ -73,7 +74,8 @@ def one_host(host: str, home: str | None, port: int,
     if len(targets) != 1:
         raise BadRequest(f"{host} means {len(targets)} hosts; this command reaches one")
     (target,) = targets
-    return target.address, target.port, keepalive or target.keepalive or 0.0
+    address = f"{target.user}@{target.address}" if target.user else target.address
+    return address, target.port, keepalive or target.keepalive or 0.0
 
 
 # --- output -------------------------------------------------------------------------------------

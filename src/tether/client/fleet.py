@@ -326,7 +326,7 @@ class Fleet:
         conn = self._conns.get(target.name)
         if conn is None or conn._failure is not None:
             conn = await connect(target.address, target.port, options=self.options,
-                                 keepalive=target.keepalive or None)
+                                 keepalive=target.keepalive or None, user=target.user)
             self._conns[target.name] = conn
         return conn
 

@@ -71,6 +71,10 @@ class Hello(Message):
     CONNECTION = True
     versions: list[int]
     software: str = ""
+    user: str = ""  # the Unix account asked for (user@host); "" for the server's choice
+
+    def to_header(self) -> "dict[str, Any]":
+        return _without_empty_user(super().to_header())
 
 
 class Welcome(Message):
@@ -87,6 +91,18 @@ class Welcome(Message):
     client_fingerprint: str = ""
     client_name: str = ""
     permissions: list[str] = field(default_factory=list)
+    user: str = ""  # the Unix account this session runs as, when one was mapped
+
+    def to_header(self) -> "dict[str, Any]":
+        return _without_empty_user(super().to_header())
+
+
+def _without_empty_user(header: "dict[str, Any]") -> "dict[str, Any]":
+    """``user`` is sent only when set: a hello or welcome without it is byte for byte what it
+    was before accounts existed."""
+    if not header.get("user"):
+        header.pop("user", None)
+    return header
 
 
 class Error(Message):
