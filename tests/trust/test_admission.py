@@ -4,6 +4,8 @@ the client, the reason in the audit log), revocation and reloads without a resta
 from __future__ import annotations
 
 import datetime
+import os
+import pwd
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +30,7 @@ def test_servers_trusting_one_ca_admit_a_newly_signed_user_without_authorize(lab
     assert events[-1]["serial"] == f"{serial:x}"
     assert events[-1]["principals"] == ["dev"]
     assert events[-1]["name"] == "alice"
+    assert events[-1]["user"] == pwd.getpwuid(os.geteuid()).pw_name  # the server's own
 
 
 def test_authorized_entries_keep_working_beside_the_ca(lab: Lab) -> None:
@@ -129,6 +132,8 @@ def test_a_revoked_certificate_is_refused_on_the_next_connection(lab: Lab) -> No
     serial = re.search(r"serial ([0-9a-f]+)", revoked)
     assert serial is not None
     _assert_refused(lab, carol, server, f"certificate serial {serial.group(1)} is revoked")
+    refusal = [e for e in audit_events(server.home / "audit.log") if e["event"] == "refused"]
+    assert refusal[-1]["fingerprint"] == fp
     assert server.alive()
 
 

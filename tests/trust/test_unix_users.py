@@ -105,6 +105,32 @@ def test_put_files_are_builds_and_a_root_only_file_stays_unread(
     assert listing.returncode != 0
 
 
+def test_a_put_tree_is_builds_throughout(lab: Lab, accounts: list[pwd.struct_passwd],
+                                          open_dir: Path) -> None:
+    """A recursive put (small files go in batches) makes directories and files as build."""
+    build = accounts[0]
+    server = lab.server("s", principals=f"dev user={build.pw_name}\n")
+    alice = lab.client("alice", ("dev",))
+    tree = open_dir / "tree"
+    for rel in ("a/b/one.txt", "a/two.txt", "three.bin"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(rel.encode() * 100)
+    put = tether("put", "-r", "-p", str(server.port), "--accept-new", str(tree),
+                 f"{build.pw_name}@127.0.0.1:dest", home=alice)
+    assert put.returncode == 0, put.stderr
+    dest = Path(build.pw_dir) / "dest"
+    made = [dest, *dest.rglob("*")]
+    assert sorted(p.relative_to(dest).as_posix() for p in made if p.is_file()) == [
+        "a/b/one.txt", "a/two.txt", "three.bin"]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(build.pw_uid, build.pw_gid)}
+    assert (dest / "a/b/one.txt").read_bytes() == b"a/b/one.txt" * 100
+    outside = tether("put", "-p", str(server.port), str(tree / "three.bin"),
+                     f"{build.pw_name}@127.0.0.1:/etc/tether-planted", home=alice)
+    assert outside.returncode == 1
+    assert "permission denied" in one_line(outside).lower()  # root could have written it
+    assert not Path("/etc/tether-planted").exists()
+
+
 def test_a_shell_runs_as_the_account(lab: Lab, accounts: list[pwd.struct_passwd]) -> None:
     build = accounts[0]
     server = lab.server("s", principals=f"dev user={build.pw_name}\n")

@@ -33,7 +33,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, AuthorizedClient
+from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -65,7 +65,7 @@ from tether.server.limits import Admission, Limits
 from tether.server.privsep import SharedCounts, Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
-from tether.server.trust import Trust
+from tether.server.trust import Trust, own_account
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
 
@@ -150,7 +150,7 @@ class Session:
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
             log.warning("refused %s: %s", address, exc)
-            audit.event("refused", address=address, reason=str(exc))
+            audit.event("refused", address=address, reason=str(exc), **self._presented())
             await self.conn.fail(exc)
         except TimeoutError:
             log.warning("refused %s: no hello within the handshake timeout", address)
@@ -169,6 +169,11 @@ class Session:
             if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
+
+    def _presented(self) -> dict[str, str]:
+        """The fingerprint of the certificate a refused client presented, for the audit log."""
+        cert = None if self.context.plaintext else self.conn.peer_cert
+        return {"fingerprint": fingerprint(cert)} if cert else {}
 
     def _admit(self, peer: Peer) -> None:
         """Count the connection per identity and per Unix account, or refuse it (Busy)."""
@@ -544,10 +549,10 @@ _VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
 
 
 def _identity_fields(peer: Peer) -> dict[str, Any]:
-    """What the audit log records of a certificate and account, when there is one."""
+    """What the audit log records of a session's certificate (when CA-signed) and the Unix
+    account its work runs as (the server's own when it was not mapped)."""
     fields: dict[str, Any] = {}
     if peer.serial is not None:
         fields.update(serial=peer.serial, principals=list(peer.principals))
-    if peer.user is not None:
-        fields["user"] = peer.user
+    fields["user"] = peer.user or own_account()
     return fields
