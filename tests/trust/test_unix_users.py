@@ -237,6 +237,33 @@ def test_processes_are_limited_per_account_across_identities(
     assert (again.returncode, again.stdout) == (0, b"free\n"), again.stderr
 
 
+def test_connections_are_limited_per_account_across_identities(
+        lab: Lab, accounts: list[pwd.struct_passwd]) -> None:
+    build, other = accounts
+    server = lab.server("s", "--max-connections-per-client", "1",
+                        principals=f"dev user={build.pw_name},{other.pw_name}\n")
+    alice, bob = lab.client("alice", ("dev",)), lab.client("bob", ("dev",))
+    started = Path(build.pw_dir) / "started"
+    first = subprocess.Popen(
+        [*TETHER, "run", "-p", str(server.port), "--accept-new", f"{build.pw_name}@127.0.0.1",
+         "--", f"touch {started}; sleep 30"], env=env_for(alice), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_until(started.exists, timeout=30)
+        second = lab.run(bob, server, "true", host=f"{build.pw_name}@127.0.0.1",
+                         opts=("--accept-new",))
+        assert second.returncode == 1  # busy: the exit policy's server-refused-for-now
+        assert f"too many connections for the account {build.pw_name}" in one_line(second)
+        assert refused_in_audit(server, "too many connections for the account")
+        elsewhere = lab.run(bob, server, "id", "-un", host=f"{other.pw_name}@127.0.0.1")
+        assert (elsewhere.returncode, elsewhere.stdout) == (0, f"{other.pw_name}\n".encode())
+    finally:
+        stop_process(first)
+    # the first connection gone, the account is free again
+    assert wait_until(lambda: lab.run(bob, server, "true", host=f"{build.pw_name}@127.0.0.1"
+                                      ).returncode == 0, timeout=15)
+
+
 def test_stopping_the_server_ends_the_workers_and_their_commands(
         lab: Lab, accounts: list[pwd.struct_passwd], open_dir: Path) -> None:
     build = accounts[0]
