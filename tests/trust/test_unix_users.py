@@ -252,7 +252,7 @@ def test_connections_are_limited_per_account_across_identities(
         assert wait_until(started.exists, timeout=30)
         second = lab.run(bob, server, "true", host=f"{build.pw_name}@127.0.0.1",
                          opts=("--accept-new",))
-        assert second.returncode == 1  # busy: the exit policy's server-refused-for-now
+        assert second.returncode == 1  # Busy is a RemoteError: refused, the connection was fine
         assert f"too many connections for the account {build.pw_name}" in one_line(second)
         assert refused_in_audit(server, "too many connections for the account")
         elsewhere = lab.run(bob, server, "id", "-un", host=f"{other.pw_name}@127.0.0.1")
