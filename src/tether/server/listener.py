@@ -18,7 +18,6 @@ import socket
 import ssl
 from pathlib import Path
 
-from tether import __version__
 from tether.errors import TetherError
 from tether.home import signed_cert_file
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
@@ -34,6 +33,7 @@ from tether.server.privsep import SharedCounts
 from tether.server.session import Session, SessionContext
 from tether.server.trust import Trust
 from tether.tls import server_context
+from tether.version import __version__
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from tether import __version__
 from tether.errors import (
     BadRequest,
     Busy,
@@ -68,6 +67,7 @@ from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.server.trust import Trust, own_account
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
+from tether.version import __version__
 
 log = logging.getLogger("tether.server")
 
