@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tether.client.core import REFUSALS, ClientCore, ExitInfo
+from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -40,7 +40,7 @@ from tether.client.process import (
 from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import translated
+from tether.net.translate import connecting
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
@@ -255,11 +255,13 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
     """Connect, pin, hello/welcome: the asyncio driver's I/O around the core's decisions."""
     from tether.tls import client_context
 
+    if options.plaintext:
+        check_plaintext(host)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
     ctx = None if identity is None else client_context(identity)
     loop = asyncio.get_running_loop()
-    with translated():
+    with connecting(host, options.port):
         _, link = await asyncio.wait_for(
             loop.create_connection(
                 lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,

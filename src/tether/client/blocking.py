@@ -21,7 +21,7 @@ import time
 from tether.client.core import REFUSALS, ClientCore
 from tether.errors import ConnectionBroken, RemoteProtocolError, TetherError
 from tether.home import fingerprint
-from tether.net.translate import translate
+from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA
 from tether.protocol.connection import Connection as ProtocolState
 from tether.protocol.messages import Data, Error, Message, Ping, Pong, Role, Welcome
@@ -283,16 +283,20 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
     ``context`` is the client's TLS context (:func:`tether.tls.client_context_files`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
     """
+    if context is None:
+        from tether.client.core import check_plaintext
+
+        check_plaintext(host)
     try:
         sock = _tcp(host, port, timeout)
     except OSError as exc:
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         sock.settimeout(timeout)
         conn = BlockingClient(sock) if context is None else _tls(sock, context)
     except OSError as exc:  # ssl.SSLError included
         sock.close()
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         core = conn.core
         if conn.tls is not None:
