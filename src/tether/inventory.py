@@ -251,6 +251,18 @@ def is_multi(spec: str) -> bool:
     return "," in spec or spec.startswith("@")
 
 
+def is_address(spec: str) -> bool:
+    """Whether ``spec`` is an IP address literal (``[v6]`` too): a host no inventory names."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(spec[1:-1] if spec.startswith("[") and spec.endswith("]")
+                             else spec)
+    except ValueError:
+        return False
+    return True
+
+
 def names_inventory_host(spec: str, home: str | os.PathLike[str] | None = None) -> bool:
     """Whether ``spec`` is a name in the inventory (costs nothing when there is no file)."""
     if not NAME_RE.match(spec):
@@ -305,6 +317,7 @@ __all__ = [
     "InventoryError",
     "Target",
     "add_host",
+    "is_address",
     "dump",
     "is_multi",
     "load",

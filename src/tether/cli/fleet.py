@@ -65,15 +65,31 @@ def one_host(host: str, home: str | None, port: int,
     several is refused.
     """
     from tether.errors import BadRequest
-    from tether.inventory import is_multi, load, names_inventory_host, resolve
+    from tether.inventory import is_multi, load, resolve
 
-    if not (is_multi(host) or names_inventory_host(host, home)):
+    if not (is_multi(host) or _names_inventory_host(host, home)):
         return host, port, keepalive
     targets = resolve(host, load(home), port)
     if len(targets) != 1:
         raise BadRequest(f"{host} means {len(targets)} hosts; this command reaches one")
     (target,) = targets
     return target.address, target.port, keepalive or target.keepalive or 0.0
+
+
+def _names_inventory_host(host: str, home: str | None) -> bool:
+    """Whether HOST is an inventory name. A broken hosts.toml does not stop a plain IP
+    address, which needs no inventory: it is warned about (once: this is asked once per
+    command) and the address is used."""
+    from tether.inventory import InventoryError, is_address, names_inventory_host
+
+    try:
+        return names_inventory_host(host, home)
+    except InventoryError as exc:
+        if not is_address(host):
+            raise
+        click.echo(f"tether: warning: {exc} (not needed for the address {host}: "
+                   f"connecting to it)", err=True)
+        return False
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ HOME = Option(("--home",), "home", envvar="TETHER_HOME", directory=True,
 PORT = Option(("-p", "--port"), "port", type=int, default=DEFAULT_PORT, show_default=True,
               minimum=1, maximum=65535, metavar="PORT",
               help="The server's TCP port, 1-65535 (an inventory host has its own).")
+LISTEN_PORT = Option(("-p", "--port"), "port", type=int, default=DEFAULT_PORT,
+                     show_default=True, minimum=0, maximum=65535, metavar="PORT",
+                     help="The TCP port to listen on (0: any free port, printed at start).")
 ACCEPT_NEW = Option(("--accept-new",), "accept_new", FLAG,
                     help="Trust and pin an unknown server's identity.")
 PLAINTEXT = Option(("--plaintext",), "plaintext", FLAG,
@@ -156,12 +159,11 @@ def split_host_command(args: Sequence[str], kind_of: Callable[[str], str | None]
         arg = args[i]
         if arg == "--":
             i += 1
-            if host is not None:
+            if host is not None or i >= len(args):
                 break
-            if i < len(args):  # `run -- HOST ...`: the word after -- is the host
-                host = args[i]
-                i += 1
-            break
+            host = args[i]  # `run -- HOST ...`: the word after -- is the host
+            i += 1
+            continue
         if not is_option(arg):
             if host is not None:
                 break
@@ -313,6 +315,6 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "RUN_OPTIONS", "Option", "click_options",
+__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "LISTEN_PORT", "PORT", "RUN_OPTIONS", "Option", "click_options",
            "fast_parse", "host_command_class", "identity_name", "run_options",
            "split_host_command"]

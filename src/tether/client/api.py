@@ -297,8 +297,34 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
     return Connection(framed, info, core)
 
 
+def _inventory_target(host: str, options: ConnectOptions, port_given: bool
+                      ) -> tuple[str, ConnectOptions]:
+    """An inventory name (``hosts.toml`` in the home) becomes its address, with its port unless
+    the caller gave one and its keepalive unless the caller gave one, as the CLI and
+    :func:`tether.connect_many` resolve names; anything else is returned as it is."""
+    from tether.inventory import InventoryError, is_address, load, names_inventory_host
+
+    try:
+        if not names_inventory_host(host, options.home):
+            return host, options
+    except InventoryError:
+        if is_address(host):  # an address needs no inventory (the CLI warns about it)
+            return host, options
+        raise
+    target = load(options.home).hosts[host].target()
+    changes: dict[str, Any] = {}
+    if not port_given:
+        changes["port"] = target.port
+    if options.keepalive is None and target.keepalive:
+        changes["keepalive"] = target.keepalive
+    return target.address, options.with_(**changes)
+
+
 class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
+
+    ``host`` is an address, a DNS name, or a name in the inventory (``tether hosts``), which
+    connects to that host's address and port (a ``port`` given here wins), like the CLI.
 
     The options are a :class:`~tether.client.options.ConnectOptions` (``options=``) or its
     fields as keywords (a keyword given wins over ``options``). ``keepalive`` (seconds, like
@@ -325,13 +351,19 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
                                   keepalive=keepalive)
+        self._port_given = port is not None or (options is not None
+                                                and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
 
+    async def _connect(self) -> Connection:
+        host, options = _inventory_target(self.host, self.options, self._port_given)
+        return await _open(host, options)
+
     def __await__(self) -> Any:
-        return _open(self.host, self.options).__await__()
+        return self._connect().__await__()
 
     async def __aenter__(self) -> Connection:
-        self._conn = await _open(self.host, self.options)
+        self._conn = await self._connect()
         return self._conn
 
     async def __aexit__(
