@@ -230,20 +230,57 @@ def _finish(results: FleetResult, as_json: bool) -> int:
     return exit_status(results)
 
 
-def _main(work: Callable[[], Any]) -> int:
-    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy."""
+class Finished:
+    """Which hosts have finished, as they finish: what Ctrl-C reports (the fleet's own results
+    are lost with the interrupted run)."""
+
+    def __init__(self) -> None:
+        self.targets: list[Target] = []
+        self.results: list[HostResult] = []
+
+    def watch(self, on_done: Callable[[HostResult], None] | None
+              ) -> Callable[[HostResult], None]:
+        """``on_done`` that also records each finished host."""
+        def done(result: HostResult) -> None:
+            self.results.append(result)
+            if on_done is not None:
+                on_done(result)
+        return done
+
+    def report(self) -> None:
+        """After Ctrl-C, on stderr: the finished hosts' summary, then one line naming the hosts
+        that did not finish (their commands are killed as their connections close)."""
+        from tether.client.fleet import FleetResult
+
+        order = {t.name: i for i, t in enumerate(self.targets)}
+        done = sorted(self.results, key=lambda r: order.get(r.name, len(order)))
+        if done:
+            print_summary(FleetResult(done))
+        names = {r.name for r in done}
+        unfinished = [t.name for t in self.targets if t.name not in names]
+        shown = ", ".join(unfinished[:20]) + (f" and {len(unfinished) - 20} more"
+                                               if len(unfinished) > 20 else "")
+        click.echo(f"tether: interrupted: {len(done)} of {len(self.targets)} hosts finished"
+                   + (f"; not finished: {shown}" if unfinished else ""), err=True)
+
+
+def _main(work: Callable[[], Any], finished: Finished) -> int:
+    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy;
+    Ctrl-C reports which hosts finished, then exits 130 (the policy's)."""
     import asyncio
 
     try:
         return int(asyncio.run(work()))
     except KeyboardInterrupt:
-        click.echo("tether: interrupted", err=True)
+        finished.report()
         raise
 
 
 def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
     """``tether run TARGET -- COMMAND`` over every host the target means."""
     from tether.errors import BadRequest
+
+    finished = Finished()
 
     async def work() -> int:
         if not opts.command or not any(a.strip() for a in opts.command):
@@ -252,18 +289,19 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
         cmd: str | list[str] = opts.command[0] if len(opts.command) == 1 else opts.command
         async with _fleet(opts.host, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            finished.targets = fleet.targets
             streaming = not (fopts.group_output or fopts.json)
             prefixer = Prefixer(fleet.targets) if streaming else None
             results = await fleet.run(
                 cmd, cwd=opts.cwd, env=opts.env, remote_timeout=opts.timeout,
                 on_output=prefixer.output if prefixer else None,
-                on_done=prefixer.done if prefixer else (
-                    print_grouped if fopts.group_output and not fopts.json else None),
+                on_done=finished.watch(prefixer.done if prefixer else (
+                    print_grouped if fopts.group_output and not fopts.json else None)),
                 capture=not streaming,
             )
         return _finish(results, fopts.json)
 
-    return _main(work)
+    return _main(work, finished)
 
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
@@ -283,6 +321,7 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
 
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
                          keepalive=opts.keepalive)
+    finished = Finished()
 
     async def work() -> int:
         if opts.progress:
@@ -290,14 +329,15 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
                              "summary reports each one (--json for files and bytes)")
         async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            finished.targets = fleet.targets
             prefixer = Prefixer(fleet.targets)
             kw: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume,
-                                      on_done=lambda r: note_resumed(prefixer, r))
+                                      on_done=finished.watch(lambda r: note_resumed(prefixer, r)))
             if upload:
                 results = await fleet.put(sources, dest, **kw)
             else:
                 results = await fleet.get(sources, dest, **kw)
         return _finish(results, opts.json)
 
-    return _main(work)
+    return _main(work, finished)

@@ -315,6 +315,6 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "LISTEN_PORT", "PORT", "RUN_OPTIONS", "Option", "click_options",
-           "fast_parse", "host_command_class", "identity_name", "run_options",
+__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "LISTEN_PORT", "PORT", "RUN_OPTIONS", "Option",
+           "click_options", "fast_parse", "host_command_class", "identity_name", "run_options",
            "split_host_command"]

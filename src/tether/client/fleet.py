@@ -103,7 +103,7 @@ class HostResult:
             "duration": round(self.duration, 6),
         }
         if self.transfer is not None:
-            out.update(files=sum(1 for f in self.transfer.files if f.kind == "file"),
+            out.update(files=self.transfer.file_count,
                        bytes=self.transfer.bytes,
                        resumed=[{"path": path, "at": at} for path, at in self.resumed])
         else:

@@ -27,6 +27,7 @@ from tether.client.transfer_base import (
     StreamOpener,
     TransferResult,
     _expect,
+    _NoProgress,
 )
 from tether.errors import (
     AlreadyExists,
@@ -91,13 +92,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     if len(sources) > 1 and not remote.endswith("/"):
         remote += "/"  # several sources: the destination must be a directory
     plans = [_plan_source(src, recursive) for src in sources]
+    shown = not isinstance(opts.progress, _NoProgress)
+    if shown:  # a progress display needs the totals for its ETA: count the trees first
+        plans = [_counted(src, plan) for src, plan in zip(sources, plans, strict=True)]
     totals = [sum(p[0] for p in plans), sum(p[1] for p in plans)]
-    opts.progress.total(*totals)  # files now; each tree's files once its walk has found them
+    opts.progress.total(*totals)
 
     def walked(files: int, size: int) -> None:
-        totals[0] += files
-        totals[1] += size
-        opts.progress.total(*totals)
+        if not shown:  # without a display nobody asks; with one, the count came first
+            totals[0] += files
+            totals[1] += size
+            opts.progress.total(*totals)
 
     for src, (_files, _size, is_tree) in zip(sources, plans, strict=True):
         if is_tree:
@@ -107,6 +112,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
                                                                 opts), src, opts))
     result.seconds = time.monotonic() - started
     return result
+
+
+def _counted(src: Path, plan: tuple[int, int, bool]) -> tuple[int, int, bool]:
+    """A tree's plan with its files and bytes counted (one walk before the sending one)."""
+    if not plan[2]:
+        return plan
+    files = size = 0
+    for entry in _walk_tree(src):
+        if stat.S_ISREG(entry.st.st_mode):
+            files, size = files + 1, size + entry.st.st_size
+    return files, size, True
 
 
 def _plan_source(src: Path, recursive: bool) -> tuple[int, int, bool]:
@@ -439,6 +455,9 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
         top = local / check_name(posixpath.basename(remote.rstrip("/")) or "root")
     else:
         top = local
+    if top.is_symlink() or (top.exists() and not top.is_dir()):
+        raise AlreadyExists(f"{top} exists and is not a directory: the tree {remote} needs "
+                            f"a directory (give an existing directory or a new name)")
     top.mkdir(exist_ok=True)
     root_fd = _open_local_dir(top)
     files = [e for e in entries if e.kind == "file"]
