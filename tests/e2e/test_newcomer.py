@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 import tether
-from support import TETHER, LISTENING, ServeProcess, await_line, stop_process, wait_until
+from support import LISTENING, TETHER, ServeProcess, await_line, stop_process, wait_until
 from tether.errors import ConnectionBroken, ConnectionRefused, UsageError
 from tether.identity import load_identity, short_fingerprint
 
@@ -95,7 +96,7 @@ async def test_api_connect_resolves_an_inventory_name(client: Client, tmp_path: 
                       f'[hosts.build1]\naddress = "{HOST}"\nport = {client.port}\n')
     async with tether.connect("build1", home=home) as conn:
         assert (await conn.run("echo named")).stdout == b"named\n"
-    with pytest.raises(ConnectionRefused, match="127.0.0.1 port 1:"):  # a port given wins
+    with pytest.raises(ConnectionRefused, match=r"127\.0\.0\.1 port 1:"):  # a port given wins
         await tether.connect("build1", 1, home=home)
 
 
@@ -103,7 +104,7 @@ async def test_api_connect_resolves_an_inventory_name(client: Client, tmp_path: 
 
 
 @pytest.fixture
-def unprivileged_server(tmp_path: Path) -> ServeProcess:
+def unprivileged_server(tmp_path: Path) -> Iterator[ServeProcess]:
     """A plaintext server without CAP_DAC_OVERRIDE, so a directory's mode binds it as it binds
     any account (the tests run as root, which would enter any directory)."""
     root = tmp_path / "uroot"
@@ -209,7 +210,7 @@ def test_ctrl_c_during_a_get_keeps_the_partial(client: Client, tmp_path: Path) -
         try:
             assert wait_until(lambda: part.exists() and part.stat().st_size > 0, 30)
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
+            _, err = proc.communicate(timeout=30)
         finally:
             stop_process(proc)
         assert proc.returncode == 130
