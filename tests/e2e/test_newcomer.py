@@ -165,6 +165,29 @@ def test_json_is_printed_when_a_transfer_fails(client: Client, tmp_path: Path,
     assert done.stderr.count(b"\n") == 1
 
 
+def test_refused_tree_put_leaves_no_directories(client: Client, tmp_path: Path) -> None:
+    """A put -r into an existing tree that meets an existing file is refused before anything is
+    written: the new directories the tree holds are not made, the existing file is untouched."""
+    tree = tmp_path / "rtree"
+    (tree / "a" / "new-dir" / "deeper").mkdir(parents=True)
+    (tree / "a" / "new-dir" / "deeper" / "f").write_text("f")
+    (tree / "a" / "taken.txt").write_text("mine")
+    there = client.server.root / "refused-put"
+    (there / "rtree" / "a").mkdir(parents=True, exist_ok=True)
+    (there / "rtree" / "a" / "taken.txt").write_text("theirs")
+    done = _cli(client, "put", "-p", str(client.port), "-r", str(tree), f"{HOST}:refused-put")
+    assert done.returncode == 1
+    assert done.stderr.count(b"\n") == 1
+    assert b"rtree/a/taken.txt exists" in done.stderr and b"nothing was written" in done.stderr
+    assert not (there / "rtree" / "a" / "new-dir").exists()
+    assert (there / "rtree" / "a" / "taken.txt").read_text() == "theirs"
+    forced = _cli(client, "put", "-p", str(client.port), "-r", "--force", str(tree),
+                  f"{HOST}:refused-put")
+    assert forced.returncode == 0, forced.stderr
+    assert (there / "rtree" / "a" / "new-dir" / "deeper" / "f").read_text() == "f"
+    assert (there / "rtree" / "a" / "taken.txt").read_text() == "mine"
+
+
 def test_json_files_is_a_count_and_entries_the_list(client: Client, tmp_path: Path) -> None:
     tree = tmp_path / "jtree"
     (tree / "sub").mkdir(parents=True)
