@@ -8,6 +8,7 @@
     │   └── RemoteProtocolError       the peer sent something the protocol forbids
     ├── VersionMismatch               no protocol version in common
     ├── ConnectionFailed              the connection could not be made or did not survive
+    │   ├── ConnectionRefused         the host answered that nothing listens there (never reached)
     │   ├── ConnectionClosed          we closed it, and then tried to use it
     │   ├── ConnectionBroken          the peer or the network ended it
     │   └── ServerShuttingDown        the server said it is stopping
@@ -68,6 +69,11 @@ class VersionMismatch(TetherError):
 
 class ConnectionFailed(TetherError):
     code = "connection"
+
+
+class ConnectionRefused(ConnectionFailed):
+    """The server's host was reached but refused the TCP connection: no tether server listens
+    on that port. The connection never existed (as opposed to :class:`ConnectionBroken`)."""
 
 
 class ConnectionClosed(ConnectionFailed):

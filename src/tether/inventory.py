@@ -270,6 +270,18 @@ def split_user(spec: str) -> tuple[str, str]:
     return "", spec
 
 
+def is_address(spec: str) -> bool:
+    """Whether ``spec`` is an IP address literal (``[v6]`` too): a host no inventory names."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(spec[1:-1] if spec.startswith("[") and spec.endswith("]")
+                             else spec)
+    except ValueError:
+        return False
+    return True
+
+
 def names_inventory_host(spec: str, home: str | os.PathLike[str] | None = None) -> bool:
     """Whether ``spec`` (perhaps ``user@NAME``) is a name in the inventory (costs nothing when
     there is no file)."""
@@ -333,6 +345,7 @@ __all__ = [
     "Target",
     "add_host",
     "dump",
+    "is_address",
     "is_multi",
     "load",
     "names_inventory_host",

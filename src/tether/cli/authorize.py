@@ -45,6 +45,13 @@ def add(home: str | None, id_line: str, name: str | None, root: str | None, allo
     changed = add_authorized(h, client)
     state = "authorized" if changed else "already authorized"
     click.echo(f"{state}: {shown(client.name)} {fingerprint(der)} in {authorized_path(h)}")
+    namesakes = [c for c in load_authorized(h).values()
+                 if c.name == client.name and c.fingerprint != client.fingerprint]
+    if namesakes:  # `user@hostname` from two machines with one host name
+        others = ", ".join(short_fingerprint(c.fingerprint) for c in namesakes)
+        click.echo(f"note: another authorized client is also named {shown(client.name)} "
+                   f"({others}); the log and --list tell them apart by fingerprint, "
+                   f"--name gives this one its own name", err=True)
     if root is None and {"put", "get"} & client.permissions:
         click.echo("note: without --root, put and get reach every file this server's account "
                    "can, so they can amount to exec (e.g. by writing ~/.bashrc)", err=True)

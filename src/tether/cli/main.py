@@ -24,6 +24,7 @@ from tether.cli.options import (
     PORT,
     RUN_OPTIONS,
     click_options,
+    host_command_class,
     identity_name,
     run_options,
 )
@@ -202,7 +203,7 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
 keepalive_option = click_options([KEEPALIVE])
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(cls=host_command_class(), context_settings={"allow_interspersed_args": False})
 @click_options(RUN_OPTIONS)
 @fleet_options(run=True)
 @click.argument("host")
@@ -213,7 +214,8 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 
     stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
     the remote one (128+N when killed by signal N, 124 on --timeout, 255 if the connection or
-    authentication failed). Options go before HOST: everything after HOST is the command.
+    authentication failed). Options may go before HOST or between HOST and the command, as
+    with ssh: the command starts at -- or at the first word that is not an option.
 
     HOST may also name several hosts: an inventory name, a,b,c, @group or @all (see `tether
     hosts`). Then each output line is prefixed with its host, a summary goes to stderr, stdin

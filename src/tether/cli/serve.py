@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tether.cli.options import HOME, PORT, click_options, identity_name
+from tether.cli.options import HOME, LISTEN_PORT, click_options, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def limit_options(func: Any) -> Any:
 @click_options([HOME])
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
-@click_options([PORT])
+@click_options([LISTEN_PORT])
 @click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Directory that relative paths resolve against [default: your home].")
 @click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tether.client.core import REFUSALS, ClientCore, ExitInfo
+from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -41,7 +41,7 @@ from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, 
 from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import translated
+from tether.net.translate import connecting
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
@@ -260,12 +260,14 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
     from tether.hosttrust import client_context, refused_in_handshake
     from tether.tls import HOST_CERT_SNI
 
+    if options.plaintext:
+        check_plaintext(host)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
     ctx, by_ca = (None, False) if identity is None else client_context(
         home, host, options.port, identity.cert_path, identity.key_path)
     loop = asyncio.get_running_loop()
-    with translated():
+    with connecting(host, options.port):
         try:
             _, link = await asyncio.wait_for(
                 loop.create_connection(
@@ -306,8 +308,34 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
     return Connection(framed, info, core)
 
 
+def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user: str
+                      ) -> tuple[str, ConnectOptions, str]:
+    """An inventory name (``hosts.toml`` in the home) becomes its address, with its port, its
+    keepalive and its account unless the caller gave them, as the CLI and
+    :func:`tether.connect_many` resolve names; anything else is returned as it is."""
+    from tether.inventory import InventoryError, is_address, load, names_inventory_host
+
+    try:
+        if not names_inventory_host(host, options.home):
+            return host, options, user
+    except InventoryError:
+        if is_address(host):  # an address needs no inventory (the CLI warns about it)
+            return host, options, user
+        raise
+    target = load(options.home).hosts[host].target()
+    changes: dict[str, Any] = {}
+    if not port_given:
+        changes["port"] = target.port
+    if options.keepalive is None and target.keepalive:
+        changes["keepalive"] = target.keepalive
+    return target.address, options.with_(**changes), user or target.user
+
+
 class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
+
+    ``host`` is an address, a DNS name, or a name in the inventory (``tether hosts``), which
+    connects to that host's address and port (a ``port`` given here wins), like the CLI.
 
     The options are a :class:`~tether.client.options.ConnectOptions` (``options=``) or its
     fields as keywords (a keyword given wins over ``options``). ``keepalive`` (seconds, like
@@ -340,13 +368,20 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
                                   keepalive=keepalive)
+        self._port_given = port is not None or (options is not None
+                                                and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
 
+    async def _connect(self) -> Connection:
+        host, options, user = _inventory_target(self.host, self.options, self._port_given,
+                                                self.user)
+        return await _open(host, options, user)
+
     def __await__(self) -> Any:
-        return _open(self.host, self.options, self.user).__await__()
+        return self._connect().__await__()
 
     async def __aenter__(self) -> Connection:
-        self._conn = await _open(self.host, self.options, self.user)
+        self._conn = await self._connect()
         return self._conn
 
     async def __aexit__(

@@ -23,7 +23,7 @@ from tether.client.core import REFUSALS, ClientCore
 from tether.errors import ConnectionBroken, RemoteProtocolError, TetherError
 from tether.home import SIGNED_CERT, fingerprint
 from tether.hosttrust import refused_in_handshake
-from tether.net.translate import translate
+from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA
 from tether.protocol.connection import Connection as ProtocolState
 from tether.protocol.messages import Data, Error, Message, Role, Welcome
@@ -291,10 +291,14 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
     ``context`` is the client's TLS context (:func:`tether.hosttrust.client_context`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
     """
+    if context is None:
+        from tether.client.core import check_plaintext
+
+        check_plaintext(host)
     try:
         sock = _tcp(host, port, timeout)
     except OSError as exc:
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         sock.settimeout(timeout)
         conn = (BlockingClient(sock) if context is None
@@ -304,7 +308,7 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
         raise refused_in_handshake(host, port, exc) from exc
     except OSError as exc:  # ssl.SSLError included
         sock.close()
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         core = conn.core
         if conn.tls is not None:

@@ -18,7 +18,7 @@ time, nothing that loads ``cryptography``.
 from __future__ import annotations
 
 from tether.client import handshake
-from tether.errors import ConnectionBroken, NotAuthorized, from_wire
+from tether.errors import ConnectionBroken, NotAuthorized, UsageError, from_wire
 from tether.home import check_host, fingerprint
 from tether.hosttrust import check_host_certificate
 from tether.protocol.messages import Close, Credit, Error, Exec, Exit, Refused
@@ -34,6 +34,25 @@ if TYPE_CHECKING:
 
 # A refusal of our certificate shows up as one of these in place of the server's answer.
 REFUSALS = (NotAuthorized, ConnectionBroken)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``),
+    without the ipaddress module (the one-shot path pays for every import)."""
+    if host in ("localhost", "::1", "[::1]"):
+        return True
+    parts = host.split(".")
+    return (len(parts) == 4 and parts[0] == "127"
+            and all(p.isdigit() and int(p) < 256 for p in parts))
+
+
+def check_plaintext(host: str) -> None:
+    """Plaintext only to loopback: a server only listens so there (``serve --plaintext``), and
+    anything else would send commands and files unencrypted and unauthenticated over a
+    network. A usage error (exit 2), decided before connecting."""
+    if not is_loopback(host):
+        raise UsageError(f"--plaintext is only for a server on this machine (127.0.0.1, ::1, "
+                         f"localhost), not {host}: leave it out to connect with TLS")
 
 
 class ExitInfo:

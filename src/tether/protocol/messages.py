@@ -361,6 +361,7 @@ class Done(Message):
     resumed_from: int = 0
     count: int = 0
     names: list[str] = field(default_factory=list)
+    created: bool = False
 
 
 class Batch(Message):

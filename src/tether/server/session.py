@@ -32,7 +32,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
+from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint, short_fingerprint
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -102,6 +102,12 @@ class Peer:
     user: str | None = None  # the Unix account its work runs as (None: the server's own)
     serial: str | None = None  # its CA-signed certificate's serial
     principals: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The name and short fingerprint, for log lines: two machines with one host name
+        both default to the same ``user@hostname``; the fingerprint tells them apart."""
+        return f"{self.name} {short_fingerprint(self.fingerprint)}"
 
 
 class Session:
@@ -310,11 +316,11 @@ class Session:
         except RemoteError as exc:
             self.context.admission.process_ended(peer.fingerprint)
             self._end_stream(stream, exc)
-            self.context.audit.event("command", fingerprint=peer.fingerprint, **what,
-                                    outcome=str(exc))
+            self.context.audit.event("command", fingerprint=peer.fingerprint, name=peer.name,
+                                     **what, outcome=str(exc))
             return
         self.streams[stream] = run
-        log.info("%s %s stream %d pid %s: %r", permission, peer.name, stream,
+        log.info("%s %s stream %d pid %s: %r", permission, peer.label, stream,
                  run.proc.pid if run.proc else "?", what.get("argv"))
         self._spawn(self._until_done(stream, self._process(run, peer, permission, what)))
 
