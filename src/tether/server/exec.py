@@ -99,6 +99,10 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     cwd = policy.root / (req.cwd or "")
     if not cwd.is_dir():
         raise NotFound(f"no such directory: {req.cwd or cwd}")
+    if not os.access(cwd, os.X_OK):  # the server's account may not enter it: say so, not
+        raise PermissionDenied(        # "cannot start COMMAND" (the command is not the fault)
+            f"cannot enter the working directory {req.cwd or str(cwd)}: permission denied "
+            f"for the server's account")
     env = {**os.environ, **req.env}
     if sys.platform == "win32":
         return SpawnSpec(list(req.argv), cwd, env, req.timeout, req.stdin, shell=req.shell)
