@@ -32,8 +32,11 @@ from tether.errors import IdentityError
 from tether.home import fingerprint
 from tether.identity import PERMISSIONS
 
-PRINCIPALS_OID = x509.ObjectIdentifier("2.25.190861419548960618702779396917063391801")
-ALLOW_OID = x509.ObjectIdentifier("2.25.190861419548960618702779396917063391802")
+# Dotted strings, made into ObjectIdentifiers only to issue: an arc of 128 bits needs
+# cryptography 44 or later, and this module must import with older ones (the server reads every
+# client certificate through cert_info; the Windows server under Wine runs 42.0.8: README).
+PRINCIPALS_OID = "2.25.190861419548960618702779396917063391801"
+ALLOW_OID = "2.25.190861419548960618702779396917063391802"
 PRINCIPAL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,63}")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 SKEW = datetime.timedelta(minutes=5)  # not-before is backdated this much, for clock skew
@@ -167,13 +170,10 @@ def load_der(der: bytes) -> x509.Certificate:
 
 
 def cert_info(cert: x509.Certificate) -> CertInfo:
-    ext = cert.extensions
+    ext = {e.oid.dotted_string: e for e in cert.extensions}
 
-    def get(oid: x509.ObjectIdentifier) -> x509.Extension[x509.ExtensionType] | None:
-        try:
-            return ext.get_extension_for_oid(oid)
-        except x509.ExtensionNotFound:
-            return None
+    def get(oid: x509.ObjectIdentifier | str) -> x509.Extension[x509.ExtensionType] | None:
+        return ext.get(oid if isinstance(oid, str) else oid.dotted_string)
 
     basic = get(x509.oid.ExtensionOID.BASIC_CONSTRAINTS)
     is_ca = bool(basic and isinstance(basic.value, x509.BasicConstraints) and basic.value.ca)
@@ -328,11 +328,12 @@ def sign(directory: Path, der: bytes, kind: str, names: Sequence[str],
         builder = builder.add_extension(x509.ExtendedKeyUsage(
             [ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         builder = builder.add_extension(x509.UnrecognizedExtension(
-            PRINCIPALS_OID, encode_strings([check_principal(n) for n in names])), critical=False)
+            x509.ObjectIdentifier(PRINCIPALS_OID),
+            encode_strings([check_principal(n) for n in names])), critical=False)
         if allow is not None:
             builder = builder.add_extension(x509.UnrecognizedExtension(
-                ALLOW_OID, encode_strings([p for p in PERMISSIONS if p in allow])),
-                critical=False)
+                x509.ObjectIdentifier(ALLOW_OID),
+                encode_strings([p for p in PERMISSIONS if p in allow])), critical=False)
     else:
         builder = builder.add_extension(x509.ExtendedKeyUsage(
             [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -26,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import importlib
 import logging
 import os
-import pwd
 import signal
 import socket
 import struct
@@ -45,6 +43,10 @@ from tether.server.limits import Admission
 if TYPE_CHECKING:
     from tether.net.framed import FramedConnection
     from tether.protocol import Hello
+
+if sys.platform != "win32":  # a Windows server never switches accounts (server/trust.py)
+    import fcntl
+    import pwd
 
 log = logging.getLogger("tether.server")
 
@@ -91,8 +93,11 @@ class SharedCounts:
     worker), allocated by the parent while a worker uses it and freed after the last one."""
 
     def __init__(self) -> None:
-        self.fd = os.memfd_create("tether-counts", 0)  # close-on-exec: commands never see it
-        os.ftruncate(self.fd, SLOTS * _COUNTER.size)
+        # close-on-exec: commands never see it. No memfd (Windows): no table, and no worker is
+        # ever forked there, since such a server does not switch accounts (server/trust.py).
+        self.fd = os.memfd_create("tether-counts", 0) if hasattr(os, "memfd_create") else -1
+        if self.fd >= 0:
+            os.ftruncate(self.fd, SLOTS * _COUNTER.size)
         self.slots: dict[str, int] = {}
         self.users: dict[str, int] = {}  # live workers per key
         self.free = list(range(SLOTS - 1, -1, -1))

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import platform
-import pwd
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ from tether.server.limits import Admission, Limits
 from tether.server.privsep import SharedCounts, Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
-from tether.server.trust import Trust, own_account
+from tether.server.trust import Trust, account_home, own_account
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
 from tether.version import __version__
@@ -244,8 +243,7 @@ class Session:
         if not cert:
             raise NotAuthorized("no client certificate")
         grant = context.trust.admit(cert, context.authorized(), user)
-        root = grant.root or (Path(pwd.getpwnam(grant.user).pw_dir) if grant.user
-                              else context.root)
+        root = grant.root or (account_home(grant.user) if grant.user else context.root)
         return Peer(grant.fingerprint, grant.name, root, grant.permissions, grant.confined,
                     grant.user, grant.serial, grant.principals)
 

@@ -25,8 +25,8 @@ import datetime
 import hashlib
 import logging
 import os
-import pwd
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,10 +240,24 @@ def _users_of(mapping: Mapping) -> tuple[str, ...]:
 
 
 def own_account() -> str:
+    """The account the server runs as."""
+    if sys.platform == "win32":
+        import getpass
+
+        return getpass.getuser()
+    import pwd
+
     try:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+def account_home(account: str) -> Path:
+    """An account's home directory (the root of a client mapped to it)."""
+    import pwd
+
+    return Path(pwd.getpwnam(account).pw_dir)
 
 
 def _choose_account(asked: str, allowed: tuple[str, ...], who: str) -> str | None:
@@ -257,6 +271,11 @@ def _choose_account(asked: str, allowed: tuple[str, ...], who: str) -> str | Non
         account = allowed[0] if allowed else own
     if account == own:
         return None
+    if sys.platform == "win32":
+        raise NotAuthorized(f"this server runs as {own} and cannot act as {account!r} "
+                            f"(a Windows server does not switch accounts)")
+    import pwd
+
     try:
         pwd.getpwnam(account)
     except KeyError:
