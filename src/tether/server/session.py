@@ -56,6 +56,7 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
+from tether.protocol.messages import problem
 from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
@@ -198,11 +199,12 @@ class Session:
             handler = self.HANDLERS.get(type(event))
             if handler is None:
                 raise RemoteProtocolError(f"a client may not send {type(event).__name__}")
-            if isinstance(event, Message) and event.OPENS and not _encodable(event):
-                # JSON can carry a lone surrogate ("\ud800"); no path, name or argv can
-                self._end_stream(event.stream, BadRequest(
-                    f"{event.TYPE}: text that is not valid Unicode (a lone surrogate)"))
-                continue
+            if isinstance(event, Message) and event.stream and (
+                    event.OPENS or event.stream in self.streams):
+                wrong = problem(event)  # out-of-range integers, lone surrogates
+                if wrong is not None:
+                    self._end_stream(event.stream, BadRequest(wrong))
+                    continue
             await handler(self, event)
 
     # --- opening streams -----------------------------------------------------------------------
@@ -458,24 +460,6 @@ class _TaskStream:
 def _sendable(text: str) -> str:
     """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped as ``\\udXXX``."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _encodable(value: Message) -> bool:
-    """Whether every string in a message (fields, lists, dict keys and values) is UTF-8."""
-    todo = [getattr(value, f.name) for f in value.FIELDS]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, list):
-            todo.extend(item)
-        elif isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
-    return True
 
 
 def _as_remote(exc: BaseException) -> TetherError:
