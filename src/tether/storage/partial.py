@@ -289,13 +289,14 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, mode: int, mtime_n
 
 def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
                 mtime_ns: int, *, force: bool, rename: bool) -> str:
-    """Store a whole small file the caller already verified: written to its partial, fsynced,
-    then moved into place, so the final name never holds less. The caller fsyncs ``dir_fd``
+    """Store a whole small file the caller already verified: written to an unnamed file (or,
+    without ``O_TMPFILE``, its partial), fsynced, then given its name, so the final name never
+    holds less and a failure keeps nothing of it. The caller fsyncs ``dir_fd``
     (once for many files). Returns the name it was stored under."""
     try:
         unnamed = _open_unnamed(dir_fd)
     except OSError as exc:
-        raise disk_error(exc, name, "write") from exc
+        raise disk_error(exc, name, "store") from exc
     if unnamed is not None:
         try:
             _write_all(unnamed, data, mode, mtime_ns)
@@ -303,7 +304,7 @@ def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
         except OSError as exc:
             if isinstance(exc, IsADirectoryError):
                 raise AlreadyExists(f"{name} is a directory") from exc
-            raise disk_error(exc, name, "write") from exc
+            raise disk_error(exc, name, "store") from exc
         finally:
             os.close(unnamed)
     part = part_name(name)
@@ -315,7 +316,7 @@ def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
     except FileExistsError:
         fd, size = open_part(dir_fd, name)
     except OSError as exc:
-        raise disk_error(exc, part, "write") from exc
+        raise disk_error(exc, name, "store") from exc
     try:
         if size:
             os.ftruncate(fd, 0)
@@ -325,7 +326,7 @@ def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=dir_fd)  # a small file has nothing worth resuming
         if isinstance(exc, OSError):
-            raise disk_error(exc, name, "write") from exc
+            raise disk_error(exc, name, "store") from exc
         raise
     finally:
         os.close(fd)
