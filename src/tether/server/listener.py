@@ -29,6 +29,7 @@ from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.limits import Admission
 from tether.server.session import Session, SessionContext
+from tether.storage.reserved import Reserved
 from tether.tls import server_context
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
@@ -93,12 +94,14 @@ class Server:
         self.admission = Admission(config.limits)
         self._accepting: set[asyncio.Task[None]] = set()
         self.audit = AuditLog(config.audit)
+        self.reserved = Reserved([config.home], [config.audit] if config.audit else [])
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
         self.context = SessionContext(
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
+            reserved=self.reserved,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -145,7 +148,7 @@ class Server:
     async def _start_classic(self, config: ClassicConfig) -> None:
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
-                                     limits=c.limits)
+                                     limits=c.limits, reserved=self.reserved)
         try:
             await self.classic.start()
         except BaseException:

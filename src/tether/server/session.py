@@ -14,7 +14,7 @@ import contextlib
 import logging
 import platform
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -65,6 +65,7 @@ from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
+from tether.storage.reserved import Reserved
 
 log = logging.getLogger("tether.server")
 
@@ -82,6 +83,7 @@ class SessionContext:
     admission: Admission
     audit: AuditLog
     authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
+    reserved: Reserved = field(default_factory=Reserved)  # TETHER_HOME, audit log: no client's
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class Session:
         return self.peer
 
     def _area(self, peer: Peer) -> FileArea:
-        return FileArea(peer.root, peer.confined)
+        return FileArea(peer.root, peer.confined, self.context.reserved)
 
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits

@@ -4,9 +4,11 @@ that opens a client's paths on the server (``put``, ``get``, ``list``, batches, 
 A client authorized with its own root is *confined*: its paths are relative to that root, may not
 be absolute or contain ``..``, and are walked one component at a time with ``O_NOFOLLOW`` from a
 directory file descriptor, so no symlink (even one swapped in between a check and an open) can
-lead out. Only regular files are read or replaced; devices and FIFOs are refused. An unconfined
-client's relative paths resolve against the server's ``--root`` and absolute paths are allowed,
-as for any shell user of the same account. Every failure is translated by
+lead out. Whatever the client, nothing that resolves into the server's own ``TETHER_HOME`` or
+audit log is reached (:class:`tether.storage.reserved.Reserved`). Only regular files are read
+or replaced; devices and FIFOs are refused. An unconfined client's relative paths resolve against
+the server's ``--root`` and absolute paths are allowed, as for any shell user of the same
+account. Every failure is translated by
 :func:`tether.storage.errors.disk_error`.
 """
 
@@ -35,6 +37,7 @@ from tether.storage.names import (
     shown_below,
 )
 from tether.storage.partial import PartialFile
+from tether.storage.reserved import Reserved
 from tether.storage.source import SourceFile, read_whole
 
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
@@ -66,9 +69,10 @@ class BatchFiles:
 class FileArea:
     """The part of the file system one client may use."""
 
-    def __init__(self, root: Path, confined: bool) -> None:
+    def __init__(self, root: Path, confined: bool, reserved: Reserved | None = None) -> None:
         self.root = root
         self.confined = confined
+        self.reserved = reserved or Reserved()
 
     # --- resolution ----------------------------------------------------------------------------
 
@@ -92,14 +96,24 @@ class FileArea:
         symlink met there is refused as one (Linux says ELOOP, or ENOTDIR with O_DIRECTORY)."""
         if self.confined:
             flags |= os.O_NOFOLLOW
+        self.reserved.check_name(dir_fd, name, shown, follow=not self.confined)
         try:
-            return os.open(name, flags, dir_fd=dir_fd)
+            fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
             if self.confined and exc.errno in (errno.ELOOP, errno.ENOTDIR) and is_symlink(
                 dir_fd, name
             ):
                 raise UnsafePath(f"refusing to follow the symlink {name!r} in {shown}") from exc
             raise disk_error(exc, shown) from exc
+        try:  # again on what was opened: a swap after the check leads nowhere either
+            if flags & os.O_DIRECTORY:
+                self.reserved.check_step(fd, shown)
+            else:
+                self.reserved.check_file_fd(fd, shown)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def open_dir(self, parts: list[str], shown: str) -> int:
         """A directory fd for ``parts`` below the start, walked one component at a time."""
@@ -116,12 +130,17 @@ class FileArea:
             return self.open_dir([], path), None
         return self.open_dir(parts[:-1], path), parts[-1]
 
-    @staticmethod
-    def _open_from(start: str, parts: list[str], shown: str) -> int:
+    def _open_from(self, start: str, parts: list[str], shown: str) -> int:
         try:
-            return os.open(os.path.join(start, *parts), DIR_FLAGS)
+            fd = os.open(os.path.join(start, *parts), DIR_FLAGS)
         except OSError as exc:
             raise disk_error(exc, shown) from exc
+        try:
+            self.reserved.check_dir_fd(fd, shown)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def is_dir(self, dir_fd: int, name: str | None) -> bool:
         if name is None:
@@ -179,6 +198,7 @@ class FileArea:
                      owns_dir: bool = False) -> PartialFile:
         """The partial for file ``name`` in ``dir_fd``. An existing destination is refused
         unless ``exists_ok``; a directory always is."""
+        self.reserved.check_name(dir_fd, name, name, follow=False)
         if not exists_ok and destination_exists(dir_fd, name):
             raise AlreadyExists(f"{name} exists (use --force to replace it or --rename)")
         if self.is_dir(dir_fd, name):
@@ -236,6 +256,8 @@ class FileArea:
             if "\0" in target:
                 raise UnsafePath("NUL byte in symlink target")
             check_text(target)
+            self.reserved.check_target(dir_fd, target, shown)
+            self.reserved.check_name(dir_fd, name, shown, follow=False)
             if destination_exists(dir_fd, name):
                 if not force:
                     raise AlreadyExists(f"{name} exists (use --force to replace it)")
@@ -327,6 +349,7 @@ class FileArea:
         dir_fd, name = self.resolve(path)
         try:
             if name is not None and not self.is_dir(dir_fd, name):
+                self.reserved.check_name(dir_fd, name, path, follow=not self.confined)
                 st = self._lstat(dir_fd, name, path)
                 yield self._entry([], st, dir_fd, name)
                 return
@@ -341,6 +364,10 @@ class FileArea:
                 base = [p for p in rel.split("/") if p not in ("", ".")]
                 for entry_name in sorted(dirs) + sorted(files):
                     st = self._lstat(fd, entry_name, entry_name)
+                    if self.reserved.hidden(st):  # the server's own: not listed, not entered
+                        if entry_name in dirs:
+                            dirs.remove(entry_name)
+                        continue
                     if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(
                         st.st_mode
                     ):
