@@ -41,6 +41,8 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
     ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
+    ("refusal_log_interval", float, "Seconds over which the refusals of one address are "
+                                    "logged as one line with a count (0: a line each)."),
 ]
 
 

@@ -28,6 +28,7 @@ class Limits:
     max_upload: int = 0  # bytes per uploaded file (0: no limit)
     process_nproc: int = 0  # RLIMIT_NPROC for commands (0: inherit)
     process_memory: int = 0  # RLIMIT_AS in bytes for commands (0: inherit)
+    refusal_log_interval: float = 10.0  # one log/audit line per refused address per interval
 
 
 @dataclass

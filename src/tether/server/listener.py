@@ -28,6 +28,7 @@ from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.limits import Admission
+from tether.server.refusals import Refusals
 from tether.server.session import Session, SessionContext
 from tether.storage.reserved import Reserved
 from tether.tls import server_context
@@ -94,6 +95,7 @@ class Server:
         self.admission = Admission(config.limits)
         self._accepting: set[asyncio.Task[None]] = set()
         self.audit = AuditLog(config.audit)
+        self.refusals = Refusals(self.audit, config.limits.refusal_log_interval)
         self.reserved = Reserved([config.home], [config.audit] if config.audit else [])
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
@@ -101,7 +103,7 @@ class Server:
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
-            reserved=self.reserved,
+            reserved=self.reserved, refusals=self.refusals,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -178,8 +180,7 @@ class Server:
         _keepalive(transport)
         refusal = self.admission.admit_address(address)
         if refusal is not None:
-            log.warning("refused %s: %s", address, refusal)
-            self.audit.event("refused", address=address, reason=refusal)
+            self.refusals.refused(address, refusal)
             transport.abort()
             return
         try:
@@ -218,8 +219,7 @@ class Server:
             ok = True
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             reason = _handshake_failure(exc)
-            log.warning("refused %s: %s", address, reason)
-            self.audit.event("refused", address=address, reason=reason)
+            self.refusals.refused(address, reason)
             transport.close()  # close, not abort: let a TLS alert already queued go out
             return None
         finally:
@@ -239,6 +239,7 @@ class Server:
 
     async def close(self) -> None:
         await self._close()
+        self.refusals.flush()
         self.audit.close()
 
     async def _close(self) -> None:

@@ -61,6 +61,7 @@ from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.limits import Admission, Limits
+from tether.server.refusals import Refusals
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
@@ -84,6 +85,7 @@ class SessionContext:
     audit: AuditLog
     authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
     reserved: Reserved = field(default_factory=Reserved)  # TETHER_HOME, audit log: no client's
+    refusals: Refusals | None = None  # refused connections, aggregated per address
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,10 @@ class Session:
             audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
-            log.warning("refused %s: %s", address, exc)
-            audit.event("refused", address=address, reason=str(exc))
+            self._refused(address, str(exc))
             await self.conn.fail(exc)
         except TimeoutError:
-            log.warning("refused %s: no hello within the handshake timeout", address)
-            audit.event("refused", address=address, reason="no hello in time")
+            self._refused(address, "no hello in time")
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
@@ -146,6 +146,13 @@ class Session:
                 self.context.admission.client_left(self.peer.fingerprint)
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
+
+    def _refused(self, address: str, reason: str) -> None:
+        if self.context.refusals is not None:
+            self.context.refusals.refused(address, reason)
+        else:
+            log.warning("refused %s: %s", address, reason)
+            self.context.audit.event("refused", address=address, reason=reason)
 
     @property
     def limits(self) -> Limits:
@@ -205,7 +212,8 @@ class Session:
                     event.OPENS or event.stream in self.streams):
                 wrong = problem(event)  # out-of-range integers, lone surrogates
                 if wrong is not None:
-                    self._end_stream(event.stream, BadRequest(wrong))
+                    self._end_stream(event.stream, BadRequest(wrong),
+                                     _request(event) if event.OPENS else None)
                     continue
             await handler(self, event)
 
@@ -256,7 +264,7 @@ class Session:
             if refusal is not None:
                 raise Busy(refusal)
         except RemoteError as exc:
-            self._end_stream(stream, exc)
+            self._end_stream(stream, exc, {"op": permission, **what})
             return
         try:
             await run.start()
@@ -291,7 +299,7 @@ class Session:
                               self.limits.max_upload, lambda done: self._audit("put", done))
             await put.start()
         except (RemoteError, OSError) as exc:
-            self._end_stream(msg.stream, _as_remote(exc))
+            self._end_stream(msg.stream, _as_remote(exc), _request(msg))
             return
         if put.partial is not None:
             self.streams[msg.stream] = put
@@ -304,22 +312,22 @@ class Session:
             self.streams[msg.stream] = batch
             batch.start()
         except (RemoteError, OSError) as exc:
-            self._end_stream(msg.stream, _as_remote(exc))
+            self._end_stream(msg.stream, _as_remote(exc), _request(msg))
 
     async def _on_fetch(self, msg: Fetch) -> None:
         def on_file(path: str, size: int, hash_: str) -> None:
             self._audit_file("get", path, size, hash_)
 
-        self._start_task(msg.stream, "get", "fetch",
+        self._start_task(msg, "get", "fetch",
                          lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
                                                  self.fetch_slots))
 
     async def _on_get(self, msg: Get) -> None:
-        self._start_task(msg.stream, "get", "get",
+        self._start_task(msg, "get", "get",
                          lambda area: send_file(self.conn, msg.stream, msg, area))
 
     async def _on_list(self, msg: List) -> None:
-        self._start_task(msg.stream, "get", "list",
+        self._start_task(msg, "get", "list",
                          lambda area: send_listing(self.conn, msg.stream, msg, area))
 
     def _audit(self, op: str, done: Done) -> None:
@@ -334,12 +342,13 @@ class Session:
                                 path=path, bytes=size - resumed_from, size=size, hash=hash_,
                                 resumed_from=resumed_from, outcome="ok")
 
-    def _start_task(self, stream: int, permission: str, op: str,
+    def _start_task(self, msg: Message, permission: str, op: str,
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
+        stream = msg.stream
         try:
             area = self._area(self._check_open(permission))
         except RemoteError as exc:
-            self._end_stream(stream, exc)
+            self._end_stream(stream, exc, _request(msg))
             return
         handler = _TaskStream()
         self.streams[stream] = handler
@@ -347,8 +356,11 @@ class Session:
 
     async def _audited(self, op: str, body: Awaitable[Done]) -> None:
         done = await body
-        if op == "get":  # a fetch audits each of its files, a listing nothing
+        if op == "get":  # a fetch audits each of its files
             self._audit(op, done)
+        elif op == "list" and self.peer is not None:
+            self.context.audit.event("list", fingerprint=self.peer.fingerprint,
+                                     path=done.path, count=done.count, outcome="ok")
 
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
         try:
@@ -363,9 +375,13 @@ class Session:
         finally:
             self.streams.pop(stream, None)
 
-    def _end_stream(self, stream: int, exc: TetherError) -> None:
+    def _end_stream(self, stream: int, exc: TetherError,
+                    request: dict[str, Any] | None = None) -> None:
+        """End one stream with ``exc``; ``request`` (what a refused request asked: op, argv or
+        path) goes into its audit record."""
         self.context.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
-                                else None, stream=stream, code=exc.code, reason=str(exc))
+                                else None, stream=stream, code=exc.code, reason=str(exc),
+                                **(request or {}))
         handler = self.streams.pop(stream, None)
         if handler is not None:
             handler.abandon()
@@ -462,6 +478,16 @@ class _TaskStream:
 def _sendable(text: str) -> str:
     """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped as ``\\udXXX``."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _request(msg: Message) -> dict[str, Any]:
+    """What an opening request asked, for the audit record of its refusal."""
+    fields = {"op": msg.TYPE}
+    for name in ("argv", "cwd", "path", "name", "target"):
+        value = getattr(msg, name, None)
+        if value is not None:
+            fields[name] = value
+    return fields
 
 
 def _as_remote(exc: BaseException) -> TetherError:
