@@ -208,6 +208,8 @@ class Session:
             handler = self.HANDLERS.get(type(event))
             if handler is None:
                 raise RemoteProtocolError(f"a client may not send {type(event).__name__}")
+            if isinstance(event, Message) and event.OPENS:
+                self._check_unclosed()
             if isinstance(event, Message) and event.stream and (
                     event.OPENS or event.stream in self.streams):
                 wrong = problem(event)  # out-of-range integers, lone surrogates
@@ -219,11 +221,21 @@ class Session:
 
     # --- opening streams -----------------------------------------------------------------------
 
+    def _check_unclosed(self) -> None:
+        """A client must ``close`` each stream the server ended; one that never does would grow
+        the server's stream table with every refused request, so past the operation cap it is
+        dropped."""
+        unclosed = self.conn.proto.unclosed
+        if unclosed > self.limits.max_streams_per_connection:
+            raise RemoteProtocolError(f"{unclosed} streams the server ended were never closed "
+                                      f"(limit {self.limits.max_streams_per_connection})")
+
     def _check_open(self, permission: str) -> Peer:
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
-        if len(self.streams) >= self.limits.max_streams_per_connection:
+        # the new stream is open already; streams the client never closed count too
+        if self.conn.proto.open_streams > self.limits.max_streams_per_connection:
             raise BadRequest("too many operations at once on one connection "
                              f"(limit {self.limits.max_streams_per_connection})")
         return self.peer
