@@ -107,6 +107,7 @@ class Session:
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
+        self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
 
     async def serve(self) -> None:
         address = self.conn.peer_address
@@ -340,7 +341,8 @@ class Session:
 
     async def _on_list(self, msg: List) -> None:
         self._start_task(msg, "get", "list",
-                         lambda area: send_listing(self.conn, msg.stream, msg, area))
+                         lambda area: send_listing(self.conn, msg.stream, msg, area,
+                                                   self.list_slots))
 
     def _audit(self, op: str, done: Done) -> None:
         self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)

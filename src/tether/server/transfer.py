@@ -170,10 +170,16 @@ async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileAre
         source.close()
 
 
-async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea
-                       ) -> Done:
+async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea,
+                       slots: asyncio.Semaphore) -> Done:
     """Describe the tree at ``req.path``: one ``entry`` per file, directory or symlink, or
-    (``batched``) many to an ``entries``."""
+    (``batched``) many to an ``entries``; ``slots`` bounds the listings of one connection
+    that read at once (each holds a descriptor per level while its reader lags)."""
+    async with slots:
+        return await _listing(conn, stream, req, area)
+
+
+async def _listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> Done:
     count = 0
     group = _EntryGroup()
     for info in area.walk(req.path):

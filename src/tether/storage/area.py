@@ -40,6 +40,7 @@ from tether.storage.partial import PartialFile
 from tether.storage.reserved import Reserved
 from tether.storage.source import SourceFile, read_whole
 
+MAX_LIST_DEPTH = 64  # levels a listing descends (each holds two descriptors while it is read)
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
 
 
@@ -360,22 +361,59 @@ class FileArea:
         try:
             yield EntryInfo([], "dir", 0, os.fstat(top).st_mode & 0o7777,
                             os.fstat(top).st_mtime_ns)
-            for rel, dirs, files, fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-                base = [p for p in rel.split("/") if p not in ("", ".")]
-                for entry_name in sorted(dirs) + sorted(files):
-                    st = self._lstat(fd, entry_name, entry_name)
-                    if self.reserved.hidden(st):  # the server's own: not listed, not entered
-                        if entry_name in dirs:
-                            dirs.remove(entry_name)
-                        continue
-                    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(
-                        st.st_mode
-                    ):
-                        yield self._entry([*base, entry_name], st, fd, entry_name)
+            yield from self._below(top)
         except OSError as exc:
             raise disk_error(exc, path, "list") from exc
         finally:
             os.close(top)
+
+    def _below(self, top: int) -> Iterator[EntryInfo]:
+        """The entries below the directory ``top``, read lazily (one ``scandir`` per level, in
+        the order the file system gives): a listing's memory does not grow with a directory's
+        size, and its descriptors only with depth (at most MAX_LIST_DEPTH levels)."""
+        levels: list[tuple[list[str], int, Iterator[os.DirEntry[str]]]] = []
+        try:
+            levels.append(self._level([], os.dup(top)))
+            while levels:
+                base, fd, entries = levels[-1]
+                entry = next(entries, None)
+                if entry is None:
+                    self._close_level(levels.pop())
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if self.reserved.hidden(st):  # the server's own: not listed, not entered
+                    continue
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                        or stat.S_ISLNK(st.st_mode)):
+                    continue
+                parts = [*base, entry.name]
+                yield self._entry(parts, st, fd, entry.name)
+                if stat.S_ISDIR(st.st_mode):
+                    if len(levels) >= MAX_LIST_DEPTH:
+                        raise UnsafePath(f"{'/'.join(parts)}: a tree deeper than "
+                                         f"{MAX_LIST_DEPTH} levels; list a subtree")
+                    levels.append(self._level(parts, os.open(
+                        entry.name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)))
+        finally:
+            for level in levels:
+                self._close_level(level)
+
+    @staticmethod
+    def _level(parts: list[str], fd: int) -> tuple[list[str], int, Iterator[os.DirEntry[str]]]:
+        """One level of a listing: its directory fd (taken over) and the reader of its entries."""
+        try:
+            return parts, fd, os.scandir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _close_level(level: tuple[list[str], int, Iterator[os.DirEntry[str]]]) -> None:
+        _, fd, entries = level
+        close = getattr(entries, "close", None)
+        if close is not None:
+            close()
+        os.close(fd)
 
     @staticmethod
     def _lstat(dir_fd: int, name: str, shown: str) -> os.stat_result:
