@@ -40,6 +40,7 @@ from tether.storage.partial import PartialFile
 from tether.storage.reserved import Reserved
 from tether.storage.source import SourceFile, read_whole
 
+BATCH_DIRS_OPEN = 4  # directories a stored batch keeps open at once, besides its base
 MAX_LIST_DEPTH = 64  # levels a listing descends (each holds two descriptors while it is read)
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
 
@@ -166,11 +167,11 @@ class FileArea:
         """One directory below ``dir_fd`` (the :class:`DirCache` opener of this area)."""
         return self.open_at(dir_fd, name, DIR_FLAGS, shown)
 
-    def _tree(self, path: str, names: list[str]) -> DirCache:
+    def _tree(self, path: str, names: list[str], max_open: int = 0) -> DirCache:
         """The directories a batch's names (each component checked here) lead through."""
         for name in names:
             name_parts(name)
-        return DirCache(self.open_tree(path), self._open_sub_dir)
+        return DirCache(self.open_tree(path), self._open_sub_dir, max_open)
 
     # --- put -----------------------------------------------------------------------------------
 
@@ -273,14 +274,17 @@ class FileArea:
     def store_batch(self, path: str, files: BatchFiles, *, force: bool, rename: bool,
                     on_stored: Stored) -> BatchReceiver:
         """A receiver storing a batch's files below the existing directory ``path``."""
-        dirs = self._tree(path, files.names)
+        dirs = self._tree(path, files.names, max_open=BATCH_DIRS_OPEN)
         try:
             targets = []
             for name, size, mode, mtime, hash_ in zip(files.names, files.sizes, files.modes,
                                                      files.mtimes, files.hashes, strict=True):
-                dir_fd, last = dirs.place(name)
-                targets.append(Target(dir_fd, last, shown_below(path, name), size,
-                                      mode & 0o1777, mtime, hash_))
+                # every directory is reached now (a missing one is refused before any write),
+                # but at most BATCH_DIRS_OPEN stay open: the file's is found again when its
+                # bytes arrive
+                dirs.place(name)
+                targets.append(Target(-1, name.rpartition("/")[2], shown_below(path, name),
+                                      size, mode & 0o1777, mtime, hash_, rel=name))
             return BatchReceiver(targets, force=force, rename=rename, on_stored=on_stored,
                                  dirs=dirs)
         except BaseException:

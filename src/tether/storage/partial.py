@@ -330,3 +330,54 @@ def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mo
         raise
     finally:
         os.close(fd)
+
+
+class Spool:
+    """A small file of a batch whose bytes arrive in pieces: written to an unnamed file in its
+    directory as they come (not held in memory), hashed on the way, and given its name only
+    once whole and verified."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.hasher = new_hasher()
+        self.size = 0
+
+    @classmethod
+    def open(cls, dir_fd: int, name: str) -> Spool | None:
+        """A spool in ``dir_fd``, or None where the file system has no unnamed files."""
+        try:
+            fd = _open_unnamed(dir_fd)
+        except OSError as exc:
+            raise disk_error(exc, name, "store") from exc
+        return None if fd is None else cls(fd)
+
+    def write(self, data: bytes | bytearray | memoryview, name: str) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            raise disk_error(exc, name, "store") from exc
+        self.hasher.update(data)
+        self.size += len(data)
+
+    @property
+    def hash(self) -> str:
+        return digest(self.hasher.copy())
+
+    def store(self, dir_fd: int, name: str, mode: int, mtime_ns: int, *, force: bool,
+              rename: bool) -> str:
+        """Give the verified spool its name (see :func:`store_whole`)."""
+        try:
+            _write_all(self.fd, b"", mode, mtime_ns)
+            return _link_unnamed(self.fd, dir_fd, name, force, rename)
+        except OSError as exc:
+            if isinstance(exc, IsADirectoryError):
+                raise AlreadyExists(f"{name} is a directory") from exc
+            raise disk_error(exc, name, "store") from exc
+
+    def close(self) -> None:
+        """Forget the spool (an unnamed file vanishes with its last descriptor)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
