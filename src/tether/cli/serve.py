@@ -41,6 +41,13 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
     ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
+    ("max_batches_per_connection", int, "Batches of small files stored at once on one "
+                                        "connection (each holds up to 6 descriptors)."),
+    ("stall_timeout", float, "End a put or batch that receives no data for this long, "
+                             "freeing what it holds (0: never)."),
+    ("disk_threads", int, "Threads for long file work off the event loop (resume hashing, "
+                          "fsync)."),
+    ("disk_threads_per_client", int, "Of those, how many one client identity may use at once."),
     ("refusal_log_interval", float, "Seconds over which the refusals of one address are "
                                     "logged as one line with a count (0: a line each)."),
 ]

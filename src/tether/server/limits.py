@@ -28,6 +28,10 @@ class Limits:
     max_upload: int = 0  # bytes per uploaded file (0: no limit)
     process_nproc: int = 0  # RLIMIT_NPROC for commands (0: inherit)
     process_memory: int = 0  # RLIMIT_AS in bytes for commands (0: inherit)
+    max_batches_per_connection: int = 16  # batches stored at once on one connection
+    stall_timeout: float = 60.0  # end a put or batch that receives no data for this long (0: never)
+    disk_threads: int = 4  # threads for long file work (resume hashing, fsync)...
+    disk_threads_per_client: int = 2  # ...of which one client identity may use this many
     refusal_log_interval: float = 10.0  # one log/audit line per refused address per interval
 
 

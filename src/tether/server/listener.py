@@ -27,6 +27,7 @@ from tether.server.audit import AuditLog
 from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
+from tether.server.diskpool import DiskPool
 from tether.server.limits import Admission
 from tether.server.refusals import Refusals
 from tether.server.session import Session, SessionContext
@@ -95,6 +96,7 @@ class Server:
         self.admission = Admission(config.limits)
         self._accepting: set[asyncio.Task[None]] = set()
         self.audit = AuditLog(config.audit)
+        self.disk = DiskPool(config.limits.disk_threads, config.limits.disk_threads_per_client)
         self.refusals = Refusals(self.audit, config.limits.refusal_log_interval)
         self.reserved = Reserved([config.home], [config.audit] if config.audit else [])
         self.classic: ClassicServer | None = None
@@ -103,7 +105,7 @@ class Server:
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
-            reserved=self.reserved, refusals=self.refusals,
+            reserved=self.reserved, refusals=self.refusals, disk=self.disk,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -240,6 +242,7 @@ class Server:
     async def close(self) -> None:
         await self._close()
         self.refusals.flush()
+        self.disk.close()
         self.audit.close()
 
     async def _close(self) -> None:

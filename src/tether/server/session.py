@@ -59,6 +59,7 @@ from tether.protocol import (
 from tether.protocol.messages import problem
 from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
+from tether.server.diskpool import DiskPool
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.limits import Admission, Limits
 from tether.server.refusals import Refusals
@@ -86,6 +87,7 @@ class SessionContext:
     authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
     reserved: Reserved = field(default_factory=Reserved)  # TETHER_HOME, audit log: no client's
     refusals: Refusals | None = None  # refused connections, aggregated per address
+    disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class Session:
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
         self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
+        self._stall: dict[int, asyncio.TimerHandle] = {}  # uploads waiting for data
+        self._heard: dict[int, float] = {}  # when each last received data
 
     async def serve(self) -> None:
         address = self.conn.peer_address
@@ -309,21 +313,29 @@ class Session:
     async def _on_put(self, msg: Put) -> None:
         try:
             put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
-                              self.limits.max_upload, lambda done: self._audit("put", done))
+                              self.limits.max_upload, lambda done: self._audit("put", done),
+                              self._offload)
             await put.start()
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc), _request(msg))
             return
         if put.partial is not None:
             self.streams[msg.stream] = put
+            self._watch(msg.stream)
 
     async def _on_batch(self, msg: Batch) -> None:
         try:
-            batch = BatchPut(self.conn, msg.stream, msg, self._area(self._check_open("put")),
+            area = self._area(self._check_open("put"))
+            batches = sum(isinstance(h, BatchPut) for h in self.streams.values())
+            if batches >= self.limits.max_batches_per_connection:
+                raise Busy(f"too many batches at once on one connection (limit "
+                           f"{self.limits.max_batches_per_connection})")
+            batch = BatchPut(self.conn, msg.stream, msg, area,
                              self.limits.max_upload,
                              lambda path, size, hash_: self._audit_file("put", path, size, hash_))
             self.streams[msg.stream] = batch
             batch.start()
+            self._watch(msg.stream)
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc), _request(msg))
 
@@ -337,12 +349,19 @@ class Session:
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",
-                         lambda area: send_file(self.conn, msg.stream, msg, area))
+                         lambda area: send_file(self.conn, msg.stream, msg, area,
+                                                self._offload))
 
     async def _on_list(self, msg: List) -> None:
         self._start_task(msg, "get", "list",
                          lambda area: send_listing(self.conn, msg.stream, msg, area,
                                                    self.list_slots))
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Long file work on the server's disk pool (inline without one)."""
+        if self.context.disk is None or self.peer is None:
+            return fn(*args)
+        return await self.context.disk.run(self.peer.fingerprint, fn, *args)
 
     def _audit(self, op: str, done: Done) -> None:
         self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)
@@ -396,6 +415,7 @@ class Session:
         self.context.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
                                 else None, stream=stream, code=exc.code, reason=str(exc),
                                 **(request or {}))
+        self._unwatch(stream)
         handler = self.streams.pop(stream, None)
         if handler is not None:
             handler.abandon()
@@ -404,7 +424,40 @@ class Session:
 
     # --- events on open streams ----------------------------------------------------------------
 
+    def _watch(self, stream: int) -> None:
+        """End an upload that receives no data for ``stall_timeout``: it holds a partial, a
+        spool and directory descriptors, and a client may open many and send nothing."""
+        timeout = self.limits.stall_timeout
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._heard[stream] = loop.time()
+        self._stall[stream] = loop.call_later(timeout, self._stalled, stream)
+
+    def _stalled(self, stream: int) -> None:
+        self._stall.pop(stream, None)
+        if stream not in self.streams or not self.conn.proto.can_send(stream):
+            self._heard.pop(stream, None)
+            return  # ended, or its answer was sent: only the client's close is missing
+        timeout = self.limits.stall_timeout
+        idle = asyncio.get_running_loop().time() - self._heard.get(stream, 0.0)
+        if idle < timeout:
+            self._stall[stream] = asyncio.get_running_loop().call_later(
+                timeout - idle, self._stalled, stream)
+            return
+        self._heard.pop(stream, None)
+        self._end_stream(stream, Busy(f"no data for {timeout:g} s: the upload was ended "
+                                      f"(serve --stall-timeout)"))
+
+    def _unwatch(self, stream: int) -> None:
+        timer = self._stall.pop(stream, None)
+        if timer is not None:
+            timer.cancel()
+        self._heard.pop(stream, None)
+
     async def _on_data(self, data: Data) -> None:
+        if data.stream in self._heard:
+            self._heard[data.stream] = asyncio.get_running_loop().time()
         handler = self.streams.get(data.stream)
         if handler is None:
             self.conn.consumed(data.stream, len(data.data))
@@ -424,6 +477,7 @@ class Session:
             self._end_stream(msg.stream, _as_remote(exc))
 
     async def _on_close(self, msg: Close) -> None:
+        self._unwatch(msg.stream)
         handler = self.streams.pop(msg.stream, None)
         if handler is not None:
             handler.abandon()
@@ -460,6 +514,8 @@ class Session:
         return task
 
     def _abandon_all(self) -> None:
+        for stream in list(self._stall):
+            self._unwatch(stream)
         for handler in list(self.streams.values()):
             handler.abandon()
         self.streams.clear()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import Enum, auto
+from typing import Any
 
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -38,6 +39,13 @@ from tether.storage.source import digest
 ENTRIES_HEADER = 60 * 1024
 
 
+Offload = Callable[..., Awaitable[Any]]  # run long file work off the loop: (fn, *args)
+
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 class _PutState(Enum):
     AWAIT_BEGIN = auto()
     DATA = auto()
@@ -48,7 +56,9 @@ class PutTransfer:
     """Receives one entry of a put."""
 
     def __init__(self, conn: FramedConnection, stream: int, req: Put, area: FileArea,
-                 max_upload: int = 0, on_done: Callable[[Done], None] | None = None) -> None:
+                 max_upload: int = 0, on_done: Callable[[Done], None] | None = None,
+                 offload: Offload = _inline) -> None:
+        self.offload = offload
         self.max_upload = max_upload
         self.on_done = on_done
         self.conn = conn
@@ -63,7 +73,7 @@ class PutTransfer:
         """Prepare the destination; for a file, wait for data (after ``ready`` if resuming)."""
         req = self.req
         if req.kind == "file":
-            self._start_file()
+            await self._start_file()
         elif req.kind == "dir":
             self._make_dir()
         elif req.kind == "symlink":
@@ -71,15 +81,17 @@ class PutTransfer:
         else:
             raise BadRequest(f"unknown entry kind {req.kind[:20]!r}")
 
-    def _start_file(self) -> None:
+    async def _start_file(self) -> None:
         req = self.req
         if req.size < 0:
             raise BadRequest("negative size")
         if self.max_upload and req.size > self.max_upload:
             raise BadRequest(f"a file of {req.size} bytes exceeds this server's upload limit "
                              f"of {self.max_upload} bytes")
-        self.partial, self.shown = self.area.open_put(
-            req.path, req.name, exists_ok=req.force or req.rename, resume=req.resume)
+        # a kept partial is hashed here, up to its size: off the loop
+        self.partial, self.shown = await self.offload(
+            lambda: self.area.open_put(req.path, req.name, exists_ok=req.force or req.rename,
+                                       resume=req.resume))
         if req.resume:
             self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
                                  stream=self.stream))
@@ -150,11 +162,13 @@ class PutTransfer:
             self.partial = None
 
 
-async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
+async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea,
+                    offload: Offload = _inline) -> Done:
     """Stream one file: meta, data from the agreed offset, then done with the full hash."""
     source = area.open_source(req.path)
     try:
-        start, hasher = source.resume_point(req.offset, req.prefix_hash)
+        # the prefix up to the client's offset is hashed first: off the loop
+        start, hasher = await offload(source.resume_point, req.offset, req.prefix_hash)
         conn.send(Meta(size=source.size, mode=source.mode, mtime_ns=source.mtime_ns,
                        offset=start, stream=stream))
         for chunk in source.chunks(start):
