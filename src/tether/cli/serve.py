@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 
 _LIMIT_FLAGS: list[tuple[str, type, str]] = [
-    ("max_connections", int, "Connections at once, in total."),
+    ("max_connections", int, "Connections at once, in total (0: derived from RLIMIT_NOFILE; "
+                             "half may be in their handshake, the oldest is dropped)."),
+    ("reserved_descriptors", int, "Descriptors kept free for admitted clients' operations."),
     ("max_connections_per_client", int, "Connections at once per client identity."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),

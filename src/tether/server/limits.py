@@ -5,16 +5,19 @@ processes. Every refusal comes with a one-line reason for the log, the audit log
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
 class Limits:
     """Configurable limits (``tether serve --help`` lists the flags; docs/SECURITY.md why)."""
 
-    max_connections: int = 4096  # authenticated or not, in total
+    max_connections: int = 0  # authenticated or not, in total (0: derived, see derive())
+    reserved_descriptors: int = 64  # kept free for the files of admitted clients' operations
     max_connections_per_client: int = 1024  # per client identity
     max_processes_per_client: int = 256  # commands and shells running at once, per identity
     max_streams_per_connection: int = 64  # operations at once on one connection
@@ -35,6 +38,35 @@ class Limits:
     refusal_log_interval: float = 10.0  # one log/audit line per refused address per interval
 
 
+MAX_DERIVED_CONNECTIONS = 4096
+DESCRIPTORS_PER_CONNECTION = 2  # its socket, and the file of one operation
+
+
+def open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def derive(limits: Limits) -> tuple[Limits, str]:
+    """``limits`` with ``max_connections`` derived from the descriptors the process may still
+    open (soft RLIMIT_NOFILE less those open now and the reserve) when it is 0, and a line
+    saying what was chosen, for the log."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    free = soft - open_descriptors() - limits.reserved_descriptors
+    if limits.max_connections:
+        note = (f"max-connections {limits.max_connections} (set); {free} descriptors free "
+                f"beyond the reserve of {limits.reserved_descriptors}")
+        return limits, note
+    derived = max(8, min(MAX_DERIVED_CONNECTIONS, free // DESCRIPTORS_PER_CONNECTION))
+    note = (f"max-connections {derived}, derived from RLIMIT_NOFILE {soft} (reserve "
+            f"{limits.reserved_descriptors} descriptors)")
+    return replace(limits, max_connections=derived), note
+
+
 @dataclass
 class Admission:
     """Who is connected right now, and who failed recently."""
@@ -45,6 +77,12 @@ class Admission:
     clients: Counter[str] = field(default_factory=Counter)
     processes: Counter[str] = field(default_factory=Counter)
     failures: dict[str, deque[float]] = field(default_factory=dict)
+
+    @property
+    def max_handshakes(self) -> int:
+        """Handshakes at once from all addresses: half the connections, so that connections
+        that never finish their handshake cannot hold every slot (the oldest is dropped)."""
+        return max(1, self.limits.max_connections // 2)
 
     def admit_address(self, address: str) -> str | None:
         """A reason to refuse a new TCP connection from ``address`` now, or None (counted)."""

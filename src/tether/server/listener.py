@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.diskpool import DiskPool
-from tether.server.limits import Admission
+from tether.server.limits import Admission, derive
 from tether.server.refusals import Refusals
 from tether.server.session import Session, SessionContext
 from tether.storage.reserved import Reserved
@@ -85,8 +86,11 @@ class Server:
             )
         if not config.plaintext and identity is None:
             raise TetherError("a TLS server needs an identity")
+        limits, self._limits_note = derive(config.limits)
+        config = dataclasses.replace(config, limits=limits)
         self.config = config
         self.identity = identity
+        self._handshaking: dict[asyncio.Transport, str] = {}  # oldest first
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
         self._stamp: tuple[int, ...] | None = None
@@ -138,6 +142,7 @@ class Server:
     # --- lifetime ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        log.info("limits: %s", self._limits_note)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
@@ -185,8 +190,13 @@ class Server:
             self.refusals.refused(address, refusal)
             transport.abort()
             return
+        self._make_room(address)
+        self._handshaking[transport] = address
         try:
-            link = await self._secure(transport, address)
+            try:
+                link = await self._secure(transport, address)
+            finally:
+                self._handshaking.pop(transport, None)
             if link is None:
                 return
             session = Session(self.context, link)
@@ -199,6 +209,16 @@ class Server:
                 self.sessions.discard(session)
         finally:
             self.admission.connection_closed()
+
+    def _make_room(self, address: str) -> None:
+        """All handshake slots are taken: drop the oldest waiting handshake, so connections
+        that never finish theirs cannot keep a real client out (and say so, aggregated)."""
+        while len(self._handshaking) >= self.admission.max_handshakes:
+            oldest, who = next(iter(self._handshaking.items()))
+            del self._handshaking[oldest]
+            oldest.abort()
+            self.refusals.refused(who, f"handshake slots full ({self.admission.max_handshakes}):"
+                                       f" the oldest waiting handshake was dropped")
 
     async def _secure(self, transport: asyncio.Transport, address: str) -> FramedProtocol | None:
         """The TLS handshake (skipped with --plaintext), under its deadline, counted per address."""
