@@ -17,7 +17,7 @@ class Limits:
     """Configurable limits (``tether serve --help`` lists the flags; docs/SECURITY.md why)."""
 
     max_connections: int = 0  # authenticated or not, in total (0: derived, see derive())
-    reserved_descriptors: int = 64  # kept free for the files of admitted clients' operations
+    reserved_descriptors: int = 128  # kept free for admitted clients' files (and accept bursts)
     max_connections_per_client: int = 1024  # per client identity
     max_processes_per_client: int = 256  # commands and shells running at once, per identity
     max_streams_per_connection: int = 64  # operations at once on one connection

@@ -145,7 +145,10 @@ class Server:
         log.info("limits: %s", self._limits_note)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
+            lambda: _Accepted(self), self.config.host, self.config.port,
+            # asyncio accepts up to this many per wake-up before admission runs: within the
+            # descriptors kept in reserve, so a burst cannot reach RLIMIT_NOFILE (EMFILE)
+            backlog=max(16, min(1024, self.config.limits.reserved_descriptors)),
         )
         sock = self._server.sockets[0]
         self.config.port = sock.getsockname()[1]
@@ -235,7 +238,8 @@ class Server:
                     transport, protocol, self._tls_context(), server_side=True,
                     ssl_handshake_timeout=self.config.limits.handshake_timeout,
                 )
-                assert tls is not None
+                if tls is None:  # dropped for a newer handshake (_make_room) meanwhile
+                    raise ConnectionAbortedError("handshake dropped: slots full")
                 secured = tls
             protocol.connection_made(secured)
             ok = True
