@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,8 +27,11 @@ class DiskPool:
         self._shares: dict[str, asyncio.Semaphore] = {}
         self._users: dict[str, int] = {}
 
-    async def run(self, client: str, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on a pool thread, waiting for ``client``'s share first."""
+    async def run(self, client: str, fn: Callable[..., T], *args: object,
+                  cleanup: Callable[[T], object] | None = None) -> T:
+        """``fn(*args)`` on a pool thread, waiting for ``client``'s share first. If the caller
+        is cancelled while ``fn`` runs (its connection went away), ``cleanup`` gets what ``fn``
+        returns once it does (a thread cannot be stopped; what it opened must be closed)."""
         share = self._shares.get(client)
         if share is None:
             share = self._shares[client] = asyncio.Semaphore(self.per_client)
@@ -38,8 +41,13 @@ class DiskPool:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(self.threads,
                                                         thread_name_prefix="tether-disk")
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, fn, *args)
+                work = self._executor.submit(fn, *args)
+                try:
+                    return await asyncio.wrap_future(work)
+                except asyncio.CancelledError:
+                    if cleanup is not None:
+                        work.add_done_callback(lambda done: _clean(done, cleanup))
+                    raise
         finally:
             self._users[client] -= 1
             if not self._users[client]:  # nobody waits: forget the identity (bounded state)
@@ -50,3 +58,8 @@ class DiskPool:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _clean(done: Future[T], cleanup: Callable[[T], object]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        cleanup(done.result())

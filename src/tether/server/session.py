@@ -357,11 +357,12 @@ class Session:
                          lambda area: send_listing(self.conn, msg.stream, msg, area,
                                                    self.list_slots))
 
-    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _offload(self, fn: Callable[..., Any], *args: Any,
+                       cleanup: Callable[[Any], object] | None = None) -> Any:
         """Long file work on the server's disk pool (inline without one)."""
         if self.context.disk is None or self.peer is None:
             return fn(*args)
-        return await self.context.disk.run(self.peer.fingerprint, fn, *args)
+        return await self.context.disk.run(self.peer.fingerprint, fn, *args, cleanup=cleanup)
 
     def _audit(self, op: str, done: Done) -> None:
         self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)

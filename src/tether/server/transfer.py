@@ -32,7 +32,7 @@ from tether.protocol import (
 from tether.storage.area import EntryInfo, FileArea
 from tether.storage.batch import SEND_FILES, header_cost
 from tether.storage.partial import PartialFile
-from tether.storage.source import digest
+from tether.storage.source import SourceFile, digest
 
 # a bound on one entries header (within MAX_HEADER even for a single entry whose path and link
 # target are each 4,096 bytes of characters JSON escapes)
@@ -42,7 +42,7 @@ ENTRIES_HEADER = 60 * 1024
 Offload = Callable[..., Awaitable[Any]]  # run long file work off the loop: (fn, *args)
 
 
-async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+async def _inline(fn: Callable[..., Any], *args: Any, cleanup: Any = None) -> Any:
     return fn(*args)
 
 
@@ -91,7 +91,8 @@ class PutTransfer:
         # a kept partial is hashed here, up to its size: off the loop
         self.partial, self.shown = await self.offload(
             lambda: self.area.open_put(req.path, req.name, exists_ok=req.force or req.rename,
-                                       resume=req.resume))
+                                       resume=req.resume),
+            cleanup=lambda opened: opened[0].close())
         if req.resume:
             self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
                                  stream=self.stream))
@@ -165,10 +166,11 @@ class PutTransfer:
 async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea,
                     offload: Offload = _inline) -> Done:
     """Stream one file: meta, data from the agreed offset, then done with the full hash."""
-    source = area.open_source(req.path)
+    # opened and its prefix up to the client's offset hashed off the loop; cancelled while
+    # that runs, the source is closed once the thread is done with it
+    source, (start, hasher) = await offload(_open_at_offset, area, req,
+                                            cleanup=lambda opened: opened[0].close())
     try:
-        # the prefix up to the client's offset is hashed first: off the loop
-        start, hasher = await offload(source.resume_point, req.offset, req.prefix_hash)
         conn.send(Meta(size=source.size, mode=source.mode, mtime_ns=source.mtime_ns,
                        offset=start, stream=stream))
         for chunk in source.chunks(start):
@@ -182,6 +184,15 @@ async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileAre
         return done
     finally:
         source.close()
+
+
+def _open_at_offset(area: FileArea, req: Get) -> tuple[SourceFile, tuple[int, Any]]:
+    source = area.open_source(req.path)
+    try:
+        return source, source.resume_point(req.offset, req.prefix_hash)
+    except BaseException:
+        source.close()
+        raise
 
 
 async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea,
