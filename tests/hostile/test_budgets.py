@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import socket
 import ssl
@@ -61,7 +62,9 @@ class Rig:
         return took
 
 
-def _serve(tmp: Path, *extra: str) -> Rig:
+def _serve(tmp: Path, *extra: str, hard: int | None = None) -> Rig:
+    """A server started at soft RLIMIT_NOFILE 1024 (and at hard ``hard`` when given, so that
+    it cannot raise its soft limit)."""
     home, jail = tmp / "server", tmp / "jail"
     jail.mkdir()
     generate_identity(home, "server", "server")
@@ -74,12 +77,13 @@ def _serve(tmp: Path, *extra: str) -> Rig:
         add_authorized(home, AuthorizedClient(ids[name].cert_der, name, root=str(jail),
                                               permissions=frozenset(perms)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT_NOFILE, hard))  # inherited by the server
+    soft, hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard is not None else hard_now
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT_NOFILE, limit))  # inherited by the server
     try:
         server = start_serve(home, tmp / "root", tmp / "serve.log", *extra, env=env)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard_now))  # we are root: allowed
     return Rig(server, honest_home, jail, ids["putter"], ids["getter"], ids["full"])
 
 
@@ -248,8 +252,15 @@ def test_resume_hashing_of_a_huge_sparse_file_freezes_nobody(rig: Rig) -> None:
 
 # --- item 10: floods at the default descriptor limit --------------------------------------------
 
-def test_a_flood_of_silent_connections_does_not_starve_a_real_client(rig: Rig) -> None:
+@pytest.mark.parametrize("hard", [None, SOFT_NOFILE], ids=["hard-higher", "hard-1024"])
+def test_a_flood_of_silent_connections_does_not_starve_a_real_client(tmp_path: Path,
+                                                                    hard: int | None) -> None:
+    """At soft 1024 with a higher hard limit, the server raises its soft limit and the flood
+    binds nothing; at hard 1024 too, its derived limits bind (and say so) and a real client
+    still gets in."""
+    rig = _serve(tmp_path, hard=hard)
     before = rig.figures()
+    soft_now = rig.proc.rlimit(psutil.RLIMIT_NOFILE)[0]
     held: list[socket.socket] = []
     try:
         for n in range(1300):  # 300 stalled handshakes + 1,000 silent, from 14 addresses
@@ -261,17 +272,111 @@ def test_a_flood_of_silent_connections_does_not_starve_a_real_client(rig: Rig) -
             if n < 300:
                 sock.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a hello begun
         deadline = time.monotonic() + 15  # the server accepts them all (a loaded machine lags)
-        while "waiting handshake was dropped" not in rig.server.log_text() and (
+        while (rig.figures()[1] < before[1] + 1000 if hard is None else
+               "waiting handshake was dropped" not in rig.server.log_text()) and (
                 time.monotonic() < deadline):
             time.sleep(0.2)
         during = rig.figures()
         took = rig.honest_run(timeout=30)
-        _report("1,300 silent or stalled connections from 14 addresses", before, during)
-        assert during[1] < SOFT_NOFILE, during
+        _report(f"1,300 silent or stalled connections from 14 addresses, soft limit "
+                f"{soft_now}", before, during)
         assert took < 10
         log = rig.server.log_text()
-        assert "limits: max-connections" in log
-        assert "the oldest waiting handshake was dropped" in log or "server full" in log
+        assert "limits: " in log and "max-connections" in log
+        if hard is None:
+            assert soft_now == rig.proc.rlimit(psutil.RLIMIT_NOFILE)[1] > SOFT_NOFILE
+            assert f"raised from {SOFT_NOFILE} to the hard limit {soft_now}" in log
+            assert during[1] > before[1] + 1000  # all held at once, beyond the old soft limit
+        else:
+            assert soft_now == SOFT_NOFILE
+            assert during[1] < SOFT_NOFILE, during
+            assert "the oldest waiting handshake was dropped" in log or "server full" in log
     finally:
         for sock in held:
             sock.close()
+        rig.server.stop()
+
+
+# --- items 3, 4 and 10: many connections of one identity against the descriptor budget ---------
+
+def test_one_identity_with_many_connections_cannot_take_every_descriptor(tmp_path: Path) -> None:
+    """A put-only identity opens 12 connections of 16 stalled batches each (6 descriptors
+    apiece) and a get-only one 3 connections of 4 listings stalled at the bottom of a 40-level
+    tree (83 apiece): without a budget across connections that is 2,000 descriptors at a
+    limit of 1024. Each identity gets its share, the rest are refused ``busy``, the server stays
+    under its limit and an honest client is served."""
+    rig = _serve(tmp_path, "--stall-timeout", "30", hard=SOFT_NOFILE)
+    try:
+        for i in range(BATCH_FILES):
+            (rig.jail / f"d{i:03}").mkdir()
+        deep = rig.jail.joinpath(*["deep"] * 40)
+        deep.mkdir(parents=True)
+        for i in range(30_000):
+            (deep / f"entry-with-a-longish-name-{i:06}").touch()
+        match = re.search(r"(\d+) descriptors for operations, (\d+) per client",
+                          rig.server.log_text())
+        assert match, rig.server.log_text()
+        total, share = int(match[1]), int(match[2])
+        before = rig.figures()
+        putters = _stalled_batches(rig, connections=12, per_connection=16)
+        listers = []
+        for _ in range(3):
+            client = _raw(rig, rig.getter)
+            for n in range(4):
+                client.send(msg_frame({"t": "list", "path": "deep", "batched": True},
+                                      stream=2 * n + 1))
+            listers.append(client)
+        time.sleep(3)
+        during = rig.figures()
+        took = rig.honest_run()
+        _report(f"12 connections x 16 stalled batches, 3 x 4 deep listings (budget {total}, "
+                f"{share} per client)", before, during)
+        assert during[1] < SOFT_NOFILE - 64, during
+        # held: the share of each of the two identities, and a socket per connection
+        assert during[1] - before[1] <= 2 * share + 15 + 4, during
+        assert during[0] - before[0] < 96 * MiB, during
+        assert took < 10
+        refused = [_errors(client) for client in putters]
+        assert any("cannot open more files for this client" in text
+                   for texts in refused for text in texts), refused
+        assert "descriptor limit binds for " in rig.server.log_text()
+        for client in putters + listers:
+            client.close()
+    finally:
+        rig.server.stop()
+
+
+def _errors(client: RawClient) -> list[str]:
+    """The messages of the stream errors the server has sent this client so far."""
+    client.sock.settimeout(1.0)
+    return [frame.header.get("message", "") for frame in client.frames(64)
+            if frame.header and frame.header.get("t") == "error"]
+
+
+# --- item 4: unread fetches over many connections of one identity -------------------------------
+
+def test_unread_fetches_over_many_connections_of_one_identity(rig: Rig) -> None:
+    """Each fetch reads up to 4 MiB of files whole and joins them to send: 12 connections x 4
+    unread fetches held about 400 MiB before fetches were shared per identity (8 at once)."""
+    small = rig.jail / "small"
+    small.mkdir()
+    payload = os.urandom(BATCH_FILE_SIZE)
+    names = [f"f{i:03}" for i in range(BATCH_FILES)]  # 512 x 8,000 bytes: just under 4 MiB
+    for name in names:
+        (small / name).write_bytes(payload)
+    before = rig.figures()
+    clients = []
+    for _ in range(12):
+        client = _raw(rig, rig.getter)
+        for n in range(4):
+            client.send(msg_frame({"t": "fetch", "path": "small", "names": names},
+                                  stream=2 * n + 1))
+        clients.append(client)
+    time.sleep(4)
+    during = rig.figures()
+    took = rig.honest_run()
+    _report("12 connections x 4 unread fetches of 4 MiB", before, during)
+    assert during[0] - before[0] < 128 * MiB, during
+    assert took < 10
+    for client in clients:
+        client.close()

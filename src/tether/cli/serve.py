@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("max_connections", int, "Connections at once, in total (0: derived from RLIMIT_NOFILE; "
                              "half may be in their handshake, the oldest is dropped)."),
-    ("reserved_descriptors", int, "Descriptors kept free for admitted clients' operations."),
-    ("max_connections_per_client", int, "Connections at once per client identity."),
+    ("reserved_descriptors", int, "Descriptors kept free beyond connections and operations "
+                                  "(accept bursts, the server's own files)."),
+    ("max_connections_per_client", int, "Connections at once per client identity (0: half "
+                                        "of max-connections)."),
+    ("max_descriptors_per_client", int, "Descriptors one client identity's operations may hold "
+                                        "at once (0: half of those left for operations)."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),
     ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
@@ -45,6 +49,8 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
     ("max_batches_per_connection", int, "Batches of small files stored at once on one "
                                         "connection (each holds up to 6 descriptors)."),
+    ("max_fetches_per_client", int, "Fetches (batched gets of small files, each holding up "
+                                    "to 8 MiB) at once per client identity; more wait."),
     ("stall_timeout", float, "End a put or batch that receives no data for this long, "
                              "freeing what it holds (0: never)."),
     ("disk_threads", int, "Threads for long file work off the event loop (resume hashing, "

@@ -18,7 +18,8 @@ class Limits:
 
     max_connections: int = 0  # authenticated or not, in total (0: derived, see derive())
     reserved_descriptors: int = 128  # kept free for admitted clients' files (and accept bursts)
-    max_connections_per_client: int = 1024  # per client identity
+    max_connections_per_client: int = 0  # per client identity (0: half of max_connections)
+    max_descriptors_per_client: int = 0  # held by one identity's operations (0: half of all)
     max_processes_per_client: int = 256  # commands and shells running at once, per identity
     max_streams_per_connection: int = 64  # operations at once on one connection
     max_pending_per_address: int = 256  # connections still in their TLS handshake, per address
@@ -32,6 +33,7 @@ class Limits:
     process_nproc: int = 0  # RLIMIT_NPROC for commands (0: inherit)
     process_memory: int = 0  # RLIMIT_AS in bytes for commands (0: inherit)
     max_batches_per_connection: int = 16  # batches stored at once on one connection
+    max_fetches_per_client: int = 8  # fetches holding their files at once, per identity
     stall_timeout: float = 60.0  # end a put or batch that receives no data for this long (0: never)
     disk_threads: int = 4  # threads for long file work (resume hashing, fsync)...
     disk_threads_per_client: int = 2  # ...of which one client identity may use this many
@@ -40,6 +42,7 @@ class Limits:
 
 MAX_DERIVED_CONNECTIONS = 4096
 DESCRIPTORS_PER_CONNECTION = 2  # its socket, and the file of one operation
+MIN_OPERATION_DESCRIPTORS = 64
 
 
 def open_descriptors() -> int:
@@ -49,22 +52,61 @@ def open_descriptors() -> int:
         return 0
 
 
-def derive(limits: Limits) -> tuple[Limits, str]:
-    """``limits`` with ``max_connections`` derived from the descriptors the process may still
-    open (soft RLIMIT_NOFILE less those open now and the reserve) when it is 0, and a line
-    saying what was chosen, for the log."""
+def raise_descriptor_limit() -> str:
+    """Raise the soft RLIMIT_NOFILE to the hard one (most shells and units start a process at
+    1024, far below what the kernel allows it) and say what was done, for the log. Commands
+    inherit the raised limit (putting it back would need a preexec function, which makes every
+    spawn a full fork: ten times slower)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return f"soft RLIMIT_NOFILE {soft}"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        return f"soft RLIMIT_NOFILE {soft} (could not raise it to {target}: {exc})"
+    return f"soft RLIMIT_NOFILE raised from {soft} to the hard limit {target}"
+
+
+def _nr_open() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The limits with every 0 ("derived") resolved, and the descriptors operations may hold."""
+
+    limits: Limits
+    operation_descriptors: int  # files, directories, pipes of all clients' operations at once
+    note: str  # what was chosen, for the log
+
+
+def derive(limits: Limits) -> Derived:
+    """Resolve the derived limits from the descriptors the process may still open (soft
+    RLIMIT_NOFILE less those open now and the reserve): each connection may hold its socket,
+    the rest is for operations; one identity gets at most half of the connections and half of
+    the operations' descriptors, so another can still get in."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     free = soft - open_descriptors() - limits.reserved_descriptors
-    if limits.max_connections:
-        note = (f"max-connections {limits.max_connections} (set); {free} descriptors free "
-                f"beyond the reserve of {limits.reserved_descriptors}")
-        return limits, note
-    derived = max(8, min(MAX_DERIVED_CONNECTIONS, free // DESCRIPTORS_PER_CONNECTION))
-    note = (f"max-connections {derived}, derived from RLIMIT_NOFILE {soft} (reserve "
-            f"{limits.reserved_descriptors} descriptors)")
-    return replace(limits, max_connections=derived), note
+    connections = limits.max_connections or max(
+        8, min(MAX_DERIVED_CONNECTIONS, free // DESCRIPTORS_PER_CONNECTION))
+    operations = max(MIN_OPERATION_DESCRIPTORS, free - connections)
+    derived = replace(
+        limits, max_connections=connections,
+        max_connections_per_client=limits.max_connections_per_client or max(1, connections // 2),
+        max_descriptors_per_client=limits.max_descriptors_per_client or operations // 2)
+    how = "set" if limits.max_connections else f"derived from RLIMIT_NOFILE {soft}"
+    note = (f"max-connections {connections} ({how}), {derived.max_connections_per_client} per "
+            f"client; {operations} descriptors for operations, "
+            f"{derived.max_descriptors_per_client} per client; reserve "
+            f"{limits.reserved_descriptors}")
+    return Derived(derived, operations, note)
 
 
 @dataclass

@@ -27,11 +27,13 @@ from tether.protocol.discovery import Announcement
 from tether.server.audit import AuditLog
 from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
+from tether.server.descriptors import Descriptors
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.diskpool import DiskPool
-from tether.server.limits import Admission, derive
+from tether.server.limits import Admission, derive, raise_descriptor_limit
 from tether.server.refusals import Refusals
 from tether.server.session import Session, SessionContext
+from tether.server.shares import Shares
 from tether.storage.reserved import Reserved
 from tether.tls import server_context
 
@@ -86,8 +88,12 @@ class Server:
             )
         if not config.plaintext and identity is None:
             raise TetherError("a TLS server needs an identity")
-        limits, self._limits_note = derive(config.limits)
-        config = dataclasses.replace(config, limits=limits)
+        self._limits_note = raise_descriptor_limit()
+        derived = derive(config.limits)
+        self._limits_note += "; " + derived.note
+        config = dataclasses.replace(config, limits=derived.limits)
+        self.descriptors = Descriptors(derived.operation_descriptors,
+                                       derived.limits.max_descriptors_per_client)
         self.config = config
         self.identity = identity
         self._handshaking: dict[asyncio.Transport, str] = {}  # oldest first
@@ -110,6 +116,8 @@ class Server:
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
             reserved=self.reserved, refusals=self.refusals, disk=self.disk,
+            descriptors=self.descriptors,
+            fetches=Shares(config.limits.max_fetches_per_client),
         )
 
     # --- authorization -------------------------------------------------------------------------

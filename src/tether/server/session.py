@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import platform
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -60,11 +60,14 @@ from tether.protocol import (
 from tether.protocol.messages import problem
 from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
+from tether.server.descriptors import COSTS, Descriptors, Holder
 from tether.server.diskpool import DiskPool
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.limits import Admission, Limits
 from tether.server.refusals import Refusals
+from tether.server.shares import Shares
 from tether.server.shell import LineRun, PtyRun, shell_spec
+from tether.server.stall import StallWatch
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
@@ -89,6 +92,8 @@ class SessionContext:
     reserved: Reserved = field(default_factory=Reserved)  # TETHER_HOME, audit log: no client's
     refusals: Refusals | None = None  # refused connections, aggregated per address
     disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
+    descriptors: Descriptors | None = None  # what operations hold, in total and per identity
+    fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,8 @@ class Session:
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
         self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
-        self._stall: dict[int, asyncio.TimerHandle] = {}  # uploads waiting for data
-        self._heard: dict[int, float] = {}  # when each last received data
+        self.stall = StallWatch(self.limits.stall_timeout, self._stalled)  # uploads
+        self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
 
     async def serve(self) -> None:
         address = self.conn.peer_address
@@ -120,6 +125,7 @@ class Session:
         admitted, reason = False, ""
         try:
             self.peer = self._authorize()
+            self.held = Holder(self.context.descriptors, self.peer.fingerprint)
             refusal = self.context.admission.admit_client(self.peer.fingerprint)
             if refusal is not None:
                 raise Busy(refusal)
@@ -236,7 +242,9 @@ class Session:
             raise RemoteProtocolError(f"{unclosed} streams the server ended were never closed "
                                       f"(limit {self.limits.max_streams_per_connection})")
 
-    def _check_open(self, permission: str) -> Peer:
+    def _check_open(self, permission: str, stream: int, op: str) -> Peer:
+        """The peer, allowed ``permission``, within the operation cap, holding the descriptors
+        ``op`` may keep open (given back when the stream ends, see :meth:`_forget`)."""
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
@@ -244,6 +252,7 @@ class Session:
         if self.conn.proto.open_streams > self.limits.max_streams_per_connection:
             raise BadRequest("too many operations at once on one connection "
                              f"(limit {self.limits.max_streams_per_connection})")
+        self.held.take(stream, COSTS[op])
         return self.peer
 
     def _area(self, peer: Peer) -> FileArea:
@@ -276,7 +285,7 @@ class Session:
                              what: dict[str, Any]) -> None:
         """Check, count, start and audit a command or shell; its errors end only its stream."""
         try:
-            peer = self._check_open(permission)
+            peer = self._check_open(permission, stream, permission)
             run = make(self._policy(peer))
             refusal = self.context.admission.admit_process(peer.fingerprint)
             if refusal is not None:
@@ -313,7 +322,8 @@ class Session:
 
     async def _on_put(self, msg: Put) -> None:
         try:
-            put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
+            area = self._area(self._check_open("put", msg.stream, "put"))
+            put = PutTransfer(self.conn, msg.stream, msg, area,
                               self.limits.max_upload, lambda done: self._audit("put", done),
                               self._offload)
             await put.start()
@@ -322,11 +332,13 @@ class Session:
             return
         if put.partial is not None:
             self.streams[msg.stream] = put
-            self._watch(msg.stream)
+            self.stall.watch(msg.stream)
+        else:  # a directory or symlink: done already
+            self.held.give(msg.stream)
 
     async def _on_batch(self, msg: Batch) -> None:
         try:
-            area = self._area(self._check_open("put"))
+            area = self._area(self._check_open("put", msg.stream, "batch"))
             batches = sum(isinstance(h, BatchPut) for h in self.streams.values())
             if batches >= self.limits.max_batches_per_connection:
                 raise Busy(f"too many batches at once on one connection (limit "
@@ -336,7 +348,7 @@ class Session:
                              lambda path, size, hash_: self._audit_file("put", path, size, hash_))
             self.streams[msg.stream] = batch
             batch.start()
-            self._watch(msg.stream)
+            self.stall.watch(msg.stream)
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc), _request(msg))
 
@@ -346,7 +358,14 @@ class Session:
 
         self._start_task(msg, "get", "fetch",
                          lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
-                                                 self.fetch_slots))
+                                                 self._fetch_slot()))
+
+    @contextlib.asynccontextmanager
+    async def _fetch_slot(self) -> AsyncIterator[None]:
+        """A fetch's turn: one of this connection's, and of this identity's."""
+        assert self.peer is not None
+        async with self.fetch_slots, self.context.fetches.hold(self.peer.fingerprint):
+            yield
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",
@@ -356,7 +375,16 @@ class Session:
     async def _on_list(self, msg: List) -> None:
         self._start_task(msg, "get", "list",
                          lambda area: send_listing(self.conn, msg.stream, msg, area,
-                                                   self.list_slots))
+                                                   self.list_slots, self._holder(msg.stream)))
+
+    def _holder(self, stream: int) -> Callable[[int], None]:
+        """What a listing tells of the descriptors its levels take (+) and give back (-)."""
+        def hold(count: int) -> None:
+            if count > 0:
+                self.held.take(stream, count)
+            else:
+                self.held.give(stream, -count)
+        return hold
 
     async def _offload(self, fn: Callable[..., Any], *args: Any,
                        cleanup: Callable[[Any], object] | None = None) -> Any:
@@ -381,7 +409,7 @@ class Session:
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
         stream = msg.stream
         try:
-            area = self._area(self._check_open(permission))
+            area = self._area(self._check_open(permission, stream, op))
         except RemoteError as exc:
             self._end_stream(stream, exc, _request(msg))
             return
@@ -408,7 +436,13 @@ class Session:
             log.exception("stream %d failed", stream)
             self._end_stream(stream, _as_remote(exc))
         finally:
-            self.streams.pop(stream, None)
+            self._forget(stream)
+
+    def _forget(self, stream: int) -> None:
+        """The stream's operation is over here: stop watching it, give back what it held."""
+        self.stall.unwatch(stream)
+        self.held.give(stream)
+        self.streams.pop(stream, None)
 
     def _end_stream(self, stream: int, exc: TetherError,
                     request: dict[str, Any] | None = None) -> None:
@@ -417,49 +451,24 @@ class Session:
         self.context.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
                                 else None, stream=stream, code=exc.code, reason=str(exc),
                                 **(request or {}))
-        self._unwatch(stream)
-        handler = self.streams.pop(stream, None)
+        handler = self.streams.get(stream)
         if handler is not None:
             handler.abandon()
+        self._forget(stream)
         with contextlib.suppress(TetherError):
             self.conn.send(Error(code=exc.code, message=_sendable(str(exc)), stream=stream))
 
     # --- events on open streams ----------------------------------------------------------------
 
-    def _watch(self, stream: int) -> None:
-        """End an upload that receives no data for ``stall_timeout``: it holds a partial, a
-        spool and directory descriptors, and a client may open many and send nothing."""
-        timeout = self.limits.stall_timeout
-        if timeout <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        self._heard[stream] = loop.time()
-        self._stall[stream] = loop.call_later(timeout, self._stalled, stream)
-
     def _stalled(self, stream: int) -> None:
-        self._stall.pop(stream, None)
-        if stream not in self.streams or not self.conn.proto.can_send(stream):
-            self._heard.pop(stream, None)
-            return  # ended, or its answer was sent: only the client's close is missing
-        timeout = self.limits.stall_timeout
-        idle = asyncio.get_running_loop().time() - self._heard.get(stream, 0.0)
-        if idle < timeout:
-            self._stall[stream] = asyncio.get_running_loop().call_later(
-                timeout - idle, self._stalled, stream)
-            return
-        self._heard.pop(stream, None)
-        self._end_stream(stream, Busy(f"no data for {timeout:g} s: the upload was ended "
-                                      f"(serve --stall-timeout)"))
-
-    def _unwatch(self, stream: int) -> None:
-        timer = self._stall.pop(stream, None)
-        if timer is not None:
-            timer.cancel()
-        self._heard.pop(stream, None)
+        """An upload received no data for ``stall_timeout``: end it, unless it is over (ended,
+        or its answer sent and only the client's close missing)."""
+        if stream in self.streams and self.conn.proto.can_send(stream):
+            self._end_stream(stream, Busy(f"no data for {self.stall.timeout:g} s: the upload "
+                                          f"was ended (serve --stall-timeout)"))
 
     async def _on_data(self, data: Data) -> None:
-        if data.stream in self._heard:
-            self._heard[data.stream] = asyncio.get_running_loop().time()
+        self.stall.heard(data.stream)
         handler = self.streams.get(data.stream)
         if handler is None:
             self.conn.consumed(data.stream, len(data.data))
@@ -483,10 +492,10 @@ class Session:
         self._end_stream(refused.stream, BadRequest(refused.reason))
 
     async def _on_close(self, msg: Close) -> None:
-        self._unwatch(msg.stream)
-        handler = self.streams.pop(msg.stream, None)
+        handler = self.streams.get(msg.stream)
         if handler is not None:
             handler.abandon()
+        self._forget(msg.stream)
 
     async def _on_error(self, msg: Error) -> None:
         if msg.stream == 0:
@@ -521,11 +530,11 @@ class Session:
         return task
 
     def _abandon_all(self) -> None:
-        for stream in list(self._stall):
-            self._unwatch(stream)
+        self.stall.clear()
         for handler in list(self.streams.values()):
             handler.abandon()
         self.streams.clear()
+        self.held.give_all()
 
 
 class StreamHandler(Protocol):

@@ -28,7 +28,7 @@ from tether.protocol import (
     Put,
     Ready,
 )
-from tether.storage.area import EntryInfo, FileArea
+from tether.storage.area import EntryInfo, FileArea, Hold
 from tether.storage.batch import SEND_FILES, header_cost
 from tether.storage.partial import PartialFile
 from tether.storage.source import SourceFile, digest
@@ -184,18 +184,20 @@ def _open_at_offset(area: FileArea, req: Get) -> tuple[SourceFile, tuple[int, An
 
 
 async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea,
-                       slots: asyncio.Semaphore) -> Done:
+                       slots: asyncio.Semaphore, hold: Hold | None = None) -> Done:
     """Describe the tree at ``req.path``: one ``entry`` per file, directory or symlink, or
     (``batched``) many to an ``entries``; ``slots`` bounds the listings of one connection
-    that read at once (each holds a descriptor per level while its reader lags)."""
+    that read at once (each holds two descriptors per level while its reader lags, told to
+    ``hold``, which may refuse them)."""
     async with slots:
-        return await _listing(conn, stream, req, area)
+        return await _listing(conn, stream, req, area, hold)
 
 
-async def _listing(conn: FramedConnection, stream: int, req: List, area: FileArea) -> Done:
+async def _listing(conn: FramedConnection, stream: int, req: List, area: FileArea,
+                   hold: Hold | None) -> Done:
     count = 0
     group = _EntryGroup()
-    for info in area.walk(req.path):
+    for info in area.walk(req.path, hold):
         count += 1
         if not req.batched:
             conn.send(Entry(parts=info.parts, kind=info.kind, size=info.size, mode=info.mode,

@@ -18,7 +18,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,8 @@ from tether.storage.source import SourceFile, read_whole
 
 BATCH_DIRS_OPEN = 4  # directories a stored batch keeps open at once, besides its base
 MAX_LIST_DEPTH = 64  # levels a listing descends (each holds two descriptors while it is read)
+LIST_LEVEL_DESCRIPTORS = 2  # a level's directory, and the duplicate its scandir holds
+Hold = Callable[[int], None]  # told of descriptors taken (+) and given back (-); may refuse
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
 
 
@@ -322,7 +324,7 @@ class FileArea:
     def read_batch(self, path: str, names: list[str]) -> list[tuple[bytes, os.stat_result]]:
         """The whole content and status of each named regular file below ``path`` (a fetch),
         together at most a batch's bytes; anything else is refused like :meth:`open_source`."""
-        dirs = self._tree(path, names)
+        dirs = self._tree(path, names, BATCH_DIRS_OPEN)  # not one descriptor per directory
         found: list[tuple[bytes, os.stat_result]] = []
         room = MAX_BYTES
         try:
@@ -350,8 +352,9 @@ class FileArea:
         finally:
             os.close(fd)
 
-    def walk(self, path: str) -> Iterator[EntryInfo]:
-        """Every entry below ``path`` (directories before their contents), symlinks not followed."""
+    def walk(self, path: str, hold: Hold | None = None) -> Iterator[EntryInfo]:
+        """Every entry below ``path`` (directories before their contents), symlinks not followed;
+        ``hold`` is told before each level is opened (and may refuse it) and after it is closed."""
         dir_fd, name = self.resolve(path)
         try:
             if name is not None and not self.is_dir(dir_fd, name):
@@ -366,24 +369,24 @@ class FileArea:
         try:
             yield EntryInfo([], "dir", 0, os.fstat(top).st_mode & 0o7777,
                             os.fstat(top).st_mtime_ns)
-            yield from self._below(top)
+            yield from self._below(top, hold or _no_hold)
         except OSError as exc:
             raise disk_error(exc, path, "list") from exc
         finally:
             os.close(top)
 
-    def _below(self, top: int) -> Iterator[EntryInfo]:
+    def _below(self, top: int, hold: Hold) -> Iterator[EntryInfo]:
         """The entries below the directory ``top``, read lazily (one ``scandir`` per level, in
         the order the file system gives): a listing's memory does not grow with a directory's
         size, and its descriptors only with depth (at most MAX_LIST_DEPTH levels)."""
         levels: list[tuple[list[str], int, Iterator[os.DirEntry[str]]]] = []
         try:
-            levels.append(self._level([], os.dup(top)))
+            levels.append(self._level([], top, None, hold))
             while levels:
                 base, fd, entries = levels[-1]
                 entry = next(entries, None)
                 if entry is None:
-                    self._close_level(levels.pop())
+                    self._close_level(levels.pop(), hold)
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if self.reserved.hidden(st):  # the server's own: not listed, not entered
@@ -397,28 +400,39 @@ class FileArea:
                     if len(levels) >= MAX_LIST_DEPTH:
                         raise UnsafePath(f"{'/'.join(parts)}: a tree deeper than "
                                          f"{MAX_LIST_DEPTH} levels; list a subtree")
-                    levels.append(self._level(parts, os.open(
-                        entry.name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)))
+                    levels.append(self._level(parts, fd, entry.name, hold))
         finally:
             for level in levels:
-                self._close_level(level)
+                self._close_level(level, hold)
 
     @staticmethod
-    def _level(parts: list[str], fd: int) -> tuple[list[str], int, Iterator[os.DirEntry[str]]]:
-        """One level of a listing: its directory fd (taken over) and the reader of its entries."""
+    def _level(parts: list[str], parent: int, name: str | None,
+               hold: Hold) -> tuple[list[str], int, Iterator[os.DirEntry[str]]]:
+        """One level of a listing: the directory ``name`` in ``parent`` (``parent`` itself when
+        None) opened, and the reader of its entries; ``hold`` is told first."""
+        hold(LIST_LEVEL_DESCRIPTORS)
+        fd = -1
         try:
+            fd = os.dup(parent) if name is None else os.open(
+                name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
             return parts, fd, os.scandir(fd)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+            hold(-LIST_LEVEL_DESCRIPTORS)
             raise
 
     @staticmethod
-    def _close_level(level: tuple[list[str], int, Iterator[os.DirEntry[str]]]) -> None:
+    def _close_level(level: tuple[list[str], int, Iterator[os.DirEntry[str]]],
+                     hold: Hold) -> None:
         _, fd, entries = level
-        close = getattr(entries, "close", None)
-        if close is not None:
-            close()
-        os.close(fd)
+        try:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()
+            os.close(fd)
+        finally:
+            hold(-LIST_LEVEL_DESCRIPTORS)
 
     @staticmethod
     def _lstat(dir_fd: int, name: str, shown: str) -> os.stat_result:
@@ -435,3 +449,7 @@ class FileArea:
                              os.readlink(name, dir_fd=dir_fd))
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         return EntryInfo(parts, kind, st.st_size if kind == "file" else 0, mode, st.st_mtime_ns)
+
+
+def _no_hold(count: int) -> None:
+    pass
