@@ -77,13 +77,11 @@ def _serve(tmp: Path, *extra: str, hard: int | None = None) -> Rig:
         add_authorized(home, AuthorizedClient(ids[name].cert_der, name, root=str(jail),
                                               permissions=frozenset(perms)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
-    soft, hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = hard if hard is not None else hard_now
-    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT_NOFILE, limit))  # inherited by the server
-    try:
-        server = start_serve(home, tmp / "root", tmp / "serve.log", *extra, env=env)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard_now))  # we are root: allowed
+    def limit() -> None:  # in the server's process only (a lowered hard limit is for good)
+        hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT_NOFILE, hard or hard_now))
+
+    server = start_serve(home, tmp / "root", tmp / "serve.log", *extra, env=env, preexec=limit)
     return Rig(server, honest_home, jail, ids["putter"], ids["getter"], ids["full"])
 
 

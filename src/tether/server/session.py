@@ -483,9 +483,13 @@ class Session:
         if handler is None:
             return  # its operation already ended; the message was in flight
         try:
-            handler.handle(msg)
+            pending = handler.handle(msg)  # a put's commit: finished off the loop, in a task
         except (TetherError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc))
+            return
+        if pending is not None:
+            self.stall.unwatch(msg.stream)  # all its data is in
+            self._spawn(self._until_done(msg.stream, pending))
 
     async def _on_refused(self, refused: Refused) -> None:
         """An opener the core found malformed (a batch over its caps, ...): bad_request."""
@@ -541,7 +545,7 @@ class StreamHandler(Protocol):
     """What the session needs of an open operation."""
 
     def feed(self, data: bytes | bytearray) -> None: ...
-    def handle(self, msg: Message) -> None: ...
+    def handle(self, msg: Message) -> Awaitable[None] | None: ...
     def abandon(self) -> None: ...
 
 

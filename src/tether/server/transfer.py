@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -121,7 +122,9 @@ class PutTransfer:
         finally:
             self.conn.consumed(self.stream, len(data))
 
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: Message) -> Awaitable[None] | None:
+        """``begin`` is handled here; for ``commit``, the work to finish the put (its fsync
+        runs off the loop), for the session to run as a task."""
         partial = self.partial
         assert partial is not None
         if isinstance(msg, Begin):
@@ -132,15 +135,31 @@ class PutTransfer:
         elif isinstance(msg, Commit):
             if msg.size != partial.written or msg.size != self.req.size:
                 raise BadRequest(f"commit of {msg.size} bytes, but {partial.written} arrived")
-            resumed = partial.offset
+            self.partial = None  # the commit owns it now: abandon() must not close it
+            return self._commit(partial, msg)
+        return None
+
+    async def _commit(self, partial: PartialFile, msg: Commit) -> None:
+        req = self.req
+        resumed = partial.offset
+        owner = _Owner()
+
+        def commit() -> str:  # on a pool thread, unless the stream ended before it started
+            if not owner.claim("thread"):
+                return ""
             try:
-                final = partial.commit(msg.hash, self.req.mode & 0o1777, self.req.mtime_ns,
-                                       force=self.req.force, rename=self.req.rename)
+                return partial.commit(msg.hash, req.mode & 0o1777, req.mtime_ns,
+                                      force=req.force, rename=req.rename)
             finally:
                 partial.close()
-            self.partial = None
-            self.shown = posixpath.join(posixpath.dirname(self.shown), final)
-            self._done(msg.size, msg.hash, resumed)
+
+        try:
+            final = await self.offload(commit)
+        finally:
+            if owner.claim("loop"):  # cancelled before the thread began: nothing uses it
+                partial.close()
+        self.shown = posixpath.join(posixpath.dirname(self.shown), final)
+        self._done(msg.size, msg.hash, resumed)
 
     def abandon(self) -> None:
         """The stream ended early: keep the partial for a later resume (if it holds anything)."""
@@ -149,6 +168,20 @@ class PutTransfer:
                 self.partial.discard()
             self.partial.close()
             self.partial = None
+
+
+class _Owner:
+    """Who closes a partial whose commit was handed to a thread: the first to claim it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = ""
+
+    def claim(self, who: str) -> bool:
+        with self._lock:
+            if not self._owner:
+                self._owner = who
+            return self._owner == who
 
 
 async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea,
