@@ -18,7 +18,6 @@ import signal
 import socket
 import ssl
 
-from tether import __version__
 from tether.errors import TetherError
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
@@ -36,6 +35,7 @@ from tether.server.session import Session, SessionContext
 from tether.server.shares import Shares
 from tether.storage.reserved import Reserved
 from tether.tls import server_context
+from tether.version import __version__
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 

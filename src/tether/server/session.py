@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from tether import __version__
 from tether.errors import (
     BadRequest,
     Busy,
@@ -72,6 +71,7 @@ from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
 from tether.storage.reserved import Reserved
+from tether.version import __version__
 
 log = logging.getLogger("tether.server")
 
