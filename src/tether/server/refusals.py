@@ -24,6 +24,7 @@ MAX_TRACKED = 4096  # addresses with a pending summary; past this they share "*"
 @dataclass
 class _Pending:
     reason: str
+    presented: dict[str, str] = field(default_factory=dict)  # the certificate's fingerprint
     count: int = 0
     since: float = field(default_factory=time.monotonic)
 
@@ -37,20 +38,22 @@ class Refusals:
         self._pending: dict[str, _Pending] = {}
         self._timer: asyncio.TimerHandle | None = None
 
-    def refused(self, address: str, reason: str) -> None:
-        """One refusal of ``address``: written now if it is the first in its interval."""
+    def refused(self, address: str, reason: str, presented: dict[str, str] | None = None) -> None:
+        """One refusal of ``address`` (``presented``: the fingerprint of the certificate it
+        showed, if any): written now if it is the first in its interval."""
+        presented = presented or {}
         if self.interval <= 0:
-            self._write(address, reason, 1)
+            self._write(address, reason, 1, presented)
             return
         key = address if address in self._pending or len(self._pending) < MAX_TRACKED else "*"
         pending = self._pending.get(key)
         if pending is None:
-            self._pending[key] = _Pending(reason)
-            self._write(address, reason, 1)
+            self._pending[key] = _Pending(reason, presented)
+            self._write(address, reason, 1, presented)
             self._arm()
         else:
             pending.count += 1
-            pending.reason = reason
+            pending.reason, pending.presented = reason, presented
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -69,7 +72,8 @@ class Refusals:
                 continue
             del self._pending[address]
             if pending.count:
-                self._write(address, pending.reason, pending.count, summary=True)
+                self._write(address, pending.reason, pending.count, pending.presented,
+                            summary=True)
                 # the next refusal starts a fresh interval (written at once)
         if self._pending:
             self._arm()
@@ -81,15 +85,17 @@ class Refusals:
             self._timer = None
         for address, pending in self._pending.items():
             if pending.count:
-                self._write(address, pending.reason, pending.count, summary=True)
+                self._write(address, pending.reason, pending.count, pending.presented,
+                            summary=True)
         self._pending.clear()
 
-    def _write(self, address: str, reason: str, count: int, summary: bool = False) -> None:
+    def _write(self, address: str, reason: str, count: int, presented: dict[str, str],
+               summary: bool = False) -> None:
         if summary:
             log.warning("refused %s %d more times in %.0f s (last: %s)", address, count,
                         self.interval, reason)
             self.audit.event("refused", address=address, reason=reason, count=count,
-                             interval=self.interval)
+                             interval=self.interval, **presented)
         else:
             log.warning("refused %s: %s", address, reason)
-            self.audit.event("refused", address=address, reason=reason)
+            self.audit.event("refused", address=address, reason=reason, **presented)

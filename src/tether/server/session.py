@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 import platform
+import pwd
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from tether.errors import (
     BadRequest,
@@ -31,7 +31,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
+from tether.identity import PERMISSIONS, fingerprint
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -56,61 +56,40 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
-from tether.protocol.messages import problem
-from tether.server.audit import AuditLog
+from tether.protocol.ranges import problem
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
-from tether.server.descriptors import COSTS, Descriptors, Holder
-from tether.server.diskpool import DiskPool
+from tether.server.context import Peer, SessionContext
+from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
-from tether.server.limits import Admission, Limits
-from tether.server.refusals import Refusals
-from tether.server.shares import Shares
+from tether.server.limits import Limits
+from tether.server.privsep import Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.stall import StallWatch
+from tether.server.streamkit import VERBS as _VERBS
+from tether.server.streamkit import StreamHandler
+from tether.server.streamkit import TaskStream as _TaskStream
+from tether.server.streamkit import as_remote as _as_remote
+from tether.server.streamkit import identity_fields as _identity_fields
+from tether.server.streamkit import request_fields as _request
+from tether.server.streamkit import sendable as _sendable
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
-from tether.storage.errors import disk_error
-from tether.storage.reserved import Reserved
 from tether.version import __version__
 
 log = logging.getLogger("tether.server")
 
 
-@dataclass(frozen=True)
-class SessionContext:
-    """What a session needs of its server, and nothing more."""
-
-    limits: Limits
-    root: Path  # where an unconfined client's relative paths and commands start
-    plaintext: bool
-    name: str  # the server's name, told in welcome
-    encoding: str
-    kill_grace: float
-    admission: Admission
-    audit: AuditLog
-    authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
-    reserved: Reserved = field(default_factory=Reserved)  # TETHER_HOME, audit log: no client's
-    refusals: Refusals | None = None  # refused connections, aggregated per address
-    disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
-    descriptors: Descriptors | None = None  # what operations hold, in total and per identity
-    fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end, as established by TLS and the authorized list."""
-
-    fingerprint: str
-    name: str
-    root: Path
-    permissions: frozenset[str]
-    confined: bool = False
-
-
 class Session:
-    def __init__(self, context: SessionContext, link: FramedProtocol) -> None:
+    """``peer`` given: a privilege-separated worker's session (server/privsep.py), whose client
+    the parent already admitted; ``address``: the client's, which the worker's socket lacks."""
+
+    def __init__(self, context: SessionContext, link: FramedProtocol, peer: Peer | None = None,
+                 address: str | None = None) -> None:
         self.context = context
         self.conn = FramedConnection(link)
+        self.preset = peer
+        self.address = address
+        self.worker: Worker | None = None  # the worker serving this session as its account
         self.peer: Peer | None = None
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -120,20 +99,26 @@ class Session:
         self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
 
     async def serve(self) -> None:
-        address = self.conn.peer_address
+        address = self.address or self.conn.peer_address
         audit = self.context.audit
-        admitted, reason = False, ""
+        admitted, handed_over, reason = False, False, ""
         try:
-            self.peer = self._authorize()
+            hello = await asyncio.wait_for(self._hello(), self.limits.handshake_timeout)
+            if self.preset is not None:  # a worker: admitted by the parent
+                self.peer = self.preset
+            else:
+                self.peer = self._authorize(hello.user)
+                self._admit(self.peer)
+                admitted = True
+                if self.peer.user is not None:
+                    handed_over = True
+                    await serve_as(self, hello, self.context.counts)
+                    return
             self.held = Holder(self.context.descriptors, self.peer.fingerprint)
-            refusal = self.context.admission.admit_client(self.peer.fingerprint)
-            if refusal is not None:
-                raise Busy(refusal)
-            admitted = True
-            await asyncio.wait_for(self._handshake(), self.limits.handshake_timeout)
+            await self._welcome(hello)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
             audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
-                        name=self.peer.name)
+                        name=self.peer.name, **_identity_fields(self.peer))
             self.conn.frame_timeout = self.limits.frame_timeout or None
             self.conn.idle_timeout = self.limits.idle_timeout or None
             self.conn.keepalive = self.limits.keepalive if self.limits.keepalive > 0 else None
@@ -143,7 +128,7 @@ class Session:
             audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
-            self._refused(address, str(exc))
+            self._refused(address, str(exc), self._presented())
             await self.conn.fail(exc)
         except TimeoutError:
             self._refused(address, "no hello in time")
@@ -156,15 +141,36 @@ class Session:
             await self.conn.close()
             if admitted and self.peer is not None:
                 self.context.admission.client_left(self.peer.fingerprint)
+                if self.peer.user is not None:
+                    self.context.admission.account_left(self.peer.user)
+            if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
 
-    def _refused(self, address: str, reason: str) -> None:
+    def _refused(self, address: str, reason: str,
+                 presented: dict[str, str] | None = None) -> None:
         if self.context.refusals is not None:
-            self.context.refusals.refused(address, reason)
+            self.context.refusals.refused(address, reason, presented)
         else:
             log.warning("refused %s: %s", address, reason)
-            self.context.audit.event("refused", address=address, reason=reason)
+            self.context.audit.event("refused", address=address, reason=reason,
+                                     **(presented or {}))
+
+    def _presented(self) -> dict[str, str]:
+        """The fingerprint of the certificate a refused client presented, for the audit log."""
+        cert = None if self.context.plaintext else self.conn.peer_cert
+        return {"fingerprint": fingerprint(cert)} if cert else {}
+
+    def _admit(self, peer: Peer) -> None:
+        """Count the connection per identity and per Unix account, or refuse it (Busy)."""
+        admission = self.context.admission
+        refusal = admission.admit_client(peer.fingerprint)
+        if refusal is None and peer.user is not None:
+            refusal = admission.admit_account(peer.user)
+            if refusal is not None:
+                admission.client_left(peer.fingerprint)
+        if refusal is not None:
+            raise Busy(refusal)
 
     @property
     def limits(self) -> Limits:
@@ -172,28 +178,36 @@ class Session:
 
     async def shutdown(self) -> None:
         """The server is stopping: tell the client, kill its commands."""
+        if self.worker is not None:  # the worker does both
+            self.worker.terminate()
+            return
         self._abandon_all()
         await self.conn.fail(ServerShuttingDown("server shutting down"))
 
-    def _authorize(self) -> Peer:
+    def _authorize(self, user: str) -> Peer:
+        """Who the client is and what it may do (server/trust.py), or NotAuthorized."""
         context = self.context
         if context.plaintext:
+            if user:
+                raise NotAuthorized("a plaintext server cannot switch accounts")
             return Peer("plaintext", "plaintext", context.root, frozenset(PERMISSIONS))
         cert = self.conn.peer_cert
         if not cert:
             raise NotAuthorized("no client certificate")
-        fp = fingerprint(cert)
-        client: AuthorizedClient | None = context.authorized().get(fp)
-        if client is None:
-            raise NotAuthorized(f"client identity {fp} is not authorized")
-        root = Path(client.root) if client.root else context.root
-        return Peer(fp, client.name, root, client.permissions, confined=client.root is not None)
+        grant = context.trust.admit(cert, context.authorized(), user)
+        root = grant.root or (Path(pwd.getpwnam(grant.user).pw_dir) if grant.user
+                              else context.root)
+        return Peer(grant.fingerprint, grant.name, root, grant.permissions, grant.confined,
+                    grant.user, grant.serial, grant.principals)
 
-    async def _handshake(self) -> None:
-        assert self.peer is not None
+    async def _hello(self) -> Hello:
         hello = await self.conn.next_event()
         if not isinstance(hello, Hello):
             raise RemoteProtocolError("the first frame must be hello")
+        return hello
+
+    async def _welcome(self, hello: Hello) -> None:
+        assert self.peer is not None
         common = set(hello.versions) & set(PROTOCOL_VERSIONS)
         if not common:
             raise VersionMismatch(
@@ -210,6 +224,7 @@ class Session:
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
                 permissions=sorted(self.peer.permissions),
+                user=self.peer.user or hello.user,  # admission checked hello.user
             )
         )
         await self.conn.drain()
@@ -298,11 +313,11 @@ class Session:
         except RemoteError as exc:
             self.context.admission.process_ended(peer.fingerprint)
             self._end_stream(stream, exc)
-            self.context.audit.event("command", fingerprint=peer.fingerprint, **what,
-                                    outcome=str(exc))
+            self.context.audit.event("command", fingerprint=peer.fingerprint, name=peer.name,
+                                     **what, outcome=str(exc))
             return
         self.streams[stream] = run
-        log.info("%s %s stream %d pid %s: %r", permission, peer.name, stream,
+        log.info("%s %s stream %d pid %s: %r", permission, peer.label, stream,
                  run.proc.pid if run.proc else "?", what.get("argv"))
         self._spawn(self._until_done(stream, self._process(run, peer, permission, what)))
 
@@ -539,58 +554,3 @@ class Session:
             handler.abandon()
         self.streams.clear()
         self.held.give_all()
-
-
-class StreamHandler(Protocol):
-    """What the session needs of an open operation."""
-
-    def feed(self, data: bytes | bytearray) -> None: ...
-    def handle(self, msg: Message) -> Awaitable[None] | None: ...
-    def abandon(self) -> None: ...
-
-
-class _TaskStream:
-    """A server-driven operation (get, list, fetch): the client only ever ends it early (the
-    protocol core refuses its DATA and any other message on these streams)."""
-
-    task: asyncio.Task[None] | None = None
-
-    def feed(self, data: bytes | bytearray) -> None:
-        pass
-
-    def handle(self, msg: Message) -> None:
-        pass
-
-    def abandon(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
-def _sendable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped as ``\\udXXX``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _request(msg: Message) -> dict[str, Any]:
-    """What an opening request asked, for the audit record of its refusal."""
-    fields = {"op": msg.TYPE}
-    for name in ("argv", "cwd", "path", "name", "target"):
-        value = getattr(msg, name, None)
-        if value is not None:
-            fields[name] = value
-    return fields
-
-
-def _as_remote(exc: BaseException) -> TetherError:
-    """An error that ends one stream, as the client should see it (one line, a wire code)."""
-    if isinstance(exc, RemoteError):
-        return exc
-    if isinstance(exc, OSError):
-        return disk_error(exc, str(exc.filename or "operation"))
-    return RemoteError(str(exc) or exc.__class__.__name__)
-
-
-_VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
-          "get": "download files"}
-
-
