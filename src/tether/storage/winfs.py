@@ -169,6 +169,16 @@ def dup(fd: int) -> int:
     return new
 
 
+def fd_path(fd: int) -> str:
+    """The final path of what ``fd`` holds (/proc/self/fd/N's target on Linux)."""
+    return _dirs.get(fd) or final_path(msvcrt.get_osfhandle(fd))
+
+
+def scandir(fd: int) -> Iterator[os.DirEntry[str]]:
+    """``os.scandir`` of the directory ``fd`` holds (Windows' scandir takes no descriptor)."""
+    return os.scandir(_join(fd, "."))
+
+
 def close(fd: int) -> None:
     _dirs.pop(fd, None)
     os.close(fd)
