@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from pathlib import Path
 from tether.errors import BadRequest, NotFound, PermissionDenied, TetherError
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
+from tether.server.environment import login_environment
 from tether.server.process import (
     Preexec,
     hang_up,
@@ -49,6 +49,7 @@ class ExecPolicy:
     nproc: int = 0
     memory: int = 0
     confined: bool = False  # a client with its own root: --cwd stays below it (not a sandbox)
+    pass_env: tuple[str, ...] = ()  # serve --pass-env: server variables commands also get
 
     def preexec(self) -> Preexec:
         """Sets the resource limits in the child before exec, when there are any to set."""
@@ -89,7 +90,8 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     if not cwd.is_dir():
         raise NotFound(f"no such directory: {req.cwd or cwd}")
     argv = [login_shell(), "-c", req.argv[0]] if req.shell else list(req.argv)
-    return SpawnSpec(argv, cwd, {**os.environ, **req.env}, req.timeout, req.stdin)
+    return SpawnSpec(argv, cwd, login_environment(policy.pass_env, req.env), req.timeout,
+                     req.stdin)
 
 
 class CommandRun:

@@ -99,6 +99,7 @@ class Server:
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
+            pass_env=config.pass_env,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class Server:
     async def _start_classic(self, config: ClassicConfig) -> None:
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
-                                     limits=c.limits)
+                                     limits=c.limits, pass_env=c.pass_env)
         try:
             await self.classic.start()
         except BaseException:

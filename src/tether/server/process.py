@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import pwd
 import resource
 import signal
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import SpawnFailed
+from tether.server.environment import login_shell
 
 READ_SIZE = 256 * 1024
 PIPE_SIZE = 1024 * 1024
@@ -34,14 +34,7 @@ SETTLE = 0.5  # seconds a job left behind has to get to nohup's SIG_IGN before t
 
 Preexec = Callable[[], None] | None
 
-
-def login_shell() -> str:
-    """The server user's login shell, as ssh uses it; /bin/sh if it has none."""
-    try:
-        shell = pwd.getpwuid(os.getuid()).pw_shell
-    except KeyError:
-        shell = ""
-    return shell if shell and os.access(shell, os.X_OK) else "/bin/sh"
+__all__ = ["login_shell"]  # re-exported: exec, shells and classic mode take it from here
 
 
 def rlimits(nproc: int, memory: int) -> Preexec:

@@ -81,6 +81,7 @@ class SessionContext:
     admission: Admission
     audit: AuditLog
     authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
+    pass_env: tuple[str, ...] = ()  # serve --pass-env
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ class Session:
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
         return ExecPolicy(peer.root, self.context.kill_grace, lim.process_nproc,
-                          lim.process_memory, peer.confined)
+                          lim.process_memory, peer.confined, self.context.pass_env)
 
     async def _on_exec(self, msg: Exec) -> None:
         def make(policy: ExecPolicy) -> CommandRun:
