@@ -9,40 +9,34 @@ import asyncio
 import os
 import pwd
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import tether
-from conftest import HOST, Client, authorize, cli_env, pin
-from support import ServeProcess, start_serve
 from tether.server.environment import DEFAULT_PATH, login_environment
+
+if TYPE_CHECKING:
+    from conftest import Client, ServerFactory
+
+HOST = "127.0.0.1"
 
 ACCOUNT = pwd.getpwuid(os.getuid())
 VENV_BIN = str(Path(sys.executable).parent)
 
 
-def _server(tmp_path: Path, client_home: Path, *extra: str, **env: str) -> ServeProcess:
-    home = tmp_path / "server"
-    authorize(home, client_home)
-    server = start_serve(home, tmp_path / "root", tmp_path / "server.log", *extra,
-                         env={**cli_env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-                              "TETHER_TEST_SECRET": "s3cret", "KEEP_ME": "kept", **env},
-                         new_session=True)
-    pin(client_home, server.port, server.fingerprint)
-    return server
+def _server_env(**extra: str) -> dict[str, str]:
+    """A server environment holding a secret, a venv's PATH and KEEP_ME."""
+    return {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TETHER_TEST_SECRET": "s3cret",
+            "KEEP_ME": "kept", **extra}
 
 
 @pytest.fixture
-def env_client(tmp_path: Path, client_home: Path) -> Iterator[Client]:
+def env_client(client: Client, make_server: ServerFactory) -> Client:
     """A client of a server whose own environment holds a secret, a venv's PATH and KEEP_ME,
     started with ``--pass-env KEEP_ME``."""
-    server = _server(tmp_path, client_home, "--pass-env", "KEEP_ME")
-    client = Client(server, client_home)
-    yield client
-    client.stop_all()
-    server.stop()
+    return client.other(server=make_server("--pass-env", "KEEP_ME", env=_server_env()))
 
 
 def _parse(output: bytes) -> dict[str, str]:
@@ -119,7 +113,8 @@ pwd.getpwuid = _nologin
 
 
 @pytest.mark.parametrize("shell", ["/usr/sbin/nologin", "/bin/false"])
-def test_nologin_account_runs_commands_with_bin_sh(tmp_path: Path, client_home: Path,
+def test_nologin_account_runs_commands_with_bin_sh(tmp_path: Path, client: Client,
+                                                   make_server: ServerFactory,
                                                    shell: str) -> None:
     """The server's account has ``nologin`` (or ``false``) as its shell (the password database
     says so through a sitecustomize in the server process): one-string commands still run,
@@ -127,11 +122,7 @@ def test_nologin_account_runs_commands_with_bin_sh(tmp_path: Path, client_home: 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(NOLOGIN_SITE.format(shell=shell))
-    server = _server(tmp_path, client_home, PYTHONPATH=str(site))
-    client = Client(server, client_home)
-    try:
-        done = client.run("echo $0 $SHELL; echo works")
-    finally:
-        server.stop()
+    server = make_server(env=_server_env(PYTHONPATH=str(site)))
+    done = client.other(server=server).run("echo $0 $SHELL; echo works")
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"/bin/sh /bin/sh\nworks\n"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
+from tether.cli.escape import printable
 from tether.defaults import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
@@ -156,7 +157,8 @@ def print_summary(results: FleetResult) -> None:
         if colour:
             status = f"\x1b[{32 if r.ok else 31}m{status}\x1b[0m"
         error = (r.error or "").splitlines()[0][:120] if r.error and r.kind != "failed" else ""
-        lines.append(f"{r.name.ljust(width)}  {status}  {r.duration:7.2f}s  {error}".rstrip())
+        name = printable(r.name).ljust(width)
+        lines.append(f"{name}  {status}  {r.duration:7.2f}s  {printable(error)}".rstrip())
     kinds = Counter(r.kind for r in results.failed)
     detail = f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else ""
     lines.append(f"{len(results)} host{'' if len(results) == 1 else 's'}: "
@@ -252,10 +254,12 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
     """One prefixed stderr line per file a host resumed, as the one-host path prints it."""
-    from tether.cli.shared import resume_note
+    from tether.cli.shared import resume_note, skipped_note
 
     for path, offset in result.resumed:
         prefixer.output(result.target, 2, resume_note(path, offset).encode() + b"\n")
+    for link in result.transfer.skipped if result.transfer is not None else []:
+        prefixer.output(result.target, 2, skipped_note(link.path, link.target).encode() + b"\n")
 
 
 def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
@@ -277,6 +281,7 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
             prefixer = Prefixer(fleet.targets)
             kw: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume,
+                                      safe_links=opts.safe_links,
                                       on_done=lambda r: note_resumed(prefixer, r))
             if upload:
                 results = await fleet.put(sources, dest, **kw)

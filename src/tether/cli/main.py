@@ -248,6 +248,9 @@ def transfer_options(func: Any) -> Any:
         click.option("--no-resume", is_flag=True,
                      help="Start over instead of continuing an interrupted transfer."),
         click.option("--progress", is_flag=True, help="Show progress even when not a terminal."),
+        click.option("--safe-links", is_flag=True,
+                     help="With -r, skip symlinks that point out of the tree (each one said); "
+                          "by default symlinks are copied as symlinks, whatever they point to."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print a machine-readable summary on stdout."),
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
@@ -266,7 +269,7 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
-        keepalive=kw["keepalive"],
+        keepalive=kw["keepalive"], safe_links=kw["safe_links"],
     )
 
 

@@ -25,6 +25,7 @@ import contextlib
 import os
 import sys
 
+from tether.cli.escape import printable
 from tether.errors import (
     ConfigError,
     IdentityError,
@@ -75,12 +76,12 @@ def error_line(exc: BaseException) -> str:
         import traceback
 
         traceback.print_exception(exc)
-    return f"tether: {str(exc) or exc.__class__.__name__}"
+    return f"tether: {printable(str(exc) or exc.__class__.__name__)}"
 
 
 def internal_error_line(exc: BaseException) -> str:
     """A bug is still one line, with the way to see more."""
-    return (f"tether: internal error: {exc.__class__.__name__}: {exc} "
+    return (f"tether: internal error: {exc.__class__.__name__}: {printable(exc)} "
             f"(run with --debug for the traceback)")
 
 

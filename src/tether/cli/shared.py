@@ -130,4 +130,14 @@ def confirm_on_tty(key: str, fp: str) -> bool:
 def resume_note(path: str, offset: int) -> str:
     """The line saying a file continued an interrupted transfer instead of starting over (the
     one-host put/get and the fleet's per-host lines say it alike)."""
-    return f"tether: {path}: resumed at {offset} bytes"
+    from tether.cli.escape import printable
+
+    return f"tether: {printable(path)}: resumed at {offset} bytes"
+
+
+def skipped_note(path: str, target: str) -> str:
+    """The line saying ``--safe-links`` left out a symlink that leads out of its tree."""
+    from tether.cli.escape import printable
+
+    return (f"tether: {printable(path)}: symlink to {printable(target)} leaves the tree; "
+            f"skipped (--safe-links)")

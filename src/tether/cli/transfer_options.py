@@ -26,3 +26,4 @@ class TransferOptions:
     parallel: int = DEFAULT_PARALLEL  # several hosts (cli/fleet.py)
     host_timeout: float | None = None
     keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
+    safe_links: bool = False  # skip symlinks that leave the tree (-r)

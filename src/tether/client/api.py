@@ -203,15 +203,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic."""
+        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic; symlinks
+        are sent as symlinks (``safe_links``: those leading out of their tree are skipped and
+        listed in the result's ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def get(
@@ -224,15 +227,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Download files (trees with ``recursive``) into ``local``, verified and atomic."""
+        """Download files (trees with ``recursive``) into ``local``, verified and atomic;
+        symlinks are stored as symlinks whatever they point to, and never followed by a write
+        (``safe_links``: those leading out of their tree are skipped, see ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def close(self) -> None:

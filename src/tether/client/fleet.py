@@ -255,12 +255,13 @@ class Fleet:
     async def put(self, local: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                   remote: str, *, recursive: bool = False, force: bool = False,
                   rename: bool = False, resume: bool = True, timeout: float | None = None,
-                  on_done: OnHostDone | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None, safe_links: bool = False) -> FleetResult:
         """Upload the same files to every host (see :meth:`Connection.put`)."""
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             result.transfer = await conn.put(local, remote, recursive=recursive, force=force,
-                                             rename=rename, resume=resume)
+                                             rename=rename, resume=resume,
+                                             safe_links=safe_links)
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
@@ -268,7 +269,7 @@ class Fleet:
     async def get(self, remote: str | Sequence[str], local: str | os.PathLike[str], *,
                   recursive: bool = False, force: bool = False, rename: bool = False,
                   resume: bool = True, timeout: float | None = None,
-                  on_done: OnHostDone | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None, safe_links: bool = False) -> FleetResult:
         """Download from every host into ``local/HOST/`` (created), one directory per host, so
         that the same path on two hosts never lands on one local file."""
 
@@ -276,7 +277,8 @@ class Fleet:
             into = Path(local) / local_dir_name(target)
             into.mkdir(parents=True, exist_ok=True)
             result.transfer = await conn.get(remote, into, recursive=recursive, force=force,
-                                             rename=rename, resume=resume)
+                                             rename=rename, resume=resume,
+                                             safe_links=safe_links)
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)

@@ -24,6 +24,7 @@ from tether.client.transfer_base import (
     FileResult,
     Options,
     Progress,
+    SkippedLink,
     StreamOpener,
     TransferResult,
     _expect,
@@ -248,6 +249,11 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
                     await flush()
                 batcher.add(entry.prefix + name, lst.st_size, (path, lst))
                 continue
+            if stat.S_ISLNK(lst.st_mode) and opts.safe_links:
+                target = os.readlink(path)
+                if not link_stays_inside(entry.prefix.count("/"), target):
+                    result.skipped.append(SkippedLink(path, target))
+                    continue
             await limit.acquire()  # streams open in walk order: parents before children
             if stat.S_ISLNK(lst.st_mode):
                 target = os.readlink(path)
@@ -370,16 +376,15 @@ def _check_parts(parts: list[str]) -> list[str]:
     return parts
 
 
-def _check_link(parts: list[str], target: str) -> None:
-    if not link_stays_inside(max(len(parts) - 1, 0), target):
-        raise UnsafePath(f"the server listed a symlink {'/'.join(parts)} -> {target!r} that "
-                         f"leaves the tree; nothing written")
+def _leaves_tree(entry: Entry) -> bool:
+    return not link_stays_inside(max(len(entry.parts) - 1, 0), entry.target or "")
 
 
 def _check_listing(entries: list[Entry]) -> None:
-    """A whole listing, before anything is written: every name harmless, every symlink inside
-    the tree, each path listed once, and each entry's parent a directory listed before it (so
-    nothing is ever placed beneath a symlink or a file, even one that stays in the tree)."""
+    """A whole listing, before anything is written: every name harmless, each path listed
+    once, and each entry's parent a directory listed before it (so nothing is ever placed
+    beneath a symlink or a file, whatever the link points to). Symlinks are stored as they
+    are, like scp and rsync do: no write ever follows one."""
     kinds: dict[tuple[str, ...], str] = {(): "dir"}
     for i, entry in enumerate(entries):
         if not entry.parts and i:
@@ -394,8 +399,9 @@ def _check_listing(entries: list[Entry]) -> None:
                 raise UnsafePath(f"the server listed {shown!r} beneath something that is not a "
                                  f"directory it listed; nothing written")
             kinds[path] = entry.kind
-        if entry.kind == "symlink":
-            _check_link(entry.parts, entry.target or "")
+        if entry.kind == "symlink" and "\0" in (entry.target or ""):
+            raise UnsafePath(f"the server listed a symlink {'/'.join(entry.parts)} with a NUL "
+                             f"byte in its target; nothing written")
 
 
 def _unbatch(msg: Entries) -> list[Entry]:
@@ -426,6 +432,8 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
         else:
             raise RemoteProtocolError(f"unexpected {type(event).__name__} in a listing")
     _check_listing(entries)  # everything, before writing anything
+    if opts.safe_links:
+        entries = _skip_unsafe_links(entries, remote, result)
     if entries and not entries[0].parts and entries[0].kind == "file":
         directory, name = _local_target(local, remote)
         dir_fd = _open_local_dir(directory)
@@ -447,6 +455,20 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
         await _get_entries(conn, remote, root_fd, top, entries, opts, result)
     finally:
         os.close(root_fd)
+
+
+def _skip_unsafe_links(entries: list[Entry], remote: str,
+                       result: TransferResult) -> list[Entry]:
+    """``--safe-links``: the listing without the symlinks that lead out of the tree, each one
+    recorded in ``result.skipped``."""
+    kept = []
+    for entry in entries:
+        if entry.kind == "symlink" and _leaves_tree(entry):
+            result.skipped.append(SkippedLink(posixpath.join(remote, *entry.parts),
+                                              entry.target or ""))
+        else:
+            kept.append(entry)
+    return kept
 
 
 async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,

@@ -52,12 +52,22 @@ class FileResult:
     resumed_from: int = 0
 
 
+@dataclass(frozen=True)
+class SkippedLink:
+    """A symlink ``--safe-links`` left out because it leads out of the tree it is in."""
+
+    path: str
+    target: str
+
+
 @dataclass
 class TransferResult:
-    """What a put or get did: every entry, the bytes moved, and how long it took."""
+    """What a put or get did: every entry, the bytes moved, the links skipped, and how long
+    it took."""
 
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: list[SkippedLink] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -74,6 +84,7 @@ class Options:
     rename: bool = False
     resume: bool = True
     progress: Progress = field(default_factory=_NoProgress)
+    safe_links: bool = False  # skip symlinks that leave the tree (put -r and get -r)
 
 
 async def _expect(handle: StreamHandle, kind: type) -> object:
