@@ -502,11 +502,14 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
             try:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(entry.parts[-1], 0o700, dir_fd=dir_fd)
-                with contextlib.suppress(OSError):
-                    os.chmod(entry.parts[-1], entry.mode & 0o777, dir_fd=dir_fd,
-                             follow_symlinks=False)
             finally:
                 os.close(dir_fd)
+            made = walk_dirs(root_fd, entry.parts)  # an existing symlink there is refused
+            try:
+                with contextlib.suppress(OSError):
+                    os.fchmod(made, entry.mode & 0o777)
+            finally:
+                os.close(made)
             result.files.append(FileResult(str(top.joinpath(*entry.parts)), "dir"))
         elif entry.kind == "symlink":
             dir_fd = walk_dirs(root_fd, entry.parts[:-1])
