@@ -37,8 +37,8 @@ async def test_get_r_copies_links_out_of_the_tree(rig: Rig, ids: Identities, wor
 
 async def test_get_r_safe_links_skips_and_says_so(rig: Rig, ids: Identities, work: Path) -> None:
     _tree(rig.root)
-    done = await arun_cli("get", "-p", str(rig.port), "--accept-new", "-r", "--safe-links", "--json",
-                          f"{HOST}:tree", str(work / "copy"), home=ids.client_home)
+    done = await arun_cli("get", "-p", str(rig.port), "--accept-new", "-r", "--safe-links",
+                          "--json", f"{HOST}:tree", str(work / "copy"), home=ids.client_home)
     assert done.returncode == 0, done.stderr
     copy = work / "copy"
     assert not os.path.lexists(copy / "abs") and not os.path.lexists(copy / "sub" / "up")
@@ -53,8 +53,8 @@ async def test_get_r_safe_links_skips_and_says_so(rig: Rig, ids: Identities, wor
 async def test_put_r_safe_links_skips_and_says_so(rig: Rig, ids: Identities, work: Path) -> None:
     tree = _tree(work / "local")
     (rig.root / "in").mkdir()
-    done = await arun_cli("put", "-p", str(rig.port), "--accept-new", "-r", "--safe-links", str(tree),
-                          f"{HOST}:in/", home=ids.client_home)
+    done = await arun_cli("put", "-p", str(rig.port), "--accept-new", "-r", "--safe-links",
+                          str(tree), f"{HOST}:in/", home=ids.client_home)
     assert done.returncode == 0, done.stderr
     stored = rig.root / "in" / "tree"
     assert os.readlink(stored / "inside") == "sub/f"
@@ -63,7 +63,7 @@ async def test_put_r_safe_links_skips_and_says_so(rig: Rig, ids: Identities, wor
     assert done.stderr.count("leaves the tree; skipped (--safe-links)") == 2
     assert f"tether: {tree}/abs: symlink to /etc/passwd leaves the tree" in done.stderr
 
-    done = await arun_cli("put", "-p", str(rig.port), "--accept-new", "-r", str(tree), f"{HOST}:plain",
-                          home=ids.client_home)
+    done = await arun_cli("put", "-p", str(rig.port), "--accept-new", "-r", str(tree),
+                          f"{HOST}:plain", home=ids.client_home)
     assert done.returncode == 0, done.stderr
     assert os.readlink(rig.root / "plain" / "abs") == "/etc/passwd"

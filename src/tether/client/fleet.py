@@ -105,7 +105,9 @@ class HostResult:
         if self.transfer is not None:
             out.update(files=sum(1 for f in self.transfer.files if f.kind == "file"),
                        bytes=self.transfer.bytes,
-                       resumed=[{"path": path, "at": at} for path, at in self.resumed])
+                       resumed=[{"path": path, "at": at} for path, at in self.resumed],
+                       skipped=[{"path": s.path, "target": s.target}
+                                for s in self.transfer.skipped])
         else:
             out.update(stdout=self.text, stderr=self.error_text)
         return out
