@@ -10,7 +10,8 @@
     ├── ConnectionFailed              the connection could not be made or did not survive
     │   ├── ConnectionClosed          we closed it, and then tried to use it
     │   ├── ConnectionBroken          the peer or the network ended it
-    │   └── ServerShuttingDown        the server said it is stopping
+    │   ├── ServerShuttingDown        the server said it is stopping
+    │   └── ConnectTimeout            connect + TLS + welcome not done within the deadline
     ├── AuthError                     someone's identity was not accepted
     │   ├── NotAuthorized             the server does not know our identity
     │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
@@ -79,6 +80,12 @@ class ConnectionBroken(ConnectionFailed):
 
 class ServerShuttingDown(ConnectionFailed):
     code = "shutting_down"
+
+
+class ConnectTimeout(ConnectionFailed):
+    """Connecting, the TLS handshake and the server's welcome together took longer than the
+    connect timeout (one deadline for all three, however slowly the bytes drip). Not a
+    TimeoutError: the host was never reached, as far as the caller is concerned."""
 
 
 class AuthError(TetherError):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 import click
 
 from tether.cli.escape import printable
-from tether.defaults import DEFAULT_PARALLEL
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from tether.cli.shared import RunOptions
@@ -46,6 +46,7 @@ class FleetOptions:
     group_output: bool = False
     json: bool = False
     keepalive: float = 0.0  # seconds of a server's silence before a ping (0: off)
+    connect_timeout: float = CONNECT_TIMEOUT  # connect + TLS + welcome, per host
 
 
 def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> bool:
@@ -196,6 +197,7 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
 
     fleet = connect_many(spec, port=port, home=home, accept_new=accept_new, plaintext=plaintext,
                          parallel=fopts.parallel, timeout=fopts.host_timeout,
+                         connect_timeout=fopts.connect_timeout,
                          keep_connections=False)
     if fopts.host_timeout is not None:  # said on the command line: it beats the inventory
         fleet.targets = [t._replace(timeout=fopts.host_timeout)
@@ -270,7 +272,7 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
     from tether.errors import BadRequest
 
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
-                         keepalive=opts.keepalive)
+                         keepalive=opts.keepalive, connect_timeout=opts.connect_timeout)
 
     async def work() -> int:
         if opts.progress:

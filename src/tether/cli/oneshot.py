@@ -97,7 +97,7 @@ def connect(opts: RunOptions) -> BlockingClient:
                 and lookup_known_host(home, opts.host, opts.port) is None):
             raise FullPath  # a first connection asks on the terminal
     return blocking_connect(opts.host, opts.port, home, context=context, cert=cert,
-                            accept_new=opts.accept_new)
+                            accept_new=opts.accept_new, timeout=opts.connect_timeout)
 
 
 class Loop:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import sys
 
+from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import BadRequest
 
 TYPE_CHECKING = False
@@ -24,7 +25,7 @@ class RunOptions:
                  accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
-                 keepalive: float = 0.0) -> None:
+                 keepalive: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -37,6 +38,7 @@ class RunOptions:
         self.encoding = encoding
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
+        self.connect_timeout = connect_timeout  # connect + TLS + welcome, seconds
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""

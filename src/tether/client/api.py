@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.client.core import REFUSALS, ClientCore, ExitInfo
+from tether.client.deadline import TLS, WELCOME, Deadline
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -44,9 +45,12 @@ from tether.net.translate import translated
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
+    import ssl
+
     from tether.client.shells import LineShell, ShellProcess
     from tether.client.transfer_base import Progress, TransferResult
 
+T = TypeVar("T")
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
 
@@ -257,32 +261,60 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------------
 
 
+async def _within(deadline: Deadline, work: Awaitable[T]) -> T:
+    """``work``, given only the time ``deadline`` has left; running out is its error."""
+    try:
+        return await asyncio.wait_for(work, deadline.left())
+    except TimeoutError:
+        raise deadline.expired() from None
+
+
+async def _link(host: str, port: int, ctx: ssl.SSLContext | None,
+                deadline: Deadline) -> FramedProtocol:
+    """The connection, TCP then TLS, each phase within what ``deadline`` has left."""
+    loop = asyncio.get_running_loop()
+    with translated():
+        if ctx is None:
+            _, link = await _within(deadline, loop.create_connection(
+                lambda: FramedProtocol(Role.CLIENT), host, port))
+            return link
+        transport, _ = await _within(deadline, loop.create_connection(
+            asyncio.Protocol, host, port))  # nothing is read before TLS starts
+        deadline.phase = TLS
+        try:
+            link = FramedProtocol(Role.CLIENT)
+            tls = await _within(deadline, loop.start_tls(
+                transport, link, ctx, server_hostname="tether"))
+        except BaseException:
+            transport.close()
+            raise
+    assert tls is not None  # None only for a transport that is already closing
+    link.connection_made(tls)  # start_tls does not call it
+    return link
+
+
 async def _open(host: str, options: ConnectOptions) -> Connection:
-    """Connect, pin, hello/welcome: the asyncio driver's I/O around the core's decisions."""
+    """Connect, pin, hello/welcome — all within ``options.timeout``, however slowly the bytes
+    come (:class:`~tether.client.deadline.Deadline`): the asyncio driver's I/O around the
+    core's decisions."""
     from tether.tls import client_context
 
+    deadline = Deadline(host, options.port, options.timeout)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
     ctx = None if identity is None else client_context(identity)
-    loop = asyncio.get_running_loop()
-    with translated():
-        _, link = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,
-                server_hostname="tether" if ctx else None,
-            ),
-            options.timeout,
-        )
-    framed = FramedConnection(link)
+    framed = FramedConnection(await _link(host, options.port, ctx, deadline))
     core = ClientCore(framed.proto)
     try:
         if identity is not None:
-            core.check_server(framed.peer_cert, home, host, options.port, options.accept_new,
-                              options.confirm)
+            with deadline.paused():  # the user may be asked
+                core.check_server(framed.peer_cert, home, host, options.port,
+                                  options.accept_new, options.confirm)
+        deadline.phase = WELCOME
         try:
             framed.send(core.hello())
-            await framed.drain()
-            answer = await asyncio.wait_for(framed.next_event(), options.timeout)
+            await _within(deadline, framed.drain())
+            answer = await _within(deadline, framed.next_event())
         except REFUSALS as exc:
             error = core.refused(exc, identity is not None,
                                  identity.fingerprint if identity else "")
