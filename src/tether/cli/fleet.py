@@ -151,13 +151,14 @@ def status_text(result: HostResult) -> str:
 def print_summary(results: FleetResult) -> None:
     """The table at the end, on stderr: host, status, duration, and the error if any."""
     colour = _colour_on(sys.stderr)
-    width = max([4, *(len(r.name) for r in results)])
+    width = max([4, *(len(printable(r.name)) for r in results)])
     lines = [f"{'HOST'.ljust(width)}  {'STATUS':<12}  {'TIME':>8}  ERROR"]
     for r in results:
         status = status_text(r).ljust(12)
         if colour:
             status = f"\x1b[{32 if r.ok else 31}m{status}\x1b[0m"
-        error = (r.error or "").splitlines()[0][:120] if r.error and r.kind != "failed" else ""
+        # its first line (by newlines only: a CR or U+2028 inside it is shown escaped)
+        error = r.error.split("\n")[0][:120] if r.error and r.kind != "failed" else ""
         name = printable(r.name).ljust(width)
         lines.append(f"{name}  {status}  {r.duration:7.2f}s  {printable(error)}".rstrip())
     kinds = Counter(r.kind for r in results.failed)

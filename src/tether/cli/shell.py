@@ -21,6 +21,7 @@ import threading
 import tty
 from collections.abc import Iterator
 
+from tether.cli.escape import printable
 from tether.cli.shared import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
 from tether.defaults import CONNECT_TIMEOUT
@@ -177,7 +178,8 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
             except NoTerminal as exc:
                 if command:
                     raise
-                print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
+                print(f"tether: {printable(exc)}; continuing in line mode", file=sys.stderr,
+                      flush=True)
                 return await _line_session(conn)
         if command:
             from tether.errors import BadRequest
