@@ -76,6 +76,8 @@ class Connection:
                 proc = self._procs.get(event.stream)
                 if proc is not None:
                     proc._deliver(event)
+                    if not proc.room.is_set():  # the application lags on this stream
+                        await proc.room.wait()
                 elif isinstance(event, Data):
                     self._framed.consumed(event.stream, len(event.data))
         except TetherError as exc:
@@ -93,7 +95,9 @@ class Connection:
         self._procs.clear()
 
     def _end_stream(self, stream: int) -> None:
-        self._procs.pop(stream, None)
+        proc = self._procs.pop(stream, None)
+        if proc is not None:
+            proc.room.set()  # its unread events are dropped: the reader goes on
         close = self._core.end(stream)
         if close is not None:
             with contextlib.suppress(TetherError):

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tether.client.transfer_base import (
+    MAX_LISTING_BYTES,
+    MAX_LISTING_ENTRIES,
     FileResult,
     Options,
     Progress,
@@ -28,11 +30,13 @@ from tether.client.transfer_base import (
     StreamOpener,
     TransferResult,
     _expect,
+    listing_cost,
 )
 from tether.errors import (
     AlreadyExists,
     BadRequest,
     NotFound,
+    RemoteError,
     RemoteProtocolError,
     SourceChanged,
     UnsafePath,
@@ -413,19 +417,35 @@ def _unbatch(msg: Entries) -> list[Entry]:
                 strict=True)]
 
 
+async def _read_listing(listing: StreamHandle, remote: str) -> list[Entry]:
+    """The whole listing, within :data:`MAX_LISTING_ENTRIES` entries and
+    :data:`MAX_LISTING_BYTES` of names: a server that lists without end (or a tree too big
+    to hold) ends the listing with a clear error instead of growing this process."""
+    entries: list[Entry] = []
+    size = 0
+    try:
+        while not isinstance(event := await listing.next(), Done):
+            if isinstance(event, Entries):
+                more = _unbatch(event)
+            else:
+                assert isinstance(event, Entry)  # the list table allows nothing else
+                more = [event]
+            entries += more
+            size += sum(listing_cost(e) for e in more)
+            if len(entries) > MAX_LISTING_ENTRIES or size > MAX_LISTING_BYTES:
+                raise RemoteError(
+                    f"the listing of {remote!r} passed {MAX_LISTING_ENTRIES:,} entries or "
+                    f"{MAX_LISTING_BYTES >> 20} MiB of names, tether's cap for one get -r; "
+                    f"nothing written (copy the tree in parts)")
+    except BaseException:
+        listing.abandon()
+        raise
+    return entries
+
+
 async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
                     result: TransferResult) -> None:
-    listing = conn.open_stream(List, path=remote, batched=True)
-    entries: list[Entry] = []
-    while True:
-        event = await listing.next()
-        if isinstance(event, Done):
-            break
-        if isinstance(event, Entries):
-            entries += _unbatch(event)
-        else:
-            assert isinstance(event, Entry)  # the list table allows nothing else
-            entries.append(event)
+    entries = await _read_listing(conn.open_stream(List, path=remote, batched=True), remote)
     _check_listing(entries)  # everything, before writing anything
     if opts.safe_links:
         entries = _skip_unsafe_links(entries, remote, result)

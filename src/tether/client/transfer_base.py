@@ -12,7 +12,7 @@ from tether.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
-    from tether.protocol import Message
+    from tether.protocol import Entry, Message
 
 class StreamOpener(Protocol):
     """What a transfer needs of a connection (:class:`tether.client.api.Connection` is one)."""
@@ -50,6 +50,16 @@ class FileResult:
     size: int = 0
     hash: str = ""
     resumed_from: int = 0
+
+
+MAX_LISTING_ENTRIES = 1_000_000  # entries one get -r holds before it writes anything
+MAX_LISTING_BYTES = 256 << 20  # their names and targets, with 64 bytes counted per component
+
+
+def listing_cost(entry: Entry) -> int:
+    """What an entry of a listing counts against :data:`MAX_LISTING_BYTES` (a component's
+    own bytes plus what holding it as a string costs)."""
+    return sum(len(part) + 64 for part in entry.parts) + len(entry.target or "")
 
 
 @dataclass(frozen=True)
