@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tether
-from tether.server.environment import DEFAULT_PATH, login_environment
+from tether.server.environment import default_path, login_environment
 
 if TYPE_CHECKING:
     from conftest import Client, ServerFactory
@@ -47,7 +47,7 @@ def _check_login_env(env: dict[str, str]) -> None:
     assert env["HOME"] == ACCOUNT.pw_dir
     assert env["USER"] == env["LOGNAME"] == ACCOUNT.pw_name
     assert env["SHELL"] == (ACCOUNT.pw_shell or "/bin/sh")
-    assert env["PATH"] == DEFAULT_PATH, "the server's venv PATH leaked into the command"
+    assert env["PATH"] == default_path(), "the server's venv PATH leaked into the command"
     assert env["LANG"] == env["LC_ALL"] == "C.UTF-8"
     assert "TETHER_TEST_SECRET" not in env
     assert "TETHER_HOME" not in env
@@ -94,7 +94,7 @@ def test_login_environment_unit() -> None:
               "SECRET": "x", "KEEP": "k"}
     env = login_environment(("KEEP", "ABSENT"), {"LANG": "C"}, term="xterm",
                             server_env=server)
-    assert env["PATH"] == DEFAULT_PATH
+    assert env["PATH"] == default_path()
     assert env["LC_TIME"] == "C" and env["TZ"] == "UTC" and env["KEEP"] == "k"
     assert env["LANG"] == "C", "--env comes last"
     assert env["TERM"] == "xterm"

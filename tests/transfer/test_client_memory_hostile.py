@@ -178,7 +178,7 @@ async def test_an_endless_listing_is_cut_at_the_cap(flood: Flood, ids: Identitie
     assert proc.returncode == 1, stderr
     assert stderr.splitlines() == [
         f"tether: the listing of 'tree' passed {MAX_LISTING_ENTRIES:,} entries or 256 MiB of "
-        f"names, tether's cap for one get -r; nothing written (copy the tree in parts)"]
+        f"names, tether's cap for one listing; nothing written (copy the tree in parts)"]
     assert listing(work) == []
     peak = usage.ru_maxrss * 1024  # KiB on Linux
     assert peak < 768 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
@@ -188,9 +188,9 @@ async def test_an_endless_listing_is_cut_at_the_cap(flood: Flood, ids: Identitie
 
 async def test_the_api_raises_a_remote_error(flood: Flood, ids: Identities, work: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from tether.client import transfer
+    from tether.client import listing as listing_module
 
-    monkeypatch.setattr(transfer, "MAX_LISTING_ENTRIES", 5_000)
+    monkeypatch.setattr(listing_module, "MAX_LISTING_ENTRIES", 5_000)
     async with tether.connect(HOST, flood.port, home=ids.client_home, accept_new=True) as conn:
         with pytest.raises(RemoteError, match="passed 5,000 entries"):
             await conn.get("tree", work / "copy", recursive=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tether.cli.options import HOME, PORT, click_options, identity_name
+from tether.cli.options import HOME, LISTEN_PORT, click_options, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def limit_options(func: Any) -> Any:
 @click_options([HOME])
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
-@click_options([PORT])
+@click_options([LISTEN_PORT])
 @click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Directory that relative paths resolve against [default: your home].")
 @click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
@@ -88,18 +88,26 @@ def limit_options(func: Any) -> Any:
               help="Also give commands this variable of the server's environment (repeatable); "
                    "they otherwise get a login-like one: HOME, USER, LOGNAME, SHELL, a default "
                    "PATH, the locale, then the client's --env.")
+@click.option("--trust-ca", "trust_cas", multiple=True, metavar="CA_CERT",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Admit clients whose certificate this CA signed, by their principals and "
+                   "$TETHER_HOME/principals (repeatable).")
+@click.option("--crl", type=click.Path(exists=True, dir_okay=False),
+              help="The CAs' revocation list (re-read when it changes).")
 @limit_options
 def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
           encoding: str | None, plaintext: bool, kill_grace: float, classic_port: int | None,
           classic_host: str | None, classic_unsafe: bool, audit: str | None,
-          discoverable: bool, pass_env: tuple[str, ...], **limits: Any) -> None:
+          discoverable: bool, pass_env: tuple[str, ...], trust_cas: tuple[str, ...],
+          crl: str | None, **limits: Any) -> None:
     """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
     from tether.server.limits import Limits
 
     serve_main(home, host, port, root, name, encoding, plaintext, kill_grace,
                classic_port=classic_port, classic_host=classic_host,
                classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits),
-               discoverable=discoverable, pass_env=pass_env)
+               discoverable=discoverable, pass_env=pass_env,
+               trust_cas=tuple(Path(p) for p in trust_cas), crl=Path(crl) if crl else None)
 
 
 def serve_main(home: str | None, host: str, port: int, root: str | None, name: str | None,
@@ -107,7 +115,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
                classic_port: int | None = None, classic_host: str | None = None,
                classic_unsafe: bool = False, audit: str | None = None,
                limits: Limits | None = None, discoverable: bool = False,
-               pass_env: tuple[str, ...] = ()) -> None:
+               pass_env: tuple[str, ...] = (), trust_cas: tuple[Path, ...] = (),
+               crl: Path | None = None) -> None:
     from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
 
@@ -127,13 +136,18 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     config = ServerConfig(home=h, host=host, port=port, plaintext=plaintext,
                           kill_grace=kill_grace, classic=classic,
                           audit=Path(audit) if audit else None, limits=limits or Limits(),
-                          discoverable=discoverable, pass_env=_env_names(pass_env))
+                          discoverable=discoverable, pass_env=_env_names(pass_env),
+                          trust_cas=trust_cas, crl=crl)
     if root:
         config.root = Path(root).resolve()
     if name:
         config.name = name
     if encoding:
         config.encoding = encoding
+    if trust_cas or crl:  # a bad CA or list is refused before anything is made
+        from tether.server.trust import Trust
+
+        Trust(h, trust_cas, crl)
     identity = None
     if not plaintext:
         if not (h / "server_key.pem").exists():
@@ -149,7 +163,7 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
         if identity is not None:
             click.echo(f"tether serve: listening on {where}, fingerprint {identity.fingerprint}",
                        err=True)
-            if not server.authorized():
+            if not server.authorized() and not server.trust.cas:
                 click.echo(f"tether serve: no client is authorized yet, so nobody can connect: "
                            f"run `tether id` on a client, then here `tether authorize "
                            f"'LINE'` (into {authorized_path(h)})", err=True)

@@ -14,6 +14,7 @@ neither side can stall the other by filling a buffer.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 
@@ -21,8 +22,9 @@ from tether.client.core import REFUSALS, ClientCore
 from tether.client.deadline import TLS, WELCOME, Deadline
 from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import ConnectionBroken, ConnectionFailed, RemoteProtocolError, TetherError
-from tether.home import fingerprint
-from tether.net.translate import translate
+from tether.home import SIGNED_CERT, fingerprint
+from tether.hosttrust import refused_in_handshake
+from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA
 from tether.protocol.connection import Connection as ProtocolState
 from tether.protocol.messages import Data, Error, Message, Role, Welcome
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 RECV_SIZE = 256 * 1024  # bytes taken from the socket per call (all of it that has arrived)
 READ_BUDGET = 1024 * 1024  # bytes read per turn of the caller's loop, at most
 SNI: Any = b"tether"  # the name the async client sends too; as bytes, no idna codec is loaded
+HOST_SNI: Any = b"host-certificate.tether.invalid"  # tether.tls.HOST_CERT_SNI: "show your
+# host certificate" (tls is not imported here: the caller built the context)
 FINISH_TIMEOUT = 2.0  # seconds the last frames may take to leave
 
 
@@ -234,10 +238,11 @@ class BlockingClient:
         self.sock.close()
 
 
-def _tls(sock: socket.socket, context: ssl.SSLContext, deadline: Deadline) -> BlockingClient:
+def _tls(sock: socket.socket, context: ssl.SSLContext, deadline: Deadline,
+         sni: Any = SNI) -> BlockingClient:
     """The TLS handshake over ``sock`` (blocking, by ``deadline``), through memory BIOs."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=SNI)
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     while True:
         try:
             tls.do_handshake()
@@ -287,44 +292,57 @@ def _tcp(host: str, port: int, deadline: Deadline) -> socket.socket:
 
 def connect(host: str, port: int, home: str | os.PathLike[str], *,
             context: ssl.SSLContext | None, cert: str = "", accept_new: bool = False,
-            confirm: Confirm | None = None, timeout: float = CONNECT_TIMEOUT) -> BlockingClient:
-    """Connect, pin the server and exchange hello/welcome (the core decides; this does I/O),
-    all of it within ``timeout`` seconds (:class:`~tether.client.deadline.Deadline`).
+            confirm: Confirm | None = None, timeout: float = CONNECT_TIMEOUT,
+            by_ca: bool = False, user: str = "") -> BlockingClient:
+    """Connect, check the server (its pin, or its host certificate when ``by_ca``: see
+    :mod:`tether.hosttrust`) and exchange hello/welcome, asking for the account ``user`` (the
+    core decides; this does I/O), all of it within ``timeout`` seconds
+    (:class:`~tether.client.deadline.Deadline`).
 
-    ``context`` is the client's TLS context (:func:`tether.tls.client_context_files`), None for
+    ``context`` is the client's TLS context (:func:`tether.hosttrust.client_context`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
     """
+    if context is None:
+        from tether.client.core import check_plaintext
+
+        check_plaintext(host)
     deadline = Deadline(host, port, timeout)
     try:
         sock = _tcp(host, port, deadline)
     except OSError as exc:
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         deadline.phase = TLS
-        conn = BlockingClient(sock) if context is None else _tls(sock, context, deadline)
+        conn = (BlockingClient(sock) if context is None
+                else _tls(sock, context, deadline, HOST_SNI if by_ca else SNI))
     except TimeoutError:
         sock.close()
         raise deadline.expired() from None
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise refused_in_handshake(host, port, exc) from exc
     except BaseException as exc:  # ssl.SSLError included
         sock.close()
         if isinstance(exc, OSError):
-            raise translate(exc) from exc
+            raise reaching(exc, host, port) from exc
         raise
     try:
         core = conn.core
         if conn.tls is not None:
             with deadline.paused():  # the user may be asked
                 core.check_server(conn.tls.getpeercert(binary_form=True), home, host, port,
-                                  accept_new, confirm)
+                                  accept_new, confirm,
+                                  conn.tls.getpeercert() if by_ca else None)
         deadline.phase = WELCOME
         try:
             with _in_time(deadline):
                 sock.settimeout(deadline.left())
-                conn.send(core.hello())
+                conn.send(core.hello(user))
                 conn.flush()
                 answer = conn.next_events(deadline)[0]
         except REFUSALS as exc:
-            error = core.refused(exc, context is not None, _own_fingerprint(cert))
+            error = core.refused(exc, context is not None, _own_fingerprint(cert),
+                                 os.path.basename(cert) == SIGNED_CERT)
             if error is exc:
                 raise
             raise error from exc

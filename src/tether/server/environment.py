@@ -1,9 +1,11 @@
 """The environment a peer's command starts with: a login-like one, as sshd gives, never the
 server's own (which may hold a virtualenv's PATH, tokens, or the server's TETHER_HOME).
 
-In order, later ones winning: HOME, USER, LOGNAME and SHELL of the server's account, a default
-PATH, the locale of the server (LANG, LANGUAGE and LC_*), TZ, the variables ``serve
---pass-env`` names (when the server has them), TERM for shells, then the client's ``--env``.
+In order, later ones winning: HOME, USER, LOGNAME and SHELL of the account the command runs as
+(the server's, or in a privilege-separated worker the mapped one), the default PATH ``login``
+gives that account (root's has the sbin directories), the locale of the server (LANG, LANGUAGE
+and LC_*), TZ, the variables ``serve --pass-env`` names (when the server has them), TERM for
+shells, then the client's ``--env``.
 Also owns the shell a one-string command runs with: the account's login shell, or /bin/sh when
 that is ``nologin``, ``false`` or missing (an account for services still runs commands).
 """
@@ -14,7 +16,8 @@ import os
 import pwd
 from collections.abc import Iterable, Mapping
 
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"  # login's ENV_PATH on Debian and Fedora
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # its ENV_SUPATH
 FALLBACK_SHELL = "/bin/sh"
 NO_LOGIN = frozenset({"nologin", "false"})  # basenames of shells that refuse every command
 LOCALE_NAMES = frozenset({"LANG", "LANGUAGE", "TZ"})
@@ -39,6 +42,11 @@ def login_shell() -> str:
     return shell
 
 
+def default_path() -> str:
+    """The PATH a login gives the account this process runs as."""
+    return ROOT_PATH if os.getuid() == 0 else USER_PATH
+
+
 def login_environment(pass_env: Iterable[str] = (), client_env: Mapping[str, str] | None = None,
                       *, term: str | None = None,
                       server_env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -46,7 +54,7 @@ def login_environment(pass_env: Iterable[str] = (), client_env: Mapping[str, str
     source = os.environ if server_env is None else server_env
     user, home, _ = _account()
     env = {"HOME": home, "USER": user, "LOGNAME": user, "SHELL": login_shell(),
-           "PATH": DEFAULT_PATH}
+           "PATH": default_path()}
     for name, value in source.items():
         if name in LOCALE_NAMES or name.startswith("LC_"):
             env[name] = value

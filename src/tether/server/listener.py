@@ -16,9 +16,10 @@ import os
 import signal
 import socket
 import ssl
+from pathlib import Path
 
-from tether import __version__
 from tether.errors import TetherError
+from tether.home import signed_cert_file
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
 from tether.protocol import Role
@@ -28,8 +29,11 @@ from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.limits import Admission
+from tether.server.privsep import SharedCounts
 from tether.server.session import Session, SessionContext
+from tether.server.trust import Trust
 from tether.tls import server_context
+from tether.version import __version__
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 
@@ -41,6 +45,8 @@ def _handshake_failure(exc: BaseException) -> str:
     text = str(exc).upper()
     if isinstance(exc, TimeoutError):
         return "TLS handshake timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (2, 20, 21):
+        return "TLS handshake failed: client certificate signed by a CA this server does not trust"
     if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "PEER DID NOT RETURN" in text:
         return "TLS handshake failed: client identity not authorized"
     if "WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP_REQUEST" in text:
@@ -58,6 +64,15 @@ def _keepalive(transport: asyncio.Transport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or edited (a same-size swap with a kept mtime too)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0, 0, 0)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
 
 
 class _Accepted(asyncio.Protocol):
@@ -95,24 +110,20 @@ class Server:
         self.audit = AuditLog(config.audit)
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
+        self.trust = Trust(config.home, config.trust_cas, config.crl)
         self.context = SessionContext(
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
+            trust=self.trust, counts=SharedCounts(),
             pass_env=config.pass_env,
         )
 
     # --- authorization -------------------------------------------------------------------------
 
     def authorized(self) -> dict[str, AuthorizedClient]:
-        """The authorized clients, re-read when the file changed."""
-        path = authorized_path(self.config.home)
-        try:
-            st = os.stat(path)
-            stamp: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns,
-                                      st.st_size)
-        except FileNotFoundError:
-            stamp = ()
+        """The authorized clients, re-read when the file changed (or the host certificate)."""
+        stamp = _stamp(authorized_path(self.config.home)) + _stamp(self._host_cert())
         if stamp != self._stamp:
             found = read_authorized(self.config.home)
             for problem in found.problems:  # admit the valid entries, never a stale list
@@ -122,11 +133,17 @@ class Server:
             self._ctx = None
         return self._clients
 
+    def _host_cert(self) -> Path:
+        return Path(signed_cert_file(self.config.home, "server"))
+
     def _tls_context(self) -> ssl.SSLContext:
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
-            self._ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
+            anchors = [c.cert_der for c in clients.values()] + self.trust.anchors
+            host_cert = self._host_cert()
+            self._ctx = server_context(self.identity, anchors,
+                                       host_cert if host_cert.exists() else None)
         return self._ctx
 
     # --- lifetime ------------------------------------------------------------------------------
