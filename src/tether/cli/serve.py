@@ -26,8 +26,14 @@ if TYPE_CHECKING:
 
 
 _LIMIT_FLAGS: list[tuple[str, type, str]] = [
-    ("max_connections", int, "Connections at once, in total."),
-    ("max_connections_per_client", int, "Connections at once per client identity."),
+    ("max_connections", int, "Connections at once, in total (0: derived from RLIMIT_NOFILE; "
+                             "half may be in their handshake, the oldest is dropped)."),
+    ("reserved_descriptors", int, "Descriptors kept free beyond connections and operations "
+                                  "(accept bursts, the server's own files)."),
+    ("max_connections_per_client", int, "Connections at once per client identity (0: half "
+                                        "of max-connections)."),
+    ("max_descriptors_per_client", int, "Descriptors one client identity's operations may hold "
+                                        "at once (0: half of those left for operations)."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),
     ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
@@ -41,6 +47,17 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
     ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
+    ("max_batches_per_connection", int, "Batches of small files stored at once on one "
+                                        "connection (each holds up to 6 descriptors)."),
+    ("max_fetches_per_client", int, "Fetches (batched gets of small files, each holding up "
+                                    "to 8 MiB) at once per client identity; more wait."),
+    ("stall_timeout", float, "End a put or batch that receives no data for this long, "
+                             "freeing what it holds (0: never)."),
+    ("disk_threads", int, "Threads for long file work off the event loop (resume hashing, "
+                          "fsync)."),
+    ("disk_threads_per_client", int, "Of those, how many one client identity may use at once."),
+    ("refusal_log_interval", float, "Seconds over which the refusals of one address are "
+                                    "logged as one line with a count (0: a line each)."),
 ]
 
 
