@@ -25,6 +25,7 @@ from collections.abc import Callable
 from tether.errors import BadRequest, NoTerminal
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
+from tether.server.environment import login_environment
 from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, check_env
 from tether.server.process import OutputPipe, Preexec, login_shell, pipe_reader, start
 
@@ -54,9 +55,10 @@ def shell_spec(req: Shell, policy: ExecPolicy, *, line_mode: bool) -> SpawnSpec:
     check_env(req.env)
     if any("\0" in a for a in req.argv):
         raise BadRequest("NUL byte in command")
-    if sys.platform == "win32":
-        argv = _windows_argv(line_mode)
-    elif line_mode:
+    if sys.platform == "win32":  # cmd.exe with the server's environment, as exec_spec says why
+        return SpawnSpec(_windows_argv(line_mode), policy.root, {**os.environ, **req.env}, None,
+                         True)
+    if line_mode:
         argv = [login_shell()]
     elif not req.argv:
         argv = [login_shell(), "-l"]
@@ -64,7 +66,7 @@ def shell_spec(req: Shell, policy: ExecPolicy, *, line_mode: bool) -> SpawnSpec:
         argv = [login_shell(), "-c", req.argv[0]]
     else:
         argv = list(req.argv)
-    env = {**os.environ, **req.env, "TERM": req.term or "dumb"}
+    env = login_environment(policy.pass_env, req.env, term=req.term or "dumb")
     return SpawnSpec(argv, policy.root, env, None, True)
 
 

@@ -171,6 +171,12 @@ class WinCommandRun(CommandRun):
         if win is not None:
             win.kill(9)
 
+    async def _leader_exited(self, pumps: list[asyncio.Task[None]]) -> None:
+        """No hang-up on Windows (nor ``nohup``): what the command left in its job is killed,
+        as before the exit status is sent, and its pipes then end."""
+        self._kill_group(9)
+        await asyncio.gather(*pumps, return_exceptions=True)
+
     async def terminate(self) -> None:
         """No gentle first step on Windows: the job's processes are terminated at once."""
         win = self._win()
