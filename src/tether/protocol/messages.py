@@ -87,6 +87,10 @@ class Welcome(Message):
     client_fingerprint: str = ""
     client_name: str = ""
     permissions: list[str] = field(default_factory=list)
+    # during a key rotation: the next certificate (base64 DER), and the current key's signature
+    # over it (base64), so a client pins the next key before it takes over (docs/PROTOCOL.md)
+    next_cert: str = ""
+    next_proof: str = ""
 
 
 class Error(Message):

@@ -6,25 +6,54 @@ Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reaso
 bytes, hash, outcome) and ``classic``. Every line is ASCII (JSON escapes). Lines are written
 whole with one ``write`` on an O_APPEND file, so concurrent writers never interleave within a
 line.
+
+Observers (the metrics, server/metrics.py) see every event, with or without a file: one stream of
+events feeds both, so the counters and the audit log never disagree. :meth:`AuditLog.reopen`
+takes a new path on SIGHUP (after logrotate moved the file away).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+Observer = Callable[[str, dict[str, Any]], None]
 
 
 class AuditLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._fd = -1
+        self.observers: list[Observer] = []
         if path is not None:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self._fd = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone (a file, an observer) takes events: if not, callers may skip them."""
+        return self._fd >= 0 or bool(self.observers)
+
+    def reopen(self, path: Path | None) -> None:
+        """Write to ``path`` from now on (raises OSError and keeps the old file if it can't)."""
+        fd = self._open(path) if path is not None else -1
+        self.close()
+        self.path, self._fd = path, fd
 
     def event(self, kind: str, **fields: Any) -> None:
+        for observer in self.observers:
+            try:
+                observer(kind, fields)
+            except Exception:  # a bug in the metrics must not cost an audit line or a session
+                logging.getLogger("tether.server").exception("audit observer failed")
         if self._fd < 0:
             return
         record = {"time": round(time.time(), 6), "event": kind, **fields}

@@ -77,3 +77,5 @@ class ServerConfig:
     audit: Path | None = None
     classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
     discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
+    drain: float = 10.0  # on SIGTERM, seconds running work may take to finish (server/service.py)
+    metrics: tuple[str, int] | None = None  # serve Prometheus metrics here (server/metrics.py)

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import ssl
+from typing import TYPE_CHECKING
 
 from tether import __version__
 from tether.errors import TetherError
@@ -28,8 +29,12 @@ from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.limits import Admission
+from tether.server.rotation import KeyRotation
 from tether.server.session import Session, SessionContext
 from tether.tls import server_context
+
+if TYPE_CHECKING:
+    from tether.server.metrics import MetricsServer
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 
@@ -95,10 +100,13 @@ class Server:
         self.audit = AuditLog(config.audit)
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
+        self.metrics: MetricsServer | None = None
+        self.rotation = KeyRotation(config.home, identity)
         self.context = SessionContext(
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
+            next_key=self.rotation.announced,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -121,7 +129,19 @@ class Server:
             self._ctx = None
         return self._clients
 
+    def reload_trust(self) -> None:
+        """SIGHUP: read the authorized list and the server identity again for the next
+        connection (connections already up keep what they were admitted with)."""
+        self._stamp = None
+        if self.rotation.refresh(force=True):
+            self.identity = self.rotation.identity
+        self._ctx = None
+        self.authorized()
+
     def _tls_context(self) -> ssl.SSLContext:
+        if self.rotation.refresh():  # a key rotation's overlap ended: the new key from now on
+            self.identity = self.rotation.identity
+            self._ctx = None
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
@@ -130,13 +150,22 @@ class Server:
 
     # --- lifetime ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or on ``sock`` (a socket systemd passed us)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
-        )
-        sock = self._server.sockets[0]
-        self.config.port = sock.getsockname()[1]
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _Accepted(self), sock=sock,
+                                                    backlog=1024)
+            self.config.host = sock.getsockname()[0]
+        else:
+            self._server = await loop.create_server(
+                lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
+            )
+        self.config.port = self._server.sockets[0].getsockname()[1]
+        if self.config.metrics is not None:
+            from tether.server.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, *self.config.metrics)
         if self.config.classic is not None:
             await self._start_classic(self.config.classic)
         if self.config.discoverable:
@@ -234,8 +263,17 @@ class Server:
     def stop(self) -> None:
         self._stopped.set()
 
+    def stop_accepting(self) -> None:
+        """No new connections (on any listener); those already up carry on."""
+        if self._server is not None:
+            self._server.close()
+        if self.classic is not None and self.classic._server is not None:
+            self.classic._server.close()  # its connections carry on, as ours do
+
     async def close(self) -> None:
         await self._close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.audit.close()
 
     async def _close(self) -> None:

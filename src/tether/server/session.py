@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import platform
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -81,6 +82,8 @@ class SessionContext:
     admission: Admission
     audit: AuditLog
     authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
+    # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
+    next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ class Session:
                 f"client offered protocol versions {hello.versions[:8]}, "
                 f"server speaks {list(PROTOCOL_VERSIONS)}"
             )
+        next_cert, next_proof = self.context.next_key()
         self.conn.send(
             Welcome(
                 version=max(common),
@@ -188,6 +192,8 @@ class Session:
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
                 permissions=sorted(self.peer.permissions),
+                next_cert=next_cert,
+                next_proof=next_proof,
             )
         )
         await self.conn.drain()
@@ -282,9 +288,11 @@ class Session:
             )
 
     async def _on_put(self, msg: Put) -> None:
+        started = time.monotonic()
         try:
             put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
-                              self.limits.max_upload, lambda done: self._audit("put", done))
+                              self.limits.max_upload,
+                              lambda done: self._audit("put", done, started))
             await put.start()
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc))
@@ -318,17 +326,18 @@ class Session:
         self._start_task(msg.stream, "get", "list",
                          lambda area: send_listing(self.conn, msg.stream, msg, area))
 
-    def _audit(self, op: str, done: Done) -> None:
-        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)
+    def _audit(self, op: str, done: Done, started: float | None = None) -> None:
+        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from, started)
 
     def _audit_file(self, op: str, path: str, size: int, hash_: str,
-                    resumed_from: int = 0) -> None:
+                    resumed_from: int = 0, started: float | None = None) -> None:
         assert self.peer is not None
-        if self.context.audit.path is None:
-            return  # no audit log: a batch's files cost nothing here
+        if not self.context.audit.wanted:
+            return  # no audit log, no metrics: a batch's files cost nothing here
+        timing = {} if started is None else {"duration": round(time.monotonic() - started, 6)}
         self.context.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
                                 path=path, bytes=size - resumed_from, size=size, hash=hash_,
-                                resumed_from=resumed_from, outcome="ok")
+                                resumed_from=resumed_from, outcome="ok", **timing)
 
     def _start_task(self, stream: int, permission: str, op: str,
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
@@ -342,9 +351,10 @@ class Session:
         handler.task = self._spawn(self._until_done(stream, self._audited(op, body(area))))
 
     async def _audited(self, op: str, body: Awaitable[Done]) -> None:
+        started = time.monotonic()
         done = await body
         if op == "get":  # a fetch audits each of its files, a listing nothing
-            self._audit(op, done)
+            self._audit(op, done, started)
 
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
         try:
