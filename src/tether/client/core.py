@@ -80,6 +80,9 @@ class ClientCore:
         self.welcome: Welcome | None = None
         self.server_fingerprint = "plaintext"
         self.streams: set[int] = set()
+        # where the server was pinned (home, host, port, its certificate): a key rotation
+        # announced in welcome is pinned there too
+        self._pinned: tuple[str | os.PathLike[str], str, int, bytes] | None = None
 
     # --- the handshake -------------------------------------------------------------------------
 
@@ -88,6 +91,7 @@ class ClientCore:
         """Pin the server's certificate (known_hosts, or ``accept_new``/``confirm``)."""
         self.server_fingerprint = fingerprint(cert_der or b"")
         check_host(home, host, port, self.server_fingerprint, accept_new, confirm)
+        self._pinned = (home, host, port, cert_der or b"")
 
     def hello(self) -> Hello:
         """The first message. In TLS 1.3 the client's handshake ends before the server checked
@@ -104,6 +108,8 @@ class ClientCore:
     def answer(self, event: Message | Data, authenticated: bool) -> Welcome:
         """The server's answer to the hello: the welcome, or the error it stands for."""
         self.welcome = handshake.welcome_of(event, authenticated)
+        if self._pinned is not None:
+            handshake.learn_next_key(*self._pinned, self.welcome)
         return self.welcome
 
     # --- streams -------------------------------------------------------------------------------

@@ -73,6 +73,10 @@ class Hello(Message):
     software: str = ""
 
 
+# What a server's current key signs to announce its next one in ``welcome`` (key rotation).
+NEXT_KEY_CONTEXT = b"tether next server key v1\0"
+
+
 class Welcome(Message):
     """Server's answer to Hello: the explicit proof that authentication succeeded."""
 

@@ -26,12 +26,11 @@ from pathlib import Path
 from tether.errors import ConfigError, IdentityError
 from tether.home import fingerprint
 from tether.identity import Identity, generate_identity, load_identity
+from tether.protocol.messages import NEXT_KEY_CONTEXT
 
 log = logging.getLogger("tether.server")
 
 NEXT_KEY, NEXT_CERT, STATE = "server_next_key.pem", "server_next_cert.pem", "server_next.json"
-# What the old key signs: a fixed context, then the new certificate's DER (docs/PROTOCOL.md).
-PROOF_CONTEXT = b"tether next server key v1\0"
 DEFAULT_OVERLAP = 7 * 86400.0
 REFRESH_EVERY = 1.0  # seconds between looks at the files (one stat each) on new connections
 
@@ -90,7 +89,7 @@ def start_rotation(home: Path, overlap: float) -> NextKey:
         os.replace(fresh.cert_path, home / NEXT_CERT)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    proof = old_key.sign(PROOF_CONTEXT + fresh.cert_der)
+    proof = old_key.sign(NEXT_KEY_CONTEXT + fresh.cert_der)
     until = time.time() + overlap
     _write_state(home, {"until": until, "fingerprint": fresh.fingerprint,
                         "proof": base64.b64encode(proof).decode()})
