@@ -1,0 +1,137 @@
+"""Signals to a running ``tether serve``: SIGHUP reloads without touching running work (and keeps
+the old configuration when the new one is wrong), SIGTERM drains, a second SIGTERM ends at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import tether
+from support import wait_until
+
+if TYPE_CHECKING:
+    from conftest import Client, Marker, ServerFactory
+    from support import ServeProcess
+
+
+def _logged(server: ServeProcess, text: str, after: int = 0, timeout: float = 15.0) -> bool:
+    return wait_until(lambda: text in server.log_text()[after:], timeout)
+
+
+async def _server_name(server: ServeProcess, client_home: Path) -> str:
+    async with tether.connect("127.0.0.1", server.port, home=client_home) as conn:
+        return conn.server.name
+
+
+async def test_sighup_reloads_while_a_command_runs_and_refuses_a_bad_file(
+    client: Client, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    home = tmp_path / "hup"
+    home.mkdir()
+    config = home / "serve.toml"
+    config.write_text('name = "before"\n')
+    server = make_server(home=home)
+    own = client.other(server=server)
+    proc = own.popen("sh", "-c", "echo start; sleep 4; echo end; exit 7",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"start\n"  # the command runs
+
+    config.write_text('name = "after"\nmax-connections = 100\n')
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reloaded", seen), server.log_text()
+    assert "configuration changed: name, limits" in server.log_text()[seen:]
+    assert await _server_name(server, client.home) == "after"
+
+    config.write_text('name = "broken"\nbogus = 1\n')
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reload refused", seen), server.log_text()
+    refusal = next(line for line in server.log_text()[seen:].splitlines() if "refused" in line)
+    assert f"{config}:2: key 'bogus': unknown key" in refusal
+    assert "the running configuration is kept" in refusal
+    assert await _server_name(server, client.home) == "after"
+
+    assert proc.poll() is None, "the command should still be running across both reloads"
+    out, err = proc.communicate(timeout=30)
+    assert (out, proc.returncode) == (b"end\n", 7), err
+    assert server.alive()
+
+
+def test_sighup_change_that_needs_a_restart_is_named(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    home = tmp_path / "restart"
+    home.mkdir()
+    (home / "serve.toml").write_text('host = "127.0.0.1"\n')
+    server = make_server(home=home)
+    (home / "serve.toml").write_text('host = "127.0.0.5"\n')
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reloaded", seen)
+    assert "host changed in the configuration: it takes effect at the next restart" in \
+        server.log_text()[seen:]
+
+
+def test_sigterm_drains_a_running_command(
+    client: Client, make_server: ServerFactory, mark: Marker
+) -> None:
+    server = make_server("--drain", "30")
+    own = client.other(server=server)
+    proc = own.popen("sh", "-c", "sleep 2; echo done; exit 3", opts=mark.opts,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    mark.wait_for(1)
+    idle = own.popen("sleep", "0")  # an idle connection would not hold the drain up
+    idle.wait(30)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert _logged(server, "draining"), server.log_text()
+    refused = own.run("echo", "new")
+    assert refused.returncode == 255, "a new connection was accepted while draining"
+    out, err = proc.communicate(timeout=30)
+    assert (out, proc.returncode) == (b"done\n", 3), err
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - started < 15
+    assert "tether serve: stopped" in server.log_text()
+    assert mark.survivors(5) == []
+
+
+def test_a_second_sigterm_ends_at_once(
+    client: Client, make_server: ServerFactory, mark: Marker
+) -> None:
+    server = make_server("--drain", "120")
+    own = client.other(server=server)
+    proc = own.popen("sleep", "120", opts=mark.opts, stderr=subprocess.PIPE)
+    mark.wait_for(1)
+    server.proc.send_signal(signal.SIGTERM)
+    assert _logged(server, "draining")
+    time.sleep(0.5)
+    assert server.alive(), "the first SIGTERM should drain, not stop"
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - started < 10
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 255 and b"shutting down" in err
+    assert mark.survivors(5) == []
+
+
+def test_the_drain_has_a_deadline(
+    client: Client, make_server: ServerFactory, mark: Marker
+) -> None:
+    server = make_server("--drain", "1")
+    own = client.other(server=server)
+    proc = own.popen("sleep", "120", opts=mark.opts, stderr=subprocess.PIPE)
+    mark.wait_for(1)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(20) == 0
+    assert 1 <= time.monotonic() - started < 15
+    assert "drain time is up: ending 1 busy connection(s)" in server.log_text()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 255 and b"shutting down" in err
+    assert mark.survivors(5) == []
