@@ -54,6 +54,12 @@ def _quote(text: str) -> str:
     return shlex.quote(text.replace("%", "%%").replace("$", "$$"))
 
 
+def _environment(name: str, value: str) -> str:
+    """An ``Environment=`` assignment, double-quoted (a home may hold spaces)."""
+    text = value.replace("%", "%%").replace("$", "$$").replace("\\", "\\\\")
+    return '"' + f"{name}={text}".replace('"', '\\"') + '"'
+
+
 def render_service(user: str, home: str | None, config: str | None, drain: float) -> str:
     """The unit text for ``user`` (their tether home unless ``home`` is given)."""
     group, user_home = _account(user)
@@ -63,7 +69,7 @@ def render_service(user: str, home: str | None, config: str | None, drain: float
         argv += ["--config", config]
     hardening = HARDENING_ALL if user == "root" else [*HARDENING_USER, *HARDENING_ALL]
     return template("tether.service").format(
-        user=user, group=group, home=home.replace("%", "%%"),
+        user=user, group=group, environment=_environment("TETHER_HOME", home),
         exec_start=" ".join(_quote(word) for word in argv),
         stop_timeout=int(drain) + 20, hardening="".join(line + "\n" for line in hardening),
     )
