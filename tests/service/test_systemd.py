@@ -192,7 +192,7 @@ def test_json_log_lines(tmp_path: Path) -> None:
 
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard <= 256:
         pytest.skip(f"the hard limit here is only {hard}")
     log = tmp_path / "serve.log"
