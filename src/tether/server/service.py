@@ -81,6 +81,12 @@ def raise_nofile() -> tuple[int, int]:
     return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def _busy(session: Session) -> bool:
+    """Whether a connection has an operation under way: one the session runs, or one whose
+    request arrived and is still starting (the protocol has its stream open)."""
+    return bool(session.streams) or session.conn.proto.open_streams > 0
+
+
 class Lifecycle:
     """Signals for a running :class:`~tether.server.listener.Server`: reload, drain, stop."""
 
@@ -129,7 +135,7 @@ class Lifecycle:
         """Stop accepting; close idle connections; wait for busy ones up to ``seconds``."""
         server = self.server
         server.stop_accepting()
-        busy = sum(1 for s in server.sessions if s.streams)
+        busy = sum(1 for s in server.sessions if _busy(s))
         log.info("draining: no new connections; %d connection(s) busy, waiting up to %gs",
                  busy, seconds)
         loop = asyncio.get_running_loop()
@@ -138,7 +144,7 @@ class Lifecycle:
         tasks: list[asyncio.Task[None]] = []
         while server.sessions and not self._now.is_set():
             for session in list(server.sessions):
-                if not session.streams and session not in closing:
+                if not _busy(session) and session not in closing:
                     closing.add(session)
                     tasks.append(loop.create_task(session.shutdown()))
             left = deadline - loop.time()
