@@ -120,6 +120,7 @@ def test_flag_beats_file_beats_default(cli: Cli, tmp_path: Path) -> None:
     ("root = \"/no/such/dir\"\n", 1, "key 'root': Directory '/no/such/dir' does not exist"),
     ("[limits]\nmax-connections = 1\n", 1, "key 'limits': unknown key"),
     ("port = \n", 1, "Invalid value (at line 1, column 8)"),
+    ("name = \"" + "x" * 65 + "\"\n", 1, "key 'name': "),  # the option's own check
 ])
 def test_errors_name_the_key_and_line(cli: Cli, tmp_path: Path, text: str, line: int,
                                       message: str) -> None:
