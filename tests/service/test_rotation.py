@@ -140,3 +140,10 @@ def test_a_next_key_that_is_not_proved_is_not_pinned(tmp_path: Path, damage: str
                    next_proof=base64.b64encode(pending.proof).decode())
     assert learn_next_key(client_home, "h", 7722, current.cert_der, good)
     assert known_fingerprints(client_home, "h", 7722) == [pending.fingerprint]
+
+
+def test_welcome_carries_the_rotation_fields_only_during_a_rotation() -> None:
+    plain = Welcome(version=1, server_name="s").to_header()
+    assert "next_cert" not in plain and "next_proof" not in plain  # the same bytes as before
+    rotating = Welcome(version=1, next_cert="Y2VydA==", next_proof="cHJvb2Y=").to_header()
+    assert (rotating["next_cert"], rotating["next_proof"]) == ("Y2VydA==", "cHJvb2Y=")

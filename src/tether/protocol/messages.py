@@ -96,6 +96,14 @@ class Welcome(Message):
     next_cert: str = ""
     next_proof: str = ""
 
+    def to_header(self) -> "dict[str, Any]":
+        """The rotation fields only while a rotation is announced: every other welcome is the
+        same bytes as before they existed."""
+        header = super().to_header()
+        if not self.next_cert:
+            del header["next_cert"], header["next_proof"]
+        return header
+
 
 class Error(Message):
     """On stream 0: fatal, the sender closes the connection. On a stream: ends that stream."""
