@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -134,14 +135,21 @@ class Server:
         connection (connections already up keep what they were admitted with)."""
         self._stamp = None
         if self.rotation.refresh(force=True):
-            self.identity = self.rotation.identity
+            self._new_identity()
         self._ctx = None
         self.authorized()
 
+    def _new_identity(self) -> None:
+        """The server key changed (a rotation ended): TLS and discovery use the new one."""
+        self.identity = self.rotation.identity
+        self._ctx = None
+        if self.discovery is not None and self.identity is not None:
+            self.discovery.announcement = dataclasses.replace(
+                self.discovery.announcement, fingerprint=self.identity.fingerprint)
+
     def _tls_context(self) -> ssl.SSLContext:
         if self.rotation.refresh():  # a key rotation's overlap ended: the new key from now on
-            self.identity = self.rotation.identity
-            self._ctx = None
+            self._new_identity()
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
