@@ -4,6 +4,7 @@ error. Real servers, real CLI clients, real known_hosts files."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 import time
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from support import wait_until
+from tether.client.discover import discover
 from tether.client.handshake import learn_next_key
 from tether.home import known_fingerprints
 from tether.identity import generate_identity
@@ -97,8 +99,8 @@ def test_the_overlap_ends_by_itself_and_serve_can_start_a_rotation(
     old = first.fingerprint
     early = _new_client(client, first, make_client_home, "early", cli)
     first.stop()
-    server = make_server("--rotate-key", "--key-overlap", "6", home=home, pinned=False,
-                         port=first.port)
+    server = make_server("--rotate-key", "--key-overlap", "6", "--discoverable", home=home,
+                         pinned=False, port=first.port)
     early = early.other(server=server)
     assert server.fingerprint == old
     assert "key rotation started: next key" in server.log_text()
@@ -108,6 +110,8 @@ def test_the_overlap_ends_by_itself_and_serve_can_start_a_rotation(
     new = _pins(early)[1]
     assert wait_until(lambda: _run(early).returncode == 0 and _pins(early) == [new], 20)
     assert "server identity is now " + new in server.log_text()
+    found = asyncio.run(discover(["127.0.0.1"], server.port, wait=0.5, retries=3))
+    assert [f.fingerprint for f in found] == [new]  # discovery announces the new key too
 
 
 def test_a_second_rotation_during_an_overlap_is_refused(tmp_path: Path, cli: Cli) -> None:
