@@ -62,6 +62,18 @@ async def test_sighup_reloads_while_a_command_runs_and_refuses_a_bad_file(
     assert server.alive()
 
 
+async def test_sighup_reads_a_configuration_file_created_after_the_start(
+    client: Client, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    home = tmp_path / "late"
+    server = make_server(home=home)
+    (home / "serve.toml").write_text('name = "late-file"\n')
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reloaded", seen), server.log_text()
+    assert await _server_name(server, client.home) == "late-file"
+
+
 def test_sighup_change_that_needs_a_restart_is_named(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:

@@ -128,7 +128,7 @@ def serve(ctx: click.Context, **options: Any) -> None:
     if check:
         click.echo(serve_config.render(resolved, serve), nl=False)
         return
-    again = serve_config.reloader(ctx, serve, options, path)
+    again = serve_config.reloader(ctx, serve, options, given, home_dir(options["home"]))
     serve_main(resolved.values, reload=lambda: server_config(again().values), rotate=rotate)
 
 

@@ -127,11 +127,6 @@ def _source(ctx: click.Context, name: str) -> str:
     return "command line" if source is ParameterSource.COMMANDLINE else "default"
 
 
-def given_on_command_line(ctx: click.Context, name: str) -> bool:
-    source = ctx.get_parameter_source(name)
-    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-
-
 def resolve(ctx: click.Context, command: click.Command, values: dict[str, Any],
             path: Path | None) -> Resolved:
     """Merge the file at ``path`` (if any) under the command line's ``values``."""
@@ -156,15 +151,14 @@ def resolve(ctx: click.Context, command: click.Command, values: dict[str, Any],
 
 
 def reloader(ctx: click.Context, command: click.Command, values: dict[str, Any],
-             path: Path | None) -> Callable[[], Resolved]:
-    """A function that resolves the configuration again (on SIGHUP): the file as it is now,
-    under the same command line."""
-    cli_values = {name: value for name, value in values.items()
-                  if given_on_command_line(ctx, name)}
-    defaults = {name: value for name, value in values.items() if name not in cli_values}
+             given: str | None, home: Path) -> Callable[[], Resolved]:
+    """A function that resolves the configuration again (on SIGHUP): the file as it is now
+    (``HOME/serve.toml`` may have appeared or gone, unless ``--config`` named one), under the
+    same command line. ``values`` are the command line's, before any file."""
+    frozen = dict(values)
 
     def again() -> Resolved:
-        return resolve(ctx, command, {**defaults, **cli_values}, path)
+        return resolve(ctx, command, dict(frozen), config_path(given, home))
 
     return again
 
