@@ -173,7 +173,8 @@ class Server:
         if self.config.metrics is not None:
             from tether.server.metrics import MetricsServer
 
-            self.metrics = MetricsServer(self, *self.config.metrics)
+            self.metrics = MetricsServer(self.admission, self.authorized, self.audit,
+                                         *self.config.metrics)
         if self.config.classic is not None:
             await self._start_classic(self.config.classic)
         if self.config.discoverable:

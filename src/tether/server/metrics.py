@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -26,7 +26,11 @@ from prometheus_client.registry import Collector
 from tether.errors import ConfigError
 
 if TYPE_CHECKING:
-    from tether.server.listener import Server
+    from tether.identity import AuthorizedClient
+    from tether.server.audit import AuditLog
+    from tether.server.limits import Admission
+
+    Authorized = Callable[[], dict[str, AuthorizedClient]]
 
 log = logging.getLogger("tether.server")
 
@@ -81,18 +85,19 @@ def _label(reason: str) -> tuple[str, str]:
 class _Live(Collector):
     """Gauges read from the server's bookkeeping at scrape time."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, admission: Admission, authorized: Authorized) -> None:
+        self.admission = admission
+        self.authorized = authorized
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        admission = self.server.admission
+        admission = self.admission
         yield GaugeMetricFamily("tether_connections_open", "Connections open now (in their "
                                 "handshake or authenticated).", value=admission.connections)
         yield GaugeMetricFamily("tether_processes_running", "Commands and shells running now.",
                                 value=sum(admission.processes.values()))
         per = GaugeMetricFamily("tether_processes", "Commands and shells running now, per "
                                 "client identity.", labels=["fingerprint", "client"])
-        clients = self.server.authorized()
+        clients = self.authorized()
         for fp, count in sorted(admission.processes.items()):
             client = clients.get(fp)
             per.add_metric([fp, client.name if client else ""], count)
@@ -102,7 +107,7 @@ class _Live(Collector):
 class Metrics:
     """The counters, fed by audit events."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, admission: Admission, authorized: Authorized) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
         self.connections = Counter("tether_connections", "Connections authenticated.",
@@ -123,7 +128,7 @@ class Metrics:
                                    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800))
         self.limits = Counter("tether_limits_hit", "Times a configured limit refused or ended "
                               "something, by limit.", ["limit"], registry=reg)
-        reg.register(_Live(server))
+        reg.register(_Live(admission, authorized))
 
     def observe(self, kind: str, fields: dict[str, Any]) -> None:
         """One audit event."""
@@ -190,11 +195,12 @@ _HANDLERS = {
 class MetricsServer:
     """The HTTP endpoint (a thread of ``prometheus_client``'s own server) and its metrics."""
 
-    def __init__(self, server: Server, host: str, port: int) -> None:
-        self.metrics = Metrics(server)
+    def __init__(self, admission: Admission, authorized: Authorized, audit: AuditLog,
+                 host: str, port: int) -> None:
+        self.metrics = Metrics(admission, authorized)
         self._http, self._thread = start_http_server(port, host, registry=self.metrics.registry)
         self.host, self.port = host, int(self._http.server_address[1])
-        server.audit.observers.append(self.metrics.observe)
+        audit.observers.append(self.metrics.observe)
         log.info("metrics on http://%s/metrics",
                  f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}")
 
