@@ -174,11 +174,11 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
     from tether.server import service
 
     setup(values["log_format"], debug=bool(os.environ.get("TETHER_DEBUG")))
-    config = server_config(values)
-    before, after = service.raise_nofile()
+    before, after = service.raise_nofile()  # first: limits derived from it see the raised one
     if after != before:
         logging.getLogger("tether.server").info("open-file limit raised from %d to %d",
                                                 before, after)
+    config = server_config(values)
     identity = None if config.plaintext else _server_identity(config, rotate,
                                                                values["key_overlap"])
     inherited = service.inherited_sockets()
@@ -222,9 +222,12 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
 def _server_identity(config: ServerConfig, rotate: bool, overlap: float) -> Identity:
     """The server identity, created on first start; ``--rotate-key`` starts a rotation."""
     from tether.cli.serve_log import announce
-    from tether.server.rotation import start_rotation
+    from tether.server.rotation import retire_if_due, start_rotation
 
     h = config.home
+    retired = retire_if_due(h)
+    if retired:
+        announce("key rotation ended while stopped: the server key is now %s", retired)
     if not (h / "server_key.pem").exists():
         identity = generate_identity(h, (config.name or socket.gethostname())[:64], "server")
         announce("created server identity in %s", h)

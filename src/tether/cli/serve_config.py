@@ -13,6 +13,7 @@ winning, so a reload can never undo a flag the admin typed.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Callable
@@ -179,9 +180,9 @@ def render(resolved: Resolved, command: click.Command) -> str:
 
 
 def _toml(value: Any) -> str:
+    """``value`` as a TOML value: ``--check-config``'s output is a file ``--config`` reads."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return json.dumps(str(value), ensure_ascii=False)  # JSON's string escapes are TOML's

@@ -469,6 +469,11 @@ class ClassicServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
+    def stop_accepting(self) -> None:
+        """No new connections (a drain); those already up carry on."""
+        if self._server is not None:
+            self._server.close()
+
     async def close(self) -> None:
         """Stop listening and end every connection (killing any running command's group)."""
         if self._server is not None:

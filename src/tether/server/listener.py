@@ -273,11 +273,14 @@ class Server:
         self._stopped.set()
 
     def stop_accepting(self) -> None:
-        """No new connections (on any listener); those already up carry on."""
+        """No new connections (on any listener), and no discovery answers inviting them;
+        those already up carry on."""
         if self._server is not None:
             self._server.close()
-        if self.classic is not None and self.classic._server is not None:
-            self.classic._server.close()  # its connections carry on, as ours do
+        if self.classic is not None:
+            self.classic.stop_accepting()
+        if self.discovery is not None:
+            self.discovery.close()
 
     async def close(self) -> None:
         await self._close()

@@ -48,7 +48,6 @@ class NextKey:
         return fingerprint(self.cert_der)
 
 
-
 def load_next(home: Path) -> NextKey | None:
     """The pending rotation, if any (a damaged one is logged and ignored)."""
     state = home / STATE
@@ -108,6 +107,17 @@ def retire_now(home: Path) -> str:
     pending = load_next(home)
     if pending is None:
         raise ConfigError(f"no key rotation under way in {home}")
+    _promote(home)
+    return pending.fingerprint
+
+
+def retire_if_due(home: Path) -> str:
+    """At start: a rotation whose overlap ended while the server was down ends now, before the
+    key is loaded (else the retired key would be presented until the first refresh). Returns
+    the new fingerprint, or "" when no rotation was due."""
+    pending = load_next(home)
+    if pending is None or time.time() < pending.until:
+        return ""
     _promote(home)
     return pending.fingerprint
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 
 if TYPE_CHECKING:
     from tether.server.config import ServerConfig
@@ -58,7 +58,8 @@ def inherited_sockets() -> list[socket.socket]:
     """The listening sockets systemd passed us (socket activation), or none.
 
     Honoured only when ``$LISTEN_PID`` is this process (the variables may have been inherited
-    by accident); the variables are removed, and the descriptors made close-on-exec.
+    by accident); the variables are removed, and the descriptors made close-on-exec. A
+    descriptor that is not a listening TCP socket is a ConfigError (a unit written by hand).
     """
     pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
@@ -67,8 +68,17 @@ def inherited_sockets() -> list[socket.socket]:
         return []
     sockets = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
-        os.set_inheritable(fd, False)
-        sockets.append(socket.socket(fileno=fd))
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ConfigError(f"LISTEN_FDS: descriptor {fd} is not a socket") from exc
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+                sock.type != socket.SOCK_STREAM or \
+                not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ConfigError(f"LISTEN_FDS: descriptor {fd} is not a listening TCP socket "
+                              f"(tether.socket needs ListenStream=[ADDR:]PORT)")
+        sockets.append(sock)
     return sockets
 
 
