@@ -3,7 +3,9 @@ errors naming the file, the line and the key (exit status 1, one line, nothing s
 
 from __future__ import annotations
 
+import json
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -173,3 +175,22 @@ async def test_a_server_runs_with_the_file(client: Client, make_server: ServerFa
             await conn.run("true")
         await first.signal("KILL")
         assert (await first.wait()).signal == 9
+
+
+def test_printed_strings_with_quotes_and_backslashes_read_back_the_same(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """--check-config's output is TOML a server can start from, whatever a string holds."""
+    tricky = 'a "quoted" dir\\with a\nnew line\x7f'
+    config = tmp_path / "tricky.toml"
+    config.write_text(f"audit = {json.dumps(tricky)}\nname = \"it's\"\n")
+    first = cli("serve", "--config", str(config), "--check-config", home=tmp_path / "h")
+    assert first.returncode == 0, first.stderr
+    again = tmp_path / "again.toml"
+    again.write_bytes(first.stdout)
+    table = tomllib.loads(again.read_text())
+    assert (table["audit"], table["name"]) == (tricky, "it's")
+    second = cli("serve", "--config", str(again), "--check-config", home=tmp_path / "h")
+    assert second.returncode == 0, second.stderr
+    values = {k: v for k, (v, _) in _effective(second.stdout.decode())}
+    assert values == {k: v for k, (v, _) in _effective(first.stdout.decode())}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -151,3 +152,30 @@ def test_welcome_carries_the_rotation_fields_only_during_a_rotation() -> None:
     assert "next_cert" not in plain and "next_proof" not in plain  # the same bytes as before
     rotating = Welcome(version=1, next_cert="Y2VydA==", next_proof="cHJvb2Y=").to_header()
     assert (rotating["next_cert"], rotating["next_proof"]) == ("Y2VydA==", "cHJvb2Y=")
+
+
+def test_an_overlap_that_ended_while_the_server_was_down_ends_at_its_start(
+    client: Client, make_server: ServerFactory, make_client_home: ClientHomeFactory,
+    tmp_path: Path, cli: Cli,
+) -> None:
+    """The server is stopped during the overlap and started after it ended: it presents the
+    new key from its first connection on (and says so), and the early client is silent."""
+    home = tmp_path / "down"
+    first = make_server(home=home)
+    old = first.fingerprint
+    early = _new_client(client, first, make_client_home, "early", cli)
+    assert cli("rotate-key", "--overlap", "3600", home=home).returncode == 0
+    time.sleep(REFRESH_EVERY + 0.1)
+    assert _run(early).returncode == 0
+    new = _pins(early)[1]
+    first.stop()
+    state = home / "server_next.json"  # the overlap passes while the server is down
+    state.write_text(json.dumps({**json.loads(state.read_text()), "until": time.time() - 1}))
+
+    server = make_server(home=home, pinned=False, port=first.port)
+    assert server.fingerprint == new != old
+    assert f"key rotation ended while stopped: the server key is now {new}" in server.log_text()
+    assert not state.exists() and not (home / "server_next_key.pem").exists()
+    after = _run(early.other(server=server))
+    assert (after.returncode, after.stdout, after.stderr) == (0, b"hello\n", b"")
+    assert _pins(early) == [new]

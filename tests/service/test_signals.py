@@ -3,22 +3,36 @@ the old configuration when the new one is wrong), SIGTERM drains, a second SIGTE
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 import tether
+from hostile.proxy import Faults, Proxy
 from support import wait_until
+from tether.client.discover import discover
 
 if TYPE_CHECKING:
-    from conftest import Client, Marker, ServerFactory
+    from conftest import Client, ClientHomeFactory, Marker, ServerFactory
     from support import ServeProcess
+
+Cli = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
 def _logged(server: ServeProcess, text: str, after: int = 0, timeout: float = 15.0) -> bool:
     return wait_until(lambda: text in server.log_text()[after:], timeout)
+
+
+def _discovered(server: ServeProcess) -> list[str]:
+    found = asyncio.run(discover(["127.0.0.1"], server.port, wait=0.3, retries=2))
+    return [f.fingerprint for f in found]
 
 
 async def _server_name(server: ServeProcess, client_home: Path) -> str:
@@ -115,14 +129,16 @@ def test_sigterm_drains_a_running_command(
 def test_a_second_sigterm_ends_at_once(
     client: Client, make_server: ServerFactory, mark: Marker
 ) -> None:
-    server = make_server("--drain", "120")
+    server = make_server("--drain", "120", "--discoverable")
     own = client.other(server=server)
     proc = own.popen("sleep", "120", opts=mark.opts, stderr=subprocess.PIPE)
     mark.wait_for(1)
+    assert _discovered(server) == [server.fingerprint]
     server.proc.send_signal(signal.SIGTERM)
     assert _logged(server, "draining")
     time.sleep(0.5)
     assert server.alive(), "the first SIGTERM should drain, not stop"
+    assert _discovered(server) == [], "a draining server invites no new clients"
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(15) == 0
@@ -147,3 +163,59 @@ def test_the_drain_has_a_deadline(
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 255 and b"shutting down" in err
     assert mark.survivors(5) == []
+
+
+async def test_sighup_reloads_the_authorized_list_without_ending_a_revoked_clients_command(
+    client: Client, make_server: ServerFactory, make_client_home: ClientHomeFactory,
+    cli: Cli, tmp_path: Path,
+) -> None:
+    """A client revoked and another authorized, then SIGHUP: the revoked client's running
+    command finishes intact, its next connection is refused, the new client gets in."""
+    home = tmp_path / "trust"
+    server = make_server(home=home)
+    own = client.other(server=server)
+    proc = own.popen("sh", "-c", "echo start; sleep 3; echo end; exit 5",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"start\n"
+
+    late = client.other(server=server, home=make_client_home("late"))
+    line = cli("id", home=late.home).stdout.decode().strip()
+    assert cli("authorize", line, home=home).returncode == 0
+    assert cli("authorize", "--revoke", "e2e-client", home=home).returncode == 0
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reloaded", seen), server.log_text()
+
+    admitted = late.run("echo", "in", opts=["--accept-new"])
+    assert (admitted.returncode, admitted.stdout) == (0, b"in\n"), admitted.stderr
+    refused = own.run("true")
+    assert refused.returncode == 255 and b"not authorized" in refused.stderr
+    out, err = proc.communicate(timeout=30)
+    assert (out, proc.returncode) == (b"end\n", 5), err
+
+
+@pytest.mark.parametrize("op", ["put", "get"])
+async def test_sigterm_drain_lets_a_running_transfer_finish(
+    client: Client, make_server: ServerFactory, tmp_path: Path, op: str
+) -> None:
+    """A transfer slowed to ~1 MB/s by a proxy is under way when SIGTERM comes: it completes
+    byte for byte, then the server exits 0 (the connection is busy while its stream is open)."""
+    server = make_server("--drain", "30")
+    payload = os.urandom(3_000_000)
+    local, remote = tmp_path / "local.bin", server.root / f"drained-{op}.bin"
+    (local if op == "put" else remote).write_bytes(payload)
+    slow = Faults(rate=1_000_000)
+    faults = {"upstream": slow} if op == "put" else {"downstream": slow}
+    async with Proxy(("127.0.0.1", server.port), **faults) as proxy, \
+            tether.connect("127.0.0.1", proxy.port, home=client.home, accept_new=True) as conn:
+        moving = asyncio.create_task(
+            conn.put(local, remote.name) if op == "put" else conn.get(remote.name, local))
+        await asyncio.sleep(1.0)
+        assert not moving.done(), "the transfer should take about 3 s"
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(_logged, server, "1 connection(s) busy")
+        await asyncio.wait_for(moving, 30)
+    assert (remote if op == "put" else local).read_bytes() == payload
+    assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    assert "drain time is up" not in server.log_text()

@@ -211,3 +211,23 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path) -> 
         assert row.split()[3:5] == [str(hard), str(hard)]
     finally:
         stop_process(proc)
+
+
+@pytest.mark.parametrize("kind", ["udp", "unlistened"])
+def test_an_inherited_descriptor_that_is_not_a_listening_tcp_socket_is_refused(
+    tmp_path: Path, kind: str
+) -> None:
+    """A hand-written tether.socket with ListenDatagram (or a socket that is not listening):
+    one line naming the descriptor, exit status 1, no traceback."""
+    family = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, family) as given:
+        given.bind(("127.0.0.1", 0))
+        fd = given.fileno()
+        env = {**os.environ, "TETHER_HOME": str(tmp_path / "home")}
+        done = subprocess.run(
+            ["bash", "-c", f'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$@" 3<&{fd} {fd}<&-',
+             "bash", *TETHER, "serve", "--root", str(tmp_path)], pass_fds=(fd,), env=env,
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode() == ("tether: LISTEN_FDS: descriptor 3 is not a listening TCP "
+                                    "socket (tether.socket needs ListenStream=[ADDR:]PORT)\n")

@@ -179,9 +179,9 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
         logging.getLogger("tether.server").info("open-file limit raised from %d to %d",
                                                 before, after)
     config = server_config(values)
+    inherited = service.inherited_sockets()  # a wrong one is an error before anything is made
     identity = None if config.plaintext else _server_identity(config, rotate,
                                                                values["key_overlap"])
-    inherited = service.inherited_sockets()
 
     async def main() -> None:
         from dataclasses import replace

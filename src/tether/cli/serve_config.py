@@ -185,4 +185,5 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)  # JSON's string escapes are TOML's
+    # JSON escapes every control character but DEL, with escapes TOML shares
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
