@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -218,4 +220,28 @@ async def test_sigterm_drain_lets_a_running_transfer_finish(
         await asyncio.wait_for(moving, 30)
     assert (remote if op == "put" else local).read_bytes() == payload
     assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    assert "drain time is up" not in server.log_text()
+
+
+def test_sigterm_drain_lets_a_classic_command_finish(make_server: ServerFactory) -> None:
+    """A classic-protocol command under way when SIGTERM comes gets its answer; the classic
+    port takes no new connection meanwhile."""
+    server = make_server("--drain", "30", "--classic-port", "0")
+    found = re.search(r"classic protocol on 127\.0\.0\.1:(\d+)", server.log_text())
+    assert found, server.log_text()
+    port = int(found.group(1))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"sleep 2; echo drained classic")
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        assert _logged(server, "draining: no new connections; 1 connection(s) busy")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        answer = b""
+        while not answer.endswith(b"\n"):
+            piece = sock.recv(4096)
+            assert piece, f"closed before the answer: {answer!r}"
+            answer += piece
+        assert answer == b"drained classic\n"
+    assert server.proc.wait(15) == 0
     assert "drain time is up" not in server.log_text()

@@ -289,13 +289,17 @@ class ClassicConnection:
         data = await self.input.some(COMMAND_MAX, self.config.idle_timeout)
         if not data:
             return False
-        if may_be_file_request(data):
-            data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
-        if is_file_request(data):
-            self.input.unread(data)
-            await self._file_request()
-        else:
-            await self._command(data)
+        self.server.busy += 1
+        try:
+            if may_be_file_request(data):
+                data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
+            if is_file_request(data):
+                self.input.unread(data)
+                await self._file_request()
+            else:
+                await self._command(data)
+        finally:
+            self.server.busy -= 1
         return True
 
     async def _send(self, data: bytes) -> None:
@@ -436,6 +440,7 @@ class ClassicServer:
         self.preexec = rlimits(lim.process_nproc, lim.process_memory)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.busy = 0  # requests being served now: a drain (server/service.py) waits for them
 
     @property
     def port(self) -> int:

@@ -8,8 +8,9 @@
   descriptor; the soft default of 1024 would refuse the 1,000th client).
 - :class:`Lifecycle`: the signals. SIGHUP reloads (the configuration through a callback the CLI
   gives, then the authorized list and the server identity) without touching a connection;
-  SIGTERM drains (no new connections, running commands and transfers may finish for ``drain``
-  seconds, idle connections are closed at once); a second SIGTERM, or SIGINT, stops at once.
+  SIGTERM drains (no new connections, running commands and transfers, classic requests too,
+  may finish for ``drain`` seconds, idle connections are closed at once); a second SIGTERM, or
+  SIGINT, stops at once.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def raise_nofile() -> tuple[int, int]:
     return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def _classic_busy(server: Server) -> int:
+    """Classic requests being served (a classic connection between requests is idle)."""
+    return server.classic.busy if server.classic is not None else 0
+
+
 def _busy(session: Session) -> bool:
     """Whether a connection has an operation under way: one the session runs, or one whose
     request arrived and is still starting (the protocol has its stream open)."""
@@ -145,14 +151,14 @@ class Lifecycle:
         """Stop accepting; close idle connections; wait for busy ones up to ``seconds``."""
         server = self.server
         server.stop_accepting()
-        busy = sum(1 for s in server.sessions if _busy(s))
+        busy = sum(1 for s in server.sessions if _busy(s)) + _classic_busy(server)
         log.info("draining: no new connections; %d connection(s) busy, waiting up to %gs",
                  busy, seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         closing: set[Session] = set()
         tasks: list[asyncio.Task[None]] = []
-        while server.sessions and not self._now.is_set():
+        while (server.sessions or _classic_busy(server)) and not self._now.is_set():
             for session in list(server.sessions):
                 if not _busy(session) and session not in closing:
                     closing.add(session)
@@ -160,7 +166,7 @@ class Lifecycle:
             left = deadline - loop.time()
             if left <= 0:
                 log.warning("drain time is up: ending %d busy connection(s)",
-                            len(server.sessions))
+                            len(server.sessions) + _classic_busy(server))
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), min(0.1, left))
