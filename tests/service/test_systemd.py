@@ -77,6 +77,29 @@ def test_the_unit_says_what_a_service_needs(cli: Cli) -> None:
     assert cli("service", "install", "--print", "--user", "no-such-user-x").returncode == 1
 
 
+def test_the_stop_timeout_outlasts_the_configured_drain(cli: Cli, tmp_path: Path) -> None:
+    """systemd must not SIGKILL a server that is still draining: TimeoutStopSec follows the
+    configuration file's drain (or --drain), plus time for the kill grace."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "serve.toml").write_text("drain = 95.5\n")
+    assert _directives(_unit(cli, "--home", str(home)))["TimeoutStopSec"] == "116"
+    flagged = _directives(_unit(cli, "--home", str(home), "--drain", "5"))
+    assert flagged["TimeoutStopSec"] == "25"
+    other = tmp_path / "other.toml"
+    other.write_text("drain = 0\n")
+    unit = _directives(_unit(cli, "--home", str(home), "--config", str(other)))
+    assert unit["TimeoutStopSec"] == "20"
+    assert _directives(_unit(cli, "--home", str(tmp_path / "none")))["TimeoutStopSec"] == "30"
+
+
+def test_a_bare_socket_port_listens_on_loopback(cli: Cli) -> None:
+    """As `tether serve` does: every interface is an explicit choice."""
+    assert "ListenStream=127.0.0.1:7799\n" in _unit(cli, "--socket", "7799")
+    assert "ListenStream=0.0.0.0:7799\n" in _unit(cli, "--socket", "0.0.0.0:7799")
+    assert "ListenStream=[::]:7799\n" in _unit(cli, "--socket", "[::]:7799")
+
+
 @contextlib.contextmanager
 def _notify_socket() -> Iterator[tuple[socket.socket, str]]:
     """A datagram socket in the abstract namespace, as systemd's own is, and its address."""

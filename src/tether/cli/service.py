@@ -10,6 +10,7 @@ working. Root gets fewer of them: ``NoNewPrivileges`` and ``ProtectSystem`` woul
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from importlib import resources
@@ -20,6 +21,7 @@ import click
 from tether.cli.options import HOME, click_options
 
 SYSTEM_DIR = "/etc/systemd/system"
+DEFAULT_DRAIN = 10.0  # seconds: tether serve --drain's default (cli/serve.py)
 HARDENING_ALL = [
     "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes",
     "ProtectControlGroups=yes", "ProtectClock=yes", "ProtectHostname=yes",
@@ -60,10 +62,14 @@ def _environment(name: str, value: str) -> str:
     return '"' + f"{name}={text}".replace('"', '\\"') + '"'
 
 
-def render_service(user: str, home: str | None, config: str | None, drain: float) -> str:
-    """The unit text for ``user`` (their tether home unless ``home`` is given)."""
+def render_service(user: str, home: str | None, config: str | None,
+                   drain: float | None = None) -> str:
+    """The unit text for ``user`` (their tether home unless ``home`` is given); the stop timeout
+    is the drain (by default the configured one) plus 20 s for the kill grace and the exit."""
     group, user_home = _account(user)
     home = home or str(Path(user_home) / ".config" / "tether")
+    if drain is None:
+        drain = configured_drain(Path(home), config)
     argv = [sys.executable, "-m", "tether", "serve", "--home", home]
     if config:
         argv += ["--config", config]
@@ -71,12 +77,32 @@ def render_service(user: str, home: str | None, config: str | None, drain: float
     return template("tether.service").format(
         user=user, group=group, environment=_environment("TETHER_HOME", home),
         exec_start=" ".join(_quote(word) for word in argv),
-        stop_timeout=int(drain) + 20, hardening="".join(line + "\n" for line in hardening),
+        stop_timeout=math.ceil(drain) + 20, hardening="".join(line + "\n" for line in hardening),
     )
 
 
 def render_socket(listen: str) -> str:
+    """tether.socket listening on ``[ADDR:]PORT``; a bare port means 127.0.0.1, as ``tether
+    serve``'s own default does (every interface is an explicit ``0.0.0.0:PORT`` or ``[::]:PORT``,
+    never an accident)."""
+    if listen.isdigit():
+        listen = f"127.0.0.1:{listen}"
     return template("tether.socket").format(listen=listen)
+
+
+def configured_drain(home: Path, config: str | None) -> float:
+    """The drain the server will use (the configuration file's ``drain``, else the default), so
+    the unit's stop timeout outlasts it. A file that cannot be read is ``tether serve``'s to
+    report; here it means the default."""
+    import tomllib
+
+    path = Path(config) if config else home / "serve.toml"
+    try:
+        value = tomllib.loads(path.read_text(encoding="utf-8")).get("drain", DEFAULT_DRAIN)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return DEFAULT_DRAIN
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else DEFAULT_DRAIN
 
 
 @click.group()
@@ -93,17 +119,21 @@ def service() -> None:
               help="A configuration file for `tether serve --config` [default: HOME/serve.toml "
                    "when it exists].")
 @click.option("--socket", "listen", metavar="[ADDR:]PORT",
-              help="Also install tether.socket, listening here (socket activation).")
+              help="Also install tether.socket, listening here (socket activation; a bare "
+                   "PORT means 127.0.0.1).")
+@click.option("--drain", type=click.FloatRange(min=0), metavar="S",
+              help="The server's drain, for the unit's stop timeout (S + 20 s) [default: the "
+                   "configuration file's drain, else 10].")
 @click.option("--dest", type=click.Path(file_okay=False), default=SYSTEM_DIR,
               show_default=True, help="Directory for the unit files.")
 @click.option("--print", "print_only", is_flag=True, help="Print the unit(s); write nothing.")
 def install(user: str | None, home: str | None, config: str | None, listen: str | None,
-            dest: str, print_only: bool) -> None:
+            drain: float | None, dest: str, print_only: bool) -> None:
     """Write tether.service (and tether.socket with --socket) for systemd."""
     import getpass
 
     user = user or getpass.getuser()
-    units = {"tether.service": render_service(user, home, config, 10.0)}
+    units = {"tether.service": render_service(user, home, config, drain)}
     if listen:
         units["tether.socket"] = render_socket(listen)
     if print_only:
