@@ -9,6 +9,7 @@ Light on purpose (``os``, ``hashlib``, ``base64``: no ``pathlib``, ``dataclasses
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 
@@ -109,10 +110,15 @@ def _retire_rotated(home: str | os.PathLike[str], key: str, fp: str) -> None:
             continue
         kept.append(f"{key} {fp}" if parts[:2] == [key, fp] else line)
     path = known_hosts_file(home)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    tmp = os.path.join(os.path.dirname(path), f".known_hosts.{os.getpid()}.{id(kept)}.tmp")
+    try:  # a name of its own: clients connecting at once never share a temporary file
+        with open(tmp, "w") as fh:
+            fh.write("".join(line + "\n" for line in kept))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError:  # the old pin stays one more connection: harmless, tried again next time
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _shown(home: str | os.PathLike[str]) -> str:
