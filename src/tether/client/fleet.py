@@ -39,7 +39,7 @@ from tether.client.options import (
     ConnectOptions,
     options_of,
 )
-from tether.client.process import STDOUT, _feed
+from tether.client.process import STDOUT, DecodedOutput, _feed
 from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
@@ -61,7 +61,7 @@ Operation = Callable[[Connection, Target, "HostResult"], Awaitable[None]]
 
 
 @dataclass
-class HostResult:
+class HostResult(DecodedOutput):
     """What happened on one host. ``ok`` only when the operation completed and (for run) the
     command exited 0; ``kind`` says which way it went otherwise."""
 
@@ -80,13 +80,6 @@ class HostResult:
     def name(self) -> str:
         return self.target.name
 
-    @property
-    def text(self) -> str:
-        return self.stdout.decode(self.encoding, "replace")
-
-    @property
-    def error_text(self) -> str:
-        return self.stderr.decode(self.encoding, "replace")
 
     @property
     def resumed(self) -> list[tuple[str, int]]:

@@ -19,7 +19,6 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from tether import __version__
 from tether.errors import TetherError
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
@@ -33,6 +32,7 @@ from tether.server.limits import Admission
 from tether.server.rotation import KeyRotation
 from tether.server.session import Session, SessionContext
 from tether.tls import server_context
+from tether.version import __version__
 
 if TYPE_CHECKING:
     from tether.server.metrics import MetricsServer

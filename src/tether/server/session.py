@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from tether import __version__
 from tether.errors import (
     BadRequest,
     Busy,
@@ -66,6 +65,7 @@ from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
+from tether.version import __version__
 
 log = logging.getLogger("tether.server")
 
