@@ -74,7 +74,8 @@ def test_the_unit_says_what_a_service_needs(cli: Cli) -> None:
     as_root = _directives(_unit(cli, "--user", "root"))
     assert "NoNewPrivileges" not in as_root and "ProtectSystem" not in as_root
     assert "ProtectKernelModules" in as_root
-    assert cli("service", "install", "--print", "--user", "no-such-user-x").returncode == 1
+    nobody = cli("service", "install", "--print", "--user", "no-such-user-x")
+    assert (nobody.returncode, nobody.stderr) == (1, b"tether: no such user: no-such-user-x\n")
 
 
 def test_the_stop_timeout_outlasts_the_configured_drain(cli: Cli, tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def limit_options(func: Any) -> Any:
 def serve(ctx: click.Context, **options: Any) -> None:
     """Serve clients in the foreground; SIGHUP reloads, SIGTERM drains, Ctrl-C stops at once."""
     from tether.cli import serve_config
-    from tether.errors import ConfigError, UsageError
+    from tether.errors import UsageError
     from tether.server.config import is_loopback
 
     given = options.pop("config")
@@ -118,13 +118,10 @@ def serve(ctx: click.Context, **options: Any) -> None:
     if options["plaintext"] and not is_loopback(options["host"]):  # flags alone: a usage error
         raise UsageError(f"--plaintext is only allowed on a loopback address, not "
                          f"{options['host']}")
-    try:
-        path = serve_config.config_path(given, home_dir(options["home"]))
-        resolved = serve_config.resolve(ctx, serve, options, path)
-        server_config(resolved.values)  # every check a start makes, before anything starts
-    except ConfigError as exc:
-        click.echo(f"tether: {exc}", err=True)
-        sys.exit(1)
+    # a ConfigError names the file, line and key; the exit policy (cli/policy.py) shows it
+    path = serve_config.config_path(given, home_dir(options["home"]))
+    resolved = serve_config.resolve(ctx, serve, options, path)
+    server_config(resolved.values)  # every check a start makes, before anything starts
     if check:
         click.echo(serve_config.render(resolved, serve), nl=False)
         return
@@ -234,13 +231,7 @@ def _server_identity(config: ServerConfig, rotate: bool, overlap: float) -> Iden
     else:
         identity = load_identity(h, "server")
     if rotate:
-        from tether.errors import ConfigError
-
-        try:
-            pending = start_rotation(h, overlap)
-        except ConfigError as exc:
-            click.echo(f"tether: {exc}", err=True)
-            sys.exit(1)
+        pending = start_rotation(h, overlap)  # a rotation under way: ConfigError, exit 1
         announce("key rotation started: next key %s, announced to clients for %gs",
                  pending.fingerprint, overlap)
     return identity

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from tether.cli.options import HOME, click_options
+from tether.errors import ConfigError
 
 SYSTEM_DIR = "/etc/systemd/system"
 DEFAULT_DRAIN = 10.0  # seconds: tether serve --drain's default (cli/serve.py)
@@ -35,14 +36,14 @@ def template(name: str) -> str:
 
 
 def _account(user: str) -> tuple[str, str]:
-    """The user's primary group and home directory; ClickException if there is no such user."""
+    """The user's primary group and home directory; ConfigError if there is no such user."""
     import grp
     import pwd
 
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        raise click.ClickException(f"no such user: {user}") from None
+        raise ConfigError(f"no such user: {user}") from None
     try:
         group = grp.getgrgid(entry.pw_gid).gr_name
     except KeyError:
@@ -145,7 +146,7 @@ def install(user: str | None, home: str | None, config: str | None, listen: str 
         try:
             target.write_text(text)
         except OSError as exc:
-            raise click.ClickException(f"cannot write {target}: {exc.strerror or exc}") from exc
+            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
         click.echo(f"wrote {target}")
     first = "tether.socket" if listen else "tether.service"
     click.echo(f"next: systemctl daemon-reload && systemctl enable --now {first}")
@@ -163,19 +164,14 @@ def rotate_key(home: str | None, overlap: float, retire: bool) -> None:
     Clients that connect during the overlap pin the new key beside the old; a running server
     picks the change up by itself (or on SIGHUP).
     """
-    from tether.errors import ConfigError
     from tether.identity import home_dir
     from tether.server.rotation import retire_now, start_rotation
 
     h = home_dir(home)
-    try:
-        if retire:
-            click.echo(f"the server key is now {retire_now(h)}; the old key is deleted")
-            return
-        pending = start_rotation(h, overlap)
-    except ConfigError as exc:
-        click.echo(f"tether: {exc}", err=True)
-        sys.exit(1)
+    if retire:
+        click.echo(f"the server key is now {retire_now(h)}; the old key is deleted")
+        return
+    pending = start_rotation(h, overlap)
     click.echo(f"next server key {pending.fingerprint}, announced for {overlap:g} s; "
                f"then it replaces the current one")
 
