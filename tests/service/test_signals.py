@@ -4,6 +4,7 @@ the old configuration when the new one is wrong), SIGTERM drains, a second SIGTE
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -88,6 +89,20 @@ async def test_sighup_reads_a_configuration_file_created_after_the_start(
     server.proc.send_signal(signal.SIGHUP)
     assert _logged(server, "reloaded", seen), server.log_text()
     assert await _server_name(server, client.home) == "late-file"
+
+
+def test_sighup_switches_the_log_format(make_server: ServerFactory, tmp_path: Path) -> None:
+    home = tmp_path / "logs"
+    server = make_server(home=home)
+    (home / "serve.toml").write_text('log-format = "json"\n')
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reloaded", seen), server.log_text()
+    lines = server.log_text()[seen:].splitlines()
+    entries = [json.loads(line) for line in lines[lines.index(
+        next(line for line in lines if "log format is now json" in line)):]]
+    assert entries[0]["message"] == "log format is now json"
+    assert any(e["message"].startswith("reloaded") for e in entries)
 
 
 def test_sighup_change_that_needs_a_restart_is_named(

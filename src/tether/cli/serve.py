@@ -126,7 +126,21 @@ def serve(ctx: click.Context, **options: Any) -> None:
         click.echo(serve_config.render(resolved, serve), nl=False)
         return
     again = serve_config.reloader(ctx, serve, options, given, home_dir(options["home"]))
-    serve_main(resolved.values, reload=lambda: server_config(again().values), rotate=rotate)
+    shape = [resolved.values["log_format"]]
+
+    def reload() -> ServerConfig:
+        """SIGHUP: the configuration again; the log format (not the server's) applied here."""
+        values = again().values
+        config = server_config(values)  # checked whole before anything changes
+        if values["log_format"] != shape[0]:
+            from tether.cli.serve_log import setup
+
+            shape[0] = values["log_format"]
+            setup(shape[0], debug=bool(os.environ.get("TETHER_DEBUG")))
+            logging.getLogger("tether.server").info("log format is now %s", shape[0])
+        return config
+
+    serve_main(resolved.values, reload=reload, rotate=rotate)
 
 
 def server_config(values: dict[str, Any]) -> ServerConfig:
