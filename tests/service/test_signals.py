@@ -228,26 +228,34 @@ async def test_sigterm_drain_lets_a_running_transfer_finish(
             tether.connect("127.0.0.1", proxy.port, home=client.home, accept_new=True) as conn:
         moving = asyncio.create_task(
             conn.put(local, remote.name) if op == "put" else conn.get(remote.name, local))
-        await asyncio.sleep(1.0)
+        written = (remote if op == "put" else local)
+        part = written.with_name(f".{written.name}.tether-part")
+        for _ in range(300):  # its first bytes are on their way to the destination
+            if moving.done() or (part.exists() and part.stat().st_size > 0):
+                break
+            await asyncio.sleep(0.05)
         assert not moving.done(), "the transfer should take about 3 s"
+        assert part.exists(), "the transfer did not start"
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(_logged, server, "1 connection(s) busy")
         await asyncio.wait_for(moving, 30)
-    assert (remote if op == "put" else local).read_bytes() == payload
+    assert written.read_bytes() == payload
     assert await asyncio.to_thread(server.proc.wait, 15) == 0
     assert "drain time is up" not in server.log_text()
 
 
-def test_sigterm_drain_lets_a_classic_command_finish(make_server: ServerFactory) -> None:
+def test_sigterm_drain_lets_a_classic_command_finish(make_server: ServerFactory,
+                                                     tmp_path: Path) -> None:
     """A classic-protocol command under way when SIGTERM comes gets its answer; the classic
     port takes no new connection meanwhile."""
     server = make_server("--drain", "30", "--classic-port", "0")
     found = re.search(r"classic protocol on 127\.0\.0\.1:(\d+)", server.log_text())
     assert found, server.log_text()
     port = int(found.group(1))
+    started = tmp_path / "started"
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"sleep 2; echo drained classic")
-        time.sleep(0.5)
+        sock.sendall(f"touch {started}; sleep 2; echo drained classic".encode())
+        assert wait_until(started.exists, 15), "the classic command did not start"
         server.proc.send_signal(signal.SIGTERM)
         assert _logged(server, "draining: no new connections; 1 connection(s) busy")
         with pytest.raises(OSError):
