@@ -33,6 +33,12 @@ def _logged(server: ServeProcess, text: str, after: int = 0, timeout: float = 15
     return wait_until(lambda: text in server.log_text()[after:], timeout)
 
 
+def _until(go: Path, then: str) -> str:
+    """A command that says start, waits for ``go`` to exist (at most 120 s), then ``then``."""
+    return f"echo start; i=0; while [ ! -e '{go}' ] && [ $i -lt 1200 ]; do sleep 0.1; " \
+           f"i=$((i+1)); done; {then}"
+
+
 def _discovered(server: ServeProcess) -> list[str]:
     found = asyncio.run(discover(["127.0.0.1"], server.port, wait=0.3, retries=2))
     return [f.fingerprint for f in found]
@@ -52,7 +58,8 @@ async def test_sighup_reloads_while_a_command_runs_and_refuses_a_bad_file(
     config.write_text('name = "before"\n')
     server = make_server(home=home)
     own = client.other(server=server)
-    proc = own.popen("sh", "-c", "echo start; sleep 4; echo end; exit 7",
+    go = tmp_path / "go"  # the command runs until the test has reloaded twice
+    proc = own.popen("sh", "-c", _until(go, "echo end; exit 7"),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"start\n"  # the command runs
@@ -74,6 +81,7 @@ async def test_sighup_reloads_while_a_command_runs_and_refuses_a_bad_file(
     assert await _server_name(server, client.home) == "after"
 
     assert proc.poll() is None, "the command should still be running across both reloads"
+    go.touch()
     out, err = proc.communicate(timeout=30)
     assert (out, proc.returncode) == (b"end\n", 7), err
     assert server.alive()
@@ -191,7 +199,8 @@ async def test_sighup_reloads_the_authorized_list_without_ending_a_revoked_clien
     home = tmp_path / "trust"
     server = make_server(home=home)
     own = client.other(server=server)
-    proc = own.popen("sh", "-c", "echo start; sleep 3; echo end; exit 5",
+    go = tmp_path / "go"
+    proc = own.popen("sh", "-c", _until(go, "echo end; exit 5"),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"start\n"
@@ -208,6 +217,8 @@ async def test_sighup_reloads_the_authorized_list_without_ending_a_revoked_clien
     assert (admitted.returncode, admitted.stdout) == (0, b"in\n"), admitted.stderr
     refused = own.run("true")
     assert refused.returncode == 255 and b"not authorized" in refused.stderr
+    assert proc.poll() is None, "the revoked client's command should still be running"
+    go.touch()
     out, err = proc.communicate(timeout=30)
     assert (out, proc.returncode) == (b"end\n", 5), err
 
