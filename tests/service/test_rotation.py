@@ -93,14 +93,15 @@ def test_the_overlap_ends_by_itself_and_serve_can_start_a_rotation(
     client: Client, make_server: ServerFactory, make_client_home: ClientHomeFactory,
     tmp_path: Path, cli: Cli,
 ) -> None:
-    """``tether serve --rotate-key --key-overlap 6``: the next key is announced from the start
-    and takes over after 6 s, without a signal or a command."""
+    """``tether serve --rotate-key --key-overlap 10``: the next key is announced from the start
+    and takes over after 10 s (room for a loaded machine to connect during the overlap),
+    without a signal or a command."""
     home = tmp_path / "rotating"
     first = make_server(home=home)
     old = first.fingerprint
     early = _new_client(client, first, make_client_home, "early", cli)
     first.stop()
-    server = make_server("--rotate-key", "--key-overlap", "6", "--discoverable", home=home,
+    server = make_server("--rotate-key", "--key-overlap", "10", "--discoverable", home=home,
                          pinned=False, port=first.port)
     early = early.other(server=server)
     assert server.fingerprint == old
@@ -109,7 +110,7 @@ def test_the_overlap_ends_by_itself_and_serve_can_start_a_rotation(
     assert (during.returncode, during.stderr) == (0, b""), during.stderr
     assert len(_pins(early)) == 2
     new = _pins(early)[1]
-    assert wait_until(lambda: _run(early).returncode == 0 and _pins(early) == [new], 20)
+    assert wait_until(lambda: _run(early).returncode == 0 and _pins(early) == [new], 30)
     assert "server identity is now " + new in server.log_text()
     found = asyncio.run(discover(["127.0.0.1"], server.port, wait=0.5, retries=3))
     assert [f.fingerprint for f in found] == [new]  # discovery announces the new key too
