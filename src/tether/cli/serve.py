@@ -181,9 +181,14 @@ def server_config(values: dict[str, Any]) -> ServerConfig:
 def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None = None,
                rotate: bool = False) -> None:
     """Start the server the resolved options describe and run it until it is stopped."""
+    import signal
+
     from tether.cli.serve_log import announce, setup
     from tether.server import service
 
+    # a hangup before the reload handler is installed is no reason to die (it would be taken
+    # as a reload a moment later); the handler replaces this, so no command inherits it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup(values["log_format"], debug=bool(os.environ.get("TETHER_DEBUG")))
     before, after = service.raise_nofile()  # first: limits derived from it see the raised one
     if after != before:
@@ -201,6 +206,8 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
 
         configured = replace(config)
         server = Server(config, identity)
+        lifecycle = service.Lifecycle(server, reload, configured)
+        lifecycle.install()  # before the "listening" line a script may wait for, then signal
         await server.start(inherited[0] if inherited else None)
         where = f"{config.host}:{server.port}"
         if identity is not None:
@@ -219,8 +226,6 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
                      _classic_where(server.classic))
         if server.discovery is not None:
             announce("answering discovery probes on UDP %s", where)
-        lifecycle = service.Lifecycle(server, reload, configured)
-        lifecycle.install()
         service.notify(f"READY=1\nSTATUS=listening on {where}\nMAINPID={os.getpid()}")
         await lifecycle.run()
         announce("stopped")
