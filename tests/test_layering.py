@@ -22,8 +22,8 @@ MODULES = {
 LAYERS = {
     "tether.errors": 0, "tether.version": 0, "tether.defaults": 0,
     "tether.protocol": 1, "tether.malloc": 1, "tether.home": 1,
-    "tether.identity": 2,
-    "tether.tls": 3, "tether.net": 3, "tether.storage": 3,
+    "tether.identity": 2, "tether.ca": 2,
+    "tether.tls": 3, "tether.hosttrust": 3, "tether.net": 3, "tether.storage": 3,
     "tether.inventory": 4, "tether.ansible_inventory": 4,
     "tether.server": 5, "tether.client": 5,
     "tether.cli": 6,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tether
+from tether.ca import init_ca, make_crl
 from tether.cli.serve import serve
 from tether.cli.serve_config import settings
 from tether.errors import RemoteError
@@ -26,6 +27,10 @@ Cli = Callable[..., subprocess.CompletedProcess[bytes]]
 # `tether serve` without a line here (so the file format is never behind the flags).
 def every_key(tmp: Path) -> dict[str, str]:
     (tmp / "root").mkdir(exist_ok=True)
+    ca = tmp / "ca"
+    if not (ca / "ca_cert.pem").exists():
+        init_ca(ca, "config test CA")
+        make_crl(ca)
     return {
         "home": f'"{tmp / "h"}"',
         "host": '"127.0.0.2"',
@@ -44,6 +49,8 @@ def every_key(tmp: Path) -> dict[str, str]:
         "log-format": '"json"',
         "metrics": '"127.0.0.1:9799"',
         "key-overlap": "3600",
+        "trust-ca": f'["{ca / "ca_cert.pem"}"]',
+        "crl": f'"{ca / "crl.pem"}"',
         "max-connections": "11",
         "max-connections-per-client": "12",
         "max-processes-per-client": "13",
@@ -123,6 +130,9 @@ def test_flag_beats_file_beats_default(cli: Cli, tmp_path: Path) -> None:
     ("[limits]\nmax-connections = 1\n", 1, "key 'limits': unknown key"),
     ("port = \n", 1, "Invalid value (at line 1, column 8)"),
     ("name = \"" + "x" * 65 + "\"\n", 1, "key 'name': "),  # the option's own check
+    ("trust-ca = \"/ca.pem\"\n", 1, "key 'trust-ca': expected an array (a string each)"),
+    ("trust-ca = [\"/no/such/ca.pem\"]\n", 1, "key 'trust-ca': File '/no/such/ca.pem' does "
+                                              "not exist"),
 ])
 def test_errors_name_the_key_and_line(cli: Cli, tmp_path: Path, text: str, line: int,
                                       message: str) -> None:

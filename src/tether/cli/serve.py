@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tether.cli.options import HOME, PORT, click_options, identity_name
+from tether.cli.options import HOME, LISTEN_PORT, click_options, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def limit_options(func: Any) -> Any:
               help="Validate the configuration, print the effective settings and exit.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
-@click_options([PORT])
+@click_options([LISTEN_PORT])
 @click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Directory that relative paths resolve against [default: your home].")
 @click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
@@ -106,6 +106,12 @@ def limit_options(func: Any) -> Any:
                    "during --key-overlap, then used in place of the old one.")
 @click.option("--key-overlap", default=DEFAULT_OVERLAP, show_default=True, type=float,
               help="Seconds a rotated key is announced before the old one is retired.")
+@click.option("--trust-ca", "trust_cas", multiple=True, metavar="CA_CERT",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Admit clients whose certificate this CA signed, by their principals and "
+                   "$TETHER_HOME/principals (repeatable).")
+@click.option("--crl", type=click.Path(exists=True, dir_okay=False),
+              help="The CAs' revocation list (re-read when it changes).")
 @limit_options
 def serve(ctx: click.Context, **options: Any) -> None:
     """Serve clients in the foreground; SIGHUP reloads, SIGTERM drains, Ctrl-C stops at once."""
@@ -168,6 +174,8 @@ def server_config(values: dict[str, Any]) -> ServerConfig:
         audit=Path(v["audit"]) if v["audit"] else None,
         limits=Limits(**{k: val for k, val in v.items() if k in limit_names}),
         discoverable=v["discoverable"], drain=v["drain"], metrics=metrics,
+        trust_cas=tuple(Path(p) for p in v["trust_cas"]),
+        crl=Path(v["crl"]) if v["crl"] else None,
     )
     if v["root"]:
         config.root = Path(v["root"]).resolve()
@@ -175,6 +183,14 @@ def server_config(values: dict[str, Any]) -> ServerConfig:
         config.name = v["name"]
     if v["encoding"]:
         config.encoding = v["encoding"]
+    if config.trust_cas or config.crl:  # a bad CA or list is refused before anything is made
+        from tether.errors import TetherError
+        from tether.server.trust import Trust
+
+        try:
+            Trust(config.home, config.trust_cas, config.crl)
+        except (TetherError, OSError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
     return config
 
 
@@ -212,7 +228,7 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
         where = f"{config.host}:{server.port}"
         if identity is not None:
             announce("listening on %s, fingerprint %s", where, identity.fingerprint)
-            if not server.authorized():
+            if not server.authorized() and not server.trust.cas:
                 announce("no client is authorized yet, so nobody can connect: run `tether id` "
                          "on a client, then here `tether authorize 'LINE'` (into %s)",
                          authorized_path(config.home))

@@ -87,7 +87,18 @@ def read_file(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def _type_error(param: click.Option, value: Any) -> str | None:
-    """Why a TOML value cannot be this option's, before click's own conversion."""
+    """Why a TOML value cannot be this option's, before click's own conversion. A repeatable
+    option (``--trust-ca``) takes an array of its values."""
+    kind = param.type
+    if param.multiple:
+        if not isinstance(value, list):
+            return f"expected an array ({_wanted(kind)} each)"
+        problems = [_scalar_error(param, item) for item in value]
+        return next((p for p in problems if p), None)
+    return _scalar_error(param, value)
+
+
+def _scalar_error(param: click.Option, value: Any) -> str | None:
     kind = param.type
     if param.is_flag:
         return None if isinstance(value, bool) else "expected true or false"
@@ -185,5 +196,7 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     # JSON escapes every control character but DEL, with escapes TOML shares
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")

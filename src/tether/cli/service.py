@@ -174,4 +174,10 @@ def rotate_key(home: str | None, overlap: float, retire: bool) -> None:
     pending = start_rotation(h, overlap)
     click.echo(f"next server key {pending.fingerprint}, announced for {overlap:g} s; "
                f"then it replaces the current one")
+    from tether.home import signed_cert_file
+
+    if Path(signed_cert_file(h, "server")).exists():
+        click.echo("note: the CA-signed host certificate is for the current key; it is set "
+                   "aside when the new key takes over, so have the CA sign the new key then "
+                   "(clients that pin fingerprints are not affected)", err=True)
 

@@ -76,6 +76,7 @@ class ServerInfo:
     fingerprint: str
     client_name: str
     permissions: list[str] = field(default_factory=list)
+    user: str = ""  # the Unix account the server runs this connection's work as, if mapped
 
 
 class StreamHandle:

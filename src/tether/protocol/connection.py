@@ -222,6 +222,9 @@ class Connection:
         if isinstance(msg, Error):
             self.state = State.CLOSED
             return msg
+        reason = msg.problem(None)
+        if reason is not None:
+            raise RemoteProtocolError(reason)
         if isinstance(msg, Hello):
             if self._got_hello:
                 raise RemoteProtocolError("a second hello")

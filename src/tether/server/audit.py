@@ -62,6 +62,10 @@ class AuditLog:
         line = json.dumps(record, ensure_ascii=True, default=str) + "\n"
         os.write(self._fd, line.encode("ascii"))
 
+    def fileno(self) -> int:
+        """The log's descriptor (-1: none), kept open by a privilege-separated worker."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -74,6 +74,17 @@ class Admission:
             self.failures.pop(address, None)
         return recent
 
+    def admit_account(self, name: str) -> str | None:
+        """Connections per Unix account (sessions mapped to it), counted beside the identity's."""
+        key = f"account {name}"
+        if self.clients[key] >= self.limits.max_connections_per_client:
+            return f"too many connections for the account {name} ({self.clients[key]})"
+        self.clients[key] += 1
+        return None
+
+    def account_left(self, name: str) -> None:
+        self.client_left(f"account {name}")
+
     def admit_client(self, fingerprint: str) -> str | None:
         if self.clients[fingerprint] >= self.limits.max_connections_per_client:
             return f"too many connections for this client ({self.clients[fingerprint]})"

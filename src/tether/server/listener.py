@@ -17,9 +17,11 @@ import os
 import signal
 import socket
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
+from tether.home import signed_cert_file
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
 from tether.protocol import Role
@@ -29,8 +31,10 @@ from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.discovery import DiscoveryResponder, start_discovery
 from tether.server.limits import Admission
+from tether.server.privsep import SharedCounts
 from tether.server.rotation import KeyRotation
 from tether.server.session import Session, SessionContext
+from tether.server.trust import Trust
 from tether.tls import server_context
 from tether.version import __version__
 
@@ -47,6 +51,8 @@ def _handshake_failure(exc: BaseException) -> str:
     text = str(exc).upper()
     if isinstance(exc, TimeoutError):
         return "TLS handshake timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (2, 20, 21):
+        return "TLS handshake failed: client certificate signed by a CA this server does not trust"
     if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "PEER DID NOT RETURN" in text:
         return "TLS handshake failed: client identity not authorized"
     if "WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP_REQUEST" in text:
@@ -64,6 +70,15 @@ def _keepalive(transport: asyncio.Transport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or edited (a same-size swap with a kept mtime too)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0, 0, 0)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
 
 
 class _Accepted(asyncio.Protocol):
@@ -103,24 +118,20 @@ class Server:
         self.discovery: DiscoveryResponder | None = None
         self.metrics: MetricsServer | None = None
         self.rotation = KeyRotation(config.home, identity)
+        self.trust = Trust(config.home, config.trust_cas, config.crl)
         self.context = SessionContext(
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
-            next_key=self.rotation.announced,
+            trust=self.trust, counts=SharedCounts(), next_key=self.rotation.announced,
+            drain=config.drain,
         )
 
     # --- authorization -------------------------------------------------------------------------
 
     def authorized(self) -> dict[str, AuthorizedClient]:
-        """The authorized clients, re-read when the file changed."""
-        path = authorized_path(self.config.home)
-        try:
-            st = os.stat(path)
-            stamp: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns,
-                                      st.st_size)
-        except FileNotFoundError:
-            stamp = ()
+        """The authorized clients, re-read when the file changed (or the host certificate)."""
+        stamp = _stamp(authorized_path(self.config.home)) + _stamp(self._host_cert())
         if stamp != self._stamp:
             found = read_authorized(self.config.home)
             for problem in found.problems:  # admit the valid entries, never a stale list
@@ -131,9 +142,18 @@ class Server:
         return self._clients
 
     def reload_trust(self) -> None:
-        """SIGHUP: read the authorized list and the server identity again for the next
-        connection (connections already up keep what they were admitted with)."""
+        """SIGHUP: read the authorized list, the trusted CAs, the revocation list, the
+        principals and the server identity again for the next connection (connections already
+        up keep what they were admitted with). A CA or list that no longer loads is logged and
+        the one in use kept."""
         self._stamp = None
+        try:
+            trust = Trust(self.config.home, self.config.trust_cas, self.config.crl)
+        except (TetherError, OSError, ValueError) as exc:
+            log.error("reload: keeping the trusted CAs and revocation list in use: %s", exc)
+        else:
+            self.trust = trust
+            self.context = dataclasses.replace(self.context, trust=trust)
         if self.rotation.refresh(force=True):
             self._new_identity()
         self._ctx = None
@@ -147,13 +167,19 @@ class Server:
             self.discovery.announcement = dataclasses.replace(
                 self.discovery.announcement, fingerprint=self.identity.fingerprint)
 
+    def _host_cert(self) -> Path:
+        return Path(signed_cert_file(self.config.home, "server"))
+
     def _tls_context(self) -> ssl.SSLContext:
         if self.rotation.refresh():  # a key rotation's overlap ended: the new key from now on
             self._new_identity()
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
-            self._ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
+            anchors = [c.cert_der for c in clients.values()] + self.trust.anchors
+            host_cert = self._host_cert()
+            self._ctx = server_context(self.identity, anchors,
+                                       host_cert if host_cert.exists() else None)
         return self._ctx
 
     # --- lifetime ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.errors import ConfigError, IdentityError
-from tether.home import fingerprint
+from tether.home import fingerprint, signed_cert_file
 from tether.identity import Identity, generate_identity, load_identity
 from tether.protocol.messages import NEXT_KEY_CONTEXT
 
@@ -123,7 +123,16 @@ def retire_if_due(home: Path) -> str:
 
 
 def _promote(home: Path) -> None:
-    """The next key replaces the current one (each file by an atomic rename)."""
+    """The next key replaces the current one (each file by an atomic rename). A CA-signed host
+    certificate is for the old key: it is moved aside first (presented with the new key, it
+    would fail every handshake), and the log says how to get one for the new key."""
+    host_cert = Path(signed_cert_file(home, "server"))
+    if host_cert.exists():
+        os.replace(host_cert, host_cert.with_name(host_cert.name + ".retired"))
+        log.warning("key rotation: the host certificate %s was for the retired key (now %s."
+                    "retired); clients that check host certificates need one for the new key: "
+                    "have the CA sign `tether id --server` (tether ca sign-host), then "
+                    "`tether cert install --server LINE`", host_cert, host_cert.name)
     os.replace(home / NEXT_KEY, home / "server_key.pem")
     os.replace(home / NEXT_CERT, home / "server_cert.pem")
     (home / STATE).unlink(missing_ok=True)

@@ -97,12 +97,6 @@ def _classic_busy(server: Server) -> int:
     return server.classic.busy if server.classic is not None else 0
 
 
-def _busy(session: Session) -> bool:
-    """Whether a connection has an operation under way: one the session runs, or one whose
-    request arrived and is still starting (the protocol has its stream open)."""
-    return bool(session.streams) or session.conn.proto.open_streams > 0
-
-
 class Lifecycle:
     """Signals for a running :class:`~tether.server.listener.Server`: reload, drain, stop."""
 
@@ -151,7 +145,7 @@ class Lifecycle:
         """Stop accepting; close idle connections; wait for busy ones up to ``seconds``."""
         server = self.server
         server.stop_accepting()
-        busy = sum(1 for s in server.sessions if _busy(s)) + _classic_busy(server)
+        busy = sum(1 for s in server.sessions if s.busy or s.worker) + _classic_busy(server)
         log.info("draining: no new connections; %d connection(s) busy, waiting up to %gs",
                  busy, seconds)
         loop = asyncio.get_running_loop()
@@ -160,7 +154,12 @@ class Lifecycle:
         tasks: list[asyncio.Task[None]] = []
         while (server.sessions or _classic_busy(server)) and not self._now.is_set():
             for session in list(server.sessions):
-                if not _busy(session) and session not in closing:
+                if session in closing:
+                    continue
+                if session.worker is not None:  # served as another account: it drains itself
+                    closing.add(session)
+                    session.worker.drain()
+                elif not session.busy:
                     closing.add(session)
                     tasks.append(loop.create_task(session.shutdown()))
             left = deadline - loop.time()
@@ -210,7 +209,7 @@ class Lifecycle:
         # sessions from now on see the new settings; those already up keep what they started with
         self.server.context = replace(
             self.server.context, limits=config.limits, root=config.root, name=config.name,
-            encoding=config.encoding, kill_grace=config.kill_grace)
+            encoding=config.encoding, kill_grace=config.kill_grace, drain=config.drain)
         self._reopen_audit()
         if changed:
             log.info("configuration changed: %s", ", ".join(changed))

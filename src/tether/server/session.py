@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import platform
+import pwd
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
+from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint, short_fingerprint
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -61,8 +62,10 @@ from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.limits import Admission, Limits
+from tether.server.privsep import SharedCounts, Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.transfer import PutTransfer, send_file, send_listing
+from tether.server.trust import Trust, own_account
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
 from tether.version import __version__
@@ -83,44 +86,70 @@ class SessionContext:
     admission: Admission
     audit: AuditLog
     authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
+    trust: Trust  # trusted CAs, revocation list, principals (server/trust.py)
+    counts: SharedCounts  # per-account counts shared with privilege-separated workers
     # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
     next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
+    drain: float = 0.0  # on SIGTERM, seconds running work may take (a worker drains itself)
 
 
 @dataclass(frozen=True)
 class Peer:
-    """Who is on the other end, as established by TLS and the authorized list."""
+    """Who is on the other end, as established by TLS, the authorized list and the trusted
+    CAs (server/trust.py)."""
 
     fingerprint: str
     name: str
     root: Path
     permissions: frozenset[str]
     confined: bool = False
+    user: str | None = None  # the Unix account its work runs as (None: the server's own)
+    serial: str | None = None  # its CA-signed certificate's serial
+    principals: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The name and short fingerprint, for log lines: two machines with one host name
+        both default to the same ``user@hostname``; the fingerprint tells them apart."""
+        return f"{self.name} {short_fingerprint(self.fingerprint)}"
 
 
 class Session:
-    def __init__(self, context: SessionContext, link: FramedProtocol) -> None:
+    """``peer`` given: a privilege-separated worker's session (server/privsep.py), whose client
+    the parent already admitted; ``address``: the client's, which the worker's socket lacks."""
+
+    def __init__(self, context: SessionContext, link: FramedProtocol, peer: Peer | None = None,
+                 address: str | None = None) -> None:
         self.context = context
         self.conn = FramedConnection(link)
+        self.preset = peer
+        self.address = address
+        self.worker: Worker | None = None  # the worker serving this session as its account
         self.peer: Peer | None = None
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
 
     async def serve(self) -> None:
-        address = self.conn.peer_address
+        address = self.address or self.conn.peer_address
         audit = self.context.audit
-        admitted, reason = False, ""
+        admitted, handed_over, reason = False, False, ""
         try:
-            self.peer = self._authorize()
-            refusal = self.context.admission.admit_client(self.peer.fingerprint)
-            if refusal is not None:
-                raise Busy(refusal)
-            admitted = True
-            await asyncio.wait_for(self._handshake(), self.limits.handshake_timeout)
+            hello = await asyncio.wait_for(self._hello(), self.limits.handshake_timeout)
+            if self.preset is not None:  # a worker: admitted by the parent
+                self.peer = self.preset
+            else:
+                self.peer = self._authorize(hello.user)
+                self._admit(self.peer)
+                admitted = True
+                if self.peer.user is not None:
+                    handed_over = True
+                    await serve_as(self, hello, self.context.counts)
+                    return
+            await self._welcome(hello)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
             audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
-                        name=self.peer.name)
+                        name=self.peer.name, **_identity_fields(self.peer))
             self.conn.frame_timeout = self.limits.frame_timeout or None
             self.conn.idle_timeout = self.limits.idle_timeout or None
             self.conn.keepalive = self.limits.keepalive if self.limits.keepalive > 0 else None
@@ -131,7 +160,7 @@ class Session:
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
             log.warning("refused %s: %s", address, exc)
-            audit.event("refused", address=address, reason=str(exc))
+            audit.event("refused", address=address, reason=str(exc), **self._presented())
             await self.conn.fail(exc)
         except TimeoutError:
             log.warning("refused %s: no hello within the handshake timeout", address)
@@ -145,37 +174,71 @@ class Session:
             await self.conn.close()
             if admitted and self.peer is not None:
                 self.context.admission.client_left(self.peer.fingerprint)
+                if self.peer.user is not None:
+                    self.context.admission.account_left(self.peer.user)
+            if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
+
+    def _presented(self) -> dict[str, str]:
+        """The fingerprint of the certificate a refused client presented, for the audit log."""
+        cert = None if self.context.plaintext else self.conn.peer_cert
+        return {"fingerprint": fingerprint(cert)} if cert else {}
+
+    def _admit(self, peer: Peer) -> None:
+        """Count the connection per identity and per Unix account, or refuse it (Busy)."""
+        admission = self.context.admission
+        refusal = admission.admit_client(peer.fingerprint)
+        if refusal is None and peer.user is not None:
+            refusal = admission.admit_account(peer.user)
+            if refusal is not None:
+                admission.client_left(peer.fingerprint)
+        if refusal is not None:
+            raise Busy(refusal)
 
     @property
     def limits(self) -> Limits:
         return self.context.limits
 
+    @property
+    def busy(self) -> bool:
+        """Whether an operation is under way: one this session runs, or one whose request
+        arrived and is still starting (the protocol has its stream open). A drain waits for
+        it; an idle session may be closed at once."""
+        return bool(self.streams) or self.conn.proto.open_streams > 0
+
     async def shutdown(self) -> None:
         """The server is stopping: tell the client, kill its commands."""
+        if self.worker is not None:  # the worker does both
+            self.worker.terminate()
+            return
         self._abandon_all()
         await self.conn.fail(ServerShuttingDown("server shutting down"))
 
-    def _authorize(self) -> Peer:
+    def _authorize(self, user: str) -> Peer:
+        """Who the client is and what it may do (server/trust.py), or NotAuthorized."""
         context = self.context
         if context.plaintext:
+            if user:
+                raise NotAuthorized("a plaintext server cannot switch accounts")
             return Peer("plaintext", "plaintext", context.root, frozenset(PERMISSIONS))
         cert = self.conn.peer_cert
         if not cert:
             raise NotAuthorized("no client certificate")
-        fp = fingerprint(cert)
-        client: AuthorizedClient | None = context.authorized().get(fp)
-        if client is None:
-            raise NotAuthorized(f"client identity {fp} is not authorized")
-        root = Path(client.root) if client.root else context.root
-        return Peer(fp, client.name, root, client.permissions, confined=client.root is not None)
+        grant = context.trust.admit(cert, context.authorized(), user)
+        root = grant.root or (Path(pwd.getpwnam(grant.user).pw_dir) if grant.user
+                              else context.root)
+        return Peer(grant.fingerprint, grant.name, root, grant.permissions, grant.confined,
+                    grant.user, grant.serial, grant.principals)
 
-    async def _handshake(self) -> None:
-        assert self.peer is not None
+    async def _hello(self) -> Hello:
         hello = await self.conn.next_event()
         if not isinstance(hello, Hello):
             raise RemoteProtocolError("the first frame must be hello")
+        return hello
+
+    async def _welcome(self, hello: Hello) -> None:
+        assert self.peer is not None
         common = set(hello.versions) & set(PROTOCOL_VERSIONS)
         if not common:
             raise VersionMismatch(
@@ -193,6 +256,7 @@ class Session:
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
                 permissions=sorted(self.peer.permissions),
+                user=self.peer.user or hello.user,  # admission checked hello.user
                 next_cert=next_cert,
                 next_proof=next_proof,
             )
@@ -266,11 +330,11 @@ class Session:
         except RemoteError as exc:
             self.context.admission.process_ended(peer.fingerprint)
             self._end_stream(stream, exc)
-            self.context.audit.event("command", fingerprint=peer.fingerprint, **what,
-                                    outcome=str(exc))
+            self.context.audit.event("command", fingerprint=peer.fingerprint, name=peer.name,
+                                     **what, outcome=str(exc))
             return
         self.streams[stream] = run
-        log.info("%s %s stream %d pid %s: %r", permission, peer.name, stream,
+        log.info("%s %s stream %d pid %s: %r", permission, peer.label, stream,
                  run.proc.pid if run.proc else "?", what.get("argv"))
         self._spawn(self._until_done(stream, self._process(run, peer, permission, what)))
 
@@ -508,3 +572,11 @@ _VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
           "get": "download files"}
 
 
+def _identity_fields(peer: Peer) -> dict[str, Any]:
+    """What the audit log records of a session's certificate (when CA-signed) and the Unix
+    account its work runs as (the server's own when it was not mapped)."""
+    fields: dict[str, Any] = {}
+    if peer.serial is not None:
+        fields.update(serial=peer.serial, principals=list(peer.principals))
+    fields["user"] = peer.user or own_account()
+    return fields

@@ -77,8 +77,8 @@ class PutTransfer:
                                  stream=self.stream))
 
     def _make_dir(self) -> None:
-        self.shown = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
-        self._done(0, "")
+        self.shown, created = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
+        self._done(0, "", created=created)
 
     def _make_symlink(self) -> None:
         req = self.req
@@ -87,9 +87,9 @@ class PutTransfer:
         self.shown = self.area.make_symlink(req.path, req.name, req.target, req.force)
         self._done(0, "")
 
-    def _done(self, size: int, hash_: str, resumed_from: int = 0) -> None:
+    def _done(self, size: int, hash_: str, resumed_from: int = 0, created: bool = False) -> None:
         done = Done(path=self.shown, size=size, hash=hash_, resumed_from=resumed_from,
-                    stream=self.stream)
+                    created=created, stream=self.stream)
         self.conn.send(done)
         if self.on_done is not None:
             self.on_done(done)

@@ -208,20 +208,21 @@ class FileArea:
             os.close(dir_fd)
             raise
 
-    def make_dir(self, path: str, name: str, mode: int) -> str:
-        """A put of directory ``name`` to ``path`` (an existing directory is fine); the shown
-        path."""
+    def make_dir(self, path: str, name: str, mode: int) -> tuple[str, bool]:
+        """A put of directory ``name`` to ``path`` (an existing directory is fine): the shown
+        path, and whether this call created it."""
         dir_fd, name, shown = self.put_target(path, name)
         try:
             os.mkdir(name, mode & 0o1777, dir_fd=dir_fd)
         except FileExistsError:
             if not self.is_dir(dir_fd, name):
                 raise AlreadyExists(f"{name} exists and is not a directory") from None
+            return shown, False
         except OSError as exc:
             raise disk_error(exc, name) from exc
         finally:
             os.close(dir_fd)
-        return shown
+        return shown, True
 
     def make_symlink(self, path: str, name: str, target: str, force: bool) -> str:
         """A put of symlink ``name`` to ``path``; a confined client's link may not point outside
