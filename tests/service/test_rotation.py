@@ -180,3 +180,36 @@ def test_an_overlap_that_ended_while_the_server_was_down_ends_at_its_start(
     after = _run(early.other(server=server))
     assert (after.returncode, after.stdout, after.stderr) == (0, b"hello\n", b"")
     assert _pins(early) == [new]
+
+
+def test_a_host_certificate_for_the_old_key_is_set_aside_when_the_new_key_takes_over(
+    client: Client, make_server: ServerFactory, make_client_home: ClientHomeFactory,
+    tmp_path: Path, cli: Cli,
+) -> None:
+    """A CA-signed host certificate is for the old key: presented with the new one it would
+    fail every handshake. It is moved aside (and the log says how to get a new one); clients
+    that pin fingerprints connect silently."""
+    home = tmp_path / "hostcert"
+    server = make_server(home=home)
+    early = _new_client(client, server, make_client_home, "early", cli)
+    ca = tmp_path / "ca"
+    assert cli("ca", "init", str(ca)).returncode == 0
+    line = cli("id", "--server", home=home).stdout.decode().strip()
+    signed = cli("ca", "sign-host", str(ca), line, "--name", "127.0.0.1", "--valid", "1d")
+    assert signed.returncode == 0, signed.stderr
+    installed = cli("cert", "install", "--server", signed.stdout.decode().strip(), home=home)
+    assert installed.returncode == 0, installed.stderr
+    host_cert = home / "server_host_cert.pem"
+    assert host_cert.exists()
+
+    started = cli("rotate-key", "--overlap", "3600", home=home)
+    assert started.returncode == 0 and b"host certificate" in started.stderr
+    time.sleep(REFRESH_EVERY + 0.1)
+    assert _run(early).returncode == 0
+    retired = cli("rotate-key", "--retire", home=home)
+    assert retired.returncode == 0, retired.stderr
+    assert b"tether cert install --server" in retired.stderr  # how to get one for the new key
+    time.sleep(REFRESH_EVERY + 0.1)
+    after = _run(early)
+    assert (after.returncode, after.stdout, after.stderr) == (0, b"hello\n", b"")
+    assert not host_cert.exists() and (home / "server_host_cert.pem.retired").exists()
