@@ -200,7 +200,7 @@ class Server:
             from tether.server.metrics import MetricsServer
 
             self.metrics = MetricsServer(self.admission, self.authorized, self.audit,
-                                         *self.config.metrics)
+                                         *self.config.metrics, counts=self.context.counts)
         if self.config.classic is not None:
             await self._start_classic(self.config.classic)
         if self.config.discoverable:

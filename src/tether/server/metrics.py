@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tether.identity import AuthorizedClient
     from tether.server.audit import AuditLog
     from tether.server.limits import Admission
+    from tether.server.privsep import SharedCounts
 
     Authorized = Callable[[], dict[str, AuthorizedClient]]
 
@@ -83,22 +84,35 @@ def _label(reason: str) -> tuple[str, str]:
 
 
 class _Live(Collector):
-    """Gauges read from the server's bookkeeping at scrape time."""
+    """Gauges read from the server's bookkeeping at scrape time: the listener's own sessions
+    (``admission``) and those its workers serve as other accounts (``counts``, shared with
+    them, server/privsep.py)."""
 
-    def __init__(self, admission: Admission, authorized: Authorized) -> None:
+    def __init__(self, admission: Admission, authorized: Authorized,
+                 counts: SharedCounts | None = None) -> None:
         self.admission = admission
         self.authorized = authorized
+        self.counts = counts
+
+    def _processes(self) -> dict[str, int]:
+        found = dict(self.admission.processes)
+        if self.counts is not None:
+            for key, slot in list(self.counts.slots.items()):
+                if key.startswith("id "):
+                    found[key[3:]] = found.get(key[3:], 0) + self.counts.value(slot)
+        return {fp: n for fp, n in found.items() if n > 0}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         admission = self.admission
+        processes = self._processes()
         yield GaugeMetricFamily("tether_connections_open", "Connections open now (in their "
                                 "handshake or authenticated).", value=admission.connections)
         yield GaugeMetricFamily("tether_processes_running", "Commands and shells running now.",
-                                value=sum(admission.processes.values()))
+                                value=sum(processes.values()))
         per = GaugeMetricFamily("tether_processes", "Commands and shells running now, per "
                                 "client identity.", labels=["fingerprint", "client"])
         clients = self.authorized()
-        for fp, count in sorted(admission.processes.items()):
+        for fp, count in sorted(processes.items()):
             client = clients.get(fp)
             per.add_metric([fp, client.name if client else ""], count)
         yield per
@@ -107,7 +121,8 @@ class _Live(Collector):
 class Metrics:
     """The counters, fed by audit events."""
 
-    def __init__(self, admission: Admission, authorized: Authorized) -> None:
+    def __init__(self, admission: Admission, authorized: Authorized,
+                 counts: SharedCounts | None = None) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
         self.connections = Counter("tether_connections", "Connections authenticated.",
@@ -128,7 +143,7 @@ class Metrics:
                                    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800))
         self.limits = Counter("tether_limits_hit", "Times a configured limit refused or ended "
                               "something, by limit.", ["limit"], registry=reg)
-        reg.register(_Live(admission, authorized))
+        reg.register(_Live(admission, authorized, counts))
 
     def observe(self, kind: str, fields: dict[str, Any]) -> None:
         """One audit event."""
@@ -196,8 +211,8 @@ class MetricsServer:
     """The HTTP endpoint (a thread of ``prometheus_client``'s own server) and its metrics."""
 
     def __init__(self, admission: Admission, authorized: Authorized, audit: AuditLog,
-                 host: str, port: int) -> None:
-        self.metrics = Metrics(admission, authorized)
+                 host: str, port: int, counts: SharedCounts | None = None) -> None:
+        self.metrics = Metrics(admission, authorized, counts)
         self._http, self._thread = start_http_server(port, host, registry=self.metrics.registry)
         self.host, self.port = host, int(self._http.server_address[1])
         audit.observers.append(self.metrics.observe)

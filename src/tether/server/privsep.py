@@ -19,6 +19,11 @@ Per-account limits: the worker counts its commands in a table shared by every wo
 with one counter per account and per identity, locked per counter with ``lockf``), so
 ``--max-processes-per-client`` holds per Unix account and per identity across connections. A
 worker that dies leaves its counts to the parent, which takes them back.
+
+Service mode (server/service.py): a draining parent sends the worker SIGUSR1, and the worker lets
+its session's work finish for the drain time before it ends the session (SIGTERM still ends it
+at once). With metrics on, the worker's audit events reach the parent's observers through a pipe
+(:class:`~tether.server.audit.EventRelay`), and the gauges read the shared counters.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from tether.protocol import Role
 from tether.protocol.connection import Connection
+from tether.server.audit import EventRelay
 from tether.server.limits import Admission
 
 if TYPE_CHECKING:
@@ -274,11 +280,15 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
     conn = session.conn
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     address = conn.peer_address
+    audit = session.context.audit
+    relay = EventRelay() if audit.observers else None  # the metrics see the worker's events
     pid = os.fork()
     if pid == 0:  # the worker: never returns
         ours.close()
-        _worker(session, hello, account, theirs, address, counts, (slots, held))
+        _worker(session, hello, account, theirs, address, counts, (slots, held), relay)
     theirs.close()
+    if relay is not None:
+        relay.in_parent(audit.observers)
     session.worker = Worker(pid)
     log.info("session of %s runs as %s in worker %d", peer.name, account.name, pid)
     try:
@@ -287,6 +297,8 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
         if conn.link.lost is None:  # the pump took the transport: tell the framed side it is gone
             conn.link.connection_lost(None)
         await _reap(pid, session.context.kill_grace + 5)
+        if relay is not None:
+            relay.close()
         leaked = counts.value(held)
         if leaked:  # a worker that died with commands counted: give the counts back
             for slot in (*slots, held):
@@ -324,14 +336,17 @@ async def _reap(pid: int, grace: float) -> None:
 
 
 def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket.socket,
-            address: str, counts: SharedCounts,
-            slots: tuple[tuple[int, int], int]) -> NoReturn:
+            address: str, counts: SharedCounts, slots: tuple[tuple[int, int], int],
+            relay: EventRelay | None) -> NoReturn:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, DRAIN_SIGNAL):
             signal.signal(sig, signal.SIG_DFL)
         keep = {0, 1, 2, sock.fileno(), session.context.audit.fileno(), counts.fd}
+        if relay is not None:
+            relay.in_worker(session.context.audit)
+            keep.add(relay.write_fd)
         _forget_descriptors(keep)
         for name in PRELOAD:
             with contextlib.suppress(ImportError):

@@ -1,5 +1,6 @@
-"""SIGTERM drain for a session mapped to a Unix account (root only): its worker, not the
-listener, runs the command (server/privsep.py), and lets it finish for the drain time."""
+"""Service features for sessions mapped to Unix accounts (root only), which a worker process
+serves as the account (server/privsep.py), not the listener: SIGTERM drains them in the worker,
+and the metrics count what the workers do."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_metrics import scrape, value
 
 from support import TETHER, wait_until
 from trust.accounts import accounts_fixture, needs_root
@@ -98,3 +100,33 @@ def test_a_second_sigterm_ends_a_mapped_accounts_command_at_once(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_metrics_count_what_a_worker_does(lab: Lab, account: pwd.struct_passwd) -> None:
+    server = lab.server("s", "--metrics", "127.0.0.1:0",
+                        principals=f"dev user={account.pw_name}\n")
+    alice = lab.client("alice", ("dev",))
+    host = f"{account.pw_name}@127.0.0.1"
+    before = scrape(server)
+    assert lab.run(alice, server, "true", host=host, opts=("--accept-new",)).returncode == 0
+    assert lab.run(alice, server, "exit 3", host=host).returncode == 3
+    proc = subprocess.Popen(
+        [*TETHER, "run", "-p", str(server.port), host, "--", "sh", "-c", "echo start; sleep 60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env_for(alice), start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"start\n"
+        during = scrape(server)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(scrape(server), name, **labels) - value(before, name, **labels)
+
+    assert value(during, "tether_processes_running") == 1
+    assert sum(v for (name, _), v in during.items() if name == "tether_processes") == 1
+    assert wait_until(lambda: delta("tether_connections_total") == 3, 15)
+    assert delta("tether_commands_finished_total", kind="command", outcome="success") == 1
+    assert delta("tether_commands_finished_total", kind="command", outcome="failure") == 1
