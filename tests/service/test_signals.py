@@ -21,6 +21,8 @@ import tether
 from hostile.proxy import Faults, Proxy
 from support import wait_until
 from tether.client.discover import discover
+from trust.lab import Lab, ok
+from trust.lab import tether as lab_tether
 
 if TYPE_CHECKING:
     from conftest import Client, ClientHomeFactory, Marker, ServerFactory
@@ -279,3 +281,35 @@ def test_sigterm_drain_lets_a_classic_command_finish(make_server: ServerFactory,
         assert answer == b"drained classic\n"
     assert server.proc.wait(15) == 0
     assert "drain time is up" not in server.log_text()
+
+
+def test_sighup_reloads_the_trusted_ca(tmp_path: Path) -> None:
+    """``--trust-ca FILE`` is read again on SIGHUP: a new CA in the file admits its clients and
+    the old one's are refused, for the next connection; a file that no longer loads is refused
+    with the running trust kept."""
+    first, second = Lab(tmp_path / "one"), Lab(tmp_path / "two")
+    for lab in (first, second):
+        ok(lab_tether("ca", "init", str(lab.ca_dir), "--name", f"CA {lab.tmp.name}"))
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_bytes(first.ca_cert.read_bytes())
+    server = first.server("s", "--trust-ca", str(trusted), principals="dev\n", trust=False)
+    try:
+        alice = first.client("alice", ("dev",))
+        bob = second.client("bob", ("dev",))
+        assert first.run(alice, server, "true", opts=("--accept-new",)).returncode == 0
+        assert first.run(bob, server, "true", opts=("--accept-new",)).returncode == 255
+
+        trusted.write_text("not a certificate\n")
+        seen = len(server.log_text())
+        server.proc.send_signal(signal.SIGHUP)
+        assert _logged(server, "reload refused", seen), server.log_text()
+        assert first.run(alice, server, "true").returncode == 0  # the running trust is kept
+
+        trusted.write_bytes(second.ca_cert.read_bytes())
+        seen = len(server.log_text())
+        server.proc.send_signal(signal.SIGHUP)
+        assert _logged(server, "reloaded", seen), server.log_text()
+        assert first.run(bob, server, "true").returncode == 0
+        assert first.run(alice, server, "true").returncode == 255
+    finally:
+        first.stop()
