@@ -26,7 +26,7 @@
         ├── PermissionDenied          this client may not do that
         ├── NotFound                  a file or directory named by the request does not exist
         ├── AlreadyExists             the destination exists (use force or rename)
-        ├── NoSpace                   the disk filled up (the partial is kept for resume)
+        ├── NoSpace                   the disk filled up (a large file's partial is kept for resume)
         ├── IntegrityError            the bytes received do not hash to the bytes sent
         ├── SourceChanged             the source grew or shrank while it was being sent
         ├── Busy                      another transfer is writing the same destination

@@ -64,6 +64,14 @@ def every_key(tmp: Path) -> dict[str, str]:
         "max-upload": "21",
         "process-nproc": "22",
         "process-memory": "23000000",
+        "reserved-descriptors": "24",
+        "max-descriptors-per-client": "25",
+        "max-batches-per-connection": "26",
+        "max-fetches-per-client": "27",
+        "stall-timeout": "28.5",
+        "disk-threads": "29",
+        "disk-threads-per-client": "30",
+        "refusal-log-interval": "31.5",
     }
 
 

@@ -229,7 +229,7 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path) -> 
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
     try:
         await_line(proc, log, LISTENING)
-        assert f"open-file limit raised from 256 to {hard}" in log.read_text()
+        assert f"soft RLIMIT_NOFILE raised from 256 to the hard limit {hard}" in log.read_text()
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
         assert row.split()[3:5] == [str(hard), str(hard)]

@@ -30,8 +30,14 @@ DEFAULT_OVERLAP = 7 * 86400.0  # seconds: tether.server.rotation.DEFAULT_OVERLAP
 
 
 _LIMIT_FLAGS: list[tuple[str, type, str]] = [
-    ("max_connections", int, "Connections at once, in total."),
-    ("max_connections_per_client", int, "Connections at once per client identity."),
+    ("max_connections", int, "Connections at once, in total (0: derived from RLIMIT_NOFILE; "
+                             "half may be in their handshake, the oldest is dropped)."),
+    ("reserved_descriptors", int, "Descriptors kept free beyond connections and operations "
+                                  "(accept bursts, the server's own files)."),
+    ("max_connections_per_client", int, "Connections at once per client identity (0: half "
+                                        "of max-connections)."),
+    ("max_descriptors_per_client", int, "Descriptors one client identity's operations may hold "
+                                        "at once (0: half of those left for operations)."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),
     ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
@@ -45,6 +51,17 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
     ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
+    ("max_batches_per_connection", int, "Batches of small files stored at once on one "
+                                        "connection (each holds up to 6 descriptors)."),
+    ("max_fetches_per_client", int, "Fetches (batched gets of small files, each holding up "
+                                    "to 8 MiB) at once per client identity; more wait."),
+    ("stall_timeout", float, "End a put or batch that receives no data for this long, "
+                             "freeing what it holds (0: never)."),
+    ("disk_threads", int, "Threads for long file work off the event loop (resume hashing, "
+                          "fsync)."),
+    ("disk_threads_per_client", int, "Of those, how many one client identity may use at once."),
+    ("refusal_log_interval", float, "Seconds over which the refusals of one address are "
+                                    "logged as one line with a count (0: a line each)."),
 ]
 
 
@@ -206,11 +223,7 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
     # as a reload a moment later); the handler replaces this, so no command inherits it
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup(values["log_format"], debug=bool(os.environ.get("TETHER_DEBUG")))
-    before, after = service.raise_nofile()  # first: limits derived from it see the raised one
-    if after != before:
-        logging.getLogger("tether.server").info("open-file limit raised from %d to %d",
-                                                before, after)
-    config = server_config(values)
+    config = server_config(values)  # the Server raises RLIMIT_NOFILE, then derives the limits
     inherited = service.inherited_sockets()  # a wrong one is an error before anything is made
     identity = None if config.plaintext else _server_identity(config, rotate,
                                                                values["key_overlap"])
@@ -225,7 +238,7 @@ def serve_main(values: dict[str, Any], reload: Callable[[], ServerConfig] | None
         lifecycle = service.Lifecycle(server, reload, configured)
         lifecycle.install()  # before the "listening" line a script may wait for, then signal
         await server.start(inherited[0] if inherited else None)
-        where = f"{config.host}:{server.port}"
+        where = f"{server.config.host}:{server.port}"  # an inherited socket's, too
         if identity is not None:
             announce("listening on %s, fingerprint %s", where, identity.fingerprint)
             if not server.authorized() and not server.trust.cas:

@@ -465,6 +465,12 @@ class Connection:
     def open_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def unclosed(self) -> int:
+        """Streams this side ended whose peer has not ended them yet (a client that never sends
+        ``close`` after the server's final message grows this)."""
+        return sum(1 for s in self._streams.values() if s.local_final and not s.remote_final)
+
     # --- shared --------------------------------------------------------------------------------
 
     def _open(self, msg: Message, error: type[Exception]) -> None:

@@ -29,12 +29,18 @@ from tether.protocol.discovery import Announcement
 from tether.server.audit import AuditLog
 from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
+from tether.server.context import SessionContext
+from tether.server.descriptors import Descriptors
 from tether.server.discovery import DiscoveryResponder, start_discovery
-from tether.server.limits import Admission
+from tether.server.diskpool import DiskPool
+from tether.server.limits import Admission, derive, raise_descriptor_limit
 from tether.server.privsep import SharedCounts
+from tether.server.refusals import Refusals
 from tether.server.rotation import KeyRotation
-from tether.server.session import Session, SessionContext
+from tether.server.session import Session
+from tether.server.shares import Shares
 from tether.server.trust import Trust
+from tether.storage.reserved import Reserved
 from tether.tls import server_context
 from tether.version import __version__
 
@@ -103,8 +109,15 @@ class Server:
             )
         if not config.plaintext and identity is None:
             raise TetherError("a TLS server needs an identity")
+        self._limits_note = raise_descriptor_limit()
+        derived = derive(config.limits)
+        self._limits_note += "; " + derived.note
+        config = dataclasses.replace(config, limits=derived.limits)
+        self.descriptors = Descriptors(derived.operation_descriptors,
+                                       derived.limits.max_descriptors_per_client)
         self.config = config
         self.identity = identity
+        self._handshaking: dict[asyncio.Transport, str] = {}  # oldest first
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
         self._stamp: tuple[int, ...] | None = None
@@ -114,6 +127,9 @@ class Server:
         self.admission = Admission(config.limits)
         self._accepting: set[asyncio.Task[None]] = set()
         self.audit = AuditLog(config.audit)
+        self.disk = DiskPool(config.limits.disk_threads, config.limits.disk_threads_per_client)
+        self.refusals = Refusals(self.audit, config.limits.refusal_log_interval)
+        self.reserved = Reserved([config.home], [config.audit] if config.audit else [])
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
         self.metrics: MetricsServer | None = None
@@ -125,6 +141,9 @@ class Server:
             admission=self.admission, audit=self.audit, authorized=self.authorized,
             trust=self.trust, counts=SharedCounts(), next_key=self.rotation.announced,
             drain=config.drain,
+            reserved=self.reserved, refusals=self.refusals, disk=self.disk,
+            descriptors=self.descriptors,
+            fetches=Shares(config.limits.max_fetches_per_client),
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -186,15 +205,18 @@ class Server:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen on ``host:port``, or on ``sock`` (a socket systemd passed us)."""
+        log.info("limits: %s", self._limits_note)
         loop = asyncio.get_running_loop()
+        # asyncio accepts up to this many per wake-up before admission runs: within the
+        # descriptors kept in reserve, so a burst cannot reach RLIMIT_NOFILE (EMFILE)
+        backlog = max(16, min(1024, self.config.limits.reserved_descriptors))
         if sock is not None:
             self._server = await loop.create_server(lambda: _Accepted(self), sock=sock,
-                                                    backlog=1024)
+                                                    backlog=backlog)
             self.config.host = sock.getsockname()[0]
         else:
             self._server = await loop.create_server(
-                lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
-            )
+                lambda: _Accepted(self), self.config.host, self.config.port, backlog=backlog)
         self.config.port = self._server.sockets[0].getsockname()[1]
         if self.config.metrics is not None:
             from tether.server.metrics import MetricsServer
@@ -209,7 +231,7 @@ class Server:
     async def _start_classic(self, config: ClassicConfig) -> None:
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
-                                     limits=c.limits)
+                                     limits=c.limits, reserved=self.reserved)
         try:
             await self.classic.start()
         except BaseException:
@@ -239,12 +261,16 @@ class Server:
         _keepalive(transport)
         refusal = self.admission.admit_address(address)
         if refusal is not None:
-            log.warning("refused %s: %s", address, refusal)
-            self.audit.event("refused", address=address, reason=refusal)
+            self.refusals.refused(address, refusal)
             transport.abort()
             return
+        self._make_room(address)
+        self._handshaking[transport] = address
         try:
-            link = await self._secure(transport, address)
+            try:
+                link = await self._secure(transport, address)
+            finally:
+                self._handshaking.pop(transport, None)
             if link is None:
                 return
             session = Session(self.context, link)
@@ -257,6 +283,16 @@ class Server:
                 self.sessions.discard(session)
         finally:
             self.admission.connection_closed()
+
+    def _make_room(self, address: str) -> None:
+        """All handshake slots are taken: drop the oldest waiting handshake, so connections
+        that never finish theirs cannot keep a real client out (and say so, aggregated)."""
+        while len(self._handshaking) >= self.admission.max_handshakes:
+            oldest, who = next(iter(self._handshaking.items()))
+            del self._handshaking[oldest]
+            oldest.abort()
+            self.refusals.refused(who, f"handshake slots full ({self.admission.max_handshakes}):"
+                                       f" the oldest waiting handshake was dropped")
 
     async def _secure(self, transport: asyncio.Transport, address: str) -> FramedProtocol | None:
         """The TLS handshake (skipped with --plaintext), under its deadline, counted per address."""
@@ -273,14 +309,14 @@ class Server:
                     transport, protocol, self._tls_context(), server_side=True,
                     ssl_handshake_timeout=self.config.limits.handshake_timeout,
                 )
-                assert tls is not None
+                if tls is None:  # dropped for a newer handshake (_make_room) meanwhile
+                    raise ConnectionAbortedError("handshake dropped: slots full")
                 secured = tls
             protocol.connection_made(secured)
             ok = True
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             reason = _handshake_failure(exc)
-            log.warning("refused %s: %s", address, reason)
-            self.audit.event("refused", address=address, reason=reason)
+            self.refusals.refused(address, reason)
             transport.close()  # close, not abort: let a TLS alert already queued go out
             return None
         finally:
@@ -310,6 +346,8 @@ class Server:
 
     async def close(self) -> None:
         await self._close()
+        self.refusals.flush()
+        self.disk.close()
         if self.metrics is not None:
             self.metrics.close()
         self.audit.close()

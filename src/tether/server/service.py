@@ -4,8 +4,6 @@
   abstract namespace): READY=1 once listening, RELOADING=1 around a reload, STOPPING=1 on stop.
 - :func:`inherited_sockets`: socket activation (``$LISTEN_FDS`` / ``$LISTEN_PID``, descriptors
   from 3), taken once and removed from the environment so no command inherits them.
-- :func:`raise_nofile`: the soft RLIMIT_NOFILE raised to the hard limit (every connection is a
-  descriptor; the soft default of 1024 would refuse the 1,000th client).
 - :class:`Lifecycle`: the signals. SIGHUP reloads (the configuration through a callback the CLI
   gives, then the authorized list and the server identity) without touching a connection;
   SIGTERM drains (no new connections, running commands and transfers, classic requests too,
@@ -19,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -27,6 +24,7 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 from tether.errors import ConfigError, TetherError
+from tether.server.limits import Limits, derive
 
 if TYPE_CHECKING:
     from tether.server.config import ServerConfig
@@ -38,6 +36,9 @@ log = logging.getLogger("tether.server")
 SD_LISTEN_FDS_START = 3
 # Settings a running server cannot change: they name the sockets it listens on or its identity.
 RESTART_ONLY = ("home", "host", "port", "plaintext", "classic", "discoverable", "metrics")
+# Limits that sized something built at start (server/listener.py): they too need a restart.
+RESTART_ONLY_LIMITS = ("disk_threads", "disk_threads_per_client", "max_fetches_per_client",
+                       "reserved_descriptors")
 
 
 def notify(state: str) -> bool:
@@ -81,15 +82,6 @@ def inherited_sockets() -> list[socket.socket]:
                               f"(tether.socket needs ListenStream=[ADDR:]PORT)")
         sockets.append(sock)
     return sockets
-
-
-def raise_nofile() -> tuple[int, int]:
-    """Raise the soft descriptor limit to the hard one; (before, after)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _classic_busy(server: Server) -> int:
@@ -202,8 +194,13 @@ class Lifecycle:
                 log.warning("%s changed in the configuration: it takes effect at the next "
                             "restart", f.name)
                 continue
+            if f.name == "limits":
+                new_value = self._limits(self.configured.limits, new_value)
+                setattr(self.configured, f.name, new_value)
+                new_value = self._derived(new_value)
+            else:
+                setattr(self.configured, f.name, new_value)
             setattr(config, f.name, new_value)
-            setattr(self.configured, f.name, new_value)
             changed.append(f.name)
         self.server.admission.limits = config.limits
         # sessions from now on see the new settings; those already up keep what they started with
@@ -213,6 +210,31 @@ class Lifecycle:
         self._reopen_audit()
         if changed:
             log.info("configuration changed: %s", ", ".join(changed))
+
+    @staticmethod
+    def _limits(old: Limits, new: Limits) -> Limits:
+        """``new``, but with the old value of each limit that sized something built at start
+        (the disk threads, fetch shares, the descriptor reserve): those need a restart."""
+        kept = {}
+        for name in RESTART_ONLY_LIMITS:
+            if getattr(old, name) != getattr(new, name):
+                log.warning("%s changed in the configuration: it takes effect at the next "
+                            "restart", name.replace("_", "-"))
+                kept[name] = getattr(old, name)
+        return replace(new, **kept)
+
+    def _derived(self, limits: Limits) -> Limits:
+        """The limits with the derived ones (0) resolved again, as at start, and the budgets
+        that follow them updated."""
+        server = self.server
+        derived = derive(limits)
+        if server.descriptors is not None:
+            server.descriptors.total = max(1, derived.operation_descriptors)
+            server.descriptors.per_client = max(
+                1, min(derived.limits.max_descriptors_per_client, server.descriptors.total))
+        server.refusals.interval = derived.limits.refusal_log_interval
+        log.info("limits: %s", derived.note)
+        return derived.limits
 
     def _reopen_audit(self) -> None:
         """Reopen the audit log (its path may have changed; logrotate moved it away)."""

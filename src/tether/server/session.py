@@ -15,10 +15,9 @@ import logging
 import platform
 import pwd
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from tether.errors import (
     BadRequest,
@@ -33,7 +32,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint, short_fingerprint
+from tether.identity import PERMISSIONS, fingerprint
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -58,60 +57,27 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
-from tether.server.audit import AuditLog
+from tether.protocol.ranges import problem
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
+from tether.server.context import Peer, SessionContext
+from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
-from tether.server.limits import Admission, Limits
-from tether.server.privsep import SharedCounts, Worker, serve_as
+from tether.server.limits import Limits
+from tether.server.privsep import Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
+from tether.server.stall import StallWatch
+from tether.server.streamkit import VERBS as _VERBS
+from tether.server.streamkit import StreamHandler
+from tether.server.streamkit import TaskStream as _TaskStream
+from tether.server.streamkit import as_remote as _as_remote
+from tether.server.streamkit import identity_fields as _identity_fields
+from tether.server.streamkit import request_fields as _request
+from tether.server.streamkit import sendable as _sendable
 from tether.server.transfer import PutTransfer, send_file, send_listing
-from tether.server.trust import Trust, own_account
 from tether.storage.area import FileArea
-from tether.storage.errors import disk_error
 from tether.version import __version__
 
 log = logging.getLogger("tether.server")
-
-
-@dataclass(frozen=True)
-class SessionContext:
-    """What a session needs of its server, and nothing more."""
-
-    limits: Limits
-    root: Path  # where an unconfined client's relative paths and commands start
-    plaintext: bool
-    name: str  # the server's name, told in welcome
-    encoding: str
-    kill_grace: float
-    admission: Admission
-    audit: AuditLog
-    authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
-    trust: Trust  # trusted CAs, revocation list, principals (server/trust.py)
-    counts: SharedCounts  # per-account counts shared with privilege-separated workers
-    # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
-    next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
-    drain: float = 0.0  # on SIGTERM, seconds running work may take (a worker drains itself)
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end, as established by TLS, the authorized list and the trusted
-    CAs (server/trust.py)."""
-
-    fingerprint: str
-    name: str
-    root: Path
-    permissions: frozenset[str]
-    confined: bool = False
-    user: str | None = None  # the Unix account its work runs as (None: the server's own)
-    serial: str | None = None  # its CA-signed certificate's serial
-    principals: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """The name and short fingerprint, for log lines: two machines with one host name
-        both default to the same ``user@hostname``; the fingerprint tells them apart."""
-        return f"{self.name} {short_fingerprint(self.fingerprint)}"
 
 
 class Session:
@@ -129,6 +95,9 @@ class Session:
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
+        self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
+        self.stall = StallWatch(self.limits.stall_timeout, self._stalled)  # uploads
+        self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
 
     async def serve(self) -> None:
         address = self.address or self.conn.peer_address
@@ -146,6 +115,7 @@ class Session:
                     handed_over = True
                     await serve_as(self, hello, self.context.counts)
                     return
+            self.held = Holder(self.context.descriptors, self.peer.fingerprint)
             await self._welcome(hello)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
             audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
@@ -159,12 +129,10 @@ class Session:
             audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
-            log.warning("refused %s: %s", address, exc)
-            audit.event("refused", address=address, reason=str(exc), **self._presented())
+            self._refused(address, str(exc), self._presented())
             await self.conn.fail(exc)
         except TimeoutError:
-            log.warning("refused %s: no hello within the handshake timeout", address)
-            audit.event("refused", address=address, reason="no hello in time")
+            self._refused(address, "no hello in time")
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
@@ -179,6 +147,15 @@ class Session:
             if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
+
+    def _refused(self, address: str, reason: str,
+                 presented: dict[str, str] | None = None) -> None:
+        if self.context.refusals is not None:
+            self.context.refusals.refused(address, reason, presented)
+        else:
+            log.warning("refused %s: %s", address, reason)
+            self.context.audit.event("refused", address=address, reason=reason,
+                                     **(presented or {}))
 
     def _presented(self) -> dict[str, str]:
         """The fingerprint of the certificate a refused client presented, for the audit log."""
@@ -269,26 +246,43 @@ class Session:
             handler = self.HANDLERS.get(type(event))
             if handler is None:
                 raise RemoteProtocolError(f"a client may not send {type(event).__name__}")
-            if isinstance(event, Message) and event.OPENS and not _encodable(event):
-                # JSON can carry a lone surrogate ("\ud800"); no path, name or argv can
-                self._end_stream(event.stream, BadRequest(
-                    f"{event.TYPE}: text that is not valid Unicode (a lone surrogate)"))
-                continue
+            if isinstance(event, Message) and event.OPENS:
+                self._check_unclosed()
+            if isinstance(event, Message) and event.stream and (
+                    event.OPENS or event.stream in self.streams):
+                wrong = problem(event)  # out-of-range integers, lone surrogates
+                if wrong is not None:
+                    self._end_stream(event.stream, BadRequest(wrong),
+                                     _request(event) if event.OPENS else None)
+                    continue
             await handler(self, event)
 
     # --- opening streams -----------------------------------------------------------------------
 
-    def _check_open(self, permission: str) -> Peer:
+    def _check_unclosed(self) -> None:
+        """A client must ``close`` each stream the server ended; one that never does would grow
+        the server's stream table with every refused request, so past the operation cap it is
+        dropped."""
+        unclosed = self.conn.proto.unclosed
+        if unclosed > self.limits.max_streams_per_connection:
+            raise RemoteProtocolError(f"{unclosed} streams the server ended were never closed "
+                                      f"(limit {self.limits.max_streams_per_connection})")
+
+    def _check_open(self, permission: str, stream: int, op: str) -> Peer:
+        """The peer, allowed ``permission``, within the operation cap, holding the descriptors
+        ``op`` may keep open (given back when the stream ends, see :meth:`_forget`)."""
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
-        if len(self.streams) >= self.limits.max_streams_per_connection:
+        # the new stream is open already; streams the client never closed count too
+        if self.conn.proto.open_streams > self.limits.max_streams_per_connection:
             raise BadRequest("too many operations at once on one connection "
                              f"(limit {self.limits.max_streams_per_connection})")
+        self.held.take(stream, COSTS[op])
         return self.peer
 
     def _area(self, peer: Peer) -> FileArea:
-        return FileArea(peer.root, peer.confined)
+        return FileArea(peer.root, peer.confined, self.context.reserved)
 
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
@@ -317,13 +311,13 @@ class Session:
                              what: dict[str, Any]) -> None:
         """Check, count, start and audit a command or shell; its errors end only its stream."""
         try:
-            peer = self._check_open(permission)
+            peer = self._check_open(permission, stream, permission)
             run = make(self._policy(peer))
             refusal = self.context.admission.admit_process(peer.fingerprint)
             if refusal is not None:
                 raise Busy(refusal)
         except RemoteError as exc:
-            self._end_stream(stream, exc)
+            self._end_stream(stream, exc, {"op": permission, **what})
             return
         try:
             await run.start()
@@ -355,41 +349,75 @@ class Session:
     async def _on_put(self, msg: Put) -> None:
         started = time.monotonic()
         try:
-            put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
-                              self.limits.max_upload,
-                              lambda done: self._audit("put", done, started))
+            area = self._area(self._check_open("put", msg.stream, "put"))
+            put = PutTransfer(self.conn, msg.stream, msg, area, self.limits.max_upload,
+                              lambda done: self._audit("put", done, started), self._offload)
             await put.start()
         except (RemoteError, OSError) as exc:
-            self._end_stream(msg.stream, _as_remote(exc))
+            self._end_stream(msg.stream, _as_remote(exc), _request(msg))
             return
         if put.partial is not None:
             self.streams[msg.stream] = put
+            self.stall.watch(msg.stream)
+        else:  # a directory or symlink: done already
+            self.held.give(msg.stream)
 
     async def _on_batch(self, msg: Batch) -> None:
         try:
-            batch = BatchPut(self.conn, msg.stream, msg, self._area(self._check_open("put")),
+            area = self._area(self._check_open("put", msg.stream, "batch"))
+            batches = sum(isinstance(h, BatchPut) for h in self.streams.values())
+            if batches >= self.limits.max_batches_per_connection:
+                raise Busy(f"too many batches at once on one connection (limit "
+                           f"{self.limits.max_batches_per_connection})")
+            batch = BatchPut(self.conn, msg.stream, msg, area,
                              self.limits.max_upload,
                              lambda path, size, hash_: self._audit_file("put", path, size, hash_))
             self.streams[msg.stream] = batch
             batch.start()
+            self.stall.watch(msg.stream)
         except (RemoteError, OSError) as exc:
-            self._end_stream(msg.stream, _as_remote(exc))
+            self._end_stream(msg.stream, _as_remote(exc), _request(msg))
 
     async def _on_fetch(self, msg: Fetch) -> None:
         def on_file(path: str, size: int, hash_: str) -> None:
             self._audit_file("get", path, size, hash_)
 
-        self._start_task(msg.stream, "get", "fetch",
+        self._start_task(msg, "get", "fetch",
                          lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
-                                                 self.fetch_slots))
+                                                 self._fetch_slot()))
+
+    @contextlib.asynccontextmanager
+    async def _fetch_slot(self) -> AsyncIterator[None]:
+        """A fetch's turn: one of this connection's, and of this identity's."""
+        assert self.peer is not None
+        async with self.fetch_slots, self.context.fetches.hold(self.peer.fingerprint):
+            yield
 
     async def _on_get(self, msg: Get) -> None:
-        self._start_task(msg.stream, "get", "get",
-                         lambda area: send_file(self.conn, msg.stream, msg, area))
+        self._start_task(msg, "get", "get",
+                         lambda area: send_file(self.conn, msg.stream, msg, area,
+                                                self._offload))
 
     async def _on_list(self, msg: List) -> None:
-        self._start_task(msg.stream, "get", "list",
-                         lambda area: send_listing(self.conn, msg.stream, msg, area))
+        self._start_task(msg, "get", "list",
+                         lambda area: send_listing(self.conn, msg.stream, msg, area,
+                                                   self.list_slots, self._holder(msg.stream)))
+
+    def _holder(self, stream: int) -> Callable[[int], None]:
+        """What a listing tells of the descriptors its levels take (+) and give back (-)."""
+        def hold(count: int) -> None:
+            if count > 0:
+                self.held.take(stream, count)
+            else:
+                self.held.give(stream, -count)
+        return hold
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any,
+                       cleanup: Callable[[Any], object] | None = None) -> Any:
+        """Long file work on the server's disk pool (inline without one)."""
+        if self.context.disk is None or self.peer is None:
+            return fn(*args)
+        return await self.context.disk.run(self.peer.fingerprint, fn, *args, cleanup=cleanup)
 
     def _audit(self, op: str, done: Done, started: float | None = None) -> None:
         self._audit_file(op, done.path, done.size, done.hash, done.resumed_from, started)
@@ -404,12 +432,13 @@ class Session:
                                 path=path, bytes=size - resumed_from, size=size, hash=hash_,
                                 resumed_from=resumed_from, outcome="ok", **timing)
 
-    def _start_task(self, stream: int, permission: str, op: str,
+    def _start_task(self, msg: Message, permission: str, op: str,
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
+        stream = msg.stream
         try:
-            area = self._area(self._check_open(permission))
+            area = self._area(self._check_open(permission, stream, op))
         except RemoteError as exc:
-            self._end_stream(stream, exc)
+            self._end_stream(stream, exc, _request(msg))
             return
         handler = _TaskStream()
         self.streams[stream] = handler
@@ -418,8 +447,11 @@ class Session:
     async def _audited(self, op: str, body: Awaitable[Done]) -> None:
         started = time.monotonic()
         done = await body
-        if op == "get":  # a fetch audits each of its files, a listing nothing
+        if op == "get":  # a fetch audits each of its files
             self._audit(op, done, started)
+        elif op == "list" and self.peer is not None:
+            self.context.audit.event("list", fingerprint=self.peer.fingerprint,
+                                     path=done.path, count=done.count, outcome="ok")
 
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
         try:
@@ -432,20 +464,39 @@ class Session:
             log.exception("stream %d failed", stream)
             self._end_stream(stream, _as_remote(exc))
         finally:
-            self.streams.pop(stream, None)
+            self._forget(stream)
 
-    def _end_stream(self, stream: int, exc: TetherError) -> None:
+    def _forget(self, stream: int) -> None:
+        """The stream's operation is over here: stop watching it, give back what it held."""
+        self.stall.unwatch(stream)
+        self.held.give(stream)
+        self.streams.pop(stream, None)
+
+    def _end_stream(self, stream: int, exc: TetherError,
+                    request: dict[str, Any] | None = None) -> None:
+        """End one stream with ``exc``; ``request`` (what a refused request asked: op, argv or
+        path) goes into its audit record."""
         self.context.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
-                                else None, stream=stream, code=exc.code, reason=str(exc))
-        handler = self.streams.pop(stream, None)
+                                else None, stream=stream, code=exc.code, reason=str(exc),
+                                **(request or {}))
+        handler = self.streams.get(stream)
         if handler is not None:
             handler.abandon()
+        self._forget(stream)
         with contextlib.suppress(TetherError):
             self.conn.send(Error(code=exc.code, message=_sendable(str(exc)), stream=stream))
 
     # --- events on open streams ----------------------------------------------------------------
 
+    def _stalled(self, stream: int) -> None:
+        """An upload received no data for ``stall_timeout``: end it, unless it is over (ended,
+        or its answer sent and only the client's close missing)."""
+        if stream in self.streams and self.conn.proto.can_send(stream):
+            self._end_stream(stream, Busy(f"no data for {self.stall.timeout:g} s: the upload "
+                                          f"was ended (serve --stall-timeout)"))
+
     async def _on_data(self, data: Data) -> None:
+        self.stall.heard(data.stream)
         handler = self.streams.get(data.stream)
         if handler is None:
             self.conn.consumed(data.stream, len(data.data))
@@ -460,18 +511,23 @@ class Session:
         if handler is None:
             return  # its operation already ended; the message was in flight
         try:
-            handler.handle(msg)
+            pending = handler.handle(msg)  # a put's commit: finished off the loop, in a task
         except (TetherError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc))
+            return
+        if pending is not None:
+            self.stall.unwatch(msg.stream)  # all its data is in
+            self._spawn(self._until_done(msg.stream, pending))
 
     async def _on_refused(self, refused: Refused) -> None:
         """An opener the core found malformed (a batch over its caps, ...): bad_request."""
         self._end_stream(refused.stream, BadRequest(refused.reason))
 
     async def _on_close(self, msg: Close) -> None:
-        handler = self.streams.pop(msg.stream, None)
+        handler = self.streams.get(msg.stream)
         if handler is not None:
             handler.abandon()
+        self._forget(msg.stream)
 
     async def _on_error(self, msg: Error) -> None:
         if msg.stream == 0:
@@ -506,77 +562,8 @@ class Session:
         return task
 
     def _abandon_all(self) -> None:
+        self.stall.clear()
         for handler in list(self.streams.values()):
             handler.abandon()
         self.streams.clear()
-
-
-class StreamHandler(Protocol):
-    """What the session needs of an open operation."""
-
-    def feed(self, data: bytes | bytearray) -> None: ...
-    def handle(self, msg: Message) -> None: ...
-    def abandon(self) -> None: ...
-
-
-class _TaskStream:
-    """A server-driven operation (get, list, fetch): the client only ever ends it early (the
-    protocol core refuses its DATA and any other message on these streams)."""
-
-    task: asyncio.Task[None] | None = None
-
-    def feed(self, data: bytes | bytearray) -> None:
-        pass
-
-    def handle(self, msg: Message) -> None:
-        pass
-
-    def abandon(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
-def _sendable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped as ``\\udXXX``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _encodable(value: Message) -> bool:
-    """Whether every string in a message (fields, lists, dict keys and values) is UTF-8."""
-    todo = [getattr(value, f.name) for f in value.FIELDS]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, list):
-            todo.extend(item)
-        elif isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
-    return True
-
-
-def _as_remote(exc: BaseException) -> TetherError:
-    """An error that ends one stream, as the client should see it (one line, a wire code)."""
-    if isinstance(exc, RemoteError):
-        return exc
-    if isinstance(exc, OSError):
-        return disk_error(exc, str(exc.filename or "operation"))
-    return RemoteError(str(exc) or exc.__class__.__name__)
-
-
-_VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
-          "get": "download files"}
-
-
-def _identity_fields(peer: Peer) -> dict[str, Any]:
-    """What the audit log records of a session's certificate (when CA-signed) and the Unix
-    account its work runs as (the server's own when it was not mapped)."""
-    fields: dict[str, Any] = {}
-    if peer.serial is not None:
-        fields.update(serial=peer.serial, principals=list(peer.principals))
-    fields["user"] = peer.user or own_account()
-    return fields
+        self.held.give_all()
