@@ -313,3 +313,25 @@ def test_sighup_reloads_the_trusted_ca(tmp_path: Path) -> None:
         assert first.run(alice, server, "true").returncode == 255
     finally:
         first.stop()
+
+
+async def test_sighup_derives_the_limits_again(
+    client: Client, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A reload that changes a limit resolves the derived ones (0) again, as the start did, so
+    the server keeps admitting clients; a limit that sized something at start is named."""
+    home = tmp_path / "limits"
+    server = make_server(home=home)
+    (home / "serve.toml").write_text("max-processes-per-client = 5\ndisk-threads = 9\n")
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "reloaded", seen), server.log_text()
+    after = server.log_text()[seen:]
+    assert "limits: max-connections" in after and "(derived from RLIMIT_NOFILE" in after
+    assert "disk-threads changed in the configuration: it takes effect at the next restart" \
+        in after
+    assert "configuration changed: limits" in after
+    for _ in range(3):
+        assert await _server_name(server, client.home)  # still admitted
+    done = client.other(server=server).run("echo", "fine")
+    assert (done.returncode, done.stdout) == (0, b"fine\n"), done.stderr
