@@ -72,6 +72,7 @@ def every_key(tmp: Path) -> dict[str, str]:
         "disk-threads": "29",
         "disk-threads-per-client": "30",
         "refusal-log-interval": "31.5",
+        "pass-env": '["TERM", "http_proxy"]',
     }
 
 
@@ -139,6 +140,7 @@ def test_flag_beats_file_beats_default(cli: Cli, tmp_path: Path) -> None:
     ("port = \n", 1, "Invalid value (at line 1, column 8)"),
     ("name = \"" + "x" * 65 + "\"\n", 1, "key 'name': "),  # the option's own check
     ("trust-ca = \"/ca.pem\"\n", 1, "key 'trust-ca': expected an array (a string each)"),
+    ("\npass-env = [\"A=B\"]\n", 2, "key 'pass-env': wants a variable name, not 'A=B'"),
     ("trust-ca = [\"/no/such/ca.pem\"]\n", 1, "key 'trust-ca': File '/no/such/ca.pem' does "
                                               "not exist"),
 ])

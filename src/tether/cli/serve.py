@@ -78,6 +78,16 @@ def limit_options(func: Any) -> Any:
     return func
 
 
+def _env_names(_ctx: click.Context, _param: click.Parameter,
+               names: tuple[str, ...]) -> tuple[str, ...]:
+    """``--pass-env`` names, checked (a click callback, so a configuration file's
+    ``pass-env`` gets the same check, naming its line): no ``=``, no NUL, not empty."""
+    for name in names:
+        if not name or "=" in name or "\0" in name:
+            raise click.BadParameter(f"wants a variable name, not {name!r}")
+    return tuple(names)
+
+
 @click.command()
 @click.pass_context
 @click_options([HOME])
@@ -123,6 +133,10 @@ def limit_options(func: Any) -> Any:
                    "during --key-overlap, then used in place of the old one.")
 @click.option("--key-overlap", default=DEFAULT_OVERLAP, show_default=True, type=float,
               help="Seconds a rotated key is announced before the old one is retired.")
+@click.option("--pass-env", "pass_env", multiple=True, metavar="NAME", callback=_env_names,
+              help="Also give commands this variable of the server's environment (repeatable); "
+                   "they otherwise get a login-like one: HOME, USER, LOGNAME, SHELL, a default "
+                   "PATH, the locale, then the client's --env.")
 @click.option("--trust-ca", "trust_cas", multiple=True, metavar="CA_CERT",
               type=click.Path(exists=True, dir_okay=False),
               help="Admit clients whose certificate this CA signed, by their principals and "
@@ -191,6 +205,7 @@ def server_config(values: dict[str, Any]) -> ServerConfig:
         audit=Path(v["audit"]) if v["audit"] else None,
         limits=Limits(**{k: val for k, val in v.items() if k in limit_names}),
         discoverable=v["discoverable"], drain=v["drain"], metrics=metrics,
+        pass_env=tuple(v["pass_env"]),
         trust_cas=tuple(Path(p) for p in v["trust_cas"]),
         crl=Path(v["crl"]) if v["crl"] else None,
     )
@@ -283,6 +298,8 @@ def _server_identity(config: ServerConfig, rotate: bool, overlap: float) -> Iden
         announce("key rotation started: next key %s, announced to clients for %gs",
                  pending.fingerprint, overlap)
     return identity
+
+
 
 
 def _default_signals() -> None:

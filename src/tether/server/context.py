@@ -43,6 +43,7 @@ class SessionContext:
     # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
     next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
     drain: float = 0.0  # on SIGTERM, seconds running work may take (a worker drains itself)
+    pass_env: tuple[str, ...] = ()  # serve --pass-env: server variables commands also get
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,8 @@ class Lifecycle:
         # sessions from now on see the new settings; those already up keep what they started with
         self.server.context = replace(
             self.server.context, limits=config.limits, root=config.root, name=config.name,
-            encoding=config.encoding, kill_grace=config.kill_grace, drain=config.drain)
+            encoding=config.encoding, kill_grace=config.kill_grace, drain=config.drain,
+            pass_env=config.pass_env)
         self._reopen_audit()
         if changed:
             log.info("configuration changed: %s", ", ".join(changed))
