@@ -39,7 +39,13 @@ from tether.client.process import (
     _feed,
     _ProcessContext,
 )
-from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
+from tether.errors import (
+    CommandFailed,
+    ConnectionBroken,
+    ConnectionClosed,
+    RemoteProtocolError,
+    TetherError,
+)
 from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
@@ -297,7 +303,8 @@ async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
         except BaseException:
             transport.close()
             raise
-    assert tls is not None  # None only for a transport that is already closing
+    if tls is None:  # the server closed the connection during the handshake
+        raise ConnectionBroken(f"{host} port {port}: connection closed during the TLS handshake")
     link.connection_made(tls)  # start_tls does not call it
     return link
 
