@@ -1,0 +1,97 @@
+"""ansible-core's generic connection tests, in tether's own playbooks, against the plugin, with
+a pipelining and a non-pipelining host; errors (unreachable, unknown fingerprint, exit status);
+and everyday modules with become."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from tether.home import known_hosts_file
+
+from .harness import Project
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _recap(output: str, host: str) -> dict[str, int]:
+    match = re.search(rf"^{host}\s*:\s*(.*)$", output, re.M)
+    assert match, output
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def _all_ok(done: object, hosts: tuple[str, ...] = ("pipe", "nopipe")) -> None:
+    out = getattr(done, "stdout", "") + getattr(done, "stderr", "")
+    assert getattr(done, "returncode", None) == 0, out[-6000:]
+    for host in hosts:
+        recap = _recap(out, host)
+        assert recap["failed"] == 0 and recap["unreachable"] == 0, out[-6000:]
+
+
+def test_raw_copy_fetch_and_wait_for_connection(project: Project, project_dir: Path) -> None:
+    done = project.playbook("connection.yml", "-e", f"work_dir={project_dir}")
+    _all_ok(done)
+    assert _recap(done.stdout, "pipe")["ok"] >= 14
+
+
+def test_connection_vars_stay_out_of_verbose_output(project: Project) -> None:
+    done = project.adhoc("targets", "-m", "set_fact", "-a", "testing=value", "-v")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+    assert "ansible_host" not in done.stdout + done.stderr
+    assert "tether_home" not in done.stdout + done.stderr
+
+
+def test_reset_connection(project: Project) -> None:
+    _all_ok(project.playbook("reset.yml"))
+
+
+def test_modules_and_become(project: Project, project_dir: Path, become_user: str) -> None:
+    done = project.playbook("modules.yml", "-e", f"work_dir={project_dir}",
+                            "-e", f"become_target={become_user}")
+    _all_ok(done)
+
+
+def test_unreachable_host_is_unreachable_with_tethers_reason(project_dir: Path) -> None:
+    proj = Project.create(project_dir / "unreachable")
+    proj.add_host("gone", "127.0.0.4", _free_port("127.0.0.4"))
+    proj.write()
+    done = proj.adhoc("gone", "-m", "ping")
+    assert done.returncode == 4, done.stdout + done.stderr  # 4: a host was unreachable
+    assert "UNREACHABLE!" in done.stdout
+    assert "FAILED" not in done.stdout
+    assert re.search(r"tether: .*(refused|Connect call failed)", done.stdout), done.stdout
+
+
+def test_unknown_fingerprint_says_how_to_pin(project_dir: Path) -> None:
+    proj = Project.create(project_dir / "unknown")
+    host = proj.add_server("fresh", "127.0.0.5")
+    Path(known_hosts_file(proj.client_home)).unlink()  # the server is authorized but not pinned
+    proj.write()
+    try:
+        done = proj.adhoc("fresh", "-m", "ping")
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert "UNREACHABLE!" in done.stdout
+        assert "is not known" in done.stdout
+        assert host.server is not None and host.server.fingerprint in done.stdout
+        assert "tether_accept_new" in done.stdout
+        pinned = proj.adhoc("fresh", "-m", "ping", "-e", "tether_accept_new=true")
+        assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+        assert "pong" in pinned.stdout
+        again = proj.adhoc("fresh", "-m", "ping")  # pinned now: no option needed
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        proj.stop()
+
+
+def test_a_failing_command_is_failed_with_its_status(project: Project) -> None:
+    done = project.adhoc("pipe", "-m", "command", "-a", "sh -c 'echo bad >&2; exit 7'")
+    assert done.returncode == 2, done.stdout + done.stderr  # 2: a task failed
+    assert "FAILED" in done.stdout and "rc=7" in done.stdout
+    assert "UNREACHABLE" not in done.stdout
