@@ -33,7 +33,8 @@ from tether.version import __version__
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
-                 "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts"}
+                 "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
+                 "mux": "tether.cli.mux"}
 
 
 class _Group(click.Group):

@@ -1,0 +1,452 @@
+"""The mux: one authenticated connection per host, shared by this user's local clients.
+
+It listens on a Unix socket (mode 0600 in a 0700 directory; :func:`tether.client.mux.socket_path`)
+and admits only peers of its own uid (SO_PEERCRED). A ``connect`` request names a host; the mux
+reuses its connection there or makes one (TLS 1.3, the home's identity, the host pinned in the
+home's known_hosts, as any client does), answers the client's ``hello`` with that server's
+``welcome``, and then relays frames: a stream the client opens gets the next odd id upstream
+(ids stay odd and increasing on both sides), frames are copied with the id rewritten, and flow
+control stays end to end (``credit`` travels like any stream message). The mux answers pings on
+both sides itself and pings a silent server. When a client goes away, its unfinished streams
+are abandoned upstream (``close``), so the server kills their commands as it would on a
+disconnect. A connection with no client for ``persist`` seconds is closed, and then the mux
+exits. It never prints: ``tether mux`` reports for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.client import handshake
+from tether.client.mux import MAX_LINE, MuxUnavailable, identity_fingerprint
+from tether.errors import (
+    NotAuthorized,
+    RemoteProtocolError,
+    TetherError,
+    from_wire,
+)
+from tether.home import check_host, fingerprint
+from tether.net.translate import translate
+from tether.protocol.frames import (
+    KIND_DATA,
+    KIND_MSG,
+    MAGIC,
+    MAX_BODY,
+    MAX_HEADER,
+    PREFIX,
+    encode_msg,
+    parse_header,
+)
+from tether.protocol.messages import REGISTRY
+
+PEERCRED = struct.Struct("3i")  # pid, uid, gid
+UPSTREAM_KEEPALIVE = 15.0  # seconds of server silence before a ping; 3 x that and it is gone
+TICK = 1.0
+
+
+@dataclass
+class Frame:
+    """One frame as read, kept as bytes for relaying; ``kind``/``stream`` from its prefix."""
+
+    prefix: bytes
+    rest: bytes
+    kind: int
+    stream: int
+
+    def header(self) -> dict[str, Any]:
+        hlen = PREFIX.unpack(self.prefix)[4]
+        return parse_header(self.rest[:hlen]) if self.kind == KIND_MSG else {}
+
+    def renumbered(self, stream: int) -> bytes:
+        magic, kind, channel, _, hlen, blen = PREFIX.unpack(self.prefix)
+        return PREFIX.pack(magic, kind, channel, stream, hlen, blen) + self.rest
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """The next whole frame; its prefix is checked before the rest is read."""
+    prefix = await reader.readexactly(PREFIX.size)
+    magic, kind, channel, stream, hlen, blen = PREFIX.unpack(prefix)
+    if magic != MAGIC or kind not in (KIND_MSG, KIND_DATA) or hlen > MAX_HEADER \
+            or blen > MAX_BODY or (kind == KIND_DATA and (hlen or not blen or channel > 2)):
+        raise RemoteProtocolError("not a valid tether frame")
+    return Frame(prefix, await reader.readexactly(hlen + blen), kind, stream)
+
+
+def _message_class(frame: Frame) -> Any:
+    """The message class of a MSG frame, from the allow-list (None for DATA)."""
+    if frame.kind != KIND_MSG:
+        return None
+    cls = REGISTRY.get(str(frame.header().get("t")))
+    if cls is None:
+        raise RemoteProtocolError("unknown message type")
+    return cls
+
+
+@dataclass(eq=False)
+class Route:
+    """One stream: the client's id on its link and the id upstream."""
+
+    link: Link | None
+    client_id: int
+    upstream_id: int
+    client_final: bool = False
+    server_final: bool = False
+
+
+@dataclass(eq=False)
+class Link:
+    """One local client connection (a ``tether run``, an Ansible worker, an API user)."""
+
+    writer: asyncio.StreamWriter
+    routes: dict[int, Route] = field(default_factory=dict)
+    last_id: int = 0
+
+    def send(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class Upstream:
+    """One authenticated connection to a server, shared by links."""
+
+    def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, welcome: bytes, server_fp: str) -> None:
+        self.key = key
+        self.reader = reader
+        self.writer = writer
+        self.welcome = welcome
+        self.fingerprint = server_fp
+        self.routes: dict[int, Route] = {}
+        self.links: set[Link] = set()
+        self.next_id = 1
+        self.idle_since = time.monotonic()
+        self.heard = time.monotonic()
+        self.pinged = 0.0
+        self.keepalive = UPSTREAM_KEEPALIVE
+        self.draining = False
+        self.closed = False
+        self.task: asyncio.Future[None] | None = None
+
+    def send(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
+
+    def open_route(self, link: Link, client_id: int) -> Route:
+        route = Route(link, client_id, self.next_id)
+        self.next_id += 2
+        self.routes[route.upstream_id] = route
+        link.routes[client_id] = route
+        return route
+
+    def retire(self, route: Route) -> None:
+        self.routes.pop(route.upstream_id, None)
+        if route.link is not None:
+            route.link.routes.pop(route.client_id, None)
+
+    async def pump(self) -> None:
+        """Relay the server's frames to their links until the connection ends."""
+        reason = "the server closed the connection"
+        try:
+            while True:
+                frame = await read_frame(self.reader)
+                self.heard = time.monotonic()
+                if frame.stream == 0:
+                    if not self._connection_frame(frame):
+                        reason = "the server ended the connection"
+                        for link in list(self.links):
+                            link.send(frame.prefix + frame.rest)  # its stream-0 error, as is
+                        break
+                    continue
+                route = self.routes.get(frame.stream)
+                if route is None:
+                    continue  # in flight after the stream was abandoned
+                cls = _message_class(frame)
+                if route.link is not None:
+                    route.link.send(frame.renumbered(route.client_id))
+                if cls is not None and cls.FINAL:
+                    route.server_final = True
+                    if route.client_final or route.link is None:
+                        self.retire(route)
+        except (asyncio.IncompleteReadError, OSError, TetherError) as exc:
+            if not isinstance(exc, asyncio.IncompleteReadError):
+                reason = str(translate(exc)) if isinstance(exc, OSError) else str(exc)
+        finally:
+            self.shut(reason)
+
+    def _connection_frame(self, frame: Frame) -> bool:
+        """Handle a stream-0 frame; False when it ends the connection (an ``error``)."""
+        header = frame.header()
+        kind = header.get("t")
+        if kind == "ping":
+            self.send(encode_msg(0, {"t": "pong", "token": header.get("token", 0)}))
+        return kind != "error"
+
+    def shut(self, reason: str) -> None:
+        """Close this connection; every link on it gets a stream-0 error and is closed."""
+        if self.closed:
+            return
+        self.closed = True
+        error = encode_msg(0, {"t": "error", "code": "connection", "message": reason})
+        for link in list(self.links):
+            link.send(error)
+            link.writer.close()
+        self.links.clear()
+        self.routes.clear()
+        self.writer.close()
+
+    def tick(self, now: float) -> None:
+        """Ping a silent server; give it up after three silent intervals."""
+        silent = now - self.heard
+        if silent >= 3 * self.keepalive:
+            self.shut(f"no answer from the server for {3 * self.keepalive:g} s")
+        elif silent >= self.keepalive and now - self.pinged >= self.keepalive:
+            self.pinged = now
+            self.send(encode_msg(0, {"t": "ping", "token": int(now) & 0x7FFFFFFF}))
+
+
+class Mux:
+    """The listener, its upstream connections, and the idle clock."""
+
+    def __init__(self, home: Path, path: str, persist: float) -> None:
+        self.home = home
+        self.path = path
+        self.persist = persist
+        self.identity = identity_fingerprint(home)
+        self.upstreams: dict[tuple[str, int], Upstream] = {}
+        self.links: set[Link] = set()
+        self.locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.idle_since = time.monotonic()
+        self.stopping = asyncio.Event()
+        self.started = time.time()
+        self._ctx: Any = None
+
+    # --- serving -------------------------------------------------------------------------------
+
+    async def serve(self, sock: socket.socket) -> None:
+        server = await asyncio.start_unix_server(self._accept, sock=sock, limit=MAX_LINE)
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            await self.stopping.wait()
+        finally:
+            ticker.cancel()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(sock.fileno()).st_ino:
+                    os.unlink(self.path)
+            for up in list(self.upstreams.values()):
+                up.shut("the mux stopped")
+            for link in list(self.links):
+                link.writer.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for key, up in list(self.upstreams.items()):
+                up.tick(now)
+                if not up.closed and not up.links and not up.routes \
+                        and now - up.idle_since >= self.persist:
+                    up.shut("idle")
+                if up.closed:
+                    self.upstreams.pop(key, None)
+            if not self.upstreams and not self.links and now - self.idle_since >= self.persist:
+                self.stopping.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            _, uid, _ = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        PEERCRED.size))
+            if uid != os.getuid():
+                return  # only the owning user: closed without a word
+            line = await asyncio.wait_for(reader.readline(), 10.0)
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                return
+            await self._dispatch(request, reader, writer)
+        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dispatch(self, request: dict[str, Any], reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        op = request.get("op")
+        if op == "connect":
+            await self._connect(request, reader, writer)
+        elif op == "status":
+            _reply(writer, {"ok": True, **self.status()})
+        elif op == "stop":
+            _reply(writer, {"ok": True})
+            self.stopping.set()
+        elif op == "forget":
+            up = self.upstreams.pop((str(request.get("host")), int(request.get("port", 0))),
+                                    None)
+            if up is not None:
+                up.draining = True
+                if not up.links:
+                    up.shut("forgotten")
+            _reply(writer, {"ok": True, "forgotten": up is not None})
+        else:
+            _reply(writer, {"ok": False, "code": "bad_request", "message": f"unknown op {op!r}"})
+        await writer.drain()
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "pid": os.getpid(), "home": str(self.home), "socket": self.path,
+            "persist": self.persist, "uptime": round(time.time() - self.started, 1),
+            "identity": self.identity, "clients": len(self.links),
+            "connections": [
+                {"host": host, "port": port, "fingerprint": up.fingerprint,
+                 "clients": len(up.links), "streams": len(up.routes),
+                 "idle": round(now - up.idle_since, 1) if not up.links else 0.0}
+                for (host, port), up in self.upstreams.items()
+            ],
+        }
+
+    # --- a client's shared connection ----------------------------------------------------------
+
+    async def _connect(self, request: dict[str, Any], reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        if request.get("home") != str(self.home) or request.get("identity") != self.identity:
+            _reply(writer, {"ok": False, "code": MuxUnavailable.code,
+                            "message": "this mux serves another tether home or identity"})
+            return
+        key = (str(request.get("host")), int(request.get("port", 0)))
+        try:
+            up = await self._upstream(key, bool(request.get("accept_new")),
+                                      float(request.get("keepalive") or 0))
+        except TetherError as exc:
+            _reply(writer, {"ok": False, "code": exc.code, "message": str(exc)})
+            return
+        _reply(writer, {"ok": True, "fingerprint": up.fingerprint})
+        link = Link(writer)
+        self.links.add(link)
+        up.links.add(link)
+        try:
+            await self._relay(up, link, reader)
+        finally:
+            self._unlink(up, link)
+
+    async def _upstream(self, key: tuple[str, int], accept_new: bool,
+                        keepalive: float) -> Upstream:
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            up = self.upstreams.get(key)
+            if up is None or up.closed:
+                up = await self._dial(key, accept_new)
+                self.upstreams[key] = up
+                up.task = asyncio.ensure_future(up.pump())
+            if keepalive:
+                up.keepalive = min(up.keepalive, keepalive)
+            return up
+
+    async def _dial(self, key: tuple[str, int], accept_new: bool) -> Upstream:
+        from tether.identity import load_identity
+        from tether.tls import client_context
+
+        host, port = key
+        if self._ctx is None:
+            self._ctx = client_context(load_identity(self.home))
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=self._ctx, server_hostname="tether",
+                                        limit=MAX_BODY), 10.0)
+        except (TimeoutError, OSError) as exc:
+            raise translate(exc) from exc
+        try:
+            cert = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            server_fp = fingerprint(cert or b"")
+            check_host(self.home, host, port, server_fp, accept_new, None)
+            writer.write(encode_msg(0, handshake.hello().to_header()))
+            try:
+                frame = await asyncio.wait_for(read_frame(reader), 10.0)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                raise handshake.refused(self.identity) from exc
+            header = frame.header()
+            if header.get("t") == "error":
+                error = from_wire(str(header.get("code")), str(header.get("message")))
+                if isinstance(error, NotAuthorized):
+                    error = NotAuthorized(f"not authorized: {header.get('message')}")
+                raise error
+            if header.get("t") != "welcome" or frame.stream != 0:
+                raise RemoteProtocolError("expected welcome")
+        except BaseException:
+            writer.close()
+            raise
+        return Upstream(key, reader, writer, frame.prefix + frame.rest, server_fp)
+
+    async def _relay(self, up: Upstream, link: Link, reader: asyncio.StreamReader) -> None:
+        """Answer the client's hello, then copy its frames upstream until it goes away."""
+        hello = await asyncio.wait_for(read_frame(reader), 10.0)
+        if hello.stream != 0 or hello.header().get("t") != "hello":
+            return
+        link.send(up.welcome)
+        while not up.closed:
+            frame = await read_frame(reader)
+            if frame.stream == 0:
+                header = frame.header()
+                if header.get("t") == "ping":
+                    link.send(encode_msg(0, {"t": "pong", "token": header.get("token", 0)}))
+                    continue
+                if header.get("t") == "pong":
+                    continue
+                return  # anything else on stream 0 ends this client
+            cls = _message_class(frame)
+            route = link.routes.get(frame.stream)
+            if cls is not None and cls.OPENS:
+                if route is not None or frame.stream % 2 == 0 or frame.stream <= link.last_id:
+                    raise RemoteProtocolError("bad stream id")
+                link.last_id = frame.stream
+                route = up.open_route(link, frame.stream)
+            elif route is None:
+                raise RemoteProtocolError("unknown stream")
+            up.send(frame.renumbered(route.upstream_id))
+            if cls is not None and cls.FINAL:
+                route.client_final = True
+                if route.server_final:
+                    up.retire(route)
+            await up.writer.drain()
+
+    def _unlink(self, up: Upstream, link: Link) -> None:
+        """The client left: abandon its unfinished streams (the server kills their commands)."""
+        self.links.discard(link)
+        up.links.discard(link)
+        for route in list(link.routes.values()):
+            route.link = None
+            if not route.client_final:
+                up.send(encode_msg(route.upstream_id, {"t": "close"}))
+                route.client_final = True
+            if route.server_final:
+                up.retire(route)
+        link.routes.clear()
+        now = time.monotonic()
+        if not up.links:
+            up.idle_since = now
+            if up.draining:
+                up.shut("forgotten")
+        if not self.links:
+            self.idle_since = now
+
+
+def _reply(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
+    writer.write(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+
+
+def run(home: Path, sock: socket.socket, path: str, persist: float) -> None:
+    """Serve on a bound, listening socket until stopped or idle."""
+    asyncio.run(Mux(home, path, persist).serve(sock))
+
+
+__all__ = ["Mux", "run"]
