@@ -55,6 +55,7 @@ def start(home: str | None, persist: float, foreground: bool) -> None:
         os._exit(0)  # the socket listens already: the starter may connect at once
     if not foreground:
         os.setsid()
+        _detach_stdio()
     from pathlib import Path
 
     from tether.client.muxd import run
@@ -78,6 +79,15 @@ def _lock(path: str) -> int | None:
         return None
     os.set_inheritable(fd, False)
     return fd
+
+
+def _detach_stdio() -> None:
+    """The background mux holds no pipe of its starter's open (whoever waits for the starter's
+    output would wait for the mux's whole life)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _answers(path: str) -> bool:

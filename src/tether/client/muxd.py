@@ -232,6 +232,7 @@ class Mux:
     # --- serving -------------------------------------------------------------------------------
 
     async def serve(self, sock: socket.socket) -> None:
+        inode = os.stat(self.path).st_ino  # the path bound for us (a successor may rebind it)
         server = await asyncio.start_unix_server(self._accept, sock=sock, limit=MAX_LINE)
         ticker = asyncio.ensure_future(self._tick())
         try:
@@ -240,7 +241,7 @@ class Mux:
             ticker.cancel()
             server.close()
             with contextlib.suppress(FileNotFoundError):
-                if os.stat(self.path).st_ino == os.fstat(sock.fileno()).st_ino:
+                if os.stat(self.path).st_ino == inode:  # ours, not a successor's
                     os.unlink(self.path)
             for up in list(self.upstreams.values()):
                 up.shut("the mux stopped")

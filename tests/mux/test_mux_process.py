@@ -1,0 +1,138 @@
+"""``tether mux`` as a process: started on demand or by hand, one per home, its socket only for
+its own user (mode 0600 and SO_PEERCRED), only for its own home and identity, gone when idle."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from support import wait_until
+from tether.client import mux
+
+HOST = "127.0.0.1"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture
+def home(make_client_home: Callable[..., Path], server: object) -> Iterator[Path]:
+    """A fresh authorized identity with the shared server pinned; its mux stopped at the end."""
+    from conftest import pin
+
+    path = make_client_home("muxhome", authorized=True)
+    pin(path, server.port, server.fingerprint)  # type: ignore[attr-defined]
+    yield path
+    try:
+        pid = mux.request(path, {"op": "status"})["pid"]
+    except mux.MuxUnavailable:
+        return
+    mux.request(path, {"op": "stop"})
+    if not wait_until(lambda: not _pid_alive(pid), 10):
+        os.kill(pid, 9)
+
+
+def _status(cli: Callable[..., subprocess.CompletedProcess[bytes]], home: Path) -> dict:
+    done = cli("mux", "status", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_start_status_stop(cli: Callable[..., subprocess.CompletedProcess[bytes]],
+                           home: Path, server: object) -> None:
+    started = cli("mux", "start", "--persist", "30", home=home)
+    assert started.returncode == 0, started.stderr
+    status = _status(cli, home)
+    pid, path = status["pid"], status["socket"]
+    assert _pid_alive(pid) and status["connections"] == []
+    assert path == mux.socket_path(home)
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o077 == 0
+
+    again = cli("mux", "start", home=home)  # one mux per home
+    assert again.returncode == 0 and b"already running" in again.stderr
+    assert _status(cli, home)["pid"] == pid
+
+    sock, fp = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+    sock.close()
+    assert fp == server.fingerprint  # type: ignore[attr-defined]
+    (conn,) = _status(cli, home)["connections"]
+    assert (conn["host"], conn["port"]) == (HOST, server.port)  # type: ignore[attr-defined]
+
+    stopped = cli("mux", "stop", home=home)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_until(lambda: not _pid_alive(pid), 10)
+    assert not os.path.exists(path)
+    gone = cli("mux", "status", home=home)
+    assert gone.returncode == 1 and gone.stderr.startswith(b"tether: no mux is running")
+
+
+def test_started_on_demand_and_ends_when_idle(home: Path, server: object) -> None:
+    with pytest.raises(mux.MuxUnavailable):
+        mux.request(home, {"op": "status"})
+    sock, _ = mux.open_shared(home, HOST, server.port, persist=1)  # type: ignore[attr-defined]
+    pid = mux.request(home, {"op": "status"})["pid"]
+    sock.close()
+    assert wait_until(lambda: not _pid_alive(pid), 15), "the idle mux did not end"
+    assert not os.path.exists(mux.socket_path(home))
+
+
+def test_refuses_another_home_or_identity(home: Path, server: object,
+                                          make_client_home: Callable[..., Path]) -> None:
+    sock, _ = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+    sock.close()
+    other = make_client_home("otherhome", authorized=True)
+    for request in (
+        {"home": str(other), "identity": mux.identity_fingerprint(home)},
+        {"home": os.path.realpath(home), "identity": mux.identity_fingerprint(other)},
+    ):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(mux.socket_path(home))
+            s.sendall(json.dumps({"op": "connect", "host": HOST,
+                                  "port": server.port, **request}).encode()  # type: ignore[attr-defined]
+                      + b"\n")
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply["ok"] is False and reply["code"] == "mux_unavailable"
+        assert "another tether home or identity" in reply["message"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="needs root (to act as another user) and /usr/bin/python3")
+def test_refuses_another_user_even_through_an_open_socket(home: Path, server: object) -> None:
+    sock, _ = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+    sock.close()
+    path = mux.socket_path(home)
+    # open every door the file system has (as a careless chmod would) and leave SO_PEERCRED
+    os.chmod(path, 0o666)
+    opened = [p for p in (home, *home.parents) if p != Path("/")]
+    modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in opened}
+    probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
+             "s.sendall(b'{\"op\":\"status\"}\\n')\n"
+             "try:\n    print(repr(s.recv(4096)))\n"
+             "except ConnectionResetError:\n    print(repr(b''))")
+    try:
+        for p in opened:
+            os.chmod(p, modes[p] | 0o005)
+        done = subprocess.run(["/usr/bin/python3", "-c", probe, path], capture_output=True,
+                              text=True, timeout=30, user="nobody",
+                              group=pwd.getpwnam("nobody").pw_gid, extra_groups=[])
+    finally:
+        for p in opened:
+            os.chmod(p, modes[p])
+    assert done.returncode == 0, done.stderr  # it could connect...
+    assert done.stdout.strip() == "b''"  # ...and was closed without a word
+    assert mux.request(home, {"op": "status"})["ok"]  # the owner still can
