@@ -20,6 +20,7 @@ leaves half an inventory::
     groups = ["web", "eu"]
     timeout = 30.0          # optional per-host deadline in seconds (connect + operation)
     keepalive = 15.0        # optional: ping the server after this much silence (--keepalive)
+    mux = "auto"            # optional: share its connection through tether mux (--mux)
 
 Pure files, no sockets: :mod:`tether.client.fleet` connects, :mod:`tether.cli.hosts` prints.
 """
@@ -67,6 +68,7 @@ class Host:
     groups: tuple[str, ...] = ()
     timeout: float | None = None
     keepalive: float | None = None
+    mux: str | None = None  # "auto" or "no": this host's default for --mux
 
     def target(self) -> Target:
         return Target(self.name, self.address, self.port, self.timeout, self.keepalive)
@@ -154,7 +156,7 @@ def parse(text: str, where: str = INVENTORY_FILE) -> Inventory:
 def _host(name: str, entry: Any) -> Host:
     if not isinstance(entry, Mapping):
         raise TypeError("must be a table")
-    unknown = set(entry) - {"address", "port", "groups", *SETTINGS}
+    unknown = set(entry) - {"address", "port", "groups", "mux", *SETTINGS}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
     address = entry.get("address")
@@ -163,8 +165,11 @@ def _host(name: str, entry: Any) -> Host:
     groups = entry.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ValueError("'groups' must be a list of strings")
+    mux = entry.get("mux")
+    if mux is not None and mux not in ("auto", "no"):
+        raise ValueError("'mux' must be \"auto\" or \"no\"")
     return Host(name, address, check_port(entry.get("port", DEFAULT_PORT)), tuple(groups),
-                _seconds(entry, "timeout"), _seconds(entry, "keepalive"))
+                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), mux)
 
 
 def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
@@ -195,6 +200,8 @@ def dump(inventory: Inventory) -> str:
             out.append(f"timeout = {host.timeout!r}\n")
         if host.keepalive is not None:
             out.append(f"keepalive = {host.keepalive!r}\n")
+        if host.mux is not None:
+            out.append(f"mux = {_string(host.mux)}\n")
     return "".join(out)
 
 

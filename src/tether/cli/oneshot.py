@@ -84,6 +84,10 @@ def connect(opts: RunOptions) -> BlockingClient:
     if _names_several_or_inventory(opts.host, home):
         raise FullPath
     opts.check()
+    if opts.mux == "auto" and not opts.plaintext:
+        shared = _shared(opts, home)
+        if shared is not None:
+            return shared
     context, cert = None, ""
     if not opts.plaintext:
         from tether.tls import client_context_files
@@ -98,6 +102,24 @@ def connect(opts: RunOptions) -> BlockingClient:
             raise FullPath  # a first connection asks on the terminal
     return blocking_connect(opts.host, opts.port, home, context=context, cert=cert,
                             accept_new=opts.accept_new)
+
+
+def _shared(opts: RunOptions, home: str) -> BlockingClient | None:
+    """A connection lent by the mux, or None to connect directly (no mux could serve, or an
+    unknown server that a terminal should be asked about)."""
+    from tether.client.blocking import connect_shared
+    from tether.client.mux import MuxUnavailable
+    from tether.errors import HostUnknown, IdentityError
+
+    try:
+        return connect_shared(opts.host, opts.port, home, accept_new=opts.accept_new,
+                              persist=opts.mux_persist)
+    except (MuxUnavailable, IdentityError):
+        return None
+    except HostUnknown:
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise FullPath from None  # the click path asks, then connects directly
+        raise
 
 
 class Loop:

@@ -70,8 +70,23 @@ KEEPALIVE = Option(
     help="Ping a server silent for this long; after 3 silent intervals give up (exit 255), "
          "like ssh's ServerAliveInterval [default: 0, off].")
 
+MUX = Option(
+    ("--mux",), "mux", type=lambda text: _choice(text, ("auto", "no")), metavar="auto|no",
+    help="auto: share one connection per host through tether mux (started on demand); no: "
+         "connect directly [default: the inventory host's mux setting, else no].")
+MUX_PERSIST = Option(
+    ("--mux-persist",), "mux_persist", type=float, default=60.0, minimum=0, metavar="SECONDS",
+    show_default=True, help="Seconds a mux this command starts keeps an idle connection.")
+MUX_OPTIONS = (MUX, MUX_PERSIST)
+
 # How to reach a server: every command that connects takes these.
 CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT)
+
+
+def _choice(text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise ValueError(text)
+    return text
 
 RUN_OPTIONS = (
     *CONNECT_OPTIONS,
@@ -84,6 +99,7 @@ RUN_OPTIONS = (
                 "into pipes and files [default: the server's encoding, on a terminal only]."),
     Option(("-n", "--no-stdin"), "no_stdin", FLAG, help="Do not forward stdin (like ssh -n)."),
     KEEPALIVE,
+    *MUX_OPTIONS,
 )
 
 
@@ -102,6 +118,7 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         plaintext=bool(values.get("plaintext")), cwd=values.get("cwd"), env=variables,
         timeout=values.get("timeout"), encoding=values.get("encoding"),
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
+        mux=values.get("mux"), mux_persist=values.get("mux_persist", 60.0),
     )
 
 
@@ -183,7 +200,9 @@ def click_options(table: Sequence[Option]) -> Callable[[Any], Any]:
         if opt.kind == MULTI:
             return click.option(*opt.names, opt.dest, multiple=True, **kw)
         kind: Any = opt.type
-        if opt.directory:
+        if opt is MUX:
+            kind = click.Choice(["auto", "no"])
+        elif opt.directory:
             kind = click.Path(file_okay=False)
         elif opt.minimum is not None:
             kind = click.FloatRange(min=opt.minimum)
@@ -198,5 +217,5 @@ def click_options(table: Sequence[Option]) -> Callable[[Any], Any]:
     return apply
 
 
-__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "RUN_OPTIONS", "Option", "click_options",
+__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "MUX_OPTIONS", "RUN_OPTIONS", "Option", "click_options",
            "fast_parse", "identity_name", "run_options"]

@@ -24,7 +24,8 @@ class RunOptions:
                  accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
-                 keepalive: float = 0.0) -> None:
+                 keepalive: float = 0.0, mux: str | None = None,
+                 mux_persist: float = 60.0) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -37,6 +38,8 @@ class RunOptions:
         self.encoding = encoding
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
+        self.mux = mux  # "auto", "no", or None: the inventory host's setting, else no
+        self.mux_persist = mux_persist
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""

@@ -26,3 +26,5 @@ class TransferOptions:
     parallel: int = DEFAULT_PARALLEL  # several hosts (cli/fleet.py)
     host_timeout: float | None = None
     keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
+    mux: str | None = None  # "auto", "no", or None: the inventory host's setting, else no
+    mux_persist: float = 60.0

@@ -59,6 +59,7 @@ class Connection:
         self._core = core or ClientCore(framed.proto)
         self.server = info
         self._procs: dict[int, StreamHandle] = {}
+        self.shared = False  # lent by tether mux (see tether.client.mux)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
 
@@ -255,6 +256,11 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
     """Connect, pin, hello/welcome: the asyncio driver's I/O around the core's decisions."""
     from tether.tls import client_context
 
+    if options.mux == "auto" and not options.plaintext:
+        shared = await _open_shared(host, options)
+        if shared is not None:
+            return shared
+
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
     ctx = None if identity is None else client_context(identity)
@@ -295,6 +301,47 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
     return Connection(framed, info, core)
 
 
+async def _open_shared(host: str, options: ConnectOptions) -> Connection | None:
+    """A connection lent by this home's ``tether mux`` (started if none runs), or None when no
+    mux can serve (then the caller connects directly, as it also does for an unknown server
+    it may ask about)."""
+    import functools
+
+    from tether.client import mux
+    from tether.errors import HostUnknown
+
+    loop = asyncio.get_running_loop()
+    ask = functools.partial(mux.open_shared, options.home_dir, host, options.port,
+                            accept_new=options.accept_new, keepalive=options.keepalive,
+                            persist=options.mux_persist, timeout=options.timeout)
+    try:
+        sock, server_fp = await loop.run_in_executor(None, ask)
+    except mux.MuxUnavailable:
+        return None
+    except HostUnknown:
+        if options.confirm is None:
+            raise
+        return None
+    with translated():
+        _, link = await loop.create_connection(lambda: FramedProtocol(Role.CLIENT), sock=sock)
+    framed = FramedConnection(link)
+    core = ClientCore(framed.proto)
+    core.server_fingerprint = server_fp
+    try:
+        framed.send(core.hello())
+        await framed.drain()
+        welcome = core.answer(await asyncio.wait_for(framed.next_event(), options.timeout),
+                              True)
+    except BaseException:
+        await framed.close()
+        raise
+    info = ServerInfo(welcome.server_name, welcome.platform, welcome.encoding, welcome.software,
+                      server_fp, welcome.client_name, welcome.permissions)
+    conn = Connection(framed, info, core)
+    conn.shared = True  # the mux pings the server; a dead mux closes the socket
+    return conn
+
+
 class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
 
@@ -318,11 +365,13 @@ class connect:  # used like a function: `async with tether.connect(...)`
         confirm: Confirm | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        mux: str | None = None,
+        mux_persist: float | None = None,
     ) -> None:
         self.host = host
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
-                                  keepalive=keepalive)
+                                  keepalive=keepalive, mux=mux, mux_persist=mux_persist)
         self._conn: Connection | None = None
 
     def __await__(self) -> Any:

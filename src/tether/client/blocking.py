@@ -315,6 +315,29 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
     return conn
 
 
+def connect_shared(host: str, port: int, home: str | os.PathLike[str], *,
+                   accept_new: bool = False, persist: float = 60.0,
+                   timeout: float = 10.0) -> BlockingClient:
+    """A connection lent by this home's ``tether mux`` (started if none runs): no TLS and no
+    identity to load here, the mux already holds both. MuxUnavailable: connect directly."""
+    from tether.client.mux import open_shared
+
+    sock, server_fp = open_shared(home, host, port, accept_new=accept_new, persist=persist,
+                                  timeout=timeout)
+    conn = BlockingClient(sock)
+    try:
+        core = conn.core
+        core.server_fingerprint = server_fp
+        conn.send(core.hello())
+        conn.flush()
+        core.answer(conn.next_events()[0], True)
+        sock.setblocking(False)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _own_fingerprint(cert: str) -> str:
     """This client's fingerprint, for the refusal message (read only when refused)."""
     try:
