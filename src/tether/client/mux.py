@@ -161,10 +161,17 @@ def open_shared(home: str | os.PathLike[str], host: str, port: int, *,
     if not reply.get("ok"):
         sock.close()
         code, message = str(reply.get("code", "")), str(reply.get("message", ""))
-        if code == MuxUnavailable.code:
-            raise MuxUnavailable(message)
-        raise from_wire(code, message)
+        raise _error_of(code, message)
     return sock, str(reply.get("fingerprint", ""))
+
+
+def _error_of(code: str, message: str) -> TetherError:
+    """The error the mux's refusal stands for: a wire code, or one of the client's own errors
+    (an unknown or changed server, a missing identity) that never cross the wire."""
+    from tether.errors import HostChanged, HostUnknown, IdentityError
+
+    local = {cls.code: cls for cls in (MuxUnavailable, HostUnknown, HostChanged, IdentityError)}
+    return local[code](message) if code in local else from_wire(code, message)
 
 
 def _dial_or_start(path: str, home: str | os.PathLike[str], persist: float, start: bool,
