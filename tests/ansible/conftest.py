@@ -40,11 +40,12 @@ def become_user() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def project(project_dir: Path) -> Iterator[Project]:
-    """Two hosts on their own loopback addresses: ``pipe`` (pipelining) and ``nopipe``."""
+    """Two hosts on their own loopback addresses: ``pipe`` (pipelining, workers sharing its
+    connection through tether mux) and ``nopipe`` (no pipelining, a connection per task)."""
     proj = Project.create(project_dir / "ansible")
     try:
         proj.add_server("pipe", "127.0.0.2", ansible_pipelining="true")
-        proj.add_server("nopipe", "127.0.0.3", ansible_pipelining="false")
+        proj.add_server("nopipe", "127.0.0.3", ansible_pipelining="false", tether_mux="no")
         proj.write()
         yield proj
     finally:

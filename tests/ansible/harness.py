@@ -8,6 +8,7 @@ addresses (each its own address, as separate machines would be), pins them, and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -88,6 +89,11 @@ class Project:
         return host
 
     def stop(self) -> None:
+        """Stop the servers, and the mux the plugin started for this identity."""
+        from tether.client import mux
+
+        with contextlib.suppress(mux.MuxUnavailable):
+            mux.request(self.client_home, {"op": "stop"})
         for host in self.hosts:
             if host.server is not None:
                 host.server.stop()

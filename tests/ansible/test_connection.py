@@ -8,6 +8,7 @@ import re
 import socket
 from pathlib import Path
 
+from tether.client import mux
 from tether.home import known_hosts_file
 
 from .harness import Project
@@ -38,6 +39,12 @@ def test_raw_copy_fetch_and_wait_for_connection(project: Project, project_dir: P
     done = project.playbook("connection.yml", "-e", f"work_dir={project_dir}")
     _all_ok(done)
     assert _recap(done.stdout, "pipe")["ok"] >= 14
+    # the workers of the pipelining host shared one connection, held by the mux; the other
+    # host's connection per task was closed with its task
+    pipe = next(h for h in project.hosts if h.name == "pipe")
+    status = mux.request(project.client_home, {"op": "status"})
+    assert [(c["host"], c["port"]) for c in status["connections"]] == [
+        (pipe.address, pipe.port)]
 
 
 def test_connection_vars_stay_out_of_verbose_output(project: Project) -> None:
