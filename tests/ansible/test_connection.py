@@ -69,7 +69,10 @@ def test_unreachable_host_is_unreachable_with_tethers_reason(project_dir: Path) 
     proj = Project.create(project_dir / "unreachable")
     proj.add_host("gone", "127.0.0.4", _free_port("127.0.0.4"))
     proj.write()
-    done = proj.adhoc("gone", "-m", "ping")
+    try:
+        done = proj.adhoc("gone", "-m", "ping")
+    finally:
+        proj.stop()
     assert done.returncode == 4, done.stdout + done.stderr  # 4: a host was unreachable
     assert "UNREACHABLE!" in done.stdout
     assert "FAILED" not in done.stdout
