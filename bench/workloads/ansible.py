@@ -124,17 +124,32 @@ def _timed(ctx: Context, name: str, project: Project, book: Path, targets: Seque
     controller = usage.ru_utime + usage.ru_stime
     leftovers = _detached(detached)
     controller += _own_cpu(leftovers)
-    for argv in finish:  # end the round's shared connections (mux, ControlPersist masters)
+    for argv in finish:  # end the round's shared connections (the mux)
         subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False)
-    for leftover in leftovers:
+    for leftover in leftovers:  # and ControlPersist masters: ours, by the path only we use
         with contextlib.suppress(psutil.Error):
+            if leftover.is_running():
+                leftover.terminate()
             leftover.wait(10)
-    time.sleep(0.2)  # the targets reap their sessions
+    _settle(targets)
     target = sum(_cpu(pid) for pid in targets) - before
     if proc.returncode != 0:
         raise BenchError(f"ansible-playbook ({name}) exited {proc.returncode}: {tail(log, 2000)}")
     return Sample(seconds, {"controller_cpu_s": round(controller, 3),
                             "target_cpu_s": round(target, 3)})
+
+
+def _settle(targets: Sequence[int], timeout: float = 10.0) -> None:
+    """Wait until the servers have reaped their sessions' processes (so that their CPU time is
+    in the servers' children times)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(psutil.Process(pid).children() for pid in targets):
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -180,8 +195,6 @@ def run(ctx: Context) -> list[GroupResult]:
             f"ansible_connection=ssh ansible_port={port} ansible_user={peers.sshd.user}")
         local = Project(root, "local", hosts, "", "ansible_connection=local")
         stop_mux = [str(peers.tether), "mux", "stop", "--home", str(home)]
-        ssh_exit = [[*peers.sshd.ssh("-o", f"ControlPath={ssh_dir}/%C", "-O", "exit",
-                                     "-p", str(port), h)] for h in hosts]
         n = ctx.sizes.ansible_tasks
         group = Group(
             key="ansible",
@@ -195,7 +208,7 @@ def run(ctx: Context) -> list[GroupResult]:
                     "ansible_connection=tether.remote.tether (mux auto, pipelining)",
                     tether=True),
                 Contender("ssh pipelining+ControlPersist", lambda: _timed(
-                    ctx, "ssh", ssh, book, sshd_pids, str(ssh_dir), ssh_exit, ssh.env()),
+                    ctx, "ssh", ssh, book, sshd_pids, str(ssh_dir), [], ssh.env()),
                     "ansible_connection=ssh, pipelining, ControlPersist=60s"),
                 Contender("local", lambda: _timed(
                     ctx, "local", local, book, [], str(local.dir), [], local.env()),
