@@ -214,6 +214,7 @@ def run(ctx: Context) -> list[GroupResult]:
                     ctx, "local", local, book, [], str(local.dir), [], local.env()),
                     "ansible_connection=local (no transport)"),
             ],
+            rounds=min(ctx.sizes.rounds, 3),  # a full round is minutes long
             targets=[
                 Target(">= 2x faster than ssh with pipelining and ControlPersist",
                        "tether plugin", "<=", 0.5, peer="ssh pipelining+ControlPersist"),
