@@ -136,3 +136,38 @@ def test_refuses_another_user_even_through_an_open_socket(home: Path, server: ob
     assert done.returncode == 0, done.stderr  # it could connect...
     assert done.stdout.strip() == "b''"  # ...and was closed without a word
     assert mux.request(home, {"op": "status"})["ok"]  # the owner still can
+
+
+def test_a_client_breaking_the_rules_is_dropped_alone(home: Path, server: object) -> None:
+    from tether.client.blocking import connect_shared
+    from tether.protocol.frames import encode_msg
+
+    rogue, _ = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+    with rogue:
+        rogue.sendall(encode_msg(0, {"t": "hello", "versions": [1]}))
+        rogue.settimeout(10)
+        assert rogue.recv(65536)  # the server's welcome, replayed
+        rogue.sendall(encode_msg(2, {"t": "close"}))  # a stream never opened (and even)
+        assert wait_until(lambda: _closed(rogue), 10)
+    good = connect_shared(HOST, server.port, home)  # type: ignore[attr-defined]
+    good.close()
+    (conn,) = mux.request(home, {"op": "status"})["connections"]
+    assert conn["clients"] == 0
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(65536) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_sigterm_ends_the_mux_and_removes_its_socket(home: Path, server: object) -> None:
+    sock, _ = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+    sock.close()
+    pid = mux.request(home, {"op": "status"})["pid"]
+    os.kill(pid, 15)
+    assert wait_until(lambda: not _pid_alive(pid), 10)
+    assert not os.path.exists(mux.socket_path(home))

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import time
@@ -234,6 +235,9 @@ class Mux:
     async def serve(self, sock: socket.socket) -> None:
         inode = os.stat(self.path).st_ino  # the path bound for us (a successor may rebind it)
         server = await asyncio.start_unix_server(self._accept, sock=sock, limit=MAX_LINE)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
         ticker = asyncio.ensure_future(self._tick())
         try:
             await self.stopping.wait()
@@ -274,9 +278,9 @@ class Mux:
             if not isinstance(request, dict):
                 return
             await self._dispatch(request, reader, writer)
-        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError,
+        except (TimeoutError, OSError, ValueError, TetherError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError):
-            pass
+            pass  # this client broke the rules or went away: only it is dropped
         finally:
             writer.close()
 
