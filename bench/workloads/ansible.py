@@ -7,7 +7,8 @@ The hosts are loopback addresses from 127.0.0.2 on, as in the fleet workload: th
 are one process (``python -m bench.farm``), the sshds one per 16 addresses. The playbook cycles
 through ``command``, ``copy``, ``stat`` and ``file`` (``--quick``: 8 tasks on 2 hosts; full: 100
 on 5). Every round starts cold: no mux and no ControlPersist master is left from the round
-before. Besides the wall time each sample records the controller's CPU seconds
+before (so there is no warm-up round); a full run has 2 rounds, each minutes long. Besides
+the wall time each sample records the controller's CPU seconds
 (``ansible-playbook`` and every worker it reaped, plus the detached mux or ssh masters) and the
 targets' (the tether farm or the sshds, with the commands they reaped; none for ``local``).
 """
@@ -214,7 +215,7 @@ def run(ctx: Context) -> list[GroupResult]:
                     ctx, "local", local, book, [], str(local.dir), [], local.env()),
                     "ansible_connection=local (no transport)"),
             ],
-            rounds=min(ctx.sizes.rounds, 3),  # a full round is minutes long
+            rounds=2 if ctx.sizes.mode == "full" else None,  # a full round is minutes long
             targets=[
                 Target(">= 2x faster than ssh with pipelining and ControlPersist",
                        "tether plugin", "<=", 0.5, peer="ssh pipelining+ControlPersist"),
@@ -222,4 +223,5 @@ def run(ctx: Context) -> list[GroupResult]:
                        peer="local"),
             ],
         )
-        return [run_group(group, ctx.sizes.rounds, ctx.sizes.warmup)]
+        # no warm-up: every round starts cold by design (no mux, no ControlPersist master)
+        return [run_group(group, ctx.sizes.rounds, 0)]
