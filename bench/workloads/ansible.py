@@ -175,7 +175,8 @@ def run(ctx: Context) -> list[GroupResult]:
     playbook(book, ctx.sizes.ansible_tasks)
     root = peers.tmp / "ansible"
     root.mkdir()
-    with tether_farm(peers, hosts) as home, _sshds(peers, hosts) as (port, sshd_pids):
+    with tether_farm(peers, hosts, "tether-ansible-client") as home, \
+            _sshds(peers, hosts) as (port, sshd_pids):
         farm = [p.pid for p in _detached(f"{peers.server_home}") if "bench.farm" in
                 " ".join(p.cmdline())]
         if not farm:

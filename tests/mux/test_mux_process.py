@@ -31,10 +31,10 @@ def _pid_alive(pid: int) -> bool:
 @pytest.fixture
 def home(make_client_home: Callable[..., Path], server: object) -> Iterator[Path]:
     """A fresh authorized identity with the shared server pinned; its mux stopped at the end."""
-    from conftest import pin
+    from tether.home import add_known_host
 
     path = make_client_home("muxhome", authorized=True)
-    pin(path, server.port, server.fingerprint)  # type: ignore[attr-defined]
+    add_known_host(path, HOST, server.port, server.fingerprint)  # type: ignore[attr-defined]
     yield path
     try:
         pid = mux.request(path, {"op": "status"})["pid"]

@@ -76,17 +76,18 @@ def one_host(host: str, home: str | None, port: int,
     return target.address, target.port, keepalive or target.keepalive or 0.0
 
 
-def host_mux(host: str, home: str | None, given: str | None) -> str:
-    """``--mux`` if given, else the inventory host's ``mux`` setting, else ``no``."""
+def host_mux(host: str, home: str | None, given: str | None) -> str | None:
+    """``--mux`` if given, else the inventory host's ``mux`` setting, else None (meaning
+    ``no``, as both parsers leave it for an address)."""
     if given is not None:
         return given
     from tether.inventory import load, names_inventory_host
 
     if names_inventory_host(host, home):
         entry = load(home).hosts.get(host)
-        if entry is not None and entry.mux is not None:
+        if entry is not None:
             return entry.mux
-    return "no"
+    return None
 
 
 # --- output -------------------------------------------------------------------------------------
