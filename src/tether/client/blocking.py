@@ -24,7 +24,7 @@ from tether.home import fingerprint
 from tether.net.translate import translate
 from tether.protocol.connection import CLOSED, NEED_DATA
 from tether.protocol.connection import Connection as ProtocolState
-from tether.protocol.messages import Data, Error, Message, Ping, Pong, Role, Welcome
+from tether.protocol.messages import Data, Error, Message, Role, Welcome
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class BlockingClient:
     # --- sending: queued, written by flush ---------------------------------------------------
 
     def _queue(self, data: bytes) -> None:
+        if not data:
+            return
         if self.tls is None:
             self._out += data
             return
@@ -87,10 +89,10 @@ class BlockingClient:
         self._queue(self.proto.send_data(stream, 0, data))
 
     def consumed(self, stream: int, size: int) -> None:
-        """The application used ``size`` bytes of the stream's output: grant credit if due."""
-        credit = self.proto.consumed(stream, size)
-        if credit:
-            self._queue(credit)
+        """The application used ``size`` bytes of the stream's output (the core grants credit
+        when due; the next flush sends it)."""
+        self.proto.consumed(stream, size)
+        self._queue(self.proto.data_to_send())
 
     @property
     def wants_write(self) -> int:
@@ -117,8 +119,8 @@ class BlockingClient:
     # --- receiving -----------------------------------------------------------------------------
 
     def receive(self) -> list[Message | Data]:
-        """Read what has arrived and return the complete events (credit and the server's
-        keepalive pings are handled here).
+        """Read what has arrived and return the complete events (the core answers the
+        server's keepalive pings itself: the next flush sends its pongs).
 
         Sets :attr:`closed` when the peer closed the connection after whole frames; the core
         routes the rest (a stream-0 error is raised as the tether error it stands for).
@@ -139,11 +141,10 @@ class BlockingClient:
                 self.closed = True
                 continue
             assert not isinstance(event, type(NEED_DATA))
-            if isinstance(event, Ping):  # the server's keepalive: the next flush answers it
-                self.send(Pong(token=event.token))
             routed = self.core.route(event)
             if routed is not None:
                 events.append(routed)
+        self._queue(self.proto.data_to_send())
         return events
 
     def _read(self) -> None:

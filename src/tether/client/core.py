@@ -20,7 +20,7 @@ from __future__ import annotations
 from tether.client import handshake
 from tether.errors import ConnectionBroken, NotAuthorized, from_wire
 from tether.home import check_host, fingerprint
-from tether.protocol.messages import Close, Credit, Error, Exec, Exit, Ping, Pong
+from tether.protocol.messages import Close, Credit, Error, Exec, Exit, Refused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,8 +101,9 @@ class ClientCore:
             return exc
         return handshake.refused(own_fingerprint)
 
-    def answer(self, event: Message | Data, authenticated: bool) -> Welcome:
+    def answer(self, event: Message | Data | Refused, authenticated: bool) -> Welcome:
         """The server's answer to the hello: the welcome, or the error it stands for."""
+        assert not isinstance(event, Refused)  # only a server receives openers
         self.welcome = handshake.welcome_of(event, authenticated)
         return self.welcome
 
@@ -131,18 +132,19 @@ class ClientCore:
         self.streams.discard(stream)
         return Close(stream=stream)
 
-    def route(self, event: Message | Data) -> Message | Data | None:
+    def route(self, event: Message | Data | Refused) -> Message | Data | None:
         """The event for its stream, or None for the connection's own chores. A stream-0
         error is the end of the connection: raised as the tether error it stands for. Before
         the welcome, the event is the handshake's answer (the driver hands it to
         :meth:`answer`)."""
-        if self.welcome is None and not isinstance(event, Ping | Pong | Credit):
+        assert not isinstance(event, Refused)  # only a server receives openers
+        if self.welcome is None and not isinstance(event, Credit):
             return event
         if event.stream == 0:
             if isinstance(event, Error):
                 raise from_wire(event.code, event.message)
             return None
-        if isinstance(event, Ping | Pong | Credit):
+        if isinstance(event, Credit):  # counted by the core; pings never reach us
             return None
         return event
 
