@@ -3,6 +3,7 @@ its own user (mode 0600 and SO_PEERCRED), only for its own home and identity, go
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -15,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import wait_until
+from support import TETHER, wait_until
 from tether.client import mux
 
 HOST = "127.0.0.1"
@@ -121,9 +122,8 @@ def test_refuses_another_user_even_through_an_open_socket(home: Path, server: ob
     opened = [p for p in (home, *home.parents) if p != Path("/")]
     modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in opened}
     probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
-             "s.sendall(b'{\"op\":\"status\"}\\n')\n"
-             "try:\n    print(repr(s.recv(4096)))\n"
-             "except ConnectionResetError:\n    print(repr(b''))")
+             "try:\n    s.sendall(b'{\"op\":\"status\"}\\n')\n    print(repr(s.recv(4096)))\n"
+             "except (ConnectionResetError, BrokenPipeError):\n    print(repr(b''))")
     try:
         for p in opened:
             os.chmod(p, modes[p] | 0o005)
@@ -171,3 +171,95 @@ def test_sigterm_ends_the_mux_and_removes_its_socket(home: Path, server: object)
     os.kill(pid, 15)
     assert wait_until(lambda: not _pid_alive(pid), 10)
     assert not os.path.exists(mux.socket_path(home))
+
+
+def _rogue_exec(sock: socket.socket) -> None:
+    """Through the mux: the handshake, then an exec stream (1) running ``sleep 30``."""
+    from tether.protocol.frames import encode_msg
+
+    sock.sendall(encode_msg(0, {"t": "hello", "versions": [1]}))
+    sock.settimeout(10)
+    assert sock.recv(65536)  # the server's welcome, replayed
+    sock.sendall(encode_msg(1, {"t": "exec", "argv": ["sleep", "30"]}))
+
+
+def _data(stream: int, channel: int, size: int) -> bytes:
+    from tether.protocol.frames import encode_data_prefix
+
+    return encode_data_prefix(stream, channel, size) + b"x" * size
+
+
+# What a broken or hostile local client sends on its own, open exec stream: each one the server
+# would answer by ending the whole connection, so the mux must refuse it for that client alone.
+ROGUE = {
+    "a message its operation has no place for": lambda: _encode(1, {"t": "commit",
+                                                                  "sha256": "0" * 64}),
+    "a server's message": lambda: _encode(1, {"t": "exit", "status": 0}),
+    "data after its eof": lambda: _encode(1, {"t": "eof", "channel": 0}) + _data(1, 0, 10),
+    "data on stdout": lambda: _data(1, 1, 10),
+    "more data than its window": lambda: b"".join(_data(1, 0, 1 << 20) for _ in range(5)),
+    "a credit out of range": lambda: _encode(1, {"t": "credit", "size": 0}),
+}
+
+
+def _encode(stream: int, header: dict[str, object]) -> bytes:
+    from tether.protocol.frames import encode_msg
+
+    return encode_msg(stream, header)
+
+
+@pytest.mark.parametrize("breach", list(ROGUE), ids=list(ROGUE))
+def test_a_stream_rule_broken_by_one_client_spares_the_others(home: Path, server: object,
+                                                              breach: str) -> None:
+    env = {**os.environ, "TETHER_HOME": str(home)}
+    good = subprocess.Popen(
+        [*TETHER, "run", "--mux", "auto", "-p", str(server.port), HOST, "--",  # type: ignore[attr-defined]
+         "sh", "-c", "sleep 2; echo still here"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: _streams(home) == 1, 15), "the good command did not start"
+        rogue, _ = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+        with rogue:
+            _rogue_exec(rogue)
+            with contextlib.suppress(OSError):
+                rogue.sendall(ROGUE[breach]())
+            errors = _errors_until_closed(rogue)
+        # the rogue was told why, in one line, and dropped
+        assert len(errors) == 1 and errors[0].code == "protocol", errors
+        assert "\n" not in errors[0].message and errors[0].message
+        out, err = good.communicate(timeout=30)
+    finally:
+        if good.poll() is None:
+            good.kill()
+            good.wait()
+    assert (good.returncode, out) == (0, b"still here\n"), err
+    assert len(mux.request(home, {"op": "status"})["connections"]) == 1
+    assert wait_until(lambda: _streams(home) == 0, 10)  # the rogue's sleep was abandoned too
+
+
+def _streams(home: Path) -> int:
+    try:
+        conns = mux.request(home, {"op": "status"})["connections"]
+    except mux.MuxUnavailable:
+        return -1
+    return sum(c["streams"] for c in conns)
+
+
+def _errors_until_closed(sock: socket.socket) -> list:
+    """The stream-0 errors a client reads until the mux closes its socket (10 s at most)."""
+    from tether.protocol import Error
+    from tether.protocol.frames import FrameDecoder
+    from tether.protocol.messages import decode_message
+
+    decoder, got = FrameDecoder(), b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            got += chunk
+    decoder.feed(got)
+    errors = []
+    while (frame := decoder.next_frame()) is not None:
+        if frame.header is not None and frame.stream == 0:
+            msg = decode_message(frame.header, 0)
+            if isinstance(msg, Error):
+                errors.append(msg)
+    return errors

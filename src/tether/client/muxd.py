@@ -6,11 +6,17 @@ reuses its connection there or makes one (TLS 1.3, the home's identity, the host
 home's known_hosts, as any client does), answers the client's ``hello`` with that server's
 ``welcome``, and then relays frames: a stream the client opens gets the next odd id upstream
 (ids stay odd and increasing on both sides), frames are copied with the id rewritten, and flow
-control stays end to end (``credit`` travels like any stream message). The mux answers pings on
-both sides itself and pings a silent server. When a client goes away, its unfinished streams
-are abandoned upstream (``close``), so the server kills their commands as it would on a
-disconnect. A connection with no client for ``persist`` seconds is closed, and then the mux
-exits. It never prints: ``tether mux`` reports for it.
+control stays end to end (``credit`` travels like any stream message).
+
+Each client's side is checked by a protocol core of its own (:class:`Connection` in the
+server's role, fed the client's bytes and given the server's frames to send), so every rule of
+docs/PROTOCOL.md (stream tables, windows, values) holds per client: a client that breaks one
+gets a stream-0 ``error`` and is dropped alone, where the server would have ended the shared
+connection for everyone. That core answers the client's pings; the mux answers the server's
+and pings a silent server. When a client goes away, its unfinished streams are abandoned
+upstream (``close``), so the server kills their commands as it would on a disconnect. A
+connection with no client for ``persist`` seconds is closed, and then the mux exits. It never
+prints: ``tether mux`` reports for it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 from tether.client import handshake
 from tether.client.mux import MAX_LINE, MuxUnavailable, identity_fingerprint
 from tether.errors import (
+    LocalProtocolError,
     NotAuthorized,
     RemoteProtocolError,
     TetherError,
@@ -37,6 +44,7 @@ from tether.errors import (
 )
 from tether.home import check_host, fingerprint
 from tether.net.translate import translate
+from tether.protocol.connection import CLOSED, NEED_DATA, Connection, Event
 from tether.protocol.frames import (
     KIND_DATA,
     KIND_MSG,
@@ -44,14 +52,25 @@ from tether.protocol.frames import (
     MAX_BODY,
     MAX_HEADER,
     PREFIX,
+    encode_data_prefix,
     encode_msg,
     parse_header,
 )
-from tether.protocol.messages import REGISTRY
+from tether.protocol.messages import (
+    Data,
+    Error,
+    Hello,
+    Message,
+    Refused,
+    Role,
+    Welcome,
+    decode_message,
+)
 
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
 UPSTREAM_KEEPALIVE = 15.0  # seconds of server silence before a ping; 3 x that and it is gone
 TICK = 1.0
+READ_SIZE = 256 * 1024  # bytes read from a client at a time
 
 
 @dataclass
@@ -67,9 +86,9 @@ class Frame:
         hlen = PREFIX.unpack(self.prefix)[4]
         return parse_header(self.rest[:hlen]) if self.kind == KIND_MSG else {}
 
-    def renumbered(self, stream: int) -> bytes:
-        magic, kind, channel, _, hlen, blen = PREFIX.unpack(self.prefix)
-        return PREFIX.pack(magic, kind, channel, stream, hlen, blen) + self.rest
+    @property
+    def channel(self) -> int:
+        return int(PREFIX.unpack(self.prefix)[2])
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame:
@@ -80,16 +99,6 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
             or blen > MAX_BODY or (kind == KIND_DATA and (hlen or not blen or channel > 2)):
         raise RemoteProtocolError("not a valid tether frame")
     return Frame(prefix, await reader.readexactly(hlen + blen), kind, stream)
-
-
-def _message_class(frame: Frame) -> Any:
-    """The message class of a MSG frame, from the allow-list (None for DATA)."""
-    if frame.kind != KIND_MSG:
-        return None
-    cls = REGISTRY.get(str(frame.header().get("t")))
-    if cls is None:
-        raise RemoteProtocolError("unknown message type")
-    return cls
 
 
 @dataclass(eq=False)
@@ -105,22 +114,57 @@ class Route:
 
 @dataclass(eq=False)
 class Link:
-    """One local client connection (a ``tether run``, an Ansible worker, an API user)."""
+    """One local client connection (a ``tether run``, an Ansible worker, an API user), with
+    the protocol core that holds it to the rules as the server would."""
 
     writer: asyncio.StreamWriter
     routes: dict[int, Route] = field(default_factory=dict)
-    last_id: int = 0
+    core: Connection = field(default_factory=lambda: Connection(Role.SERVER))
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray | memoryview) -> None:
         if not self.writer.is_closing():
             self.writer.write(data)
+
+    def flush(self) -> None:
+        """Write what the core sent by itself (pongs)."""
+        out = self.core.data_to_send()
+        if out:
+            self.send(out)
+
+    def relay(self, route: Route, frame: Frame, msg: Message | None) -> None:
+        """Pass one of the server's frames on through the core: renumbered for this client
+        (``msg`` already is), and checked against its stream's state."""
+        try:
+            if msg is None:
+                self.send(self.core.data_prefix(route.client_id, frame.channel, len(frame.rest)))
+                self.send(frame.rest)
+            else:
+                self.send(self.core.send(msg))
+        except TetherError as exc:  # the server's frame does not fit this client's stream
+            self.fail(f"the mux could not relay the server's frame: {exc}")
+
+    def fail(self, reason: str) -> None:
+        """End this client with a stream-0 error (it may act on it); its streams are abandoned
+        when its relay ends."""
+        with contextlib.suppress(TetherError):
+            self.send(self.core.send(Error(code=RemoteProtocolError.code, message=reason)))
+        self.writer.close()
+
+    async def next_event(self, reader: asyncio.StreamReader) -> Event:
+        """The client's next checked event (CLOSED when it went away); pongs are written."""
+        while True:
+            event = self.core.next_event()
+            if event is not NEED_DATA:
+                return event
+            self.flush()
+            self.core.receive_data(await reader.read(READ_SIZE))
 
 
 class Upstream:
     """One authenticated connection to a server, shared by links."""
 
     def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, welcome: bytes, server_fp: str) -> None:
+                 writer: asyncio.StreamWriter, welcome: Welcome, server_fp: str) -> None:
         self.key = key
         self.reader = reader
         self.writer = writer
@@ -137,7 +181,7 @@ class Upstream:
         self.closed = False
         self.task: asyncio.Future[None] | None = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closed:
             self.writer.write(data)
 
@@ -170,10 +214,11 @@ class Upstream:
                 route = self.routes.get(frame.stream)
                 if route is None:
                     continue  # in flight after the stream was abandoned
-                cls = _message_class(frame)
+                msg = None if frame.kind == KIND_DATA else \
+                    decode_message(frame.header(), route.client_id)
                 if route.link is not None:
-                    route.link.send(frame.renumbered(route.client_id))
-                if cls is not None and cls.FINAL:
+                    route.link.relay(route, frame, msg)
+                if msg is not None and msg.FINAL:
                     route.server_final = True
                     if route.client_final or route.link is None:
                         self.retire(route)
@@ -390,39 +435,45 @@ class Mux:
         except BaseException:
             writer.close()
             raise
-        return Upstream(key, reader, writer, frame.prefix + frame.rest, server_fp)
+        welcome = decode_message(header, 0)
+        assert isinstance(welcome, Welcome)
+        return Upstream(key, reader, writer, welcome, server_fp)
 
     async def _relay(self, up: Upstream, link: Link, reader: asyncio.StreamReader) -> None:
-        """Answer the client's hello, then copy its frames upstream until it goes away."""
-        hello = await asyncio.wait_for(read_frame(reader), 10.0)
-        if hello.stream != 0 or hello.header().get("t") != "hello":
-            return
-        link.send(up.welcome)
-        while not up.closed:
-            frame = await read_frame(reader)
-            if frame.stream == 0:
-                header = frame.header()
-                if header.get("t") == "ping":
-                    link.send(encode_msg(0, {"t": "pong", "token": header.get("token", 0)}))
-                    continue
-                if header.get("t") == "pong":
-                    continue
-                return  # anything else on stream 0 ends this client
-            cls = _message_class(frame)
-            route = link.routes.get(frame.stream)
-            if cls is not None and cls.OPENS:
-                if route is not None or frame.stream % 2 == 0 or frame.stream <= link.last_id:
-                    raise RemoteProtocolError("bad stream id")
-                link.last_id = frame.stream
-                route = up.open_route(link, frame.stream)
-            elif route is None:
-                raise RemoteProtocolError("unknown stream")
-            up.send(frame.renumbered(route.upstream_id))
-            if cls is not None and cls.FINAL:
-                route.client_final = True
-                if route.server_final:
-                    up.retire(route)
-            await up.writer.drain()
+        """Answer the client's hello, then pass its checked messages upstream until it goes
+        away or breaks a rule (then it alone gets a stream-0 error)."""
+        try:
+            hello = await asyncio.wait_for(link.next_event(reader), 10.0)
+            if not isinstance(hello, Hello):
+                return
+            link.send(link.core.send(up.welcome))
+            while not up.closed:
+                event = await link.next_event(reader)
+                if event is CLOSED or not self._forward(up, link, event):
+                    return
+                await up.writer.drain()
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            link.fail(str(exc))
+
+    @staticmethod
+    def _forward(up: Upstream, link: Link, event: Event) -> bool:
+        """Send one of the client's events upstream; False when it ends the client (a
+        stream-0 message: its fatal ``error``)."""
+        if isinstance(event, Data):
+            route = link.routes[event.stream]
+            up.send(encode_data_prefix(route.upstream_id, event.channel, len(event.data)))
+            up.send(event.data)
+            return True
+        msg = event.request if isinstance(event, Refused) else event  # the server refuses it
+        if not isinstance(msg, Message) or msg.stream == 0:
+            return False
+        route = up.open_route(link, msg.stream) if msg.OPENS else link.routes[msg.stream]
+        up.send(encode_msg(route.upstream_id, msg.to_header()))
+        if msg.FINAL:
+            route.client_final = True
+            if route.server_final:
+                up.retire(route)
+        return True
 
     def _unlink(self, up: Upstream, link: Link) -> None:
         """The client left: abandon its unfinished streams (the server kills their commands)."""
