@@ -152,3 +152,52 @@ def test_the_inventory_turns_the_mux_on(cli: Cli, home: Path, server: object) ->
             hosts.unlink()
         else:
             hosts.write_text(saved)
+
+
+def test_a_running_mux_is_used_unless_told_no(cli: Cli, home: Path, audited: tuple,
+                                              tmp_path: Path) -> None:
+    server, audit = audited
+    port = str(server.port)
+    started = cli("mux", "start", home=home)
+    assert started.returncode == 0, started.stderr
+    fast = cli("run", "-p", port, HOST, "--", "echo", "fast", home=home)
+    assert (fast.returncode, fast.stdout) == (0, b"fast\n")
+    full = cli("run", "-p", port, HOST, "--", "echo", "full", home=home,
+               env={"TETHER_FULL_CLI": "1"})
+    assert (full.returncode, full.stdout) == (0, b"full\n")
+    (tmp_path / "f.txt").write_bytes(b"through the mux\n")
+    put = cli("put", "-p", port, str(tmp_path / "f.txt"), f"{HOST}:{tmp_path / 'g.txt'}",
+              home=home)
+    assert put.returncode == 0, put.stderr
+    lines = cli("shell", "-p", port, HOST, home=home, input=b"echo shell\n")
+    assert (lines.returncode, lines.stdout) == (0, b"shell\n")
+    assert _connections(audit) == 1  # all of them rode the running mux's connection
+    (conn,) = mux.request(home, {"op": "status"})["connections"]
+    assert conn["port"] == server.port
+    direct = cli("run", "--mux", "no", "-p", port, HOST, "--", "true", home=home)
+    assert direct.returncode == 0
+    assert _connections(audit) == 2  # --mux no: a connection of its own
+
+
+async def test_the_api_uses_a_running_mux_only_when_asked(home: Path, audited: tuple) -> None:
+    server, audit = audited
+    async with tether.connect(HOST, server.port, home=home, mux="existing") as conn:
+        assert not conn.shared  # no mux runs, none is started
+        assert (await conn.run("echo one")).text == "one\n"
+    with pytest.raises(mux.MuxUnavailable):
+        mux.request(home, {"op": "status"})
+    async with tether.connect(HOST, server.port, home=home, mux="auto") as conn:
+        assert conn.shared
+    async with tether.connect(HOST, server.port, home=home, mux="existing") as conn:
+        assert conn.shared
+    async with tether.connect(HOST, server.port, home=home) as conn:
+        assert not conn.shared  # the API's default is "no"
+    assert _connections(audit) == 3  # direct, the mux's, direct
+
+
+def test_no_mux_is_started_unless_asked(cli: Cli, home: Path, server: object) -> None:
+    done = cli("run", "-p", str(server.port), HOST, "--", "echo", "direct", home=home)  # type: ignore[attr-defined]
+    assert (done.returncode, done.stdout) == (0, b"direct\n")
+    assert not os.path.exists(mux.socket_path(home))
+    with pytest.raises(mux.MuxUnavailable):
+        mux.request(home, {"op": "status"})

@@ -78,7 +78,8 @@ def one_host(host: str, home: str | None, port: int,
 
 def host_mux(host: str, home: str | None, given: str | None) -> str | None:
     """``--mux`` if given, else the inventory host's ``mux`` setting, else None (meaning
-    ``no``, as both parsers leave it for an address)."""
+    ``existing``: a running mux is used, none is started; both parsers leave it so for an
+    address)."""
     if given is not None:
         return given
     from tether.inventory import load, names_inventory_host

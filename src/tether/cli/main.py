@@ -242,7 +242,7 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     mode = host_mux(host, home, mux)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
     return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
-                      (mode or "no", mux_persist))
+                      (mode or "existing", mux_persist))
 
 
 def transfer_options(func: Any) -> Any:

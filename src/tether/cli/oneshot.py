@@ -84,7 +84,7 @@ def connect(opts: RunOptions) -> BlockingClient:
     if _names_several_or_inventory(opts.host, home):
         raise FullPath
     opts.check()
-    if opts.mux == "auto" and not opts.plaintext:
+    if opts.mux != "no" and not opts.plaintext:
         shared = _shared(opts, home)
         if shared is not None:
             return shared
@@ -105,16 +105,21 @@ def connect(opts: RunOptions) -> BlockingClient:
 
 
 def _shared(opts: RunOptions, home: str) -> BlockingClient | None:
-    """A connection lent by the mux, or None to connect directly (no mux could serve, or an
-    unknown server that a terminal should be asked about)."""
+    """A connection lent by the mux (``--mux auto`` starts one; unset, a running one is
+    used), or None to connect directly (no mux could serve, or an unknown server that a
+    terminal should be asked about)."""
+    from tether.client import mux
+
+    start = opts.mux == "auto"
+    if not start and not mux.running(home):
+        return None
     from tether.client.blocking import connect_shared
-    from tether.client.mux import MuxUnavailable
     from tether.errors import HostUnknown, IdentityError
 
     try:
         return connect_shared(opts.host, opts.port, home, accept_new=opts.accept_new,
-                              persist=opts.mux_persist)
-    except (MuxUnavailable, IdentityError):
+                              persist=opts.mux_persist, start=start)
+    except (mux.MuxUnavailable, IdentityError):
         return None
     except HostUnknown:
         if sys.stdin is not None and sys.stdin.isatty():

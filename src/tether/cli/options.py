@@ -73,7 +73,8 @@ KEEPALIVE = Option(
 MUX = Option(
     ("--mux",), "mux", type=lambda text: _choice(text, ("auto", "no")), metavar="auto|no",
     help="auto: share one connection per host through tether mux (started on demand); no: "
-         "connect directly [default: the inventory host's mux setting, else no].")
+         "connect directly [default: the inventory host's mux setting, else through this "
+         "home's mux if one is running].")
 MUX_PERSIST = Option(
     ("--mux-persist",), "mux_persist", type=float, default=60.0, minimum=0, metavar="SECONDS",
     show_default=True, help="Seconds a mux this command starts keeps an idle connection.")

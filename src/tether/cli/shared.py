@@ -38,7 +38,8 @@ class RunOptions:
         self.encoding = encoding
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
-        self.mux = mux  # "auto", "no", or None: the inventory host's setting, else no
+        self.mux = mux  # "auto", "no", or None: the inventory host's setting, else a running
+        # mux is used if there is one ("existing")
         self.mux_persist = mux_persist
 
     def check(self) -> None:

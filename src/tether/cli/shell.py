@@ -188,7 +188,7 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                command: list[str], force_lines: bool, keepalive: float = 0.0,
-               mux: tuple[str, float] = ("no", 60.0)) -> int:
+               mux: tuple[str, float] = ("existing", 60.0)) -> int:
     """The shell's exit status; errors propagate to :mod:`tether.cli.policy`. ``mux``: the
     mode and the persist time (see :mod:`tether.client.mux`)."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines

@@ -100,7 +100,7 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm, keepalive=opts.keepalive,
-                       mux=opts.mux or "no", mux_persist=opts.mux_persist) as conn:
+                       mux=opts.mux or "existing", mux_persist=opts.mux_persist) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume, progress=progress)
         if progress is not None:

@@ -256,7 +256,7 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
     """Connect, pin, hello/welcome: the asyncio driver's I/O around the core's decisions."""
     from tether.tls import client_context
 
-    if options.mux == "auto" and not options.plaintext:
+    if options.mux != "no" and not options.plaintext:
         shared = await _open_shared(host, options)
         if shared is not None:
             return shared
@@ -302,18 +302,21 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
 
 
 async def _open_shared(host: str, options: ConnectOptions) -> Connection | None:
-    """A connection lent by this home's ``tether mux`` (started if none runs), or None when no
-    mux can serve (then the caller connects directly, as it also does for an unknown server
-    it may ask about)."""
+    """A connection lent by this home's ``tether mux`` (started if none runs and ``mux`` is
+    ``auto``), or None when no mux can serve (then the caller connects directly, as it also
+    does for an unknown server it may ask about)."""
     import functools
 
     from tether.client import mux
     from tether.errors import HostUnknown
 
+    start = options.mux == "auto"
+    if not start and not mux.running(options.home_dir):
+        return None
     loop = asyncio.get_running_loop()
     ask = functools.partial(mux.open_shared, options.home_dir, host, options.port,
                             accept_new=options.accept_new, keepalive=options.keepalive,
-                            persist=options.mux_persist, timeout=options.timeout)
+                            persist=options.mux_persist, start=start, timeout=options.timeout)
     try:
         sock, server_fp = await loop.run_in_executor(None, ask)
     except mux.MuxUnavailable:

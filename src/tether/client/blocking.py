@@ -317,14 +317,15 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
 
 
 def connect_shared(host: str, port: int, home: str | os.PathLike[str], *,
-                   accept_new: bool = False, persist: float = 60.0,
+                   accept_new: bool = False, persist: float = 60.0, start: bool = True,
                    timeout: float = 10.0) -> BlockingClient:
-    """A connection lent by this home's ``tether mux`` (started if none runs): no TLS and no
-    identity to load here, the mux already holds both. MuxUnavailable: connect directly."""
+    """A connection lent by this home's ``tether mux`` (started if none runs and ``start``):
+    no TLS and no identity to load here, the mux already holds both. MuxUnavailable: connect
+    directly."""
     from tether.client.mux import open_shared
 
     sock, server_fp = open_shared(home, host, port, accept_new=accept_new, persist=persist,
-                                  timeout=timeout)
+                                  start=start, timeout=timeout)
     conn = BlockingClient(sock)
     try:
         core = conn.core

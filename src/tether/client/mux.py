@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-MODES = ("auto", "no")
+MODES = ("auto", "existing", "no")  # start one if needed / only one already running / never
 DEFAULT_PERSIST = 60.0  # seconds an idle shared connection, and then the mux, stays up
 MAX_LINE = 64 * 1024  # a request or reply line, at most
 START_TIMEOUT = 10.0  # seconds a started mux may take to listen
@@ -138,6 +138,12 @@ def forget(host: str, port: int, home: str | os.PathLike[str] | None = None) -> 
     return True
 
 
+def running(home: str | os.PathLike[str]) -> bool:
+    """Whether this home's mux socket is there (a cheap look, no connection: ``existing`` mode
+    costs a command without a mux one ``stat``)."""
+    return os.path.exists(socket_path(home))
+
+
 def open_shared(home: str | os.PathLike[str], host: str, port: int, *,
                 accept_new: bool = False, keepalive: float | None = None,
                 persist: float = DEFAULT_PERSIST, start: bool = True,
@@ -146,12 +152,16 @@ def open_shared(home: str | os.PathLike[str], host: str, port: int, *,
     fingerprint. Starts the mux when none runs (``start``). MuxUnavailable: connect directly;
     other TetherErrors are the host's own answer (unreachable, not authorized, unknown)."""
     path = usable_path(home)
-    payload = {
-        "op": "connect", "host": host, "port": port, "home": os.path.realpath(home),
-        "identity": identity_fingerprint(home), "accept_new": accept_new,
-        "keepalive": keepalive or 0, "persist": persist,
-    }
     sock = _dial_or_start(path, home, persist, start, timeout)
+    try:
+        payload = {
+            "op": "connect", "host": host, "port": port, "home": os.path.realpath(home),
+            "identity": identity_fingerprint(home), "accept_new": accept_new,
+            "keepalive": keepalive or 0, "persist": persist,
+        }
+    except BaseException:
+        sock.close()
+        raise
     try:
         _send_line(sock, payload)
         reply = _read_line(sock)

@@ -29,7 +29,8 @@ class ConnectOptions:
     ``confirm(host_key, fingerprint)`` is asked about an unknown server (None: refuse unless
     ``accept_new``); ``keepalive`` as ssh's ServerAliveInterval (None or 0: off); ``mux``
     ``"auto"`` shares one connection per host through ``tether mux`` (started on demand, ending
-    after ``mux_persist`` idle seconds), ``"no"`` connects directly."""
+    after ``mux_persist`` idle seconds), ``"existing"`` uses this home's mux only if one is
+    running (what the CLI does unless told), ``"no"`` connects directly."""
 
     port: int = DEFAULT_PORT
     home: Path | None = None
