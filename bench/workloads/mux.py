@@ -27,7 +27,8 @@ def run(ctx: Context) -> list[GroupResult]:
     with peers.tether_server() as server:
         muxed = peers.tether_cli("run", "--mux", "auto", "-p", str(server.port), HOST, "--",
                                  "true")
-        direct = peers.tether_cli("run", "-p", str(server.port), HOST, "--", "true")
+        direct = peers.tether_cli("run", "--mux", "no", "-p", str(server.port), HOST, "--",
+                                  "true")
         fresh = peers.sshd.ssh(SSH_ALIAS, "true")
         master = peers.sshd.ssh(SSH_ALIAS, "true", master=True)
         warm = subprocess.run(muxed, capture_output=True, timeout=60)  # starts the mux
@@ -45,7 +46,7 @@ def run(ctx: Context) -> list[GroupResult]:
                               "ssh -o ControlPath=SOCK HOST true  # master already connected"),
                     Contender("ssh", lambda: _timed(ctx, "ssh", fresh), "ssh HOST true"),
                     Contender("tether run", lambda: _timed(ctx, "direct", direct),
-                              "tether run HOST -- true  # no mux: a handshake each time"),
+                              "tether run --mux no HOST -- true  # a handshake each time"),
                 ],
                 targets=[
                     Target("<= 1.5x ssh through a ControlMaster", "tether run --mux", "<=", 1.5,
