@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Project, ansible_available
-
-pytestmark = pytest.mark.skipif(not ansible_available(), reason="ansible-core is not installed")
+from .harness import Project
 
 
 @pytest.fixture(scope="module")

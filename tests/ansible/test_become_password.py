@@ -20,7 +20,9 @@ import pytest
 from support import LISTENING, TETHER, await_line, stop_process
 from tether.home import add_known_host
 
-from .harness import REPO, Project
+from .harness import REPO, Project, ansible_available
+
+pytestmark = pytest.mark.skipif(not ansible_available(), reason="ansible-core is not installed")
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

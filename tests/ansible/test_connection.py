@@ -4,14 +4,23 @@ and everyday modules with become."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
+import psutil
+import pytest
+
+from support import wait_until
 from tether.client import mux
 from tether.home import known_hosts_file
 
-from .harness import Project
+from .harness import Project, ansible_available, ansible_tool
+
+pytestmark = pytest.mark.skipif(not ansible_available(), reason="ansible-core is not installed")
 
 
 def _free_port(address: str) -> int:
@@ -105,3 +114,37 @@ def test_a_failing_command_is_failed_with_its_status(project: Project) -> None:
     assert done.returncode == 2, done.stdout + done.stderr  # 2: a task failed
     assert "FAILED" in done.stdout and "rc=7" in done.stdout
     assert "UNREACHABLE" not in done.stdout
+
+
+def test_the_command_timeout_kills_a_task_and_says_so(project: Project) -> None:
+    done = project.adhoc("pipe", "-m", "command", "-a", "sleep 60",
+                         "-e", "tether_command_timeout=1", timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr  # 2: a task failed
+    assert "FAILED" in done.stdout and "UNREACHABLE" not in done.stdout
+    assert "the server killed the command after tether_command_timeout (1 s)" in done.stdout
+
+
+@pytest.mark.parametrize("shared", ["auto", "no"])
+def test_a_silent_server_is_unreachable_after_the_keepalive(project_dir: Path,
+                                                            shared: str) -> None:
+    proj = Project.create(project_dir / f"silent-{shared}")
+    host = proj.add_server("silent", "127.0.0.6", tether_keepalive="1", tether_mux=shared)
+    proj.write()
+    assert host.server is not None
+    server = psutil.Process(host.server.proc.pid)
+    task = subprocess.Popen([ansible_tool("ansible"), "silent", "-m", "command", "-a", "sleep 60"],
+                            cwd=proj.root, env=proj.env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: any(p.name() == "sleep" for p in
+                                      server.children(recursive=True)), 60), "no task started"
+        os.kill(server.pid, signal.SIGSTOP)  # the host stops answering; TCP stays up
+        out, err = task.communicate(timeout=60)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        if task.poll() is None:
+            task.kill()
+            task.wait()
+        proj.stop()
+    assert task.returncode == 4, out + err  # 4: a host was unreachable
+    assert "UNREACHABLE!" in out and "no answer from the server for 3 s" in out, out

@@ -153,6 +153,7 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Any = None
+        self._lost = ""  # why this worker's connection broke (Ansible's clean-up reconnects)
 
     # --- connecting ----------------------------------------------------------------------------
 
@@ -192,7 +193,10 @@ class Connection(ConnectionBase):
             raise AnsibleConnectionFailure(f"tether: {_one_line(exc)}") from None
         except (TimeoutError, TetherError, OSError) as exc:
             self._close_loop()
-            raise AnsibleConnectionFailure(f"tether: {_one_line(exc)}") from None
+            reason = _one_line(exc)
+            if self._lost:  # the first failure is the one to see, not the clean-up's
+                reason = f"{self._lost}; then reconnecting: {reason}"
+            raise AnsibleConnectionFailure(f"tether: {reason}") from None
         self._connected = True
         return self
 
@@ -216,7 +220,8 @@ class Connection(ConnectionBase):
             return self._loop.run_until_complete(coro)
         except ConnectionFailed as exc:
             self._drop()
-            raise AnsibleConnectionFailure(f"tether: {_one_line(exc)}") from None
+            self._lost = _one_line(exc)
+            raise AnsibleConnectionFailure(f"tether: {self._lost}") from None
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -258,6 +263,9 @@ class Connection(ConnectionBase):
         finally:
             if writer is not None:
                 writer.cancel()
+        if info.timed_out:  # said where Ansible shows a failed module's output
+            err.extend(f"tether: the server killed the command after tether_command_timeout "
+                       f"({self.get_option('command_timeout'):g} s)\n".encode())
         return info.status, bytes(out), bytes(err)
 
     @staticmethod
