@@ -68,7 +68,7 @@ def _print_json(inventory: Inventory) -> None:
 
     click.echo(json.dumps([
         {"name": h.name, "address": h.address, "port": h.port, "groups": list(h.groups),
-         "timeout": h.timeout, "keepalive": h.keepalive}
+         "timeout": h.timeout, "keepalive": h.keepalive, "mux": h.mux}
         for h in inventory.hosts.values()
     ]))
 
@@ -85,13 +85,15 @@ def _print_json(inventory: Inventory) -> None:
               help="Per-host deadline for fleet operations, in seconds.")
 @click.option("--keepalive", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Ping this host's server after S seconds of silence (as run --keepalive).")
+@click.option("--mux", type=click.Choice(["auto", "no"]), default=None,
+              help="This host's default for --mux on run, shell, put and get NAME.")
 def add(home: str | None, name: str, address: str, port: int, groups: tuple[str, ...],
-        timeout: float | None, keepalive: float | None) -> None:
+        timeout: float | None, keepalive: float | None, mux: str | None) -> None:
     """Add NAME at ADDRESS (or replace the host called NAME)."""
     from tether.inventory import Host, add_host, inventory_path
 
     changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout,
-                                  keepalive))
+                                  keepalive, mux))
     state = "added" if changed else "unchanged"
     click.echo(f"{state}: {name} {address}:{port} in {inventory_path(home)}")
 
