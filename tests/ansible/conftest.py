@@ -37,6 +37,18 @@ def become_user() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def account_user() -> Iterator[str]:
+    """A throwaway Unix user with a home directory (a mapped session starts there), removed
+    afterwards with its home (root only)."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("creating a user to run as needs root and useradd")
+    name = f"ta{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    yield name
+    subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
 def project(project_dir: Path) -> Iterator[Project]:
     """Two hosts on their own loopback addresses: ``pipe`` (pipelining, workers sharing its
     connection through tether mux) and ``nopipe`` (no pipelining, a connection per task)."""

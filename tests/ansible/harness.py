@@ -70,11 +70,14 @@ class Project:
         _run_tether(home, "keygen", "--name", "ansible-controller")
         return cls(root, home)
 
-    def add_server(self, name: str, address: str, **host_vars: str) -> Host:
-        """Start ``tether serve`` on ``address`` with the controller authorized and pinned."""
+    def add_server(self, name: str, address: str, users: tuple[str, ...] = (),
+                   **host_vars: str) -> Host:
+        """Start ``tether serve`` on ``address`` with the controller authorized (allowed the
+        Unix accounts ``users`` too, besides the server's own) and pinned."""
         server_home = self.root / f"server-{name}"
         identity_line = _run_tether(self.client_home, "id").strip()
-        _run_tether(server_home, "authorize", identity_line)
+        accounts = [arg for user in users for arg in ("--user", user)]
+        _run_tether(server_home, "authorize", *accounts, identity_line)
         server = start_serve(server_home, self.root / f"root-{name}", self.root / f"{name}.log",
                              "--host", address, env=dict(os.environ), new_session=True)
         add_known_host(self.client_home, address, server.port, server.fingerprint)

@@ -5,6 +5,7 @@ and everyday modules with become."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import socket
@@ -148,3 +149,30 @@ def test_a_silent_server_is_unreachable_after_the_keepalive(project_dir: Path,
         proj.stop()
     assert task.returncode == 4, out + err  # 4: a host was unreachable
     assert "UNREACHABLE!" in out and "no answer from the server for 3 s" in out, out
+
+
+def test_ansible_user_is_the_account_tasks_run_as(project_dir: Path, account_user: str) -> None:
+    proj = Project.create(project_dir / "accounts")
+    own = pwd.getpwuid(os.geteuid()).pw_name
+    shared = proj.add_server("shared", "127.0.0.7", users=(account_user, own),
+                             ansible_user=account_user, ansible_pipelining="true")
+    proj.add_server("direct", "127.0.0.8", users=(account_user, own), ansible_user=account_user,
+                    ansible_pipelining="true", tether_mux="no")
+    proj.write()
+    try:
+        done = proj.adhoc("targets", "-m", "command", "-a", "id -un")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count(f"CHANGED | rc=0 >>\n{account_user}\n") == 2, done.stdout
+        # the same host as another account, through the same mux: a connection of its own
+        again = proj.adhoc("shared", "-m", "command", "-a", "id -un", "-e", f"ansible_user={own}")
+        assert again.returncode == 0 and f">>\n{own}\n" in again.stdout, again.stdout
+        status = mux.request(proj.client_home, {"op": "status"})
+        assert sorted((c["host"], c["port"], c["user"]) for c in status["connections"]) == [
+            (shared.address, shared.port, user) for user in sorted((account_user, own))]
+        refused = proj.adhoc("targets", "-m", "ping", "-e", "ansible_user=nobody")
+        assert refused.returncode == 4, refused.stdout + refused.stderr
+        assert refused.stdout.count("UNREACHABLE!") == 2
+        assert len(re.findall(r'"msg": "Task failed: tether: not authorized: .* may not use '
+                              r"the account 'nobody'", refused.stdout)) == 2, refused.stdout
+    finally:
+        proj.stop()

@@ -201,3 +201,19 @@ def test_no_mux_is_started_unless_asked(cli: Cli, home: Path, server: object) ->
     assert not os.path.exists(mux.socket_path(home))
     with pytest.raises(mux.MuxUnavailable):
         mux.request(home, {"op": "status"})
+
+
+def test_an_account_through_the_mux_is_a_connection_of_its_own(cli: Cli, home: Path,
+                                                                 server: object) -> None:
+    import pwd
+
+    own = pwd.getpwuid(os.geteuid()).pw_name  # the server's own account: no mapping needed
+    port = str(server.port)  # type: ignore[attr-defined]
+    for env in ({}, {"TETHER_FULL_CLI": "1"}):  # the fast path and the full one
+        done = cli("run", "--mux", "auto", "-p", port, f"{own}@{HOST}", "--", "id", "-un",
+                   home=home, env=env)
+        assert (done.returncode, done.stdout) == (0, f"{own}\n".encode()), done.stderr
+    plain = cli("run", "--mux", "auto", "-p", port, HOST, "--", "true", home=home)
+    assert plain.returncode == 0, plain.stderr
+    users = sorted(c["user"] for c in mux.request(home, {"op": "status"})["connections"])
+    assert users == ["", own]  # the server's choice and the account asked for: apart

@@ -263,3 +263,15 @@ def _errors_until_closed(sock: socket.socket) -> list:
             if isinstance(msg, Error):
                 errors.append(msg)
     return errors
+
+
+def test_a_hello_for_another_account_than_the_connect_request_is_refused(
+        home: Path, server: object) -> None:
+    from tether.protocol.frames import encode_msg
+
+    sock, _ = mux.open_shared(home, HOST, server.port)  # type: ignore[attr-defined]
+    with sock:  # connected for the server's own account; the hello asks for root
+        sock.sendall(encode_msg(0, {"t": "hello", "versions": [1], "user": "root"}))
+        sock.settimeout(10)
+        errors = _errors_until_closed(sock)
+    assert len(errors) == 1 and "another account" in errors[0].message, errors

@@ -6,8 +6,8 @@ per user and tether home. It keeps one authenticated connection per host and len
 to local clients over a Unix socket, like OpenSSH's ControlMaster. On that socket a client sends
 one JSON line and reads one JSON line back::
 
-    -> {"op": "connect", "host": H, "port": P, "home": REALPATH, "identity": FINGERPRINT,
-        "accept_new": false, "keepalive": 0, "persist": 60}
+    -> {"op": "connect", "host": H, "port": P, "user": ACCOUNT, "home": REALPATH,
+        "identity": FINGERPRINT, "accept_new": false, "keepalive": 0, "persist": 60}
     <- {"ok": true, "fingerprint": SERVER-FINGERPRINT}      or {"ok": false, "code", "message"}
 
 after which, for ``connect``, the socket carries tether frames exactly as a plaintext connection
@@ -147,15 +147,17 @@ def running(home: str | os.PathLike[str]) -> bool:
 def open_shared(home: str | os.PathLike[str], host: str, port: int, *,
                 accept_new: bool = False, keepalive: float | None = None,
                 persist: float = DEFAULT_PERSIST, start: bool = True,
-                timeout: float = 10.0) -> tuple[socket.socket, str]:
-    """A Unix socket to the mux on which tether's plaintext handshake comes next, and the server's
+                timeout: float = 10.0, user: str = "") -> tuple[socket.socket, str]:
+    """A Unix socket to the mux on which tether's plaintext handshake comes next (its hello
+    asking for the same account ``user``, "": the server's choice), and the server's
     fingerprint. Starts the mux when none runs (``start``). MuxUnavailable: connect directly;
     other TetherErrors are the host's own answer (unreachable, not authorized, unknown)."""
     path = usable_path(home)
     sock = _dial_or_start(path, home, persist, start, timeout)
     try:
         payload = {
-            "op": "connect", "host": host, "port": port, "home": os.path.realpath(home),
+            "op": "connect", "host": host, "port": port, "user": user,
+            "home": os.path.realpath(home),
             "identity": identity_fingerprint(home), "accept_new": accept_new,
             "keepalive": keepalive or 0, "persist": persist,
         }
@@ -178,9 +180,10 @@ def open_shared(home: str | os.PathLike[str], host: str, port: int, *,
 def _error_of(code: str, message: str) -> TetherError:
     """The error the mux's refusal stands for: a wire code, or one of the client's own errors
     (an unknown or changed server, a missing identity) that never cross the wire."""
-    from tether.errors import HostChanged, HostUnknown, IdentityError
+    from tether.errors import HostCertificateRefused, HostChanged, HostUnknown, IdentityError
 
-    local = {cls.code: cls for cls in (MuxUnavailable, HostUnknown, HostChanged, IdentityError)}
+    local = {cls.code: cls for cls in (MuxUnavailable, HostUnknown, HostChanged, IdentityError,
+                                       HostCertificateRefused)}
     return local[code](message) if code in local else from_wire(code, message)
 
 

@@ -1,12 +1,13 @@
 """The mux: one authenticated connection per host, shared by this user's local clients.
 
 It listens on a Unix socket (mode 0600 in a 0700 directory; :func:`tether.client.mux.socket_path`)
-and admits only peers of its own uid (SO_PEERCRED). A ``connect`` request names a host; the mux
-reuses its connection there or makes one (TLS 1.3, the home's identity, the host pinned in the
-home's known_hosts, as any client does), answers the client's ``hello`` with that server's
-``welcome``, and then relays frames: a stream the client opens gets the next odd id upstream
-(ids stay odd and increasing on both sides), frames are copied with the id rewritten, and flow
-control stays end to end (``credit`` travels like any stream message).
+and admits only peers of its own uid (SO_PEERCRED). A ``connect`` request names a host and an
+account there; the mux reuses its connection for both or makes one (TLS 1.3, the home's
+identity, the server pinned in the home's known_hosts or vouched for by a CA trusted for it, the
+account asked for in its ``hello``, as any client does), answers the client's ``hello`` with
+that server's ``welcome``, and then relays frames: a stream the client opens gets the next odd
+id upstream (ids stay odd and increasing on both sides), frames are copied with the id
+rewritten, and flow control stays end to end (``credit`` travels like any stream message).
 
 Each client's side is checked by a protocol core of its own (:class:`Connection` in the
 server's role, fed the client's bytes and given the server's frames to send), so every rule of
@@ -37,13 +38,11 @@ from tether.client import handshake
 from tether.client.mux import MAX_LINE, MuxUnavailable, identity_fingerprint
 from tether.errors import (
     LocalProtocolError,
-    NotAuthorized,
     RemoteProtocolError,
     TetherError,
-    from_wire,
 )
-from tether.home import check_host, fingerprint
-from tether.net.translate import translate
+from tether.home import SIGNED_CERT, check_host, fingerprint
+from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA, Connection, Event
 from tether.protocol.frames import (
     KIND_DATA,
@@ -68,6 +67,7 @@ from tether.protocol.messages import (
 )
 
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
+Key = tuple[str, int, str]  # host, port, account ("": the server's choice): one connection each
 UPSTREAM_KEEPALIVE = 15.0  # seconds of server silence before a ping; 3 x that and it is gone
 TICK = 1.0
 READ_SIZE = 256 * 1024  # bytes read from a client at a time
@@ -163,7 +163,7 @@ class Link:
 class Upstream:
     """One authenticated connection to a server, shared by links."""
 
-    def __init__(self, key: tuple[str, int], reader: asyncio.StreamReader,
+    def __init__(self, key: Key, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, welcome: Welcome, server_fp: str) -> None:
         self.key = key
         self.reader = reader
@@ -267,9 +267,9 @@ class Mux:
         self.path = path
         self.persist = persist
         self.identity = identity_fingerprint(home)
-        self.upstreams: dict[tuple[str, int], Upstream] = {}
+        self.upstreams: dict[Key, Upstream] = {}
         self.links: set[Link] = set()
-        self.locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.locks: dict[Key, asyncio.Lock] = {}
         self.idle_since = time.monotonic()
         self.stopping = asyncio.Event()
         self.started = time.time()
@@ -339,14 +339,15 @@ class Mux:
         elif op == "stop":
             _reply(writer, {"ok": True})
             self.stopping.set()
-        elif op == "forget":
-            up = self.upstreams.pop((str(request.get("host")), int(request.get("port", 0))),
-                                    None)
-            if up is not None:
+        elif op == "forget":  # every account's connection to that host and port
+            where = (str(request.get("host")), int(request.get("port", 0)))
+            gone = [self.upstreams.pop(key) for key in list(self.upstreams)
+                    if key[:2] == where]
+            for up in gone:
                 up.draining = True
                 if not up.links:
                     up.shut("forgotten")
-            _reply(writer, {"ok": True, "forgotten": up is not None})
+            _reply(writer, {"ok": True, "forgotten": bool(gone)})
         else:
             _reply(writer, {"ok": False, "code": "bad_request", "message": f"unknown op {op!r}"})
         await writer.drain()
@@ -358,10 +359,10 @@ class Mux:
             "persist": self.persist, "uptime": round(time.time() - self.started, 1),
             "identity": self.identity, "clients": len(self.links),
             "connections": [
-                {"host": host, "port": port, "fingerprint": up.fingerprint,
+                {"host": host, "port": port, "user": user, "fingerprint": up.fingerprint,
                  "clients": len(up.links), "streams": len(up.routes),
                  "idle": round(now - up.idle_since, 1) if not up.links else 0.0}
-                for (host, port), up in self.upstreams.items()
+                for (host, port, user), up in self.upstreams.items()
             ],
         }
 
@@ -373,7 +374,8 @@ class Mux:
             _reply(writer, {"ok": False, "code": MuxUnavailable.code,
                             "message": "this mux serves another tether home or identity"})
             return
-        key = (str(request.get("host")), int(request.get("port", 0)))
+        key = (str(request.get("host")), int(request.get("port", 0)),
+               str(request.get("user") or ""))
         try:
             up = await self._upstream(key, bool(request.get("accept_new")),
                                       float(request.get("keepalive") or 0))
@@ -389,7 +391,7 @@ class Mux:
         finally:
             self._unlink(up, link)
 
-    async def _upstream(self, key: tuple[str, int], accept_new: bool,
+    async def _upstream(self, key: Key, accept_new: bool,
                         keepalive: float) -> Upstream:
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -402,41 +404,45 @@ class Mux:
                 up.keepalive = min(up.keepalive, keepalive)
             return up
 
-    async def _dial(self, key: tuple[str, int], accept_new: bool) -> Upstream:
-        from tether.identity import load_identity
-        from tether.tls import client_context
+    async def _dial(self, key: Key, accept_new: bool) -> Upstream:
+        """Connect and authenticate as any client does (tether.client.api._open)."""
+        import ssl
 
-        host, port = key
-        if self._ctx is None:
-            self._ctx = client_context(load_identity(self.home))
+        from tether.hosttrust import check_host_certificate, client_context, refused_in_handshake
+        from tether.identity import load_identity
+        from tether.tls import HOST_CERT_SNI
+
+        host, port, user = key
+        identity = load_identity(self.home)
+        ctx, by_ca = client_context(self.home, host, port, identity.cert_path, identity.key_path)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=self._ctx, server_hostname="tether",
-                                        limit=MAX_BODY), 10.0)
+                asyncio.open_connection(host, port, ssl=ctx, limit=MAX_BODY,
+                                        server_hostname=HOST_CERT_SNI if by_ca else "tether"),
+                10.0)
+        except ssl.SSLCertVerificationError as exc:
+            raise refused_in_handshake(host, port, exc) from exc
         except (TimeoutError, OSError) as exc:
-            raise translate(exc) from exc
+            raise reaching(exc, host, port) from exc
         try:
-            cert = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            server_fp = fingerprint(cert or b"")
-            check_host(self.home, host, port, server_fp, accept_new, None)
-            writer.write(encode_msg(0, handshake.hello().to_header()))
+            sslobj = writer.get_extra_info("ssl_object")
+            server_fp = fingerprint(sslobj.getpeercert(binary_form=True) or b"")
+            if by_ca:
+                check_host_certificate(host, port, sslobj.getpeercert())
+            else:
+                check_host(self.home, host, port, server_fp, accept_new, None)
+            writer.write(encode_msg(0, handshake.hello(user).to_header()))
             try:
                 frame = await asyncio.wait_for(read_frame(reader), 10.0)
             except (OSError, asyncio.IncompleteReadError) as exc:
-                raise handshake.refused(self.identity) from exc
-            header = frame.header()
-            if header.get("t") == "error":
-                error = from_wire(str(header.get("code")), str(header.get("message")))
-                if isinstance(error, NotAuthorized):
-                    error = NotAuthorized(f"not authorized: {header.get('message')}")
-                raise error
-            if header.get("t") != "welcome" or frame.stream != 0:
+                raise handshake.refused(self.identity, identity.cert_path.name
+                                        == SIGNED_CERT) from exc
+            if frame.stream != 0 or frame.kind != KIND_MSG:
                 raise RemoteProtocolError("expected welcome")
+            welcome = handshake.welcome_of(decode_message(frame.header(), 0), True, user)
         except BaseException:
             writer.close()
             raise
-        welcome = decode_message(header, 0)
-        assert isinstance(welcome, Welcome)
         return Upstream(key, reader, writer, welcome, server_fp)
 
     async def _relay(self, up: Upstream, link: Link, reader: asyncio.StreamReader) -> None:
@@ -445,6 +451,9 @@ class Mux:
         try:
             hello = await asyncio.wait_for(link.next_event(reader), 10.0)
             if not isinstance(hello, Hello):
+                return
+            if hello.user != up.key[2]:  # the welcome says which account: the one connected
+                link.fail("the hello asks for another account than the connect request")
                 return
             link.send(link.core.send(up.welcome))
             while not up.closed:

@@ -44,8 +44,11 @@ DOCUMENTATION = """
                 - name: ansible_tether_port
         remote_user:
             description:
-                - Accepted for compatibility and not used yet. tether runs commands as the user
-                  that runs C(tether serve); use become to act as another user.
+                - The Unix account to run as on the target, as C(user@host) asks for it. The
+                  server must allow the controller's identity that account (C(tether authorize
+                  --user), or a CA principal mapped to it) and, for any account but its own, run
+                  as root.
+                - Unset, the server chooses (its own account, or the identity's first mapped one).
             type: string
             vars:
                 - name: ansible_user
@@ -168,10 +171,9 @@ class Connection(ConnectionBase):
         from tether.errors import HostChanged, HostUnknown, TetherError
 
         host, port = self._address()
-        if self.get_option("remote_user"):
-            display.vvv("tether: ansible_user is not used yet; commands run as the server's user",
-                        host=host)
-        display.vvv(f"ESTABLISH TETHER CONNECTION TO {host}:{port}", host=host)
+        user = str(self.get_option("remote_user") or "")
+        display.vvv(f"ESTABLISH TETHER CONNECTION TO {host}:{port}"
+                    + (f" AS {user}" if user else ""), host=host)
         self._loop = asyncio.new_event_loop()
         kwargs: dict[str, Any] = {
             "home": self.get_option("home") or None,
@@ -180,6 +182,8 @@ class Connection(ConnectionBase):
             "keepalive": float(self.get_option("keepalive") or 0) or None,
         }
         kwargs.update(self._mux_kwargs())
+        if user:
+            kwargs["user"] = user  # a tether without accounts refuses it: TypeError, not silence
         try:
             self._conn = self._loop.run_until_complete(tether.connect(host, port, **kwargs))
         except HostUnknown as exc:
