@@ -100,13 +100,17 @@ def host_mux(host: str, home: str | None, given: str | None) -> str | None:
     address)."""
     if given is not None:
         return given
-    from tether.inventory import load, names_inventory_host
+    from tether.inventory import InventoryError, is_address, load, names_inventory_host
 
-    if names_inventory_host(host, home):
-        entry = load(home).hosts.get(host)
-        if entry is not None:
-            return entry.mux
-    return None
+    try:
+        if not names_inventory_host(host, home):
+            return None
+    except InventoryError:
+        if is_address(host):
+            return None  # an address needs no inventory (one_host warns about it, once)
+        raise
+    entry = load(home).hosts.get(host)
+    return None if entry is None else entry.mux
 
 
 # --- output -------------------------------------------------------------------------------------
