@@ -104,7 +104,8 @@ def connect(opts: RunOptions) -> BlockingClient:
         if warning:
             print(warning, file=sys.stderr)
     return blocking_connect(host, opts.port, home, context=context, cert=cert,
-                            accept_new=opts.accept_new, by_ca=by_ca, user=user)
+                            accept_new=opts.accept_new, by_ca=by_ca, user=user,
+                            timeout=opts.connect_timeout)
 
 
 def _shared(opts: RunOptions, home: str, host: str, user: str) -> BlockingClient | None:
@@ -121,7 +122,8 @@ def _shared(opts: RunOptions, home: str, host: str, user: str) -> BlockingClient
 
     try:
         return connect_shared(host, opts.port, home, accept_new=opts.accept_new,
-                              persist=opts.mux_persist, start=start, user=user)
+                              persist=opts.mux_persist, start=start, user=user,
+                              timeout=opts.connect_timeout)
     except (mux.MuxUnavailable, IdentityError):
         return None
     except HostUnknown:

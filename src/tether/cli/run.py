@@ -39,7 +39,8 @@ async def _run(opts: RunOptions) -> int:
     opts.check()
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
-                       plaintext=opts.plaintext, confirm=confirm, keepalive=opts.keepalive,
+                       plaintext=opts.plaintext, confirm=confirm,
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout,
                        mux=opts.mux or "existing", mux_persist=opts.mux_persist) as conn:
         return await _execute(conn, opts)
 

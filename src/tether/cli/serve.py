@@ -101,6 +101,10 @@ def limit_options(func: Any) -> Any:
 @click.option("--discoverable", is_flag=True,
               help="Answer `tether discover` probes over UDP on the same port number "
                    "(name, fingerprint and version; rate-limited, never amplified).")
+@click.option("--pass-env", "pass_env", multiple=True, metavar="NAME",
+              help="Also give commands this variable of the server's environment (repeatable); "
+                   "they otherwise get a login-like one: HOME, USER, LOGNAME, SHELL, a default "
+                   "PATH, the locale, then the client's --env.")
 @click.option("--trust-ca", "trust_cas", multiple=True, metavar="CA_CERT",
               type=click.Path(exists=True, dir_okay=False),
               help="Admit clients whose certificate this CA signed, by their principals and "
@@ -111,16 +115,16 @@ def limit_options(func: Any) -> Any:
 def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
           encoding: str | None, plaintext: bool, kill_grace: float, classic_port: int | None,
           classic_host: str | None, classic_unsafe: bool, audit: str | None,
-          discoverable: bool, trust_cas: tuple[str, ...], crl: str | None,
-          **limits: Any) -> None:
+          discoverable: bool, pass_env: tuple[str, ...], trust_cas: tuple[str, ...],
+          crl: str | None, **limits: Any) -> None:
     """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
     from tether.server.limits import Limits
 
     serve_main(home, host, port, root, name, encoding, plaintext, kill_grace,
                classic_port=classic_port, classic_host=classic_host,
                classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits),
-               discoverable=discoverable, trust_cas=tuple(Path(p) for p in trust_cas),
-               crl=Path(crl) if crl else None)
+               discoverable=discoverable, pass_env=pass_env,
+               trust_cas=tuple(Path(p) for p in trust_cas), crl=Path(crl) if crl else None)
 
 
 def serve_main(home: str | None, host: str, port: int, root: str | None, name: str | None,
@@ -128,7 +132,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
                classic_port: int | None = None, classic_host: str | None = None,
                classic_unsafe: bool = False, audit: str | None = None,
                limits: Limits | None = None, discoverable: bool = False,
-               trust_cas: tuple[Path, ...] = (), crl: Path | None = None) -> None:
+               pass_env: tuple[str, ...] = (), trust_cas: tuple[Path, ...] = (),
+               crl: Path | None = None) -> None:
     from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
 
@@ -148,7 +153,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     config = ServerConfig(home=h, host=host, port=port, plaintext=plaintext,
                           kill_grace=kill_grace, classic=classic,
                           audit=Path(audit) if audit else None, limits=limits or Limits(),
-                          discoverable=discoverable, trust_cas=trust_cas, crl=crl)
+                          discoverable=discoverable, pass_env=_env_names(pass_env),
+                          trust_cas=trust_cas, crl=crl)
     if root:
         config.root = Path(root).resolve()
     if name:
@@ -192,6 +198,16 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     _default_signals()
     _tune_asyncio()
     asyncio.run(main())
+
+
+def _env_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``--pass-env`` names, checked: a name with ``=`` or NUL is a usage error."""
+    from tether.errors import UsageError
+
+    for name in names:
+        if not name or "=" in name or "\0" in name:
+            raise UsageError(f"--pass-env wants a variable name, not {name!r}")
+    return names
 
 
 def _default_signals() -> None:

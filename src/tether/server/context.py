@@ -40,6 +40,7 @@ class SessionContext:
     disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
     descriptors: Descriptors | None = None  # what operations hold, in total and per identity
     fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
+    pass_env: tuple[str, ...] = ()  # serve --pass-env: server variables commands also get
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ class Server:
             reserved=self.reserved, refusals=self.refusals, disk=self.disk,
             descriptors=self.descriptors,
             fetches=Shares(config.limits.max_fetches_per_client),
+            pass_env=config.pass_env,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -186,7 +187,8 @@ class Server:
     async def _start_classic(self, config: ClassicConfig) -> None:
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
-                                     limits=c.limits, reserved=self.reserved)
+                                     limits=c.limits, reserved=self.reserved,
+                                     pass_env=c.pass_env)
         try:
             await self.classic.start()
         except BaseException:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from tether.protocol import Role
 from tether.protocol.connection import Connection
+from tether.server.environment import login_environment
 from tether.server.limits import Admission
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ PRELOAD = ("asyncio.subprocess", "asyncio.unix_events", "pty", "tty", "termios",
            "tether.server.shell", "tether.server.exec", "tether.server.process",
            "tether.storage.area", "tether.storage.batch", "tether.storage.errors",
            "tether.storage.names", "tether.storage.partial", "tether.storage.source")
-LOGIN_PATH = "/usr/local/bin:/usr/bin:/bin"
 SLOTS = 4096  # counters in the shared table (accounts and identities seen since start)
 _COUNTER = struct.Struct("=q")
 
@@ -74,13 +74,6 @@ class Account:
         entry = pwd.getpwnam(name)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir,
                    entry.pw_shell or "/bin/sh")
-
-    def login_environment(self, inherited: dict[str, str]) -> dict[str, str]:
-        """What a login gives the account: its own HOME, USER, LOGNAME, SHELL and PATH; of the
-        server's environment only the locale and time zone."""
-        kept = {k: v for k, v in inherited.items() if k.startswith("LC_") or k in ("LANG", "TZ")}
-        return {**kept, "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
-                "SHELL": self.shell, "PATH": LOGIN_PATH}
 
 
 # --- counters shared by the workers -------------------------------------------------------------
@@ -328,7 +321,9 @@ def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket
                 importlib.import_module(name)
         drop_privileges(account)
         os.environ.clear()
-        os.environ.update(account.login_environment(dict(_INHERITED)))
+        # what a login gives the account (its HOME, USER, PATH...; of the server's, the locale
+        # and the --pass-env names): the one rule of server/environment.py, as its uid sees it
+        os.environ.update(login_environment(session.context.pass_env, server_env=_INHERITED))
         with contextlib.suppress(OSError):
             os.chdir(account.home)
         context = dataclasses.replace(session.context, admission=WorkerAdmission(

@@ -276,7 +276,7 @@ class Session:
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
         return ExecPolicy(peer.root, self.context.kill_grace, lim.process_nproc,
-                          lim.process_memory, peer.confined)
+                          lim.process_memory, peer.confined, self.context.pass_env)
 
     async def _on_exec(self, msg: Exec) -> None:
         def make(policy: ExecPolicy) -> CommandRun:
