@@ -37,6 +37,7 @@ from tether.version import __version__
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
                  "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
+                 "service": "tether.cli.service", "rotate-key": "tether.cli.service",
                  "mux": "tether.cli.mux", "ca": "tether.cli.ca", "cert": "tether.cli.ca",
                  "trust-ca": "tether.cli.ca"}
 

@@ -292,13 +292,17 @@ class ClassicConnection:
         data = await self.input.some(COMMAND_MAX, self.config.idle_timeout)
         if not data:
             return False
-        if may_be_file_request(data):
-            data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
-        if is_file_request(data):
-            self.input.unread(data)
-            await self._file_request()
-        else:
-            await self._command(data)
+        self.server.busy += 1
+        try:
+            if may_be_file_request(data):
+                data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
+            if is_file_request(data):
+                self.input.unread(data)
+                await self._file_request()
+            else:
+                await self._command(data)
+        finally:
+            self.server.busy -= 1
         return True
 
     async def _send(self, data: bytes) -> None:
@@ -442,6 +446,7 @@ class ClassicServer:
         self.pass_env = pass_env
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.busy = 0  # requests being served now: a drain (server/service.py) waits for them
 
     @property
     def port(self) -> int:
@@ -474,6 +479,11 @@ class ClassicServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
+
+    def stop_accepting(self) -> None:
+        """No new connections (a drain); those already up carry on."""
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         """Stop listening and end every connection (killing any running command's group)."""
