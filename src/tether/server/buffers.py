@@ -67,12 +67,17 @@ class ByteBudget:
         over its budget); the link tells its meter when its buffers change."""
         meter = Meter(self, client, link, extra)
         self.meters.setdefault(client, set()).add(meter)
-        self.held.setdefault(client, 0)
         link.watcher = meter.update
         if client in self.paused:
             link.hold_off(True)
         meter.update()
         return meter
+
+    def add(self, client: str, delta: int) -> int:
+        """Count ``delta`` more bytes for ``client``; what the identity holds now (a
+        privilege-separated worker keeps this in a counter all workers share)."""
+        held = self.held[client] = self.held.get(client, 0) + delta
+        return held
 
     def leave(self, meter: Meter) -> None:
         meter.link.watcher = None  # (its connection is ending: no need to read again)
@@ -81,16 +86,17 @@ class ByteBudget:
         if meters is None or meter not in meters:
             return
         meters.discard(meter)
-        self.held[client] -= meter.counted
+        self.add(client, -meter.counted)
         if not meters:
-            del self.meters[client], self.held[client]
+            del self.meters[client]
+            self.held.pop(client, None)
             self.paused.discard(client)
 
     def update(self, meter: Meter) -> None:
         if not self.per_client or meter not in self.meters.get(meter.client, ()):
             return
         client = meter.client
-        held = self.held[client] = self.held[client] + meter.measure()
+        held = self.add(client, meter.measure())
         if client not in self.paused and held > self.per_client:
             self._pause(client, held)
         elif client in self.paused and held <= self.per_client * 3 // 4:
@@ -121,8 +127,7 @@ class ByteBudget:
         if client not in self.paused:
             return
         meters = self.meters.get(client, set())
-        self.held[client] = self.held.get(client, 0) + sum(m.measure() for m in meters)
-        if self.held[client] <= self.per_client * 3 // 4:
+        if self.add(client, sum(m.measure() for m in meters)) <= self.per_client * 3 // 4:
             self._resume(client)
         else:
             asyncio.get_running_loop().call_later(RECHECK, self._recheck, client)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from tether.protocol import Role
 from tether.protocol.connection import Connection
+from tether.server.buffers import ByteBudget
 from tether.server.limits import Admission
 
 if TYPE_CHECKING:
@@ -160,6 +161,25 @@ class WorkerAdmission(Admission):
             self.counts.add(slot, -1)
 
 
+class SharedByteBudget(ByteBudget):
+    """A worker's byte budget (server/buffers.py): what its identity's connections hold is a
+    counter every worker shares, so the budget binds across them as it does across the
+    connections of one process; ``held_slot`` is this worker's part, for the parent to take
+    back if the worker dies."""
+
+    def __init__(self, per_client: int, counts: SharedCounts, slot: int, held_slot: int) -> None:
+        super().__init__(per_client)
+        self.counts = counts
+        self.slot = slot
+        self.held_slot = held_slot
+
+    def add(self, client: str, delta: int) -> int:
+        if delta:
+            self.counts.add(self.slot, delta)
+            self.counts.add(self.held_slot, delta)
+        return self.counts.value(self.slot)
+
+
 class MappedSession(Protocol):
     """What privilege separation needs of a session (server/session.py, which imports this
     module, not the other way round): who the peer is, its connection and context, and a way
@@ -246,19 +266,22 @@ async def serve_as(session: MappedSession, hello: Hello, counts: SharedCounts) -
     account = Account.named(peer.user)
     taken: list[str] = []
     try:
-        for key in (f"user {account.name}", f"id {peer.fingerprint}",
-                    f"worker {os.urandom(8).hex()}"):
+        worker = os.urandom(8).hex()
+        for key in (f"user {account.name}", f"id {peer.fingerprint}", f"worker {worker}",
+                    f"bytes {peer.fingerprint}", f"worker bytes {worker}"):
             counts.acquire(key)
             taken.append(key)
-        user, identity, held = (counts.slots[key] for key in taken)
-        await _fork_and_pump(session, hello, account, counts, (user, identity), held)
+        user, identity, held, held_bytes, worker_bytes = (counts.slots[key] for key in taken)
+        await _fork_and_pump(session, hello, account, counts, (user, identity), held,
+                             (held_bytes, worker_bytes))
     finally:
         for key in taken:
             counts.release(key)
 
 
 async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
-                         counts: SharedCounts, slots: tuple[int, int], held: int) -> None:
+                         counts: SharedCounts, slots: tuple[int, int], held: int,
+                         byte_slots: tuple[int, int]) -> None:
     peer = session.peer
     assert peer is not None
     conn = session.conn
@@ -267,7 +290,7 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
     pid = os.fork()
     if pid == 0:  # the worker: never returns
         ours.close()
-        _worker(session, hello, account, theirs, address, counts, (slots, held))
+        _worker(session, hello, account, theirs, address, counts, (slots, held), byte_slots)
     theirs.close()
     session.worker = Worker(pid)
     log.info("session of %s runs as %s in worker %d", peer.name, account.name, pid)
@@ -281,6 +304,10 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
         if leaked:  # a worker that died with commands counted: give the counts back
             for slot in (*slots, held):
                 counts.add(slot, -leaked)
+        leaked = counts.value(byte_slots[1])
+        if leaked:  # ...and the bytes it held
+            for slot in byte_slots:
+                counts.add(slot, -leaked)
 
 
 async def _pump(tls: asyncio.Transport, sock: socket.socket, first: bytes) -> None:
@@ -288,7 +315,9 @@ async def _pump(tls: asyncio.Transport, sock: socket.socket, first: bytes) -> No
     done: asyncio.Future[None] = loop.create_future()
     local, _ = await loop.connect_accepted_socket(lambda: _Pump(tls, done), sock=sock)
     local.write(first)  # the hello, replayed: the worker's session answers it
-    tls.set_protocol(_Pump(local, done))
+    pump = _Pump(local, done)
+    pump.connection_made(tls)  # set_protocol does not call it: EOF from the client needs it
+    tls.set_protocol(pump)
     tls.resume_reading()
     await done
 
@@ -314,8 +343,8 @@ async def _reap(pid: int, grace: float) -> None:
 
 
 def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket.socket,
-            address: str, counts: SharedCounts,
-            slots: tuple[tuple[int, int], int]) -> NoReturn:
+            address: str, counts: SharedCounts, slots: tuple[tuple[int, int], int],
+            byte_slots: tuple[int, int]) -> NoReturn:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -331,8 +360,10 @@ def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket
         os.environ.update(account.login_environment(dict(_INHERITED)))
         with contextlib.suppress(OSError):
             os.chdir(account.home)
-        context = dataclasses.replace(session.context, admission=WorkerAdmission(
-            session.context.admission, counts, *slots))
+        context = dataclasses.replace(
+            session.context, admission=WorkerAdmission(session.context.admission, counts, *slots),
+            buffers=SharedByteBudget(session.context.limits.max_buffered_per_client, counts,
+                                     *byte_slots))
         asyncio.events._set_running_loop(None)  # the parent's loop is not ours
         _own_child_watcher()
         asyncio.run(_serve(type(session), context, session.peer, sock, address))
