@@ -18,7 +18,8 @@ pyenv under /root), so the modules a session needs are imported before privilege
 Per-account limits: the worker counts its commands in a table shared by every worker (a memfd
 with one counter per account and per identity, locked per counter with ``lockf``), so
 ``--max-processes-per-client`` holds per Unix account and per identity across connections. A
-worker that dies leaves its counts to the parent, which takes them back.
+worker that dies leaves its counts to the parent, which takes them back. The bytes an identity's
+connections hold (``--max-buffered-per-client``, server/buffers.py) are counted there too.
 """
 
 from __future__ import annotations
