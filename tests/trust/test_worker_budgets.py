@@ -5,10 +5,13 @@ its own process, so only a count all workers share can bind."""
 from __future__ import annotations
 
 import pwd
+import shutil
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -21,7 +24,7 @@ from tether.protocol.frames import encode_data_prefix
 from tether.tls import client_context_files
 
 from .accounts import accounts_fixture, needs_root
-from .lab import Lab
+from .lab import Lab, tether
 
 pytestmark = needs_root
 
@@ -101,3 +104,29 @@ def test_unread_stdin_over_the_workers_of_one_identity(
     for client in clients:
         client.close()
     assert "Traceback" not in server.log_text()
+
+
+def test_a_worker_forked_after_the_server_used_its_disk_pool_has_one_of_its_own(
+        lab: Lab, accounts: list[pwd.struct_passwd], tmp_path: Path) -> None:
+    """The server's disk pool (threads) and its per-identity shares (bound to its event loop)
+    do not survive a fork: a worker forked after an unmapped client's get had made them must
+    make its own, or its first file work waits for threads that do not exist."""
+    build = accounts[0]
+    server = lab.server("s", principals=f"dev user={build.pw_name}\nops\n")
+    carol = lab.client("carol", ("ops",))  # the server's own account: served in its process
+    alice = lab.client("alice", ("dev",))
+    (server.root / "big.bin").write_bytes(b"\x01" * (3 * MiB))
+    got = tether("get", "-p", str(server.port), "--accept-new", "127.0.0.1:big.bin",
+                 str(tmp_path / "big.bin"), home=carol)
+    assert got.returncode == 0, got.stderr
+    tree = Path(tempfile.mkdtemp(prefix="tether-tree-"))
+    try:
+        tree.chmod(0o755)
+        for i in range(10):
+            (tree / f"f{i}").write_bytes(b"x" * (100 + i))
+        put = tether("put", "-r", "-p", str(server.port), "--accept-new", str(tree),
+                     f"{build.pw_name}@127.0.0.1:tree", home=alice, timeout=30)
+        assert put.returncode == 0, put.stderr
+        assert len(list((Path(build.pw_dir) / "tree").iterdir())) == 10
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)

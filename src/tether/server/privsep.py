@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from tether.protocol import Role
 from tether.protocol.connection import Connection
 from tether.server.buffers import ByteBudget
+from tether.server.diskpool import DiskPool
 from tether.server.limits import Admission
+from tether.server.shares import Shares
 
 if TYPE_CHECKING:
     from tether.net.framed import FramedConnection
@@ -361,10 +363,7 @@ def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket
         os.environ.update(account.login_environment(dict(_INHERITED)))
         with contextlib.suppress(OSError):
             os.chdir(account.home)
-        context = dataclasses.replace(
-            session.context, admission=WorkerAdmission(session.context.admission, counts, *slots),
-            buffers=SharedByteBudget(session.context.limits.max_buffered_per_client, counts,
-                                     *byte_slots))
+        context = _worker_context(session.context, counts, slots, byte_slots)
         asyncio.events._set_running_loop(None)  # the parent's loop is not ours
         _own_child_watcher()
         asyncio.run(_serve(type(session), context, session.peer, sock, address))
@@ -376,6 +375,20 @@ def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket
         with contextlib.suppress(BaseException):
             sys.stderr.flush()
         os._exit(code)
+
+
+def _worker_context(parent: Any, counts: SharedCounts, slots: tuple[tuple[int, int], int],
+                    byte_slots: tuple[int, int]) -> Any:
+    """The session context of a worker: its counts shared with the other workers, and a disk
+    pool and fetch shares of its own (the parent's threads do not survive the fork, and their
+    semaphores belong to the parent's event loop: inherited, the first file work would wait
+    for ever)."""
+    limits = parent.limits
+    return dataclasses.replace(
+        parent, admission=WorkerAdmission(parent.admission, counts, *slots),
+        buffers=SharedByteBudget(limits.max_buffered_per_client, counts, *byte_slots),
+        disk=DiskPool(limits.disk_threads, limits.disk_threads_per_client),
+        fetches=Shares(limits.max_fetches_per_client))
 
 
 def _own_child_watcher() -> None:
