@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from tether.cli.shared import RunOptions, parse_env
-from tether.defaults import DEFAULT_PORT
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PORT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ ACCEPT_NEW = Option(("--accept-new",), "accept_new", FLAG,
                     help="Trust and pin an unknown server's identity.")
 PLAINTEXT = Option(("--plaintext",), "plaintext", FLAG,
                    help="Connect without TLS (a --plaintext server).")
+CONNECT_TIMEOUT_OPTION = Option(
+    ("--connect-timeout",), "connect_timeout", type=float, default=CONNECT_TIMEOUT,
+    minimum=0.001, metavar="SECONDS", show_default=True,
+    help="Give up if connecting, the TLS handshake and the server's welcome together take "
+         "longer (one deadline, however slowly a server answers; exit 255).")
 KEEPALIVE = Option(
     ("--keepalive",), "keepalive", type=float, default=0.0, minimum=0, metavar="SECONDS",
     fast=False,  # the blocking client does not ping: click's path does
@@ -84,7 +89,7 @@ KEEPALIVE = Option(
          "like ssh's ServerAliveInterval [default: 0, off].")
 
 # How to reach a server: every command that connects takes these.
-CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT)
+CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT, CONNECT_TIMEOUT_OPTION)
 
 RUN_OPTIONS = (
     *CONNECT_OPTIONS,
@@ -113,6 +118,7 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         plaintext=bool(values.get("plaintext")), cwd=values.get("cwd"), env=variables,
         timeout=values.get("timeout"), encoding=values.get("encoding"),
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
+        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
     )
 
 
@@ -315,6 +321,6 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "LISTEN_PORT", "PORT", "RUN_OPTIONS", "Option",
-           "click_options", "fast_parse", "host_command_class", "identity_name", "run_options",
-           "split_host_command"]
+__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "KEEPALIVE", "LISTEN_PORT", "PORT",
+           "RUN_OPTIONS", "Option", "click_options", "fast_parse", "host_command_class",
+           "identity_name", "run_options", "split_host_command"]
