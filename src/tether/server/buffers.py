@@ -93,9 +93,13 @@ class ByteBudget:
             self.paused.discard(client)
 
     def update(self, meter: Meter) -> None:
-        if not self.per_client or meter not in self.meters.get(meter.client, ()):
+        if meter not in self.meters.get(meter.client, ()):
             return
         client = meter.client
+        if not self.per_client:  # no budget (or none since a reload): nobody waits
+            if client in self.paused:
+                self._resume(client)
+            return
         held = self.add(client, meter.measure())
         if client not in self.paused and held > self.per_client:
             self._pause(client, held)
@@ -127,7 +131,8 @@ class ByteBudget:
         if client not in self.paused:
             return
         meters = self.meters.get(client, set())
-        if self.add(client, sum(m.measure() for m in meters)) <= self.per_client * 3 // 4:
+        held = self.add(client, sum(m.measure() for m in meters))
+        if not self.per_client or held <= self.per_client * 3 // 4:
             self._resume(client)
         else:
             asyncio.get_running_loop().call_later(RECHECK, self._recheck, client)
