@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import platform
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
@@ -61,10 +59,11 @@ from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.buffers import Meter
 from tether.server.context import Peer, SessionContext
 from tether.server.descriptors import COSTS, Holder
-from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, exec_spec
+from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.limits import Limits
 from tether.server.privsep import Worker, serve_as
-from tether.server.shell import LineRun, PtyRun, shell_spec
+from tether.server.runs import command_run, line_run, platform_name
+from tether.server.shell import PtyRun, shell_spec
 from tether.server.stall import StallWatch
 from tether.server.streamkit import VERBS as _VERBS
 from tether.server.streamkit import StreamHandler
@@ -79,34 +78,6 @@ from tether.storage.area import FileArea
 from tether.version import __version__
 
 log = logging.getLogger("tether.server")
-
-
-def command_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
-                policy: ExecPolicy) -> CommandRun:
-    """The run for an ``exec``: server/exec.py's on Unix, server/winexec.py's on Windows."""
-    if sys.platform == "win32":
-        from tether.server.winexec import WinCommandRun
-
-        return WinCommandRun(conn, stream, spec, policy)
-    return CommandRun(conn, stream, spec, policy)
-
-
-def line_run(conn: FramedConnection, stream: int, spec: SpawnSpec,
-             policy: ExecPolicy) -> CommandRun:
-    """The run for a line-mode ``shell``: server/shell.py's on Unix, server/winshell.py's
-    (cmd.exe, a line at a time) on Windows."""
-    if sys.platform == "win32":
-        from tether.server.winshell import WinLineRun
-
-        return WinLineRun(conn, stream, spec, policy)
-    return LineRun(conn, stream, spec, policy)
-
-
-def _platform_name() -> str:
-    """The platform name sent in ``hello``: on Windows from sys.platform, since platform.system()
-    asks WMI there (Python 3.12+), which is slow and crashes under Wine 8 (an unimplemented
-    propsys.dll function)."""
-    return "windows" if sys.platform == "win32" else platform.system().lower()
 
 
 class Session:
@@ -266,7 +237,7 @@ class Session:
                 version=max(common),
                 software=f"tether/{__version__}",
                 server_name=self.context.name,
-                platform=_platform_name(),
+                platform=platform_name(),
                 encoding=self.context.encoding,
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
