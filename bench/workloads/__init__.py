@@ -1,4 +1,5 @@
-"""The workloads of the benchmark issue, in its order, then the fleet (issue 7). Each module's
+"""The workloads of the benchmark issue, in its order, then the fleet (issue 7) and
+long fat networks (wan, issue 18). Each module's
 ``run(ctx)`` sets up what it needs (fresh tether servers, source files), runs its groups and
 cleans up after itself.
 """
@@ -9,7 +10,7 @@ from collections.abc import Callable
 
 from bench.config import Context
 from bench.stats import GroupResult
-from bench.workloads import bulk, fleet, latency, oneshot, scale, stream, tree
+from bench.workloads import bulk, fleet, latency, oneshot, scale, stream, tree, wan
 
 Workload = Callable[[Context], list[GroupResult]]
 
@@ -21,4 +22,5 @@ WORKLOADS: dict[str, Workload] = {
     "tree": tree.run,
     "scale": scale.run,
     "fleet": fleet.run,
+    "wan": wan.run,
 }
