@@ -17,7 +17,8 @@ Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
 4. Flow control. Each side may send at most ``INITIAL_WINDOW`` bytes of DATA per stream beyond
    what the peer has granted with ``credit``. Exceeding it is an error; the receiver grants credit
    as its application consumes the data, so buffering is bounded by the window. A credit is
-   1..MAX_CREDIT bytes and may not raise the window above MAX_CREDIT.
+   1..MAX_CREDIT bytes and may not raise the window above MAX_CREDIT. The receiver tunes each
+   stream's window to the path (:mod:`tether.protocol.window`), within ``window_budget``.
 5. Errors. Any violation raises RemoteProtocolError (the peer broke a rule) or LocalProtocolError
    (we tried to); after a remote violation the connection only sends one stream-0 ``error``, and
    after sending a stream-0 ``error`` it sends nothing more.
@@ -45,19 +46,22 @@ from tether.protocol.messages import (
     Error,
     Hello,
     Message,
+    Ping,
+    Pong,
     Role,
     Welcome,
     decode_message,
 )
+from tether.protocol.window import INITIAL_WINDOW as INITIAL_WINDOW
+from tether.protocol.window import MAX_CREDIT as MAX_CREDIT
+from tether.protocol.window import WINDOW_BUDGET, Tuner, Window
 
 TYPE_CHECKING = False  # typing is not imported at run time: every `tether run` would pay for it
 if TYPE_CHECKING:
     from typing import Final
 
 PROTOCOL_VERSIONS: Final = (1,)
-INITIAL_WINDOW: Final = 4 * 1024 * 1024
-CREDIT_THRESHOLD: Final = INITIAL_WINDOW // 4
-MAX_CREDIT: Final = 1 << 31
+CREDIT_THRESHOLD: Final = INITIAL_WINDOW // 4  # the grant threshold of an untuned window
 
 
 class _Sentinel(Enum):
@@ -78,13 +82,11 @@ class State(Enum):
 
 
 class _Stream:
-    __slots__ = ("local_eof", "local_final", "recv_window", "remote_eof", "remote_final",
-                 "send_credit", "unacked")
+    __slots__ = ("local_eof", "local_final", "recv", "remote_eof", "remote_final", "send_credit")
 
     def __init__(self) -> None:
         self.send_credit = INITIAL_WINDOW
-        self.recv_window = INITIAL_WINDOW
-        self.unacked = 0
+        self.recv = Window()  # what the peer may send us, and what we hold of it
         self.local_final = False
         self.remote_final = False
         self.local_eof: set[int] = set()
@@ -98,7 +100,10 @@ def _peer(role: Role) -> Role:
 class Connection:
     """One side of a tether connection, with no I/O: feed bytes, read events, get bytes to send."""
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: Role, *, window_budget: int = WINDOW_BUDGET) -> None:
+        """``window_budget``: bytes of DATA the streams' receive windows may add up to as they
+        grow (see :mod:`tether.protocol.window`); at or below ``INITIAL_WINDOW`` windows stay at
+        ``INITIAL_WINDOW`` and no window probe is sent."""
         self.role = role
         self.state = State.HANDSHAKE
         self.version: int | None = None
@@ -110,6 +115,7 @@ class Connection:
         self._versions: frozenset[int] = frozenset()  # the versions the client offered
         self._broken = False  # the peer broke the protocol
         self._sent_fatal = False  # we sent a stream-0 error
+        self._tuner = Tuner(window_budget)
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -179,7 +185,7 @@ class Connection:
             self._maybe_retire(msg.stream, stream)
         return msg
 
-    def _receive_connection_message(self, msg: Message) -> Message:
+    def _receive_connection_message(self, msg: Message) -> Message | None:
         if not msg.CONNECTION and not isinstance(msg, Error):
             raise RemoteProtocolError(f"{msg.TYPE!r} needs a stream id, got stream 0")
         if isinstance(msg, Error):
@@ -201,7 +207,12 @@ class Connection:
             return msg
         if self.state is not State.OPEN:
             raise RemoteProtocolError(f"{msg.TYPE!r} {self._not_open()}")
+        if isinstance(msg, Pong) and self._tuner.answered(msg.token, self._windows()):
+            return None  # the answer to our window probe: counted, not an event
         return msg
+
+    def _windows(self) -> list[Window]:
+        return [s.recv for s in self._streams.values() if not s.local_final]
 
     def _receive_data_frame(self, data: Data) -> Data | None:
         if self.state is not State.OPEN:
@@ -211,11 +222,12 @@ class Connection:
         peer = _peer(self.role)
         self._check_channel(data.channel, peer, RemoteProtocolError)
         stream = self._known(data.stream)
-        if len(data.data) > stream.recv_window:
+        if len(data.data) > stream.recv.open:
             raise RemoteProtocolError(f"stream {data.stream} exceeded its flow-control window")
-        stream.recv_window -= len(data.data)
         if stream.local_final:
+            stream.recv.open -= len(data.data)  # in flight when we ended it: never consumed
             return None
+        stream.recv.received(len(data.data))
         if data.channel in stream.remote_eof:
             raise RemoteProtocolError(f"data on channel {data.channel} after its eof")
         return data
@@ -325,19 +337,24 @@ class Connection:
         return stream.send_credit
 
     def consumed(self, stream_id: int, size: int) -> bytes:
-        """Record that the application used ``size`` received bytes; returns credit if due."""
+        """Record that the application used ``size`` received bytes; returns the bytes to send:
+        a ``credit`` when one is due, with a window probe (a ``ping``) riding along on a bulk
+        stream while tuning is on and no probe is out."""
         if size < 0:
             raise LocalProtocolError(f"cannot consume {size} bytes")
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_final or self.state is not State.OPEN or self._broken:
             return b""
-        unacked = stream.unacked + size
-        if unacked < CREDIT_THRESHOLD:
-            stream.unacked = unacked
+        stream.recv.consumed(size)
+        self._tuner.relieve(stream.recv)
+        due = stream.recv.due()
+        if not due:
             return b""
-        frame = encode_msg(stream_id, Credit(size=unacked, stream=stream_id).to_header())
-        self._grant(stream, unacked)
-        stream.unacked = 0
+        frame = encode_msg(stream_id, Credit(size=due, stream=stream_id).to_header())
+        self._grant(stream, due)
+        token = self._tuner.probe(self._windows()) if stream.recv.bulk else None
+        if token is not None:
+            frame += encode_msg(0, Ping(token=token).to_header())
         return frame
 
     def next_stream_id(self) -> int:
@@ -374,18 +391,31 @@ class Connection:
         if stream_id % 2 != 1 or stream_id <= self._last_stream:
             raise error(f"stream id {stream_id} must be odd and above {self._last_stream}")
         self._last_stream = stream_id
-        self._streams[stream_id] = _Stream()
+        stream = self._streams[stream_id] = _Stream()
+        self._tuner.opened(stream.recv)
 
     @staticmethod
     def _grant(stream: _Stream, size: int) -> None:
         """Open our receive window by ``size``, as a credit frame tells the peer."""
-        if not 0 < size <= MAX_CREDIT or stream.recv_window + size > MAX_CREDIT:
+        if not 0 < size <= MAX_CREDIT or stream.recv.open + size > MAX_CREDIT:
             raise LocalProtocolError(f"credit of {size} is out of range")
-        stream.recv_window += size
+        stream.recv.open += size
 
     def _maybe_retire(self, stream_id: int, stream: _Stream) -> None:
         if stream.local_final and stream.remote_final:
             del self._streams[stream_id]
+        if stream.local_final:
+            self._tuner.closed(stream.recv)  # no more credit: its window is free for others
+
+    def window(self, stream_id: int) -> int:
+        """The receive window the stream is tuned to now (0 if it is not open for receiving)."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None or stream.local_final else stream.recv.size
+
+    @property
+    def held(self) -> int:
+        """DATA bytes received on open streams and not yet consumed by the application."""
+        return sum(w.held for w in self._windows())
 
     @staticmethod
     def _check_channel(channel: int, sender: Role, error: type[Exception]) -> None:

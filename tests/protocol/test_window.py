@@ -1,0 +1,245 @@
+"""Window tuning (tether.protocol.window, docs/PROTOCOL.md "Window tuning"), sans-I/O.
+
+A client and a server Connection exchange real frames over a simulated path: each direction holds
+its bytes for half the round trip, the sender puts at most ``rate`` bytes per millisecond on it,
+and the server's application consumes what arrived at its own pace. No sockets and no clock: a
+loop of one-millisecond ticks. The client answers pings as the drivers do.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import pytest
+from protocol_helpers import handshaken_pair
+
+from tether.protocol import (
+    INITIAL_WINDOW,
+    MAX_BODY,
+    WINDOW_BUDGET,
+    Close,
+    Credit,
+    Data,
+    Exec,
+    Exit,
+    Ping,
+    Pong,
+)
+from tether.protocol.connection import NEED_DATA, Connection
+
+MiB = 1024 * 1024
+CHUNK = bytes(MAX_BODY // 4)  # 256 KiB frames
+
+
+@dataclass
+class Link:
+    """One direction of the path: bytes become visible ``delay`` ticks after they were sent."""
+
+    delay: int
+    queue: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
+
+    def put(self, now: int, data: bytes) -> None:
+        if data:
+            self.queue.append((now + self.delay, data))
+
+    def take(self, now: int) -> bytes:
+        out = bytearray()
+        while self.queue and self.queue[0][0] <= now:
+            out += self.queue.popleft()[1]
+        return bytes(out)
+
+    def deliver(self, now: int, to: Connection) -> None:
+        data = self.take(now)
+        if data:  # b"" would be the end of the byte stream
+            to.receive_data(data)
+
+
+@dataclass
+class Path:
+    """A client sending one stream to a server over a path of ``rtt`` ms; the server consumes
+    ``consume(now)`` bytes per tick (its application's pace)."""
+
+    rtt: int
+    rate: int  # bytes per tick the sender can put on the path
+    budget: int = WINDOW_BUDGET
+    streams: tuple[int, ...] = (1,)
+    client: Connection = field(init=False)
+    server: Connection = field(init=False)
+    now: int = 0
+    allowance: int = 0
+    held_peak: int = 0
+    delivered: collections.Counter[int] = field(default_factory=collections.Counter)
+    unread: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        pair = handshaken_pair(window_budget=self.budget)
+        for stream in self.streams:
+            pair.client_sends(Exec(argv=["cat"], stream=stream))
+        self.client, self.server = pair.client, pair.server
+        self.up, self.down = Link(self.rtt // 2), Link(self.rtt // 2)
+
+    def tick(self, consume: int) -> None:
+        """One millisecond: deliver, consume, answer, send."""
+        self.now += 1
+        self._server_reads()
+        for stream in self.streams:
+            take = min(consume, self.unread[stream])
+            if take:
+                self.unread[stream] -= take
+                self.delivered[stream] += take
+                self.down.put(self.now, self.server.consumed(stream, take))
+        self.held_peak = max(self.held_peak, self.server.held)
+        self._client_reads()
+        self._client_sends()
+
+    def _server_reads(self) -> None:
+        self.up.deliver(self.now, self.server)
+        while (event := self.server.next_event()) is not NEED_DATA:
+            assert isinstance(event, Data), event  # the probe's answer never surfaces
+            self.unread[event.stream] += len(event.data)
+
+    def _client_reads(self) -> None:
+        self.down.deliver(self.now, self.client)
+        while (event := self.client.next_event()) is not NEED_DATA:
+            if isinstance(event, Ping):  # what net/framed.py and client/blocking.py do
+                self.up.put(self.now, self.client.send(Pong(token=event.token)))
+            else:
+                assert isinstance(event, Credit), event
+
+    def _client_sends(self) -> None:
+        """The path takes ``rate`` bytes per tick: what it could not take waits for the next."""
+        self.allowance = min(self.allowance + self.rate, self.rate + len(CHUNK))
+        for stream in self.streams:
+            while self.allowance >= len(CHUNK) and self.client.send_window(stream) >= len(CHUNK):
+                self.up.put(self.now, self.client.send_data(stream, 0, CHUNK))
+                self.allowance -= len(CHUNK)
+
+    def run(self, ticks: int, consume: int) -> int:
+        """``ticks`` ms at a consumer pace of ``consume`` bytes per ms; returns bytes consumed."""
+        before = sum(self.delivered.values())
+        for _ in range(ticks):
+            self.tick(consume)
+        return sum(self.delivered.values()) - before
+
+
+FAST = 10**9  # a consumer that keeps up with anything
+
+
+def test_a_fast_consumer_grows_the_window_to_the_path_and_fills_it() -> None:
+    # 200 MiB/s over 100 ms: 20 MiB in flight, five times the initial window
+    path = Path(rtt=100, rate=200 * MiB // 1000)
+    path.run(1500, FAST)
+    assert 20 * MiB <= path.server.window(1) <= WINDOW_BUDGET
+    assert path.client.send_window(1) <= path.server.window(1)  # the grants follow the window
+    moved = path.run(1000, FAST)  # a second at the tuned window: (nearly) the path's rate
+    assert moved >= 0.9 * 200 * MiB
+    assert path.held_peak <= WINDOW_BUDGET
+
+
+def test_an_untuned_window_caps_the_same_path_at_window_per_round_trip() -> None:
+    path = Path(rtt=100, rate=200 * MiB // 1000, budget=INITIAL_WINDOW)
+    path.run(500, FAST)
+    moved = path.run(1000, FAST)
+    assert path.server.window(1) == INITIAL_WINDOW
+    assert moved <= 10 * INITIAL_WINDOW + INITIAL_WINDOW  # 4 MiB per 100 ms round trip
+
+
+def test_growth_stops_at_the_connection_budget() -> None:
+    # 1 GiB/s over 150 ms: 150 MiB in flight, more than the 32 MiB budget
+    path = Path(rtt=150, rate=1024 * MiB // 1000, budget=32 * MiB)
+    path.run(1500, FAST)
+    assert path.server.window(1) == 32 * MiB
+    assert path.held_peak <= 32 * MiB
+
+
+def test_streams_share_the_budget() -> None:
+    path = Path(rtt=100, rate=600 * MiB // 1000, budget=24 * MiB, streams=(1, 3))
+    path.run(1500, FAST)
+    windows = path.server.window(1) + path.server.window(3)
+    assert windows <= 24 * MiB
+    assert min(path.server.window(1), path.server.window(3)) > INITIAL_WINDOW  # both grew
+
+
+def test_a_slow_consumer_never_grows_the_window_and_memory_stays_within_it() -> None:
+    # the path could carry 200 MiB/s, the application takes 20 MiB/s
+    path = Path(rtt=100, rate=200 * MiB // 1000)
+    moved = path.run(2000, 20 * MiB // 1000)
+    assert path.server.window(1) == INITIAL_WINDOW
+    assert path.held_peak <= INITIAL_WINDOW
+    assert moved >= 0.95 * 2 * 20 * MiB  # the consumer, not the window, sets the pace
+
+
+def test_a_consumer_that_falls_behind_shrinks_the_window_back() -> None:
+    path = Path(rtt=150, rate=1024 * MiB // 1000)
+    path.run(1500, FAST)
+    assert path.server.window(1) == WINDOW_BUDGET  # grown to the budget
+    path.run(2000, 10 * MiB // 1000)  # now the application takes 10 MiB/s
+    assert path.server.window(1) == INITIAL_WINDOW
+    assert path.held_peak <= WINDOW_BUDGET  # memory at the budget throughout
+    # once the old grants are consumed, what waits unconsumed fits the shrunk window
+    path.run(6000, 10 * MiB // 1000)
+    assert path.server.held <= INITIAL_WINDOW
+
+
+def test_the_window_grows_again_when_the_consumer_catches_up() -> None:
+    path = Path(rtt=100, rate=400 * MiB // 1000)
+    path.run(2000, 10 * MiB // 1000)
+    assert path.server.window(1) == INITIAL_WINDOW
+    path.run(1500, FAST)
+    assert path.server.window(1) > 4 * INITIAL_WINDOW
+
+
+@pytest.mark.parametrize("rtt", [0, 2])
+def test_a_short_path_needs_no_growth(rtt: int) -> None:
+    # loopback-like: the path's product is far below the initial window
+    path = Path(rtt=rtt, rate=100 * MiB // 1000)
+    moved = path.run(1000, FAST)
+    assert path.server.window(1) == INITIAL_WINDOW
+    assert moved >= 0.95 * 100 * MiB
+
+
+def test_one_probe_at_a_time_and_none_without_an_answer() -> None:
+    """A peer that never answers pings (it must, but) only keeps the window where it was."""
+    pair = handshaken_pair()
+    pair.client_sends(Exec(argv=["cat"], stream=1))
+    pings = 0
+    for _ in range(8):  # eight windows' worth, each consumed at once
+        for _ in range(INITIAL_WINDOW // MAX_BODY):
+            pair.client_data(1, 0, bytes(MAX_BODY))
+            events = pair.to_client(pair.server.consumed(1, MAX_BODY))
+            pings += sum(isinstance(e, Ping) for e in events)
+    assert pings == 1
+    assert pair.server.window(1) == INITIAL_WINDOW
+
+
+def test_a_probe_answer_is_absorbed_and_a_foreign_pong_is_not() -> None:
+    pair = handshaken_pair()
+    pair.client_sends(Exec(argv=["cat"], stream=1))
+    for _ in range(INITIAL_WINDOW // MAX_BODY):
+        pair.client_data(1, 0, bytes(MAX_BODY))
+    events = pair.to_client(pair.server.consumed(1, INITIAL_WINDOW))
+    assert events[0] == Credit(size=INITIAL_WINDOW, stream=1)
+    ping = events[1]
+    assert isinstance(ping, Ping)
+    assert pair.client_sends(Pong(token=ping.token + 1)) == [Pong(token=ping.token + 1)]
+    assert pair.client_sends(Pong(token=ping.token)) == []  # ours: counted, not an event
+
+
+def test_tuning_off_below_the_initial_window() -> None:
+    pair = handshaken_pair(window_budget=0)
+    pair.client_sends(Exec(argv=["cat"], stream=1))
+    for _ in range(INITIAL_WINDOW // MAX_BODY):
+        pair.client_data(1, 0, bytes(MAX_BODY))
+    assert pair.to_client(pair.server.consumed(1, INITIAL_WINDOW)) == [
+        Credit(size=INITIAL_WINDOW, stream=1)]
+
+
+def test_a_closed_stream_returns_its_window_to_the_budget() -> None:
+    path = Path(rtt=100, rate=400 * MiB // 1000, budget=16 * MiB)
+    path.run(1500, FAST)
+    assert path.server.window(1) == 16 * MiB
+    path.server.send(Exit(status=0, stream=1))
+    path.client.send(Close(stream=1))
+    assert path.server.window(1) == 0
+    assert path.server._tuner.total == 0
