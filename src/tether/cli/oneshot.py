@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from tether.client.blocking import BlockingConnection
+    from tether.protocol.connection import Connection
+    from tether.protocol.messages import Exec
 
 FULL_CLI_VAR = "TETHER_FULL_CLI"
 DEFAULT_PORT = 7722
@@ -150,23 +152,28 @@ def connect(opts: RunOptions) -> BlockingConnection:
                 and lookup_known_host(home, opts.host, opts.port) is None):
             raise FullPath  # a first connection asks on the terminal
     return blocking_connect(opts.host, opts.port, home, context=context, cert=cert,
-                            accept_new=opts.accept_new)
+                            accept_new=opts.accept_new, request=lambda p: exec_request(opts, p))
+
+
+def exec_request(opts: RunOptions, proto: Connection) -> Exec:
+    """The command's ``exec``, sent right behind the hello (one round trip less)."""
+    from tether.protocol.messages import Exec
+
+    cmd = opts.remote_command
+    return Exec(argv=[cmd] if isinstance(cmd, str) else cmd, shell=isinstance(cmd, str),
+                cwd=opts.cwd, env=opts.env, timeout=opts.timeout, stdin=opts.stdin,
+                stream=proto.next_stream_id())
 
 
 class Loop:
-    """One remote command over one connection: the select loop and its signal handling."""
+    """One remote command over one connection (its ``exec`` went with the hello): the select
+    loop and its signal handling."""
 
     def __init__(self, conn: BlockingConnection, opts: RunOptions) -> None:
-        from tether.protocol.messages import Exec
-
         self.conn = conn
         self.opts = opts
-        self.stream = conn.proto.next_stream_id()
-        cmd = opts.remote_command
-        conn.send(Exec(argv=[cmd] if isinstance(cmd, str) else cmd, shell=isinstance(cmd, str),
-                       cwd=opts.cwd, env=opts.env, timeout=opts.timeout, stdin=opts.stdin,
-                       stream=self.stream))
-        assert conn.welcome is not None
+        assert conn.welcome is not None and conn.request is not None
+        self.stream = conn.request.stream  # the exec that connect() sent behind the hello
         self.sinks = output_sinks(conn.welcome.encoding, opts.encoding)
         self.stdin_open = opts.stdin
         self.interrupted = False
@@ -180,6 +187,10 @@ class Loop:
         old_wakeup = signal.set_wakeup_fd(wake_w)
         try:
             self._check_stdin()
+            if self.conn.early:  # came with the welcome: the socket may have nothing more
+                status = self._receive()
+                if status is not None:
+                    return status
             while True:
                 status = self._step(wake_r)
                 if status is not None:

@@ -62,6 +62,8 @@ class BlockingConnection:
         self._outgoing = outgoing
         self.proto = Connection(Role.CLIENT)
         self.welcome: Welcome | None = None
+        self.early: list[Message | Data] = []  # events that came in with the welcome
+        self.request: Message | None = None  # the request pipelined behind the hello
         self.closed = False  # the peer closed the connection
         self._out = bytearray()  # bytes for the socket (ciphertext with TLS)
         self._eof = False
@@ -125,7 +127,7 @@ class BlockingConnection:
         error is raised as the tether error it stands for.
         """
         self._read()
-        events: list[Message | Data] = []
+        events, self.early = self.early, []
         while not self.closed:
             try:
                 event = self.proto.next_event()
@@ -278,11 +280,16 @@ def _tcp(host: str, port: int, timeout: float) -> socket.socket:
 
 def connect(host: str, port: int, home: str | os.PathLike[str], *,
             context: ssl.SSLContext | None, cert: str = "", accept_new: bool = False,
-            confirm: Confirm | None = None, timeout: float = 10.0) -> BlockingConnection:
+            confirm: Confirm | None = None, timeout: float = 10.0,
+            request: Callable[[Connection], Message] | None = None) -> BlockingConnection:
     """Connect, pin the server (:func:`tether.home.check_host`) and exchange hello/welcome.
 
     ``context`` is the client's TLS context (:func:`tether.tls.client_context_files`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
+    ``request(proto)`` makes a first request that goes right behind the hello, in the same
+    flight (docs/PROTOCOL.md, "Pipelining"): its answer comes a round trip sooner; a refused
+    client's request is never read. Events that arrive with the welcome wait in :attr:`early`
+    for the first :meth:`receive`.
     """
     try:
         sock = _tcp(host, port, timeout)
@@ -300,8 +307,11 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
             check_host(home, host, port, server_fp, accept_new, confirm)
         try:
             conn.send(handshake.hello())
+            if request is not None:  # only once the server's key is pinned
+                conn.request = request(conn.proto)
+                conn.send(conn.request)
             conn.flush()
-            answer = conn.next_events()[0]
+            answer, *conn.early = conn.next_events()
         except (NotAuthorized, ConnectionBroken) as exc:
             if context is None:
                 raise

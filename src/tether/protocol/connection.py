@@ -5,7 +5,8 @@ Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
 1. Handshake. The client's first frame is ``hello``; the server answers ``welcome`` (the client is
    authenticated and a version is chosen, one the client offered) or a stream-0 ``error`` and
    closes. Before the handshake ends only ``hello``, ``welcome`` and ``error`` are valid;
-   ``hello``/``welcome`` after it are errors.
+   ``hello``/``welcome`` after it are errors. The client may pipeline: send stream messages right
+   behind its ``hello`` (the server reads them only once it has sent ``welcome``).
 2. Roles. Each message type names who may send it (``Message.SENDERS``); DATA on channels 1 and
    2 (stdout, stderr) only comes from the server.
 3. Streams. Only the client opens streams, with odd ids that strictly increase. A stream ends
@@ -290,7 +291,7 @@ class Connection:
             raise LocalProtocolError(f"{msg.TYPE!r} before the handshake finished")
 
     def _send_stream_message(self, msg: Message) -> None:
-        if self.state is not State.OPEN:
+        if not self._sendable:
             raise LocalProtocolError(f"cannot send {msg.TYPE!r}: connection is not open")
         if msg.CONNECTION:
             raise LocalProtocolError(f"{msg.TYPE!r} belongs on stream 0")
@@ -309,6 +310,14 @@ class Connection:
             stream.local_final = True
             self._maybe_retire(msg.stream, stream)
 
+    @property
+    def _sendable(self) -> bool:
+        """Whether stream frames may go now: once open, or (a client pipelining its first
+        requests) right behind its hello, before the welcome."""
+        if self.state is State.OPEN:
+            return True
+        return self.state is State.HANDSHAKE and self.role is Role.CLIENT and self._sent_hello
+
     def send_data(self, stream_id: int, channel: int, data: bytes) -> bytes:
         """The bytes of one DATA frame; the caller must respect :meth:`send_window`."""
         return self.data_prefix(stream_id, channel, len(data)) + data
@@ -319,7 +328,7 @@ class Connection:
             raise LocalProtocolError(f"data chunk of {size} bytes: it must be 1..{MAX_BODY}")
         self._check_may_send()
         stream = self._streams.get(stream_id)
-        if self.state is not State.OPEN or stream is None or stream.local_final:
+        if not self._sendable or stream is None or stream.local_final:
             raise LocalProtocolError(f"stream {stream_id} is not open for sending")
         self._check_channel(channel, self.role, LocalProtocolError)
         if channel in stream.local_eof:
