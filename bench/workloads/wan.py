@@ -200,7 +200,7 @@ def _groups(s: Setup) -> list[Group]:
     groups.append(Group(
         key="wan first result",
         title=f"`true` remotely, whole process: wall time at {rtt} ms RTT minus at 0 ms",
-        unit="round trips", better="lower", quantity="time",
+        unit="RTTs", better="lower", quantity="time",
         contenders=[
             Contender("tether run", lambda: _first_result(s, True, rtt),
                       "tether run HOST -- true", tether=True),
