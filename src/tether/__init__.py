@@ -8,11 +8,11 @@ The public API is lazy so that ``import tether`` stays cheap for the one-shot CL
 
 from __future__ import annotations
 
+from tether.version import __version__
+
 TYPE_CHECKING = False  # not typing's: importing typing costs every `tether run` a few ms
 if TYPE_CHECKING:
     from typing import Any
-
-__version__ = "0.1.0"
 
 __all__ = ["Connection", "RunResult", "SyncConnection", "__version__", "connect", "connect_many"]
 

@@ -16,7 +16,10 @@
     │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
     │   └── HostChanged               the server's fingerprint differs from the pinned one
     ├── IdentityError                 our own key or certificate is missing or unreadable
+    ├── UsageError                    the command line is wrong (the CLI exits 2)
+    ├── ConfigError                   a setting or configuration file is wrong (the CLI exits 1)
     └── RemoteError                   one operation was refused or failed; the connection lives on
+        ├── CommandFailed             run(check=True): the command exited non-zero
         ├── BadRequest                the request itself is wrong (empty command, bad argument)
         ├── PermissionDenied          this client may not do that
         ├── NotFound                  a file or directory named by the request does not exist
@@ -28,6 +31,9 @@
         ├── UnsafePath                a path tried to leave where it may go
         ├── NoTerminal                the server cannot give a pseudo-terminal
         └── SpawnFailed               the command could not be started
+
+The CLI turns each class into one line and an exit status through one table,
+:data:`tether.cli.policy.EXIT_STATUSES`.
 
 Wire error codes (docs/PROTOCOL.md, "Errors") map to classes through :data:`WIRE_CODES`, so a
 client raises the same class the server meant. Lower-layer errors (OSError, ssl.SSLError) are
@@ -95,8 +101,43 @@ class IdentityError(TetherError):
     code = "identity"
 
 
+class UsageError(TetherError):
+    """The command line asks for something that cannot be done (a bad option combination)."""
+
+    code = "usage"
+
+
+class ConfigError(TetherError):
+    """A setting or a configuration file (hosts.toml, an option's value) is wrong."""
+
+    code = "config"
+
+
 class RemoteError(TetherError):
     code = "failed"
+
+
+class CommandFailed(RemoteError):
+    """``run(check=True)``: the command ran and exited non-zero (like AsyncSSH's ProcessError).
+
+    ``status`` follows the shell (128+N when signal N killed it), ``signal`` is N or None;
+    ``stdout`` and ``stderr`` are what the command wrote. Never sent on the wire.
+    """
+
+    code = "command_failed"
+
+    def __init__(self, argv: list[str], status: int, signal: int | None = None,
+                 stdout: bytes = b"", stderr: bytes = b"", timed_out: bool = False) -> None:
+        self.argv = argv
+        self.status = status
+        self.signal = signal
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timed_out = timed_out
+        what = f"killed by signal {signal}" if signal else f"exited with status {status}"
+        if timed_out:
+            what = f"timed out ({what})"
+        super().__init__(f"command {' '.join(argv)[:80]!r} {what}")
 
 
 class BadRequest(RemoteError):

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 
+from tether.defaults import DEFAULT_PORT
 from tether.errors import HostChanged, HostUnknown, IdentityError
 
 TYPE_CHECKING = False
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
     Confirm = Callable[[str, str], bool]
 
-DEFAULT_PORT = 7722
 
 
 def home_path(home: str | os.PathLike[str] | None = None) -> str:

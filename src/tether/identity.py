@@ -15,9 +15,9 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tether.defaults import DEFAULT_PORT
 from tether.errors import IdentityError
 from tether.home import (
-    DEFAULT_PORT,
     add_known_host,
     check_host,
     fingerprint,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tether.errors import BadRequest, IdentityError
+from tether.errors import BadRequest, ConfigError, IdentityError
 from tether.identity import DEFAULT_PORT, home_dir
 
 INVENTORY_FILE = "hosts.toml"
@@ -42,7 +42,7 @@ GROUP_ALL = "all"
 SETTINGS = ("timeout", "keepalive")  # optional per-host keys beside address, port and groups
 
 
-class InventoryError(IdentityError):
+class InventoryError(ConfigError, IdentityError):
     """hosts.toml is damaged or a name in it is not allowed (a local file problem: exit 1)."""
 
 

@@ -1,12 +1,14 @@
 """Bounded fuzzing of the two places a peer's bytes and strings meet the most code: the frame
 decoder with the connection state machine, and a confined client's path resolver.
 
-* Protocol: a valid conversation that uses every message type is encoded by a real client and
-  server :class:`Connection`, then mutated (bit flips, overwritten lengths, inserted, deleted and
-  duplicated bytes, dropped, duplicated and swapped frames, re-typed headers) and fed to a fresh
-  connection of the receiving role in random pieces. Every step must give an event the rules
-  allow for that role, NEED_DATA, CLOSED, or a RemoteProtocolError, after which the connection
-  stays failed and may send exactly one stream-0 error. Any other exception is a bug.
+* Protocol: a valid conversation that uses every message type and every transition of every
+  operation's table (generated from those tables: ``tests/conversations.py``) is encoded by a
+  real client and server :class:`Connection`, then mutated (bit flips, overwritten lengths,
+  inserted, deleted and duplicated bytes, dropped, duplicated and swapped frames, re-typed
+  headers) and fed to a fresh connection of the receiving role in random pieces. Every step
+  must give an event the rules allow for that role, NEED_DATA, CLOSED, or a
+  RemoteProtocolError, after which the connection stays failed and may send exactly one
+  stream-0 error. Any other exception is a bug.
 * Paths: random path strings built from a small alphabet (``..``, ``.``, empty components, ``/``,
   the names of symlinks that lead out, FIFOs, a device, a socket, NUL, backslashes, unicode, a
   name too long for the file system) go through every FileArea entry point a put or get uses.
@@ -28,52 +30,31 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conversations import conversation
 from tether.errors import LocalProtocolError, RemoteError, RemoteProtocolError
 from tether.protocol import (
     CLOSED,
     NEED_DATA,
-    Batch,
-    Begin,
-    Close,
-    Commit,
     Connection,
-    Credit,
     Data,
-    Done,
-    Entries,
-    Entry,
-    Eof,
     Error,
-    Exec,
-    Exit,
-    Fetch,
-    Files,
-    Get,
     Hello,
-    List,
     Message,
-    Meta,
     Ping,
-    Pong,
-    Put,
-    Ready,
-    Resize,
+    Refused,
     Role,
-    Shell,
-    Signal,
-    Started,
-    Status,
     Welcome,
 )
 from tether.protocol.frames import MAX_BODY, MAX_HEADER, PREFIX_SIZE
 from tether.protocol.messages import REGISTRY
+from tether.protocol.streams import OPERATIONS
 from tether.storage.area import FileArea
 from tether.storage.names import check_name
 from tether.storage.source import SourceFile
@@ -88,126 +69,10 @@ PATHS = settings(max_examples=1200, deadline=None, database=None,
 Choose = Callable[[int, int], int]
 
 
-# --- a valid conversation -------------------------------------------------------------------
+# --- a valid conversation, made from the stream tables (tests/conversations.py) -------------
 
 
-@dataclass
-class Conversation:
-    """The bytes each side sent, frame by frame, and the streams the client opened."""
-
-    up: list[bytes] = field(default_factory=list)  # client -> server
-    down: list[bytes] = field(default_factory=list)  # server -> client
-    openers: list[Message] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)  # every message, both ways
-
-
-def _conversation() -> Conversation:
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
-    talk = Conversation()
-
-    def drain(conn: Connection) -> None:
-        while (event := conn.next_event()) is not NEED_DATA:
-            assert event is not CLOSED
-
-    def c(msg: Message, body: bytes = b"") -> None:
-        raw = client.send(msg, body)
-        talk.messages.append(msg)
-        if msg.OPENS:
-            talk.openers.append(msg)
-        talk.up.append(raw)
-        server.receive_data(raw)
-        drain(server)
-
-    def cdata(stream: int, data: bytes) -> None:
-        raw = client.send_data(stream, 0, data)
-        talk.up.append(raw)
-        server.receive_data(raw)
-        drain(server)
-
-    def s(msg: Message) -> None:
-        raw = server.send(msg)
-        talk.messages.append(msg)
-        talk.down.append(raw)
-        client.receive_data(raw)
-        drain(client)
-
-    def sdata(stream: int, channel: int, data: bytes) -> None:
-        raw = server.send_data(stream, channel, data)
-        talk.down.append(raw)
-        client.receive_data(raw)
-        drain(client)
-
-    h = "blake3:" + "ab" * 32
-    c(Hello(versions=[1], software="fuzz/1"))
-    s(Welcome(version=1, software="tether/x", server_name="srv", platform="linux",
-              client_fingerprint="SHA256:x", client_name="c", permissions=["exec", "get"]))
-    c(Ping(token=7))
-    s(Pong(token=7))
-    c(Exec(argv=["cat", "-"], cwd="sub", env={"A": "1"}, timeout=2.5, stream=1))
-    s(Started(pid=4242, stream=1))
-    cdata(1, b"stdin bytes")
-    c(Eof(channel=0, stream=1))
-    c(Signal(name="INT", stream=1))
-    s(Credit(size=11, stream=1))
-    sdata(1, 1, b"out\xff\xfe")
-    sdata(1, 2, b"err")
-    s(Eof(channel=1, stream=1))
-    s(Exit(status=0, duration=0.25, stream=1))
-    c(Close(stream=1))
-    c(Put(path="dir/", name="f.bin", size=5, mode=0o600, mtime_ns=1, resume=True, stream=3))
-    s(Ready(offset=0, stream=3))
-    c(Begin(offset=0, stream=3))
-    cdata(3, b"12345")
-    c(Commit(size=5, hash=h, stream=3))
-    s(Done(path="dir/f.bin", size=5, hash=h, stream=3))
-    c(Close(stream=3))
-    c(Get(path="dir/f.bin", offset=2, prefix_hash=h, stream=5))
-    s(Meta(size=5, mode=0o600, mtime_ns=1, offset=2, stream=5))
-    sdata(5, 0, b"345")
-    s(Done(path="dir/f.bin", size=5, hash=h, resumed_from=2, stream=5))
-    c(Close(stream=5))
-    c(List(path="dir", stream=7))
-    s(Entry(parts=["f.bin"], kind="file", size=5, stream=7))
-    s(Entry(parts=["l"], kind="symlink", target="f.bin", stream=7))
-    s(Done(path="dir", count=2, stream=7))
-    c(Close(stream=7))
-    c(Shell(pty=True, rows=30, cols=100, argv=[], env={"TERM": "xterm"}, stream=9))
-    s(Started(pid=4243, stream=9))
-    c(Resize(rows=40, cols=120, stream=9))
-    cdata(9, b"ls\r")
-    sdata(9, 1, b"\x1b[1mf.bin\x1b[0m\r\n")
-    c(Shell(pty=False, term="dumb", stream=11))
-    s(Started(pid=4244, stream=11))
-    cdata(11, b"true\n")
-    s(Status(index=1, status=0, stream=11))
-    c(Get(path="missing", stream=13))
-    s(Error(code="not_found", message="no such file", stream=13))
-    c(Close(stream=13))
-    c(Put(path="g", size=1, stream=15))
-    c(Error(code="failed", message="client gave up", stream=15))
-    s(Error(code="failed", message="abandoned", stream=15))
-    c(Batch(path="dir", names=["a", "sub/b"], sizes=[3, 2], modes=[0o644, 0o600],
-            mtimes=[1, 2], hashes=[h, h], stream=17))
-    cdata(17, b"aaabb")
-    s(Done(path="dir", size=5, count=2, names=["dir/a", "dir/sub/b"], stream=17))
-    c(Close(stream=17))
-    c(List(path="dir", batched=True, stream=19))
-    s(Entries(names=["", "a", "l"], kinds=["dir", "file", "symlink"], sizes=[0, 3, 1],
-              modes=[0o755, 0o644, 0o777], mtimes=[1, 1, 1], targets=[None, None, "a"],
-              stream=19))
-    s(Done(path="dir", count=3, stream=19))
-    c(Close(stream=19))
-    c(Fetch(path="dir", names=["a", "sub/b"], stream=21))
-    s(Files(sizes=[3, 2], modes=[0o644, 0o600], mtimes=[1, 2], hashes=[h, h], stream=21))
-    sdata(21, 0, b"aaabb")
-    s(Done(path="dir", size=5, count=2, stream=21))
-    c(Close(stream=21))
-    s(Exit(status=None, signal=9, stream=9))
-    c(Close(stream=9))
-    return talk
-
-
-TALK = _conversation()
+TALK = conversation()
 INTERESTING = [0, 1, 2, 15, 16, 17, 255, 256, MAX_HEADER, MAX_HEADER + 1, MAX_BODY,
                MAX_BODY + 1, 2**31 - 1, 2**31, 2**32 - 1]
 TYPES = sorted(REGISTRY)
@@ -307,6 +172,10 @@ def _check_event(conn: Connection, role: Role, peer: Role, event: Message | Data
         assert event.channel == 0 or peer is Role.SERVER
         conn.consumed(event.stream, len(event.data))
         return True
+    if isinstance(event, Refused):  # an opener over its caps: the session refuses it
+        assert role is Role.SERVER and event.request.OPENS and event.reason
+        conn.send(Error(code="bad_request", message=event.reason, stream=event.stream))
+        return True
     assert isinstance(event, Message)
     assert peer in event.SENDERS, f"a {peer.value} may not send {event.TYPE}"
     if isinstance(event, Hello):  # the server's answer, as the session gives it
@@ -375,10 +244,14 @@ def test_the_unmutated_conversation_is_valid() -> None:
     for role, frames in ((Role.SERVER, TALK.up), (Role.CLIENT, TALK.down)):
         tally = Tally()
         feed(role, b"".join(frames), random.Random(1).randint, tally)
-        assert tally.errors == 0 and tally.events == len(frames)
-    assert {type(m).__name__ for m in TALK.openers} >= {"Exec", "Put", "Get", "List", "Shell",
-                                                        "Batch", "Fetch"}
-    assert {"Entries", "Files"} <= {type(m).__name__ for m in TALK.messages}
+        events = TALK.up_events if role is Role.SERVER else TALK.down_events
+        assert tally.errors == 0 and tally.events == events
+    assert {type(m) for m in TALK.openers} == {REGISTRY[name] for name in OPERATIONS}
+    assert {m.TYPE for m in TALK.messages} == set(REGISTRY)  # every message type
+    every = {(name, role, kind) for name, op in OPERATIONS.items() for role, _, kind in op.moves}
+    every |= {(name, role, "data") for name, op in OPERATIONS.items()
+              for (role, _), channels in op.data.items() if channels}
+    assert TALK.steps == every  # every transition of every table
 
 
 # --- the path resolver ------------------------------------------------------------------------

@@ -212,11 +212,15 @@ class Pair:
         assert self.client_sends(Hello(versions=[1])) == [Hello(versions=[1])]
         assert self.server_sends(Welcome(version=1)) == [Welcome(version=1)]
 
-    def open_exec(self) -> int:
-        """Open an exec stream from the client; returns its id."""
+    def open_exec(self, started: bool = True) -> int:
+        """Open an exec stream from the client (and, if ``started``, answer it with
+        ``started``, as a server does once the command runs); returns its id."""
         stream = self.client.next_stream_id()
         msg = Exec(argv=["true"], stream=stream)
         assert self.client_sends(msg) == [msg]
+        if started:
+            assert self.server_sends(Started(pid=1, stream=stream)) == [
+                Started(pid=1, stream=stream)]
         return stream
 
 

@@ -87,10 +87,7 @@ def server_script(sizes: tuple[int, ...]) -> list[Item]:
     items += [
         Ping(token=2**40),
         Credit(size=12345, stream=1),
-        Eof(channel=1, stream=1),
-        Eof(channel=2, stream=1),
         Exit(status=3, signal=None, timed_out=False, duration=0.125, stream=1),
-        Eof(channel=0, stream=3),
         Done(path="/srv/ünïcode file", size=sum(sizes[1::2]), hash="b3:" + "ab" * 32, stream=3),
     ]
     return items
@@ -159,8 +156,15 @@ SCRIPTS = {Role.CLIENT: server_script, Role.SERVER: client_script}
 
 BIG = {role: encode_all(SCRIPTS[role](BIG_SIZES)) for role in Role}
 SMALL = {role: encode_all(SCRIPTS[role](SMALL_SIZES)) for role in Role}
-EXPECTED_BIG = {role: [*SCRIPTS[role](BIG_SIZES), CLOSED] for role in Role}
-EXPECTED_SMALL = {role: [*SCRIPTS[role](SMALL_SIZES), CLOSED] for role in Role}
+
+
+def expected(items: list[Item]) -> list[Event]:
+    """The events a receiver yields: all but pings, which its core answers by itself."""
+    return [*(item for item in items if not isinstance(item, Ping)), CLOSED]
+
+
+EXPECTED_BIG = {role: expected(SCRIPTS[role](BIG_SIZES)) for role in Role}
+EXPECTED_SMALL = {role: expected(SCRIPTS[role](SMALL_SIZES)) for role in Role}
 
 
 def decoder_stream(items: list[Item]) -> tuple[bytes, list[Frame]]:

@@ -4,7 +4,8 @@ A connection of either role is driven through random mixes of its own sends and 
 frames, valid and invalid. Every step must either work (an event, NEED_DATA, bytes to send) or
 raise the right ProtocolError: RemoteProtocolError for what came in, LocalProtocolError for what
 we tried to send. Any other exception (KeyError, TypeError, struct.error, AssertionError...) is a
-bug, and so is an event the rules forbid.
+bug, and so is an event the rules forbid. The valid conversations reordered at the end are
+generated from the stream tables (tests/conversations.py), never written by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from protocol_helpers import events_from, prefix, raw_data, raw_msg, split_at, wire
 
+from conversations import conversation
 from tether.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.connection import (
     CLOSED,
@@ -31,7 +33,17 @@ from tether.protocol.connection import (
     State,
 )
 from tether.protocol.frames import KIND_DATA, KIND_MSG, MAGIC, MAX_BODY
-from tether.protocol.messages import REGISTRY, Data, Hello, Message, Role, Welcome
+from tether.protocol.messages import (
+    REGISTRY,
+    Data,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Refused,
+    Role,
+    Welcome,
+)
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -185,9 +197,14 @@ def handshake(conn: Connection) -> None:
     assert conn.state is State.OPEN
 
 
-def check_event(conn: Connection, event: Message | Data) -> None:
+def check_event(conn: Connection, event: Message | Data | Refused) -> None:
     """What the rules promise about any event a connection hands to its application."""
     peer = Role.SERVER if conn.role is Role.CLIENT else Role.CLIENT
+    if isinstance(event, Refused):
+        assert peer is Role.CLIENT and event.request.OPENS and event.reason
+        assert conn.is_open(event.stream)
+        return
+    assert not isinstance(event, Ping | Pong), "the core answers pings itself"
     if isinstance(event, Data):
         assert event.stream % 2 == 1 and event.data
         assert event.channel == 0 or peer is Role.SERVER
@@ -232,7 +249,8 @@ def act(conn: Connection, action: Send | SendData | Consume) -> None:
         elif isinstance(action, SendData):
             out = conn.data_prefix(action.stream, action.channel, action.size)
         else:
-            out = conn.consumed(action.stream, action.size)
+            conn.consumed(action.stream, action.size)
+            out = conn.data_to_send()
     except LocalProtocolError as exc:
         assert str(exc)
         assert snapshot(conn) == before
@@ -324,3 +342,68 @@ def test_random_bytes_to_a_server(data: bytes, cuts: list[int], handshaken: bool
     except RemoteProtocolError:
         return
     assert conn.state is State.CLOSED
+
+
+# --- valid conversations from the stream tables, reordered --------------------------------------
+
+TALK = conversation()
+
+
+def replay(role: Role, frames: list[bytes]) -> None:
+    """Feed ``frames`` to a fresh ``role`` connection that reacts as its application would
+    (a client opens the conversation's streams once welcomed); every event must obey the
+    rules, and a violation must be a RemoteProtocolError."""
+    conn = Connection(role)
+    if role is Role.CLIENT:
+        conn.send(Hello(versions=[1]))
+    for raw in frames:
+        conn.receive_data(raw)
+        try:
+            while (event := conn.next_event()) is not NEED_DATA and event is not CLOSED:
+                assert not isinstance(event, type(NEED_DATA))
+                check_event(conn, event)
+                if isinstance(event, Welcome):
+                    for opener in TALK.openers:
+                        conn.send(opener)
+                elif isinstance(event, Hello):
+                    conn.send(Welcome(version=1))
+        except RemoteProtocolError as exc:
+            assert str(exc)
+            return
+
+
+def test_the_generated_conversation_is_valid_for_both_roles() -> None:
+    for role, frames in ((Role.SERVER, TALK.up), (Role.CLIENT, TALK.down)):
+        replay(role, frames)  # no error: every frame of every table walk is accepted
+        conn = Connection(role)
+        if role is Role.CLIENT:
+            conn.send(Hello(versions=[1]))
+        count = 0
+        for raw in frames:
+            for event in events_from(conn, raw):
+                count += 1
+                if isinstance(event, Welcome):
+                    for opener in TALK.openers:
+                        conn.send(opener)
+                elif isinstance(event, Hello):
+                    conn.send(Welcome(version=1))
+        assert count == (TALK.up_events if role is Role.SERVER else TALK.down_events)
+
+
+@FUZZ
+@given(role=st.sampled_from(list(Role)), data=st.data())
+def test_reordered_valid_conversations(role: Role, data: st.DataObject) -> None:
+    """Frames of a valid conversation dropped, repeated or swapped: each step still either
+    works or is a RemoteProtocolError (a frame out of its table's order among them)."""
+    frames = list(TALK.up if role is Role.SERVER else TALK.down)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(1, len(frames) - 1))  # the handshake stays first
+        j = data.draw(st.integers(1, len(frames) - 1))
+        op = data.draw(st.sampled_from(["drop", "repeat", "swap"]))
+        if op == "drop" and len(frames) > 2:
+            del frames[i]
+        elif op == "repeat":
+            frames.insert(j, frames[i])
+        else:
+            frames[i], frames[j] = frames[j], frames[i]
+    replay(role, frames)

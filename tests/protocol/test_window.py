@@ -3,16 +3,18 @@
 A client and a server Connection exchange real frames over a simulated path: each direction holds
 its bytes for half the round trip, the sender puts at most ``rate`` bytes per millisecond on it,
 and the server's application consumes what arrived at its own pace. No sockets and no clock: a
-loop of one-millisecond ticks. The client answers pings as the drivers do.
+loop of one-millisecond ticks. Each side writes what its core queued (``data_to_send()``: the
+server's credit and window probes, the client's pongs), as the drivers do.
 """
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
-from protocol_helpers import handshaken_pair
+from protocol_helpers import Pair, events_from, handshaken_pair, wire
 
 from tether.protocol import (
     INITIAL_WINDOW,
@@ -23,10 +25,14 @@ from tether.protocol import (
     Data,
     Exec,
     Exit,
+    Message,
     Ping,
     Pong,
+    Started,
 )
 from tether.protocol.connection import NEED_DATA, Connection
+from tether.protocol.frames import FrameDecoder
+from tether.protocol.messages import decode_message
 
 MiB = 1024 * 1024
 CHUNK = bytes(MAX_BODY // 4)  # 256 KiB frames
@@ -76,6 +82,7 @@ class Path:
         pair = handshaken_pair(window_budget=self.budget)
         for stream in self.streams:
             pair.client_sends(Exec(argv=["cat"], stream=stream))
+            pair.server_sends(Started(pid=1, stream=stream))  # the command runs: stdin credit
         self.client, self.server = pair.client, pair.server
         self.up, self.down = Link(self.rtt // 2), Link(self.rtt // 2)
 
@@ -88,7 +95,8 @@ class Path:
             if take:
                 self.unread[stream] -= take
                 self.delivered[stream] += take
-                self.down.put(self.now, self.server.consumed(stream, take))
+                self.server.consumed(stream, take)
+        self.down.put(self.now, self.server.data_to_send())  # credit, and a probe riding on it
         self.held_peak = max(self.held_peak, self.server.held)
         self._client_reads()
         self._client_sends()
@@ -98,14 +106,13 @@ class Path:
         while (event := self.server.next_event()) is not NEED_DATA:
             assert isinstance(event, Data), event  # the probe's answer never surfaces
             self.unread[event.stream] += len(event.data)
+        assert not self.server.data_to_send()  # nothing to answer: the client never pings
 
     def _client_reads(self) -> None:
         self.down.deliver(self.now, self.client)
         while (event := self.client.next_event()) is not NEED_DATA:
-            if isinstance(event, Ping):  # what net/framed.py and client/blocking.py do
-                self.up.put(self.now, self.client.send(Pong(token=event.token)))
-            else:
-                assert isinstance(event, Credit), event
+            assert isinstance(event, Credit), event  # the probe is answered by the core
+        self.up.put(self.now, self.client.data_to_send())  # the pong
 
     def _client_sends(self) -> None:
         """The path takes ``rate`` bytes per tick: what it could not take waits for the next."""
@@ -199,40 +206,76 @@ def test_a_short_path_needs_no_growth(rtt: int) -> None:
     assert moved >= 0.95 * 100 * MiB
 
 
+def _messages(raw: bytes) -> list[Message]:
+    """The messages in ``raw``, decoded as a peer would see them on the wire."""
+    decoder = FrameDecoder()
+    decoder.feed(raw)
+    out = []
+    while (frame := decoder.next_frame()) is not None:
+        assert frame.header is not None
+        out.append(decode_message(frame.header, frame.stream))
+    return out
+
+
+def _bulk_stream(**options: Any) -> Pair:
+    """A pair whose server has received (not consumed) one whole initial window of stdin."""
+    pair = handshaken_pair(**options)
+    pair.open_exec()
+    for _ in range(INITIAL_WINDOW // MAX_BODY):
+        pair.client_data(1, 0, bytes(MAX_BODY))
+    return pair
+
+
 def test_one_probe_at_a_time_and_none_without_an_answer() -> None:
     """A peer that never answers pings (it must, but) only keeps the window where it was."""
-    pair = handshaken_pair()
-    pair.client_sends(Exec(argv=["cat"], stream=1))
-    pings = 0
-    for _ in range(8):  # eight windows' worth, each consumed at once
+    pair = _bulk_stream()
+    sent: list[Message] = []
+
+    def consume(size: int) -> None:
+        pair.server.consumed(1, size)
+        raw = pair.server.data_to_send()
+        sent.extend(_messages(raw))
+        pair.to_client(raw)
+        pair.client.data_to_send()  # the pong is lost on the way
+
+    consume(INITIAL_WINDOW)
+    for _ in range(8):  # eight more windows' worth, each consumed at once
         for _ in range(INITIAL_WINDOW // MAX_BODY):
             pair.client_data(1, 0, bytes(MAX_BODY))
-            events = pair.to_client(pair.server.consumed(1, MAX_BODY))
-            pings += sum(isinstance(e, Ping) for e in events)
-    assert pings == 1
+            consume(MAX_BODY)
+    assert sum(isinstance(m, Ping) for m in sent) == 1
+    assert sum(m.size for m in sent if isinstance(m, Credit)) == 9 * INITIAL_WINDOW
     assert pair.server.window(1) == INITIAL_WINDOW
 
 
-def test_a_probe_answer_is_absorbed_and_a_foreign_pong_is_not() -> None:
+def test_the_probe_rides_on_the_credit_and_its_answer_is_absorbed() -> None:
+    pair = _bulk_stream()
+    pair.server.consumed(1, INITIAL_WINDOW)
+    credit, ping = _messages(pair.server.data_to_send())
+    assert credit == Credit(size=INITIAL_WINDOW, stream=1)
+    assert isinstance(ping, Ping) and ping.token > 1 << 40  # not a keepalive's token
+    pair.server.receive_data(wire(Pong(token=ping.token + 1)))  # not ours: ignored
+    assert pair.server.next_event() is NEED_DATA and pair.server._tuner.token == ping.token
+    # the client's core answers the probe itself, and the server's absorbs the answer
+    assert pair.to_client(wire(credit) + wire(ping)) == [credit]
+    assert events_from(pair.server, pair.client.data_to_send()) == []
+    assert pair.server._tuner.token is None
+
+
+def test_a_short_stream_costs_no_probe() -> None:
     pair = handshaken_pair()
-    pair.client_sends(Exec(argv=["cat"], stream=1))
-    for _ in range(INITIAL_WINDOW // MAX_BODY):
+    pair.open_exec()
+    for _ in range(INITIAL_WINDOW // MAX_BODY - 1):  # just short of a whole window
         pair.client_data(1, 0, bytes(MAX_BODY))
-    events = pair.to_client(pair.server.consumed(1, INITIAL_WINDOW))
-    assert events[0] == Credit(size=INITIAL_WINDOW, stream=1)
-    ping = events[1]
-    assert isinstance(ping, Ping)
-    assert pair.client_sends(Pong(token=ping.token + 1)) == [Pong(token=ping.token + 1)]
-    assert pair.client_sends(Pong(token=ping.token)) == []  # ours: counted, not an event
+        pair.server.consumed(1, MAX_BODY)
+        assert not any(isinstance(m, Ping) for m in _messages(pair.server.data_to_send()))
+    assert pair.server.window(1) == INITIAL_WINDOW
 
 
 def test_tuning_off_below_the_initial_window() -> None:
-    pair = handshaken_pair(window_budget=0)
-    pair.client_sends(Exec(argv=["cat"], stream=1))
-    for _ in range(INITIAL_WINDOW // MAX_BODY):
-        pair.client_data(1, 0, bytes(MAX_BODY))
-    assert pair.to_client(pair.server.consumed(1, INITIAL_WINDOW)) == [
-        Credit(size=INITIAL_WINDOW, stream=1)]
+    pair = _bulk_stream(window_budget=0)
+    pair.server.consumed(1, INITIAL_WINDOW)
+    assert _messages(pair.server.data_to_send()) == [Credit(size=INITIAL_WINDOW, stream=1)]
 
 
 def test_a_closed_stream_returns_its_window_to_the_budget() -> None:

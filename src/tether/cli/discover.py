@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING
 import click
 
 from tether.cli.hosts import home_option
+from tether.defaults import DEFAULT_PORT
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tether.client.discover import Found
-
-DEFAULT_PORT = 7722
 
 
 @click.command()
@@ -61,8 +60,9 @@ def discover(home: str | None, targets: tuple[str, ...], port: int, retries: int
     if add and found:
         _add(found, h, groups, accept_new)
     if not found:
-        click.echo(f"tether: no tether server answered on UDP port {port}", err=True)
-        sys.exit(1)
+        from tether.errors import NotFound
+
+        raise NotFound(f"no tether server answered on UDP port {port}")
 
 
 def _trust(home: Path, f: Found) -> str:

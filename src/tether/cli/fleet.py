@@ -3,7 +3,9 @@
 Chosen when the target has fleet syntax (``@group``, ``a,b``) or names an inventory host (or
 ``--json``/``--group-output`` asks for per-host results); a plain single host keeps the one-host
 path of ``cli/run.py`` and ``cli/transfer.py`` unchanged. The options are in cli/main.py, so
-this module loads only when a target means several hosts.
+this module loads only when a target means several hosts. Errors propagate to the exit policy
+(:mod:`tether.cli.policy`); the status a fleet's results mean is decided here
+(:func:`exit_status`), as a remote command's status is by the run policy.
 
 Output: each complete line as it arrives, prefixed ``NAME | `` (coloured per host on a terminal),
 stdout lines to stdout and stderr lines to stderr; or with ``--group-output`` each host's output
@@ -23,11 +25,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
-from tether.cli.main import DEFAULT_PARALLEL
+from tether.defaults import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from tether.cli.shared import RunOptions
-    from tether.cli.transfer import TransferOptions
+    from tether.cli.transfer_options import TransferOptions
     from tether.client.fleet import Fleet, FleetResult, HostResult
     from tether.inventory import Target
 
@@ -213,21 +215,14 @@ def _finish(results: FleetResult, as_json: bool) -> int:
 
 
 def _main(work: Callable[[], Any]) -> int:
-    """Run ``work`` (a coroutine factory) with the CLI's error mapping; its exit status."""
+    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy."""
     import asyncio
-
-    from tether.cli.main import fail
-    from tether.errors import TetherError
 
     try:
         return int(asyncio.run(work()))
-    except TetherError as exc:
-        fail(exc)
     except KeyboardInterrupt:
         click.echo("tether: interrupted", err=True)
-        return 130
-    except BrokenPipeError:
-        return 141
+        raise
 
 
 def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
@@ -257,7 +252,7 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
     """One prefixed stderr line per file a host resumed, as the one-host path prints it."""
-    from tether.cli.transfer import resume_note
+    from tether.cli.shared import resume_note
 
     for path, offset in result.resumed:
         prefixer.output(result.target, 2, resume_note(path, offset).encode() + b"\n")

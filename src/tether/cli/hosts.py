@@ -12,15 +12,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tether.cli.options import HOME, click_options
+from tether.defaults import DEFAULT_PORT
+
 if TYPE_CHECKING:
     from tether.inventory import Host, Inventory
 
-HOME_HELP = "Identity and trust directory [default: $TETHER_HOME or ~/.config/tether]."
-
-
-def home_option(func: click.decorators.FC) -> click.decorators.FC:
-    return click.option("--home", envvar="TETHER_HOME", type=click.Path(file_okay=False),
-                        help=HOME_HELP)(func)
+home_option = click_options([HOME])
 
 
 @click.group(invoke_without_command=True)
@@ -79,7 +77,8 @@ def _print_json(inventory: Inventory) -> None:
 @home_option
 @click.argument("name")
 @click.argument("address")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), default=7722, show_default=True)
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT,
+              show_default=True)
 @click.option("-g", "--group", "groups", multiple=True, metavar="G",
               help="Put the host in group G (repeat for several).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
@@ -114,7 +113,8 @@ def remove(home: str | None, names: tuple[str, ...]) -> None:
 @hosts.command("import")
 @home_option
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
-@click.option("-p", "--port", type=click.IntRange(1, 65535), default=7722, show_default=True,
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT,
+              show_default=True,
               help="tether's port for hosts with no tether_port (ansible_port is ssh's port, "
                    "used only for hosts whose ansible_connection is tether).")
 @click.option("-g", "--group", "groups", multiple=True, metavar="G",

@@ -1,9 +1,11 @@
-"""``tether`` commands. Heavy modules are imported inside each command, so that a one-shot
-``tether run`` pays only for what it uses.
+"""``tether`` commands: the command list and nothing else. Heavy modules are imported inside
+each command, so that a one-shot ``tether run`` pays only for what it uses.
 
-Errors are one line on stderr (``--debug`` adds the traceback). Exit codes: the remote status for
-``run``; 255 when the connection or authentication failed; 124 on ``--timeout``; 127 when the
-command could not be started; 1 for other errors.
+Commands return their exit status; errors propagate. How either becomes an exit status and a
+line on stderr is decided in one place, :mod:`tether.cli.policy` (2 for usage errors, 1 for
+configuration errors, 255 when the connection or authentication failed, 127 when the command
+could not be started, 141 on a closed stdout, 130 on Ctrl-C). ``run``'s options come from the
+option table in :mod:`tether.cli.options`, which the one-shot fast path parses too.
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ from typing import Any, NoReturn
 
 import click
 
-from tether import __version__
-
-DEFAULT_PORT = 7722
-DEFAULT_PARALLEL = 64
-
-
-def fail(exc: BaseException) -> NoReturn:
-    """Print an error as one line (a traceback too with --debug) and exit with its code."""
-    from tether.cli.shared import error_line, exit_code
-
-    click.echo(error_line(exc), err=True)
-    sys.exit(exit_code(exc))
-
+from tether.cli.options import (
+    CONNECT_OPTIONS,
+    HOME,
+    KEEPALIVE,
+    PORT,
+    RUN_OPTIONS,
+    click_options,
+    identity_name,
+    run_options,
+)
+from tether.cli.policy import run_command, status_of
+from tether.defaults import DEFAULT_PARALLEL
+from tether.version import __version__
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
@@ -47,15 +49,21 @@ class _Group(click.Group):
             return command
         return super().get_command(ctx, name)
 
-    def invoke(self, ctx: click.Context) -> Any:
-        from tether.errors import TetherError
+    # click turns a closed stdout into status 1 and Ctrl-C into "Aborted!": the exit policy
+    # decides these before click sees them (--help is printed while making the context).
 
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except (BrokenPipeError, KeyboardInterrupt) as exc:
+            sys.exit(status_of(exc))
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except TetherError as exc:
-            fail(exc)
-        except OSError as exc:
-            fail(exc)
+        except (BrokenPipeError, KeyboardInterrupt) as exc:
+            sys.exit(status_of(exc))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,23 +75,7 @@ def cli(debug: bool) -> None:
         os.environ["TETHER_DEBUG"] = "1"
 
 
-def identity_name(value: str | None) -> str | None:
-    """A ``--name`` for an identity, checked before anything is made (a usage error, exit 2)."""
-    if value is None:
-        return None
-    from tether.errors import IdentityError
-    from tether.identity import check_identity_name
-
-    try:
-        return check_identity_name(value)
-    except IdentityError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-home_option = click.option(
-    "--home", envvar="TETHER_HOME", type=click.Path(file_okay=False),
-    help="Identity and trust directory [default: $TETHER_HOME or ~/.config/tether].",
-)
+home_option = click_options([HOME])
 
 
 @cli.command()
@@ -180,32 +172,16 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
     return apply
 
 
-keepalive_option = click.option(
-    "--keepalive", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
-    help="Ping a server silent for this long; after 3 silent intervals give up (exit 255), "
-         "like ssh's ServerAliveInterval [default: 0, off].")
+keepalive_option = click_options([KEEPALIVE])
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@home_option
-@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
-@click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server's identity.")
-@click.option("--plaintext", is_flag=True, help="Connect without TLS (a --plaintext server).")
-@click.option("--cwd", help="Remote working directory (relative to the server's root).")
-@click.option("--env", "env", multiple=True, metavar="K=V", help="Set a remote variable.")
-@click.option("--timeout", type=float, help="Kill the remote process group after S seconds.")
-@click.option("--encoding", help="Decode remote output with this encoding and re-encode it "
-                                 "for this side, also into pipes and files [default: the "
-                                 "server's encoding, on a terminal only].")
-@click.option("-n", "--no-stdin", is_flag=True, help="Do not forward stdin (like ssh -n).")
-@keepalive_option
+@click_options(RUN_OPTIONS)
 @fleet_options(run=True)
 @click.argument("host")
 @click.argument("command", nargs=-1)
-def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str | None,
-        env: tuple[str, ...], timeout: float | None, encoding: str | None, no_stdin: bool,
-        keepalive: float, parallel: int, host_timeout: float | None, group_output: bool,
-        as_json: bool, host: str, command: tuple[str, ...]) -> None:
+def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: bool,
+        host: str, command: tuple[str, ...], **values: Any) -> int:
     """Run COMMAND on HOST: one argument goes through the remote shell, several run as argv.
 
     stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
@@ -218,43 +194,33 @@ def run(home: str | None, port: int, accept_new: bool, plaintext: bool, cwd: str
     unreachable, unauthorized or untrusted, else 124 if any timed out, else 1).
     """
     from tether.cli.run import run_main
-    from tether.cli.shared import RunOptions, parse_env
+    from tether.cli.shared import parse_env
 
-    if command and command[0] == "--":
-        command = command[1:]
-    variables = parse_env(env)
-    if variables is None:
-        bad = next(item for item in env if parse_env([item]) is None)
+    opts = run_options(values, host, command)
+    if opts is None:
+        bad = next(item for item in values["env"] if parse_env([item]) is None)
         raise click.BadParameter(f"{bad!r} is not K=V", param_hint="--env")
-    opts = RunOptions(
-        home=home, host=host, port=port, accept_new=accept_new, plaintext=plaintext,
-        command=list(command), cwd=cwd, env=variables, timeout=timeout, encoding=encoding,
-        stdin=not no_stdin, keepalive=keepalive,
-    )
     from tether.cli.fleet import FleetOptions, run_fleet, wants_fleet
 
-    if wants_fleet(host, home, group_output or as_json):
-        sys.exit(run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
-                                              keepalive)))
+    if wants_fleet(host, opts.home, group_output or as_json):
+        return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
+                                            opts.keepalive))
     from tether.cli.fleet import one_host
 
     # an inventory name: its address, port and keepalive
-    opts.host, opts.port, opts.keepalive = one_host(host, home, port, keepalive)
-    sys.exit(run_main(opts))
+    opts.host, opts.port, opts.keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
+    return run_main(opts)
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@home_option
-@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
-@click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server's identity.")
-@click.option("--plaintext", is_flag=True, help="Connect without TLS (a --plaintext server).")
+@click_options(CONNECT_OPTIONS)
 @click.option("-T", "--lines", is_flag=True,
               help="Line mode even on a terminal: one command per line, statuses reported.")
 @keepalive_option
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
-          keepalive: float, host: str, command: tuple[str, ...]) -> None:
+          keepalive: float, host: str, command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
     On a terminal: a remote pseudo-terminal running your login shell; the local terminal is
@@ -267,14 +233,14 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
-    sys.exit(shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive))
+    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive)
 
 
 def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([
         home_option,
-        click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int),
+        click_options([PORT]),
         click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
         click.option("--force", is_flag=True, help="Replace existing destination files."),
         click.option("--rename", is_flag=True,
@@ -293,7 +259,7 @@ def transfer_options(func: Any) -> Any:
 
 
 def _transfer_opts(kw: dict[str, Any]) -> Any:
-    from tether.cli.transfer import TransferOptions
+    from tether.cli.transfer_options import TransferOptions
 
     return TransferOptions(
         home=kw["home"], port=kw["port"], accept_new=kw["accept_new"],
@@ -308,7 +274,7 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
 @transfer_options
 @fleet_options(run=False)
 @click.argument("args", nargs=-1, required=True, metavar="LOCAL... HOST:REMOTE")
-def put(args: tuple[str, ...], **kw: Any) -> None:
+def put(args: tuple[str, ...], **kw: Any) -> int:
     """Upload LOCAL files (trees with -r) to REMOTE on HOST.
 
     A REMOTE that is a directory (or ends in /) receives files by name. Each file is hashed as
@@ -322,14 +288,14 @@ def put(args: tuple[str, ...], **kw: Any) -> None:
 
     if len(args) < 2:
         raise click.UsageError("give at least one LOCAL and a HOST:REMOTE")
-    put_main(args[:-1], args[-1], _transfer_opts(kw))
+    return put_main(args[:-1], args[-1], _transfer_opts(kw))
 
 
 @cli.command()
 @transfer_options
 @fleet_options(run=False)
 @click.argument("args", nargs=-1, required=True, metavar="HOST:REMOTE... LOCAL")
-def get(args: tuple[str, ...], **kw: Any) -> None:
+def get(args: tuple[str, ...], **kw: Any) -> int:
     """Download REMOTE files (trees with -r) from HOST into LOCAL.
 
     Files land only under LOCAL, under names taken from your own arguments (a server cannot
@@ -340,7 +306,7 @@ def get(args: tuple[str, ...], **kw: Any) -> None:
     """
     from tether.cli.transfer import get_main
 
-    get_main(args, _transfer_opts(kw))
+    return get_main(args, _transfer_opts(kw))
 
 
 @cli.command()
@@ -354,19 +320,9 @@ def demo(keep: bool) -> None:
 
 
 
-def main() -> None:
-    """The console script: every failure is one line on stderr unless --debug is given."""
-    try:
-        cli(prog_name="tether")
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # a bug: still one line, with the way to see more
-        if os.environ.get("TETHER_DEBUG") or "--debug" in sys.argv[1:2]:
-            raise
-        from tether.cli.shared import internal_error_line
-
-        click.echo(internal_error_line(exc), err=True)
-        sys.exit(1)
+def main() -> NoReturn:
+    """The click CLI, under the one exit policy (:func:`tether.cli.policy.run_command`)."""
+    sys.exit(run_command(lambda: cli.main(prog_name="tether", standalone_mode=False)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""``tether run``: stream a remote command's output, forward stdin and signals, mirror its status.
+"""``tether run`` on asyncio (the click front door): stream a remote command's output, forward
+stdin and signals, mirror its status — as :mod:`tether.cli.runpolicy` decides, the same policy
+the one-shot fast path (:mod:`tether.cli.oneshot`) follows.
 
 On a terminal, output is decoded with the server's encoding (``--encoding`` overrides) and
 re-encoded for the local terminal, undecodable bytes replaced; into a pipe or file it passes
@@ -14,19 +16,12 @@ import signal
 import sys
 import threading
 
-from tether.cli.shared import (
-    FORWARDED_SIGNALS,
-    GIVE_UP,
-    STDIN_CHUNK,
-    RunOptions,
-    confirm_on_tty,
-    output_sinks,
-    timed_out,
-)
+from tether.cli.runpolicy import FORWARDED_SIGNALS, STDIN_CHUNK, RunPolicy, stdin_wanted
+from tether.cli.shared import RunOptions, confirm_on_tty, output_sinks
 from tether.client.api import Connection, Process, connect
 from tether.errors import TetherError
 
-__all__ = ["FORWARDED_SIGNALS", "RunOptions", "SignalRelay", "confirm_on_tty", "run_main"]
+__all__ = ["SignalRelay", "run_main"]
 
 
 def _stdin_pump(loop: asyncio.AbstractEventLoop, proc: Process) -> None:
@@ -50,16 +45,15 @@ async def _run(opts: RunOptions) -> int:
 
 
 class SignalRelay:
-    """Local signals for the remote command: each is forwarded to its process group. A second
-    Ctrl-C, or a SIGTERM/SIGHUP the command has not obeyed within ``GIVE_UP`` seconds, makes
-    the client give up: it leaves, which kills the remote group, and exits 128+N."""
+    """Local signals for the remote command, on asyncio, as :class:`RunPolicy` decides: each
+    is forwarded; giving up cancels the main task with the policy's exit status."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Process, policy: RunPolicy) -> None:
         self.proc = proc
+        self.policy = policy
         self.loop = asyncio.get_running_loop()
         self.main = asyncio.current_task()
         self.exit_code: int | None = None
-        self.interrupted = False
 
     def install(self) -> None:
         for sig in FORWARDED_SIGNALS:
@@ -70,12 +64,11 @@ class SignalRelay:
             self.loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        self.loop.create_task(self.proc.signal(sig.name[3:]))
-        if sig == signal.SIGINT and not self.interrupted:
-            self.interrupted = True  # the first Ctrl-C is the command's to handle
-            return
-        delay = 0.0 if sig == signal.SIGINT else GIVE_UP
-        self.loop.call_later(delay, self._give_up, 128 + sig)
+        now = self.loop.time()
+        self.loop.create_task(self.proc.signal(self.policy.on_signal(sig, now)))
+        if self.policy.give_up is not None:
+            when, code = self.policy.give_up
+            self.loop.call_at(when, self._give_up, code)
 
     def _give_up(self, code: int) -> None:
         if self.exit_code is None and self.main is not None:
@@ -87,10 +80,13 @@ async def _execute(conn: Connection, opts: RunOptions) -> int:
     proc = await conn.start(opts.remote_command, cwd=opts.cwd, env=opts.env, timeout=opts.timeout,
                             stdin=opts.stdin)
     loop = asyncio.get_running_loop()
-    relay = SignalRelay(proc)
+    policy = RunPolicy(opts.timeout)
+    relay = SignalRelay(proc, policy)
     relay.install()
-    if opts.stdin:
+    if stdin_wanted(opts.stdin):
         threading.Thread(target=_stdin_pump, args=(loop, proc), daemon=True).start()
+    elif opts.stdin:
+        await proc.close_stdin()
     sinks = output_sinks(conn.server.encoding, opts.encoding)
     try:
         async for channel, data in proc:
@@ -104,17 +100,9 @@ async def _execute(conn: Connection, opts: RunOptions) -> int:
         relay.remove()
         for sink in sinks.values():
             sink.close()
-    if info.timed_out:
-        return timed_out(opts.timeout)
-    return info.status
+    return policy.exit_status(info)
 
 
 def run_main(opts: RunOptions) -> int:
-    from tether.cli.main import fail
-
-    try:
-        return asyncio.run(_run(opts))
-    except TetherError as exc:
-        fail(exc)
-    except BrokenPipeError:
-        return 141
+    """The remote command's exit status; errors propagate to :mod:`tether.cli.policy`."""
+    return asyncio.run(_run(opts))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tether.cli.main import DEFAULT_PORT, home_option, identity_name
+from tether.cli.options import HOME, PORT, click_options, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
@@ -58,10 +58,10 @@ def limit_options(func: Any) -> Any:
 
 
 @click.command()
-@home_option
+@click_options([HOME])
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
-@click.option("-p", "--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click_options([PORT])
 @click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Directory that relative paths resolve against [default: your home].")
 @click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
@@ -106,6 +106,12 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
 
+    if plaintext:
+        from tether.errors import UsageError
+        from tether.server.config import is_loopback
+
+        if not is_loopback(host):  # refused before anything starts: a usage error
+            raise UsageError(f"--plaintext is only allowed on a loopback address, not {host}")
     classic = _classic_config(host, port, classic_port, classic_host, classic_unsafe)
 
     logging.basicConfig(
@@ -198,19 +204,18 @@ def _tune_asyncio() -> None:
 
 def _classic_config(host: str, port: int, classic_port: int | None, classic_host: str | None,
                     unsafe: bool) -> ClassicConfig | None:
-    """The classic listener's config, or a one-line error and exit status 1."""
-    from tether.errors import TetherError
+    """The classic listener's config; ConfigError (exit status 1) if the settings are wrong."""
+    from tether.errors import ConfigError, TetherError
     from tether.server.config import classic_config
 
+    if classic_port is None:
+        if classic_host is not None:
+            raise ConfigError("--classic-host needs --classic-port")
+        return None
     try:
-        if classic_port is None:
-            if classic_host is not None:
-                raise TetherError("--classic-host needs --classic-port")
-            return None
         return classic_config(host, port, classic_port, classic_host, unsafe)
     except TetherError as exc:
-        click.echo(f"tether: {exc}", err=True)
-        sys.exit(1)
+        raise ConfigError(str(exc)) from exc
 
 
 def _classic_where(classic: ClassicServer) -> str:

@@ -1,6 +1,7 @@
 """What both ``tether run`` paths share — the click/asyncio one (``cli/run.py``) and the
-synchronous fast path (``cli/oneshot.py``) — so that they behave the same: the options, their
-checks, output sinks, the trust prompt, and how an error becomes one line and an exit status.
+synchronous fast path (``cli/oneshot.py``) — so that they behave the same: the parsed options
+and their checks, output sinks, the trust prompt. (The option table is :mod:`tether.cli.options`,
+signals and statuses :mod:`tether.cli.runpolicy`, errors :mod:`tether.cli.policy`.)
 
 Light on purpose: no click, no asyncio, no typing at run time.
 """
@@ -8,22 +9,13 @@ Light on purpose: no click, no asyncio, no typing at run time.
 from __future__ import annotations
 
 import codecs
-import os
-import signal
 import sys
 
-from tether.errors import BadRequest, IdentityError, RemoteError, SpawnFailed
+from tether.errors import BadRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
-
-STDIN_CHUNK = 256 * 1024
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # as INT, TERM, HUP
-# A SIGTERM or SIGHUP the remote command has not obeyed within this many seconds makes the
-# client give up (leaving kills the remote group); a second Ctrl-C does so at once.
-GIVE_UP = 2.0
-
 
 class RunOptions:
     """What ``tether run`` was asked to do (after option parsing)."""
@@ -135,35 +127,7 @@ def confirm_on_tty(key: str, fp: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def timed_out(timeout: float | None) -> int:
-    """Say that ``--timeout`` ran out; the exit status for it."""
-    print(f"tether: command timed out after {timeout:g} s; its process group was killed",
-          file=sys.stderr)
-    return 124
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-
-def exit_code(exc: BaseException) -> int:
-    """127: the command could not start; 1: refused or a local identity problem; else 255."""
-    if isinstance(exc, SpawnFailed):
-        return 127
-    if isinstance(exc, RemoteError | IdentityError):
-        return 1
-    return 255
-
-
-def error_line(exc: BaseException) -> str:
-    """The one line an error is shown as (a traceback too when TETHER_DEBUG is set)."""
-    if os.environ.get("TETHER_DEBUG"):
-        import traceback
-
-        traceback.print_exception(exc)
-    return f"tether: {str(exc) or exc.__class__.__name__}"
-
-
-def internal_error_line(exc: BaseException) -> str:
-    """A bug is still one line, with the way to see more."""
-    return (f"tether: internal error: {exc.__class__.__name__}: {exc} "
-            f"(run with --debug for the traceback)")
+def resume_note(path: str, offset: int) -> str:
+    """The line saying a file continued an interrupted transfer instead of starting over (the
+    one-host put/get and the fleet's per-host lines say it alike)."""
+    return f"tether: {path}: resumed at {offset} bytes"

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from tether.cli.shared import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
-from tether.errors import NoTerminal, TetherError
+from tether.errors import ConnectionBroken, NoTerminal
 
 STDIN_CHUNK = 64 * 1024
 
@@ -186,13 +186,10 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                command: list[str], force_lines: bool, keepalive: float = 0.0) -> int:
-    from tether.cli.main import fail
-
+    """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
                                   keepalive))
-    except TetherError as exc:
-        fail(exc)
-    except asyncio.CancelledError:
-        return 255
+    except asyncio.CancelledError as exc:  # the connection went while the terminal waited
+        raise ConnectionBroken("connection lost") from exc

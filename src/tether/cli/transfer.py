@@ -7,33 +7,18 @@ import asyncio
 import dataclasses
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tether.cli.shared import resume_note
+from tether.cli.transfer_options import TransferOptions
 from tether.client.api import connect
-from tether.client.transfer import TransferResult
-from tether.errors import BadRequest, TetherError
+from tether.client.transfer_base import TransferResult
+from tether.errors import BadRequest
 from tether.malloc import tune_for_bulk
-
-
-@dataclass
-class TransferOptions:
-    home: str | None
-    port: int
-    accept_new: bool
-    plaintext: bool
-    recursive: bool
-    force: bool
-    rename: bool
-    resume: bool
-    progress: bool
-    json: bool
-    parallel: int = 64  # several hosts (cli/fleet.py)
-    host_timeout: float | None = None
-    keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
 
 
 def split_remote(arg: str) -> tuple[str, str]:
@@ -93,11 +78,6 @@ def _stderr_console() -> Any:
     return Console(file=sys.stderr, force_terminal=sys.stderr.isatty() or None)
 
 
-def resume_note(path: str, offset: int) -> str:
-    """The line saying a file continued an interrupted transfer instead of starting over."""
-    return f"tether: {path}: resumed at {offset} bytes"
-
-
 def _report(result: TransferResult, opts: TransferOptions) -> None:
     for f in result.resumed:
         click.echo(resume_note(f.path, f.resumed_from), err=True)
@@ -155,36 +135,30 @@ def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,
     return transfer_fleet(spec, upload, sources, dest, opts)
 
 
-def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> None:
-    from tether.cli.main import fail
-
+def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> int:
+    """``tether put``'s exit status; errors propagate to :mod:`tether.cli.policy`."""
     tune_for_bulk()
-    try:
-        host, remote = split_remote(target)
-        if _fleet_target(host, opts):
-            sys.exit(_fleet_transfer(host, True, list(sources), remote, opts))
-        host, opts = _one(host, opts)
-        result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
-    except TetherError as exc:
-        fail(exc)
+    host, remote = split_remote(target)
+    if _fleet_target(host, opts):
+        return _fleet_transfer(host, True, list(sources), remote, opts)
+    host, opts = _one(host, opts)
+    result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
     _report(result, opts)
+    return 0
 
 
-def get_main(args: tuple[str, ...], opts: TransferOptions) -> None:
-    from tether.cli.main import fail
-
+def get_main(args: tuple[str, ...], opts: TransferOptions) -> int:
+    """``tether get``'s exit status; errors propagate to :mod:`tether.cli.policy`."""
     tune_for_bulk()
-    try:
-        if len(args) < 2:
-            raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
-        pairs = [split_remote(a) for a in args[:-1]]
-        hosts = {h for h, _ in pairs}
-        if len(hosts) == 1 and _fleet_target(next(iter(hosts)), opts):
-            sys.exit(_fleet_transfer(pairs[0][0], False, [p for _, p in pairs], args[-1], opts))
-        if len(hosts) != 1:
-            raise BadRequest("all sources of one get must be on the same host")
-        host, opts = _one(hosts.pop(), opts)
-        result = asyncio.run(_transfer(host, opts, False, [p for _, p in pairs], args[-1]))
-    except TetherError as exc:
-        fail(exc)
+    if len(args) < 2:
+        raise BadRequest("usage: tether get HOST:REMOTE... LOCAL")
+    pairs = [split_remote(a) for a in args[:-1]]
+    hosts = {h for h, _ in pairs}
+    if len(hosts) == 1 and _fleet_target(next(iter(hosts)), opts):
+        return _fleet_transfer(pairs[0][0], False, [p for _, p in pairs], args[-1], opts)
+    if len(hosts) != 1:
+        raise BadRequest("all sources of one get must be on the same host")
+    host, opts = _one(hosts.pop(), opts)
+    result = asyncio.run(_transfer(host, opts, False, [p for _, p in pairs], args[-1]))
     _report(result, opts)
+    return 0

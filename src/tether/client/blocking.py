@@ -3,12 +3,12 @@ or plaintext) driving the sans-I/O :class:`tether.protocol.Connection`, without 
 
 ``tether run`` lives for one command, so starting up is most of what it costs: this module and
 what it imports stay small (no asyncio, dataclasses, typing or cryptography). It connects,
-authenticates and pins exactly like :func:`tether.connect`, through the same shared pieces
-(:mod:`tether.home`, :mod:`tether.client.handshake`, :mod:`tether.net.translate`), and reports
-connection failures with the same messages. After the handshake the socket is non-blocking: the
-caller's select loop calls :meth:`BlockingConnection.flush` when :attr:`wants_write` and
-:meth:`BlockingConnection.receive` when the socket is readable, so that neither side can stall
-the other by filling a buffer.
+authenticates and pins exactly like :func:`tether.connect`, through the same I/O-free client
+core (:mod:`tether.client.core`) and error translation (:mod:`tether.net.translate`), and
+reports connection failures with the same messages. After the handshake the socket is
+non-blocking: the caller's select loop calls :meth:`BlockingClient.flush` when
+:attr:`wants_write` and :meth:`BlockingClient.receive` when the socket is readable, so that
+neither side can stall the other by filling a buffer.
 """
 
 from __future__ import annotations
@@ -18,18 +18,13 @@ import socket
 import ssl
 import time
 
-from tether.client import handshake
-from tether.errors import (
-    ConnectionBroken,
-    NotAuthorized,
-    RemoteProtocolError,
-    TetherError,
-    from_wire,
-)
-from tether.home import check_host, fingerprint
+from tether.client.core import REFUSALS, ClientCore
+from tether.errors import ConnectionBroken, RemoteProtocolError, TetherError
+from tether.home import fingerprint
 from tether.net.translate import translate
-from tether.protocol.connection import CLOSED, NEED_DATA, Connection
-from tether.protocol.messages import Credit, Data, Error, Message, Ping, Pong, Role, Welcome
+from tether.protocol.connection import CLOSED, NEED_DATA
+from tether.protocol.connection import Connection as ProtocolState
+from tether.protocol.messages import Data, Error, Message, Role, Welcome
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,8 +40,8 @@ SNI: Any = b"tether"  # the name the async client sends too; as bytes, no idna c
 FINISH_TIMEOUT = 2.0  # seconds the last frames may take to leave
 
 
-class BlockingConnection:
-    """An authenticated connection; :attr:`welcome` is the server's answer to our hello.
+class BlockingClient:
+    """A blocking driver of :class:`ClientCore`; :attr:`welcome` is the server's answer.
 
     TLS runs over memory BIOs (as asyncio's does), not as an ``ssl.SSLSocket``: that one reads
     each 16 KiB record with two system calls, which made bulk output CPU-bound in the kernel;
@@ -60,8 +55,8 @@ class BlockingConnection:
         self.tls = tls
         self._incoming = incoming
         self._outgoing = outgoing
-        self.proto = Connection(Role.CLIENT)
-        self.welcome: Welcome | None = None
+        self.proto = ProtocolState(Role.CLIENT)
+        self.core = ClientCore(self.proto)
         self.early: list[Message | Data] = []  # events that came in with the welcome
         self.request: Message | None = None  # the request pipelined behind the hello
         self.closed = False  # the peer closed the connection
@@ -69,9 +64,15 @@ class BlockingConnection:
         self._eof = False
         self._buffer = memoryview(bytearray(RECV_SIZE))
 
+    @property
+    def welcome(self) -> Welcome | None:
+        return self.core.welcome
+
     # --- sending: queued, written by flush ---------------------------------------------------
 
     def _queue(self, data: bytes) -> None:
+        if not data:
+            return
         if self.tls is None:
             self._out += data
             return
@@ -90,10 +91,10 @@ class BlockingConnection:
         self._queue(self.proto.send_data(stream, 0, data))
 
     def consumed(self, stream: int, size: int) -> None:
-        """The application used ``size`` bytes of the stream's output: grant credit if due."""
-        credit = self.proto.consumed(stream, size)
-        if credit:
-            self._queue(credit)
+        """The application used ``size`` bytes of the stream's output (the core grants credit
+        when due; the next flush sends it)."""
+        self.proto.consumed(stream, size)
+        self._queue(self.proto.data_to_send())
 
     @property
     def wants_write(self) -> int:
@@ -120,11 +121,11 @@ class BlockingConnection:
     # --- receiving -----------------------------------------------------------------------------
 
     def receive(self) -> list[Message | Data]:
-        """Read what has arrived and return the complete events (credit and the server's
-        keepalive pings are handled here).
+        """Read what has arrived and return the complete events (the core answers the
+        server's keepalive pings itself: the next flush sends its pongs).
 
-        Sets :attr:`closed` when the peer closed the connection after whole frames; a stream-0
-        error is raised as the tether error it stands for.
+        Sets :attr:`closed` when the peer closed the connection after whole frames; the core
+        routes the rest (a stream-0 error is raised as the tether error it stands for).
         """
         self._read()
         events, self.early = self.early, []
@@ -140,13 +141,12 @@ class BlockingConnection:
                 break
             if event is CLOSED:
                 self.closed = True
-            elif isinstance(event, Error) and event.stream == 0:
-                raise from_wire(event.code, event.message)
-            elif isinstance(event, Ping):  # the server's keepalive: the next flush answers it
-                self.send(Pong(token=event.token))
-            elif not isinstance(event, Credit | Pong):  # credit: the protocol has counted it
-                assert not isinstance(event, type(NEED_DATA))
-                events.append(event)
+                continue
+            assert not isinstance(event, type(NEED_DATA))
+            routed = self.core.route(event)
+            if routed is not None:
+                events.append(routed)
+        self._queue(self.proto.data_to_send())
         return events
 
     def _read(self) -> None:
@@ -233,7 +233,7 @@ class BlockingConnection:
         self.sock.close()
 
 
-def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingConnection:
+def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingClient:
     """The TLS handshake over ``sock`` (blocking, within its timeout), through memory BIOs."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=SNI)
@@ -249,7 +249,7 @@ def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingConnection:
             else:
                 incoming.write_eof()
     sock.sendall(outgoing.read())
-    return BlockingConnection(sock, tls, incoming, outgoing)
+    return BlockingClient(sock, tls, incoming, outgoing)
 
 
 def _tcp(host: str, port: int, timeout: float) -> socket.socket:
@@ -281,15 +281,15 @@ def _tcp(host: str, port: int, timeout: float) -> socket.socket:
 def connect(host: str, port: int, home: str | os.PathLike[str], *,
             context: ssl.SSLContext | None, cert: str = "", accept_new: bool = False,
             confirm: Confirm | None = None, timeout: float = 10.0,
-            request: Callable[[Connection], Message] | None = None) -> BlockingConnection:
-    """Connect, pin the server (:func:`tether.home.check_host`) and exchange hello/welcome.
+            request: Callable[[ClientCore], Message] | None = None) -> BlockingClient:
+    """Connect, pin the server and exchange hello/welcome (the core decides; this does I/O).
 
     ``context`` is the client's TLS context (:func:`tether.tls.client_context_files`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
-    ``request(proto)`` makes a first request that goes right behind the hello, in the same
-    flight (docs/PROTOCOL.md, "Pipelining"): its answer comes a round trip sooner; a refused
-    client's request is never read. Events that arrive with the welcome wait in :attr:`early`
-    for the first :meth:`receive`.
+    ``request(core)`` makes a first request that goes right behind the hello, in the same
+    flight (docs/PROTOCOL.md, "Pipelining"): its answer comes a round trip sooner, and a refused
+    client's request is never read. It is :attr:`BlockingClient.request`; events that arrive
+    with the welcome wait in :attr:`BlockingClient.early` for the first :meth:`receive`.
     """
     try:
         sock = _tcp(host, port, timeout)
@@ -297,26 +297,29 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
         raise translate(exc) from exc
     try:
         sock.settimeout(timeout)
-        conn = BlockingConnection(sock) if context is None else _tls(sock, context)
+        conn = BlockingClient(sock) if context is None else _tls(sock, context)
     except OSError as exc:  # ssl.SSLError included
         sock.close()
         raise translate(exc) from exc
     try:
+        core = conn.core
         if conn.tls is not None:
-            server_fp = fingerprint(conn.tls.getpeercert(binary_form=True) or b"")
-            check_host(home, host, port, server_fp, accept_new, confirm)
+            core.check_server(conn.tls.getpeercert(binary_form=True), home, host, port,
+                              accept_new, confirm)
         try:
-            conn.send(handshake.hello())
+            conn.send(core.hello())
             if request is not None:  # only once the server's key is pinned
-                conn.request = request(conn.proto)
+                conn.request = request(core)
                 conn.send(conn.request)
             conn.flush()
-            answer, *conn.early = conn.next_events()
-        except (NotAuthorized, ConnectionBroken) as exc:
-            if context is None:
+            answer, *early = conn.next_events()
+        except REFUSALS as exc:
+            error = core.refused(exc, context is not None, _own_fingerprint(cert))
+            if error is exc:
                 raise
-            raise handshake.refused(_own_fingerprint(cert)) from exc
-        conn.welcome = handshake.welcome_of(answer, context is not None)
+            raise error from exc
+        core.answer(answer, context is not None)
+        conn.early = [e for e in map(core.route, early) if e is not None]  # now welcomed
         sock.setblocking(False)
     except BaseException:
         conn.close()

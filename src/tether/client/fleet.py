@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -30,8 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tether.client.api import STDOUT, Confirm, Connection, _feed, connect
-from tether.client.transfer import TransferResult
+from tether.client.api import Connection, connect
+from tether.client.options import (
+    CONNECT_TIMEOUT,
+    DEFAULT_PARALLEL,
+    Confirm,
+    ConnectOptions,
+    options_of,
+)
+from tether.client.process import STDOUT, _feed
+from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
     ConnectionFailed,
@@ -39,11 +48,7 @@ from tether.errors import (
     HostUnknown,
     NotAuthorized,
 )
-from tether.identity import DEFAULT_PORT, home_dir
 from tether.inventory import Target, load, resolve
-
-DEFAULT_PARALLEL = 64
-CONNECT_TIMEOUT = 10.0
 
 # HostResult.kind: why a host did not succeed (or "ok")
 OK, FAILED, TIMEOUT, UNREACHABLE, UNAUTHORIZED, UNTRUSTED, ERROR = (
@@ -51,7 +56,7 @@ OK, FAILED, TIMEOUT, UNREACHABLE, UNAUTHORIZED, UNTRUSTED, ERROR = (
 )
 
 Output = Callable[[Target, int, bytes], None]
-Done = Callable[["HostResult"], None]
+OnHostDone = Callable[["HostResult"], None]  # called as each host finishes
 Operation = Callable[[Connection, Target, "HostResult"], Awaitable[None]]
 
 
@@ -164,28 +169,44 @@ def local_dir_name(target: Target) -> str:
 class Fleet:
     """Connections to many tether servers, opened on demand; see the module docstring."""
 
-    def __init__(self, targets: Sequence[Target], *, home: Path, accept_new: bool = False,
-                 plaintext: bool = False, confirm: Confirm | None = None,
+    def __init__(self, targets: Sequence[Target], *, options: ConnectOptions | None = None,
+                 home: str | os.PathLike[str] | None = None, accept_new: bool | None = None,
+                 plaintext: bool | None = None, confirm: Confirm | None = None,
                  parallel: int = DEFAULT_PARALLEL, timeout: float | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, keep_connections: bool = True,
+                 connect_timeout: float | None = None, keep_connections: bool = True,
                  keepalive: float | None = None) -> None:
+        """``options`` (or its fields as keywords) for every connection; a host's own port and
+        keepalive from the inventory win. ``connect_timeout`` is ``options.timeout``."""
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         self.targets = list(targets)
-        self.home = home
-        self.accept_new = accept_new
-        self.plaintext = plaintext
-        self.keepalive = keepalive  # per connection, as tether.connect's (a host's own wins)
-        self.confirm = confirm
+        self.options = options_of(options, home=home, accept_new=accept_new,
+                                  plaintext=plaintext, confirm=confirm, timeout=connect_timeout,
+                                  keepalive=keepalive)
         self.parallel = parallel
         self.timeout = timeout
-        self.connect_timeout = connect_timeout
         self.keep_connections = keep_connections
         self._conns: dict[str, Connection] = {}
 
+    @property
+    def home(self) -> Path:
+        return self.options.home_dir
+
+    @property
+    def confirm(self) -> Confirm | None:
+        return self.options.confirm
+
+    @confirm.setter
+    def confirm(self, confirm: Confirm | None) -> None:
+        self.options = dataclasses.replace(self.options, confirm=confirm)
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.options.timeout
+
     # --- operations ----------------------------------------------------------------------------
 
-    async def connect(self, *, timeout: float | None = None, on_done: Done | None = None
+    async def connect(self, *, timeout: float | None = None, on_done: OnHostDone | None = None
                       ) -> FleetResult:
         """Open every connection now (otherwise the first operation does), reporting each."""
 
@@ -197,7 +218,7 @@ class Fleet:
     async def run(self, cmd: str | Sequence[str], *, input: bytes | None = None,
                   cwd: str | None = None, env: Mapping[str, str] | None = None,
                   timeout: float | None = None, remote_timeout: float | None = None,
-                  on_output: Output | None = None, on_done: Done | None = None,
+                  on_output: Output | None = None, on_done: OnHostDone | None = None,
                   capture: bool = True) -> FleetResult:
         """Run ``cmd`` on every host. ``on_output(target, channel, bytes)`` sees output as it
         arrives; ``capture=False`` keeps none of it in the results (for streaming only).
@@ -234,7 +255,7 @@ class Fleet:
     async def put(self, local: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                   remote: str, *, recursive: bool = False, force: bool = False,
                   rename: bool = False, resume: bool = True, timeout: float | None = None,
-                  on_done: Done | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None) -> FleetResult:
         """Upload the same files to every host (see :meth:`Connection.put`)."""
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
@@ -247,7 +268,7 @@ class Fleet:
     async def get(self, remote: str | Sequence[str], local: str | os.PathLike[str], *,
                   recursive: bool = False, force: bool = False, rename: bool = False,
                   resume: bool = True, timeout: float | None = None,
-                  on_done: Done | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None) -> FleetResult:
         """Download from every host into ``local/HOST/`` (created), one directory per host, so
         that the same path on two hosts never lands on one local file."""
 
@@ -262,7 +283,7 @@ class Fleet:
 
     # --- machinery -----------------------------------------------------------------------------
 
-    async def _each(self, op: Operation, timeout: float | None, on_done: Done | None
+    async def _each(self, op: Operation, timeout: float | None, on_done: OnHostDone | None
                     ) -> FleetResult:
         gate = asyncio.Semaphore(self.parallel)
 
@@ -304,10 +325,8 @@ class Fleet:
     async def _connection(self, target: Target) -> Connection:
         conn = self._conns.get(target.name)
         if conn is None or conn._failure is not None:
-            conn = await connect(target.address, target.port, home=self.home,
-                                 accept_new=self.accept_new, plaintext=self.plaintext,
-                                 confirm=self.confirm, timeout=self.connect_timeout,
-                                 keepalive=target.keepalive or self.keepalive)
+            conn = await connect(target.address, target.port, options=self.options,
+                                 keepalive=target.keepalive or None)
             self._conns[target.name] = conn
         return conn
 
@@ -332,15 +351,17 @@ class Fleet:
 def connect_many(
     targets: str | Iterable[str | Target],
     *,
-    port: int = DEFAULT_PORT,
+    options: ConnectOptions | None = None,
+    port: int | None = None,
     home: str | os.PathLike[str] | None = None,
-    accept_new: bool = False,
-    plaintext: bool = False,
+    accept_new: bool | None = None,
+    plaintext: bool | None = None,
     confirm: Confirm | None = None,
     parallel: int = DEFAULT_PARALLEL,
     timeout: float | None = None,
-    connect_timeout: float = CONNECT_TIMEOUT,
+    connect_timeout: float | None = None,
     keep_connections: bool = True,
+    keepalive: float | None = None,
 ) -> Fleet:
     """A :class:`Fleet` over ``targets`` (``"@web"``, ``"a,b"``, names, addresses or
     :class:`~tether.inventory.Target` tuples), resolved against ``$TETHER_HOME/hosts.toml``.
@@ -348,13 +369,17 @@ def connect_many(
     Nothing is connected yet: use ``async with`` (which closes every connection at the end) and
     call :meth:`Fleet.run`, :meth:`Fleet.put`, :meth:`Fleet.get` or :meth:`Fleet.connect`.
     ``timeout`` is the per-host deadline (connect plus operation) when neither the operation nor
-    the host's inventory entry sets one; ``port`` applies to bare addresses only.
+    the host's inventory entry sets one; ``port`` applies to bare addresses only. The connect
+    options are a :class:`~tether.client.options.ConnectOptions` or its fields as keywords
+    (``connect_timeout`` is its ``timeout``).
     """
-    h = home_dir(home)
-    resolved = resolve(targets, load(h), port)
-    return Fleet(resolved, home=h, accept_new=accept_new, plaintext=plaintext, confirm=confirm,
-                 parallel=parallel, timeout=timeout, connect_timeout=connect_timeout,
+    opts = options_of(options, port=port, home=home, accept_new=accept_new,
+                      plaintext=plaintext, confirm=confirm, timeout=connect_timeout,
+                      keepalive=keepalive)
+    resolved = resolve(targets, load(opts.home_dir), opts.port)
+    return Fleet(resolved, options=opts, parallel=parallel, timeout=timeout,
                  keep_connections=keep_connections)
 
 
-__all__ = ["Fleet", "FleetResult", "HostResult", "classify", "connect_many"]
+__all__ = ["CONNECT_TIMEOUT", "Fleet", "FleetResult", "HostResult", "OnHostDone", "classify",
+           "connect_many"]

@@ -4,10 +4,10 @@ server's answer means."""
 
 from __future__ import annotations
 
-from tether import __version__
 from tether.errors import NotAuthorized, RemoteProtocolError, from_wire
 from tether.protocol.connection import PROTOCOL_VERSIONS
 from tether.protocol.messages import Data, Error, Hello, Message, Welcome
+from tether.version import __version__
 
 
 def hello() -> Hello:

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from tether.client.api import Connection, RunResult, _open
-from tether.identity import DEFAULT_PORT, home_dir
+from tether.client.api import Connection, _open
+from tether.client.options import ConnectOptions, options_of
+from tether.client.process import RunResult
 
 T = TypeVar("T")
 
@@ -26,24 +27,25 @@ class SyncConnection:
     def __init__(
         self,
         host: str,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         *,
+        options: ConnectOptions | None = None,
         home: str | os.PathLike[str] | None = None,
-        accept_new: bool = False,
-        plaintext: bool = False,
-        timeout: float = 10.0,
+        accept_new: bool | None = None,
+        plaintext: bool | None = None,
+        timeout: float | None = None,
         keepalive: float | None = None,
     ) -> None:
-        """``keepalive``: as :func:`tether.connect`'s (seconds; None or 0: off)."""
+        """The options as :func:`tether.connect`'s: an ``options`` object or its fields as
+        keywords (``keepalive``: seconds; None or 0: off)."""
+        opts = options_of(options, port=port, home=home, accept_new=accept_new,
+                          plaintext=plaintext, timeout=timeout, keepalive=keepalive)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="tether-sync")
         self._thread.start()
         try:
-            self._conn: Connection = self._call(
-                _open(host, port, home_dir(home), accept_new, plaintext, None, timeout,
-                      keepalive)
-            )
+            self._conn: Connection = self._call(_open(host, opts))
         except BaseException:
             self._stop()
             raise

@@ -16,10 +16,18 @@ import posixpath
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from tether.client.transfer_base import (
+    FileResult,
+    Options,
+    Progress,
+    StreamOpener,
+    TransferResult,
+    _expect,
+)
 from tether.errors import (
     AlreadyExists,
     BadRequest,
@@ -53,67 +61,13 @@ from tether.storage.partial import PartialFile
 from tether.storage.source import CHUNK, digest, new_hasher
 
 if TYPE_CHECKING:
-    from tether.client.api import Connection, StreamHandle
+    from tether.client.process import StreamHandle
+
+Connection = StreamOpener  # what put and get need of a connection
 
 RESUME_MIN = 1024 * 1024  # smaller files are simply sent again: no round trip to ask
 IN_FLIGHT = 32  # transfers open at once during a tree transfer
 BATCHES_IN_FLIGHT = 4  # batches of small files open at once (docs/PROTOCOL.md, "Batches")
-
-
-class Progress(Protocol):
-    """What a transfer reports as it goes (the CLI draws it; the API passes it through)."""
-
-    def total(self, files: int, size: int) -> None: ...
-    def file_started(self, name: str, size: int, offset: int) -> None: ...
-    def advanced(self, name: str, size: int) -> None: ...
-    def file_done(self, name: str) -> None: ...
-
-
-class _NoProgress:
-    def total(self, files: int, size: int) -> None:
-        pass
-
-    def file_started(self, name: str, size: int, offset: int) -> None:
-        pass
-
-    def advanced(self, name: str, size: int) -> None:
-        pass
-
-    def file_done(self, name: str) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class FileResult:
-    path: str
-    kind: str
-    size: int = 0
-    hash: str = ""
-    resumed_from: int = 0
-
-
-@dataclass
-class TransferResult:
-    """What a put or get did: every entry, the bytes moved, and how long it took."""
-
-    files: list[FileResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def bytes(self) -> int:
-        return sum(f.size - f.resumed_from for f in self.files)
-
-    @property
-    def resumed(self) -> list[FileResult]:
-        return [f for f in self.files if f.resumed_from]
-
-
-@dataclass(frozen=True)
-class Options:
-    force: bool = False
-    rename: bool = False
-    resume: bool = True
-    progress: Progress = field(default_factory=_NoProgress)
 
 
 def _hash_prefix(fh: object, size: int) -> object:
@@ -125,13 +79,6 @@ def _hash_prefix(fh: object, size: int) -> object:
         hasher.update(chunk)
         pos += len(chunk)
     return hasher
-
-
-async def _expect(handle: StreamHandle, kind: type) -> object:
-    event = await handle.next()
-    if not isinstance(event, kind):
-        raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
-    return event
 
 
 # --- put ----------------------------------------------------------------------------------------
@@ -389,8 +336,7 @@ async def _get_file(conn: Connection, remote: str, dir_fd: int, name: str, shown
                 event = await handle.next()
                 if isinstance(event, Done):
                     break
-                if not isinstance(event, Data):
-                    raise RemoteProtocolError(f"unexpected {type(event).__name__} in a get")
+                assert isinstance(event, Data)  # the get table allows nothing else now
                 if partial.written + len(event.data) > meta.size:
                     raise SourceChanged(f"{remote} sent more than its {meta.size} bytes")
                 partial.write(event.data)
@@ -452,11 +398,8 @@ def _check_listing(entries: list[Entry]) -> None:
 
 
 def _unbatch(msg: Entries) -> list[Entry]:
-    """The entries an ``entries`` message lists (checked like any others afterwards)."""
-    count = len(msg.names)
-    if any(len(values) != count for values in (msg.kinds, msg.sizes, msg.modes, msg.mtimes,
-                                                 msg.targets)):
-        raise RemoteProtocolError("the server listed entries whose fields differ in number")
+    """The entries an ``entries`` message lists (its lists agree in length: the protocol
+    core checked that as it arrived; names are checked like any others afterwards)."""
     return [Entry(parts=name.split("/") if name else [], kind=kind, size=size, mode=mode,
                   mtime_ns=mtime, target=target, stream=msg.stream)
             for name, kind, size, mode, mtime, target in zip(
@@ -474,10 +417,9 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
             break
         if isinstance(event, Entries):
             entries += _unbatch(event)
-        elif isinstance(event, Entry):
-            entries.append(event)
         else:
-            raise RemoteProtocolError(f"unexpected {type(event).__name__} in a listing")
+            assert isinstance(event, Entry)  # the list table allows nothing else
+            entries.append(event)
     _check_listing(entries)  # everything, before writing anything
     if entries and not entries[0].parts and entries[0].kind == "file":
         directory, name = _local_target(local, remote)
@@ -565,3 +507,6 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
     finally:
         for task in tasks:
             task.cancel()
+
+
+__all__ = ["FileResult", "Options", "Progress", "TransferResult", "get", "put"]

@@ -4,11 +4,11 @@
 buffers (asyncio's ``BufferedProtocol``: ``recv_into`` for TCP, ``SSLObject.read`` into our
 buffer for TLS), so a large DATA body is written once, by the kernel or by decryption, and handed
 to the application as it is. :class:`FramedConnection` hands events to one reader, writes the
-bytes the core produces, and makes DATA senders wait for flow-control credit. Credit frames are
-consumed here and never reach the application; so are ``ping`` (answered with ``pong``) and
-``pong``: the keepalive (:attr:`FramedConnection.keepalive`) lives here too, so a peer that
-vanished without a FIN is noticed while streams are open. OSError and ssl errors become tether
-errors at this boundary (:func:`tether.net.translate.translate`).
+bytes the core produces (its own pongs and credit included: ``data_to_send``), and makes
+DATA senders wait for flow-control credit; ``credit`` events only wake those senders and never
+reach the application. The keepalive's timing (:attr:`FramedConnection.keepalive`) lives
+here, so a peer that vanished without a FIN is noticed while streams are open. OSError and ssl
+errors become tether errors at this boundary (:func:`tether.net.translate.translate`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tether.protocol import (
     Error,
     Message,
     Ping,
-    Pong,
+    Refused,
     Role,
 )
 
@@ -192,7 +192,7 @@ class FramedConnection:
 
     # --- receiving -----------------------------------------------------------------------------
 
-    async def next_event(self) -> Message | Data:
+    async def next_event(self) -> Message | Data | Refused:
         """The next message or data; raises ConnectionBroken at EOF, ProtocolError on violations.
 
         Any failure also wakes every sender waiting for credit, so nothing waits forever.
@@ -211,10 +211,11 @@ class FramedConnection:
             self._fail(exc)
             raise
 
-    async def _next_event(self) -> Message | Data:
+    async def _next_event(self) -> Message | Data | Refused:
         while True:
             event = self.proto.next_event()
             if event is NEED_DATA:
+                self._flush()  # what the core answered by itself (pongs) goes before we wait
                 await self._wait_bytes()
                 continue
             if event is CLOSED:
@@ -222,17 +223,10 @@ class FramedConnection:
             assert not isinstance(event, type(NEED_DATA))
             self.link.taken()
             self._partial_since = None  # a frame completed: the frame deadline starts anew
+            self._idle_since = None  # (pings and pongs, which the core absorbs, do not count)
             if isinstance(event, Credit):
-                self._idle_since = None
                 self._wake(event.stream)
                 continue
-            if isinstance(event, Ping):
-                if not self._closed and self._error is None:
-                    self.transport.write(self.proto.send(Pong(token=event.token)))
-                continue
-            if isinstance(event, Pong):
-                continue  # an answer to our keepalive: its arrival was the point
-            self._idle_since = None  # pings and pongs keep a connection alive, not busy
             if isinstance(event, Error) and event.stream == 0:
                 # the peer ends the connection: whoever waits for credit must hear it now
                 self._fail(from_wire(event.code, event.message))
@@ -294,10 +288,16 @@ class FramedConnection:
         return interval
 
     def consumed(self, stream: int, size: int) -> None:
-        """The application has used ``size`` bytes of the stream's data: grant credit if due."""
-        frame = self.proto.consumed(stream, size)
-        if frame and not self._closed:
-            self.transport.write(frame)
+        """The application has used ``size`` bytes of the stream's data (the core grants
+        credit when due)."""
+        self.proto.consumed(stream, size)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the frames the core sent by itself (pongs, credit)."""
+        out = self.proto.data_to_send()
+        if out and not self._closed and self._error is None:
+            self.transport.write(out)
 
     # --- sending -------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Sans-I/O protocol core: frames, messages, and the connection state machine.
+"""Sans-I/O protocol core: frames, messages, the connection state machine and the
+per-operation stream tables.
 
 Nothing here imports asyncio, socket, ssl or os: bytes in, events out; events in, bytes out.
 """
@@ -12,6 +13,8 @@ from tether.protocol.connection import (
 )
 from tether.protocol.frames import MAX_BODY, MAX_HEADER
 from tether.protocol.messages import (
+    MAX_BYTES,
+    MAX_FILES,
     Batch,
     Begin,
     Close,
@@ -36,6 +39,7 @@ from tether.protocol.messages import (
     Pong,
     Put,
     Ready,
+    Refused,
     Resize,
     Role,
     Shell,
@@ -50,7 +54,9 @@ __all__ = [
     "CLOSED",
     "INITIAL_WINDOW",
     "MAX_BODY",
+    "MAX_BYTES",
     "MAX_CREDIT",
+    "MAX_FILES",
     "MAX_HEADER",
     "NEED_DATA",
     "PROTOCOL_VERSIONS",
@@ -80,6 +86,7 @@ __all__ = [
     "Pong",
     "Put",
     "Ready",
+    "Refused",
     "Resize",
     "Role",
     "Shell",

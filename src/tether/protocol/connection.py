@@ -10,17 +10,28 @@ Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
 2. Roles. Each message type names who may send it (``Message.SENDERS``); DATA on channels 1 and
    2 (stdout, stderr) only comes from the server.
 3. Streams. Only the client opens streams, with odd ids that strictly increase. A stream ends
-   when both sides have sent their final message (server: ``exit`` or ``error``; client:
-   ``close`` or ``error``). After a side has sent its final message, the peer's non-final frames
-   already in flight are dropped; after a side has *received* the peer's final message, anything
-   more from the peer on that stream is an error. A frame for an id that was never opened, or one
-   fully ended, is an error.
-4. Flow control. Each side may send at most ``INITIAL_WINDOW`` bytes of DATA per stream beyond
+   when both sides have sent their final message (server: ``exit``, ``done`` or ``error``;
+   client: ``close`` or ``error``). After a side has sent its final message, the peer's
+   non-final frames already in flight are dropped; after a side has *received* the peer's final
+   message, anything more from the peer on that stream is an error. A frame for an id that was
+   never opened, or one fully ended, is an error.
+4. Operations. What may be sent on a stream, and on which DATA channels, is the transition
+   table of the operation that opened it (:mod:`tether.protocol.streams`), checked for every
+   frame in both directions. An opener whose values are wrong (:meth:`Message.problem`) opens
+   its stream and arrives as :class:`Refused`, for a ``bad_request`` answer; any other message
+   with a problem is a protocol error.
+5. Flow control. Each side may send at most ``INITIAL_WINDOW`` bytes of DATA per stream beyond
    what the peer has granted with ``credit``. Exceeding it is an error; the receiver grants credit
-   as its application consumes the data, so buffering is bounded by the window. A credit is
-   1..MAX_CREDIT bytes and may not raise the window above MAX_CREDIT. The receiver tunes each
-   stream's window to the path (:mod:`tether.protocol.window`), within ``window_budget``.
-5. Errors. Any violation raises RemoteProtocolError (the peer broke a rule) or LocalProtocolError
+   as its application consumes the data (:meth:`Connection.consumed`), so buffering is bounded
+   by the window. A credit is 1..MAX_CREDIT bytes and may not raise the window above MAX_CREDIT.
+   How much to grant is the receiver's choice: the core tunes each stream's window to the path
+   (:mod:`tether.protocol.window`), within ``window_budget``.
+6. Chores. A ``ping`` is answered with a ``pong`` here, and neither reaches the application;
+   credit is granted here, with the window probes (``ping``) that tune it. All go into the
+   outbound bytes: :meth:`Connection.data_to_send`, which :meth:`Connection.send` and
+   :meth:`Connection.data_prefix` also put first in what they return, so a driver only ever
+   writes what the core gives it, in order.
+7. Errors. Any violation raises RemoteProtocolError (the peer broke a rule) or LocalProtocolError
    (we tried to); after a remote violation the connection only sends one stream-0 ``error``, and
    after sending a stream-0 ``error`` it sends nothing more.
 
@@ -49,10 +60,12 @@ from tether.protocol.messages import (
     Message,
     Ping,
     Pong,
+    Refused,
     Role,
     Welcome,
     decode_message,
 )
+from tether.protocol.streams import OPERATIONS, Operation
 from tether.protocol.window import INITIAL_WINDOW as INITIAL_WINDOW
 from tether.protocol.window import MAX_CREDIT as MAX_CREDIT
 from tether.protocol.window import WINDOW_BUDGET, Tuner, Window
@@ -73,7 +86,7 @@ class _Sentinel(Enum):
 NEED_DATA: Final = _Sentinel.NEED_DATA  # no complete event yet: feed more bytes
 CLOSED: Final = _Sentinel.CLOSED  # the peer closed the byte stream at a frame boundary
 
-Event = Message | Data | _Sentinel
+Event = Message | Data | Refused | _Sentinel
 
 
 class State(Enum):
@@ -83,15 +96,31 @@ class State(Enum):
 
 
 class _Stream:
-    __slots__ = ("local_eof", "local_final", "recv", "remote_eof", "remote_final", "send_credit")
+    """One open stream: its operation, both halves' states (streams.py) and its windows."""
 
-    def __init__(self) -> None:
+    __slots__ = ("local_channels", "local_eof", "local_final", "local_state", "op", "recv",
+                 "remote_channels", "remote_eof", "remote_final", "remote_state", "request",
+                 "send_credit")
+
+    def __init__(self, request: Message, local: Role) -> None:
+        self.op: Operation = OPERATIONS[request.TYPE]
+        self.request = request  # its opener: some replies are checked against it
+        client, server = self.op.first(request)
+        self.local_state, self.remote_state = (
+            (client, server) if local is Role.CLIENT else (server, client))
+        # the DATA channels each side may send on now (looked up once per state change)
+        self.local_channels = self.op.data[local, self.local_state]
+        self.remote_channels = self.op.data[_peer(local), self.remote_state]
         self.send_credit = INITIAL_WINDOW
         self.recv = Window()  # what the peer may send us, and what we hold of it
         self.local_final = False
         self.remote_final = False
-        self.local_eof: set[int] = set()
+        self.local_eof: set[int] = set()  # channels ended by eof (for clearer errors)
         self.remote_eof: set[int] = set()
+
+
+def _an(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def _peer(role: Role) -> Role:
@@ -103,7 +132,7 @@ class Connection:
 
     def __init__(self, role: Role, *, window_budget: int = WINDOW_BUDGET) -> None:
         """``window_budget``: bytes of DATA the streams' receive windows may add up to as they
-        grow (see :mod:`tether.protocol.window`); at or below ``INITIAL_WINDOW`` windows stay at
+        grow (:mod:`tether.protocol.window`); at or below ``INITIAL_WINDOW`` windows stay at
         ``INITIAL_WINDOW`` and no window probe is sent."""
         self.role = role
         self.state = State.HANDSHAKE
@@ -116,6 +145,7 @@ class Connection:
         self._versions: frozenset[int] = frozenset()  # the versions the client offered
         self._broken = False  # the peer broke the protocol
         self._sent_fatal = False  # we sent a stream-0 error
+        self._outbound = bytearray()  # frames the core itself sends: pongs, credit, probes
         self._tuner = Tuner(window_budget)
 
     # --- receiving -----------------------------------------------------------------------------
@@ -146,7 +176,7 @@ class Connection:
                         return CLOSED
                     return NEED_DATA
                 if frame.kind == KIND_DATA:
-                    event: Message | Data | None = self._receive_data_frame(
+                    event: Message | Data | Refused | None = self._receive_data_frame(
                         Data(frame.stream, frame.channel, frame.body)
                     )
                 else:
@@ -158,7 +188,7 @@ class Connection:
             self._broken = True
             raise
 
-    def _receive_message(self, msg: Message) -> Message | None:
+    def _receive_message(self, msg: Message) -> Message | Refused | None:
         peer = _peer(self.role)
         if peer not in msg.SENDERS:
             raise RemoteProtocolError(f"a {peer.value} may not send {msg.TYPE!r}")
@@ -169,17 +199,25 @@ class Connection:
         if self.state is not State.OPEN:
             raise RemoteProtocolError(f"{msg.TYPE!r} {self._not_open()}")
         if msg.OPENS:
-            self._open(msg.stream, RemoteProtocolError)
-            return msg
+            self._open(msg, RemoteProtocolError)
+            reason = msg.problem(None)
+            return msg if reason is None else Refused(msg.stream, msg, reason)
         stream = self._known(msg.stream)
+        after = self._move(stream, peer, stream.remote_state, msg, RemoteProtocolError)
+        if isinstance(msg, Credit) and (
+                not 0 < msg.size <= MAX_CREDIT or stream.send_credit + msg.size > MAX_CREDIT):
+            raise RemoteProtocolError(f"credit of {msg.size} is out of range")
+        reason = msg.problem(stream.request)
+        if reason is not None:
+            raise RemoteProtocolError(reason)
+        if after != stream.remote_state:
+            stream.remote_state = after
+            stream.remote_channels = stream.op.data[peer, after]
         if stream.local_final and not msg.FINAL:
             return None  # in flight when we ended the stream: drop
         if isinstance(msg, Credit):
-            if not 0 < msg.size <= MAX_CREDIT or stream.send_credit + msg.size > MAX_CREDIT:
-                raise RemoteProtocolError(f"credit of {msg.size} is out of range")
             stream.send_credit += msg.size
         elif isinstance(msg, Eof):
-            self._check_channel(msg.channel, peer, RemoteProtocolError)
             stream.remote_eof.add(msg.channel)
         if msg.FINAL:
             stream.remote_final = True
@@ -208,8 +246,13 @@ class Connection:
             return msg
         if self.state is not State.OPEN:
             raise RemoteProtocolError(f"{msg.TYPE!r} {self._not_open()}")
-        if isinstance(msg, Pong) and self._tuner.answered(msg.token, self._windows()):
-            return None  # the answer to our window probe: counted, not an event
+        if isinstance(msg, Ping):
+            if not self._sent_fatal:
+                self._outbound += encode_msg(0, Pong(token=msg.token).to_header())
+            return None  # answered here: neither ping nor pong reaches the application
+        if isinstance(msg, Pong):
+            self._tuner.answered(msg.token, self._windows())  # our window probe's answer?
+            return None
         return msg
 
     def _windows(self) -> list[Window]:
@@ -220,18 +263,39 @@ class Connection:
             raise RemoteProtocolError(f"data {self._not_open()}")
         if data.stream == 0:
             raise RemoteProtocolError("data on stream 0")
-        peer = _peer(self.role)
-        self._check_channel(data.channel, peer, RemoteProtocolError)
         stream = self._known(data.stream)
+        if data.channel not in stream.remote_channels:
+            raise RemoteProtocolError(self._no_data(stream, _peer(self.role), data.channel))
         if len(data.data) > stream.recv.open:
             raise RemoteProtocolError(f"stream {data.stream} exceeded its flow-control window")
         if stream.local_final:
             stream.recv.open -= len(data.data)  # in flight when we ended it: never consumed
             return None
         stream.recv.received(len(data.data))
-        if data.channel in stream.remote_eof:
-            raise RemoteProtocolError(f"data on channel {data.channel} after its eof")
         return data
+
+    def _move(self, stream: _Stream, role: Role, state: str, msg: Message,
+              error: type[Exception]) -> str:
+        """The state ``role``'s half of ``stream`` moves to when it sends ``msg``; raises
+        ``error`` if its operation's table does not allow that (streams.py)."""
+        after = stream.op.moves.get((role, state, msg.TYPE))
+        if after is None:
+            raise error(f"a {role.value} may not send {msg.TYPE!r} on {_an(stream.op.name)} "
+                        f"stream (its side is {state.replace('_', ' ')})")
+        if isinstance(msg, Eof) and msg.channel not in stream.op.data[role, state]:
+            raise error(self._no_data(stream, role, msg.channel))
+        return after
+
+    def _no_data(self, stream: _Stream, role: Role, channel: int) -> str:
+        """Why ``role`` may not send DATA (or eof) on ``channel`` of ``stream`` now."""
+        local = role is self.role
+        state = stream.local_state if local else stream.remote_state
+        if channel in (stream.local_eof if local else stream.remote_eof):
+            return f"data on channel {channel} after its eof"
+        if role is Role.CLIENT and channel != 0:
+            return f"a client may not send on channel {channel}"
+        return (f"a {role.value} may not send data on channel {channel} of "
+                f"{_an(stream.op.name)} stream (its side is {state.replace('_', ' ')})")
 
     def _known(self, stream_id: int) -> _Stream:
         stream = self._streams.get(stream_id)
@@ -260,7 +324,18 @@ class Connection:
             self._send_connection_message(msg)
         else:
             self._send_stream_message(msg)
+        if self._outbound:
+            return self.data_to_send() + frame
         return frame
+
+    def data_to_send(self) -> bytes:
+        """The frames the core sent by itself (pongs, credit) since last asked; a driver
+        writes them after receiving and after :meth:`consumed`."""
+        if not self._outbound:
+            return b""
+        out = bytes(self._outbound)
+        self._outbound.clear()
+        return out
 
     def _check_may_send(self, fatal_error: bool = False) -> None:
         if self._sent_fatal:
@@ -296,16 +371,19 @@ class Connection:
         if msg.CONNECTION:
             raise LocalProtocolError(f"{msg.TYPE!r} belongs on stream 0")
         if msg.OPENS:
-            self._open(msg.stream, LocalProtocolError)
+            self._open(msg, LocalProtocolError)
             return
         stream = self._streams.get(msg.stream)
         if stream is None or stream.local_final:
             raise LocalProtocolError(f"stream {msg.stream} is not open for sending")
-        if isinstance(msg, Eof):
-            self._check_channel(msg.channel, self.role, LocalProtocolError)
-            stream.local_eof.add(msg.channel)
-        elif isinstance(msg, Credit):
+        after = self._move(stream, self.role, stream.local_state, msg, LocalProtocolError)
+        if isinstance(msg, Credit):
             self._grant(stream, msg.size)
+        elif isinstance(msg, Eof):
+            stream.local_eof.add(msg.channel)
+        if after != stream.local_state:
+            stream.local_state = after
+            stream.local_channels = stream.op.data[self.role, after]
         if msg.FINAL:
             stream.local_final = True
             self._maybe_retire(msg.stream, stream)
@@ -313,7 +391,7 @@ class Connection:
     @property
     def _sendable(self) -> bool:
         """Whether stream frames may go now: once open, or (a client pipelining its first
-        requests) right behind its hello, before the welcome."""
+        requests, docs/PROTOCOL.md "Pipelining") right behind its hello, before the welcome."""
         if self.state is State.OPEN:
             return True
         return self.state is State.HANDSHAKE and self.role is Role.CLIENT and self._sent_hello
@@ -323,19 +401,23 @@ class Connection:
         return self.data_prefix(stream_id, channel, len(data)) + data
 
     def data_prefix(self, stream_id: int, channel: int, size: int) -> bytes:
-        """Account for ``size`` bytes of DATA and return only the frame prefix (zero-copy sends)."""
+        """Account for ``size`` bytes of DATA and return the frame prefix (zero-copy sends),
+        after any frames the core queued (:meth:`data_to_send`)."""
         if not 0 < size <= MAX_BODY:
             raise LocalProtocolError(f"data chunk of {size} bytes: it must be 1..{MAX_BODY}")
         self._check_may_send()
         stream = self._streams.get(stream_id)
         if not self._sendable or stream is None or stream.local_final:
             raise LocalProtocolError(f"stream {stream_id} is not open for sending")
-        self._check_channel(channel, self.role, LocalProtocolError)
-        if channel in stream.local_eof:
-            raise LocalProtocolError(f"channel {channel} of stream {stream_id} already ended")
+        if channel not in stream.local_channels:
+            if channel in stream.local_eof:
+                raise LocalProtocolError(f"channel {channel} of stream {stream_id} already ended")
+            raise LocalProtocolError(self._no_data(stream, self.role, channel))
         if size > stream.send_credit:
             raise LocalProtocolError(f"stream {stream_id} has only {stream.send_credit} credit")
         stream.send_credit -= size
+        if self._outbound:
+            return self.data_to_send() + encode_data_prefix(stream_id, channel, size)
         return encode_data_prefix(stream_id, channel, size)
 
     def send_window(self, stream_id: int) -> int:
@@ -345,26 +427,27 @@ class Connection:
             return 0
         return stream.send_credit
 
-    def consumed(self, stream_id: int, size: int) -> bytes:
-        """Record that the application used ``size`` received bytes; returns the bytes to send:
-        a ``credit`` when one is due, with a window probe (a ``ping``) riding along on a bulk
-        stream while tuning is on and no probe is out."""
+    def consumed(self, stream_id: int, size: int) -> None:
+        """Record that the application used ``size`` received bytes; once a quarter of the
+        stream's window is due the core grants credit (a ``credit`` frame in
+        :meth:`data_to_send`), with a window probe (a ``ping``) riding along on a bulk stream
+        while tuning is on and no probe is out."""
         if size < 0:
             raise LocalProtocolError(f"cannot consume {size} bytes")
         stream = self._streams.get(stream_id)
-        if stream is None or stream.local_final or self.state is not State.OPEN or self._broken:
-            return b""
+        if (stream is None or stream.local_final or self.state is not State.OPEN or self._broken
+                or self._sent_fatal):
+            return
         stream.recv.consumed(size)
         self._tuner.relieve(stream.recv)
         due = stream.recv.due()
-        if not due:
-            return b""
-        frame = encode_msg(stream_id, Credit(size=due, stream=stream_id).to_header())
+        if not due or (self.role, stream.local_state, "credit") not in stream.op.moves:
+            return  # not yet; or the peer sends no DATA here (its DATA was refused)
+        self._outbound += encode_msg(stream_id, Credit(size=due, stream=stream_id).to_header())
         self._grant(stream, due)
         token = self._tuner.probe(self._windows()) if stream.recv.bulk else None
         if token is not None:
-            frame += encode_msg(0, Ping(token=token).to_header())
-        return frame
+            self._outbound += encode_msg(0, Ping(token=token).to_header())
 
     def next_stream_id(self) -> int:
         """The id for the next stream this (client) side opens."""
@@ -374,6 +457,15 @@ class Connection:
 
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
+
+    def states(self, stream_id: int) -> tuple[str, str] | None:
+        """The (client's, server's) half-states of an open stream (streams.py), else None."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        if self.role is Role.CLIENT:
+            return stream.local_state, stream.remote_state
+        return stream.remote_state, stream.local_state
 
     def can_send(self, stream_id: int) -> bool:
         """True while neither side has ended the stream (data sent now would be used)."""
@@ -396,11 +488,12 @@ class Connection:
 
     # --- shared --------------------------------------------------------------------------------
 
-    def _open(self, stream_id: int, error: type[Exception]) -> None:
+    def _open(self, msg: Message, error: type[Exception]) -> None:
+        stream_id = msg.stream
         if stream_id % 2 != 1 or stream_id <= self._last_stream:
             raise error(f"stream id {stream_id} must be odd and above {self._last_stream}")
         self._last_stream = stream_id
-        stream = self._streams[stream_id] = _Stream()
+        stream = self._streams[stream_id] = _Stream(msg, self.role)
         self._tuner.opened(stream.recv)
 
     @staticmethod
@@ -426,8 +519,3 @@ class Connection:
         """DATA bytes received on open streams and not yet consumed by the application."""
         return sum(w.held for w in self._windows())
 
-    @staticmethod
-    def _check_channel(channel: int, sender: Role, error: type[Exception]) -> None:
-        allowed = (0,) if sender is Role.CLIENT else (0, 1, 2)
-        if channel not in allowed:
-            raise error(f"a {sender.value} may not send on channel {channel}")

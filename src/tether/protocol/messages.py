@@ -29,13 +29,19 @@ class Role(Enum):
     SERVER = "server"
 
 
+MAX_FILES = 512  # files in one batch or fetch (docs/PROTOCOL.md, "Batches")
+MAX_BYTES = 4 * 1024 * 1024  # bytes of content in one batch or fetch (the initial window)
+
 BOTH = frozenset({Role.CLIENT, Role.SERVER})
 CLIENT = frozenset({Role.CLIENT})
 SERVER = frozenset({Role.SERVER})
 
 
 class Message(Record):
-    """Base of all messages. ``stream`` is carried in the frame prefix, not in the header."""
+    """Base of all messages. ``stream`` is carried in the frame prefix, not in the header.
+
+    :meth:`problem` is the message's own check beyond field types (a batch's caps, a listing's
+    lists agreeing in length), run by the connection as the message arrives."""
 
     if TYPE_CHECKING:
         TYPE: ClassVar[str]
@@ -50,6 +56,12 @@ class Message(Record):
     FINAL = False  # True: the sender's last message on its stream
 
     stream: int = field(default=0, kw_only=True)
+
+    def problem(self, request: "Message | None") -> "str | None":
+        """What is wrong with this message's values, if anything; ``request`` is the message
+        that opened its stream. An opener with a problem is refused with ``bad_request``; any
+        other message with a problem is a protocol error."""
+        return None
 
     def to_header(self) -> "dict[str, Any]":
         values = self.__dict__
@@ -290,6 +302,13 @@ class Entries(Message):
     mtimes: list[int]
     targets: list[str | None]
 
+    def problem(self, request: "Message | None") -> "str | None":
+        count = len(self.names)
+        if any(len(values) != count for values in (self.kinds, self.sizes, self.modes,
+                                                     self.mtimes, self.targets)):
+            return "the server listed entries whose fields differ in number"
+        return None
+
 
 class Done(Message):
     """The server's final message for a transfer or listing."""
@@ -322,6 +341,10 @@ class Batch(Message):
     force: bool = False
     rename: bool = False
 
+    def problem(self, request: "Message | None") -> "str | None":
+        return _batch_problem(len(self.names), self.sizes, self.modes, self.mtimes,
+                              self.hashes)
+
 
 class Fetch(Message):
     """Open a stream that reads many small files below ``path`` at once (names as in batch)."""
@@ -331,6 +354,11 @@ class Fetch(Message):
     OPENS = True
     path: str
     names: list[str]
+
+    def problem(self, request: "Message | None") -> "str | None":
+        if len(self.names) > MAX_FILES:
+            return f"a batch of {len(self.names)} files exceeds the limit of {MAX_FILES}"
+        return None
 
 
 class Files(Message):
@@ -343,6 +371,26 @@ class Files(Message):
     modes: list[int]
     mtimes: list[int]
     hashes: list[str]
+
+    def problem(self, request: "Message | None") -> "str | None":
+        count = len(request.names) if isinstance(request, Fetch) else len(self.sizes)
+        problem = _batch_problem(count, self.sizes, self.modes, self.mtimes, self.hashes)
+        return None if problem is None else f"the server's answer to a fetch: {problem}"
+
+
+def _batch_problem(count: int, sizes: list[int], *lists: "list[int] | list[str]"
+                   ) -> "str | None":
+    """A batch's per-file lists agree in length and respect the caps (PROTOCOL.md, "Batches")."""
+    if len(sizes) != count or any(len(values) != count for values in lists):
+        return "a batch's lists of names, sizes, modes, mtimes and hashes differ in length"
+    if count > MAX_FILES:
+        return f"a batch of {count} files exceeds the limit of {MAX_FILES}"
+    if any(size < 0 for size in sizes):
+        return "negative size in a batch"
+    total = sum(sizes)
+    if total > MAX_BYTES:
+        return f"a batch of {total} bytes exceeds the limit of {MAX_BYTES}"
+    return None
 
 
 # --- shell messages (docs/PROTOCOL.md, "Shells") ------------------------------------------------
@@ -408,6 +456,21 @@ class Data(Value):
         init(self, "stream", stream)
         init(self, "channel", channel)
         init(self, "data", data)
+
+
+class Refused(Value):
+    """An opening message whose values are wrong (:meth:`Message.problem`): the stream is open
+    and the application answers it with a stream ``error`` of code ``bad_request``."""
+
+    ORDER = __slots__ = ("stream", "request", "reason")
+    stream: int
+    request: Message
+    reason: str
+
+    def __init__(self, stream: int, request: Message, reason: str) -> None:
+        init(self, "stream", stream)
+        init(self, "request", request)
+        init(self, "reason", reason)
 
 
 # --- decoding ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
 from tether.protocol import Batch, Done, Fetch, Files, Message
 from tether.storage.area import BatchFiles, FileArea
-from tether.storage.batch import BatchReceiver, Target, check_lists, check_sizes
+from tether.storage.batch import BatchReceiver, Target
 from tether.storage.names import shown_below
 from tether.storage.source import file_hash
 
@@ -37,11 +37,10 @@ class BatchPut:
         self.receiver: BatchReceiver | None = None
 
     def start(self) -> None:
-        """Refuse a malformed batch before anything is written; a batch of empty files
-        completes here."""
+        """Refuse a batch over this server's upload limit or with an unsafe name before
+        anything is written (its lists and caps were checked as it arrived: Batch.problem); a
+        batch of empty files completes here."""
         req = self.req
-        check_lists(len(req.names), req.sizes, req.modes, req.mtimes, req.hashes)
-        check_sizes(req.sizes)
         if self.max_upload and any(size > self.max_upload for size in req.sizes):
             raise BadRequest(f"a file of {max(req.sizes)} bytes exceeds this server's upload "
                              f"limit of {self.max_upload} bytes")
@@ -59,8 +58,7 @@ class BatchPut:
 
     def feed(self, data: bytes | bytearray) -> None:
         try:
-            if self.receiver is None or self.receiver.complete:
-                raise BadRequest("data after a batch was complete")
+            assert self.receiver is not None  # DATA after the batch's done: dropped by the core
             self.receiver.feed(data)
             if self.receiver.complete:
                 self._finish()
@@ -77,7 +75,7 @@ class BatchPut:
                             count=len(self.names), names=self.names, stream=self.stream))
 
     def handle(self, msg: Message) -> None:
-        raise BadRequest(f"unexpected {msg.TYPE!r} in a batch")
+        """Nothing but close and error reach a batch (the core refuses anything else)."""
 
     def abandon(self) -> None:
         """The stream ended (or the batch did): files already stored stay, as they are whole
@@ -93,7 +91,6 @@ async def send_batch(conn: FramedConnection, stream: int, req: Fetch, area: File
                      on_file: FileStored, slots: asyncio.Semaphore) -> Done:
     """Read every named file whole, announce them in ``files``, then send their contents;
     ``slots`` bounds how many fetches of one connection hold their files at once."""
-    check_lists(len(req.names))
     async with slots:
         found = area.read_batch(req.path, req.names)
         contents = [data for data, _ in found]

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tether.defaults import DEFAULT_PORT
 from tether.errors import TetherError
 from tether.server.limits import Limits
 
@@ -66,7 +67,7 @@ def classic_config(tls_host: str, tls_port: int, port: int, host: str | None,
 class ServerConfig:
     home: Path
     host: str = "127.0.0.1"
-    port: int = 7722
+    port: int = DEFAULT_PORT
     root: Path = field(default_factory=Path.home)
     name: str = field(default_factory=socket.gethostname)
     encoding: str = field(default_factory=lambda: locale.getpreferredencoding(False))

@@ -51,6 +51,7 @@ from tether.protocol import (
     List,
     Message,
     Put,
+    Refused,
     Resize,
     Shell,
     Signal,
@@ -389,6 +390,10 @@ class Session:
         except (TetherError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc))
 
+    async def _on_refused(self, refused: Refused) -> None:
+        """An opener the core found malformed (a batch over its caps, ...): bad_request."""
+        self._end_stream(refused.stream, BadRequest(refused.reason))
+
     async def _on_close(self, msg: Close) -> None:
         handler = self.streams.pop(msg.stream, None)
         if handler is not None:
@@ -407,6 +412,7 @@ class Session:
         Fetch: _on_fetch,
         Get: _on_get,
         List: _on_list,
+        Refused: _on_refused,
         Data: _on_data,
         Eof: _on_stream_message,
         Signal: _on_stream_message,
@@ -440,15 +446,16 @@ class StreamHandler(Protocol):
 
 
 class _TaskStream:
-    """A server-driven operation (get, list): the client only ever ends it early."""
+    """A server-driven operation (get, list, fetch): the client only ever ends it early (the
+    protocol core refuses its DATA and any other message on these streams)."""
 
     task: asyncio.Task[None] | None = None
 
     def feed(self, data: bytes | bytearray) -> None:
-        raise BadRequest("unexpected data on a download")
+        pass
 
     def handle(self, msg: Message) -> None:
-        raise BadRequest(f"unexpected {msg.TYPE!r} on a download")
+        pass
 
     def abandon(self) -> None:
         if self.task is not None:

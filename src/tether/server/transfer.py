@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import posixpath
 from collections.abc import Callable
-from enum import Enum, auto
 
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -38,12 +37,6 @@ from tether.storage.source import digest
 ENTRIES_HEADER = 60 * 1024
 
 
-class _PutState(Enum):
-    AWAIT_BEGIN = auto()
-    DATA = auto()
-    ENDED = auto()
-
-
 class PutTransfer:
     """Receives one entry of a put."""
 
@@ -56,7 +49,6 @@ class PutTransfer:
         self.req = req
         self.area = area
         self.partial: PartialFile | None = None
-        self.state = _PutState.ENDED
         self.shown = req.path
 
     async def start(self) -> None:
@@ -83,9 +75,6 @@ class PutTransfer:
         if req.resume:
             self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
                                  stream=self.stream))
-            self.state = _PutState.AWAIT_BEGIN
-        else:
-            self.state = _PutState.DATA
 
     def _make_dir(self) -> None:
         self.shown = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
@@ -99,7 +88,6 @@ class PutTransfer:
         self._done(0, "")
 
     def _done(self, size: int, hash_: str, resumed_from: int = 0) -> None:
-        self.state = _PutState.ENDED
         done = Done(path=self.shown, size=size, hash=hash_, resumed_from=resumed_from,
                     stream=self.stream)
         self.conn.send(done)
@@ -107,11 +95,13 @@ class PutTransfer:
             self.on_done(done)
 
     # --- events from the client ----------------------------------------------------------------
+    # The protocol core lets DATA, begin and commit through only in their order (the put table
+    # in protocol/streams.py): DATA after begin (when resuming) and before commit, and only
+    # while the file is open here.
 
     def feed(self, data: bytes | bytearray) -> None:
         try:
-            if self.state is not _PutState.DATA or self.partial is None:
-                raise BadRequest("file data before begin, or after commit")
+            assert self.partial is not None
             if self.partial.written + len(data) > self.req.size:
                 raise BadRequest(f"more data than the announced {self.req.size} bytes")
             self.partial.write(data)
@@ -120,13 +110,13 @@ class PutTransfer:
 
     def handle(self, msg: Message) -> None:
         partial = self.partial
-        if isinstance(msg, Begin) and self.state is _PutState.AWAIT_BEGIN and partial:
+        assert partial is not None
+        if isinstance(msg, Begin):
             if msg.offset == 0 and partial.offset:
                 partial.restart()
             elif msg.offset != partial.offset:
                 raise BadRequest(f"begin at {msg.offset}, but {partial.offset} bytes are kept")
-            self.state = _PutState.DATA
-        elif isinstance(msg, Commit) and self.state is _PutState.DATA and partial:
+        elif isinstance(msg, Commit):
             if msg.size != partial.written or msg.size != self.req.size:
                 raise BadRequest(f"commit of {msg.size} bytes, but {partial.written} arrived")
             resumed = partial.offset
@@ -138,8 +128,6 @@ class PutTransfer:
             self.partial = None
             self.shown = posixpath.join(posixpath.dirname(self.shown), final)
             self._done(msg.size, msg.hash, resumed)
-        else:
-            raise BadRequest(f"unexpected {msg.TYPE!r} in a put")
 
     def abandon(self) -> None:
         """The stream ended early: keep the partial for a later resume (if it holds anything)."""

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.errors import AlreadyExists, SourceChanged, UnsafePath
-from tether.storage.batch import MAX_BYTES, BatchReceiver, DirCache, Stored, Target
+from tether.protocol.messages import MAX_BYTES
+from tether.storage.batch import BatchReceiver, DirCache, Stored, Target
 from tether.storage.errors import disk_error
 from tether.storage.names import (
     DIR_FLAGS,

@@ -18,8 +18,6 @@ from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
 from tether.storage.partial import store_whole, sync_dir
 from tether.storage.source import file_hash
 
-MAX_FILES = 512  # protocol: files in one batch
-MAX_BYTES = 4 * 1024 * 1024  # protocol: bytes of content in one batch (the initial window)
 SMALL_FILE = 256 * 1024  # reference policy: files up to this size travel in batches
 SEND_FILES = 256  # reference policy: a sender closes a batch at this many files...
 SEND_BYTES = 1024 * 1024  # ...or this many bytes of content...
@@ -33,25 +31,6 @@ def header_cost(name: str) -> int:
     plus its size, mode, mtime and hash."""
     per_byte = 2 if name.isprintable() else 6
     return per_byte * len(name.encode("utf-8", "surrogateescape")) + 120
-
-
-def check_lists(count: int, *lists: list[int] | list[str]) -> None:
-    """The per-file lists of a batch agree in length and respect the batch caps."""
-    if any(len(values) != count for values in lists):
-        raise BadRequest("a batch's lists of names, sizes, modes, mtimes and hashes differ "
-                         "in length")
-    if count > MAX_FILES:
-        raise BadRequest(f"a batch of {count} files exceeds the limit of {MAX_FILES}")
-
-
-def check_sizes(sizes: list[int]) -> int:
-    """The total of a batch's sizes, which must each be >= 0 and together within the cap."""
-    if any(size < 0 for size in sizes):
-        raise BadRequest("negative size in a batch")
-    total = sum(sizes)
-    if total > MAX_BYTES:
-        raise BadRequest(f"a batch of {total} bytes exceeds the limit of {MAX_BYTES}")
-    return total
 
 
 class Target:

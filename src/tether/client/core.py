@@ -1,0 +1,162 @@
+"""The client's protocol logic with no I/O: what both drivers — the asyncio API
+(:mod:`tether.client.api`) and the blocking one-shot client (:mod:`tether.client.blocking`) — do
+the same way, written once (httpx's BaseClient under Client and AsyncClient).
+
+A driver owns the socket and the protocol's byte buffers; :class:`ClientCore` decides:
+
+- the handshake: pinning the server's certificate, the hello, what the answer (or a refusal in
+  its place) means, and the :class:`Welcome` kept afterwards;
+- opening a command's stream (the ``exec`` request) and which streams are open;
+- routing: a stream-0 error ends the connection as the tether error it stands for, connection
+  chores (pings, pongs, credit) are not any stream's, everything else belongs to its stream;
+- a stream's end: :class:`ExitInfo` for an ``exit``, the error class for an ``error``.
+
+Light on purpose, like the one-shot path it serves: no asyncio, no dataclasses or typing at run
+time, nothing that loads ``cryptography``.
+"""
+
+from __future__ import annotations
+
+from tether.client import handshake
+from tether.errors import ConnectionBroken, NotAuthorized, from_wire
+from tether.home import check_host, fingerprint
+from tether.protocol.messages import Close, Credit, Error, Exec, Exit, Refused
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
+
+    from tether.home import Confirm
+    from tether.protocol.connection import Connection as ProtocolState
+    from tether.protocol.messages import Data, Hello, Message, Welcome
+
+# A refusal of our certificate shows up as one of these in place of the server's answer.
+REFUSALS = (NotAuthorized, ConnectionBroken)
+
+
+class ExitInfo:
+    """How a remote command ended, as :meth:`tether.client.api.Process.wait` returns it.
+
+    ``status`` follows the shell (128+N when signal N killed the command), ``signal`` is N or
+    None, ``timed_out`` says the server killed it for its ``timeout``, ``duration`` is seconds.
+    """
+
+    __slots__ = ("duration", "signal", "status", "timed_out")
+
+    def __init__(self, status: int, signal: int | None = None, timed_out: bool = False,
+                 duration: float = 0.0) -> None:
+        self.status = status
+        self.signal = signal
+        self.timed_out = timed_out
+        self.duration = duration
+
+    @classmethod
+    def of(cls, msg: Exit) -> ExitInfo:
+        return cls(msg.shell_status, msg.signal, msg.timed_out, msg.duration)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExitInfo):
+            return NotImplemented
+        return (self.status, self.signal, self.timed_out, self.duration) == (
+            other.status, other.signal, other.timed_out, other.duration)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"ExitInfo(status={self.status!r}, signal={self.signal!r}, "
+                f"timed_out={self.timed_out!r}, duration={self.duration!r})")
+
+
+class ClientCore:
+    """One client connection's decisions over the driver's :class:`ProtocolState`."""
+
+    def __init__(self, proto: ProtocolState) -> None:
+        self.proto = proto
+        self.welcome: Welcome | None = None
+        self.server_fingerprint = "plaintext"
+        self.streams: set[int] = set()
+
+    # --- the handshake -------------------------------------------------------------------------
+
+    def check_server(self, cert_der: bytes | None, home: str | os.PathLike[str], host: str,
+                     port: int, accept_new: bool, confirm: Confirm | None) -> None:
+        """Pin the server's certificate (known_hosts, or ``accept_new``/``confirm``)."""
+        self.server_fingerprint = fingerprint(cert_der or b"")
+        check_host(home, host, port, self.server_fingerprint, accept_new, confirm)
+
+    def hello(self) -> Hello:
+        """The first message. In TLS 1.3 the client's handshake ends before the server checked
+        our certificate: a refusal arrives only in place of the answer to this."""
+        return handshake.hello()
+
+    def refused(self, exc: Exception, authenticated: bool,
+                own_fingerprint: str) -> Exception:
+        """What a refusal in place of the answer means: with TLS, our identity was refused."""
+        if not authenticated or not isinstance(exc, REFUSALS):
+            return exc
+        return handshake.refused(own_fingerprint)
+
+    def answer(self, event: Message | Data | Refused, authenticated: bool) -> Welcome:
+        """The server's answer to the hello: the welcome, or the error it stands for."""
+        assert not isinstance(event, Refused)  # only a server receives openers
+        self.welcome = handshake.welcome_of(event, authenticated)
+        return self.welcome
+
+    # --- streams -------------------------------------------------------------------------------
+
+    def exec(self, cmd: str | Sequence[str], *, cwd: str | None = None,
+             env: Mapping[str, str] | None = None, timeout: float | None = None,
+             stdin: bool = True) -> Exec:
+        """Open a command's stream: a string runs through the remote shell, a list as argv.
+        The stream id is the protocol's next one: the driver sends the request before opening
+        another."""
+        argv = [cmd] if isinstance(cmd, str) else list(cmd)
+        return self.open(Exec(argv=argv, shell=isinstance(cmd, str), cwd=cwd,
+                              env=dict(env or {}), timeout=timeout, stdin=stdin,
+                              stream=self.proto.next_stream_id()))
+
+    def open(self, msg: Exec) -> Exec:
+        """Count ``msg``'s stream as open (its opener is sent by the driver)."""
+        self.streams.add(msg.stream)
+        return msg
+
+    def end(self, stream: int) -> Close | None:
+        """Forget a stream; the ``close`` to send if it was still open here."""
+        if stream not in self.streams:
+            return None
+        self.streams.discard(stream)
+        return Close(stream=stream)
+
+    def route(self, event: Message | Data | Refused) -> Message | Data | None:
+        """The event for its stream, or None for the connection's own chores. A stream-0
+        error is the end of the connection: raised as the tether error it stands for. Before
+        the welcome, the event is the handshake's answer (the driver hands it to
+        :meth:`answer`)."""
+        assert not isinstance(event, Refused)  # only a server receives openers
+        if self.welcome is None and not isinstance(event, Credit):
+            return event
+        if event.stream == 0:
+            if isinstance(event, Error):
+                raise from_wire(event.code, event.message)
+            return None
+        if isinstance(event, Credit):  # counted by the core; pings never reach us
+            return None
+        return event
+
+    @staticmethod
+    def outcome(event: Message) -> ExitInfo | None:
+        """A stream's last word: ExitInfo for ``exit``, the error raised for ``error``,
+        None for anything else."""
+        if isinstance(event, Exit):
+            return ExitInfo.of(event)
+        if isinstance(event, Error):
+            raise from_wire(event.code, event.message)
+        return None
+
+
+__all__ = ["ClientCore", "ExitInfo"]

@@ -1,0 +1,83 @@
+"""What put, get and the batches of small files share (so that :mod:`tether.client.transfer`
+and :mod:`tether.client.batches` import this, not each other): results, options, progress,
+and the one step "the next event must be this message".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tether.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    from tether.client.process import StreamHandle
+    from tether.protocol import Message
+
+class StreamOpener(Protocol):
+    """What a transfer needs of a connection (:class:`tether.client.api.Connection` is one)."""
+
+    def open_stream(self, opener: type[Message], **fields: Any) -> StreamHandle: ...
+
+
+class Progress(Protocol):
+    """What a transfer reports as it goes (the CLI draws it; the API passes it through)."""
+
+    def total(self, files: int, size: int) -> None: ...
+    def file_started(self, name: str, size: int, offset: int) -> None: ...
+    def advanced(self, name: str, size: int) -> None: ...
+    def file_done(self, name: str) -> None: ...
+
+
+class _NoProgress:
+    def total(self, files: int, size: int) -> None:
+        pass
+
+    def file_started(self, name: str, size: int, offset: int) -> None:
+        pass
+
+    def advanced(self, name: str, size: int) -> None:
+        pass
+
+    def file_done(self, name: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    kind: str
+    size: int = 0
+    hash: str = ""
+    resumed_from: int = 0
+
+
+@dataclass
+class TransferResult:
+    """What a put or get did: every entry, the bytes moved, and how long it took."""
+
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size - f.resumed_from for f in self.files)
+
+    @property
+    def resumed(self) -> list[FileResult]:
+        return [f for f in self.files if f.resumed_from]
+
+
+@dataclass(frozen=True)
+class Options:
+    force: bool = False
+    rename: bool = False
+    resume: bool = True
+    progress: Progress = field(default_factory=_NoProgress)
+
+
+async def _expect(handle: StreamHandle, kind: type) -> object:
+    event = await handle.next()
+    if not isinstance(event, kind):
+        raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
+    return event
