@@ -42,7 +42,7 @@ FULL = Sizes(
     file_bytes=GiB, tree_files=10_000, tree_file_bytes=4096, idle_connections=1000,
     concurrent=200, sleep_seconds=1.0, fleet_hosts=50, wan_bytes=GiB,
     wan_peer_bytes=256 * MiB, wan_rtts=(0, 10, 50, 150), wan_peer_rtts=(0, 50, 150),
-    wan_rounds=3,
+    wan_rounds=5,
 )
 
 QUICK = Sizes(

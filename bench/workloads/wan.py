@@ -11,7 +11,7 @@ along; the proxy's own memory is not counted (it holds what is in flight on the 
 
 The last group is the time to a first result: ``tether run HOST -- true`` (and ``ssh HOST
 true``) at the proxy's largest round trip up to 50 ms, minus the same at 0 ms (the fastest of
-three runs each), in round trips: what the connection, the handshakes and the request cost
+five runs each), in round trips: what the connection, the handshakes and the request cost
 beyond the processes.
 """
 
@@ -37,7 +37,7 @@ from bench.workloads.common import check_size, mib_per_s
 NAME = "wan.bin"
 PEER_NAME = "wan-peer.bin"
 RSS_LIMIT = 128  # MiB per side at the largest round trip
-FIRST_TRIES = 3  # runs at each round trip per first-result sample (the fastest counts)
+FIRST_TRIES = 5  # runs at each round trip per first-result sample (the fastest counts)
 
 
 @dataclass
