@@ -2,14 +2,18 @@
 of the benchmarks (``bench/wanproxy.py``: 60 ms round trip, TCP's handshake charged). Bytes must
 arrive whole in both directions while windows grow past the initial one, and the request that
 rides behind the hello must run once when authorized and never when refused. Nothing here is
-timed: the benchmarks measure speed (docs/benchmarks.md, workload wan)."""
+timed: the benchmarks measure speed (docs/benchmarks.md, workload wan). A scripted server
+answers the one-shot client's pipelined exec together with its welcome: what comes in that one
+piece is used, not dropped."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +22,19 @@ import pytest
 
 from conftest import HOST, pin, tether_cli
 from tether.identity import load_identity
+from tether.protocol.connection import NEED_DATA
+from tether.protocol.connection import Connection as ProtocolState
+from tether.protocol.messages import (
+    Data,
+    Error,
+    Exec,
+    Exit,
+    Hello,
+    Message,
+    Role,
+    Started,
+    Welcome,
+)
 
 if TYPE_CHECKING:
     from conftest import Client, ClientHomeFactory
@@ -106,3 +123,57 @@ def test_a_refused_client_s_pipelined_request_never_runs(
     assert line.count("\n") == 1 and "not authorized" in line
     assert load_identity(stranger).fingerprint in line
     assert not marker.exists(), "the refused client's command ran"
+
+
+# --- a server whose welcome and answers arrive in one piece -------------------------------------
+
+
+def _scripted_server(answers: Callable[[int], list[Message | Data]]) -> tuple[int, list[Any]]:
+    """A plaintext loopback server, made of the protocol core, that reads the client's hello and
+    the exec pipelined behind it, then writes the welcome and ``answers(stream)`` in a single
+    ``send`` (as a far server's answers reach a client together); returns (port, what it got)."""
+    listener = socket.create_server((HOST, 0))
+    got: list[Any] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        with conn:
+            proto = ProtocolState(Role.SERVER)
+            while len(got) < 2:  # the hello, then the exec behind it
+                event = proto.next_event()
+                if event is NEED_DATA:
+                    proto.receive_data(conn.recv(65536))
+                    continue
+                got.append(event)
+                if len(got) == 1:
+                    flight = proto.send(Welcome(version=1))
+            stream = got[1].stream
+            for msg in answers(stream):
+                flight += (proto.send_data(msg.stream, msg.channel, msg.data)
+                           if isinstance(msg, Data) else proto.send(msg))
+            conn.sendall(flight)
+            while conn.recv(65536):  # until the client leaves
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], got
+
+
+def test_output_and_exit_that_came_with_the_welcome_are_not_lost(tmp_path: Path) -> None:
+    port, got = _scripted_server(lambda s: [Started(pid=7, stream=s),
+                                            Data(s, 1, b"early bird\n"),
+                                            Exit(status=3, stream=s)])
+    done = tether_cli("run", "--plaintext", "-p", str(port), HOST, "--", "anything",
+                      home=tmp_path, timeout=20)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"early bird\n", b"")
+    assert isinstance(got[0], Hello) and isinstance(got[1], Exec)  # it came behind the hello
+
+
+def test_a_connection_error_that_came_with_the_welcome_is_reported(tmp_path: Path) -> None:
+    port, _ = _scripted_server(lambda s: [Error(code="shutting_down",
+                                                message="server is shutting down")])
+    done = tether_cli("run", "--plaintext", "-p", str(port), HOST, "--", "true",
+                      home=tmp_path, timeout=20)
+    assert done.returncode == 255
+    assert done.stderr.decode().count("\n") == 1 and "shutting down" in done.stderr.decode()
