@@ -43,7 +43,9 @@ class Link:
     """One direction of the path: bytes become visible ``delay`` ticks after they were sent."""
 
     delay: int
+    rate: int = 0  # bytes per tick the link carries (0: any); what it cannot carry waits in line
     queue: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
+    allowance: int = 0
 
     def put(self, now: int, data: bytes) -> None:
         if data:
@@ -51,8 +53,13 @@ class Link:
 
     def take(self, now: int) -> bytes:
         out = bytearray()
+        self.allowance = min(self.allowance + self.rate, self.rate + len(CHUNK))
         while self.queue and self.queue[0][0] <= now:
-            out += self.queue.popleft()[1]
+            if self.rate and len(self.queue[0][1]) > self.allowance:
+                break  # the bottleneck: a queue builds up in front of it
+            data = self.queue.popleft()[1]
+            self.allowance -= len(data)
+            out += data
         return bytes(out)
 
     def deliver(self, now: int, to: Connection) -> None:
@@ -68,6 +75,7 @@ class Path:
 
     rtt: int
     rate: int  # bytes per tick the sender can put on the path
+    bottleneck: int = 0  # bytes per tick the path carries, with a queue before it (0: rate)
     budget: int = WINDOW_BUDGET
     streams: tuple[int, ...] = (1,)
     client: Connection = field(init=False)
@@ -79,12 +87,12 @@ class Path:
     unread: collections.Counter[int] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
-        pair = handshaken_pair(window_budget=self.budget)
+        pair = handshaken_pair(window_budget=self.budget, clock=lambda: self.now / 1000)
         for stream in self.streams:
             pair.client_sends(Exec(argv=["cat"], stream=stream))
             pair.server_sends(Started(pid=1, stream=stream))  # the command runs: stdin credit
         self.client, self.server = pair.client, pair.server
-        self.up, self.down = Link(self.rtt // 2), Link(self.rtt // 2)
+        self.up, self.down = Link(self.rtt // 2, self.bottleneck), Link(self.rtt // 2)
 
     def tick(self, consume: int) -> None:
         """One millisecond: deliver, consume, answer, send."""
@@ -144,6 +152,19 @@ def test_a_fast_consumer_grows_the_window_to_the_path_and_fills_it() -> None:
     assert path.held_peak <= WINDOW_BUDGET
 
 
+def test_a_queue_on_the_path_does_not_inflate_the_window() -> None:
+    """The sender could go at 1 GiB/s, but the path carries 100 MiB/s and queues the rest (a
+    router's buffer, or the latency proxy's): a probe's answer then waits behind whatever the
+    window put in that queue, and a byte count alone would read every window as "filled in one
+    round trip" and grow it to the budget. The bandwidth the probes measure stops growing once
+    the window covers the path's product (5 MiB here), and so does the window."""
+    path = Path(rtt=50, rate=1024 * MiB // 1000, bottleneck=100 * MiB // 1000)
+    path.run(1500, FAST)
+    assert INITIAL_WINDOW < path.server.window(1) <= 16 * MiB
+    moved = path.run(1000, FAST)
+    assert moved >= 0.9 * 100 * MiB  # and the path stays full
+
+
 def test_an_untuned_window_caps_the_same_path_at_window_per_round_trip() -> None:
     path = Path(rtt=100, rate=200 * MiB // 1000, budget=INITIAL_WINDOW)
     path.run(500, FAST)
@@ -197,12 +218,16 @@ def test_the_window_grows_again_when_the_consumer_catches_up() -> None:
     assert path.server.window(1) > 4 * INITIAL_WINDOW
 
 
-@pytest.mark.parametrize("rtt", [0, 2])
-def test_a_short_path_needs_no_growth(rtt: int) -> None:
-    # loopback-like: the path's product is far below the initial window
-    path = Path(rtt=rtt, rate=100 * MiB // 1000)
+@pytest.mark.parametrize(("rtt", "bottleneck"), [(0, 0), (2, 0), (0, 100), (2, 100)])
+def test_a_short_path_needs_no_growth(rtt: int, bottleneck: int) -> None:
+    # loopback-like: the path's product is far below the initial window, even when the sender
+    # outruns the path and a queue (the sockets' buffers) makes the probes' answers wait
+    path = Path(rtt=rtt, rate=100 * MiB // 1000 * (10 if bottleneck else 1),
+                bottleneck=bottleneck * MiB // 1000)
     moved = path.run(1000, FAST)
-    assert path.server.window(1) == INITIAL_WINDOW
+    # a standing queue hides the path's own round trip from every probe: one step of growth,
+    # then the bandwidth it measures stops growing and so does the window
+    assert path.server.window(1) <= (2 if bottleneck else 1) * INITIAL_WINDOW
     assert moved >= 0.95 * 100 * MiB
 
 

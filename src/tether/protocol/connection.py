@@ -42,6 +42,7 @@ leaves the connection exactly as it was.
 from __future__ import annotations
 
 from enum import Enum, auto
+from time import monotonic
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.frames import (
@@ -72,6 +73,7 @@ from tether.protocol.window import WINDOW_BUDGET, Tuner, Window
 
 TYPE_CHECKING = False  # typing is not imported at run time: every `tether run` would pay for it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Final
 
 PROTOCOL_VERSIONS: Final = (1,)
@@ -130,10 +132,12 @@ def _peer(role: Role) -> Role:
 class Connection:
     """One side of a tether connection, with no I/O: feed bytes, read events, get bytes to send."""
 
-    def __init__(self, role: Role, *, window_budget: int = WINDOW_BUDGET) -> None:
+    def __init__(self, role: Role, *, window_budget: int = WINDOW_BUDGET,
+                 clock: Callable[[], float] = monotonic) -> None:
         """``window_budget``: bytes of DATA the streams' receive windows may add up to as they
         grow (:mod:`tether.protocol.window`); at or below ``INITIAL_WINDOW`` windows stay at
-        ``INITIAL_WINDOW`` and no window probe is sent."""
+        ``INITIAL_WINDOW`` and no window probe is sent. ``clock`` times the window probes'
+        round trips (seconds; the tests' is simulated)."""
         self.role = role
         self.state = State.HANDSHAKE
         self.version: int | None = None
@@ -146,7 +150,7 @@ class Connection:
         self._broken = False  # the peer broke the protocol
         self._sent_fatal = False  # we sent a stream-0 error
         self._outbound = bytearray()  # frames the core itself sends: pongs, credit, probes
-        self._tuner = Tuner(window_budget)
+        self._tuner = Tuner(window_budget, clock)
 
     # --- receiving -----------------------------------------------------------------------------
 

@@ -14,6 +14,14 @@ MiB/s), so the receiver measures the path instead, as gRPC's BDP ping does:
   thirds of the window or more) while its consumer kept up (a quarter of the window or less
   waits unconsumed) doubles its window (or grows it to twice the sample, if that is more), as
   far as the connection's budget allows; other windows stay.
+- ...but only up to twice the path's bandwidth-delay product, as measured: the sample over the
+  probe's round trip is the bandwidth the stream got (the best one so far counts, as gRPC's
+  BDP estimator keeps its maximum), and the shortest round trip any probe of the connection
+  took is the path's own, without queues. Where a queue sits on the path (a router's buffer, a
+  proxy's, the sockets' own), the answer to a probe waits behind what the window put in it, so
+  every window looks "filled in one round trip"; counting bytes alone would grow it to the
+  budget. On loopback the shortest round trip is a fraction of a millisecond: windows stay
+  at ``INITIAL_WINDOW``, or one step above it.
 - Whenever the consumer has fallen behind (half the window or more received and not consumed),
   the window halves, down to ``INITIAL_WINDOW``: credit already granted cannot be taken back,
   so the next grants wait until what is held and in flight fits the smaller window.
@@ -23,15 +31,15 @@ MiB/s), so the receiver measures the path instead, as gRPC's BDP ping does:
   what a connection can make its receiver hold is the budget, however the streams are used.
 
 Credit is granted as the application consumes, once a quarter of the window is due, so a window
-of W keeps between 3/4 W and W in flight. Nothing here reads a clock: the probe measures in
-bytes, so the policy is the same on any link and tests replay it exactly.
+of W keeps between 3/4 W and W in flight. The clock is the Connection's (``time.monotonic``
+unless told otherwise; the tests' is simulated, so they replay the policy exactly).
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False  # typing is not imported at run time: every `tether run` would pay for it
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Final
 
 INITIAL_WINDOW: Final = 4 * 1024 * 1024  # DATA bytes a new stream may carry before any credit
@@ -43,7 +51,7 @@ PROBE_TOKENS: Final = 1 << 40  # window probes' ping tokens count from here (kee
 class Window:
     """One stream's receive side: the window it is tuned to, and the bytes in its account."""
 
-    __slots__ = ("basis", "counted", "held", "open", "sample", "size", "total")
+    __slots__ = ("basis", "best", "counted", "held", "open", "sample", "size", "total")
 
     def __init__(self) -> None:
         self.size = INITIAL_WINDOW  # what we want the peer to be able to have sent, unconsumed
@@ -53,6 +61,7 @@ class Window:
         self.total = 0  # received in all
         self.basis = INITIAL_WINDOW  # the window before the last growth (see Tuner._tune)
         self.counted = False  # part of the connection's total
+        self.best = 0.0  # the highest bandwidth (bytes/s) a probe measured since the last shrink
 
     def received(self, size: int) -> None:
         self.open -= size
@@ -78,8 +87,11 @@ class Window:
 class Tuner:
     """A connection's window probe and its streams' windows, within ``budget`` bytes."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, clock: Callable[[], float]) -> None:
         self.budget = min(budget, MAX_CREDIT)
+        self.clock = clock
+        self.sent = 0.0  # when the probe out went
+        self.shortest = float("inf")  # the shortest round trip a probe took (seconds)
         self.total = 0  # the windows of the streams still receiving, added up
         self.token: int | None = None  # the probe out, if any
         self._next = PROBE_TOKENS
@@ -104,6 +116,7 @@ class Tuner:
             return None
         self._next += 1
         self.token = self._next
+        self.sent = self.clock()
         for window in windows:
             window.sample = 0
         return self.token
@@ -113,12 +126,16 @@ class Tuner:
         if self.token is None or token != self.token:
             return False
         self.token = None
+        rtt = max(self.clock() - self.sent, 1e-6)
+        self.shortest = min(self.shortest, rtt)
         for window in windows:
-            self._tune(window)
+            self._tune(window, rtt)
         return True
 
-    def _tune(self, window: Window) -> None:
-        """Grow a window whose sender was window-limited while its consumer kept up.
+    def _tune(self, window: Window, rtt: float) -> None:
+        """Grow a window whose sender was window-limited while its consumer kept up, while it
+        is under twice the path's product: the best bandwidth (this round trip's, ``rtt``
+        seconds, or an earlier one's) times the shortest round trip.
 
         The yardstick is the window in force during the round trip just measured: the one
         before the last growth (a sender learns of a larger window only half a round trip
@@ -127,10 +144,14 @@ class Tuner:
         sample, window.sample = window.sample, 0
         size = window.size
         basis, window.basis = min(window.basis, size), size
-        if sample * 3 >= basis * 2 and window.held * 4 <= size:
-            new = max(size, min(2 * max(sample, size), size + self.budget - self.total))
-            self.total += new - size
-            window.size = new
+        if sample * 3 < basis * 2 or window.held * 4 > size:
+            return  # not window-limited, or the consumer is behind: growing would not help
+        window.best = max(window.best, sample / rtt)
+        if size >= 2 * window.best * self.shortest:
+            return  # the window already covers the path twice over: more would only queue
+        new = max(size, min(2 * max(sample, size), size + self.budget - self.total))
+        self.total += new - size
+        window.size = new
 
     def relieve(self, window: Window) -> None:
         """The consumer fell behind (half the window or more waits unconsumed): halve the
@@ -141,3 +162,4 @@ class Tuner:
             new = max(INITIAL_WINDOW, size // 2)
             self.total -= size - new
             window.size = window.basis = new
+            window.best = 0.0  # measured with a consumer that kept up: start over
