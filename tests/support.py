@@ -124,7 +124,8 @@ class ServeProcess:
 
 
 def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str, str],
-                port: int = 0, new_session: bool = False) -> ServeProcess:
+                port: int = 0, new_session: bool = False,
+                preexec: Callable[[], None] | None = None) -> ServeProcess:
     """Start ``tether serve -p PORT --root ROOT EXTRA`` as ``home`` (``env`` is the whole
     environment; ``TETHER_HOME`` is set here) and wait for its "listening on" line. The log is
     appended to (a restart keeps the earlier lines) and is a file, never a pipe that could fill
@@ -136,6 +137,7 @@ def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str
             [*TETHER, "serve", "-p", str(port), "--root", str(root), *extra],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
             env={**env, "TETHER_HOME": str(home)}, start_new_session=new_session,
+            preexec_fn=preexec,
         )
     match = await_line(proc, log, LISTENING, offset)
     return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2) or "")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     Confirm = Callable[[str, str], bool]
 
+SIGNED_CERT = "id_signed_cert.pem"  # a client's CA-signed certificate, beside its key
 
 
 def home_path(home: str | os.PathLike[str] | None = None) -> str:
@@ -43,12 +44,22 @@ def identity_files(home: str | os.PathLike[str], kind: str = "client") -> tuple[
     return os.path.join(home, f"{stem}_key.pem"), os.path.join(home, f"{stem}_cert.pem")
 
 
+def signed_cert_file(home: str | os.PathLike[str], kind: str = "client") -> str:
+    """Where ``tether cert install`` keeps a CA-signed certificate for the identity's key: the
+    client presents it instead of its self-signed one; a server presents it as its host
+    certificate to clients that check host certificates."""
+    return os.path.join(home, "server_host_cert.pem" if kind == "server" else SIGNED_CERT)
+
+
 def require_identity(home: str | os.PathLike[str], kind: str = "client") -> tuple[str, str]:
-    """:func:`identity_files`, or IdentityError naming the missing identity and the fix."""
+    """The key and the certificate to present (a client's CA-signed one once installed), or
+    IdentityError naming the missing identity and the fix."""
     key, cert = identity_files(home, kind)
     if not os.path.exists(key) or not os.path.exists(cert):
         fix = "tether keygen" if kind == "client" else "tether serve (it creates one)"
         raise IdentityError(f"no {kind} identity in {os.fspath(home)} (run: {fix})")
+    if kind == "client" and os.path.exists(signed := signed_cert_file(home)):
+        return key, signed
     return key, cert
 
 

@@ -60,20 +60,38 @@ def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> b
 def one_host(host: str, home: str | None, port: int,
              keepalive: float = 0.0) -> tuple[str, int, float]:
     """For a command that reaches exactly one host (``tether shell``): an inventory name, or a
-    target meaning one host, becomes its address, port and keepalive interval (``keepalive``
-    from the command line if given, else the host's own, else 0: off); a target meaning
-    several is refused.
+    target meaning one host, becomes its address (``user@address`` when the target names an
+    account: ``tether.connect`` reads it), port and keepalive interval (``keepalive`` from the
+    command line if given, else the host's own, else 0: off); a target meaning several is
+    refused.
     """
     from tether.errors import BadRequest
-    from tether.inventory import is_multi, load, names_inventory_host, resolve
+    from tether.inventory import is_multi, load, resolve
 
-    if not (is_multi(host) or names_inventory_host(host, home)):
+    if not (is_multi(host) or _names_inventory_host(host, home)):
         return host, port, keepalive
     targets = resolve(host, load(home), port)
     if len(targets) != 1:
         raise BadRequest(f"{host} means {len(targets)} hosts; this command reaches one")
     (target,) = targets
-    return target.address, target.port, keepalive or target.keepalive or 0.0
+    address = f"{target.user}@{target.address}" if target.user else target.address
+    return address, target.port, keepalive or target.keepalive or 0.0
+
+
+def _names_inventory_host(host: str, home: str | None) -> bool:
+    """Whether HOST is an inventory name. A broken hosts.toml does not stop a plain IP
+    address, which needs no inventory: it is warned about (once: this is asked once per
+    command) and the address is used."""
+    from tether.inventory import InventoryError, is_address, names_inventory_host
+
+    try:
+        return names_inventory_host(host, home)
+    except InventoryError as exc:
+        if not is_address(host):
+            raise
+        click.echo(f"tether: warning: {exc} (not needed for the address {host}: "
+                   f"connecting to it)", err=True)
+        return False
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -214,20 +232,57 @@ def _finish(results: FleetResult, as_json: bool) -> int:
     return exit_status(results)
 
 
-def _main(work: Callable[[], Any]) -> int:
-    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy."""
+class Finished:
+    """Which hosts have finished, as they finish: what Ctrl-C reports (the fleet's own results
+    are lost with the interrupted run)."""
+
+    def __init__(self) -> None:
+        self.targets: list[Target] = []
+        self.results: list[HostResult] = []
+
+    def watch(self, on_done: Callable[[HostResult], None] | None
+              ) -> Callable[[HostResult], None]:
+        """``on_done`` that also records each finished host."""
+        def done(result: HostResult) -> None:
+            self.results.append(result)
+            if on_done is not None:
+                on_done(result)
+        return done
+
+    def report(self) -> None:
+        """After Ctrl-C, on stderr: the finished hosts' summary, then one line naming the hosts
+        that did not finish (their commands are killed as their connections close)."""
+        from tether.client.fleet import FleetResult
+
+        order = {t.name: i for i, t in enumerate(self.targets)}
+        done = sorted(self.results, key=lambda r: order.get(r.name, len(order)))
+        if done:
+            print_summary(FleetResult(done))
+        names = {r.name for r in done}
+        unfinished = [t.name for t in self.targets if t.name not in names]
+        shown = ", ".join(unfinished[:20]) + (f" and {len(unfinished) - 20} more"
+                                               if len(unfinished) > 20 else "")
+        click.echo(f"tether: interrupted: {len(done)} of {len(self.targets)} hosts finished"
+                   + (f"; not finished: {shown}" if unfinished else ""), err=True)
+
+
+def _main(work: Callable[[], Any], finished: Finished) -> int:
+    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy;
+    Ctrl-C reports which hosts finished, then exits 130 (the policy's)."""
     import asyncio
 
     try:
         return int(asyncio.run(work()))
     except KeyboardInterrupt:
-        click.echo("tether: interrupted", err=True)
+        finished.report()
         raise
 
 
 def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
     """``tether run TARGET -- COMMAND`` over every host the target means."""
     from tether.errors import BadRequest
+
+    finished = Finished()
 
     async def work() -> int:
         if not opts.command or not any(a.strip() for a in opts.command):
@@ -236,18 +291,19 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
         cmd: str | list[str] = opts.command[0] if len(opts.command) == 1 else opts.command
         async with _fleet(opts.host, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            finished.targets = fleet.targets
             streaming = not (fopts.group_output or fopts.json)
             prefixer = Prefixer(fleet.targets) if streaming else None
             results = await fleet.run(
                 cmd, cwd=opts.cwd, env=opts.env, remote_timeout=opts.timeout,
                 on_output=prefixer.output if prefixer else None,
-                on_done=prefixer.done if prefixer else (
-                    print_grouped if fopts.group_output and not fopts.json else None),
+                on_done=finished.watch(prefixer.done if prefixer else (
+                    print_grouped if fopts.group_output and not fopts.json else None)),
                 capture=not streaming,
             )
         return _finish(results, fopts.json)
 
-    return _main(work)
+    return _main(work, finished)
 
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
@@ -267,6 +323,7 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
 
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
                          keepalive=opts.keepalive)
+    finished = Finished()
 
     async def work() -> int:
         if opts.progress:
@@ -274,14 +331,15 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
                              "summary reports each one (--json for files and bytes)")
         async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            finished.targets = fleet.targets
             prefixer = Prefixer(fleet.targets)
             kw: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume,
-                                      on_done=lambda r: note_resumed(prefixer, r))
+                                      on_done=finished.watch(lambda r: note_resumed(prefixer, r)))
             if upload:
                 results = await fleet.put(sources, dest, **kw)
             else:
                 results = await fleet.get(sources, dest, **kw)
         return _finish(results, opts.json)
 
-    return _main(work)
+    return _main(work, finished)

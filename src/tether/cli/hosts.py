@@ -85,13 +85,17 @@ def _print_json(inventory: Inventory) -> None:
               help="Per-host deadline for fleet operations, in seconds.")
 @click.option("--keepalive", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Ping this host's server after S seconds of silence (as run --keepalive).")
+@click.option("--user", default="", metavar="NAME",
+              help="Run as this Unix account there (as user@host; the server must allow it).")
 def add(home: str | None, name: str, address: str, port: int, groups: tuple[str, ...],
-        timeout: float | None, keepalive: float | None) -> None:
+        timeout: float | None, keepalive: float | None, user: str) -> None:
     """Add NAME at ADDRESS (or replace the host called NAME)."""
-    from tether.inventory import Host, add_host, inventory_path
+    from tether.inventory import USER_RE, Host, add_host, inventory_path
 
+    if user and not USER_RE.match(user):
+        raise click.BadParameter(f"not a Unix account name: {user!r}", param_hint="--user")
     changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout,
-                                  keepalive))
+                                  keepalive, user))
     state = "added" if changed else "unchanged"
     click.echo(f"{state}: {name} {address}:{port} in {inventory_path(home)}")
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tether.cli.options import HOME, PORT, click_options, identity_name
+from tether.cli.options import HOME, LISTEN_PORT, click_options, identity_name
 from tether.identity import authorized_path, generate_identity, home_dir, load_identity
 
 if TYPE_CHECKING:
@@ -26,8 +26,14 @@ if TYPE_CHECKING:
 
 
 _LIMIT_FLAGS: list[tuple[str, type, str]] = [
-    ("max_connections", int, "Connections at once, in total."),
-    ("max_connections_per_client", int, "Connections at once per client identity."),
+    ("max_connections", int, "Connections at once, in total (0: derived from RLIMIT_NOFILE; "
+                             "half may be in their handshake, the oldest is dropped)."),
+    ("reserved_descriptors", int, "Descriptors kept free beyond connections and operations "
+                                  "(accept bursts, the server's own files)."),
+    ("max_connections_per_client", int, "Connections at once per client identity (0: half "
+                                        "of max-connections)."),
+    ("max_descriptors_per_client", int, "Descriptors one client identity's operations may hold "
+                                        "at once (0: half of those left for operations)."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),
     ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
@@ -41,6 +47,17 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
     ("max_upload", int, "Largest file a put may store, in bytes (0: no limit)."),
     ("process_nproc", int, "RLIMIT_NPROC for commands: contains fork bombs (0: inherit)."),
     ("process_memory", int, "RLIMIT_AS for commands, in bytes (0: inherit)."),
+    ("max_batches_per_connection", int, "Batches of small files stored at once on one "
+                                        "connection (each holds up to 6 descriptors)."),
+    ("max_fetches_per_client", int, "Fetches (batched gets of small files, each holding up "
+                                    "to 8 MiB) at once per client identity; more wait."),
+    ("stall_timeout", float, "End a put or batch that receives no data for this long, "
+                             "freeing what it holds (0: never)."),
+    ("disk_threads", int, "Threads for long file work off the event loop (resume hashing, "
+                          "fsync)."),
+    ("disk_threads_per_client", int, "Of those, how many one client identity may use at once."),
+    ("refusal_log_interval", float, "Seconds over which the refusals of one address are "
+                                    "logged as one line with a count (0: a line each)."),
 ]
 
 
@@ -61,7 +78,7 @@ def limit_options(func: Any) -> Any:
 @click_options([HOME])
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface: explicit on purpose).")
-@click_options([PORT])
+@click_options([LISTEN_PORT])
 @click.option("--root", type=click.Path(file_okay=False, exists=True),
               help="Directory that relative paths resolve against [default: your home].")
 @click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
@@ -84,25 +101,34 @@ def limit_options(func: Any) -> Any:
 @click.option("--discoverable", is_flag=True,
               help="Answer `tether discover` probes over UDP on the same port number "
                    "(name, fingerprint and version; rate-limited, never amplified).")
+@click.option("--trust-ca", "trust_cas", multiple=True, metavar="CA_CERT",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Admit clients whose certificate this CA signed, by their principals and "
+                   "$TETHER_HOME/principals (repeatable).")
+@click.option("--crl", type=click.Path(exists=True, dir_okay=False),
+              help="The CAs' revocation list (re-read when it changes).")
 @limit_options
 def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
           encoding: str | None, plaintext: bool, kill_grace: float, classic_port: int | None,
           classic_host: str | None, classic_unsafe: bool, audit: str | None,
-          discoverable: bool, **limits: Any) -> None:
+          discoverable: bool, trust_cas: tuple[str, ...], crl: str | None,
+          **limits: Any) -> None:
     """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
     from tether.server.limits import Limits
 
     serve_main(home, host, port, root, name, encoding, plaintext, kill_grace,
                classic_port=classic_port, classic_host=classic_host,
                classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits),
-               discoverable=discoverable)
+               discoverable=discoverable, trust_cas=tuple(Path(p) for p in trust_cas),
+               crl=Path(crl) if crl else None)
 
 
 def serve_main(home: str | None, host: str, port: int, root: str | None, name: str | None,
                encoding: str | None, plaintext: bool, kill_grace: float,
                classic_port: int | None = None, classic_host: str | None = None,
                classic_unsafe: bool = False, audit: str | None = None,
-               limits: Limits | None = None, discoverable: bool = False) -> None:
+               limits: Limits | None = None, discoverable: bool = False,
+               trust_cas: tuple[Path, ...] = (), crl: Path | None = None) -> None:
     from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
 
@@ -122,13 +148,17 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
     config = ServerConfig(home=h, host=host, port=port, plaintext=plaintext,
                           kill_grace=kill_grace, classic=classic,
                           audit=Path(audit) if audit else None, limits=limits or Limits(),
-                          discoverable=discoverable)
+                          discoverable=discoverable, trust_cas=trust_cas, crl=crl)
     if root:
         config.root = Path(root).resolve()
     if name:
         config.name = name
     if encoding:
         config.encoding = encoding
+    if trust_cas or crl:  # a bad CA or list is refused before anything is made
+        from tether.server.trust import Trust
+
+        Trust(h, trust_cas, crl)
     identity = None
     if not plaintext:
         if not (h / "server_key.pem").exists():
@@ -144,7 +174,7 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
         if identity is not None:
             click.echo(f"tether serve: listening on {where}, fingerprint {identity.fingerprint}",
                        err=True)
-            if not server.authorized():
+            if not server.authorized() and not server.trust.cas:
                 click.echo(f"tether serve: no client is authorized yet, so nobody can connect: "
                            f"run `tether id` on a client, then here `tether authorize "
                            f"'LINE'` (into {authorized_path(h)})", err=True)

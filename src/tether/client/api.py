@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tether.client.core import REFUSALS, ClientCore, ExitInfo
+from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -38,9 +38,10 @@ from tether.client.process import (
     _ProcessContext,
 )
 from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
+from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import translated
+from tether.net.translate import connecting
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
@@ -251,35 +252,47 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------------
 
 
-async def _open(host: str, options: ConnectOptions) -> Connection:
-    """Connect, pin, hello/welcome: the asyncio driver's I/O around the core's decisions."""
-    from tether.tls import client_context
+async def _open(host: str, options: ConnectOptions, user: str = "") -> Connection:
+    """Connect, check the server (its pin or host certificate), hello/welcome (asking for the
+    account ``user``): the asyncio driver's I/O around the core's decisions."""
+    import ssl
 
+    from tether.hosttrust import client_context, refused_in_handshake
+    from tether.tls import HOST_CERT_SNI
+
+    if options.plaintext:
+        check_plaintext(host)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
-    ctx = None if identity is None else client_context(identity)
+    ctx, by_ca = (None, False) if identity is None else client_context(
+        home, host, options.port, identity.cert_path, identity.key_path)
     loop = asyncio.get_running_loop()
-    with translated():
-        _, link = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,
-                server_hostname="tether" if ctx else None,
-            ),
-            options.timeout,
-        )
+    with connecting(host, options.port):
+        try:
+            _, link = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,
+                    server_hostname=(HOST_CERT_SNI if by_ca else "tether") if ctx else None,
+                ),
+                options.timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:  # our check of the host's certificate
+            raise refused_in_handshake(host, options.port, exc) from exc
     framed = FramedConnection(link)
     core = ClientCore(framed.proto)
     try:
         if identity is not None:
+            sslobj = framed.transport.get_extra_info("ssl_object")
             core.check_server(framed.peer_cert, home, host, options.port, options.accept_new,
-                              options.confirm)
+                              options.confirm, sslobj.getpeercert() if by_ca else None)
         try:
-            framed.send(core.hello())
+            framed.send(core.hello(user))
             await framed.drain()
             answer = await asyncio.wait_for(framed.next_event(), options.timeout)
         except REFUSALS as exc:
             error = core.refused(exc, identity is not None,
-                                 identity.fingerprint if identity else "")
+                                 identity.fingerprint if identity else "",
+                                 identity is not None and identity.cert_path.name == SIGNED_CERT)
             if error is exc:
                 raise
             raise error from exc
@@ -289,21 +302,49 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
         raise
     info = ServerInfo(
         welcome.server_name, welcome.platform, welcome.encoding, welcome.software,
-        core.server_fingerprint, welcome.client_name, welcome.permissions,
+        core.server_fingerprint, welcome.client_name, welcome.permissions, welcome.user,
     )
     framed.keepalive = options.keepalive or None
     return Connection(framed, info, core)
 
 
+def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user: str
+                      ) -> tuple[str, ConnectOptions, str]:
+    """An inventory name (``hosts.toml`` in the home) becomes its address, with its port, its
+    keepalive and its account unless the caller gave them, as the CLI and
+    :func:`tether.connect_many` resolve names; anything else is returned as it is."""
+    from tether.inventory import InventoryError, is_address, load, names_inventory_host
+
+    try:
+        if not names_inventory_host(host, options.home):
+            return host, options, user
+    except InventoryError:
+        if is_address(host):  # an address needs no inventory (the CLI warns about it)
+            return host, options, user
+        raise
+    target = load(options.home).hosts[host].target()
+    changes: dict[str, Any] = {}
+    if not port_given:
+        changes["port"] = target.port
+    if options.keepalive is None and target.keepalive:
+        changes["keepalive"] = target.keepalive
+    return target.address, options.with_(**changes), user or target.user
+
+
 class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
+
+    ``host`` is an address, a DNS name, or a name in the inventory (``tether hosts``), which
+    connects to that host's address and port (a ``port`` given here wins), like the CLI.
 
     The options are a :class:`~tether.client.options.ConnectOptions` (``options=``) or its
     fields as keywords (a keyword given wins over ``options``). ``keepalive`` (seconds, like
     ssh's ServerAliveInterval; None or 0: off): after that much silence from the server, ping
     it; after three silent intervals the connection is broken (ConnectionBroken "no answer from
     the server for N s"), so a server that vanished without closing is noticed even while a
-    command runs.
+    command runs. ``user`` (or ``host`` written ``user@host``) asks the server to run this
+    connection's work as that Unix account; the server admits it only if this client's
+    principal or authorized entry allows that account.
     """
 
     def __init__(
@@ -318,18 +359,29 @@ class connect:  # used like a function: `async with tether.connect(...)`
         confirm: Confirm | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        user: str = "",
     ) -> None:
+        if not user and "@" in host:
+            user, _, host = host.rpartition("@")
         self.host = host
+        self.user = user
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
                                   keepalive=keepalive)
+        self._port_given = port is not None or (options is not None
+                                                and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
 
+    async def _connect(self) -> Connection:
+        host, options, user = _inventory_target(self.host, self.options, self._port_given,
+                                                self.user)
+        return await _open(host, options, user)
+
     def __await__(self) -> Any:
-        return _open(self.host, self.options).__await__()
+        return self._connect().__await__()
 
     async def __aenter__(self) -> Connection:
-        self._conn = await _open(self.host, self.options)
+        self._conn = await self._connect()
         return self._conn
 
     async def __aexit__(

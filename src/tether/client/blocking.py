@@ -14,14 +14,16 @@ neither side can stall the other by filling a buffer.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import time
 
 from tether.client.core import REFUSALS, ClientCore
 from tether.errors import ConnectionBroken, RemoteProtocolError, TetherError
-from tether.home import fingerprint
-from tether.net.translate import translate
+from tether.home import SIGNED_CERT, fingerprint
+from tether.hosttrust import refused_in_handshake
+from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA
 from tether.protocol.connection import Connection as ProtocolState
 from tether.protocol.messages import Data, Error, Message, Role, Welcome
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 RECV_SIZE = 256 * 1024  # bytes taken from the socket per call (all of it that has arrived)
 READ_BUDGET = 1024 * 1024  # bytes read per turn of the caller's loop, at most
 SNI: Any = b"tether"  # the name the async client sends too; as bytes, no idna codec is loaded
+HOST_SNI: Any = b"host-certificate.tether.invalid"  # tether.tls.HOST_CERT_SNI: "show your
+# host certificate" (tls is not imported here: the caller built the context)
 FINISH_TIMEOUT = 2.0  # seconds the last frames may take to leave
 
 
@@ -233,10 +237,10 @@ class BlockingClient:
         self.sock.close()
 
 
-def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingClient:
+def _tls(sock: socket.socket, context: ssl.SSLContext, sni: Any = SNI) -> BlockingClient:
     """The TLS handshake over ``sock`` (blocking, within its timeout), through memory BIOs."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=SNI)
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     while True:
         try:
             tls.do_handshake()
@@ -280,41 +284,53 @@ def _tcp(host: str, port: int, timeout: float) -> socket.socket:
 
 def connect(host: str, port: int, home: str | os.PathLike[str], *,
             context: ssl.SSLContext | None, cert: str = "", accept_new: bool = False,
-            confirm: Confirm | None = None, timeout: float = 10.0,
-            request: Callable[[ClientCore], Message] | None = None) -> BlockingClient:
-    """Connect, pin the server and exchange hello/welcome (the core decides; this does I/O).
+            confirm: Confirm | None = None, timeout: float = 10.0, by_ca: bool = False,
+            user: str = "", request: Callable[[ClientCore], Message] | None = None
+            ) -> BlockingClient:
+    """Connect, check the server (its pin, or its host certificate when ``by_ca``: see
+    :mod:`tether.hosttrust`) and exchange hello/welcome, asking for the account ``user`` (the
+    core decides; this does I/O).
 
-    ``context`` is the client's TLS context (:func:`tether.tls.client_context_files`), None for
+    ``context`` is the client's TLS context (:func:`tether.hosttrust.client_context`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
     ``request(core)`` makes a first request that goes right behind the hello, in the same
     flight (docs/PROTOCOL.md, "Pipelining"): its answer comes a round trip sooner, and a refused
     client's request is never read. It is :attr:`BlockingClient.request`; events that arrive
     with the welcome wait in :attr:`BlockingClient.early` for the first :meth:`receive`.
     """
+    if context is None:
+        from tether.client.core import check_plaintext
+
+        check_plaintext(host)
     try:
         sock = _tcp(host, port, timeout)
     except OSError as exc:
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         sock.settimeout(timeout)
-        conn = BlockingClient(sock) if context is None else _tls(sock, context)
+        conn = (BlockingClient(sock) if context is None
+                else _tls(sock, context, HOST_SNI if by_ca else SNI))
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise refused_in_handshake(host, port, exc) from exc
     except OSError as exc:  # ssl.SSLError included
         sock.close()
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
         core = conn.core
         if conn.tls is not None:
             core.check_server(conn.tls.getpeercert(binary_form=True), home, host, port,
-                              accept_new, confirm)
+                              accept_new, confirm, conn.tls.getpeercert() if by_ca else None)
         try:
-            conn.send(core.hello())
-            if request is not None:  # only once the server's key is pinned
+            conn.send(core.hello(user))
+            if request is not None:  # only once the server's key is checked
                 conn.request = request(core)
                 conn.send(conn.request)
             conn.flush()
             answer, *early = conn.next_events()
         except REFUSALS as exc:
-            error = core.refused(exc, context is not None, _own_fingerprint(cert))
+            error = core.refused(exc, context is not None, _own_fingerprint(cert),
+                                 os.path.basename(cert) == SIGNED_CERT)
             if error is exc:
                 raise
             raise error from exc

@@ -39,7 +39,7 @@ from tether.client.options import (
     ConnectOptions,
     options_of,
 )
-from tether.client.process import STDOUT, _feed
+from tether.client.process import STDOUT, DecodedOutput, _feed
 from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
@@ -61,7 +61,7 @@ Operation = Callable[[Connection, Target, "HostResult"], Awaitable[None]]
 
 
 @dataclass
-class HostResult:
+class HostResult(DecodedOutput):
     """What happened on one host. ``ok`` only when the operation completed and (for run) the
     command exited 0; ``kind`` says which way it went otherwise."""
 
@@ -80,13 +80,6 @@ class HostResult:
     def name(self) -> str:
         return self.target.name
 
-    @property
-    def text(self) -> str:
-        return self.stdout.decode(self.encoding, "replace")
-
-    @property
-    def error_text(self) -> str:
-        return self.stderr.decode(self.encoding, "replace")
 
     @property
     def resumed(self) -> list[tuple[str, int]]:
@@ -103,12 +96,33 @@ class HostResult:
             "duration": round(self.duration, 6),
         }
         if self.transfer is not None:
-            out.update(files=sum(1 for f in self.transfer.files if f.kind == "file"),
+            out.update(files=self.transfer.file_count,
                        bytes=self.transfer.bytes,
                        resumed=[{"path": path, "at": at} for path, at in self.resumed])
         else:
             out.update(stdout=self.text, stderr=self.error_text)
         return out
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; the directories this call created, deepest first."""
+    missing = []
+    here = path
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """Remove the directories :func:`_make_dirs` made, deepest first, while they are empty
+    (a partial file kept for resume, or another host's directory, keeps them)."""
+    for directory in made:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 class FleetResult(Sequence[HostResult]):
@@ -274,9 +288,13 @@ class Fleet:
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             into = Path(local) / local_dir_name(target)
-            into.mkdir(parents=True, exist_ok=True)
-            result.transfer = await conn.get(remote, into, recursive=recursive, force=force,
-                                             rename=rename, resume=resume)
+            made = _make_dirs(into)
+            try:
+                result.transfer = await conn.get(remote, into, recursive=recursive,
+                                                 force=force, rename=rename, resume=resume)
+            except BaseException:
+                _remove_if_empty(made)  # no empty local/HOST/ for a host that sent nothing
+                raise
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
@@ -326,7 +344,7 @@ class Fleet:
         conn = self._conns.get(target.name)
         if conn is None or conn._failure is not None:
             conn = await connect(target.address, target.port, options=self.options,
-                                 keepalive=target.keepalive or None)
+                                 keepalive=target.keepalive or None, user=target.user)
             self._conns[target.name] = conn
         return conn
 

@@ -30,8 +30,26 @@ STDOUT = 1
 STDERR = 2
 
 
+class DecodedOutput:
+    """``text`` and ``error_text`` for a result that holds a command's raw output and the
+    server's output encoding (a finished run, one host's result of a fan-out)."""
+
+    stdout: bytes
+    stderr: bytes
+    encoding: str
+
+    @property
+    def text(self) -> str:
+        """stdout decoded with the server's output encoding (undecodable bytes replaced)."""
+        return self.stdout.decode(self.encoding, "replace")
+
+    @property
+    def error_text(self) -> str:
+        return self.stderr.decode(self.encoding, "replace")
+
+
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(DecodedOutput):
     """A finished command. ``status`` follows the shell: 128+N when signal N killed it."""
 
     argv: list[str]
@@ -47,14 +65,6 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == 0
 
-    @property
-    def text(self) -> str:
-        """stdout decoded with the server's output encoding (undecodable bytes replaced)."""
-        return self.stdout.decode(self.encoding, "replace")
-
-    @property
-    def error_text(self) -> str:
-        return self.stderr.decode(self.encoding, "replace")
 
 
 @dataclass
@@ -66,6 +76,7 @@ class ServerInfo:
     fingerprint: str
     client_name: str
     permissions: list[str] = field(default_factory=list)
+    user: str = ""  # the Unix account the server runs this connection's work as, if mapped
 
 
 class StreamHandle:

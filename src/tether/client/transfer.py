@@ -27,11 +27,13 @@ from tether.client.transfer_base import (
     StreamOpener,
     TransferResult,
     _expect,
+    _NoProgress,
 )
 from tether.errors import (
     AlreadyExists,
     BadRequest,
     NotFound,
+    PermissionDenied,
     RemoteProtocolError,
     SourceChanged,
     UnsafePath,
@@ -91,13 +93,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     if len(sources) > 1 and not remote.endswith("/"):
         remote += "/"  # several sources: the destination must be a directory
     plans = [_plan_source(src, recursive) for src in sources]
+    shown = not isinstance(opts.progress, _NoProgress)
+    if shown:  # a progress display needs the totals for its ETA: count the trees first
+        plans = [_counted(src, plan) for src, plan in zip(sources, plans, strict=True)]
     totals = [sum(p[0] for p in plans), sum(p[1] for p in plans)]
-    opts.progress.total(*totals)  # files now; each tree's files once its walk has found them
+    opts.progress.total(*totals)
 
     def walked(files: int, size: int) -> None:
-        totals[0] += files
-        totals[1] += size
-        opts.progress.total(*totals)
+        if not shown:  # without a display nobody asks; with one, the count came first
+            totals[0] += files
+            totals[1] += size
+            opts.progress.total(*totals)
 
     for src, (_files, _size, is_tree) in zip(sources, plans, strict=True):
         if is_tree:
@@ -107,6 +113,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
                                                                 opts), src, opts))
     result.seconds = time.monotonic() - started
     return result
+
+
+def _counted(src: Path, plan: tuple[int, int, bool]) -> tuple[int, int, bool]:
+    """A tree's plan with its files and bytes counted (one walk before the sending one)."""
+    if not plan[2]:
+        return plan
+    files = size = 0
+    for entry in _walk_tree(src):
+        if stat.S_ISREG(entry.st.st_mode):
+            files, size = files + 1, size + entry.st.st_size
+    return files, size, True
 
 
 def _plan_source(src: Path, recursive: bool) -> tuple[int, int, bool]:
@@ -215,9 +232,12 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
 
     root = conn.open_stream(Put, path=remote, name=src.name, kind="dir",
                             mode=src.stat().st_mode & 0o7777)
-    top = await _put_entry(root, "dir")
-    result.files.append(top)
-    base = top.path.rstrip("/")
+    done = await _expect(root, Done)
+    assert isinstance(done, Done)
+    result.files.append(FileResult(done.path, "dir"))
+    base = done.path.rstrip("/")
+    if not done.created and not (opts.force or opts.rename):
+        await _refuse_existing(conn, base, src)
     limit = asyncio.Semaphore(IN_FLIGHT)
     batches = asyncio.Semaphore(BATCHES_IN_FLIGHT)
     tasks: list[asyncio.Task[list[FileResult]]] = []
@@ -270,6 +290,40 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _refuse_existing(conn: Connection, base: str, src: Path) -> None:
+    """Into a tree that already exists, refuse a put that would meet an existing entry before
+    anything is written (no directories left behind by a refusal that comes later). Needs the
+    ``get`` permission to list; without it the server's own per-entry refusals stand."""
+    try:
+        remote = {"/".join(e.parts): e.kind for e in await _list(conn, base)}
+    except PermissionDenied:
+        return
+    for entry in _walk_tree(src):
+        rel = entry.prefix + entry.name
+        kind = remote.get(rel)
+        if kind is None or (kind == "dir" and stat.S_ISDIR(entry.st.st_mode)):
+            continue
+        raise AlreadyExists(f"{base}/{rel} exists (use --force to replace it or --rename); "
+                            f"nothing was written")
+
+
+async def _list(conn: Connection, remote: str) -> list[Entry]:
+    """The server's listing of ``remote``, every entry, checked before it is used."""
+    listing = conn.open_stream(List, path=remote, batched=True)
+    entries: list[Entry] = []
+    while True:
+        event = await listing.next()
+        if isinstance(event, Done):
+            break
+        if isinstance(event, Entries):
+            entries += _unbatch(event)
+        else:
+            assert isinstance(event, Entry)  # the list table allows nothing else
+            entries.append(event)
+    _check_listing(entries)
+    return entries
 
 
 async def _one(work: Awaitable[FileResult]) -> list[FileResult]:
@@ -409,18 +463,7 @@ def _unbatch(msg: Entries) -> list[Entry]:
 
 async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
                     result: TransferResult) -> None:
-    listing = conn.open_stream(List, path=remote, batched=True)
-    entries: list[Entry] = []
-    while True:
-        event = await listing.next()
-        if isinstance(event, Done):
-            break
-        if isinstance(event, Entries):
-            entries += _unbatch(event)
-        else:
-            assert isinstance(event, Entry)  # the list table allows nothing else
-            entries.append(event)
-    _check_listing(entries)  # everything, before writing anything
+    entries = await _list(conn, remote)  # everything checked, before writing anything
     if entries and not entries[0].parts and entries[0].kind == "file":
         directory, name = _local_target(local, remote)
         dir_fd = _open_local_dir(directory)
@@ -434,6 +477,9 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
         top = local / check_name(posixpath.basename(remote.rstrip("/")) or "root")
     else:
         top = local
+    if top.is_symlink() or (top.exists() and not top.is_dir()):
+        raise AlreadyExists(f"{top} exists and is not a directory: the tree {remote} needs "
+                            f"a directory (give an existing directory or a new name)")
     top.mkdir(exist_ok=True)
     root_fd = _open_local_dir(top)
     files = [e for e in entries if e.kind == "file"]

@@ -54,18 +54,33 @@ class FileResult:
 
 @dataclass
 class TransferResult:
-    """What a put or get did: every entry, the bytes moved, and how long it took."""
+    """What a put or get did: every entry, the bytes moved, and how long it took.
 
-    files: list[FileResult] = field(default_factory=list)
+    ``entries`` is every entry written (files, directories, symlinks); ``file_count`` counts
+    its regular files — the number ``"files"`` means in the CLI's ``--json``.
+    ``files`` is the old name of ``entries``, kept so that existing code keeps working.
+    """
+
+    entries: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
+    def files(self) -> list[FileResult]:
+        """Deprecated name of :attr:`entries` (every entry, not only files)."""
+        return self.entries
+
+    @property
+    def file_count(self) -> int:
+        """How many regular files were written (``"files"`` in ``--json``)."""
+        return sum(1 for f in self.entries if f.kind == "file")
+
+    @property
     def bytes(self) -> int:
-        return sum(f.size - f.resumed_from for f in self.files)
+        return sum(f.size - f.resumed_from for f in self.entries)
 
     @property
     def resumed(self) -> list[FileResult]:
-        return [f for f in self.files if f.resumed_from]
+        return [f for f in self.entries if f.resumed_from]
 
 
 @dataclass(frozen=True)

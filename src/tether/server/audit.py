@@ -1,11 +1,13 @@
 """The audit log: one JSON object per line and event (``tether serve --audit FILE``).
 
-Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reason),
+Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reason; a ``count``
+and ``interval`` when it sums up the refusals of one address, see server/refusals.py),
 ``disconnection`` (a ``reason`` when the connection failed: idle, no keepalive answer, lost),
 ``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``, ``transfer`` (op, path,
-bytes, hash, outcome) and ``classic``. Every line is ASCII (JSON escapes). Lines are written
-whole with one ``write`` on an O_APPEND file, so concurrent writers never interleave within a
-line.
+bytes, hash, outcome), ``list`` (path, count), ``stream_error`` (code, reason and, for a refused
+request, its op and argv or path) and ``classic``. Every line is ASCII (JSON escapes). Lines are
+written whole with one ``write`` on an O_APPEND file, so concurrent writers never interleave
+within a line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class AuditLog:
         # log shipper splitting on Unicode line breaks, a terminal) sees a raw one
         line = json.dumps(record, ensure_ascii=True, default=str) + "\n"
         os.write(self._fd, line.encode("ascii"))
+
+    def fileno(self) -> int:
+        """The log's descriptor (-1: none), kept open by a privilege-separated worker."""
+        return self._fd
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -56,6 +56,7 @@ from tether.server.process import (
 from tether.storage.area import FileArea
 from tether.storage.names import check_name
 from tether.storage.partial import PartialFile
+from tether.storage.reserved import Reserved
 from tether.storage.source import SourceFile
 
 log = logging.getLogger("tether.server.classic")
@@ -350,7 +351,7 @@ class ClassicConnection:
             await self._download(req)
 
     def _area(self) -> FileArea:
-        return FileArea(self.server.root, confined=True)
+        return FileArea(self.server.root, confined=True, reserved=self.server.reserved)
 
     async def _upload(self, req: FileRequest) -> None:
         """Store exactly ``filesize`` bytes under a fresh name; there is no reply, so a refusal
@@ -420,7 +421,7 @@ class ClassicServer:
 
     def __init__(self, config: ClassicConfig, root: Path, encoding: str,
                  kill_grace: float = 1.0, *, audit: AuditLog | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, reserved: Reserved | None = None) -> None:
         """``limits`` are the TLS server's: their upload cap (if lower than ours) and command
         rlimits apply here too."""
         if not is_loopback(config.host) and not config.allow_remote:
@@ -432,6 +433,7 @@ class ClassicServer:
         self.encoding = encoding
         self.kill_grace = kill_grace
         self.audit = audit or AuditLog(None)
+        self.reserved = reserved or Reserved()
         self.max_file = min(config.max_file, lim.max_upload or config.max_file)
         self.preexec = rlimits(lim.process_nproc, lim.process_memory)
         self._server: asyncio.Server | None = None

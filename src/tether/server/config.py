@@ -77,3 +77,5 @@ class ServerConfig:
     audit: Path | None = None
     classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
     discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
+    trust_cas: tuple[Path, ...] = ()  # admit clients these CAs signed (server/trust.py)
+    crl: Path | None = None  # their revocation list, re-read when it changes

@@ -86,6 +86,10 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     cwd = policy.root / (req.cwd or "")
     if not cwd.is_dir():
         raise NotFound(f"no such directory: {req.cwd or cwd}")
+    if not os.access(cwd, os.X_OK):  # the server's account may not enter it: say so, not
+        raise PermissionDenied(        # "cannot start COMMAND" (the command is not the fault)
+            f"cannot enter the working directory {req.cwd or str(cwd)}: permission denied "
+            f"for the server's account")
     argv = [login_shell(), "-c", req.argv[0]] if req.shell else list(req.argv)
     return SpawnSpec(argv, cwd, {**os.environ, **req.env}, req.timeout, req.stdin)
 
