@@ -30,6 +30,8 @@ class Sizes:
     wan_rtts: tuple[int, ...]  # wan: round trips (ms) tether runs at; the first is the base
     wan_peer_rtts: tuple[int, ...]  # wan: round trips scp and ssh run at
     wan_rounds: int
+    ansible_hosts: int = 5  # workload 8: hosts of the playbook (127.0.0.2 on)
+    ansible_tasks: int = 100  # workload 8: tasks in the playbook
 
     @property
     def fast_bytes(self) -> int:
@@ -49,7 +51,8 @@ QUICK = Sizes(
     mode="quick", rounds=3, warmup=0, commands=10, oneshot_rounds=3, stream_bytes=4 * MiB,
     file_bytes=4 * MiB, tree_files=100, tree_file_bytes=4096, idle_connections=20,
     concurrent=10, sleep_seconds=0.2, fleet_hosts=5, wan_bytes=4 * MiB,
-    wan_peer_bytes=4 * MiB, wan_rtts=(0, 10), wan_peer_rtts=(10,), wan_rounds=3,
+    wan_peer_bytes=4 * MiB, wan_rtts=(0, 10), wan_peer_rtts=(10,), wan_rounds=3, ansible_hosts=2,
+    ansible_tasks=8,
 )
 
 

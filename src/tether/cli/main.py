@@ -19,8 +19,10 @@ import click
 
 from tether.cli.options import (
     CONNECT_OPTIONS,
+    CONNECT_TIMEOUT_OPTION,
     HOME,
     KEEPALIVE,
+    MUX_OPTIONS,
     PORT,
     RUN_OPTIONS,
     click_options,
@@ -35,7 +37,9 @@ from tether.version import __version__
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
                  "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
-                 "ca": "tether.cli.ca", "cert": "tether.cli.ca", "trust-ca": "tether.cli.ca"}
+                 "service": "tether.cli.service", "rotate-key": "tether.cli.service",
+                 "mux": "tether.cli.mux", "ca": "tether.cli.ca", "cert": "tether.cli.ca",
+                 "trust-ca": "tether.cli.ca"}
 
 
 class _Group(click.Group):
@@ -234,10 +238,11 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 
     if wants_fleet(host, opts.home, group_output or as_json):
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
-                                            opts.keepalive))
-    from tether.cli.fleet import one_host
+                                            opts.keepalive, opts.connect_timeout))
+    from tether.cli.fleet import host_mux, one_host
 
-    # an inventory name: its address, port and keepalive
+    # an inventory name: its address, port, keepalive and mux setting
+    opts.mux = host_mux(host, opts.home, opts.mux)
     opts.host, opts.port, opts.keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
     return run_main(opts)
 
@@ -247,10 +252,13 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 @click.option("-T", "--lines", is_flag=True,
               help="Line mode even on a terminal: one command per line, statuses reported.")
 @keepalive_option
+@click_options(MUX_OPTIONS)
 @click.argument("host")
 @click.argument("command", nargs=-1)
-def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
-          keepalive: float, host: str, command: tuple[str, ...]) -> int:
+def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
+          connect_timeout: float, lines: bool, keepalive: float, mux: str | None,
+          mux_persist: float, host: str,
+          command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
     On a terminal: a remote pseudo-terminal running your login shell; the local terminal is
@@ -263,15 +271,19 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
 
     warn_if_certificate_expires(home)
     argv = list(command[1:] if command and command[0] == "--" else command)
+    from tether.cli.fleet import host_mux
+
+    mode = host_mux(host, home, mux)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
-    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive)
+    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
+                      connect_timeout, (mode or "existing", mux_persist))
 
 
 def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([
         home_option,
-        click_options([PORT]),
+        click_options([PORT, CONNECT_TIMEOUT_OPTION]),
         click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
         click.option("--force", is_flag=True, help="Replace existing destination files."),
         click.option("--rename", is_flag=True,
@@ -279,11 +291,15 @@ def transfer_options(func: Any) -> Any:
         click.option("--no-resume", is_flag=True,
                      help="Start over instead of continuing an interrupted transfer."),
         click.option("--progress", is_flag=True, help="Show progress even when not a terminal."),
+        click.option("--safe-links", is_flag=True,
+                     help="With -r, skip symlinks that point out of the tree (each one said); "
+                          "by default symlinks are copied as symlinks, whatever they point to."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print a machine-readable summary on stdout."),
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
         click.option("--plaintext", is_flag=True, help="Connect without TLS."),
         keepalive_option,
+        click_options(MUX_OPTIONS),
     ]):
         func = option(func)
     return func
@@ -298,7 +314,8 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
-        keepalive=kw["keepalive"],
+        keepalive=kw["keepalive"], safe_links=kw["safe_links"],
+        connect_timeout=kw["connect_timeout"], mux=kw["mux"], mux_persist=kw["mux_persist"],
     )
 
 

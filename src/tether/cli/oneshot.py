@@ -88,6 +88,10 @@ def connect(opts: RunOptions) -> BlockingClient:
         raise FullPath
     opts.check()
     user, _, host = opts.host.rpartition("@")  # "@@" (a group) never gets here
+    if opts.mux != "no" and not opts.plaintext:
+        shared = _shared(opts, home, host, user)
+        if shared is not None:
+            return shared
     context, cert, by_ca = None, "", False
     if not opts.plaintext:
         try:
@@ -103,6 +107,7 @@ def connect(opts: RunOptions) -> BlockingClient:
             print(warning, file=sys.stderr)
     return blocking_connect(host, opts.port, home, context=context, cert=cert,
                             accept_new=opts.accept_new, by_ca=by_ca, user=user,
+                            timeout=opts.connect_timeout,
                             request=lambda core: exec_request(opts, core))
 
 
@@ -112,15 +117,43 @@ def exec_request(opts: RunOptions, core: ClientCore) -> Exec:
                      stdin=opts.stdin)
 
 
+def _shared(opts: RunOptions, home: str, host: str, user: str) -> BlockingClient | None:
+    """A connection lent by the mux (``--mux auto`` starts one; unset, a running one is
+    used), or None to connect directly (no mux could serve, or an unknown server that a
+    terminal should be asked about)."""
+    from tether.client import mux
+
+    start = opts.mux == "auto"
+    if not start and not mux.running(home):
+        return None
+    from tether.client.blocking import connect_shared
+    from tether.errors import HostUnknown, IdentityError
+
+    try:
+        return connect_shared(host, opts.port, home, accept_new=opts.accept_new,
+                              persist=opts.mux_persist, start=start, user=user,
+                              timeout=opts.connect_timeout)
+    except (mux.MuxUnavailable, IdentityError):
+        return None
+    except HostUnknown:
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise FullPath from None  # the click path asks, then connects directly
+        raise
+
+
 class Loop:
-    """One remote command over one connection (its ``exec`` went with the hello): the select
-    loop wiring the run policy."""
+    """One remote command over one connection (its ``exec`` went with the hello, on a direct
+    one): the select loop wiring the run policy."""
 
     def __init__(self, conn: BlockingClient, opts: RunOptions) -> None:
         self.conn = conn
         self.opts = opts
-        assert conn.welcome is not None and conn.request is not None
-        self.stream = conn.request.stream  # the exec that connect() sent behind the hello
+        request = conn.request  # the exec that connect() sent behind the hello
+        if request is None:  # a connection lent by the mux: the request goes now
+            request = exec_request(opts, conn.core)
+            conn.send(request)
+        self.stream = request.stream
+        assert conn.welcome is not None
         self.sinks = output_sinks(conn.welcome.encoding, opts.encoding)
         self.stdin_open = opts.stdin
         self.policy = RunPolicy(opts.timeout)

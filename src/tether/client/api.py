@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
+from tether.client.deadline import TLS, WELCOME, Deadline
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -37,17 +39,24 @@ from tether.client.process import (
     _feed,
     _ProcessContext,
 )
-from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
+from tether.errors import (
+    CommandFailed,
+    ConnectionBroken,
+    ConnectionClosed,
+    RemoteProtocolError,
+    TetherError,
+)
 from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import connecting
+from tether.net.translate import connecting, translated
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
     from tether.client.shells import LineShell, ShellProcess
     from tether.client.transfer_base import Progress, TransferResult
 
+T = TypeVar("T")
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
 
@@ -60,6 +69,7 @@ class Connection:
         self._core = core or ClientCore(framed.proto)
         self.server = info
         self._procs: dict[int, StreamHandle] = {}
+        self.shared = False  # lent by tether mux (see tether.client.mux)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
 
@@ -73,6 +83,8 @@ class Connection:
                 proc = self._procs.get(event.stream)
                 if proc is not None:
                     proc._deliver(event)
+                    if not proc.room.is_set():  # the application lags on this stream
+                        await proc.room.wait()
                 elif isinstance(event, Data):
                     self._framed.consumed(event.stream, len(event.data))
         except TetherError as exc:
@@ -90,7 +102,9 @@ class Connection:
         self._procs.clear()
 
     def _end_stream(self, stream: int) -> None:
-        self._procs.pop(stream, None)
+        proc = self._procs.pop(stream, None)
+        if proc is not None:
+            proc.room.set()  # its unread events are dropped: the reader goes on
         close = self._core.end(stream)
         if close is not None:
             with contextlib.suppress(TetherError):
@@ -204,15 +218,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic."""
+        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic; symlinks
+        are sent as symlinks (``safe_links``: those leading out of their tree are skipped and
+        listed in the result's ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def get(
@@ -225,15 +242,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Download files (trees with ``recursive``) into ``local``, verified and atomic."""
+        """Download files (trees with ``recursive``) into ``local``, verified and atomic;
+        symlinks are stored as symlinks whatever they point to, and never followed by a write
+        (``safe_links``: those leading out of their tree are skipped, see ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def close(self) -> None:
@@ -252,43 +272,78 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------------
 
 
+async def _within(deadline: Deadline, work: Awaitable[T]) -> T:
+    """``work``, given only the time ``deadline`` has left; running out is its error."""
+    try:
+        return await asyncio.wait_for(work, deadline.left())
+    except TimeoutError:
+        raise deadline.expired() from None
+
+
+async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
+                deadline: Deadline) -> FramedProtocol:
+    """The connection, TCP then TLS, each phase within what ``deadline`` has left."""
+    from tether.hosttrust import refused_in_handshake
+
+    loop = asyncio.get_running_loop()
+    with connecting(host, port):
+        if ctx is None:
+            _, link = await _within(deadline, loop.create_connection(
+                lambda: FramedProtocol(Role.CLIENT), host, port))
+            return link
+        transport, _ = await _within(deadline, loop.create_connection(
+            asyncio.Protocol, host, port))  # nothing is read before TLS starts
+        deadline.phase = TLS
+        try:
+            link = FramedProtocol(Role.CLIENT)
+            tls = await _within(deadline, loop.start_tls(
+                transport, link, ctx, server_hostname=sni))
+        except ssl.SSLCertVerificationError as exc:  # our check of the host's certificate
+            transport.close()
+            raise refused_in_handshake(host, port, exc) from exc
+        except BaseException:
+            transport.close()
+            raise
+    if tls is None:  # the server closed the connection during the handshake
+        raise ConnectionBroken(f"{host} port {port}: connection closed during the TLS handshake")
+    link.connection_made(tls)  # start_tls does not call it
+    return link
+
+
 async def _open(host: str, options: ConnectOptions, user: str = "") -> Connection:
     """Connect, check the server (its pin or host certificate), hello/welcome (asking for the
-    account ``user``): the asyncio driver's I/O around the core's decisions."""
-    import ssl
-
-    from tether.hosttrust import client_context, refused_in_handshake
+    account ``user``) — all within ``options.timeout``, however slowly the bytes come
+    (:class:`~tether.client.deadline.Deadline`): the asyncio driver's I/O around the core's
+    decisions."""
+    from tether.hosttrust import client_context
     from tether.tls import HOST_CERT_SNI
 
     if options.plaintext:
         check_plaintext(host)
+    elif options.mux != "no":
+        shared = await _open_shared(host, options, user)
+        if shared is not None:
+            return shared
+    deadline = Deadline(host, options.port, options.timeout)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
     ctx, by_ca = (None, False) if identity is None else client_context(
         home, host, options.port, identity.cert_path, identity.key_path)
-    loop = asyncio.get_running_loop()
-    with connecting(host, options.port):
-        try:
-            _, link = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,
-                    server_hostname=(HOST_CERT_SNI if by_ca else "tether") if ctx else None,
-                ),
-                options.timeout,
-            )
-        except ssl.SSLCertVerificationError as exc:  # our check of the host's certificate
-            raise refused_in_handshake(host, options.port, exc) from exc
-    framed = FramedConnection(link)
+    sni = HOST_CERT_SNI if by_ca else "tether"
+    framed = FramedConnection(await _link(host, options.port, ctx, sni, deadline))
     core = ClientCore(framed.proto)
     try:
         if identity is not None:
             sslobj = framed.transport.get_extra_info("ssl_object")
-            core.check_server(framed.peer_cert, home, host, options.port, options.accept_new,
-                              options.confirm, sslobj.getpeercert() if by_ca else None)
+            with deadline.paused():  # the user may be asked
+                core.check_server(framed.peer_cert, home, host, options.port,
+                                  options.accept_new, options.confirm,
+                                  sslobj.getpeercert() if by_ca else None)
+        deadline.phase = WELCOME
         try:
             framed.send(core.hello(user))
-            await framed.drain()
-            answer = await asyncio.wait_for(framed.next_event(), options.timeout)
+            await _within(deadline, framed.drain())
+            answer = await _within(deadline, framed.next_event())
         except REFUSALS as exc:
             error = core.refused(exc, identity is not None,
                                  identity.fingerprint if identity else "",
@@ -306,6 +361,52 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
     )
     framed.keepalive = options.keepalive or None
     return Connection(framed, info, core)
+
+
+async def _open_shared(host: str, options: ConnectOptions, user: str) -> Connection | None:
+    """A connection lent by this home's ``tether mux`` (started if none runs and ``mux`` is
+    ``auto``), or None when no mux can serve (then the caller connects directly, as it also
+    does for an unknown server it may ask about)."""
+    import functools
+
+    from tether.client import mux
+    from tether.errors import HostUnknown
+
+    start = options.mux == "auto"
+    if not start and not mux.running(options.home_dir):
+        return None
+    deadline = Deadline(host, options.port, options.timeout)  # the mux's connecting too
+    loop = asyncio.get_running_loop()
+    ask = functools.partial(mux.open_shared, options.home_dir, host, options.port,
+                            accept_new=options.accept_new, keepalive=options.keepalive,
+                            persist=options.mux_persist, start=start, timeout=options.timeout,
+                            user=user)
+    try:
+        sock, server_fp = await loop.run_in_executor(None, ask)
+    except mux.MuxUnavailable:
+        return None
+    except HostUnknown:
+        if options.confirm is None:
+            raise
+        return None
+    with translated():
+        _, link = await loop.create_connection(lambda: FramedProtocol(Role.CLIENT), sock=sock)
+    framed = FramedConnection(link)
+    core = ClientCore(framed.proto)
+    core.server_fingerprint = server_fp
+    deadline.phase = WELCOME
+    try:
+        framed.send(core.hello(user))
+        await framed.drain()
+        welcome = core.answer(await _within(deadline, framed.next_event()), True)
+    except BaseException:
+        await framed.close()
+        raise
+    info = ServerInfo(welcome.server_name, welcome.platform, welcome.encoding, welcome.software,
+                      server_fp, welcome.client_name, welcome.permissions, welcome.user)
+    conn = Connection(framed, info, core)
+    conn.shared = True  # the mux pings the server; a dead mux closes the socket
+    return conn
 
 
 def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user: str
@@ -359,6 +460,8 @@ class connect:  # used like a function: `async with tether.connect(...)`
         confirm: Confirm | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        mux: str | None = None,
+        mux_persist: float | None = None,
         user: str = "",
     ) -> None:
         if not user and "@" in host:
@@ -367,7 +470,7 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self.user = user
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
-                                  keepalive=keepalive)
+                                  keepalive=keepalive, mux=mux, mux_persist=mux_persist)
         self._port_given = port is not None or (options is not None
                                                 and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
