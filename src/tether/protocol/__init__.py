@@ -12,6 +12,7 @@ from tether.protocol.connection import (
     Connection,
     State,
 )
+from tether.protocol.forwarding import Connect, Connected, Incoming, Listen, Listening
 from tether.protocol.frames import MAX_BODY, MAX_HEADER
 from tether.protocol.messages import (
     MAX_BYTES,
@@ -63,6 +64,8 @@ __all__ = [
     "Begin",
     "Close",
     "Commit",
+    "Connect",
+    "Connected",
     "Connection",
     "Credit",
     "Data",
@@ -77,7 +80,10 @@ __all__ = [
     "Files",
     "Get",
     "Hello",
+    "Incoming",
     "List",
+    "Listen",
+    "Listening",
     "Message",
     "Meta",
     "Ping",
