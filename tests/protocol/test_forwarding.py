@@ -28,7 +28,7 @@ def test_connect_carries_bytes_both_ways_and_each_direction_ends_on_its_own() ->
     assert pair.server_data(STREAM, 0, b"reply") == [Data(STREAM, 0, b"reply")]
     # half-close: the client's direction ends, the server's goes on
     assert step(pair, C, "eof", 0) == [Eof(channel=0, stream=STREAM)]
-    with pytest.raises(LocalProtocolError, match="after its eof|already ended"):
+    with pytest.raises(LocalProtocolError, match=r"after its eof|already ended"):
         pair.client.send_data(STREAM, 0, b"after eof")
     assert pair.server_data(STREAM, 0, b"more") == [Data(STREAM, 0, b"more")]
     assert pair.client_sends(Credit(size=5, stream=STREAM)) == [Credit(size=5, stream=STREAM)]
@@ -118,5 +118,5 @@ def test_an_incoming_without_an_id_is_a_protocol_error() -> None:
     from tether.errors import RemoteProtocolError
 
     pair = scripted(Listen(port=0), (S, "listening", None))
-    with pytest.raises(RemoteProtocolError, match="incoming.id must be positive"):
+    with pytest.raises(RemoteProtocolError, match=r"incoming\.id must be positive"):
         events_from(pair.client, wire(Incoming(id=0, stream=STREAM)))

@@ -135,7 +135,7 @@ def id_(home: str | None, server: bool) -> None:
 @click.option("--root", type=click.Path(file_okay=False, exists=True, resolve_path=True),
               help="Confine this client's file operations and commands' working directory here "
                    "(an existing directory; stored as an absolute path).")
-@click.option("--allow", default="exec,shell,put,get", show_default=True,
+@click.option("--allow", default="exec,shell,put,get,forward", show_default=True,
               help="Comma-separated permissions: exec (run commands), shell (interactive "
                    "shells), put (upload files), get (download files).")
 @click.option("--list", "list_", is_flag=True,

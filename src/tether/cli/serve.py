@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tether.server.classic import ClassicServer
     from tether.server.config import ClassicConfig
     from tether.server.limits import Limits
+    from tether.server.permits import ForwardPolicy
 
 
 _LIMIT_FLAGS: list[tuple[str, type, str]] = [
@@ -36,6 +37,8 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
                                         "at once (0: half of those left for operations)."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),
+    ("max_forwards_per_connection", int, "Forwarded connections (-L, -R, -D, --via) at once "
+                                         "on one connection."),
     ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
     ("max_failures_per_address", int, "Failed handshakes per address per minute before it "
                                       "is refused until it is quiet."),
@@ -107,20 +110,35 @@ def limit_options(func: Any) -> Any:
                    "$TETHER_HOME/principals (repeatable).")
 @click.option("--crl", type=click.Path(exists=True, dir_okay=False),
               help="The CAs' revocation list (re-read when it changes).")
+@click.option("--permit-open", "permit_open", multiple=True, metavar="HOST:PORT",
+              help="Clients may forward only to these destinations (repeatable; * for any "
+                   "host or port; an absolute path for a Unix socket) [default: anywhere, "
+                   "confined clients nowhere].")
+@click.option("--permit-listen", "permit_listen", multiple=True, metavar="[BIND:]PORT",
+              help="Clients may listen (-R) only on these ports (repeatable; 0 or * lets the "
+                   "server choose; an absolute path for a Unix socket) [default: any port, "
+                   "confined clients none].")
+@click.option("--gateway-ports", is_flag=True,
+              help="Let clients' listeners (-R) bind addresses other than loopback.")
 @limit_options
 def serve(home: str | None, host: str, port: int, root: str | None, name: str | None,
           encoding: str | None, plaintext: bool, kill_grace: float, classic_port: int | None,
           classic_host: str | None, classic_unsafe: bool, audit: str | None,
           discoverable: bool, trust_cas: tuple[str, ...], crl: str | None,
+          permit_open: tuple[str, ...], permit_listen: tuple[str, ...], gateway_ports: bool,
           **limits: Any) -> None:
     """Serve clients in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
     from tether.server.limits import Limits
+    from tether.server.permits import ForwardPolicy, parse_permit
 
+    forwarding = ForwardPolicy(tuple(parse_permit(p) for p in permit_open),
+                               tuple(parse_permit(p, listen=True) for p in permit_listen),
+                               gateway_ports)
     serve_main(home, host, port, root, name, encoding, plaintext, kill_grace,
                classic_port=classic_port, classic_host=classic_host,
                classic_unsafe=classic_unsafe, audit=audit, limits=Limits(**limits),
                discoverable=discoverable, trust_cas=tuple(Path(p) for p in trust_cas),
-               crl=Path(crl) if crl else None)
+               crl=Path(crl) if crl else None, forwarding=forwarding)
 
 
 def serve_main(home: str | None, host: str, port: int, root: str | None, name: str | None,
@@ -128,7 +146,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
                classic_port: int | None = None, classic_host: str | None = None,
                classic_unsafe: bool = False, audit: str | None = None,
                limits: Limits | None = None, discoverable: bool = False,
-               trust_cas: tuple[Path, ...] = (), crl: Path | None = None) -> None:
+               trust_cas: tuple[Path, ...] = (), crl: Path | None = None,
+               forwarding: ForwardPolicy | None = None) -> None:
     from tether.server.limits import Limits
     from tether.server.listener import Server, ServerConfig
 
@@ -149,6 +168,8 @@ def serve_main(home: str | None, host: str, port: int, root: str | None, name: s
                           kill_grace=kill_grace, classic=classic,
                           audit=Path(audit) if audit else None, limits=limits or Limits(),
                           discoverable=discoverable, trust_cas=trust_cas, crl=crl)
+    if forwarding is not None:
+        config.forwarding = forwarding
     if root:
         config.root = Path(root).resolve()
     if name:

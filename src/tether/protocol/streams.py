@@ -1,10 +1,11 @@
 """Per-operation stream rules: one transition table per opening message, in one place.
 
 A stream is one operation, named by the message that opened it (``exec``, ``shell``, ``put``,
-``get``, ``list``, ``batch``, ``fetch``, ``connect``, ``listen``). Each side of a stream has a *half*: what the client has
-sent on it and what the server has sent on it. The two halves move independently (the two
-directions of a connection are independent), and each half moves only on its own sender's
-frames, so both peers always agree on both halves without waiting for each other.
+``get``, ``list``, ``batch``, ``fetch``, ``connect``, ``listen``). Each side of a stream has
+a *half*: what the client has sent on it and what the server has sent on it. The two halves
+move independently (the two directions of a connection are independent), and each half moves
+only on its own sender's frames, so both peers always agree on both halves without waiting for
+each other.
 
 The rules (docs/PROTOCOL.md, "Streams" and "Operations", is the normative text):
 

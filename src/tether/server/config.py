@@ -16,6 +16,7 @@ from pathlib import Path
 from tether.defaults import DEFAULT_PORT
 from tether.errors import TetherError
 from tether.server.limits import Limits
+from tether.server.permits import ForwardPolicy
 
 
 def is_loopback(host: str) -> bool:
@@ -79,3 +80,4 @@ class ServerConfig:
     discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
     trust_cas: tuple[Path, ...] = ()  # admit clients these CAs signed (server/trust.py)
     crl: Path | None = None  # their revocation list, re-read when it changes
+    forwarding: ForwardPolicy = field(default_factory=ForwardPolicy)  # --permit-*, --gateway-ports

@@ -13,6 +13,7 @@ from tether.server.audit import AuditLog
 from tether.server.descriptors import Descriptors
 from tether.server.diskpool import DiskPool
 from tether.server.limits import Admission, Limits
+from tether.server.permits import ForwardPolicy
 from tether.server.privsep import SharedCounts
 from tether.server.refusals import Refusals
 from tether.server.shares import Shares
@@ -40,6 +41,7 @@ class SessionContext:
     disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
     descriptors: Descriptors | None = None  # what operations hold, in total and per identity
     fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
+    forwarding: ForwardPolicy = field(default_factory=ForwardPolicy)  # permits (server/permits)
 
 
 @dataclass(frozen=True)

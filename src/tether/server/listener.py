@@ -136,6 +136,7 @@ class Server:
             reserved=self.reserved, refusals=self.refusals, disk=self.disk,
             descriptors=self.descriptors,
             fetches=Shares(config.limits.max_fetches_per_client),
+            forwarding=config.forwarding,
         )
 
     # --- authorization -------------------------------------------------------------------------

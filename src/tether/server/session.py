@@ -39,6 +39,7 @@ from tether.protocol import (
     Begin,
     Close,
     Commit,
+    Connect,
     Data,
     Done,
     Eof,
@@ -48,6 +49,7 @@ from tether.protocol import (
     Get,
     Hello,
     List,
+    Listen,
     Message,
     Put,
     Refused,
@@ -61,6 +63,7 @@ from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.context import Peer, SessionContext
 from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
+from tether.server.forward import Forwards
 from tether.server.limits import Limits
 from tether.server.privsep import Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
@@ -97,6 +100,8 @@ class Session:
         self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
         self.stall = StallWatch(self.limits.stall_timeout, self._stalled)  # uploads
         self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
+        self.forwards = Forwards(self.conn, context.forwarding, context.audit,
+                                 self.limits.max_forwards_per_connection)
 
     async def serve(self) -> None:
         address = self.address or self.conn.peer_address
@@ -263,8 +268,10 @@ class Session:
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
-        # the new stream is open already; streams the client never closed count too
-        if self.conn.proto.open_streams > self.limits.max_streams_per_connection:
+        # the new stream is open already; streams the client never closed count too (forwarded
+        # connections have a cap of their own: Forwards.connect)
+        others = self.conn.proto.open_streams - len(self.forwards.pipes)
+        if op != "connect" and others > self.limits.max_streams_per_connection:
             raise BadRequest("too many operations at once on one connection "
                              f"(limit {self.limits.max_streams_per_connection})")
         self.held.take(stream, COSTS[op])
@@ -392,6 +399,27 @@ class Session:
                          lambda area: send_listing(self.conn, msg.stream, msg, area,
                                                    self.list_slots, self._holder(msg.stream)))
 
+    async def _on_connect(self, msg: Connect) -> None:
+        """A forwarded connection (server/forward.py): checked, then connected in a task."""
+        try:
+            pipe = self.forwards.connect(msg, self._check_open("forward", msg.stream, "connect"))
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc, _request(msg))
+            return
+        self.streams[msg.stream] = pipe
+        pipe.task = self._spawn(self._until_done(msg.stream, pipe.run()))
+
+    async def _on_listen(self, msg: Listen) -> None:
+        """A listener on this server, bound now, closed with its stream or the connection."""
+        try:
+            peer = self._check_open("forward", msg.stream, "listen")
+            listener = await self.forwards.listen(msg, peer)
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc, _request(msg))
+            return
+        self.streams[msg.stream] = listener
+        listener.task = self._spawn(self._until_done(msg.stream, listener.run()))
+
     def _holder(self, stream: int) -> Callable[[int], None]:
         """What a listing tells of the descriptors its levels take (+) and give back (-)."""
         def hold(count: int) -> None:
@@ -455,6 +483,7 @@ class Session:
 
     def _forget(self, stream: int) -> None:
         """The stream's operation is over here: stop watching it, give back what it held."""
+        self.forwards.ended(stream)
         self.stall.unwatch(stream)
         self.held.give(stream)
         self.streams.pop(stream, None)
@@ -529,6 +558,8 @@ class Session:
         Fetch: _on_fetch,
         Get: _on_get,
         List: _on_list,
+        Connect: _on_connect,
+        Listen: _on_listen,
         Refused: _on_refused,
         Data: _on_data,
         Eof: _on_stream_message,

@@ -48,9 +48,9 @@ def sendable(text: str) -> str:
 def request_fields(msg: Message) -> dict[str, Any]:
     """What an opening request asked, for the audit record of its refusal."""
     fields = {"op": msg.TYPE}
-    for name in ("argv", "cwd", "path", "name", "target"):
+    for name in ("argv", "cwd", "path", "name", "target", "origin"):
         value = getattr(msg, name, None)
-        if value is not None:
+        if value is not None and value != "":
             fields[name] = value
     return fields
 
@@ -65,7 +65,7 @@ def as_remote(exc: BaseException) -> TetherError:
 
 
 VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
-          "get": "download files"}
+          "get": "download files", "forward": "forward connections"}
 
 
 def identity_fields(peer: Peer) -> dict[str, Any]:
