@@ -63,6 +63,8 @@ def _reason(exc: BaseException) -> str:
         return f"no answer within {CONNECT_TIMEOUT:g} s"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the name ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()  # asyncio's text names the address, not why
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or exc.__class__.__name__
@@ -230,11 +232,12 @@ class Listener:
                     sock.close()
                     raise
                 self.path = Path(path)
-                self.server = await asyncio.start_unix_server(self._accepted, sock=sock)
+                self.server = await asyncio.start_unix_server(self._accepted, sock=sock,
+                                                              backlog=1024)
                 self.conn.send(Listening(path=path, stream=self.stream))
                 return
             self.server = await asyncio.start_server(self._accepted, host, port,
-                                                     reuse_address=True)
+                                                     reuse_address=True, backlog=1024)
         except OSError as exc:
             raise RemoteError(f"cannot listen on {self.where}: {_reason(exc)}") from None
         bound = self.server.sockets[0].getsockname()
