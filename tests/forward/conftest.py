@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import Client, authorize, cli_env, pin, start_server
 from support import ServeProcess, stop_process, wait_until
 

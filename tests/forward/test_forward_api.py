@@ -5,6 +5,7 @@ listeners that end with their connection, and the audit records."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.errors import RemoteError
-
 from support import wait_until
+from tether.errors import RemoteError
 
 from .conftest import Http, Served, curl, echo
 
@@ -60,10 +60,8 @@ async def test_local_forward_closes_the_local_socket_at_once_on_refusal(served: 
             0, "127.0.0.1", closed_port, report=lines.append) as fwd:
         reader, writer = await asyncio.open_connection("127.0.0.1", fwd.port)
         started = time.monotonic()
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert await asyncio.wait_for(reader.read(), 10) == b""
-        except ConnectionResetError:
-            pass
         assert time.monotonic() - started < 5
         writer.close()
     assert len(lines) == 1 and "connection refused" in lines[0], lines
@@ -156,7 +154,7 @@ async def test_500_concurrent_connections_are_byte_identical(served: Served,
 async def test_a_slow_reader_does_not_stall_other_connections(served: Served,
                                                               echo_port: int) -> None:
     async with served.client.connect() as conn:
-        slow_reader, slow_writer = await conn.open_connection("127.0.0.1", echo_port)
+        _slow_reader, slow_writer = await conn.open_connection("127.0.0.1", echo_port)
         slow_writer.write(os.urandom(16 * 1024 * 1024))  # never read: its windows fill
         reader, writer = await conn.open_connection("127.0.0.1", echo_port)
         writer.write(b"quick")
