@@ -19,10 +19,12 @@ import click
 
 from tether.cli.options import (
     CONNECT_OPTIONS,
+    FORWARD_OPTIONS,
     HOME,
     KEEPALIVE,
     PORT,
     RUN_OPTIONS,
+    VIA,
     click_options,
     host_command_class,
     identity_name,
@@ -247,10 +249,13 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 @click.option("-T", "--lines", is_flag=True,
               help="Line mode even on a terminal: one command per line, statuses reported.")
 @keepalive_option
+@click_options([*FORWARD_OPTIONS, VIA])
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
-          keepalive: float, host: str, command: tuple[str, ...]) -> int:
+          keepalive: float, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
+          dynamic_forwards: tuple[str, ...], via: tuple[str, ...], host: str,
+          command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
     On a terminal: a remote pseudo-terminal running your login shell; the local terminal is
@@ -259,12 +264,67 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     Needs the `shell` permission on the server.
     """
     from tether.cli.fleet import one_host
+    from tether.cli.forward import parse_specs
     from tether.cli.shell import shell_main
 
     warn_if_certificate_expires(home)
     argv = list(command[1:] if command and command[0] == "--" else command)
+    specs = parse_specs(local_forwards, remote_forwards, dynamic_forwards)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
-    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive)
+    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive, specs,
+                      via)
+
+
+@cli.command()
+@click_options([*CONNECT_OPTIONS, *FORWARD_OPTIONS, VIA])
+@keepalive_option
+@click.argument("host")
+def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
+            local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
+            dynamic_forwards: tuple[str, ...], via: tuple[str, ...], keepalive: float,
+            host: str) -> int:
+    """Forward ports through HOST until Ctrl-C, like ssh -N with -L, -R and -D.
+
+    One line per listener on stdout (for -R 0:..., the port the server chose); one line on
+    stderr per connection that fails (a refused destination closes its local socket at
+    once). Needs the `forward` permission and the server's permits. Exit status 130 on
+    Ctrl-C, 255 if the connection ends.
+    """
+    from tether.cli.fleet import one_host
+    from tether.cli.forward import forward_main
+
+    warn_if_certificate_expires(home)
+    host, port, keepalive = one_host(host, home, port, keepalive)
+    return forward_main(host, port, home, accept_new, plaintext, keepalive, local_forwards,
+                        remote_forwards, dynamic_forwards, via)
+
+
+@cli.command()
+@click_options([*CONNECT_OPTIONS, VIA])
+@keepalive_option
+@click.argument("words", nargs=-1, required=True, metavar="[SERVER] HOST PORT")
+def proxy(home: str | None, port: int, accept_new: bool, plaintext: bool,
+          via: tuple[str, ...], keepalive: float, words: tuple[str, ...]) -> int:
+    """Connect stdin and stdout to HOST:PORT as the tether SERVER sees it, for ssh's
+    ProxyCommand: ssh -o ProxyCommand='tether proxy bastion %h %p' internal.
+
+    Without SERVER, the last --via host is the one that connects.
+    """
+    from tether.cli.forward import proxy_main
+
+    if len(words) == 3:
+        server, dest, dest_port = words
+    elif len(words) == 2 and via:
+        hops = [h for item in via for h in item.split(",") if h]
+        server, via = hops[-1], tuple(hops[:-1])
+        dest, dest_port = words
+    else:
+        raise click.UsageError("give SERVER HOST PORT (or HOST PORT with --via SERVER)")
+    if not dest_port.isdigit() or not 0 < int(dest_port) < 65536:
+        raise click.BadParameter(f"{dest_port!r} is not a port number", param_hint="PORT")
+    warn_if_certificate_expires(home)
+    return proxy_main(server, port, home, accept_new, plaintext, keepalive, dest,
+                      int(dest_port), via)
 
 
 def transfer_options(func: Any) -> Any:

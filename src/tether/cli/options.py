@@ -83,8 +83,26 @@ KEEPALIVE = Option(
     help="Ping a server silent for this long; after 3 silent intervals give up (exit 255), "
          "like ssh's ServerAliveInterval [default: 0, off].")
 
+VIA = Option(
+    ("-J", "--via"), "via", MULTI, metavar="HOST[,HOST...]", fast=False,
+    help="Reach HOST through these tether servers in order (jump hosts, like ssh -J): TLS end "
+         "to end, each hop only relays, each host pinned; HOST[:PORT] or inventory names.")
+
 # How to reach a server: every command that connects takes these.
 CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT)
+
+# Port forwarding (cli/forward.py parses the values), as ssh writes it.
+FORWARD_OPTIONS = (
+    Option(("-L",), "local_forwards", MULTI, metavar="[BIND:]PORT:DEST:DPORT", fast=False,
+           help="Listen here on PORT (or /local.sock); connect to DEST:DPORT (or /remote.sock) "
+                "from the server, like ssh -L (repeatable)."),
+    Option(("-R",), "remote_forwards", MULTI, metavar="[BIND:]PORT:DEST:DPORT", fast=False,
+           help="Listen on the server on PORT (0: it chooses, printed) or /remote.sock; "
+                "connect to DEST:DPORT from here, like ssh -R (repeatable)."),
+    Option(("-D",), "dynamic_forwards", MULTI, metavar="[BIND:]PORT", fast=False,
+           help="A SOCKS5 proxy here on PORT whose connections leave from the server, which "
+                "resolves the names, like ssh -D (repeatable)."),
+)
 
 RUN_OPTIONS = (
     *CONNECT_OPTIONS,
@@ -97,6 +115,8 @@ RUN_OPTIONS = (
                 "into pipes and files [default: the server's encoding, on a terminal only]."),
     Option(("-n", "--no-stdin"), "no_stdin", FLAG, help="Do not forward stdin (like ssh -n)."),
     KEEPALIVE,
+    *FORWARD_OPTIONS,
+    VIA,
 )
 
 
@@ -113,6 +133,9 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         plaintext=bool(values.get("plaintext")), cwd=values.get("cwd"), env=variables,
         timeout=values.get("timeout"), encoding=values.get("encoding"),
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
+        local_forwards=values.get("local_forwards") or (),
+        remote_forwards=values.get("remote_forwards") or (),
+        dynamic_forwards=values.get("dynamic_forwards") or (), via=values.get("via") or (),
     )
 
 
@@ -315,6 +338,19 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "LISTEN_PORT", "PORT", "RUN_OPTIONS", "Option",
-           "click_options", "fast_parse", "host_command_class", "identity_name", "run_options",
-           "split_host_command"]
+__all__ = [
+    "CONNECT_OPTIONS",
+    "FORWARD_OPTIONS",
+    "KEEPALIVE",
+    "LISTEN_PORT",
+    "PORT",
+    "RUN_OPTIONS",
+    "VIA",
+    "Option",
+    "click_options",
+    "fast_parse",
+    "host_command_class",
+    "identity_name",
+    "run_options",
+    "split_host_command",
+]

@@ -15,6 +15,7 @@ from tether.errors import BadRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import BinaryIO, TextIO
 
 class RunOptions:
@@ -24,7 +25,9 @@ class RunOptions:
                  accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
-                 keepalive: float = 0.0) -> None:
+                 keepalive: float = 0.0, local_forwards: Sequence[str] = (),
+                 remote_forwards: Sequence[str] = (), dynamic_forwards: Sequence[str] = (),
+                 via: Sequence[str] = ()) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -37,6 +40,10 @@ class RunOptions:
         self.encoding = encoding
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
+        self.local_forwards = list(local_forwards)  # -L, -R, -D as written (cli/forward.py)
+        self.remote_forwards = list(remote_forwards)
+        self.dynamic_forwards = list(dynamic_forwards)
+        self.via = list(via)  # jump hosts
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""

@@ -19,11 +19,15 @@ import sys
 import termios
 import threading
 import tty
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from tether.cli.shared import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
 from tether.errors import ConnectionBroken, NoTerminal
+
+if TYPE_CHECKING:
+    from tether.cli.forward import ForwardSpec
 
 STDIN_CHUNK = 64 * 1024
 
@@ -165,31 +169,46 @@ async def _line_session(conn: Connection) -> int:
 
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-                 command: list[str], terminal: bool, keepalive: float) -> int:
+                 command: list[str], terminal: bool, keepalive: float,
+                 specs: Sequence[ForwardSpec] = (), via: Sequence[str] = ()) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm, keepalive=keepalive) as conn:
-        if terminal:
-            try:
-                return await _terminal_session(conn, command)
-            except NoTerminal as exc:
-                if command:
-                    raise
-                print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
-                return await _line_session(conn)
-        if command:
-            from tether.errors import BadRequest
+                       confirm=confirm, keepalive=keepalive, via=via) as conn:
+        forwards = []
+        if specs:
+            from tether.cli.forward import announce_on_stderr, start_forwards
 
-            raise BadRequest("a command needs a terminal (stdin is not one): use tether run")
-        return await _line_session(conn)
+            forwards = await start_forwards(conn, specs, host, announce_on_stderr)
+        try:
+            return await _session(conn, command, terminal)
+        finally:
+            for fwd in forwards:
+                fwd.close()
+
+
+async def _session(conn: Connection, command: list[str], terminal: bool) -> int:
+    if terminal:
+        try:
+            return await _terminal_session(conn, command)
+        except NoTerminal as exc:
+            if command:
+                raise
+            print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
+            return await _line_session(conn)
+    if command:
+        from tether.errors import BadRequest
+
+        raise BadRequest("a command needs a terminal (stdin is not one): use tether run")
+    return await _line_session(conn)
 
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-               command: list[str], force_lines: bool, keepalive: float = 0.0) -> int:
+               command: list[str], force_lines: bool, keepalive: float = 0.0,
+               specs: Sequence[ForwardSpec] = (), via: Sequence[str] = ()) -> int:
     """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
-                                  keepalive))
+                                  keepalive, specs, via))
     except asyncio.CancelledError as exc:  # the connection went while the terminal waited
         raise ConnectionBroken("connection lost") from exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +66,8 @@ class Connection:
         self._procs: dict[int, StreamHandle] = {}
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
+        self._carriers: list[Connection] = []  # jump hosts this connection rides (--via)
+        self._carried: set[asyncio.Task[None]] = set()  # connections riding this one
 
     async def _read_loop(self) -> None:
         try:
@@ -285,11 +288,23 @@ class Connection:
 
         return await forward.open_connection(self, host, port, path=path)
 
+    async def wait_closed(self) -> None:
+        """Wait until the connection ends; raise why, unless :meth:`close` ended it."""
+        try:
+            await asyncio.shield(self._reader)
+        except asyncio.CancelledError:
+            if not self._reader.done():
+                raise  # we were cancelled (Ctrl-C), not the connection
+        if self._failure is not None and not isinstance(self._failure, ConnectionClosed):
+            raise self._failure
+
     async def close(self) -> None:
         self._reader.cancel()
         with contextlib.suppress(BaseException):
             await self._reader
         await self._framed.close()
+        for carrier in reversed(self._carriers):
+            await carrier.close()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -301,9 +316,12 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------------
 
 
-async def _open(host: str, options: ConnectOptions, user: str = "") -> Connection:
+async def _open(host: str, options: ConnectOptions, user: str = "",
+                sock: socket.socket | None = None) -> Connection:
     """Connect, check the server (its pin or host certificate), hello/welcome (asking for the
-    account ``user``): the asyncio driver's I/O around the core's decisions."""
+    account ``user``): the asyncio driver's I/O around the core's decisions. ``sock``: a
+    socket already carried to ``host`` (a jump host's forwarded connection): TLS runs over it
+    end to end, and the server is pinned as ``host`` as usual."""
     import ssl
 
     from tether.hosttrust import client_context, refused_in_handshake
@@ -318,10 +336,13 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
     loop = asyncio.get_running_loop()
     with connecting(host, options.port):
         try:
+            where: dict[str, Any] = ({"sock": sock} if sock is not None
+                                     else {"host": host, "port": options.port})
             _, link = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,
+                    lambda: FramedProtocol(Role.CLIENT), ssl=ctx,
                     server_hostname=(HOST_CERT_SNI if by_ca else "tether") if ctx else None,
+                    **where,
                 ),
                 options.timeout,
             )
@@ -393,7 +414,10 @@ class connect:  # used like a function: `async with tether.connect(...)`
     the server for N s"), so a server that vanished without closing is noticed even while a
     command runs. ``user`` (or ``host`` written ``user@host``) asks the server to run this
     connection's work as that Unix account; the server admits it only if this client's
-    principal or authorized entry allows that account.
+    principal or authorized entry allows that account. ``via`` (ssh's ``-J``): jump hosts,
+    ``HOST[:PORT]`` or inventory names, reached in order; the connection to ``host`` rides a
+    forwarded connection through them with TLS end to end (each hop only relays its bytes),
+    and every host is authenticated and pinned as usual.
     """
 
     def __init__(
@@ -409,6 +433,7 @@ class connect:  # used like a function: `async with tether.connect(...)`
         timeout: float | None = None,
         keepalive: float | None = None,
         user: str = "",
+        via: Sequence[str] | None = None,
     ) -> None:
         if not user and "@" in host:
             user, _, host = host.rpartition("@")
@@ -420,11 +445,16 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self._port_given = port is not None or (options is not None
                                                 and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
+        self.via = [hop for item in via or () for hop in item.split(",") if hop]
 
     async def _connect(self) -> Connection:
         host, options, user = _inventory_target(self.host, self.options, self._port_given,
                                                 self.user)
-        return await _open(host, options, user)
+        if not self.via:
+            return await _open(host, options, user)
+        from tether.client.jump import through
+
+        return await through(self.via, host, options, user, _open, _inventory_target)
 
     def __await__(self) -> Any:
         return self._connect().__await__()

@@ -1,0 +1,92 @@
+"""Jump hosts (``--via A,B``, ssh's ``-J``): the connection to the last host rides forwarded
+connections through the others, with TLS end to end. Each hop is a tether connection of its
+own, authenticated and pinned as usual; the next one's TLS runs over a ``connect`` stream
+through it, so a hop sees only the inner connection's encrypted bytes (its audit log records a
+forwarded connection and its byte counts, nothing more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tether.defaults import DEFAULT_PORT
+from tether.errors import UsageError
+
+if TYPE_CHECKING:
+    from tether.client.api import Connection
+    from tether.client.options import ConnectOptions
+
+Opener = Callable[..., Awaitable["Connection"]]
+
+
+def split_hop(hop: str) -> tuple[str, str, int | None]:
+    """``[user@]HOST[:PORT]`` (``[V6]:PORT``) as (user, host, port or None)."""
+    user, _, rest = hop.rpartition("@")
+    port: int | None = None
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port = _port(tail[1:], hop)
+    elif rest.count(":") == 1:
+        host, _, text = rest.partition(":")
+        port = _port(text, hop)
+    else:
+        host = rest
+    if not host:
+        raise UsageError(f"--via {hop!r}: no host")
+    return user, host, port
+
+
+def _port(text: str, hop: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"--via {hop!r}: {text!r} is not a port number")
+    return int(text)
+
+
+async def tunnel(conn: Connection, host: str, port: int) -> socket.socket:
+    """A socket whose bytes travel to ``host:port`` as ``conn``'s server reaches it."""
+    from tether.client.forward import open_stream, pipe
+
+    handle, _ = await open_stream(conn, host=host, port=port, origin="jump")
+    mine, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=mine)
+    task = asyncio.create_task(pipe(handle, reader, writer))
+    conn._carried.add(task)
+    task.add_done_callback(_carried_ended(conn))
+    return theirs
+
+
+def _carried_ended(conn: Connection) -> Callable[[asyncio.Task[None]], None]:
+    def ended(task: asyncio.Task[None]) -> None:
+        conn._carried.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the inner connection reports its own end
+    return ended
+
+
+async def through(via: Sequence[str], host: str, options: ConnectOptions, user: str,
+                  opener: Opener, resolve: Callable[..., Any]) -> Connection:
+    """Connect to each of ``via`` in turn, each through the one before, then to ``host``
+    (already resolved, with ``options`` and ``user``) through the last."""
+    carriers: list[Connection] = []
+    try:
+        conn: Connection | None = None
+        for hop in via:
+            hop_user, name, port = split_hop(hop)
+            address, hop_options, hop_user = resolve(
+                name, options.with_(port=port or DEFAULT_PORT), port is not None, hop_user)
+            sock = None if conn is None else await tunnel(conn, address, hop_options.port)
+            conn = await opener(address, hop_options, hop_user, sock)
+            carriers.append(conn)
+        assert conn is not None
+        sock = await tunnel(conn, host, options.port)
+        final = await opener(host, options, user, sock)
+    except BaseException:
+        for carrier in reversed(carriers):
+            await carrier.close()
+        raise
+    final._carriers = carriers
+    return final
