@@ -67,7 +67,7 @@ async def test_permit_listen_and_loopback_only_listeners(permits: Served, http: 
     async with permits.client.connect() as conn:
         async with await conn.forward_remote(0, "127.0.0.1", http.port) as fwd:
             assert fwd.port > 0
-        with pytest.raises(PermissionDenied, match="listening on 127.0.0.1:9 is not permitted"):
+        with pytest.raises(PermissionDenied, match=r"listening on 127\.0\.0\.1:9 is not permitted"):
             await conn.forward_remote(9, "127.0.0.1", http.port)
         with pytest.raises(PermissionDenied, match=r"loopback only, not 0\.0\.0\.0 \(serve "
                                                    r"--gateway-ports\)"):

@@ -454,7 +454,9 @@ class connect:  # used like a function: `async with tether.connect(...)`
             return await _open(host, options, user)
         from tether.client.jump import through
 
-        return await through(self.via, host, options, user, _open, _inventory_target)
+        conn, hops = await through(self.via, host, options, user, _open, _inventory_target)
+        conn._carriers = hops
+        return conn
 
     def __await__(self) -> Any:
         return self._connect().__await__()

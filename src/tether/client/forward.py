@@ -20,11 +20,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tether.errors import ConnectionFailed, TetherError
-from tether.protocol import Connect, Connected, Data, Done, Eof, Incoming, Listen, Listening
+from tether.protocol import (
+    Connect,
+    Connected,
+    Data,
+    Done,
+    Eof,
+    Incoming,
+    Listen,
+    Listening,
+    Message,
+)
 
 if TYPE_CHECKING:
-    from tether.client.api import Connection
+    from typing import Protocol
+
     from tether.client.process import StreamHandle
+    from tether.net.framed import FramedConnection
+
+    class Connection(Protocol):  # what forwarding needs of tether.client.api.Connection
+        _framed: FramedConnection
+
+        def open_stream(self, opener: type[Message], **fields: Any) -> StreamHandle: ...
 
 log = logging.getLogger("tether.client")
 

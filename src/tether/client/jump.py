@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.defaults import DEFAULT_PORT
 from tether.errors import UsageError
 
 if TYPE_CHECKING:
-    from tether.client.api import Connection
+    from typing import Protocol
+
+    from tether.client.forward import Connection as Carrier
     from tether.client.options import ConnectOptions
 
-Opener = Callable[..., Awaitable["Connection"]]
+    class Connection(Carrier, Protocol):  # what a hop is of tether.client.api.Connection
+        _carried: set[asyncio.Task[None]]
+
+        async def close(self) -> None: ...
+
+C = TypeVar("C", bound="Connection")
+
 
 
 def split_hop(hop: str) -> tuple[str, str, int | None]:
@@ -68,12 +76,14 @@ def _carried_ended(conn: Connection) -> Callable[[asyncio.Task[None]], None]:
 
 
 async def through(via: Sequence[str], host: str, options: ConnectOptions, user: str,
-                  opener: Opener, resolve: Callable[..., Any]) -> Connection:
+                  opener: Callable[..., Awaitable[C]], resolve: Callable[..., Any]
+                  ) -> tuple[C, list[C]]:
     """Connect to each of ``via`` in turn, each through the one before, then to ``host``
-    (already resolved, with ``options`` and ``user``) through the last."""
-    carriers: list[Connection] = []
+    (already resolved, with ``options`` and ``user``) through the last: that connection, and
+    the hops it rides (to be closed with it)."""
+    carriers: list[C] = []
     try:
-        conn: Connection | None = None
+        conn: C | None = None
         for hop in via:
             hop_user, name, port = split_hop(hop)
             address, hop_options, hop_user = resolve(
@@ -88,5 +98,4 @@ async def through(via: Sequence[str], host: str, options: ConnectOptions, user: 
         for carrier in reversed(carriers):
             await carrier.close()
         raise
-    final._carriers = carriers
-    return final
+    return final, carriers
