@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tether.errors import ConnectionFailed, TetherError
+from tether.errors import ConnectionClosed, ConnectionFailed, TetherError
 from tether.protocol import (
     Connect,
     Connected,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.client")
 
 CHUNK = 256 * 1024
+LIMIT = 4 * CHUNK  # a socket's read buffer and write high-water mark (asyncio: 64 KiB)
 BACKLOG = 1024  # connections arriving at once (asyncio: 100, too few for a burst)
 Report = Callable[[str], None]
 
@@ -85,6 +86,7 @@ async def pipe(handle: StreamHandle, reader: asyncio.StreamReader,
                writer: asyncio.StreamWriter) -> None:
     """Carry bytes both ways between a local socket and a stream until both directions ended
     (or either side broke: then the local socket is reset and the stream abandoned)."""
+    writer.transport.set_write_buffer_limits(high=LIMIT)
     up = asyncio.create_task(_up(handle, reader))
     try:
         while True:
@@ -130,7 +132,13 @@ async def carry(conn: Connection, reader: asyncio.StreamReader, writer: asyncio.
     try:
         await pipe(handle, reader, writer)
     except (TetherError, OSError) as exc:
-        report(f"{what}: {exc}")
+        _unless_ours(report, f"{what}: {exc}", exc)
+
+
+def _unless_ours(report: Report, line: str, exc: BaseException) -> None:
+    """Report a failed connection, unless it failed because we closed the connection."""
+    if not isinstance(exc, ConnectionClosed):
+        report(line)
 
 
 class Forwarder:
@@ -191,11 +199,12 @@ async def _listen_locally(forwarder: Forwarder, handler: Callable[..., Any], hos
         except OSError:
             sock.close()
             raise
-        forwarder._server = await asyncio.start_unix_server(handler, sock=sock, backlog=BACKLOG)
+        forwarder._server = await asyncio.start_unix_server(handler, sock=sock, backlog=BACKLOG,
+                                                            limit=LIMIT)
         forwarder.path = path
         return
     forwarder._server = await asyncio.start_server(handler, host, port, reuse_address=True,
-                                                   backlog=BACKLOG)
+                                                   limit=LIMIT, backlog=BACKLOG)
     bound = forwarder._server.sockets[0].getsockname()
     forwarder.host, forwarder.port = str(bound[0]), int(bound[1])
 
@@ -266,9 +275,9 @@ async def _take(conn: Connection, listener: int, incoming: Incoming, dest_host: 
                 dest_port: int, dest_path: str, say: Report, what: str) -> None:
     try:
         if dest_path:
-            reader, writer = await asyncio.open_unix_connection(dest_path)
+            reader, writer = await asyncio.open_unix_connection(dest_path, limit=LIMIT)
         else:
-            reader, writer = await asyncio.open_connection(dest_host, dest_port)
+            reader, writer = await asyncio.open_connection(dest_host, dest_port, limit=LIMIT)
     except OSError as exc:
         say(f"{what}: cannot connect to {where(dest_host, dest_port, dest_path)} for "
             f"{incoming.origin}: {exc.strerror or exc}")
@@ -284,7 +293,7 @@ async def _take(conn: Connection, listener: int, incoming: Incoming, dest_host: 
     try:
         await pipe(handle, reader, writer)
     except (TetherError, OSError) as exc:
-        say(f"{what}: {exc}")
+        _unless_ours(say, f"{what}: {exc}", exc)
 
 
 async def forward_socks(conn: Connection, listen_host: str, listen_port: int, *,
@@ -316,7 +325,7 @@ async def forward_socks(conn: Connection, listen_host: str, listen_port: int, *,
         try:
             await pipe(handle, reader, writer)
         except (TetherError, OSError) as exc:
-            say(f"{what}: {exc}")
+            _unless_ours(say, f"{what}: {exc}", exc)
 
     def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         forwarder.spawn(serve(reader, writer))
@@ -334,13 +343,13 @@ async def open_connection(conn: Connection, host: str = "", port: int = 0, *, pa
     handle, _ = await open_stream(conn, origin="api", **fields)
     mine, theirs = socket.socketpair()
     try:
-        reader, writer = await asyncio.open_connection(sock=mine)
+        reader, writer = await asyncio.open_connection(sock=mine, limit=LIMIT)
     except BaseException:
         mine.close()
         theirs.close()
         handle.abandon()
         raise
-    inner_reader, inner_writer = await asyncio.open_connection(sock=theirs)
+    inner_reader, inner_writer = await asyncio.open_connection(sock=theirs, limit=LIMIT)
     task = asyncio.create_task(_quiet(pipe(handle, reader, writer)))
     _PIPES.add(task)
     task.add_done_callback(_PIPES.discard)

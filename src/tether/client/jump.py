@@ -56,11 +56,11 @@ def _port(text: str, hop: str) -> int:
 
 async def tunnel(conn: Connection, host: str, port: int) -> socket.socket:
     """A socket whose bytes travel to ``host:port`` as ``conn``'s server reaches it."""
-    from tether.client.forward import open_stream, pipe
+    from tether.client.forward import LIMIT, open_stream, pipe
 
     handle, _ = await open_stream(conn, host=host, port=port, origin="jump")
     mine, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=mine)
+    reader, writer = await asyncio.open_connection(sock=mine, limit=LIMIT)
     task = asyncio.create_task(pipe(handle, reader, writer))
     conn._carried.add(task)
     task.add_done_callback(_carried_ended(conn))

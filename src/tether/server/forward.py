@@ -46,6 +46,7 @@ CONNECT_TIMEOUT = 30.0  # seconds to reach a destination
 TAKE_TIMEOUT = 30.0  # an incoming connection the client does not take by then is closed
 MAX_PENDING = 64  # incoming connections waiting to be taken, per listener
 CHUNK = 256 * 1024  # bytes read from a socket at once
+LIMIT = 4 * CHUNK  # a socket's read buffer and write high-water mark (asyncio: 64 KiB)
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -139,6 +140,7 @@ class Pipe:
                          _reason(exc))
                 raise RemoteError(f"cannot connect to {self.target}: {_reason(exc)}") from None
             self.writer = writer
+            writer.transport.set_write_buffer_limits(high=LIMIT)
             peer = writer.get_extra_info("peername")
             host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
             self.conn.send(Connected(host=host, port=port, stream=self.stream))
@@ -233,11 +235,12 @@ class Listener:
                     raise
                 self.path = Path(path)
                 self.server = await asyncio.start_unix_server(self._accepted, sock=sock,
-                                                              backlog=1024)
+                                                              backlog=1024, limit=LIMIT)
                 self.conn.send(Listening(path=path, stream=self.stream))
                 return
             self.server = await asyncio.start_server(self._accepted, host, port,
-                                                     reuse_address=True, backlog=1024)
+                                                     reuse_address=True, backlog=1024,
+                                                     limit=LIMIT)
         except OSError as exc:
             raise RemoteError(f"cannot listen on {self.where}: {_reason(exc)}") from None
         bound = self.server.sockets[0].getsockname()
@@ -334,9 +337,10 @@ class Forwards:
             self.policy.check_connect(msg.host, msg.port, path, peer.confined)
             origin, target = msg.origin or "client", path or msg.target
             if path:
-                opening = lambda: asyncio.open_unix_connection(path)  # noqa: E731
+                opening = lambda: asyncio.open_unix_connection(path, limit=LIMIT)  # noqa: E731
             else:
-                opening = lambda: asyncio.open_connection(msg.host, msg.port)  # noqa: E731
+                opening = lambda: asyncio.open_connection(  # noqa: E731
+                    msg.host, msg.port, limit=LIMIT)
         pipe = Pipe(self.conn, msg.stream, target, origin, opening,
                     lambda p: self._audited(p, peer))
         self.pipes[msg.stream] = pipe
