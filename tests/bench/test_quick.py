@@ -1,6 +1,6 @@
 """The benchmark harness must keep working: ``python -m bench --quick`` runs every workload
 against every peer at tiny sizes (the fleet one on 5 loopback hosts), exits 0 and writes a JSON
-with all seven workloads. Its numbers are not asserted (the machines are shared and noisy)."""
+with all eight workloads. Its numbers are not asserted (the machines are shared and noisy)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet"}
+WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet", "forward"}
 PROGRAMS = {"/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
             "sftp": "openssh-client", "ssh-keygen": "openssh-client", "rsync": "rsync",
             "nc": "netcat-openbsd"}
