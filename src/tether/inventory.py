@@ -21,6 +21,7 @@ atomically, so a crash never leaves half an inventory::
     timeout = 30.0          # optional per-host deadline in seconds (connect + operation)
     keepalive = 15.0        # optional: ping the server after this much silence (--keepalive)
     user = "build"          # optional: the Unix account to run as there (like user@host)
+    via = ["bastion"]       # optional: jump hosts to reach it through (like --via)
 
 Pure files, no sockets: :mod:`tether.client.fleet` connects, :mod:`tether.cli.hosts` prints.
 """
@@ -58,6 +59,7 @@ class Target(NamedTuple):
     timeout: float | None = None
     keepalive: float | None = None
     user: str = ""  # the Unix account asked for ("": the server's choice)
+    via: tuple[str, ...] = ()  # jump hosts, in order (--via)
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,11 @@ class Host:
     timeout: float | None = None
     keepalive: float | None = None
     user: str = ""
+    via: tuple[str, ...] = ()
 
     def target(self) -> Target:
         return Target(self.name, self.address, self.port, self.timeout, self.keepalive,
-                      self.user)
+                      self.user, self.via)
 
 
 @dataclass
@@ -159,7 +162,7 @@ def parse(text: str, where: str = INVENTORY_FILE) -> Inventory:
 def _host(name: str, entry: Any) -> Host:
     if not isinstance(entry, Mapping):
         raise TypeError("must be a table")
-    unknown = set(entry) - {"address", "port", "groups", "user", *SETTINGS}
+    unknown = set(entry) - {"address", "port", "groups", "user", "via", *SETTINGS}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
     address = entry.get("address")
@@ -171,8 +174,11 @@ def _host(name: str, entry: Any) -> Host:
     user = entry.get("user", "")
     if not isinstance(user, str) or (user and not USER_RE.match(user)):
         raise ValueError("'user' must be a Unix account name")
+    via = entry.get("via", [])
+    if not isinstance(via, list) or not all(isinstance(h, str) and h for h in via):
+        raise ValueError("'via' must be a list of host names")
     return Host(name, address, check_port(entry.get("port", DEFAULT_PORT)), tuple(groups),
-                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user)
+                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user, tuple(via))
 
 
 def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
@@ -205,6 +211,8 @@ def dump(inventory: Inventory) -> str:
             out.append(f"keepalive = {host.keepalive!r}\n")
         if host.user:
             out.append(f"user = {_string(host.user)}\n")
+        if host.via:
+            out.append(f"via = [{', '.join(_string(h) for h in host.via)}]\n")
     return "".join(out)
 
 

@@ -124,3 +124,19 @@ def test_ssh_proxycommand_rides_tether(hops: list[Served], sshd: tuple[int, Path
     assert done.stdout == b"over-ssh\n", done.stderr
     assert wait_until(lambda: any(r["to"] == f"127.0.0.1:{port}"
                                   for r in bastion.records("forward")), 10)
+
+
+def test_an_inventory_host_is_reached_through_its_via(hops: list[Served],
+                                                      tmp_path: Path) -> None:
+    home = tmp_path / "client"
+    shutil.copytree(hops[0].client.home, home)
+    (home / "hosts.toml").write_text(
+        f'[hosts.inner]\naddress = "127.0.0.1"\nport = {hops[2].server.port}\n'
+        f'via = ["127.0.0.1:{hops[1].server.port}"]\n')
+    before = len(hops[1].records("forward"))
+    done = subprocess.run([*TETHER, "run", "inner", "--", "echo", "inside"],
+                          capture_output=True, timeout=60, env=cli_env(home),
+                          stdin=subprocess.DEVNULL)
+    assert done.stdout == b"inside\n", done.stderr
+    assert wait_until(lambda: len(hops[1].records("forward")) > before, 10)
+    assert hops[1].records("forward")[-1]["to"] == f"127.0.0.1:{hops[2].server.port}"

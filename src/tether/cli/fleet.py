@@ -78,6 +78,15 @@ def one_host(host: str, home: str | None, port: int,
     return address, target.port, keepalive or target.keepalive or 0.0
 
 
+def inventory_via(host: str, home: str | None) -> list[str]:
+    """The jump hosts an inventory host is reached through (its ``via``), if HOST is one."""
+    from tether.inventory import load
+
+    if "," in host or host.startswith("@") or not _names_inventory_host(host, home):
+        return []
+    return list(load(home).hosts[host.rpartition("@")[2]].via)
+
+
 def _names_inventory_host(host: str, home: str | None) -> bool:
     """Whether HOST is an inventory name. A broken hosts.toml does not stop a plain IP
     address, which needs no inventory: it is warned about (once: this is asked once per

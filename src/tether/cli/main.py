@@ -237,8 +237,9 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
     if wants_fleet(host, opts.home, group_output or as_json):
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
                                             opts.keepalive))
-    from tether.cli.fleet import one_host
+    from tether.cli.fleet import inventory_via, one_host
 
+    opts.via = opts.via or inventory_via(host, opts.home)
     # an inventory name: its address, port and keepalive
     opts.host, opts.port, opts.keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
     return run_main(opts)
@@ -263,11 +264,12 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     line mode, each line one command in one persistent shell, failures reported on stderr.
     Needs the `shell` permission on the server.
     """
-    from tether.cli.fleet import one_host
+    from tether.cli.fleet import inventory_via, one_host
     from tether.cli.forward import parse_specs
     from tether.cli.shell import shell_main
 
     warn_if_certificate_expires(home)
+    via = via or tuple(inventory_via(host, home))
     argv = list(command[1:] if command and command[0] == "--" else command)
     specs = parse_specs(local_forwards, remote_forwards, dynamic_forwards)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
@@ -290,10 +292,11 @@ def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
     once). Needs the `forward` permission and the server's permits. Exit status 130 on
     Ctrl-C, 255 if the connection ends.
     """
-    from tether.cli.fleet import one_host
+    from tether.cli.fleet import inventory_via, one_host
     from tether.cli.forward import forward_main
 
     warn_if_certificate_expires(home)
+    via = via or tuple(inventory_via(host, home))
     host, port, keepalive = one_host(host, home, port, keepalive)
     return forward_main(host, port, home, accept_new, plaintext, keepalive, local_forwards,
                         remote_forwards, dynamic_forwards, via)

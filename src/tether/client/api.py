@@ -401,6 +401,18 @@ def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user
     return target.address, options.with_(**changes), user or target.user
 
 
+def _inventory_via(host: str, options: ConnectOptions) -> list[str]:
+    """An inventory host's jump hosts (``via = [...]`` in hosts.toml), else none."""
+    from tether.inventory import InventoryError, load, names_inventory_host
+
+    try:
+        if names_inventory_host(host, options.home):
+            return list(load(options.home).hosts[host].via)
+    except InventoryError:
+        pass  # _inventory_target says what is wrong, or takes an address as it is
+    return []
+
+
 class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
 
@@ -448,13 +460,14 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self.via = [hop for item in via or () for hop in item.split(",") if hop]
 
     async def _connect(self) -> Connection:
+        via = self.via or _inventory_via(self.host, self.options)
         host, options, user = _inventory_target(self.host, self.options, self._port_given,
                                                 self.user)
-        if not self.via:
+        if not via:
             return await _open(host, options, user)
         from tether.client.jump import through
 
-        conn, hops = await through(self.via, host, options, user, _open, _inventory_target)
+        conn, hops = await through(via, host, options, user, _open, _inventory_target)
         conn._carriers = hops
         return conn
 
