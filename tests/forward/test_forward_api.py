@@ -162,3 +162,33 @@ async def test_a_slow_reader_does_not_stall_other_connections(served: Served,
         assert await asyncio.wait_for(reader.read(), 10) == b"quick"
         writer.close()
         slow_writer.transport.abort()
+
+
+async def test_data_before_connected_is_bounded(served: Served) -> None:
+    """A destination that never answers (its accept queue is full) must not let a client pin
+    a whole window per stream: past 256 KiB before `connected`, the stream ends busy."""
+    from tether.errors import Busy
+    from tether.protocol import Connect
+
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        await asyncio.sleep(0.2)
+        try:
+            async with served.client.connect() as conn:
+                handle = conn.open_stream(Connect, host="127.0.0.1", port=port)
+                with contextlib.suppress(Busy):
+                    await handle.send_data(b"x" * (512 * 1024))
+                with pytest.raises(Busy, match=r"256 KiB sent before 127\.0\.0\.1"):
+                    await asyncio.wait_for(handle.next(), 20)
+                assert (await conn.run("echo fine")).stdout == b"fine\n"
+        finally:
+            for s in fillers:
+                s.close()

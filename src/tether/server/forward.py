@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tether.errors import BadRequest, NotFound, RemoteError, TetherError
+from tether.errors import BadRequest, Busy, NotFound, RemoteError, TetherError
 from tether.net.framed import FramedConnection
 from tether.protocol import (
     Connect,
@@ -45,6 +45,7 @@ log = logging.getLogger("tether.server")
 CONNECT_TIMEOUT = 30.0  # seconds to reach a destination
 TAKE_TIMEOUT = 30.0  # an incoming connection the client does not take by then is closed
 MAX_PENDING = 64  # incoming connections waiting to be taken, per listener
+EARLY_MAX = 256 * 1024  # bytes a client may send before connected (its window is 4 MiB)
 CHUNK = 256 * 1024  # bytes read from a socket at once
 LIMIT = 4 * CHUNK  # a socket's read buffer and write high-water mark (asyncio: 64 KiB)
 
@@ -103,6 +104,10 @@ class Pipe:
             return
         self._queue.append(data)
         self._ready.set()
+        if self.writer is None and sum(map(len, self._queue)) > EARLY_MAX:
+            # a destination that never answers must not hold 4 MiB per stream for 30 s
+            raise Busy(f"more than {EARLY_MAX // 1024} KiB sent before {self.target} was "
+                       f"reached")
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, Eof):
@@ -118,13 +123,12 @@ class Pipe:
         if self.outcome == "ok":
             self.outcome = "closed by the client"
         self._close(abort=True)
-        if self.writer is not None:
-            self._finish(Done(stream=self.stream))
-        elif not self._final:  # still connecting: only an error may end our half
-            self._final = True
-            with contextlib.suppress(TetherError):
-                self.conn.send(Error(code="failed", message="abandoned by the client",
-                                     stream=self.stream))
+        # our final goes after whatever the session sends now (its error, when it ended the
+        # stream itself; then this one is refused by the core and dropped)
+        final: Message = (Done(stream=self.stream) if self.writer is not None else
+                          Error(code="failed", message="abandoned by the client",
+                                stream=self.stream))  # still connecting: only an error
+        asyncio.get_running_loop().call_soon(self._finish, final)
 
     # --- the connection's life -----------------------------------------------------------------
 
@@ -299,6 +303,9 @@ class Listener:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+        asyncio.get_running_loop().call_soon(self._done)  # after an error the session sends
+
+    def _done(self) -> None:
         with contextlib.suppress(TetherError):
             self.conn.send(Done(stream=self.stream))
 
