@@ -80,11 +80,17 @@ def one_host(host: str, home: str | None, port: int,
 
 def inventory_via(host: str, home: str | None) -> list[str]:
     """The jump hosts an inventory host is reached through (its ``via``), if HOST is one."""
-    from tether.inventory import load
+    from tether.inventory import InventoryError, load, names_inventory_host
 
-    if "," in host or host.startswith("@") or not _names_inventory_host(host, home):
+    if "," in host or host.startswith("@"):
         return []
-    return list(load(home).hosts[host.rpartition("@")[2]].via)
+    name = host.rpartition("@")[2]
+    try:
+        if not names_inventory_host(name, home):
+            return []
+        return list(load(home).hosts[name].via)
+    except InventoryError:
+        return []  # one_host, asked next, warns or refuses
 
 
 def _names_inventory_host(host: str, home: str | None) -> bool:
