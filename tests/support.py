@@ -134,7 +134,9 @@ def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [*TETHER, "serve", "-p", str(port), "--root", str(root), *extra],
+            # --drain 0: a test's SIGTERM ends its server at once, as before drains existed
+            # (tests/service/ tests the drain); EXTRA may override it
+            [*TETHER, "serve", "-p", str(port), "--root", str(root), "--drain", "0", *extra],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
             env={**env, "TETHER_HOME": str(home)}, start_new_session=new_session,
             preexec_fn=preexec,

@@ -11,7 +11,8 @@
     │   ├── ConnectionRefused         the host answered that nothing listens there (never reached)
     │   ├── ConnectionClosed          we closed it, and then tried to use it
     │   ├── ConnectionBroken          the peer or the network ended it
-    │   └── ServerShuttingDown        the server said it is stopping
+    │   ├── ServerShuttingDown        the server said it is stopping
+    │   └── ConnectTimeout            connect + TLS + welcome not done within the deadline
     ├── AuthError                     someone's identity was not accepted
     │   ├── NotAuthorized             the server does not know our identity
     │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
@@ -86,6 +87,12 @@ class ConnectionBroken(ConnectionFailed):
 
 class ServerShuttingDown(ConnectionFailed):
     code = "shutting_down"
+
+
+class ConnectTimeout(ConnectionFailed):
+    """Connecting, the TLS handshake and the server's welcome together took longer than the
+    connect timeout (one deadline for all three, however slowly the bytes drip). Not a
+    TimeoutError: the host was never reached, as far as the caller is concerned."""
 
 
 class AuthError(TetherError):

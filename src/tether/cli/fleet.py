@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
-from tether.defaults import DEFAULT_PARALLEL
+from tether.cli.escape import printable
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from tether.cli.shared import RunOptions
@@ -45,6 +46,7 @@ class FleetOptions:
     group_output: bool = False
     json: bool = False
     keepalive: float = 0.0  # seconds of a server's silence before a ping (0: off)
+    connect_timeout: float = CONNECT_TIMEOUT  # connect + TLS + welcome, per host
 
 
 def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> bool:
@@ -182,14 +184,16 @@ def status_text(result: HostResult) -> str:
 def print_summary(results: FleetResult) -> None:
     """The table at the end, on stderr: host, status, duration, and the error if any."""
     colour = _colour_on(sys.stderr)
-    width = max([4, *(len(r.name) for r in results)])
+    width = max([4, *(len(printable(r.name)) for r in results)])
     lines = [f"{'HOST'.ljust(width)}  {'STATUS':<12}  {'TIME':>8}  ERROR"]
     for r in results:
         status = status_text(r).ljust(12)
         if colour:
             status = f"\x1b[{32 if r.ok else 31}m{status}\x1b[0m"
-        error = (r.error or "").splitlines()[0][:120] if r.error and r.kind != "failed" else ""
-        lines.append(f"{r.name.ljust(width)}  {status}  {r.duration:7.2f}s  {error}".rstrip())
+        # its first line (by newlines only: a CR or U+2028 inside it is shown escaped)
+        error = r.error.split("\n")[0][:120] if r.error and r.kind != "failed" else ""
+        name = printable(r.name).ljust(width)
+        lines.append(f"{name}  {status}  {r.duration:7.2f}s  {printable(error)}".rstrip())
     kinds = Counter(r.kind for r in results.failed)
     detail = f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else ""
     lines.append(f"{len(results)} host{'' if len(results) == 1 else 's'}: "
@@ -227,6 +231,7 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
 
     fleet = connect_many(spec, port=port, home=home, accept_new=accept_new, plaintext=plaintext,
                          parallel=fopts.parallel, timeout=fopts.host_timeout,
+                         connect_timeout=fopts.connect_timeout,
                          keep_connections=False)
     if fopts.host_timeout is not None:  # said on the command line: it beats the inventory
         fleet.targets = [t._replace(timeout=fopts.host_timeout)
@@ -323,10 +328,12 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
     """One prefixed stderr line per file a host resumed, as the one-host path prints it."""
-    from tether.cli.shared import resume_note
+    from tether.cli.shared import resume_note, skipped_note
 
     for path, offset in result.resumed:
         prefixer.output(result.target, 2, resume_note(path, offset).encode() + b"\n")
+    for link in result.transfer.skipped if result.transfer is not None else []:
+        prefixer.output(result.target, 2, skipped_note(link.path, link.target).encode() + b"\n")
 
 
 def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
@@ -337,7 +344,7 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
     from tether.errors import BadRequest
 
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
-                         keepalive=opts.keepalive)
+                         keepalive=opts.keepalive, connect_timeout=opts.connect_timeout)
     finished = Finished()
 
     async def work() -> int:
@@ -350,6 +357,7 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
             prefixer = Prefixer(fleet.targets)
             kw: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume,
+                                      safe_links=opts.safe_links,
                                       on_done=finished.watch(lambda r: note_resumed(prefixer, r)))
             if upload:
                 results = await fleet.put(sources, dest, **kw)

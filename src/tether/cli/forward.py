@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tether.cli.escape import printable
+from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import UsageError
 
 if TYPE_CHECKING:
@@ -102,11 +104,6 @@ def parse_specs(local: Sequence[str] = (), remote: Sequence[str] = (),
             + [parse_spec("D", s) for s in dynamic])
 
 
-def printable(text: str) -> str:
-    """Peer text made safe for a terminal: control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _to_stderr(line: str) -> None:
     print(f"tether: {printable(line)}", file=sys.stderr, flush=True)
 
@@ -166,13 +163,15 @@ def _to_stdout(line: str) -> None:
 
 
 async def _forward(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-                   keepalive: float, specs: list[ForwardSpec], via: Sequence[str]) -> int:
+                   keepalive: float, specs: list[ForwardSpec], via: Sequence[str],
+                   timeout: float) -> int:
     from tether.cli.shared import confirm_on_tty
     from tether.client.api import connect
 
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm, keepalive=keepalive, via=list(via)) as conn:
+                       confirm=confirm, keepalive=keepalive, via=list(via),
+                       timeout=timeout) as conn:
         forwards = await start_forwards(conn, specs, host, _to_stdout)
         try:
             await conn.wait_closed()  # until Ctrl-C, or the connection ends (raised)
@@ -184,13 +183,15 @@ async def _forward(host: str, port: int, home: str | None, accept_new: bool, pla
 
 def forward_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                  keepalive: float, local: Sequence[str], remote: Sequence[str],
-                 dynamic: Sequence[str], via: Sequence[str] = ()) -> int:
+                 dynamic: Sequence[str], via: Sequence[str] = (),
+                 timeout: float = CONNECT_TIMEOUT) -> int:
     """``tether forward``: exit status by the policy (130 on Ctrl-C, 255 when the connection
     ends)."""
     specs = parse_specs(local, remote, dynamic)
     if not specs:
         raise UsageError("nothing to forward: give -L, -R or -D (see tether forward --help)")
-    return asyncio.run(_forward(host, port, home, accept_new, plaintext, keepalive, specs, via))
+    return asyncio.run(_forward(host, port, home, accept_new, plaintext, keepalive, specs, via,
+                                timeout))
 
 
 async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -205,14 +206,16 @@ async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
 
 
 async def _proxy(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-                 keepalive: float, dest: str, dest_port: int, via: Sequence[str]) -> int:
+                 keepalive: float, dest: str, dest_port: int, via: Sequence[str],
+                 timeout: float) -> int:
     from tether.cli.shared import confirm_on_tty
     from tether.client.api import connect
     from tether.client.forward import open_stream, pipe
 
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm, keepalive=keepalive, via=list(via)) as conn:
+                       confirm=confirm, keepalive=keepalive, via=list(via),
+                       timeout=timeout) as conn:
         handle, _ = await open_stream(conn, host=dest, port=dest_port, origin="proxy")
         reader, writer = await _stdio()
         await pipe(handle, reader, writer)
@@ -220,7 +223,8 @@ async def _proxy(host: str, port: int, home: str | None, accept_new: bool, plain
 
 
 def proxy_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-               keepalive: float, dest: str, dest_port: int, via: Sequence[str] = ()) -> int:
+               keepalive: float, dest: str, dest_port: int, via: Sequence[str] = (),
+               timeout: float = CONNECT_TIMEOUT) -> int:
     """``tether proxy``: 0 when both directions ended; a refusal by the policy's status."""
     return asyncio.run(_proxy(host, port, home, accept_new, plaintext, keepalive, dest,
-                              dest_port, via))
+                              dest_port, via, timeout))

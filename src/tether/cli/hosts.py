@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tether.cli.escape import printable
 from tether.cli.options import HOME, click_options
 from tether.defaults import DEFAULT_PORT
 
@@ -49,7 +50,8 @@ def hosts(ctx: click.Context, home: str | None, as_json: bool) -> None:
 
 def _row(host: Host) -> list[str]:
     timeout = "" if host.timeout is None else f"{host.timeout:g}"
-    return [host.name, host.address, str(host.port), ",".join(host.groups), timeout]
+    return [printable(host.name), printable(host.address), str(host.port),
+            printable(",".join(host.groups)), timeout]
 
 
 def _print_table(inventory: Inventory) -> None:
@@ -60,7 +62,7 @@ def _print_table(inventory: Inventory) -> None:
                   header_style="bold")
     for host in inventory.hosts.values():
         table.add_row(*_row(host))
-    Console().print(table)
+    Console(highlight=False, markup=False).print(table)  # names are never markup
 
 
 def _print_json(inventory: Inventory) -> None:

@@ -19,6 +19,7 @@ import click
 
 from tether.cli.options import (
     CONNECT_OPTIONS,
+    CONNECT_TIMEOUT_OPTION,
     FORWARD_OPTIONS,
     HOME,
     KEEPALIVE,
@@ -37,6 +38,7 @@ from tether.version import __version__
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
                  "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
+                 "service": "tether.cli.service", "rotate-key": "tether.cli.service",
                  "ca": "tether.cli.ca", "cert": "tether.cli.ca", "trust-ca": "tether.cli.ca"}
 
 
@@ -236,7 +238,7 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 
     if wants_fleet(host, opts.home, group_output or as_json):
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
-                                            opts.keepalive))
+                                            opts.keepalive, opts.connect_timeout))
     from tether.cli.fleet import inventory_via, one_host
 
     opts.via = opts.via or inventory_via(host, opts.home)
@@ -253,8 +255,9 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 @click_options([*FORWARD_OPTIONS, VIA])
 @click.argument("host")
 @click.argument("command", nargs=-1)
-def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
-          keepalive: float, local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
+def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
+          connect_timeout: float, lines: bool, keepalive: float,
+          local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
           dynamic_forwards: tuple[str, ...], via: tuple[str, ...], host: str,
           command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
@@ -273,8 +276,8 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     argv = list(command[1:] if command and command[0] == "--" else command)
     specs = parse_specs(local_forwards, remote_forwards, dynamic_forwards)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
-    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive, specs,
-                      via)
+    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
+                      connect_timeout, specs, via)
 
 
 @cli.command()
@@ -282,9 +285,9 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
 @keepalive_option
 @click.argument("host")
 def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
-            local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
-            dynamic_forwards: tuple[str, ...], via: tuple[str, ...], keepalive: float,
-            host: str) -> int:
+            connect_timeout: float, local_forwards: tuple[str, ...],
+            remote_forwards: tuple[str, ...], dynamic_forwards: tuple[str, ...],
+            via: tuple[str, ...], keepalive: float, host: str) -> int:
     """Forward ports through HOST until Ctrl-C, like ssh -N with -L, -R and -D.
 
     One line per listener on stdout (for -R 0:..., the port the server chose); one line on
@@ -299,7 +302,7 @@ def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
     via = via or tuple(inventory_via(host, home))
     host, port, keepalive = one_host(host, home, port, keepalive)
     return forward_main(host, port, home, accept_new, plaintext, keepalive, local_forwards,
-                        remote_forwards, dynamic_forwards, via)
+                        remote_forwards, dynamic_forwards, via, connect_timeout)
 
 
 @cli.command()
@@ -307,7 +310,8 @@ def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
 @keepalive_option
 @click.argument("words", nargs=-1, required=True, metavar="[SERVER] HOST PORT")
 def proxy(home: str | None, port: int, accept_new: bool, plaintext: bool,
-          via: tuple[str, ...], keepalive: float, words: tuple[str, ...]) -> int:
+          connect_timeout: float, via: tuple[str, ...], keepalive: float,
+          words: tuple[str, ...]) -> int:
     """Connect stdin and stdout to HOST:PORT as the tether SERVER sees it, for ssh's
     ProxyCommand: ssh -o ProxyCommand='tether proxy bastion %h %p' internal.
 
@@ -327,14 +331,14 @@ def proxy(home: str | None, port: int, accept_new: bool, plaintext: bool,
         raise click.BadParameter(f"{dest_port!r} is not a port number", param_hint="PORT")
     warn_if_certificate_expires(home)
     return proxy_main(server, port, home, accept_new, plaintext, keepalive, dest,
-                      int(dest_port), via)
+                      int(dest_port), via, connect_timeout)
 
 
 def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([
         home_option,
-        click_options([PORT]),
+        click_options([PORT, CONNECT_TIMEOUT_OPTION]),
         click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
         click.option("--force", is_flag=True, help="Replace existing destination files."),
         click.option("--rename", is_flag=True,
@@ -342,6 +346,9 @@ def transfer_options(func: Any) -> Any:
         click.option("--no-resume", is_flag=True,
                      help="Start over instead of continuing an interrupted transfer."),
         click.option("--progress", is_flag=True, help="Show progress even when not a terminal."),
+        click.option("--safe-links", is_flag=True,
+                     help="With -r, skip symlinks that point out of the tree (each one said); "
+                          "by default symlinks are copied as symlinks, whatever they point to."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print a machine-readable summary on stdout."),
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
@@ -361,7 +368,8 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
-        keepalive=kw["keepalive"],
+        keepalive=kw["keepalive"], safe_links=kw["safe_links"],
+        connect_timeout=kw["connect_timeout"],
     )
 
 

@@ -100,7 +100,8 @@ def connect(opts: RunOptions) -> BlockingClient:
         if warning:
             print(warning, file=sys.stderr)
     return blocking_connect(host, opts.port, home, context=context, cert=cert,
-                            accept_new=opts.accept_new, by_ca=by_ca, user=user)
+                            accept_new=opts.accept_new, by_ca=by_ca, user=user,
+                            timeout=opts.connect_timeout)
 
 
 class Loop:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from tether.cli.shared import RunOptions, parse_env
-from tether.defaults import DEFAULT_PORT
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PORT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ ACCEPT_NEW = Option(("--accept-new",), "accept_new", FLAG,
                     help="Trust and pin an unknown server's identity.")
 PLAINTEXT = Option(("--plaintext",), "plaintext", FLAG,
                    help="Connect without TLS (a --plaintext server).")
+CONNECT_TIMEOUT_OPTION = Option(
+    ("--connect-timeout",), "connect_timeout", type=float, default=CONNECT_TIMEOUT,
+    minimum=0.001, metavar="SECONDS", show_default=True,
+    help="Give up if connecting, the TLS handshake and the server's welcome together take "
+         "longer (one deadline, however slowly a server answers; exit 255).")
 KEEPALIVE = Option(
     ("--keepalive",), "keepalive", type=float, default=0.0, minimum=0, metavar="SECONDS",
     fast=False,  # the blocking client does not ping: click's path does
@@ -89,7 +94,7 @@ VIA = Option(
          "to end, each hop only relays, each host pinned; HOST[:PORT] or inventory names.")
 
 # How to reach a server: every command that connects takes these.
-CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT)
+CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT, CONNECT_TIMEOUT_OPTION)
 
 # Port forwarding (cli/forward.py parses the values), as ssh writes it.
 FORWARD_OPTIONS = (
@@ -133,6 +138,7 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         plaintext=bool(values.get("plaintext")), cwd=values.get("cwd"), env=variables,
         timeout=values.get("timeout"), encoding=values.get("encoding"),
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
+        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
         local_forwards=values.get("local_forwards") or (),
         remote_forwards=values.get("remote_forwards") or (),
         dynamic_forwards=values.get("dynamic_forwards") or (), via=values.get("via") or (),
@@ -340,6 +346,7 @@ def host_command_class() -> Any:
 
 __all__ = [
     "CONNECT_OPTIONS",
+    "CONNECT_TIMEOUT_OPTION",
     "FORWARD_OPTIONS",
     "KEEPALIVE",
     "LISTEN_PORT",

@@ -45,7 +45,8 @@ async def _run(opts: RunOptions) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive, via=opts.via) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout,
+                       via=opts.via) as conn:
         if not specs:
             return await _execute(conn, opts)
         from tether.cli.forward import announce_on_stderr, start_forwards

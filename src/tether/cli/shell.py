@@ -22,8 +22,10 @@ import tty
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from tether.cli.escape import printable
 from tether.cli.shared import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
+from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import ConnectionBroken, NoTerminal
 
 if TYPE_CHECKING:
@@ -170,10 +172,12 @@ async def _line_session(conn: Connection) -> int:
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                  command: list[str], terminal: bool, keepalive: float,
-                 specs: Sequence[ForwardSpec] = (), via: Sequence[str] = ()) -> int:
+                 connect_timeout: float, specs: Sequence[ForwardSpec] = (),
+                 via: Sequence[str] = ()) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm, keepalive=keepalive, via=via) as conn:
+                       confirm=confirm, keepalive=keepalive, timeout=connect_timeout,
+                       via=via) as conn:
         forwards = []
         if specs:
             from tether.cli.forward import announce_on_stderr, start_forwards
@@ -193,7 +197,8 @@ async def _session(conn: Connection, command: list[str], terminal: bool) -> int:
         except NoTerminal as exc:
             if command:
                 raise
-            print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
+            print(f"tether: {printable(exc)}; continuing in line mode", file=sys.stderr,
+                  flush=True)
             return await _line_session(conn)
     if command:
         from tether.errors import BadRequest
@@ -204,11 +209,12 @@ async def _session(conn: Connection, command: list[str], terminal: bool) -> int:
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                command: list[str], force_lines: bool, keepalive: float = 0.0,
-               specs: Sequence[ForwardSpec] = (), via: Sequence[str] = ()) -> int:
+               connect_timeout: float = CONNECT_TIMEOUT, specs: Sequence[ForwardSpec] = (),
+               via: Sequence[str] = ()) -> int:
     """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
-                                  keepalive, specs, via))
+                                  keepalive, connect_timeout, specs, via))
     except asyncio.CancelledError as exc:  # the connection went while the terminal waited
         raise ConnectionBroken("connection lost") from exc

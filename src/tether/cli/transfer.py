@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from tether.cli.shared import resume_note
+from tether.cli.escape import printable
+from tether.cli.shared import resume_note, skipped_note
 from tether.cli.transfer_options import TransferOptions
 from tether.client.api import connect
 from tether.client.transfer_base import TransferResult
@@ -49,7 +50,8 @@ class RichProgress:
         )
 
         self.bar = Progress(
-            TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
+            TextColumn("{task.description}", justify="left", markup=False), BarColumn(),
+            DownloadColumn(),
             TransferSpeedColumn(), TimeRemainingColumn(), console=_stderr_console(),
             transient=False,
         )
@@ -64,7 +66,8 @@ class RichProgress:
                         description=f"total ({files} file{'' if files == 1 else 's'})")
 
     def file_started(self, name: str, size: int, offset: int) -> None:
-        self.files[name] = self.bar.add_task(name[-40:], total=size, completed=offset)
+        label = printable(name)  # a file system's name: never markup, never raw controls
+        self.files[name] = self.bar.add_task(label[-40:], total=size, completed=offset)
         if not self.sized:  # the total is what the files have said so far
             self.learned += size
             self.bar.update(self.all, total=self.learned or None)
@@ -89,6 +92,8 @@ def _stderr_console() -> Any:
 def _report(result: TransferResult, opts: TransferOptions) -> None:
     for f in result.resumed:
         click.echo(resume_note(f.path, f.resumed_from), err=True)
+    for link in result.skipped:
+        click.echo(skipped_note(link.path, link.target), err=True)
     if opts.json:
         click.echo(json.dumps({
             "ok": True,
@@ -97,6 +102,7 @@ def _report(result: TransferResult, opts: TransferOptions) -> None:
             "bytes": result.bytes,
             "seconds": round(result.seconds, 6),
             "resumed": [{"path": f.path, "at": f.resumed_from} for f in result.resumed],
+            "skipped": [asdict(link) for link in result.skipped],
             "entries": [asdict(f) for f in result.entries],
         }))
 
@@ -138,9 +144,10 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
-                                      rename=opts.rename, resume=opts.resume, progress=progress)
+                                      rename=opts.rename, resume=opts.resume, progress=progress,
+                                      safe_links=opts.safe_links)
         if progress is not None:
             progress.bar.start()
         try:

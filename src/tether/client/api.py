@@ -21,12 +21,14 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
+from tether.client.deadline import TLS, WELCOME, Deadline
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from tether.client.shells import LineShell, ShellProcess
     from tether.client.transfer_base import Progress, TransferResult
 
+T = TypeVar("T")
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
 
@@ -79,6 +82,8 @@ class Connection:
                 proc = self._procs.get(event.stream)
                 if proc is not None:
                     proc._deliver(event)
+                    if not proc.room.is_set():  # the application lags on this stream
+                        await proc.room.wait()
                 elif isinstance(event, Data):
                     self._framed.consumed(event.stream, len(event.data))
         except TetherError as exc:
@@ -96,7 +101,9 @@ class Connection:
         self._procs.clear()
 
     def _end_stream(self, stream: int) -> None:
-        self._procs.pop(stream, None)
+        proc = self._procs.pop(stream, None)
+        if proc is not None:
+            proc.room.set()  # its unread events are dropped: the reader goes on
         close = self._core.end(stream)
         if close is not None:
             with contextlib.suppress(TetherError):
@@ -210,15 +217,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic."""
+        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic; symlinks
+        are sent as symlinks (``safe_links``: those leading out of their tree are skipped and
+        listed in the result's ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def get(
@@ -231,15 +241,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Download files (trees with ``recursive``) into ``local``, verified and atomic."""
+        """Download files (trees with ``recursive``) into ``local``, verified and atomic;
+        symlinks are stored as symlinks whatever they point to, and never followed by a write
+        (``safe_links``: those leading out of their tree are skipped, see ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     # --- forwarding (client/forward.py) -------------------------------------------------------
@@ -316,49 +329,77 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------------
 
 
+async def _within(deadline: Deadline, work: Awaitable[T]) -> T:
+    """``work``, given only the time ``deadline`` has left; running out is its error."""
+    try:
+        return await asyncio.wait_for(work, deadline.left())
+    except TimeoutError:
+        raise deadline.expired() from None
+
+
+async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
+                deadline: Deadline, sock: socket.socket | None = None) -> FramedProtocol:
+    """The connection, TCP then TLS, each phase within what ``deadline`` has left; over
+    ``sock`` when given (a jump host's forwarded connection) instead of a new TCP one."""
+    from tether.hosttrust import refused_in_handshake
+
+    loop = asyncio.get_running_loop()
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    with connecting(host, port):
+        if ctx is None:
+            _, link = await _within(deadline, loop.create_connection(
+                lambda: FramedProtocol(Role.CLIENT), **where))
+            return link
+        transport, _ = await _within(deadline, loop.create_connection(
+            asyncio.Protocol, **where))  # nothing is read before TLS starts
+        deadline.phase = TLS
+        try:
+            link = FramedProtocol(Role.CLIENT)
+            tls = await _within(deadline, loop.start_tls(
+                transport, link, ctx, server_hostname=sni))
+        except ssl.SSLCertVerificationError as exc:  # our check of the host's certificate
+            transport.close()
+            raise refused_in_handshake(host, port, exc) from exc
+        except BaseException:
+            transport.close()
+            raise
+    assert tls is not None  # None only for a transport that is already closing
+    link.connection_made(tls)  # start_tls does not call it
+    return link
+
+
 async def _open(host: str, options: ConnectOptions, user: str = "",
                 sock: socket.socket | None = None) -> Connection:
     """Connect, check the server (its pin or host certificate), hello/welcome (asking for the
-    account ``user``): the asyncio driver's I/O around the core's decisions. ``sock``: a
-    socket already carried to ``host`` (a jump host's forwarded connection): TLS runs over it
-    end to end, and the server is pinned as ``host`` as usual."""
-    import ssl
-
-    from tether.hosttrust import client_context, refused_in_handshake
+    account ``user``) — all within ``options.timeout``, however slowly the bytes come
+    (:class:`~tether.client.deadline.Deadline`): the asyncio driver's I/O around the core's
+    decisions. ``sock``: a socket already carried to ``host`` (a jump host's forwarded
+    connection): TLS runs over it end to end, and the server is pinned as ``host`` as usual."""
+    from tether.hosttrust import client_context
     from tether.tls import HOST_CERT_SNI
 
     if options.plaintext:
         check_plaintext(host)
+    deadline = Deadline(host, options.port, options.timeout)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
     ctx, by_ca = (None, False) if identity is None else client_context(
         home, host, options.port, identity.cert_path, identity.key_path)
-    loop = asyncio.get_running_loop()
-    with connecting(host, options.port):
-        try:
-            where: dict[str, Any] = ({"sock": sock} if sock is not None
-                                     else {"host": host, "port": options.port})
-            _, link = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: FramedProtocol(Role.CLIENT), ssl=ctx,
-                    server_hostname=(HOST_CERT_SNI if by_ca else "tether") if ctx else None,
-                    **where,
-                ),
-                options.timeout,
-            )
-        except ssl.SSLCertVerificationError as exc:  # our check of the host's certificate
-            raise refused_in_handshake(host, options.port, exc) from exc
-    framed = FramedConnection(link)
+    sni = HOST_CERT_SNI if by_ca else "tether"
+    framed = FramedConnection(await _link(host, options.port, ctx, sni, deadline, sock))
     core = ClientCore(framed.proto)
     try:
         if identity is not None:
             sslobj = framed.transport.get_extra_info("ssl_object")
-            core.check_server(framed.peer_cert, home, host, options.port, options.accept_new,
-                              options.confirm, sslobj.getpeercert() if by_ca else None)
+            with deadline.paused():  # the user may be asked
+                core.check_server(framed.peer_cert, home, host, options.port,
+                                  options.accept_new, options.confirm,
+                                  sslobj.getpeercert() if by_ca else None)
+        deadline.phase = WELCOME
         try:
             framed.send(core.hello(user))
-            await framed.drain()
-            answer = await asyncio.wait_for(framed.next_event(), options.timeout)
+            await _within(deadline, framed.drain())
+            answer = await _within(deadline, framed.next_event())
         except REFUSALS as exc:
             error = core.refused(exc, identity is not None,
                                  identity.fingerprint if identity else "",

@@ -101,6 +101,9 @@ class ClientCore:
         self.server_fingerprint = "plaintext"
         self.user = ""  # the account the hello asked for
         self.streams: set[int] = set()
+        # where the server was pinned (home, host, port, its certificate): a key rotation
+        # announced in welcome is pinned there too
+        self._pinned: tuple[str | os.PathLike[str], str, int, bytes] | None = None
 
     # --- the handshake -------------------------------------------------------------------------
 
@@ -116,6 +119,7 @@ class ClientCore:
             check_host_certificate(host, port, host_cert)
         else:
             check_host(home, host, port, self.server_fingerprint, accept_new, confirm)
+            self._pinned = (home, host, port, cert_der or b"")
 
     def hello(self, user: str = "") -> Hello:
         """The first message (``user``: the Unix account asked for). In TLS 1.3 the client's
@@ -139,6 +143,8 @@ class ClientCore:
         or the error it stands for."""
         assert not isinstance(event, Refused)  # only a server receives openers
         self.welcome = handshake.welcome_of(event, authenticated, self.user)
+        if self._pinned is not None:
+            handshake.learn_next_key(*self._pinned, self.welcome)
         return self.welcome
 
     # --- streams -------------------------------------------------------------------------------

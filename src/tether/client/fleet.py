@@ -98,7 +98,9 @@ class HostResult(DecodedOutput):
         if self.transfer is not None:
             out.update(files=self.transfer.file_count,
                        bytes=self.transfer.bytes,
-                       resumed=[{"path": path, "at": at} for path, at in self.resumed])
+                       resumed=[{"path": path, "at": at} for path, at in self.resumed],
+                       skipped=[{"path": s.path, "target": s.target}
+                                for s in self.transfer.skipped])
         else:
             out.update(stdout=self.text, stderr=self.error_text)
         return out
@@ -269,12 +271,13 @@ class Fleet:
     async def put(self, local: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                   remote: str, *, recursive: bool = False, force: bool = False,
                   rename: bool = False, resume: bool = True, timeout: float | None = None,
-                  on_done: OnHostDone | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None, safe_links: bool = False) -> FleetResult:
         """Upload the same files to every host (see :meth:`Connection.put`)."""
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             result.transfer = await conn.put(local, remote, recursive=recursive, force=force,
-                                             rename=rename, resume=resume)
+                                             rename=rename, resume=resume,
+                                             safe_links=safe_links)
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
@@ -282,7 +285,7 @@ class Fleet:
     async def get(self, remote: str | Sequence[str], local: str | os.PathLike[str], *,
                   recursive: bool = False, force: bool = False, rename: bool = False,
                   resume: bool = True, timeout: float | None = None,
-                  on_done: OnHostDone | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None, safe_links: bool = False) -> FleetResult:
         """Download from every host into ``local/HOST/`` (created), one directory per host, so
         that the same path on two hosts never lands on one local file."""
 
@@ -291,7 +294,8 @@ class Fleet:
             made = _make_dirs(into)
             try:
                 result.transfer = await conn.get(remote, into, recursive=recursive,
-                                                 force=force, rename=rename, resume=resume)
+                                                 force=force, rename=rename, resume=resume,
+                                                 safe_links=safe_links)
             except BaseException:
                 _remove_if_empty(made)  # no empty local/HOST/ for a host that sent nothing
                 raise

@@ -92,6 +92,10 @@ class Hello(Message):
         return _without_empty_user(super().to_header())
 
 
+# What a server's current key signs to announce its next one in ``welcome`` (key rotation).
+NEXT_KEY_CONTEXT = b"tether next server key v1\0"
+
+
 class Welcome(Message):
     """Server's answer to Hello: the explicit proof that authentication succeeded."""
 
@@ -107,12 +111,21 @@ class Welcome(Message):
     client_name: str = ""
     permissions: list[str] = field(default_factory=list)
     user: str = ""  # the Unix account this session runs as, when one was mapped
+    # during a key rotation: the next certificate (base64 DER), and the current key's signature
+    # over it (base64), so a client pins the next key before it takes over (docs/PROTOCOL.md)
+    next_cert: str = ""
+    next_proof: str = ""
 
     def problem(self, request: "Message | None") -> "str | None":
         return account_problem("welcome", self.user)
 
     def to_header(self) -> "dict[str, Any]":
-        return _without_empty_user(super().to_header())
+        """``user`` and the rotation fields only when set: every other welcome is the same
+        bytes as before they existed."""
+        header = _without_empty_user(super().to_header())
+        if not self.next_cert:
+            del header["next_cert"], header["next_proof"]
+        return header
 
 
 MAX_ACCOUNT = 32  # characters of a Unix account name (useradd's limit)

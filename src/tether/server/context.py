@@ -42,6 +42,10 @@ class SessionContext:
     descriptors: Descriptors | None = None  # what operations hold, in total and per identity
     fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
     forwarding: ForwardPolicy = field(default_factory=ForwardPolicy)  # permits (server/permits)
+    # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
+    next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
+    drain: float = 0.0  # on SIGTERM, seconds running work may take (a worker drains itself)
+    pass_env: tuple[str, ...] = ()  # serve --pass-env: server variables commands also get
 
 
 @dataclass(frozen=True)

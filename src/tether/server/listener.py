@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
 from tether.home import signed_cert_file
@@ -35,12 +36,16 @@ from tether.server.diskpool import DiskPool
 from tether.server.limits import Admission, derive, raise_descriptor_limit
 from tether.server.privsep import SharedCounts
 from tether.server.refusals import Refusals
+from tether.server.rotation import KeyRotation
 from tether.server.session import Session
 from tether.server.shares import Shares
 from tether.server.trust import Trust
 from tether.storage.reserved import Reserved
 from tether.tls import server_context
 from tether.version import __version__
+
+if TYPE_CHECKING:
+    from tether.server.metrics import MetricsServer
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 
@@ -127,16 +132,20 @@ class Server:
         self.reserved = Reserved([config.home], [config.audit] if config.audit else [])
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
+        self.metrics: MetricsServer | None = None
+        self.rotation = KeyRotation(config.home, identity)
         self.trust = Trust(config.home, config.trust_cas, config.crl)
         self.context = SessionContext(
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
-            trust=self.trust, counts=SharedCounts(),
+            trust=self.trust, counts=SharedCounts(), next_key=self.rotation.announced,
+            drain=config.drain,
             reserved=self.reserved, refusals=self.refusals, disk=self.disk,
             descriptors=self.descriptors,
             fetches=Shares(config.limits.max_fetches_per_client),
             forwarding=config.forwarding,
+            pass_env=config.pass_env,
         )
 
     # --- authorization -------------------------------------------------------------------------
@@ -153,10 +162,38 @@ class Server:
             self._ctx = None
         return self._clients
 
+    def reload_trust(self) -> None:
+        """SIGHUP: read the authorized list, the trusted CAs, the revocation list, the
+        principals and the server identity again for the next connection (connections already
+        up keep what they were admitted with). A CA or list that no longer loads is logged and
+        the one in use kept."""
+        self._stamp = None
+        try:
+            trust = Trust(self.config.home, self.config.trust_cas, self.config.crl)
+        except (TetherError, OSError, ValueError) as exc:
+            log.error("reload: keeping the trusted CAs and revocation list in use: %s", exc)
+        else:
+            self.trust = trust
+            self.context = dataclasses.replace(self.context, trust=trust)
+        if self.rotation.refresh(force=True):
+            self._new_identity()
+        self._ctx = None
+        self.authorized()
+
+    def _new_identity(self) -> None:
+        """The server key changed (a rotation ended): TLS and discovery use the new one."""
+        self.identity = self.rotation.identity
+        self._ctx = None
+        if self.discovery is not None and self.identity is not None:
+            self.discovery.announcement = dataclasses.replace(
+                self.discovery.announcement, fingerprint=self.identity.fingerprint)
+
     def _host_cert(self) -> Path:
         return Path(signed_cert_file(self.config.home, "server"))
 
     def _tls_context(self) -> ssl.SSLContext:
+        if self.rotation.refresh():  # a key rotation's overlap ended: the new key from now on
+            self._new_identity()
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
@@ -168,17 +205,26 @@ class Server:
 
     # --- lifetime ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or on ``sock`` (a socket systemd passed us)."""
         log.info("limits: %s", self._limits_note)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accepted(self), self.config.host, self.config.port,
-            # asyncio accepts up to this many per wake-up before admission runs: within the
-            # descriptors kept in reserve, so a burst cannot reach RLIMIT_NOFILE (EMFILE)
-            backlog=max(16, min(1024, self.config.limits.reserved_descriptors)),
-        )
-        sock = self._server.sockets[0]
-        self.config.port = sock.getsockname()[1]
+        # asyncio accepts up to this many per wake-up before admission runs: within the
+        # descriptors kept in reserve, so a burst cannot reach RLIMIT_NOFILE (EMFILE)
+        backlog = max(16, min(1024, self.config.limits.reserved_descriptors))
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _Accepted(self), sock=sock,
+                                                    backlog=backlog)
+            self.config.host = sock.getsockname()[0]
+        else:
+            self._server = await loop.create_server(
+                lambda: _Accepted(self), self.config.host, self.config.port, backlog=backlog)
+        self.config.port = self._server.sockets[0].getsockname()[1]
+        if self.config.metrics is not None:
+            from tether.server.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.admission, self.authorized, self.audit,
+                                         *self.config.metrics, counts=self.context.counts)
         if self.config.classic is not None:
             await self._start_classic(self.config.classic)
         if self.config.discoverable:
@@ -187,7 +233,8 @@ class Server:
     async def _start_classic(self, config: ClassicConfig) -> None:
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
-                                     limits=c.limits, reserved=self.reserved)
+                                     limits=c.limits, reserved=self.reserved,
+                                     pass_env=c.pass_env)
         try:
             await self.classic.start()
         except BaseException:
@@ -290,10 +337,22 @@ class Server:
     def stop(self) -> None:
         self._stopped.set()
 
+    def stop_accepting(self) -> None:
+        """No new connections (on any listener), and no discovery answers inviting them;
+        those already up carry on."""
+        if self._server is not None:
+            self._server.close()
+        if self.classic is not None:
+            self.classic.stop_accepting()
+        if self.discovery is not None:
+            self.discovery.close()
+
     async def close(self) -> None:
         await self._close()
         self.refusals.flush()
         self.disk.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.audit.close()
 
     async def _close(self) -> None:

@@ -19,6 +19,11 @@ Per-account limits: the worker counts its commands in a table shared by every wo
 with one counter per account and per identity, locked per counter with ``lockf``), so
 ``--max-processes-per-client`` holds per Unix account and per identity across connections. A
 worker that dies leaves its counts to the parent, which takes them back.
+
+Service mode (server/service.py): a draining parent sends the worker SIGUSR1, and the worker lets
+its session's work finish for the drain time before it ends the session (SIGTERM still ends it
+at once). With metrics on, the worker's audit events reach the parent's observers through a pipe
+(:class:`~tether.server.audit.EventRelay`), and the gauges read the shared counters.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from tether.protocol import Role
 from tether.protocol.connection import Connection
+from tether.server.audit import EventRelay
+from tether.server.environment import login_environment
 from tether.server.limits import Admission
 
 if TYPE_CHECKING:
@@ -56,7 +63,7 @@ PRELOAD = ("asyncio.subprocess", "asyncio.unix_events", "pty", "tty", "termios",
            "tether.server.shell", "tether.server.exec", "tether.server.process",
            "tether.storage.area", "tether.storage.batch", "tether.storage.errors",
            "tether.storage.names", "tether.storage.partial", "tether.storage.source")
-LOGIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+DRAIN_SIGNAL = signal.SIGUSR1  # parent to worker: finish what is under way, then end
 SLOTS = 4096  # counters in the shared table (accounts and identities seen since start)
 _COUNTER = struct.Struct("=q")
 
@@ -74,13 +81,6 @@ class Account:
         entry = pwd.getpwnam(name)
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir,
                    entry.pw_shell or "/bin/sh")
-
-    def login_environment(self, inherited: dict[str, str]) -> dict[str, str]:
-        """What a login gives the account: its own HOME, USER, LOGNAME, SHELL and PATH; of the
-        server's environment only the locale and time zone."""
-        kept = {k: v for k, v in inherited.items() if k.startswith("LC_") or k in ("LANG", "TZ")}
-        return {**kept, "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
-                "SHELL": self.shell, "PATH": LOGIN_PATH}
 
 
 # --- counters shared by the workers -------------------------------------------------------------
@@ -171,6 +171,9 @@ class MappedSession(Protocol):
     worker: Worker | None
     tasks: set[asyncio.Task[None]]
 
+    @property
+    def busy(self) -> bool: ...
+
     def __init__(self, context: Any, link: Any, peer: Any = None,
                  address: str | None = None) -> None: ...
 
@@ -232,6 +235,12 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
 
+    def drain(self) -> None:
+        """The server is draining: the worker lets its session's work finish (for the drain
+        time it was started with), then ends the session; ``terminate`` still ends it now."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, DRAIN_SIGNAL)
+
 
 async def serve_as(session: MappedSession, hello: Hello, counts: SharedCounts) -> None:
     """Fork a worker dropped to ``session.peer.user`` that serves the rest of this session, pump
@@ -264,11 +273,15 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
     conn = session.conn
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     address = conn.peer_address
+    audit = session.context.audit
+    relay = EventRelay() if audit.observers else None  # the metrics see the worker's events
     pid = os.fork()
     if pid == 0:  # the worker: never returns
         ours.close()
-        _worker(session, hello, account, theirs, address, counts, (slots, held))
+        _worker(session, hello, account, theirs, address, counts, (slots, held), relay)
     theirs.close()
+    if relay is not None:
+        relay.in_parent(audit.observers)
     session.worker = Worker(pid)
     log.info("session of %s runs as %s in worker %d", peer.name, account.name, pid)
     try:
@@ -277,6 +290,8 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
         if conn.link.lost is None:  # the pump took the transport: tell the framed side it is gone
             conn.link.connection_lost(None)
         await _reap(pid, session.context.kill_grace + 5)
+        if relay is not None:
+            relay.close()
         leaked = counts.value(held)
         if leaked:  # a worker that died with commands counted: give the counts back
             for slot in (*slots, held):
@@ -314,21 +329,26 @@ async def _reap(pid: int, grace: float) -> None:
 
 
 def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket.socket,
-            address: str, counts: SharedCounts,
-            slots: tuple[tuple[int, int], int]) -> NoReturn:
+            address: str, counts: SharedCounts, slots: tuple[tuple[int, int], int],
+            relay: EventRelay | None) -> NoReturn:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, DRAIN_SIGNAL):
             signal.signal(sig, signal.SIG_DFL)
         keep = {0, 1, 2, sock.fileno(), session.context.audit.fileno(), counts.fd}
+        if relay is not None:
+            relay.in_worker(session.context.audit)
+            keep.add(relay.write_fd)
         _forget_descriptors(keep)
         for name in PRELOAD:
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
         drop_privileges(account)
         os.environ.clear()
-        os.environ.update(account.login_environment(dict(_INHERITED)))
+        # what a login gives the account (its HOME, USER, PATH...; of the server's, the locale
+        # and the --pass-env names): the one rule of server/environment.py, as its uid sees it
+        os.environ.update(login_environment(session.context.pass_env, server_env=_INHERITED))
         with contextlib.suppress(OSError):
             os.chdir(account.home)
         context = dataclasses.replace(session.context, admission=WorkerAdmission(
@@ -397,7 +417,23 @@ async def _serve(make: type[MappedSession], context: Any, peer: Any, sock: socke
     loop = asyncio.get_running_loop()
     _, link = await loop.connect_accepted_socket(lambda: FramedProtocol(Role.SERVER), sock=sock)
     worker = make(context, link, peer=peer, address=address)
+    draining: list[asyncio.Task[None]] = []
+
+    def drain() -> None:
+        if not draining:
+            draining.append(loop.create_task(_drain(worker, context.drain)))
+
     loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(worker.shutdown()))
+    loop.add_signal_handler(DRAIN_SIGNAL, drain)
     await worker.serve()
     if worker.tasks:  # the commands' kill tasks: their grace period, so none outlives us
         await asyncio.wait(list(worker.tasks), timeout=context.kill_grace + 2)
+
+
+async def _drain(session: MappedSession, seconds: float) -> None:
+    """Wait up to ``seconds`` while ``session`` has an operation under way, then end it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while session.busy and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    await session.shutdown()

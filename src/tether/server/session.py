@@ -14,6 +14,7 @@ import contextlib
 import logging
 import platform
 import pwd
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -181,6 +182,13 @@ class Session:
     def limits(self) -> Limits:
         return self.context.limits
 
+    @property
+    def busy(self) -> bool:
+        """Whether an operation is under way: one this session runs, or one whose request
+        arrived and is still starting (the protocol has its stream open). A drain waits for
+        it; an idle session may be closed at once."""
+        return bool(self.streams) or self.conn.proto.open_streams > 0
+
     async def shutdown(self) -> None:
         """The server is stopping: tell the client, kill its commands."""
         if self.worker is not None:  # the worker does both
@@ -219,6 +227,7 @@ class Session:
                 f"client offered protocol versions {hello.versions[:8]}, "
                 f"server speaks {list(PROTOCOL_VERSIONS)}"
             )
+        next_cert, next_proof = self.context.next_key()
         self.conn.send(
             Welcome(
                 version=max(common),
@@ -230,6 +239,8 @@ class Session:
                 client_name=self.peer.name,
                 permissions=sorted(self.peer.permissions),
                 user=self.peer.user or hello.user,  # admission checked hello.user
+                next_cert=next_cert,
+                next_proof=next_proof,
             )
         )
         await self.conn.drain()
@@ -283,7 +294,7 @@ class Session:
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
         return ExecPolicy(peer.root, self.context.kill_grace, lim.process_nproc,
-                          lim.process_memory, peer.confined)
+                          lim.process_memory, peer.confined, self.context.pass_env)
 
     async def _on_exec(self, msg: Exec) -> None:
         def make(policy: ExecPolicy) -> CommandRun:
@@ -343,11 +354,11 @@ class Session:
             )
 
     async def _on_put(self, msg: Put) -> None:
+        started = time.monotonic()
         try:
             area = self._area(self._check_open("put", msg.stream, "put"))
-            put = PutTransfer(self.conn, msg.stream, msg, area,
-                              self.limits.max_upload, lambda done: self._audit("put", done),
-                              self._offload)
+            put = PutTransfer(self.conn, msg.stream, msg, area, self.limits.max_upload,
+                              lambda done: self._audit("put", done, started), self._offload)
             await put.start()
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc), _request(msg))
@@ -436,17 +447,18 @@ class Session:
             return fn(*args)
         return await self.context.disk.run(self.peer.fingerprint, fn, *args, cleanup=cleanup)
 
-    def _audit(self, op: str, done: Done) -> None:
-        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)
+    def _audit(self, op: str, done: Done, started: float | None = None) -> None:
+        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from, started)
 
     def _audit_file(self, op: str, path: str, size: int, hash_: str,
-                    resumed_from: int = 0) -> None:
+                    resumed_from: int = 0, started: float | None = None) -> None:
         assert self.peer is not None
-        if self.context.audit.path is None:
-            return  # no audit log: a batch's files cost nothing here
+        if not self.context.audit.wanted:
+            return  # no audit log, no metrics: a batch's files cost nothing here
+        timing = {} if started is None else {"duration": round(time.monotonic() - started, 6)}
         self.context.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
                                 path=path, bytes=size - resumed_from, size=size, hash=hash_,
-                                resumed_from=resumed_from, outcome="ok")
+                                resumed_from=resumed_from, outcome="ok", **timing)
 
     def _start_task(self, msg: Message, permission: str, op: str,
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
@@ -461,9 +473,10 @@ class Session:
         handler.task = self._spawn(self._until_done(stream, self._audited(op, body(area))))
 
     async def _audited(self, op: str, body: Awaitable[Done]) -> None:
+        started = time.monotonic()
         done = await body
         if op == "get":  # a fetch audits each of its files
-            self._audit(op, done)
+            self._audit(op, done, started)
         elif op == "list" and self.peer is not None:
             self.context.audit.event("list", fingerprint=self.peer.fingerprint,
                                      path=done.path, count=done.count, outcome="ok")
