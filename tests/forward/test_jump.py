@@ -140,3 +140,21 @@ def test_an_inventory_host_is_reached_through_its_via(hops: list[Served],
     assert done.stdout == b"inside\n", done.stderr
     assert wait_until(lambda: len(hops[1].records("forward")) > before, 10)
     assert hops[1].records("forward")[-1]["to"] == f"127.0.0.1:{hops[2].server.port}"
+
+
+def test_put_and_get_through_a_jump_host(hops: list[Served], tmp_path: Path) -> None:
+    target = hops[2]
+    source = tmp_path / "payload.bin"
+    source.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+    common = ["--via", f"127.0.0.1:{hops[0].server.port}", "-p", str(target.server.port)]
+    env = cli_env(target.client.home)
+    put = subprocess.run([*TETHER, "put", *common, str(source), "127.0.0.1:via-payload.bin"],
+                         capture_output=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert put.returncode == 0, put.stderr
+    back = tmp_path / "back.bin"
+    get = subprocess.run([*TETHER, "get", *common, "127.0.0.1:via-payload.bin", str(back)],
+                         capture_output=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert get.returncode == 0, get.stderr
+    assert back.read_bytes() == source.read_bytes()
+    assert wait_until(lambda: sum(r["bytes_in"] for r in hops[0].records("forward"))
+                      > 2 * 1024 * 1024, 10)

@@ -338,7 +338,7 @@ def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([
         home_option,
-        click_options([PORT, CONNECT_TIMEOUT_OPTION]),
+        click_options([PORT, CONNECT_TIMEOUT_OPTION, VIA]),
         click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
         click.option("--force", is_flag=True, help="Replace existing destination files."),
         click.option("--rename", is_flag=True,
@@ -369,7 +369,7 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
         keepalive=kw["keepalive"], safe_links=kw["safe_links"],
-        connect_timeout=kw["connect_timeout"],
+        connect_timeout=kw["connect_timeout"], via=tuple(kw["via"]),
     )
 
 

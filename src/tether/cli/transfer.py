@@ -144,7 +144,8 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout,
+                       via=opts.via) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume, progress=progress,
                                       safe_links=opts.safe_links)

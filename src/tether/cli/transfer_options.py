@@ -28,3 +28,4 @@ class TransferOptions:
     keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
     safe_links: bool = False  # skip symlinks that leave the tree (-r)
     connect_timeout: float = CONNECT_TIMEOUT  # connect + TLS + welcome, seconds
+    via: tuple[str, ...] = ()  # jump hosts (--via)
