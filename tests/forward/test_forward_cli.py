@@ -119,3 +119,11 @@ def test_a_bad_spec_is_a_usage_error(served: Served, spec: str, message: str) ->
                           env=cli_env(served.client.home), stdin=subprocess.DEVNULL)
     assert done.returncode == 2
     assert message.encode() in done.stderr and done.stderr.count(b"\n") == 1
+
+
+def test_forwards_and_hops_are_for_one_host(served: Served) -> None:
+    done = subprocess.run([*TETHER, "run", "-p", str(served.server.port), "-L", "0:h:80",
+                           "127.0.0.1,127.0.0.2", "--", "true"], capture_output=True,
+                          timeout=60, env=cli_env(served.client.home), stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert b"reach one host" in done.stderr and done.stderr.count(b"\n") == 1

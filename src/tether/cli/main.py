@@ -237,6 +237,10 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
     from tether.cli.fleet import FleetOptions, run_fleet, wants_fleet
 
     if wants_fleet(host, opts.home, group_output or as_json):
+        if opts.local_forwards or opts.remote_forwards or opts.dynamic_forwards or opts.via:
+            from tether.errors import UsageError
+
+            raise UsageError("-L, -R, -D and --via reach one host, not several")
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
                                             opts.keepalive, opts.connect_timeout))
     from tether.cli.fleet import inventory_via, one_host
