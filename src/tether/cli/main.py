@@ -23,6 +23,7 @@ from tether.cli.options import (
     FORWARD_OPTIONS,
     HOME,
     KEEPALIVE,
+    MUX_OPTIONS,
     PORT,
     RUN_OPTIONS,
     VIA,
@@ -39,7 +40,8 @@ from tether.version import __version__
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
                  "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
                  "service": "tether.cli.service", "rotate-key": "tether.cli.service",
-                 "ca": "tether.cli.ca", "cert": "tether.cli.ca", "trust-ca": "tether.cli.ca"}
+                 "mux": "tether.cli.mux", "ca": "tether.cli.ca", "cert": "tether.cli.ca",
+                 "trust-ca": "tether.cli.ca"}
 
 
 class _Group(click.Group):
@@ -243,10 +245,11 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
             raise UsageError("-L, -R, -D and --via reach one host, not several")
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
                                             opts.keepalive, opts.connect_timeout))
-    from tether.cli.fleet import inventory_via, one_host
+    from tether.cli.fleet import host_mux, inventory_via, one_host
 
     opts.via = opts.via or inventory_via(host, opts.home)
-    # an inventory name: its address, port and keepalive
+    # an inventory name: its address, port, keepalive and mux setting
+    opts.mux = host_mux(host, opts.home, opts.mux)
     opts.host, opts.port, opts.keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
     return run_main(opts)
 
@@ -256,13 +259,15 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 @click.option("-T", "--lines", is_flag=True,
               help="Line mode even on a terminal: one command per line, statuses reported.")
 @keepalive_option
+@click_options(MUX_OPTIONS)
 @click_options([*FORWARD_OPTIONS, VIA])
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
-          connect_timeout: float, lines: bool, keepalive: float,
-          local_forwards: tuple[str, ...], remote_forwards: tuple[str, ...],
-          dynamic_forwards: tuple[str, ...], via: tuple[str, ...], host: str,
+          connect_timeout: float, lines: bool, keepalive: float, mux: str | None,
+          mux_persist: float, local_forwards: tuple[str, ...],
+          remote_forwards: tuple[str, ...], dynamic_forwards: tuple[str, ...],
+          via: tuple[str, ...], host: str,
           command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
@@ -278,10 +283,13 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
     warn_if_certificate_expires(home)
     via = via or tuple(inventory_via(host, home))
     argv = list(command[1:] if command and command[0] == "--" else command)
+    from tether.cli.fleet import host_mux
+
     specs = parse_specs(local_forwards, remote_forwards, dynamic_forwards)
+    mode = host_mux(host, home, mux)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
     return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
-                      connect_timeout, specs, via)
+                      connect_timeout, (mode or "existing", mux_persist), specs, via)
 
 
 @cli.command()
@@ -358,6 +366,7 @@ def transfer_options(func: Any) -> Any:
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
         click.option("--plaintext", is_flag=True, help="Connect without TLS."),
         keepalive_option,
+        click_options(MUX_OPTIONS),
     ]):
         func = option(func)
     return func
@@ -373,7 +382,8 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
         keepalive=kw["keepalive"], safe_links=kw["safe_links"],
-        connect_timeout=kw["connect_timeout"], via=tuple(kw["via"]),
+        connect_timeout=kw["connect_timeout"], mux=kw["mux"], mux_persist=kw["mux_persist"],
+        via=tuple(kw["via"]),
     )
 
 

@@ -46,6 +46,7 @@ async def _run(opts: RunOptions) -> int:
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
                        keepalive=opts.keepalive, timeout=opts.connect_timeout,
+                       mux=opts.mux or "existing", mux_persist=opts.mux_persist,
                        via=opts.via) as conn:
         if not specs:
             return await _execute(conn, opts)

@@ -27,6 +27,7 @@ class RunOptions:
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
                  keepalive: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT,
+                 mux: str | None = None, mux_persist: float = 60.0,
                  local_forwards: Sequence[str] = (), remote_forwards: Sequence[str] = (),
                  dynamic_forwards: Sequence[str] = (), via: Sequence[str] = ()) -> None:
         self.home = home
@@ -42,6 +43,9 @@ class RunOptions:
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
         self.connect_timeout = connect_timeout  # connect + TLS + welcome, seconds
+        self.mux = mux  # "auto", "no", or None: the inventory host's setting, else a running
+        # mux is used if there is one ("existing")
+        self.mux_persist = mux_persist
         self.local_forwards = list(local_forwards)  # -L, -R, -D as written (cli/forward.py)
         self.remote_forwards = list(remote_forwards)
         self.dynamic_forwards = list(dynamic_forwards)

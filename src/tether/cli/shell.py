@@ -172,12 +172,12 @@ async def _line_session(conn: Connection) -> int:
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                  command: list[str], terminal: bool, keepalive: float,
-                 connect_timeout: float, specs: Sequence[ForwardSpec] = (),
-                 via: Sequence[str] = ()) -> int:
+                 connect_timeout: float, mux: tuple[str, float],
+                 specs: Sequence[ForwardSpec] = (), via: Sequence[str] = ()) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
                        confirm=confirm, keepalive=keepalive, timeout=connect_timeout,
-                       via=via) as conn:
+                       mux=mux[0], mux_persist=mux[1], via=via) as conn:
         forwards = []
         if specs:
             from tether.cli.forward import announce_on_stderr, start_forwards
@@ -209,12 +209,14 @@ async def _session(conn: Connection, command: list[str], terminal: bool) -> int:
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                command: list[str], force_lines: bool, keepalive: float = 0.0,
-               connect_timeout: float = CONNECT_TIMEOUT, specs: Sequence[ForwardSpec] = (),
+               connect_timeout: float = CONNECT_TIMEOUT,
+               mux: tuple[str, float] = ("existing", 60.0), specs: Sequence[ForwardSpec] = (),
                via: Sequence[str] = ()) -> int:
-    """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
+    """The shell's exit status; errors propagate to :mod:`tether.cli.policy`. ``mux``: the
+    mode and the persist time (see :mod:`tether.client.mux`)."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
-                                  keepalive, connect_timeout, specs, via))
+                                  keepalive, connect_timeout, mux, specs, via))
     except asyncio.CancelledError as exc:  # the connection went while the terminal waited
         raise ConnectionBroken("connection lost") from exc

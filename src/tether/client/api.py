@@ -40,11 +40,17 @@ from tether.client.process import (
     _feed,
     _ProcessContext,
 )
-from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
+from tether.errors import (
+    CommandFailed,
+    ConnectionBroken,
+    ConnectionClosed,
+    RemoteProtocolError,
+    TetherError,
+)
 from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import connecting
+from tether.net.translate import connecting, translated
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
@@ -67,6 +73,7 @@ class Connection:
         self._core = core or ClientCore(framed.proto)
         self.server = info
         self._procs: dict[int, StreamHandle] = {}
+        self.shared = False  # lent by tether mux (see tether.client.mux)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
         self._carriers: list[Connection] = []  # jump hosts this connection rides (--via)
@@ -363,7 +370,8 @@ async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
         except BaseException:
             transport.close()
             raise
-    assert tls is not None  # None only for a transport that is already closing
+    if tls is None:  # the server closed the connection during the handshake
+        raise ConnectionBroken(f"{host} port {port}: connection closed during the TLS handshake")
     link.connection_made(tls)  # start_tls does not call it
     return link
 
@@ -380,6 +388,10 @@ async def _open(host: str, options: ConnectOptions, user: str = "",
 
     if options.plaintext:
         check_plaintext(host)
+    elif options.mux != "no" and sock is None:  # through jump hosts: never the mux's
+        shared = await _open_shared(host, options, user)
+        if shared is not None:
+            return shared
     deadline = Deadline(host, options.port, options.timeout)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
@@ -419,6 +431,52 @@ async def _open(host: str, options: ConnectOptions, user: str = "",
     return Connection(framed, info, core)
 
 
+async def _open_shared(host: str, options: ConnectOptions, user: str) -> Connection | None:
+    """A connection lent by this home's ``tether mux`` (started if none runs and ``mux`` is
+    ``auto``), or None when no mux can serve (then the caller connects directly, as it also
+    does for an unknown server it may ask about)."""
+    import functools
+
+    from tether.client import mux
+    from tether.errors import HostUnknown
+
+    start = options.mux == "auto"
+    if not start and not mux.running(options.home_dir):
+        return None
+    deadline = Deadline(host, options.port, options.timeout)  # the mux's connecting too
+    loop = asyncio.get_running_loop()
+    ask = functools.partial(mux.open_shared, options.home_dir, host, options.port,
+                            accept_new=options.accept_new, keepalive=options.keepalive,
+                            persist=options.mux_persist, start=start, timeout=options.timeout,
+                            user=user)
+    try:
+        sock, server_fp = await loop.run_in_executor(None, ask)
+    except mux.MuxUnavailable:
+        return None
+    except HostUnknown:
+        if options.confirm is None:
+            raise
+        return None
+    with translated():
+        _, link = await loop.create_connection(lambda: FramedProtocol(Role.CLIENT), sock=sock)
+    framed = FramedConnection(link)
+    core = ClientCore(framed.proto)
+    core.server_fingerprint = server_fp
+    deadline.phase = WELCOME
+    try:
+        framed.send(core.hello(user))
+        await framed.drain()
+        welcome = core.answer(await _within(deadline, framed.next_event()), True)
+    except BaseException:
+        await framed.close()
+        raise
+    info = ServerInfo(welcome.server_name, welcome.platform, welcome.encoding, welcome.software,
+                      server_fp, welcome.client_name, welcome.permissions, welcome.user)
+    conn = Connection(framed, info, core)
+    conn.shared = True  # the mux pings the server; a dead mux closes the socket
+    return conn
+
+
 def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user: str
                       ) -> tuple[str, ConnectOptions, str]:
     """An inventory name (``hosts.toml`` in the home) becomes its address, with its port, its
@@ -440,18 +498,6 @@ def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user
     if options.keepalive is None and target.keepalive:
         changes["keepalive"] = target.keepalive
     return target.address, options.with_(**changes), user or target.user
-
-
-def _inventory_via(host: str, options: ConnectOptions) -> list[str]:
-    """An inventory host's jump hosts (``via = [...]`` in hosts.toml), else none."""
-    from tether.inventory import InventoryError, load, names_inventory_host
-
-    try:
-        if names_inventory_host(host, options.home):
-            return list(load(options.home).hosts[host].via)
-    except InventoryError:
-        pass  # _inventory_target says what is wrong, or takes an address as it is
-    return []
 
 
 class connect:  # used like a function: `async with tether.connect(...)`
@@ -485,6 +531,8 @@ class connect:  # used like a function: `async with tether.connect(...)`
         confirm: Confirm | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        mux: str | None = None,
+        mux_persist: float | None = None,
         user: str = "",
         via: Sequence[str] | None = None,
     ) -> None:
@@ -494,20 +542,20 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self.user = user
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
-                                  keepalive=keepalive)
+                                  keepalive=keepalive, mux=mux, mux_persist=mux_persist)
         self._port_given = port is not None or (options is not None
                                                 and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
         self.via = [hop for item in via or () for hop in item.split(",") if hop]
 
     async def _connect(self) -> Connection:
-        via = self.via or _inventory_via(self.host, self.options)
+        from tether.client.jump import inventory_via, through
+
+        via = self.via or inventory_via(self.host, self.options.home)
         host, options, user = _inventory_target(self.host, self.options, self._port_given,
                                                 self.user)
         if not via:
             return await _open(host, options, user)
-        from tether.client.jump import through
-
         conn, hops = await through(via, host, options, user, _open, _inventory_target)
         conn._carriers = hops
         return conn

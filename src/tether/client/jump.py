@@ -30,6 +30,18 @@ C = TypeVar("C", bound="Connection")
 
 
 
+def inventory_via(host: str, home: Any) -> list[str]:
+    """An inventory host's jump hosts (``via = [...]`` in hosts.toml), else none."""
+    from tether.inventory import InventoryError, load, names_inventory_host
+
+    try:
+        if names_inventory_host(host, home):
+            return list(load(home).hosts[host].via)
+    except InventoryError:
+        pass  # resolving the host says what is wrong, or takes an address as it is
+    return []
+
+
 def split_hop(hop: str) -> tuple[str, str, int | None]:
     """``[user@]HOST[:PORT]`` (``[V6]:PORT``) as (user, host, port or None)."""
     user, _, rest = hop.rpartition("@")
