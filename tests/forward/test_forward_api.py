@@ -192,3 +192,30 @@ async def test_data_before_connected_is_bounded(served: Served) -> None:
         finally:
             for s in fillers:
                 s.close()
+
+
+async def test_a_remote_forward_through_the_mux(served: Served, http: Http,
+                                                tmp_path: Path) -> None:
+    """Through ``tether mux`` (stream ids renumbered) an incoming connection is still taken
+    from the right listener."""
+    import shutil
+
+    import tether
+    from tether.client import mux
+
+    home = tmp_path / "muxed"
+    shutil.copytree(served.client.home, home)
+    try:
+        async with tether.connect("127.0.0.1", served.server.port, home=home,
+                                  mux="auto") as first, tether.connect(
+                "127.0.0.1", served.server.port, home=home, mux="auto") as conn:
+            assert first.shared and conn.shared
+            for _ in range(3):  # the first link's streams: the ids of conn's differ upstream
+                assert (await first.run("true")).ok
+            async with await conn.forward_remote(0, "127.0.0.1", http.port) as fwd:
+                result = await conn.run(f"curl -sS --max-time 20 "
+                                        f"http://127.0.0.1:{fwd.port}/index.html")
+                assert result.stdout == b"<h1>tether forward</h1>\n", result.stderr
+    finally:
+        with contextlib.suppress(mux.MuxUnavailable):
+            mux.request(home, {"op": "stop"})
