@@ -77,6 +77,7 @@ def every_key(tmp: Path) -> dict[str, str]:
         "permit-listen": '["0", "127.0.0.1:8080"]',
         "gateway-ports": "true",
         "max-forwards-per-connection": "32",
+        "max-buffered-per-client": "33554432",
     }
 
 

@@ -32,7 +32,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, fingerprint
+from tether.identity import PERMISSIONS
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -61,6 +61,7 @@ from tether.protocol import (
 )
 from tether.protocol.ranges import problem
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
+from tether.server.buffers import Meter
 from tether.server.context import Peer, SessionContext
 from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
@@ -70,7 +71,7 @@ from tether.server.privsep import Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
 from tether.server.stall import StallWatch
 from tether.server.streamkit import VERBS as _VERBS
-from tether.server.streamkit import StreamHandler
+from tether.server.streamkit import StreamHandler, presented, refused
 from tether.server.streamkit import TaskStream as _TaskStream
 from tether.server.streamkit import as_remote as _as_remote
 from tether.server.streamkit import identity_fields as _identity_fields
@@ -103,6 +104,7 @@ class Session:
         self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
         self.forwards = Forwards(self.conn, context.forwarding, context.audit,
                                  self.limits.max_forwards_per_connection)
+        self.meter: Meter | None = None  # bytes held, in the identity's budget (buffers.py)
 
     async def serve(self) -> None:
         address = self.address or self.conn.peer_address
@@ -121,6 +123,9 @@ class Session:
                     await serve_as(self, hello, self.context.counts)
                     return
             self.held = Holder(self.context.descriptors, self.peer.fingerprint)
+            if self.context.buffers is not None:
+                self.meter = self.context.buffers.join(self.peer.fingerprint, self.conn.link,
+                                                       self._buffered)
             await self._welcome(hello)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
             audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
@@ -134,16 +139,18 @@ class Session:
             audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
-            self._refused(address, str(exc), self._presented())
+            refused(self.context, address, str(exc), presented(self.context, self.conn))
             await self.conn.fail(exc)
         except TimeoutError:
-            self._refused(address, "no hello in time")
+            refused(self.context, address, "no hello in time")
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
             reason = str(exc)
         finally:
             self._abandon_all()
+            if self.meter is not None:
+                self.meter.leave()
             await self.conn.close()
             if admitted and self.peer is not None:
                 self.context.admission.client_left(self.peer.fingerprint)
@@ -152,20 +159,6 @@ class Session:
             if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
-
-    def _refused(self, address: str, reason: str,
-                 presented: dict[str, str] | None = None) -> None:
-        if self.context.refusals is not None:
-            self.context.refusals.refused(address, reason, presented)
-        else:
-            log.warning("refused %s: %s", address, reason)
-            self.context.audit.event("refused", address=address, reason=reason,
-                                     **(presented or {}))
-
-    def _presented(self) -> dict[str, str]:
-        """The fingerprint of the certificate a refused client presented, for the audit log."""
-        cert = None if self.context.plaintext else self.conn.peer_cert
-        return {"fingerprint": fingerprint(cert)} if cert else {}
 
     def _admit(self, peer: Peer) -> None:
         """Count the connection per identity and per Unix account, or refuse it (Busy)."""
@@ -177,6 +170,10 @@ class Session:
                 admission.client_left(peer.fingerprint)
         if refusal is not None:
             raise Busy(refusal)
+
+    def _buffered(self) -> int:
+        """Bytes this session's streams hold (a command's unread stdin, a batch's queue)."""
+        return sum(getattr(handler, "buffered", 0) for handler in self.streams.values())
 
     @property
     def limits(self) -> Limits:
@@ -378,12 +375,15 @@ class Session:
                            f"{self.limits.max_batches_per_connection})")
             batch = BatchPut(self.conn, msg.stream, msg, area,
                              self.limits.max_upload,
-                             lambda path, size, hash_: self._audit_file("put", path, size, hash_))
-            self.streams[msg.stream] = batch
-            batch.start()
-            self.stall.watch(msg.stream)
+                             lambda path, size, hash_: self._audit_file("put", path, size, hash_),
+                             self._offload)
+            batch.check()
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc), _request(msg))
+            return
+        self.streams[msg.stream] = batch
+        self.stall.watch(msg.stream)  # its files are stored by its task, on the disk pool
+        batch.task = self._spawn(self._until_done(msg.stream, batch.run(), _request(msg)))
 
     async def _on_fetch(self, msg: Fetch) -> None:
         def on_file(path: str, size: int, hash_: str) -> None:
@@ -391,7 +391,7 @@ class Session:
 
         self._start_task(msg, "get", "fetch",
                          lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
-                                                 self._fetch_slot()))
+                                                 self._fetch_slot(), self._offload))
 
     @contextlib.asynccontextmanager
     async def _fetch_slot(self) -> AsyncIterator[None]:
@@ -410,26 +410,17 @@ class Session:
                          lambda area: send_listing(self.conn, msg.stream, msg, area,
                                                    self.list_slots, self._holder(msg.stream)))
 
-    async def _on_connect(self, msg: Connect) -> None:
-        """A forwarded connection (server/forward.py): checked, then connected in a task."""
+    async def _on_forward(self, msg: Connect | Listen) -> None:
+        """A forwarded connection or a listener (server/forward.py), run in a task."""
         try:
-            pipe = self.forwards.connect(msg, self._check_open("forward", msg.stream, "connect"))
+            peer = self._check_open("forward", msg.stream, msg.TYPE)
+            handler = (self.forwards.connect(msg, peer) if isinstance(msg, Connect)
+                       else await self.forwards.listen(msg, peer))
         except RemoteError as exc:
             self._end_stream(msg.stream, exc, _request(msg))
             return
-        self.streams[msg.stream] = pipe
-        pipe.task = self._spawn(self._until_done(msg.stream, pipe.run()))
-
-    async def _on_listen(self, msg: Listen) -> None:
-        """A listener on this server, bound now, closed with its stream or the connection."""
-        try:
-            peer = self._check_open("forward", msg.stream, "listen")
-            listener = await self.forwards.listen(msg, peer)
-        except RemoteError as exc:
-            self._end_stream(msg.stream, exc, _request(msg))
-            return
-        self.streams[msg.stream] = listener
-        listener.task = self._spawn(self._until_done(msg.stream, listener.run()))
+        self.streams[msg.stream] = handler
+        handler.task = self._spawn(self._until_done(msg.stream, handler.run()))
 
     def _holder(self, stream: int) -> Callable[[int], None]:
         """What a listing tells of the descriptors its levels take (+) and give back (-)."""
@@ -481,13 +472,14 @@ class Session:
             self.context.audit.event("list", fingerprint=self.peer.fingerprint,
                                      path=done.path, count=done.count, outcome="ok")
 
-    async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
+    async def _until_done(self, stream: int, body: Awaitable[None],
+                          request: dict[str, Any] | None = None) -> None:
         try:
             await body
         except ConnectionFailed:
             pass  # the connection is gone; the session's own loop reports it
         except (TetherError, OSError) as exc:
-            self._end_stream(stream, _as_remote(exc))
+            self._end_stream(stream, _as_remote(exc), request)
         except Exception as exc:  # a bug: still end the stream, so the client never waits
             log.exception("stream %d failed", stream)
             self._end_stream(stream, _as_remote(exc))
@@ -534,6 +526,8 @@ class Session:
             handler.feed(data.data)
         except (TetherError, OSError) as exc:
             self._end_stream(data.stream, _as_remote(exc))
+        if self.meter is not None:  # what the stream holds now (stdin, a batch's queue)
+            self.meter.update()
 
     async def _on_stream_message(self, msg: Message) -> None:
         handler = self.streams.get(msg.stream)
@@ -571,8 +565,8 @@ class Session:
         Fetch: _on_fetch,
         Get: _on_get,
         List: _on_list,
-        Connect: _on_connect,
-        Listen: _on_listen,
+        Connect: _on_forward,
+        Listen: _on_forward,
         Refused: _on_refused,
         Data: _on_data,
         Eof: _on_stream_message,
