@@ -1,6 +1,7 @@
 """The workloads of the benchmark issue, in its order, then the fleet (issue 7). Each module's
 ``run(ctx)`` sets up what it needs (fresh tether servers, source files), runs its groups and
-cleans up after itself. Workloads 8 and 9 (ansible, mux) are issue 21's.
+cleans up after itself. Workloads 8 and 9 (ansible, mux) are issue 21's; wan (long fat
+networks, through a latency proxy) is issue 18's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bench.workloads import (
     scale,
     stream,
     tree,
+    wan,
 )
 
 Workload = Callable[[Context], list[GroupResult]]
@@ -34,5 +36,6 @@ WORKLOADS: dict[str, Workload] = {
     "fleet": fleet.run,
     "ansible": ansible.run,
     "mux": mux.run,
+    "wan": wan.run,
     "forward": forward.run,
 }
