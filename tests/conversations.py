@@ -48,6 +48,7 @@ from tether.protocol import (
     Status,
     Welcome,
 )
+from tether.protocol.forwarding import Connect, Connected, Incoming, Listen, Listening
 from tether.protocol.streams import OPERATIONS, paths
 
 HASH = "blake3:" + "ab" * 32
@@ -66,6 +67,9 @@ OPENERS: dict[str, list[Message]] = {
     "batch": [Batch(path="dir", names=["a", "sub/b"], sizes=[3, 2], modes=[0o644, 0o600],
                     mtimes=[1, 2], hashes=[HASH, HASH])],
     "fetch": [Fetch(path="dir", names=["a", "sub/b"])],
+    "connect": [Connect(host="db.internal", port=5432, origin="127.0.0.1:50000"),
+                Connect(path="/run/app.sock"), Connect(listener=1, incoming=3)],
+    "listen": [Listen(port=0), Listen(host="0.0.0.0", port=8080), Listen(path="/tmp/l.sock")],
 }
 
 # A valid instance of every non-opening message, given its stream and channel (for eof).
@@ -90,6 +94,9 @@ MESSAGES: dict[str, Callable[[int, int | None], Message]] = {
     "files": lambda s, _: Files(sizes=[3, 2], modes=[0o644, 0o600], mtimes=[1, 2],
                                 hashes=[HASH, HASH], stream=s),
     "status": lambda s, _: Status(index=1, status=0, stream=s),
+    "connected": lambda s, _: Connected(host="10.0.0.5", port=5432, stream=s),
+    "listening": lambda s, _: Listening(host="127.0.0.1", port=40123, stream=s),
+    "incoming": lambda s, _: Incoming(id=2, origin="127.0.0.1:50001", stream=s),
 }
 
 Step = tuple[str, int | None]

@@ -10,7 +10,19 @@ from collections.abc import Callable
 
 from bench.config import Context
 from bench.stats import GroupResult
-from bench.workloads import ansible, bulk, fleet, latency, mux, oneshot, scale, stream, tree, wan
+from bench.workloads import (
+    ansible,
+    bulk,
+    fleet,
+    forward,
+    latency,
+    mux,
+    oneshot,
+    scale,
+    stream,
+    tree,
+    wan,
+)
 
 Workload = Callable[[Context], list[GroupResult]]
 
@@ -25,4 +37,5 @@ WORKLOADS: dict[str, Workload] = {
     "ansible": ansible.run,
     "mux": mux.run,
     "wan": wan.run,
+    "forward": forward.run,
 }

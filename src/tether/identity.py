@@ -31,7 +31,7 @@ from tether.home import (
 )
 
 ID_PREFIX = "tether-cert"
-PERMISSIONS = ("exec", "shell", "put", "get")
+PERMISSIONS = ("exec", "shell", "put", "get", "forward")
 
 
 def home_dir(home: str | os.PathLike[str] | None = None) -> Path:

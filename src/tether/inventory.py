@@ -22,6 +22,7 @@ atomically, so a crash never leaves half an inventory::
     keepalive = 15.0        # optional: ping the server after this much silence (--keepalive)
     user = "build"          # optional: the Unix account to run as there (like user@host)
     mux = "auto"            # optional: share its connection through tether mux (--mux)
+    via = ["bastion"]       # optional: jump hosts to reach it through (like --via)
 
 Pure files, no sockets: :mod:`tether.client.fleet` connects, :mod:`tether.cli.hosts` prints.
 """
@@ -59,6 +60,7 @@ class Target(NamedTuple):
     timeout: float | None = None
     keepalive: float | None = None
     user: str = ""  # the Unix account asked for ("": the server's choice)
+    via: tuple[str, ...] = ()  # jump hosts, in order (--via)
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,11 @@ class Host:
     keepalive: float | None = None
     user: str = ""
     mux: str | None = None  # "auto" or "no": this host's default for --mux
+    via: tuple[str, ...] = ()
 
     def target(self) -> Target:
         return Target(self.name, self.address, self.port, self.timeout, self.keepalive,
-                      self.user)
+                      self.user, self.via)
 
 
 @dataclass
@@ -161,7 +164,7 @@ def parse(text: str, where: str = INVENTORY_FILE) -> Inventory:
 def _host(name: str, entry: Any) -> Host:
     if not isinstance(entry, Mapping):
         raise TypeError("must be a table")
-    unknown = set(entry) - {"address", "port", "groups", "user", "mux", *SETTINGS}
+    unknown = set(entry) - {"address", "port", "groups", "user", "mux", "via", *SETTINGS}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
     address = entry.get("address")
@@ -176,8 +179,12 @@ def _host(name: str, entry: Any) -> Host:
     mux = entry.get("mux")
     if mux is not None and mux not in ("auto", "no"):
         raise ValueError("'mux' must be \"auto\" or \"no\"")
+    via = entry.get("via", [])
+    if not isinstance(via, list) or not all(isinstance(h, str) and h for h in via):
+        raise ValueError("'via' must be a list of host names")
     return Host(name, address, check_port(entry.get("port", DEFAULT_PORT)), tuple(groups),
-                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user, mux)
+                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user, mux,
+                tuple(via))
 
 
 def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
@@ -212,6 +219,8 @@ def dump(inventory: Inventory) -> str:
             out.append(f"user = {_string(host.user)}\n")
         if host.mux is not None:
             out.append(f"mux = {_string(host.mux)}\n")
+        if host.via:
+            out.append(f"via = [{', '.join(_string(h) for h in host.via)}]\n")
     return "".join(out)
 
 

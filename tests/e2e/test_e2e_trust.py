@@ -242,7 +242,7 @@ def test_authorize_list_and_revoke(
 
     listed = cli("authorize", "--list", home=server_home).stdout.decode().splitlines()
     assert listed == [f"ci@build\t{fps[0]}\t{root}\tget",
-                      f"ci@build\t{fps[1]}\t-\texec,shell,put,get"]
+                      f"ci@build\t{fps[1]}\t-\texec,shell,put,get,forward"]
     as_json = json.loads(cli("authorize", "--list", "--json", home=server_home).stdout)
     assert as_json[0] == {"name": "ci@build", "fingerprint": fps[0], "root": str(root),
                           "permissions": ["get"]}

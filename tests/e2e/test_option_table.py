@@ -81,7 +81,9 @@ def test_click_has_every_option_of_the_table() -> None:
     for opt in RUN_OPTIONS:
         assert set(opt.names) <= click_names, opt.names
     fast_only = {opt.dest for opt in RUN_OPTIONS if not opt.fast}
-    assert fast_only == {"keepalive"}  # the blocking client does not ping
+    # the blocking client does not ping, forward or hop: those go to click (asyncio)
+    assert fast_only == {"keepalive", "local_forwards", "remote_forwards", "dynamic_forwards",
+                         "via"}
 
 
 def test_a_new_option_reaches_both_parsers(monkeypatch: pytest.MonkeyPatch) -> None:

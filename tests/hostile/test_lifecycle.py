@@ -126,8 +126,9 @@ def _header(cls: type[Message]) -> dict[str, Any]:
 
 
 def test_the_server_only_list_is_complete() -> None:
-    assert SERVER_ONLY == ["done", "entries", "entry", "exit", "files", "meta", "ready",
-                           "started", "status", "welcome"]
+    assert SERVER_ONLY == ["connected", "done", "entries", "entry", "exit", "files",
+                           "incoming", "listening", "meta", "ready", "started", "status",
+                           "welcome"]
 
 
 @pytest.mark.parametrize("kind", SERVER_ONLY)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tether.protocol.connection import CLOSED, NEED_DATA, Connection, Event
+from tether.protocol.forwarding import Connect, Connected, Incoming, Listen, Listening
 from tether.protocol.frames import KIND_DATA, KIND_MSG, MAGIC, PREFIX, Frame, FrameDecoder
 from tether.protocol.messages import (
     REGISTRY,
@@ -119,6 +120,11 @@ SAMPLES: dict[str, Message] = {
     "shell": Shell(pty=False, argv=["bash", "-l"], rows=40, cols=132),
     "resize": Resize(rows=50, cols=200),
     "status": Status(index=1, status=0),
+    "connect": Connect(host="db.internal", port=5432, origin="127.0.0.1:50000"),
+    "connected": Connected(host="10.0.0.5", port=5432),
+    "listen": Listen(port=0),
+    "listening": Listening(host="127.0.0.1", port=40123),
+    "incoming": Incoming(id=1, origin="127.0.0.1:50001"),
 }
 
 

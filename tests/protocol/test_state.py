@@ -124,12 +124,12 @@ def test_stream_error_ends_only_that_stream() -> None:
 def test_samples_cover_the_registry() -> None:
     assert set(SAMPLES) == set(REGISTRY)
     assert types_not_sent_by(Role.CLIENT) == [
-        "done", "entries", "entry", "exit", "files", "meta", "ready", "started", "status",
-        "welcome",
+        "connected", "done", "entries", "entry", "exit", "files", "incoming", "listening",
+        "meta", "ready", "started", "status", "welcome",
     ]
     assert types_not_sent_by(Role.SERVER) == [
-        "batch", "begin", "close", "commit", "exec", "fetch", "get", "hello", "list", "put",
-        "resize", "shell", "signal",
+        "batch", "begin", "close", "commit", "connect", "exec", "fetch", "get", "hello",
+        "list", "listen", "put", "resize", "shell", "signal",
     ]
 
 

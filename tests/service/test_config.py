@@ -73,6 +73,11 @@ def every_key(tmp: Path) -> dict[str, str]:
         "disk-threads-per-client": "30",
         "refusal-log-interval": "31.5",
         "pass-env": '["TERM", "http_proxy"]',
+        "permit-open": '["db.internal:5432", "*:443", "/run/app.sock"]',
+        "permit-listen": '["0", "127.0.0.1:8080"]',
+        "gateway-ports": "true",
+        "max-forwards-per-connection": "32",
+        "max-buffered-per-client": "33554432",
     }
 
 

@@ -71,7 +71,8 @@ def _id_line(cert_der: bytes, name: str) -> str:
 @click.option("--principal", "principals", multiple=True, required=True,
               help="A principal (repeatable, or comma-separated): what servers map to accounts.")
 @click.option("--valid", required=True, help="How long the certificate is valid: 8h, 30d, ...")
-@click.option("--allow", help="Narrow the certificate to these permissions (exec,shell,put,get).")
+@click.option("--allow", help="Narrow the certificate to these permissions "
+                               "(exec,shell,put,get,forward).")
 def sign_user(directory: Path, id_line: str, principals: tuple[str, ...], valid: str,
               allow: str | None) -> None:
     """Print an identity line holding a user certificate for ID_LINE's key (`tether id`)."""

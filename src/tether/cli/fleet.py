@@ -80,6 +80,21 @@ def one_host(host: str, home: str | None, port: int,
     return address, target.port, keepalive or target.keepalive or 0.0
 
 
+def inventory_via(host: str, home: str | None) -> list[str]:
+    """The jump hosts an inventory host is reached through (its ``via``), if HOST is one."""
+    from tether.inventory import InventoryError, load, names_inventory_host
+
+    if "," in host or host.startswith("@"):
+        return []
+    name = host.rpartition("@")[2]
+    try:
+        if not names_inventory_host(name, home):
+            return []
+        return list(load(home).hosts[name].via)
+    except InventoryError:
+        return []  # one_host, asked next, warns or refuses
+
+
 def _names_inventory_host(host: str, home: str | None) -> bool:
     """Whether HOST is an inventory name. A broken hosts.toml does not stop a plain IP
     address, which needs no inventory: it is warned about (once: this is asked once per

@@ -20,11 +20,13 @@ import click
 from tether.cli.options import (
     CONNECT_OPTIONS,
     CONNECT_TIMEOUT_OPTION,
+    FORWARD_OPTIONS,
     HOME,
     KEEPALIVE,
     MUX_OPTIONS,
     PORT,
     RUN_OPTIONS,
+    VIA,
     click_options,
     host_command_class,
     identity_name,
@@ -139,7 +141,7 @@ def id_(home: str | None, server: bool) -> None:
 @click.option("--root", type=click.Path(file_okay=False, exists=True, resolve_path=True),
               help="Confine this client's file operations and commands' working directory here "
                    "(an existing directory; stored as an absolute path).")
-@click.option("--allow", default="exec,shell,put,get", show_default=True,
+@click.option("--allow", default="exec,shell,put,get,forward", show_default=True,
               help="Comma-separated permissions: exec (run commands), shell (interactive "
                    "shells), put (upload files), get (download files).")
 @click.option("--list", "list_", is_flag=True,
@@ -237,10 +239,15 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
     from tether.cli.fleet import FleetOptions, run_fleet, wants_fleet
 
     if wants_fleet(host, opts.home, group_output or as_json):
+        if opts.local_forwards or opts.remote_forwards or opts.dynamic_forwards or opts.via:
+            from tether.errors import UsageError
+
+            raise UsageError("-L, -R, -D and --via reach one host, not several")
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
                                             opts.keepalive, opts.connect_timeout))
-    from tether.cli.fleet import host_mux, one_host
+    from tether.cli.fleet import host_mux, inventory_via, one_host
 
+    opts.via = opts.via or inventory_via(host, opts.home)
     # an inventory name: its address, port, keepalive and mux setting
     opts.mux = host_mux(host, opts.home, opts.mux)
     opts.host, opts.port, opts.keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
@@ -253,11 +260,14 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
               help="Line mode even on a terminal: one command per line, statuses reported.")
 @keepalive_option
 @click_options(MUX_OPTIONS)
+@click_options([*FORWARD_OPTIONS, VIA])
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
           connect_timeout: float, lines: bool, keepalive: float, mux: str | None,
-          mux_persist: float, host: str,
+          mux_persist: float, local_forwards: tuple[str, ...],
+          remote_forwards: tuple[str, ...], dynamic_forwards: tuple[str, ...],
+          via: tuple[str, ...], host: str,
           command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
@@ -266,24 +276,81 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
     line mode, each line one command in one persistent shell, failures reported on stderr.
     Needs the `shell` permission on the server.
     """
-    from tether.cli.fleet import one_host
+    from tether.cli.fleet import inventory_via, one_host
+    from tether.cli.forward import parse_specs
     from tether.cli.shell import shell_main
 
     warn_if_certificate_expires(home)
+    via = via or tuple(inventory_via(host, home))
     argv = list(command[1:] if command and command[0] == "--" else command)
     from tether.cli.fleet import host_mux
 
+    specs = parse_specs(local_forwards, remote_forwards, dynamic_forwards)
     mode = host_mux(host, home, mux)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
     return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
-                      connect_timeout, (mode or "existing", mux_persist))
+                      connect_timeout, (mode or "existing", mux_persist), specs, via)
+
+
+@cli.command()
+@click_options([*CONNECT_OPTIONS, *FORWARD_OPTIONS, VIA])
+@keepalive_option
+@click.argument("host")
+def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
+            connect_timeout: float, local_forwards: tuple[str, ...],
+            remote_forwards: tuple[str, ...], dynamic_forwards: tuple[str, ...],
+            via: tuple[str, ...], keepalive: float, host: str) -> int:
+    """Forward ports through HOST until Ctrl-C, like ssh -N with -L, -R and -D.
+
+    One line per listener on stdout (for -R 0:..., the port the server chose); one line on
+    stderr per connection that fails (a refused destination closes its local socket at
+    once). Needs the `forward` permission and the server's permits. Exit status 130 on
+    Ctrl-C, 255 if the connection ends.
+    """
+    from tether.cli.fleet import inventory_via, one_host
+    from tether.cli.forward import forward_main
+
+    warn_if_certificate_expires(home)
+    via = via or tuple(inventory_via(host, home))
+    host, port, keepalive = one_host(host, home, port, keepalive)
+    return forward_main(host, port, home, accept_new, plaintext, keepalive, local_forwards,
+                        remote_forwards, dynamic_forwards, via, connect_timeout)
+
+
+@cli.command()
+@click_options([*CONNECT_OPTIONS, VIA])
+@keepalive_option
+@click.argument("words", nargs=-1, required=True, metavar="[SERVER] HOST PORT")
+def proxy(home: str | None, port: int, accept_new: bool, plaintext: bool,
+          connect_timeout: float, via: tuple[str, ...], keepalive: float,
+          words: tuple[str, ...]) -> int:
+    """Connect stdin and stdout to HOST:PORT as the tether SERVER sees it, for ssh's
+    ProxyCommand: ssh -o ProxyCommand='tether proxy bastion %h %p' internal.
+
+    Without SERVER, the last --via host is the one that connects.
+    """
+    from tether.cli.forward import proxy_main
+
+    if len(words) == 3:
+        server, dest, dest_port = words
+    elif len(words) == 2 and via:
+        hops = [h for item in via for h in item.split(",") if h]
+        server, via = hops[-1], tuple(hops[:-1])
+        dest, dest_port = words
+    else:
+        raise click.UsageError("give SERVER HOST PORT (or HOST PORT with --via SERVER)")
+    if not dest_port.isdigit() or not 0 < int(dest_port) < 65536:
+        raise click.BadParameter(f"{dest_port!r} is not a port number", param_hint="PORT")
+    warn_if_certificate_expires(home)
+    return proxy_main(server, port, home, accept_new, plaintext, keepalive, dest,
+                      int(dest_port), via, connect_timeout)
 
 
 def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([
         home_option,
-        click_options([PORT, CONNECT_TIMEOUT_OPTION]),
+        click_options([PORT, CONNECT_TIMEOUT_OPTION, VIA]),
         click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
         click.option("--force", is_flag=True, help="Replace existing destination files."),
         click.option("--rename", is_flag=True,
@@ -316,6 +383,7 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
         keepalive=kw["keepalive"], safe_links=kw["safe_links"],
         connect_timeout=kw["connect_timeout"], mux=kw["mux"], mux_persist=kw["mux_persist"],
+        via=tuple(kw["via"]),
     )
 
 

@@ -88,6 +88,10 @@ KEEPALIVE = Option(
     help="Ping a server silent for this long; after 3 silent intervals give up (exit 255), "
          "like ssh's ServerAliveInterval [default: 0, off].")
 
+VIA = Option(
+    ("-J", "--via"), "via", MULTI, metavar="HOST[,HOST...]", fast=False,
+    help="Reach HOST through these tether servers in order (jump hosts, like ssh -J): TLS end "
+         "to end, each hop only relays, each host pinned; HOST[:PORT] or inventory names.")
 MUX = Option(
     ("--mux",), "mux", type=lambda text: _choice(text, ("auto", "no")), metavar="auto|no",
     help="auto: share one connection per host through tether mux (started on demand); no: "
@@ -101,11 +105,25 @@ MUX_OPTIONS = (MUX, MUX_PERSIST)
 # How to reach a server: every command that connects takes these.
 CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT, CONNECT_TIMEOUT_OPTION)
 
+# Port forwarding (cli/forward.py parses the values), as ssh writes it.
+FORWARD_OPTIONS = (
+    Option(("-L",), "local_forwards", MULTI, metavar="[BIND:]PORT:DEST:DPORT", fast=False,
+           help="Listen here on PORT (or /local.sock); connect to DEST:DPORT (or /remote.sock) "
+                "from the server, like ssh -L (repeatable)."),
+    Option(("-R",), "remote_forwards", MULTI, metavar="[BIND:]PORT:DEST:DPORT", fast=False,
+           help="Listen on the server on PORT (0: it chooses, printed) or /remote.sock; "
+                "connect to DEST:DPORT from here, like ssh -R (repeatable)."),
+    Option(("-D",), "dynamic_forwards", MULTI, metavar="[BIND:]PORT", fast=False,
+           help="A SOCKS5 proxy here on PORT whose connections leave from the server, which "
+                "resolves the names, like ssh -D (repeatable)."),
+)
+
 
 def _choice(text: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise ValueError(text)
     return text
+
 
 RUN_OPTIONS = (
     *CONNECT_OPTIONS,
@@ -119,6 +137,8 @@ RUN_OPTIONS = (
     Option(("-n", "--no-stdin"), "no_stdin", FLAG, help="Do not forward stdin (like ssh -n)."),
     KEEPALIVE,
     *MUX_OPTIONS,
+    *FORWARD_OPTIONS,
+    VIA,
 )
 
 
@@ -137,6 +157,9 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
         connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
         mux=values.get("mux"), mux_persist=values.get("mux_persist", 60.0),
+        local_forwards=values.get("local_forwards") or (),
+        remote_forwards=values.get("remote_forwards") or (),
+        dynamic_forwards=values.get("dynamic_forwards") or (), via=values.get("via") or (),
     )
 
 
@@ -341,6 +364,7 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "KEEPALIVE", "LISTEN_PORT", "MUX_OPTIONS",
-           "PORT", "RUN_OPTIONS", "Option", "click_options", "fast_parse", "host_command_class",
-           "identity_name", "run_options", "split_host_command"]
+__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "FORWARD_OPTIONS", "KEEPALIVE",
+           "LISTEN_PORT", "MUX_OPTIONS", "PORT", "RUN_OPTIONS", "VIA", "Option", "click_options",
+           "fast_parse", "host_command_class", "identity_name", "run_options",
+           "split_host_command"]

@@ -37,12 +37,27 @@ def _stdin_pump(loop: asyncio.AbstractEventLoop, proc: Process) -> None:
 
 async def _run(opts: RunOptions) -> int:
     opts.check()
+    specs = []
+    if opts.local_forwards or opts.remote_forwards or opts.dynamic_forwards:
+        from tether.cli.forward import parse_specs
+
+        specs = parse_specs(opts.local_forwards, opts.remote_forwards, opts.dynamic_forwards)
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
                        keepalive=opts.keepalive, timeout=opts.connect_timeout,
-                       mux=opts.mux or "existing", mux_persist=opts.mux_persist) as conn:
-        return await _execute(conn, opts)
+                       mux=opts.mux or "existing", mux_persist=opts.mux_persist,
+                       via=opts.via) as conn:
+        if not specs:
+            return await _execute(conn, opts)
+        from tether.cli.forward import announce_on_stderr, start_forwards
+
+        forwards = await start_forwards(conn, specs, opts.host, announce_on_stderr)
+        try:
+            return await _execute(conn, opts)  # forwards live as long as the command runs
+        finally:
+            for fwd in forwards:
+                fwd.close()
 
 
 class SignalRelay:

@@ -40,6 +40,8 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
                                         "at once (0: half of those left for operations)."),
     ("max_processes_per_client", int, "Commands and shells running at once per client."),
     ("max_streams_per_connection", int, "Operations at once on one connection."),
+    ("max_forwards_per_connection", int, "Forwarded connections (-L, -R, -D, --via) at once "
+                                         "on one connection."),
     ("max_pending_per_address", int, "Connections in their TLS handshake per address."),
     ("max_failures_per_address", int, "Failed handshakes per address per minute before it "
                                       "is refused until it is quiet."),
@@ -147,6 +149,16 @@ def _env_names(_ctx: click.Context, _param: click.Parameter,
                    "$TETHER_HOME/principals (repeatable).")
 @click.option("--crl", type=click.Path(exists=True, dir_okay=False),
               help="The CAs' revocation list (re-read when it changes).")
+@click.option("--permit-open", "permit_open", multiple=True, metavar="HOST:PORT",
+              help="Clients may forward only to these destinations (repeatable; * for any "
+                   "host or port; an absolute path for a Unix socket) [default: anywhere, "
+                   "confined clients nowhere].")
+@click.option("--permit-listen", "permit_listen", multiple=True, metavar="[BIND:]PORT",
+              help="Clients may listen (-R) only on these ports (repeatable; 0 or * lets the "
+                   "server choose; an absolute path for a Unix socket) [default: any port, "
+                   "confined clients none].")
+@click.option("--gateway-ports", is_flag=True,
+              help="Let clients' listeners (-R) bind addresses other than loopback.")
 @limit_options
 def serve(ctx: click.Context, **options: Any) -> None:
     """Serve clients in the foreground; SIGHUP reloads, SIGTERM drains, Ctrl-C stops at once."""
@@ -189,6 +201,7 @@ def server_config(values: dict[str, Any]) -> ServerConfig:
     from tether.errors import ConfigError
     from tether.server.config import ServerConfig, is_loopback
     from tether.server.limits import Limits
+    from tether.server.permits import ForwardPolicy, parse_permit
 
     v = values
     classic = _classic_config(v["host"], v["port"], v["classic_port"], v["classic_host"],
@@ -212,6 +225,9 @@ def server_config(values: dict[str, Any]) -> ServerConfig:
         pass_env=tuple(v["pass_env"]),
         trust_cas=tuple(Path(p) for p in v["trust_cas"]),
         crl=Path(v["crl"]) if v["crl"] else None,
+        forwarding=ForwardPolicy(tuple(parse_permit(p) for p in v["permit_open"]),
+                                 tuple(parse_permit(p, listen=True) for p in v["permit_listen"]),
+                                 v["gateway_ports"]),
     )
     if v["root"]:
         config.root = Path(v["root"]).resolve()

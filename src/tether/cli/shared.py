@@ -16,6 +16,7 @@ from tether.errors import BadRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import BinaryIO, TextIO
 
 class RunOptions:
@@ -26,7 +27,9 @@ class RunOptions:
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
                  keepalive: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT,
-                 mux: str | None = None, mux_persist: float = 60.0) -> None:
+                 mux: str | None = None, mux_persist: float = 60.0,
+                 local_forwards: Sequence[str] = (), remote_forwards: Sequence[str] = (),
+                 dynamic_forwards: Sequence[str] = (), via: Sequence[str] = ()) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -43,6 +46,10 @@ class RunOptions:
         self.mux = mux  # "auto", "no", or None: the inventory host's setting, else a running
         # mux is used if there is one ("existing")
         self.mux_persist = mux_persist
+        self.local_forwards = list(local_forwards)  # -L, -R, -D as written (cli/forward.py)
+        self.remote_forwards = list(remote_forwards)
+        self.dynamic_forwards = list(dynamic_forwards)
+        self.via = list(via)  # jump hosts
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""

@@ -17,7 +17,8 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from tether.cli.escape import printable
 from tether.cli.shared import confirm_on_tty, output_sinks
@@ -28,6 +29,9 @@ from tether.errors import BadRequest, ConnectionBroken, NoTerminal
 if sys.platform != "win32":  # a Windows client has line mode only (no termios there)
     import termios
     import tty
+
+if TYPE_CHECKING:
+    from tether.cli.forward import ForwardSpec
 
 STDIN_CHUNK = 64 * 1024
 
@@ -171,29 +175,44 @@ async def _line_session(conn: Connection) -> int:
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                  command: list[str], terminal: bool, keepalive: float,
-                 connect_timeout: float, mux: tuple[str, float]) -> int:
+                 connect_timeout: float, mux: tuple[str, float],
+                 specs: Sequence[ForwardSpec] = (), via: Sequence[str] = ()) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
                        confirm=confirm, keepalive=keepalive, timeout=connect_timeout,
-                       mux=mux[0], mux_persist=mux[1]) as conn:
-        if terminal:
-            try:
-                return await _terminal_session(conn, command)
-            except NoTerminal as exc:
-                if command:
-                    raise
-                print(f"tether: {printable(exc)}; continuing in line mode", file=sys.stderr,
-                      flush=True)
-                return await _line_session(conn)
-        if command:
-            raise BadRequest("a command needs a terminal (stdin is not one): use tether run")
-        return await _line_session(conn)
+                       mux=mux[0], mux_persist=mux[1], via=via) as conn:
+        forwards = []
+        if specs:
+            from tether.cli.forward import announce_on_stderr, start_forwards
+
+            forwards = await start_forwards(conn, specs, host, announce_on_stderr)
+        try:
+            return await _session(conn, command, terminal)
+        finally:
+            for fwd in forwards:
+                fwd.close()
+
+
+async def _session(conn: Connection, command: list[str], terminal: bool) -> int:
+    if terminal:
+        try:
+            return await _terminal_session(conn, command)
+        except NoTerminal as exc:
+            if command:
+                raise
+            print(f"tether: {printable(exc)}; continuing in line mode", file=sys.stderr,
+                  flush=True)
+            return await _line_session(conn)
+    if command:
+        raise BadRequest("a command needs a terminal (stdin is not one): use tether run")
+    return await _line_session(conn)
 
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                command: list[str], force_lines: bool, keepalive: float = 0.0,
                connect_timeout: float = CONNECT_TIMEOUT,
-               mux: tuple[str, float] = ("existing", 60.0)) -> int:
+               mux: tuple[str, float] = ("existing", 60.0), specs: Sequence[ForwardSpec] = (),
+               via: Sequence[str] = ()) -> int:
     """The shell's exit status; errors propagate to :mod:`tether.cli.policy`. ``mux``: the
     mode and the persist time (see :mod:`tether.client.mux`)."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
@@ -206,6 +225,6 @@ def shell_main(host: str, port: int, home: str | None, accept_new: bool, plainte
         terminal = False
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
-                                  keepalive, connect_timeout, mux))
+                                  keepalive, connect_timeout, mux, specs, via))
     except asyncio.CancelledError as exc:  # the connection went while the terminal waited
         raise ConnectionBroken("connection lost") from exc

@@ -145,7 +145,8 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
                        keepalive=opts.keepalive, timeout=opts.connect_timeout,
-                       mux=opts.mux or "existing", mux_persist=opts.mux_persist) as conn:
+                       mux=opts.mux or "existing", mux_persist=opts.mux_persist,
+                       via=opts.via) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume, progress=progress,
                                       safe_links=opts.safe_links)

@@ -31,3 +31,4 @@ class TransferOptions:
     mux: str | None = None  # "auto", "no", or None: the inventory host's setting, else a running
     # mux is used if there is one ("existing")
     mux_persist: float = 60.0
+    via: tuple[str, ...] = ()  # jump hosts (--via)

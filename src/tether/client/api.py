@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
@@ -53,6 +54,9 @@ from tether.net.translate import connecting, translated
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tether.client.forward import Forwarder
     from tether.client.shells import LineShell, ShellProcess
     from tether.client.transfer_base import Progress, TransferResult
 
@@ -72,6 +76,8 @@ class Connection:
         self.shared = False  # lent by tether mux (see tether.client.mux)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
+        self._carriers: list[Connection] = []  # jump hosts this connection rides (--via)
+        self._carried: set[asyncio.Task[None]] = set()  # connections riding this one
 
     async def _read_loop(self) -> None:
         try:
@@ -256,11 +262,69 @@ class Connection:
             opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
+    # --- forwarding (client/forward.py) -------------------------------------------------------
+
+    async def forward_local(self, listen_port: int, dest_host: str = "", dest_port: int = 0, *,
+                            listen_host: str = "127.0.0.1", listen_path: str = "",
+                            dest_path: str = "", report: Callable[[str], None] | None = None
+                            ) -> Forwarder:
+        """ssh ``-L``: listen here (``listen_port`` 0: any free port, see ``.port``); each
+        connection goes to ``dest_host:dest_port`` (or ``dest_path``) as the server sees it.
+        ``report`` hears one line per failed connection. Close the result to stop."""
+        from tether.client import forward
+
+        return await forward.forward_local(self, listen_host, listen_port, dest_host,
+                                           dest_port, listen_path=listen_path,
+                                           dest_path=dest_path, report=report)
+
+    async def forward_remote(self, listen_port: int, dest_host: str = "", dest_port: int = 0,
+                             *, listen_host: str = "", listen_path: str = "",
+                             dest_path: str = "", report: Callable[[str], None] | None = None
+                             ) -> Forwarder:
+        """ssh ``-R``: listen on the server (loopback unless it allows more; ``listen_port``
+        0: the server chooses, see ``.port``); each connection comes back to
+        ``dest_host:dest_port`` (or ``dest_path``) as this machine sees it."""
+        from tether.client import forward
+
+        return await forward.forward_remote(self, listen_host, listen_port, dest_host,
+                                            dest_port, listen_path=listen_path,
+                                            dest_path=dest_path, report=report)
+
+    async def forward_socks(self, listen_port: int, *, listen_host: str = "127.0.0.1",
+                            listen_path: str = "", report: Callable[[str], None] | None = None
+                            ) -> Forwarder:
+        """ssh ``-D``: a SOCKS5 proxy here; connections leave from the server, which resolves
+        the names."""
+        from tether.client import forward
+
+        return await forward.forward_socks(self, listen_host, listen_port,
+                                           listen_path=listen_path, report=report)
+
+    async def open_connection(self, host: str = "", port: int = 0, *, path: str = ""
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream pair to ``host:port`` (or the Unix socket ``path``) as the server sees
+        it, like :func:`asyncio.open_connection`; a refusal raises RemoteError."""
+        from tether.client import forward
+
+        return await forward.open_connection(self, host, port, path=path)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection ends; raise why, unless :meth:`close` ended it."""
+        try:
+            await asyncio.shield(self._reader)
+        except asyncio.CancelledError:
+            if not self._reader.done():
+                raise  # we were cancelled (Ctrl-C), not the connection
+        if self._failure is not None and not isinstance(self._failure, ConnectionClosed):
+            raise self._failure
+
     async def close(self) -> None:
         self._reader.cancel()
         with contextlib.suppress(BaseException):
             await self._reader
         await self._framed.close()
+        for carrier in reversed(self._carriers):
+            await carrier.close()
 
     async def __aenter__(self) -> Connection:
         return self
@@ -281,18 +345,20 @@ async def _within(deadline: Deadline, work: Awaitable[T]) -> T:
 
 
 async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
-                deadline: Deadline) -> FramedProtocol:
-    """The connection, TCP then TLS, each phase within what ``deadline`` has left."""
+                deadline: Deadline, sock: socket.socket | None = None) -> FramedProtocol:
+    """The connection, TCP then TLS, each phase within what ``deadline`` has left; over
+    ``sock`` when given (a jump host's forwarded connection) instead of a new TCP one."""
     from tether.hosttrust import refused_in_handshake
 
     loop = asyncio.get_running_loop()
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
     with connecting(host, port):
         if ctx is None:
             _, link = await _within(deadline, loop.create_connection(
-                lambda: FramedProtocol(Role.CLIENT), host, port))
+                lambda: FramedProtocol(Role.CLIENT), **where))
             return link
         transport, _ = await _within(deadline, loop.create_connection(
-            asyncio.Protocol, host, port))  # nothing is read before TLS starts
+            asyncio.Protocol, **where))  # nothing is read before TLS starts
         deadline.phase = TLS
         try:
             link = FramedProtocol(Role.CLIENT)
@@ -310,17 +376,19 @@ async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
     return link
 
 
-async def _open(host: str, options: ConnectOptions, user: str = "") -> Connection:
+async def _open(host: str, options: ConnectOptions, user: str = "",
+                sock: socket.socket | None = None) -> Connection:
     """Connect, check the server (its pin or host certificate), hello/welcome (asking for the
     account ``user``) — all within ``options.timeout``, however slowly the bytes come
     (:class:`~tether.client.deadline.Deadline`): the asyncio driver's I/O around the core's
-    decisions."""
+    decisions. ``sock``: a socket already carried to ``host`` (a jump host's forwarded
+    connection): TLS runs over it end to end, and the server is pinned as ``host`` as usual."""
     from tether.hosttrust import client_context
     from tether.tls import HOST_CERT_SNI
 
     if options.plaintext:
         check_plaintext(host)
-    elif options.mux != "no":
+    elif options.mux != "no" and sock is None:  # through jump hosts: never the mux's
         shared = await _open_shared(host, options, user)
         if shared is not None:
             return shared
@@ -330,7 +398,7 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
     ctx, by_ca = (None, False) if identity is None else client_context(
         home, host, options.port, identity.cert_path, identity.key_path)
     sni = HOST_CERT_SNI if by_ca else "tether"
-    framed = FramedConnection(await _link(host, options.port, ctx, sni, deadline))
+    framed = FramedConnection(await _link(host, options.port, ctx, sni, deadline, sock))
     core = ClientCore(framed.proto)
     try:
         if identity is not None:
@@ -445,7 +513,10 @@ class connect:  # used like a function: `async with tether.connect(...)`
     the server for N s"), so a server that vanished without closing is noticed even while a
     command runs. ``user`` (or ``host`` written ``user@host``) asks the server to run this
     connection's work as that Unix account; the server admits it only if this client's
-    principal or authorized entry allows that account.
+    principal or authorized entry allows that account. ``via`` (ssh's ``-J``): jump hosts,
+    ``HOST[:PORT]`` or inventory names, reached in order; the connection to ``host`` rides a
+    forwarded connection through them with TLS end to end (each hop only relays its bytes),
+    and every host is authenticated and pinned as usual.
     """
 
     def __init__(
@@ -463,6 +534,7 @@ class connect:  # used like a function: `async with tether.connect(...)`
         mux: str | None = None,
         mux_persist: float | None = None,
         user: str = "",
+        via: Sequence[str] | None = None,
     ) -> None:
         if not user and "@" in host:
             user, _, host = host.rpartition("@")
@@ -474,11 +546,19 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self._port_given = port is not None or (options is not None
                                                 and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
+        self.via = [hop for item in via or () for hop in item.split(",") if hop]
 
     async def _connect(self) -> Connection:
+        from tether.client.jump import inventory_via, through
+
+        via = self.via or inventory_via(self.host, self.options.home)
         host, options, user = _inventory_target(self.host, self.options, self._port_given,
                                                 self.user)
-        return await _open(host, options, user)
+        if not via:
+            return await _open(host, options, user)
+        conn, hops = await through(via, host, options, user, _open, _inventory_target)
+        conn._carriers = hops
+        return conn
 
     def __await__(self) -> Any:
         return self._connect().__await__()

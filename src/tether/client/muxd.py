@@ -44,6 +44,7 @@ from tether.errors import (
 from tether.home import SIGNED_CERT, check_host, fingerprint
 from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA, Connection, Event
+from tether.protocol.forwarding import Connect
 from tether.protocol.frames import (
     KIND_DATA,
     KIND_MSG,
@@ -477,7 +478,11 @@ class Mux:
         if not isinstance(msg, Message) or msg.stream == 0:
             return False
         route = up.open_route(link, msg.stream) if msg.OPENS else link.routes[msg.stream]
-        up.send(encode_msg(route.upstream_id, msg.to_header()))
+        header = msg.to_header()
+        if isinstance(msg, Connect) and msg.listener:  # a stream id inside a message: renumbered
+            listener = link.routes.get(msg.listener)
+            header["listener"] = listener.upstream_id if listener is not None else 0
+        up.send(encode_msg(route.upstream_id, header))
         if msg.FINAL:
             route.client_final = True
             if route.server_final:

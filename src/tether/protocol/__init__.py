@@ -11,6 +11,7 @@ from tether.protocol.connection import (
     Connection,
     State,
 )
+from tether.protocol.forwarding import Connect, Connected, Incoming, Listen, Listening
 from tether.protocol.frames import MAX_BODY, MAX_HEADER
 from tether.protocol.messages import (
     MAX_BYTES,
@@ -65,6 +66,8 @@ __all__ = [
     "Begin",
     "Close",
     "Commit",
+    "Connect",
+    "Connected",
     "Connection",
     "Credit",
     "Data",
@@ -79,7 +82,10 @@ __all__ = [
     "Files",
     "Get",
     "Hello",
+    "Incoming",
     "List",
+    "Listen",
+    "Listening",
     "Message",
     "Meta",
     "Ping",

@@ -564,6 +564,15 @@ _SCHEMA: "dict[type[Message], dict[str, tuple[Field, Callable[[Any], bool]]]]" =
 }
 
 
+def register(*classes: "type[Message]") -> None:
+    """Add message classes defined in another module (protocol/forwarding.py) to
+    :data:`REGISTRY`, with their decoders; done once, when that module is imported (the
+    package's ``__init__`` imports it, so no connection ever lacks them)."""
+    for cls in classes:
+        REGISTRY[cls.TYPE] = cls
+        _SCHEMA[cls] = {f.name: (f, _checker(f.type)) for f in cls.FIELDS if f.name != "stream"}
+
+
 def decode_message(header: "dict[str, Any]", stream: int) -> Message:
     """Build the message a header describes, or raise RemoteProtocolError saying what is wrong."""
     kind = header.get("t")

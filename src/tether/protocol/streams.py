@@ -1,10 +1,11 @@
 """Per-operation stream rules: one transition table per opening message, in one place.
 
 A stream is one operation, named by the message that opened it (``exec``, ``shell``, ``put``,
-``get``, ``list``, ``batch``, ``fetch``). Each side of a stream has a *half*: what the client has
-sent on it and what the server has sent on it. The two halves move independently (the two
-directions of a connection are independent), and each half moves only on its own sender's
-frames, so both peers always agree on both halves without waiting for each other.
+``get``, ``list``, ``batch``, ``fetch``, ``connect``, ``listen``). Each side of a stream has
+a *half*: what the client has sent on it and what the server has sent on it. The two halves
+move independently (the two directions of a connection are independent), and each half moves
+only on its own sender's frames, so both peers always agree on both halves without waiting for
+each other.
 
 The rules (docs/PROTOCOL.md, "Streams" and "Operations", is the normative text):
 
@@ -200,8 +201,40 @@ FETCH = Operation(
 )
 
 
+# --- connect ----------------------------------------------------------------------------------
+# a byte stream both ways on channel 0, each direction ended by its eof (half-close). The client
+# may send at once (the server holds it, within the window, until it has connected); the server
+# answers connected, then sends DATA and its eof, and ends the stream with done (at any time
+# once connected: the client abandoned it, or both directions are over).
+
+CONNECT = Operation(
+    "connect", lambda msg: ("sending", "connecting"),
+    client=_half({"sending": _same("credit", eof="sent"),
+                  "sent": _same("credit")}),
+    server=_half({"connecting": {"connected": "open"},
+                  "open": _same("credit", eof="drained", done=ENDED),
+                  "drained": _same("credit", done=ENDED)}),
+    client_data={"sending": frozenset({0})},
+    server_data={"open": frozenset({0})},
+)
+
+
+# --- listen -----------------------------------------------------------------------------------
+# the server: listening (the address it bound), then an incoming per connection, done when the
+# listener is closed (the client closed the stream, or the server stops it).
+
+LISTEN = Operation(
+    "listen", lambda msg: ("waiting", "binding"),
+    client=_half({"waiting": {}}),
+    server=_half({"binding": {"listening": "listening"},
+                  "listening": _same("incoming", done=ENDED)}),
+    client_data={},
+    server_data={},
+)
+
+
 OPERATIONS: dict[str, Operation] = {
-    op.name: op for op in (EXEC, SHELL, PUT, GET, LIST, BATCH, FETCH)
+    op.name: op for op in (EXEC, SHELL, PUT, GET, LIST, BATCH, FETCH, CONNECT, LISTEN)
 }
 
 

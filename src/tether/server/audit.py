@@ -4,8 +4,10 @@ Events: ``connection`` (fingerprint, name, address), ``refused`` (address, reaso
 and ``interval`` when it sums up the refusals of one address, see server/refusals.py),
 ``disconnection`` (a ``reason`` when the connection failed: idle, no keepalive answer, lost),
 ``command`` (argv, cwd, status, signal, timed_out, duration), ``shell``, ``transfer`` (op, path,
-bytes, hash, outcome), ``list`` (path, count), ``stream_error`` (code, reason and, for a refused
-request, its op and argv or path) and ``classic``. Every line is ASCII (JSON escapes). Lines are
+bytes, hash, outcome), ``list`` (path, count), ``forward`` (one forwarded connection: from, to,
+bytes_in from the client, bytes_out to it, duration, outcome), ``listen`` (a listener's
+address), ``stream_error`` (code, reason and, for a refused request, its op and argv, path or
+target) and ``classic``. Every line is ASCII (JSON escapes). Lines are
 written whole with one ``write`` on an O_APPEND file, so concurrent writers never interleave
 within a line.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from tether.defaults import DEFAULT_PORT
 from tether.errors import TetherError
 from tether.server.limits import Limits
+from tether.server.permits import ForwardPolicy
 
 
 def is_loopback(host: str) -> bool:
@@ -93,3 +94,4 @@ class ServerConfig:
     pass_env: tuple[str, ...] = ()  # server variables commands get besides the login ones
     trust_cas: tuple[Path, ...] = ()  # admit clients these CAs signed (server/trust.py)
     crl: Path | None = None  # their revocation list, re-read when it changes
+    forwarding: ForwardPolicy = field(default_factory=ForwardPolicy)  # --permit-*, --gateway-ports

@@ -14,6 +14,7 @@ from tether.server.buffers import ByteBudget
 from tether.server.descriptors import Descriptors
 from tether.server.diskpool import DiskPool
 from tether.server.limits import Admission, Limits
+from tether.server.permits import ForwardPolicy
 from tether.server.privsep import SharedCounts
 from tether.server.refusals import Refusals
 from tether.server.shares import Shares
@@ -41,6 +42,7 @@ class SessionContext:
     disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
     descriptors: Descriptors | None = None  # what operations hold, in total and per identity
     fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
+    forwarding: ForwardPolicy = field(default_factory=ForwardPolicy)  # permits (server/permits)
     buffers: ByteBudget | None = None  # bytes held by connections, per identity
     # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
     next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))

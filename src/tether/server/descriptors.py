@@ -30,6 +30,8 @@ COSTS = {
     "get": 2,  # the source and its directory while it is found
     "fetch": 6,  # its base, at most 4 more directories and the file being read
     "list": 1,  # its top; each level it enters takes LIST_LEVEL more
+    "connect": 1,  # the socket to its destination
+    "listen": 1,  # the listening socket (connections waiting on it: MAX_PENDING, closed soon)
 }
 LIST_LEVEL = 2  # a directory of a listing and its scandir (which holds a duplicate)
 

@@ -25,6 +25,7 @@ class Limits:
     max_descriptors_per_client: int = 0  # held by one identity's operations (0: half of all)
     max_processes_per_client: int = 256  # commands and shells running at once, per identity
     max_streams_per_connection: int = 64  # operations at once on one connection
+    max_forwards_per_connection: int = 1024  # forwarded connections at once on one connection
     max_pending_per_address: int = 256  # connections still in their TLS handshake, per address
     max_failures_per_address: int = 30  # failed handshakes per address per failure_window...
     failure_window: float = 60.0  # ...after which that address is refused until it is quiet

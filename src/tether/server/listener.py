@@ -145,6 +145,7 @@ class Server:
             reserved=self.reserved, refusals=self.refusals, disk=self.disk,
             descriptors=self.descriptors,
             fetches=Shares(config.limits.max_fetches_per_client),
+            forwarding=config.forwarding,
             buffers=ByteBudget(config.limits.max_buffered_per_client),
             pass_env=config.pass_env,
         )

@@ -208,7 +208,7 @@ class Lifecycle:
         self.server.context = replace(
             self.server.context, limits=config.limits, root=config.root, name=config.name,
             encoding=config.encoding, kill_grace=config.kill_grace, drain=config.drain,
-            pass_env=config.pass_env)
+            pass_env=config.pass_env, forwarding=config.forwarding)
         self._reopen_audit()
         if changed:
             log.info("configuration changed: %s", ", ".join(changed))

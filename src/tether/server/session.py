@@ -29,7 +29,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, fingerprint
+from tether.identity import PERMISSIONS
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -37,6 +37,7 @@ from tether.protocol import (
     Begin,
     Close,
     Commit,
+    Connect,
     Data,
     Done,
     Eof,
@@ -46,6 +47,7 @@ from tether.protocol import (
     Get,
     Hello,
     List,
+    Listen,
     Message,
     Put,
     Refused,
@@ -60,13 +62,14 @@ from tether.server.buffers import Meter
 from tether.server.context import Peer, SessionContext
 from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
+from tether.server.forward import Forwards
 from tether.server.limits import Limits
 from tether.server.privsep import Worker, serve_as
 from tether.server.runs import command_run, line_run, platform_name
 from tether.server.shell import PtyRun, shell_spec
 from tether.server.stall import StallWatch
 from tether.server.streamkit import VERBS as _VERBS
-from tether.server.streamkit import StreamHandler
+from tether.server.streamkit import StreamHandler, presented, refused
 from tether.server.streamkit import TaskStream as _TaskStream
 from tether.server.streamkit import as_remote as _as_remote
 from tether.server.streamkit import identity_fields as _identity_fields
@@ -98,6 +101,8 @@ class Session:
         self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
         self.stall = StallWatch(self.limits.stall_timeout, self._stalled)  # uploads
         self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
+        self.forwards = Forwards(self.conn, context.forwarding, context.audit,
+                                 self.limits.max_forwards_per_connection)
         self.meter: Meter | None = None  # bytes held, in the identity's budget (buffers.py)
 
     async def serve(self) -> None:
@@ -133,10 +138,10 @@ class Session:
             audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
-            self._refused(address, str(exc), self._presented())
+            refused(self.context, address, str(exc), presented(self.context, self.conn))
             await self.conn.fail(exc)
         except TimeoutError:
-            self._refused(address, "no hello in time")
+            refused(self.context, address, "no hello in time")
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
@@ -153,20 +158,6 @@ class Session:
             if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
-
-    def _refused(self, address: str, reason: str,
-                 presented: dict[str, str] | None = None) -> None:
-        if self.context.refusals is not None:
-            self.context.refusals.refused(address, reason, presented)
-        else:
-            log.warning("refused %s: %s", address, reason)
-            self.context.audit.event("refused", address=address, reason=reason,
-                                     **(presented or {}))
-
-    def _presented(self) -> dict[str, str]:
-        """The fingerprint of the certificate a refused client presented, for the audit log."""
-        cert = None if self.context.plaintext else self.conn.peer_cert
-        return {"fingerprint": fingerprint(cert)} if cert else {}
 
     def _admit(self, peer: Peer) -> None:
         """Count the connection per identity and per Unix account, or refuse it (Busy)."""
@@ -283,8 +274,10 @@ class Session:
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
-        # the new stream is open already; streams the client never closed count too
-        if self.conn.proto.open_streams > self.limits.max_streams_per_connection:
+        # the new stream is open already; streams the client never closed count too (forwarded
+        # connections have a cap of their own: Forwards.connect)
+        others = self.conn.proto.open_streams - len(self.forwards.pipes)
+        if op != "connect" and others > self.limits.max_streams_per_connection:
             raise BadRequest("too many operations at once on one connection "
                              f"(limit {self.limits.max_streams_per_connection})")
         self.held.take(stream, COSTS[op])
@@ -415,6 +408,18 @@ class Session:
                          lambda area: send_listing(self.conn, msg.stream, msg, area,
                                                    self.list_slots, self._holder(msg.stream)))
 
+    async def _on_forward(self, msg: Connect | Listen) -> None:
+        """A forwarded connection or a listener (server/forward.py), run in a task."""
+        try:
+            peer = self._check_open("forward", msg.stream, msg.TYPE)
+            handler = (self.forwards.connect(msg, peer) if isinstance(msg, Connect)
+                       else await self.forwards.listen(msg, peer))
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc, _request(msg))
+            return
+        self.streams[msg.stream] = handler
+        handler.task = self._spawn(self._until_done(msg.stream, handler.run()))
+
     def _holder(self, stream: int) -> Callable[[int], None]:
         """What a listing tells of the descriptors its levels take (+) and give back (-)."""
         def hold(count: int) -> None:
@@ -481,6 +486,7 @@ class Session:
 
     def _forget(self, stream: int) -> None:
         """The stream's operation is over here: stop watching it, give back what it held."""
+        self.forwards.ended(stream)
         self.stall.unwatch(stream)
         self.held.give(stream)
         self.streams.pop(stream, None)
@@ -557,6 +563,8 @@ class Session:
         Fetch: _on_fetch,
         Get: _on_get,
         List: _on_list,
+        Connect: _on_forward,
+        Listen: _on_forward,
         Refused: _on_refused,
         Data: _on_data,
         Eof: _on_stream_message,

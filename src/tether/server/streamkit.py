@@ -5,14 +5,19 @@ and an error are put for the audit log and the client."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from tether.errors import RemoteError, TetherError
+from tether.identity import fingerprint
+from tether.net.framed import FramedConnection
 from tether.protocol import Message
-from tether.server.context import Peer
+from tether.server.context import Peer, SessionContext
 from tether.server.trust import own_account
 from tether.storage.errors import disk_error
+
+log = logging.getLogger("tether.server")
 
 
 class StreamHandler(Protocol):
@@ -48,9 +53,9 @@ def sendable(text: str) -> str:
 def request_fields(msg: Message) -> dict[str, Any]:
     """What an opening request asked, for the audit record of its refusal."""
     fields = {"op": msg.TYPE}
-    for name in ("argv", "cwd", "path", "name", "target"):
+    for name in ("argv", "cwd", "path", "name", "target", "origin"):
         value = getattr(msg, name, None)
-        if value is not None:
+        if value is not None and value != "":
             fields[name] = value
     return fields
 
@@ -65,7 +70,23 @@ def as_remote(exc: BaseException) -> TetherError:
 
 
 VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
-          "get": "download files"}
+          "get": "download files", "forward": "forward connections"}
+
+
+def refused(context: SessionContext, address: str, reason: str,
+            presented: dict[str, str] | None = None) -> None:
+    """A refused connection, into the refusals' aggregate (or the log and audit directly)."""
+    if context.refusals is not None:
+        context.refusals.refused(address, reason, presented)
+    else:
+        log.warning("refused %s: %s", address, reason)
+        context.audit.event("refused", address=address, reason=reason, **(presented or {}))
+
+
+def presented(context: SessionContext, conn: FramedConnection) -> dict[str, str]:
+    """The fingerprint of the certificate a refused client presented, for the audit log."""
+    cert = None if context.plaintext else conn.peer_cert
+    return {"fingerprint": fingerprint(cert)} if cert else {}
 
 
 def identity_fields(peer: Peer) -> dict[str, Any]:

@@ -13,7 +13,7 @@ next connection; a damaged new version is logged and the previous one kept.
 
 Principals file, one line per principal (``#`` comments), like sshd's AuthorizedPrincipalsFile::
 
-    PRINCIPAL [user=NAME[,NAME...]] [root=DIR] [allow=exec,shell,put,get]
+    PRINCIPAL [user=NAME[,NAME...]] [root=DIR] [allow=exec,shell,put,get,forward]
 
 ``user``: the accounts the principal may use (the first is the default); none: the server's own.
 ``root``: confine the session there (default: the account's home). ``allow``: permissions.
