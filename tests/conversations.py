@@ -48,6 +48,17 @@ from tether.protocol import (
     Status,
     Welcome,
 )
+from tether.protocol.messages import (
+    Sync,
+    SyncBatch,
+    SyncCommit,
+    SyncDeleted,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
 from tether.protocol.streams import OPERATIONS, paths
 
 HASH = "blake3:" + "ab" * 32
@@ -66,6 +77,9 @@ OPENERS: dict[str, list[Message]] = {
     "batch": [Batch(path="dir", names=["a", "sub/b"], sizes=[3, 2], modes=[0o644, 0o600],
                     mtimes=[1, 2], hashes=[HASH, HASH])],
     "fetch": [Fetch(path="dir", names=["a", "sub/b"])],
+    "sync": [Sync(path="dest", push=True, delete=True, filters=["*.o", "!keep.o"]),
+             Sync(path="", push=False, sources=["src", "more/"], names=["src", ""],
+                  checksum=True)],
 }
 
 # A valid instance of every non-opening message, given its stream and channel (for eof).
@@ -90,6 +104,18 @@ MESSAGES: dict[str, Callable[[int, int | None], Message]] = {
     "files": lambda s, _: Files(sizes=[3, 2], modes=[0o644, 0o600], mtimes=[1, 2],
                                 hashes=[HASH, HASH], stream=s),
     "status": lambda s, _: Status(index=1, status=0, stream=s),
+    "sync_list": lambda s, _: SyncList(names=["d", "d/f", "l"], kinds=["dir", "file", "symlink"],
+                                       sizes=[0, 3, 0], modes=[0o755, 0o644, 0o777],
+                                       mtimes=[1, 2, 3], targets=["", "", "d/f"],
+                                       hashes=["", HASH, ""], stream=s),
+    "sync_listed": lambda s, _: SyncListed(count=3, stream=s),
+    "sync_want": lambda s, _: SyncWant(actions=["mkdir", "send", "symlink"], wanted=[1],
+                                       sigs=[0], offsets=[0], prefixes=[""], stream=s),
+    "sync_file": lambda s, _: SyncFile(index=1, size=3, stream=s),
+    "sync_commit": lambda s, _: SyncCommit(index=1, hash=HASH, stream=s),
+    "sync_batch": lambda s, _: SyncBatch(indices=[1], sizes=[3], hashes=[HASH], stream=s),
+    "sync_sent": lambda s, _: SyncSent(stream=s),
+    "sync_deleted": lambda s, _: SyncDeleted(names=["old", "old/x"], stream=s),
 }
 
 Step = tuple[str, int | None]
@@ -168,10 +194,16 @@ def conversation() -> Conversation:
             client_first, server_first = op.first(opener)
             ups = list(paths(op, Role.CLIENT, client_first))
             downs = list(paths(op, Role.SERVER, server_first))
+            # a half that sends window requests (sync_list) goes first: answers follow them
+            client_asks = op.window is not None and (
+                Role.CLIENT, client_first, op.window[0]) in op.moves
             for up, down in _pairs(ups, downs):
                 t.send(Role.CLIENT, _on(opener, stream))
+                if client_asks:
+                    t.walk(stream, name, Role.CLIENT, up[:-1])
                 t.walk(stream, name, Role.SERVER, down[:-1])
-                t.walk(stream, name, Role.CLIENT, up[:-1])
+                if not client_asks:
+                    t.walk(stream, name, Role.CLIENT, up[:-1])
                 t.walk(stream, name, Role.SERVER, down[-1:])
                 t.walk(stream, name, Role.CLIENT, up[-1:])
                 stream += 2

@@ -45,6 +45,15 @@ from tether.protocol.messages import (
     Signal,
     Started,
     Status,
+    Sync,
+    SyncBatch,
+    SyncCommit,
+    SyncDeleted,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
     Welcome,
 )
 from tether.protocol.records import replace
@@ -119,6 +128,18 @@ SAMPLES: dict[str, Message] = {
     "shell": Shell(pty=False, argv=["bash", "-l"], rows=40, cols=132),
     "resize": Resize(rows=50, cols=200),
     "status": Status(index=1, status=0),
+    "sync": Sync(path="dest", delete=True, filters=["*.o"]),
+    "sync_list": SyncList(names=["d", "d/f"], kinds=["dir", "file"], sizes=[0, 3],
+                          modes=[0o755, 0o644], mtimes=[1, 2], targets=["", ""],
+                          hashes=["", ""]),
+    "sync_listed": SyncListed(count=2),
+    "sync_want": SyncWant(actions=["mkdir", "send"], wanted=[1], sigs=[0], offsets=[0],
+                          prefixes=[""]),
+    "sync_file": SyncFile(index=1, size=3),
+    "sync_commit": SyncCommit(index=1, hash="blake3:" + "0" * 64),
+    "sync_batch": SyncBatch(indices=[1], sizes=[3], hashes=["blake3:" + "0" * 64]),
+    "sync_sent": SyncSent(),
+    "sync_deleted": SyncDeleted(names=["old"]),
 }
 
 

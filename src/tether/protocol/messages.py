@@ -9,18 +9,15 @@ else is ever looked up by a peer-supplied name.
 Messages are :class:`~tether.protocol.records.Record` classes rather than dataclasses, and this
 module imports neither ``typing`` nor ``dataclasses``: it is on the path of every ``tether run``
 (see records.py for what that saves). It does not use postponed annotations, so each field's
-annotation is a real type from which :func:`_checker` builds the decoder's type check once.
+annotation is a real type from which :mod:`tether.protocol.decode` builds the type check once.
 """
 
-import types
 from enum import Enum
 
-from tether.errors import RemoteProtocolError
-from tether.protocol.records import Field, Record, Value, field, init
+from tether.protocol.records import Record, Value, field, init
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any, ClassVar
 
 
@@ -433,6 +430,135 @@ class Status(Message):
     status: int
 
 
+# --- sync messages (docs/PROTOCOL.md, "Sync") ---------------------------------------------------
+
+MAX_LIST = 256  # entries in one sync_list, sync_want or sync_deleted
+LIST_WINDOW = 8  # sync_lists a source may have sent that no sync_want answered yet
+
+
+class Sync(Message):
+    """Open a stream that makes the tree at ``path`` (push) or on the client (pull) hold what
+    the source holds, sending only what differs (docs/PROTOCOL.md, "Sync")."""
+
+    TYPE = "sync"
+    SENDERS = CLIENT
+    OPENS = True
+    path: str
+    push: bool = True
+    sources: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    single: bool = False
+    checksum: bool = False
+    delete: bool = False
+    dry_run: bool = False
+    safe_links: bool = False
+    filters: list[str] = field(default_factory=list)
+
+    def problem(self, request: "Message | None") -> "str | None":
+        if len(self.sources) != len(self.names):
+            return "a sync's sources and names differ in number"
+        too_many = len(self.sources) > MAX_LIST or len(self.filters) > 4 * MAX_LIST
+        return "a sync names too many sources or filters" if too_many else None
+
+
+class SyncList(Message):
+    """Entries of the source's tree, numbered on from the previous lists'."""
+
+    TYPE = "sync_list"
+    names: list[str]
+    kinds: list[str]
+    sizes: list[int]
+    modes: list[int]
+    mtimes: list[int]
+    targets: list[str]
+    hashes: list[str]
+
+    def problem(self, request: "Message | None") -> "str | None":
+        count = len(self.names)
+        if any(len(values) != count for values in (self.kinds, self.sizes, self.modes,
+                                                     self.mtimes, self.targets, self.hashes)):
+            return "a sync_list's lists differ in length"
+        if not 0 < count <= MAX_LIST:
+            return f"a sync_list must hold 1 to {MAX_LIST} entries, not {count}"
+        if any(size < 0 for size in self.sizes):
+            return "negative size in a sync_list"
+        return None
+
+
+class SyncListed(Message):
+    TYPE = "sync_listed"
+    count: int
+
+
+class SyncWant(Message):
+    """The destination's answer to one sync_list: what it does per entry, and what it wants."""
+
+    TYPE = "sync_want"
+    actions: list[str]
+    wanted: list[int]
+    sigs: list[int]
+    offsets: list[int]
+    prefixes: list[str]
+
+    def problem(self, request: "Message | None") -> "str | None":
+        count = len(self.wanted)
+        if any(len(values) != count for values in (self.sigs, self.offsets, self.prefixes)):
+            return "a sync_want's lists differ in length"
+        if len(self.actions) > MAX_LIST or count > MAX_LIST:
+            return "a sync_want answers more entries than a sync_list holds"
+        if any(n < 0 for n in (*self.wanted, *self.sigs, *self.offsets)):
+            return "negative number in a sync_want"
+        return None
+
+
+class SyncFile(Message):
+    """One wanted file follows as DATA (whole from ``offset``, or delta records)."""
+
+    TYPE = "sync_file"
+    index: int
+    size: int
+    offset: int = 0
+    delta: bool = False
+
+
+class SyncCommit(Message):
+    """The file being sent is complete (``changed``: torn by a writer; discard it)."""
+
+    TYPE = "sync_commit"
+    index: int
+    hash: str
+    changed: bool = False
+
+
+class SyncBatch(Message):
+    """Several small wanted files, whole, concatenated in the DATA that follows."""
+
+    TYPE = "sync_batch"
+    indices: list[int]
+    sizes: list[int]
+    hashes: list[str]
+
+    def problem(self, request: "Message | None") -> "str | None":
+        return _batch_problem(len(self.indices), self.sizes, self.hashes)
+
+
+class SyncSent(Message):
+    TYPE = "sync_sent"
+    SENDERS = CLIENT
+
+
+class SyncDeleted(Message):
+    """Entries a push's ``delete`` removed (a dry run: would remove) on the server."""
+
+    TYPE = "sync_deleted"
+    SENDERS = SERVER
+    names: list[str]
+
+    def problem(self, request: "Message | None") -> "str | None":
+        too_many = len(self.names) > MAX_LIST
+        return f"a sync_deleted lists more than {MAX_LIST} names" if too_many else None
+
+
 REGISTRY: "dict[str, type[Message]]" = {
     cls.TYPE: cls
     for cls in (
@@ -440,6 +566,8 @@ REGISTRY: "dict[str, type[Message]]" = {
         Exec, Started, Eof, Credit, Signal, Exit, Close,
         Put, Ready, Begin, Commit, Get, Meta, List, Entry, Entries, Done, Batch, Fetch, Files,
         Shell, Resize, Status,
+        Sync, SyncList, SyncListed, SyncWant, SyncFile, SyncCommit, SyncBatch, SyncSent,
+        SyncDeleted,
     )
 }
 
@@ -471,65 +599,3 @@ class Refused(Value):
         init(self, "stream", stream)
         init(self, "request", request)
         init(self, "reason", reason)
-
-
-# --- decoding ---------------------------------------------------------------------------------
-
-
-def _checker(hint: object) -> "Callable[[Any], bool]":
-    """A function telling whether a decoded JSON value has the annotated type ``hint``."""
-    if isinstance(hint, types.UnionType):
-        options = [_checker(arg) for arg in hint.__args__]
-        return lambda value: any(check(value) for check in options)
-    if hint is type(None):
-        return lambda value: value is None
-    if hint is bool:
-        return lambda value: isinstance(value, bool)
-    if hint is int:
-        return lambda value: isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return lambda value: isinstance(value, str)
-    origin = getattr(hint, "__origin__", None)
-    if origin is list:
-        item = _checker(hint.__args__[0])  # type: ignore[attr-defined]
-        return lambda value: isinstance(value, list) and all(item(v) for v in value)
-    if origin is dict:
-        key, item = (_checker(arg) for arg in hint.__args__)  # type: ignore[attr-defined]
-        return lambda value: isinstance(value, dict) and all(
-            key(k) and item(v) for k, v in value.items()
-        )
-    raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not the peer
-
-
-# Per message class: each header field (not ``stream``) with its type check, built at import
-# (cheap: a few closures per field, no code generation).
-_SCHEMA: "dict[type[Message], dict[str, tuple[Field, Callable[[Any], bool]]]]" = {
-    cls: {f.name: (f, _checker(f.type)) for f in cls.FIELDS if f.name != "stream"}
-    for cls in REGISTRY.values()
-}
-
-
-def decode_message(header: "dict[str, Any]", stream: int) -> Message:
-    """Build the message a header describes, or raise RemoteProtocolError saying what is wrong."""
-    kind = header.get("t")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError('header has no string "t" (message type)')
-    cls = REGISTRY.get(kind)
-    if cls is None:
-        raise RemoteProtocolError(f"unknown message type {kind[:40]!r}")
-    schema = _SCHEMA[cls]
-    values = {}
-    for name, value in header.items():
-        known = schema.get(name)
-        if known is None:
-            continue  # "t", and unknown fields: ignored, so later versions can add optional ones
-        if not known[1](value):
-            raise RemoteProtocolError(f"{kind}: field {name!r} has the wrong type")
-        values[name] = value
-    if len(values) < len(schema):
-        for name, (spec, _) in schema.items():
-            if name not in values and spec.required:
-                raise RemoteProtocolError(f"{kind}: missing field {name!r}")
-    return cls(stream=stream, **values)
