@@ -46,6 +46,8 @@ from tether.protocol import Data, Message, Role, Shell
 if TYPE_CHECKING:
     from tether.client.shells import LineShell, ShellProcess
     from tether.client.transfer_base import Progress, TransferResult
+    from tether.syncing.common import Progress as SyncProgress
+    from tether.syncing.common import SyncResult
 
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
@@ -234,6 +236,39 @@ class Connection:
             self, remotes, Path(local), recursive=recursive,
             opts=Options(force, rename, resume, progress or _NoProgress()),
         )
+
+    async def sync(
+        self,
+        src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        dest: str | os.PathLike[str],
+        *,
+        pull: bool = False,
+        checksum: bool = False,
+        delete: bool = False,
+        dry_run: bool = False,
+        exclude: Sequence[str] = (),
+        include: Sequence[str] = (),
+        exclude_from: Sequence[str | os.PathLike[str]] = (),
+        safe_links: bool = False,
+        progress: SyncProgress | None = None,
+    ) -> SyncResult:
+        """Make ``dest`` hold what ``src`` holds, sending only what differs (rsync's job).
+
+        A push (the default): ``src`` are local paths, ``dest`` a path on the server; with
+        ``pull`` ``src`` are server paths and ``dest`` is local. ``SRC/`` syncs the contents
+        of SRC, ``SRC`` the directory itself under its name. Returns what was sent, skipped,
+        deleted and reused (``SyncResult``; in a dry run, what would be)."""
+        from tether.client import syncs
+        from tether.syncing.common import SyncOptions
+
+        sources = [os.fspath(src)] if isinstance(src, str | os.PathLike) else [
+            os.fspath(s) for s in src]
+        opts = SyncOptions(checksum=checksum, delete=delete, dry_run=dry_run,
+                           safe_links=safe_links, filters=tuple(syncs.filter_lines(
+                               list(exclude), list(include),
+                               [os.fspath(p) for p in exclude_from])))
+        run = syncs.pull if pull else syncs.push
+        return await run(self, sources, os.fspath(dest), opts, progress)
 
     async def close(self) -> None:
         self._reader.cancel()

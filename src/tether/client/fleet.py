@@ -43,12 +43,14 @@ from tether.client.process import STDOUT, _feed
 from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
+    BadRequest,
     ConnectionFailed,
     HostChanged,
     HostUnknown,
     NotAuthorized,
 )
 from tether.inventory import Target, load, resolve
+from tether.syncing.common import SyncResult
 
 # HostResult.kind: why a host did not succeed (or "ok")
 OK, FAILED, TIMEOUT, UNREACHABLE, UNAUTHORIZED, UNTRUSTED, ERROR = (
@@ -75,6 +77,7 @@ class HostResult:
     duration: float = 0.0
     transfer: TransferResult | None = None
     encoding: str = "utf-8"
+    sync: SyncResult | None = None
 
     @property
     def name(self) -> str:
@@ -102,7 +105,9 @@ class HostResult:
             "ok": self.ok, "kind": self.kind, "status": self.status, "error": self.error,
             "duration": round(self.duration, 6),
         }
-        if self.transfer is not None:
+        if self.sync is not None:
+            out.update(self.sync.to_dict())
+        elif self.transfer is not None:
             out.update(files=sum(1 for f in self.transfer.files if f.kind == "file"),
                        bytes=self.transfer.bytes,
                        resumed=[{"path": path, "at": at} for path, at in self.resumed])
@@ -277,6 +282,21 @@ class Fleet:
             into.mkdir(parents=True, exist_ok=True)
             result.transfer = await conn.get(remote, into, recursive=recursive, force=force,
                                              rename=rename, resume=resume)
+            result.ok, result.kind = True, OK
+
+        return await self._each(one, timeout, on_done)
+
+    async def sync(self, src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                   dest: str | os.PathLike[str], *, timeout: float | None = None,
+                   on_done: OnHostDone | None = None, **options: Any) -> FleetResult:
+        """Push the same local tree to every host at once (see :meth:`Connection.sync`; a pull
+        from several hosts would write one tree from many: use ``get``)."""
+        if options.get("pull"):
+            raise BadRequest("a sync from several hosts would merge their trees into one; "
+                             "pull from one host at a time")
+
+        async def one(conn: Connection, target: Target, result: HostResult) -> None:
+            result.sync = await conn.sync(src, dest, **options)
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)

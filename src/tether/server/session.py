@@ -57,11 +57,22 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
+from tether.protocol.messages import (
+    Sync,
+    SyncBatch,
+    SyncCommit,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
 from tether.server.audit import AuditLog
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
 from tether.server.limits import Admission, Limits
 from tether.server.shell import LineRun, PtyRun, shell_spec
+from tether.server.sync import SyncStream, receive, send
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
 from tether.storage.errors import disk_error
@@ -319,6 +330,22 @@ class Session:
         self._start_task(msg.stream, "get", "list",
                          lambda area: send_listing(self.conn, msg.stream, msg, area))
 
+    async def _on_sync(self, msg: Sync) -> None:
+        """A push needs permission put, a pull get; each runs as a task reading the stream's
+        events from a bounded queue."""
+        try:
+            area = self._area(self._check_open("put" if msg.push else "get"))
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc)
+            return
+        handler = SyncStream(self.conn, msg.stream)
+        self.streams[msg.stream] = handler
+        body = receive(handler, msg, area) if msg.push else send(handler, msg, area)
+        handler.task = self._spawn(self._until_done(msg.stream, body))
+        self.context.audit.event("sync", fingerprint=self.peer.fingerprint if self.peer else None,
+                                 push=msg.push, path=msg.path, sources=msg.sources[:16],
+                                 delete=msg.delete, dry_run=msg.dry_run)
+
     def _audit(self, op: str, done: Done) -> None:
         self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)
 
@@ -419,6 +446,14 @@ class Session:
         Begin: _on_stream_message,
         Commit: _on_stream_message,
         Resize: _on_stream_message,
+        Sync: _on_sync,
+        SyncList: _on_stream_message,
+        SyncListed: _on_stream_message,
+        SyncWant: _on_stream_message,
+        SyncFile: _on_stream_message,
+        SyncCommit: _on_stream_message,
+        SyncBatch: _on_stream_message,
+        SyncSent: _on_stream_message,
         Close: _on_close,
         Error: _on_error,
     }

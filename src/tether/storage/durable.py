@@ -1,0 +1,132 @@
+"""Durable together: many small verified files written to their partials, made durable in one
+step, then moved into place, then each directory fsynced once (docs/PROTOCOL.md, "Sync").
+
+An fsync per small file costs more on a real disk than rsync's whole transfer (rsync fsyncs
+nothing). A group instead writes each file's partial, then makes them all durable with one
+``syncfs`` of the file system (``fdatasync`` of each, where there is no ``syncfs``), and only
+then renames them over their final names and fsyncs each directory touched once. A final name
+therefore still only ever holds a complete, verified, durable file, and a crash at any point
+leaves partials (which the next run replaces), never a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Callable
+
+from tether.storage.errors import disk_error
+from tether.storage.names import check_name
+from tether.storage.partial import open_part, part_name, sync_dir
+
+GROUP_FILES = 1024  # reference policy: a group is made durable at this many files...
+GROUP_BYTES = 64 * 1024 * 1024  # ...or this many bytes
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+class DurableGroup:
+    """Small files waiting to be made durable and moved into place together. Each pending file
+    holds a dup of its directory fd (closed when the group is flushed)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, str, int]] = []  # (dir fd, name, fd or -1)
+        self.size = 0
+        self.dirs: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> a dup'd dir fd
+
+    def add(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
+            mtime_ns: int) -> None:
+        """Write one verified file to its partial (not yet durable, not yet in place)."""
+        check_name(name)
+        fd, _ = open_part(dir_fd, name)
+        try:
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode & 0o7777)
+            if mtime_ns:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(part_name(name), dir_fd=dir_fd)
+            raise disk_error(exc, name, "write") from exc
+        keep = fd if _SYNCFS is None else -1
+        if keep < 0:
+            os.close(fd)  # the lock goes with it: the rename below is what counts
+        self.pending.append((self._dir(dir_fd), name, keep))
+        self.size += len(data)
+
+    def _dir(self, dir_fd: int) -> int:
+        st = os.fstat(dir_fd)
+        key = (st.st_dev, st.st_ino)
+        fd = self.dirs.get(key)
+        if fd is None:
+            fd = self.dirs[key] = os.dup(dir_fd)
+        return fd
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= GROUP_FILES or self.size >= GROUP_BYTES
+
+    def flush(self) -> list[str]:
+        """Make every pending file durable, then move each into place (replacing what is
+        there), then fsync each directory once. Returns the names placed."""
+        if not self.pending:
+            return []
+        try:
+            self._make_durable()
+            placed = []
+            for dir_fd, name, _ in self.pending:
+                try:
+                    os.rename(part_name(name), name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except OSError as exc:
+                    raise disk_error(exc, name, "write") from exc
+                placed.append(name)
+            for fd in self.dirs.values():
+                sync_dir(fd)
+            return placed
+        finally:
+            self.close()
+
+    def _make_durable(self) -> None:
+        if _SYNCFS is not None:
+            devices = {dev: fd for (dev, _), fd in self.dirs.items()}
+            for fd in devices.values():  # one syncfs per file system the group touched
+                if _SYNCFS(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise disk_error(OSError(err, os.strerror(err)), "syncfs", "write")
+            return
+        for _, name, fd in self.pending:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise disk_error(exc, name, "write") from exc
+
+    def close(self) -> None:
+        """Forget the pending files (their partials stay, for the next run to replace)."""
+        for _, _, fd in self.pending:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for fd in self.dirs.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pending.clear()
+        self.dirs.clear()
+        self.size = 0
+
