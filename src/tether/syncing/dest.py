@@ -467,14 +467,16 @@ class DestSide:
         """Remove what the source did not list, below the root only: the walk is the
         destination's own, never through a symlink; excluded entries and partials stay."""
         gone: list[tuple[str, ...]] = []
+        going: set[tuple[str, ...]] = set()
         for parts, is_dir in tree.walk():
-            if gone and parts[:len(gone[-1])] == gone[-1]:
+            if any(parts[:depth] in going for depth in range(1, len(parts))):
                 continue  # below a directory that goes
             name = "/".join(parts)
             if (name in self.listed or parts[-1].endswith(PART_SUFFIX)
                     or self.filters.excluded(name, is_dir)):
                 continue
             gone.append(parts)
+            going.add(parts)
         for parts in gone:
             name = "/".join(parts)
             if not self.opts.dry_run:

@@ -83,8 +83,10 @@ def walk_roots(roots: list[Root], opts: SyncOptions
     seen: set[str] = set()
     for root in roots:
         if root.file is not None:
-            st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
-            yield from _one(Entry(root, (root.file,), root.name, "file", st), "", opts)
+            if root.name not in seen and not filters.excluded(root.name, False):
+                seen.add(root.name)
+                st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
+                yield from _one(Entry(root, (root.file,), root.name, "file", st), "", opts)
             continue
         if root.name:
             st = os.fstat(root.tree.dirs.root_fd)
