@@ -9,6 +9,7 @@ reach outside the tree: names are checked and every walk is no-follow (docs/PROT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -153,8 +154,15 @@ class DestSide:
         writer = asyncio.create_task(self._answer_all())
         try:
             await self._receive()
-            self.answers.put_nowait(None)
-            await writer
+            if self.client:
+                # a server ends a pull only after every answer reached it: nothing is left to
+                # send (a server that did not wait gets none; missing files are found below)
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+            else:
+                self.answers.put_nowait(None)
+                await writer
             self._finish()
         finally:
             if not writer.done():
