@@ -297,7 +297,12 @@ class Fleet:
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             result.sync = await conn.sync(src, dest, **options)
-            result.ok, result.kind = True, OK
+            if result.sync.changed:
+                result.kind = ERROR
+                result.error = (f"{len(result.sync.changed)} files changed while being read "
+                                f"and were not stored (first: {result.sync.changed[0]})")
+            else:
+                result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
 

@@ -3,9 +3,10 @@
 A tree of small files moves like a tar stream: many files per message, their contents
 concatenated in DATA frames, several batches in flight, and no round trip per file. Each file
 still carries its own BLAKE3 hash, and the receiver (:class:`BatchReceiver`: the server for
-``put -r``, the client for ``get -r``) stores a file only once its bytes are all there and
-verified: written to its ``.NAME.tether-part``, fsynced, then moved into place. Each directory
-touched is fsynced once per batch, before the batch is reported done, instead of once per file.
+``put -r``, the client for ``get -r``) writes a file only once its bytes are all there and
+verified, to its ``.NAME.tether-part``; when the batch ends (or its stream does) the files are
+made durable together (:class:`~tether.storage.durable.DurableGroup`: one ``syncfs``, not an
+fsync each), moved into place, and each directory touched is fsynced once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Callable
 
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
-from tether.storage.partial import store_whole, sync_dir
+from tether.storage.durable import DurableGroup
 from tether.storage.source import file_hash
 
 SMALL_FILE = 256 * 1024  # reference policy: files up to this size travel in batches
@@ -106,7 +107,8 @@ class BatchReceiver:
         self.failed: list[str] = []
         self._index = 0
         self._buf = bytearray()
-        self._dirs: set[int] = set()
+        self.group = DurableGroup()
+        self._written: list[Target] = []  # written to their partials, not yet in place
         self._skip_empty()
 
     @property
@@ -143,20 +145,27 @@ class BatchReceiver:
         if file_hash(data) != target.hash:
             self.failed.append(target.shown)
             return
+        self.group.add(target.dir_fd, target.name, data, target.mode, target.mtime_ns)
+        self._written.append(target)
+
+    def _place(self) -> None:
+        """Make what was written durable and move it into place; report each file stored."""
+        written, self._written = self._written, []
         try:
-            final = store_whole(target.dir_fd, target.name, data, target.mode,
-                                target.mtime_ns, force=self.force, rename=self.rename)
-        except AlreadyExists as exc:
-            raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
-                                f"--rename)") from exc
-        self._dirs.add(target.dir_fd)
-        self.on_stored(target, final)
+            finals = self.group.flush(force=self.force, rename=self.rename)
+        except AlreadyExists:
+            done = len(self.group.placed)
+            for target, final in zip(written, self.group.placed, strict=False):
+                self.on_stored(target, final)
+            raise AlreadyExists(f"{written[done].shown} exists (use --force to replace it or "
+                                f"--rename)") from None
+        for target, final in zip(written, finals, strict=True):
+            self.on_stored(target, final)
 
     def finish(self) -> None:
-        """Make the renames durable (each directory fsynced once); then, if any file did not
-        verify, raise IntegrityError naming it (the others are stored)."""
-        for fd in self._dirs:
-            sync_dir(fd)
+        """Make the batch durable and move it into place (each directory fsynced once); then,
+        if any file did not verify, raise IntegrityError naming it (the others are stored)."""
+        self._place()
         if self.failed:
             more = len(self.failed) - 1
             also = f" ({more} more in this batch likewise)" if more else ""
@@ -164,7 +173,13 @@ class BatchReceiver:
                                  f"nothing was stored under that name{also}")
 
     def close(self) -> None:
-        """The batch ended (or its stream did): files already stored stay, as they are whole
-        and verified; an incomplete one was never written."""
-        if self.dirs is not None:
-            self.dirs.close()
+        """The batch ended (or its stream did): the files that arrived whole and verified are
+        stored (made durable and moved into place); an incomplete one was never written."""
+        try:
+            if self._written:
+                with contextlib.suppress(TetherError, OSError):
+                    self._place()
+        finally:
+            self.group.close()
+            if self.dirs is not None:
+                self.dirs.close()

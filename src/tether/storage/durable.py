@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from tether.storage.errors import disk_error
 from tether.storage.names import check_name
-from tether.storage.partial import open_part, part_name, sync_dir
+from tether.storage.partial import open_part, part_name, place, sync_dir
 
 GROUP_FILES = 1024  # reference policy: a group is made durable at this many files...
 GROUP_BYTES = 64 * 1024 * 1024  # ...or this many bytes
@@ -46,6 +46,7 @@ class DurableGroup:
         self.pending: list[tuple[int, str, int]] = []  # (dir fd, name, fd or -1)
         self.size = 0
         self.dirs: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> a dup'd dir fd
+        self.placed: list[str] = []
 
     def add(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
             mtime_ns: int) -> None:
@@ -83,24 +84,32 @@ class DurableGroup:
     def full(self) -> bool:
         return len(self.pending) >= GROUP_FILES or self.size >= GROUP_BYTES
 
-    def flush(self) -> list[str]:
+    def flush(self, *, force: bool = True, rename: bool = False) -> list[str]:
         """Make every pending file durable, then move each into place (replacing what is
-        there), then fsync each directory once. Returns the names placed."""
+        there only with ``force``; with ``rename`` to the first free ``NAME (n).EXT``), then
+        fsync each directory once. Returns the names the files took, in order. If one cannot
+        be placed (``exists``), the files before it are in place and the partials of the rest
+        are removed."""
+        placed: list[str] = []
+        self.placed = placed  # what went into place, also when a later file could not
         if not self.pending:
-            return []
+            return placed
         try:
             self._make_durable()
-            placed = []
             for dir_fd, name, _ in self.pending:
                 try:
-                    os.rename(part_name(name), name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    placed.append(place(dir_fd, part_name(name), name, force, rename))
                 except OSError as exc:
                     raise disk_error(exc, name, "write") from exc
-                placed.append(name)
+            return placed
+        except BaseException:
+            for dir_fd, name, _ in self.pending[len(placed):]:
+                with contextlib.suppress(OSError):
+                    os.unlink(part_name(name), dir_fd=dir_fd)
+            raise
+        finally:
             for fd in self.dirs.values():
                 sync_dir(fd)
-            return placed
-        finally:
             self.close()
 
     def _make_durable(self) -> None:

@@ -149,6 +149,7 @@ class DestSide:
         self.group = DurableGroup()
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
+        self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
 
     async def run(self) -> SyncResult:
         writer = asyncio.create_task(self._answer_all())
@@ -317,6 +318,10 @@ class DestSide:
             wants.append(want)
             if want is not None and not self.opts.dry_run:
                 self.wanted[self.count - 1] = want
+                self.planned[0] += 1
+                self.planned[1] += want.size
+        if self.client:
+            self.progress.total(*self.planned)  # grows as the lists arrive
         self.answers.put_nowait((SyncWant(actions=actions, wanted=[], sigs=[], offsets=[],
                                           prefixes=[], stream=self.ep.stream), wants))
 

@@ -163,6 +163,7 @@ class SourceSide:
         self.work: asyncio.Queue[tuple[SyncWant, bytes, int] | BaseException] = asyncio.Queue(
             LIST_WINDOW)
         self.deleted: list[str] = []
+        self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
 
     async def run(self) -> SyncResult:
         reader = asyncio.create_task(self._read())
@@ -407,6 +408,9 @@ class SourceSide:
             if self.entries[index].kind != "file" or sig_size > MAX_SIGNATURE:
                 raise RemoteProtocolError(f"a sync_want asks for entry {index} wrongly")
             previous = index
+        self.planned[0] += len(want.wanted)
+        self.planned[1] += sum(self.entries[index].size for index in want.wanted)
+        self.progress.total(*self.planned)  # grows as the lists are answered
         need = sum(want.sigs)
         sigs = bytearray()
         while len(sigs) < need:
