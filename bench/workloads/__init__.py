@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from bench.config import Context
 from bench.stats import GroupResult
-from bench.workloads import bulk, fleet, latency, oneshot, scale, stream, tree
+from bench.workloads import bulk, fleet, latency, oneshot, scale, stream, sync, tree
 
 Workload = Callable[[Context], list[GroupResult]]
 
@@ -21,4 +21,5 @@ WORKLOADS: dict[str, Workload] = {
     "tree": tree.run,
     "scale": scale.run,
     "fleet": fleet.run,
+    "sync": sync.run,
 }

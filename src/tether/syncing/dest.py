@@ -120,6 +120,38 @@ class _Incoming:
         self.partial.close()
 
 
+class _BatchIn:
+    """A sync_batch's DATA, split into its files as each one completes (no copy of the rest:
+    a batch is at most 4 MiB, and its files are cut out by offset)."""
+
+    def __init__(self, msg: SyncBatch) -> None:
+        self.items = list(zip(msg.indices, msg.sizes, msg.hashes, strict=True))
+        self.expected = sum(msg.sizes)
+        self.buf = bytearray()
+        self.pos = 0  # where the next file starts in buf
+        self.next = 0  # the next item
+
+    @property
+    def complete(self) -> bool:
+        return self.next >= len(self.items)
+
+    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes, str]]:
+        """The files ``data`` completed: (index, content, hash)."""
+        if len(self.buf) + len(data) > self.expected:
+            raise RemoteProtocolError("more data than a sync_batch announced")
+        self.buf += data
+        done = []
+        with memoryview(self.buf) as view:  # released before the buffer grows again
+            while self.next < len(self.items):
+                index, size, hash_ = self.items[self.next]
+                if len(self.buf) - self.pos < size:
+                    break
+                done.append((index, bytes(view[self.pos:self.pos + size]), hash_))
+                self.pos += size
+                self.next += 1
+        return done
+
+
 class DestSide:
     """Drives the destination's half of one sync stream."""
 
@@ -145,7 +177,7 @@ class DestSide:
         self.answers: asyncio.Queue[tuple[SyncWant, list[Wanted | None]] | None] = (
             asyncio.Queue())
         self.incoming: tuple[int, _Incoming] | None = None
-        self.batch: tuple[list[int], list[int], list[str], bytearray] | None = None
+        self.batch: _BatchIn | None = None
         self.group = DurableGroup()
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
@@ -256,18 +288,14 @@ class DestSide:
             want = self.wanted.get(index)
             if want is None or want.basis or size > SMALL_FILE:
                 raise RemoteProtocolError(f"entry {index} does not belong in a sync_batch")
-        self.batch = msg.indices, msg.sizes, msg.hashes, bytearray()
+        self.batch = _BatchIn(msg)
         self._batch_data(b"")
 
     def _batch_data(self, data: bytes | bytearray) -> None:
         assert self.batch is not None and self.tree is not None
-        indices, sizes, hashes, buf = self.batch
-        buf += data
+        batch = self.batch
         self.result.bytes_sent += len(data)
-        while indices and len(buf) >= sizes[0]:
-            index, size, hash_ = indices.pop(0), sizes.pop(0), hashes.pop(0)
-            content = bytes(buf[:size])
-            del buf[:size]
+        for index, content, hash_ in batch.feed(data):
             want = self._take(index)
             if file_hash(content) != hash_:
                 raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
@@ -277,9 +305,7 @@ class DestSide:
             self.result.sent += 1
             if self.group.full:
                 self.group.flush()
-        if not indices:
-            if buf:
-                raise RemoteProtocolError("more data than a sync_batch announced")
+        if batch.complete:
             self.batch = None
 
     # --- planning ----------------------------------------------------------------------------
