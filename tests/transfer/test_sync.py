@@ -245,3 +245,20 @@ async def test_cli_usage_errors(rig: Rig, src: Path) -> None:
     neither = await arun_cli("sync", str(src), "local-dest", home=rig.client_home)
     assert neither.returncode == 1 and "one side must be remote" in neither.stderr
     assert "Traceback" not in both.stderr + neither.stderr
+
+
+async def test_a_tree_longer_than_the_list_window(api: tether.Connection, rig: Rig,
+                                                  work: Path) -> None:
+    """3,000 entries: a dozen lists, more than the 8 that may be unanswered at once, each
+    answered and served; then --delete of a third of them and a pull back."""
+    src = work / "many"
+    for i in range(3000):
+        make_file(src / f"d{i // 300}" / f"f{i}", i % 700, seed=i)
+    result = await api.sync(f"{src}/", "dest")
+    assert result.sent == 3000 and snapshot(rig.root / "dest") == snapshot(src)
+    for i in range(0, 3000, 3):
+        (src / f"d{i // 300}" / f"f{i}").unlink()
+    pruned = await api.sync(f"{src}/", "dest", delete=True)
+    assert pruned.deleted == 1000 and snapshot(rig.root / "dest") == snapshot(src)
+    back = await api.sync("dest/", str(work / "back"), pull=True)
+    assert back.sent == 2000 and snapshot(work / "back") == snapshot(src)

@@ -44,6 +44,7 @@ from tether.syncing.common import (
     SyncOptions,
     SyncResult,
 )
+from tether.syncing.source import _first_failure
 
 # (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
 Opener = Callable[[bool, str], tuple[DestTree, str | None]]
@@ -185,8 +186,9 @@ class DestSide:
 
     async def run(self) -> SyncResult:
         writer = asyncio.create_task(self._answer_all())
+        reader = asyncio.create_task(self._receive())
         try:
-            await self._receive()
+            await _first_failure(reader, writer)
             if self.client:
                 # a server ends a pull only after every answer reached it: nothing is left to
                 # send (a server that did not wait gets none; missing files are found below)
@@ -198,8 +200,9 @@ class DestSide:
                 await writer
             self._finish()
         finally:
-            if not writer.done():
-                writer.cancel()
+            for task in (reader, writer):
+                if not task.done():
+                    task.cancel()
             if self.incoming is not None:
                 self.incoming[1].close()
             self.group.close()

@@ -8,6 +8,7 @@ against the destination's signature. A file that changes while it is read is com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -160,24 +161,29 @@ class SourceSide:
         self.progress = progress or NoProgress()
         self.entries: list[Entry] = []
         self.ranges: deque[tuple[int, int]] = deque()  # (first, count) of unanswered lists
-        self.work: asyncio.Queue[tuple[SyncWant, bytes, int] | BaseException] = asyncio.Queue(
-            LIST_WINDOW)
+        self.lists_sent: list[int] = []  # the first entry of each list sent
+        self.work: asyncio.Queue[tuple[SyncWant, bytes, int]] = asyncio.Queue(LIST_WINDOW)
         self.deleted: list[str] = []
         self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
 
     async def run(self) -> SyncResult:
+        """List and send (the writer) while the answers are read (the reader); whichever
+        fails first ends the other, so neither waits for what will never come."""
         reader = asyncio.create_task(self._read())
+        writer = asyncio.create_task(self._write())
         try:
-            await self._write()
+            await _first_failure(writer, reader)
             if self.client:
                 self.ep.send(SyncSent(stream=self.ep.stream))
                 await reader  # the server's sync_deleted, then its done
             else:
+                reader.cancel()
                 self.ep.send(Done(path="", count=len(self.entries), stream=self.ep.stream))
                 await self.ep.drain()
         finally:
-            if not reader.done():
-                reader.cancel()
+            for task in (reader, writer):
+                if not task.done():
+                    task.cancel()
         return self.result
 
     # --- listing and sending ---------------------------------------------------------------------
@@ -185,6 +191,7 @@ class SourceSide:
     async def _write(self) -> None:
         lists = list_messages(walk_roots(self.roots, self.opts), self.entries)
         listed = False
+        served = 0
         while True:
             if not listed and len(self.ranges) < LIST_WINDOW:
                 first = len(self.entries)
@@ -194,15 +201,14 @@ class SourceSide:
                     self.ep.send(SyncListed(count=len(self.entries), stream=self.ep.stream))
                 else:
                     self.ranges.append((first, len(self.entries) - first))
+                    self.lists_sent.append(first)
                     self.ep.send(SyncList(**fields, stream=self.ep.stream))
                 await self.ep.drain()
                 continue
-            if listed and not self.ranges:
-                return
-            item = await self.work.get()
-            if isinstance(item, BaseException):
-                raise item
-            want, sigs, first = item
+            if listed and served == len(self.lists_sent):
+                return  # every list answered and every answer served
+            want, sigs, first = await self.work.get()
+            served += 1
             await self._serve(want, sigs, first)
 
     async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
@@ -370,11 +376,7 @@ class SourceSide:
     # --- what the destination says -------------------------------------------------------------
 
     async def _read(self) -> None:
-        try:
-            await self._read_answers()
-        except BaseException as exc:
-            await self.work.put(exc)
-            raise
+        await self._read_answers()
 
     async def _read_answers(self) -> None:
         while True:
@@ -420,6 +422,18 @@ class SourceSide:
             sigs += event.data
         self.result.bytes_signatures += need
         return want, bytes(sigs), first
+
+
+async def _first_failure(main: asyncio.Task[None], helper: asyncio.Task[None]) -> None:
+    """Wait for ``main`` to finish; if ``helper`` fails first, cancel ``main`` and raise the
+    helper's error (``helper`` finishing without error while ``main`` runs is fine)."""
+    await asyncio.wait({main, helper}, return_when=asyncio.FIRST_COMPLETED)
+    if helper.done() and not helper.cancelled() and helper.exception() is not None:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+        raise helper.exception()  # type: ignore[misc]
+    await main
 
 
 def _same(st: os.stat_result, entry: Entry) -> bool:
