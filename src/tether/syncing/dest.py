@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from tether.errors import BadRequest, RemoteProtocolError, UnsafePath
+from tether.errors import BadRequest, RemoteProtocolError, TetherError, UnsafePath
 from tether.protocol import Data, Done
 from tether.protocol.messages import (
     MAX_LIST,
@@ -136,21 +136,28 @@ class _BatchIn:
     def complete(self) -> bool:
         return self.next >= len(self.items)
 
-    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes, str]]:
-        """The files ``data`` completed: (index, content, hash)."""
+    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes | memoryview, str]]:
+        """The files ``data`` completed: (index, content, hash). A batch that arrives in one
+        DATA frame (the usual case: a sender's batches fit one) is cut without a copy."""
         if len(self.buf) + len(data) > self.expected:
             raise RemoteProtocolError("more data than a sync_batch announced")
+        if not self.buf and len(data) == self.expected:
+            view = memoryview(data)
+            return [self._take(view) for _ in range(len(self.items) - self.next)]
         self.buf += data
-        done = []
+        done: list[tuple[int, bytes | memoryview, str]] = []
         with memoryview(self.buf) as view:  # released before the buffer grows again
-            while self.next < len(self.items):
-                index, size, hash_ = self.items[self.next]
-                if len(self.buf) - self.pos < size:
-                    break
-                done.append((index, bytes(view[self.pos:self.pos + size]), hash_))
-                self.pos += size
-                self.next += 1
+            while self.next < len(self.items) and len(self.buf) - self.pos >= (
+                    self.items[self.next][1]):
+                index, content, hash_ = self._take(view)
+                done.append((index, bytes(content), hash_))
         return done
+
+    def _take(self, view: memoryview) -> tuple[int, memoryview, str]:
+        index, size, hash_ = self.items[self.next]
+        self.next += 1
+        self.pos += size
+        return index, view[self.pos - size:self.pos], hash_
 
 
 class DestSide:
@@ -193,8 +200,8 @@ class DestSide:
                 # a server ends a pull only after every answer reached it: nothing is left to
                 # send (a server that did not wait gets none; missing files are found below)
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                with contextlib.suppress(asyncio.CancelledError, TetherError):
+                    await writer  # an answer the ended stream could not carry is moot
             else:
                 self.answers.put_nowait(None)
                 await writer

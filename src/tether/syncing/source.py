@@ -216,7 +216,7 @@ class SourceSide:
             for offset, action in enumerate(want.actions):
                 self.result.note(self.entries[first + offset].name, action)
         batch: list[tuple[int, bytes]] = []
-        pos = 0
+        batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
                                                    want.prefixes, strict=True):
             entry = self.entries[index]
@@ -227,10 +227,11 @@ class SourceSide:
                 data = self._read_small(index, entry)
                 if data is not None:
                     if batch and (len(batch) >= SEND_FILES
-                                  or sum(len(d) for _, d in batch) + len(data) > SEND_BYTES):
+                                  or batch_bytes + len(data) > SEND_BYTES):
                         await self._send_batch(batch)
-                        batch = []
+                        batch, batch_bytes = [], 0
                     batch.append((index, data))
+                    batch_bytes += len(data)
             else:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
@@ -428,7 +429,10 @@ async def _first_failure(main: asyncio.Task[None], helper: asyncio.Task[None]) -
     """Wait for ``main`` to finish; if ``helper`` fails first, cancel ``main`` and raise the
     helper's error (``helper`` finishing without error while ``main`` runs is fine)."""
     await asyncio.wait({main, helper}, return_when=asyncio.FIRST_COMPLETED)
-    if helper.done() and not helper.cancelled() and helper.exception() is not None:
+    if main.done():
+        await main  # its own error, if any; the helper's is the caller's to collect
+        return
+    if not helper.cancelled() and helper.exception() is not None:
         main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await main
