@@ -29,7 +29,6 @@ from tether.defaults import DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from tether.cli.shared import RunOptions
-    from tether.cli.sync import SyncCliOptions
     from tether.cli.transfer_options import TransferOptions
     from tether.client.fleet import Fleet, FleetResult, HostResult
     from tether.inventory import Target
@@ -287,28 +286,3 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
 
     return _main(work)
 
-
-def sync_fleet(spec: str, sources: list[str], dest: str, opts: SyncCliOptions) -> int:
-    """``tether sync SRC... TARGET:DEST``: the same tree pushed to every host at once; with
-    ``--dry-run``/``-v`` each host's itemized lines, prefixed with its name, as it finishes."""
-    from tether.cli.sync import itemized
-    from tether.errors import BadRequest
-
-    fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
-                         keepalive=opts.keepalive)
-
-    def done(result: HostResult) -> None:
-        if result.sync is not None and (opts.dry_run or opts.verbose):
-            for line in itemized(result.sync, f"{result.name} | "):
-                click.echo(line)
-
-    async def work() -> int:
-        if opts.progress:
-            raise BadRequest("--progress shows one host's sync; with several hosts the "
-                             "summary reports each one (--json for the figures)")
-        async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
-                          fopts) as fleet:
-            results = await fleet.sync(sources, dest, on_done=done, **opts.api_kwargs())
-        return _finish(results, opts.json)
-
-    return _main(work)

@@ -117,8 +117,6 @@ def _push(host: str, sources: list[str], dest: str, opts: SyncCliOptions) -> int
     from tether.cli.fleet import wants_fleet
 
     if wants_fleet(host, opts.home):
-        from tether.cli.fleet import sync_fleet
-
         return sync_fleet(host, sources, dest, opts)
     return _one(host, opts, sources, dest, pull=False)
 
@@ -155,3 +153,29 @@ async def _run(host: str, opts: SyncCliOptions, sources: list[str], dest: str,
         finally:
             if progress is not None:
                 progress.bar.stop()
+
+
+def sync_fleet(spec: str, sources: list[str], dest: str, opts: SyncCliOptions) -> int:
+    """``tether sync SRC... TARGET:DEST``: the same tree pushed to every host at once; with
+    ``--dry-run``/``-v`` each host's itemized lines, prefixed with its name, as it finishes."""
+    from tether.cli.fleet import FleetOptions, _finish, _fleet, _main
+    from tether.client.fleet import HostResult
+
+    fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
+                         keepalive=opts.keepalive)
+
+    def done(result: HostResult) -> None:
+        if result.sync is not None and (opts.dry_run or opts.verbose):
+            for line in itemized(result.sync, f"{result.name} | "):
+                click.echo(line)
+
+    async def work() -> int:
+        if opts.progress:
+            raise BadRequest("--progress shows one host's sync; with several hosts the "
+                             "summary reports each one (--json for the figures)")
+        async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
+                          fopts) as fleet:
+            results = await fleet.sync(sources, dest, on_done=done, **opts.api_kwargs())
+        return _finish(results, opts.json)
+
+    return _main(work)
