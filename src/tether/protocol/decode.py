@@ -31,6 +31,9 @@ def _checker(hint: object) -> "Callable[[Any], bool]":
         return lambda value: isinstance(value, str)
     origin = getattr(hint, "__origin__", None)
     if origin is list:
+        exact = _exact_types(hint.__args__[0])  # type: ignore[attr-defined]
+        if exact is not None:  # list[int], list[str], list[str | None]: one C-level pass
+            return lambda value: isinstance(value, list) and set(map(type, value)) <= exact
         item = _checker(hint.__args__[0])  # type: ignore[attr-defined]
         return lambda value: isinstance(value, list) and all(item(v) for v in value)
     if origin is dict:
@@ -39,6 +42,15 @@ def _checker(hint: object) -> "Callable[[Any], bool]":
             key(k) and item(v) for k, v in value.items()
         )
     raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not the peer
+
+
+def _exact_types(hint: object) -> "frozenset[type] | None":
+    """The exact types a decoded JSON scalar of type ``hint`` may have (``json`` makes no
+    subclasses, and ``bool`` is its own type, so ``type(v) is int`` excludes it), or None."""
+    options = hint.__args__ if isinstance(hint, types.UnionType) else (hint,)
+    if all(option in (int, str, type(None)) for option in options):
+        return frozenset(options)
+    return None
 
 
 # Per message class: each header field (not ``stream``) with its type check, built at import
