@@ -94,7 +94,7 @@ class SourceTree:
         self.dirs = _Dirs(root_fd, shown)
         self.shown = shown
 
-    def walk(self, keep: Callable[[tuple[str, ...], str], bool] = lambda parts, kind: True
+    def walk(self, keep: Callable[[tuple[str, ...], str], bool] | None = None
              ) -> Iterator[tuple[tuple[str, ...], os.stat_result, str]]:
         """(parts, lstat, symlink target) of every entry below the root that ``keep`` keeps
         (a directory it drops is not entered), sorted by name, each directory before its
@@ -116,7 +116,7 @@ class SourceTree:
                 except FileNotFoundError:
                     continue  # vanished since listed
                 kind = kind_of(st)
-                if kind is None or not keep((*here, name), kind):
+                if kind is None or (keep is not None and not keep((*here, name), kind)):
                     continue
                 target = os.readlink(name, dir_fd=self.dirs.get(here)) if kind == "symlink" else ""
                 yield (*here, name), st, target

@@ -98,7 +98,7 @@ def walk_roots(roots: list[Root], opts: SyncOptions
         def keep(parts: tuple[str, ...], kind: str, root: Root = root) -> bool:
             return not filters.excluded(_joined(root.name, parts), kind == "dir")
 
-        for parts, st, target in root.tree.walk(keep):
+        for parts, st, target in root.tree.walk(keep if filters.spec is not None else None):
             name = _joined(root.name, parts)
             if name in seen:
                 continue  # two sources with the same entry: the first one's wins, as in rsync
@@ -131,7 +131,8 @@ def list_messages(found: Iterator[tuple[Entry, str, str]], entries: list[Entry]
     fields: dict[str, list] = {}  # type: ignore[type-arg]
     cost = 0
     for entry, target, hash_ in found:
-        item_cost = header_cost(entry.name) + header_cost(target) + len(hash_)
+        item_cost = header_cost(entry.name) + (header_cost(target) if target else 0) + len(
+            hash_)
         if fields and (len(fields["names"]) >= MAX_LIST or cost + item_cost > LIST_HEADER):
             yield fields
             fields, cost = {}, 0
