@@ -163,10 +163,13 @@ class Marker:
 
 
 def start_server(
-    home: Path, root: Path, log: Path, *extra: str, port: int = 0
+    home: Path, root: Path, log: Path, *extra: str, port: int = 0,
+    env: dict[str, str] | None = None,
 ) -> ServeProcess:
-    """Start ``tether serve`` as ``home`` in its own session and wait until it listens."""
-    return start_serve(home, root, log, *extra, env=cli_env(), port=port, new_session=True)
+    """Start ``tether serve`` as ``home`` in its own session and wait until it listens
+    (``env``: variables added to the server's environment)."""
+    return start_serve(home, root, log, *extra, env=cli_env(**(env or {})), port=port,
+                       new_session=True)
 
 
 @dataclass
@@ -309,17 +312,18 @@ ServerFactory = Callable[..., ServeProcess]
 
 @pytest.fixture
 def make_server(tmp_path: Path, client_home: Path) -> Iterator[ServerFactory]:
-    """``make_server(*serve_args, home=None, port=0, pinned=True)``: extra servers, each with
-    the shared client authorized (and pinned unless ``pinned=False``); stopped at teardown."""
+    """``make_server(*serve_args, home=None, port=0, pinned=True, env=None)``: extra servers,
+    each with the shared client authorized (and pinned unless ``pinned=False``), ``env`` added
+    to the server's environment; stopped at teardown."""
     started: list[ServeProcess] = []
 
-    def make(*extra: str, home: Path | None = None, port: int = 0, pinned: bool = True
-             ) -> ServeProcess:
+    def make(*extra: str, home: Path | None = None, port: int = 0, pinned: bool = True,
+             env: dict[str, str] | None = None) -> ServeProcess:
         home = home or tmp_path / f"server{len(started)}"
         if not (home / "authorized").exists():
             authorize(home, client_home)
         log = tmp_path / f"server{len(started)}.log"
-        server = start_server(home, tmp_path / "root", log, *extra, port=port)
+        server = start_server(home, tmp_path / "root", log, *extra, port=port, env=env)
         started.append(server)
         if pinned:
             pin(client_home, server.port, server.fingerprint)

@@ -124,7 +124,8 @@ class ServeProcess:
 
 
 def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str, str],
-                port: int = 0, new_session: bool = False) -> ServeProcess:
+                port: int = 0, new_session: bool = False,
+                preexec: Callable[[], None] | None = None) -> ServeProcess:
     """Start ``tether serve -p PORT --root ROOT EXTRA`` as ``home`` (``env`` is the whole
     environment; ``TETHER_HOME`` is set here) and wait for its "listening on" line. The log is
     appended to (a restart keeps the earlier lines) and is a file, never a pipe that could fill
@@ -133,9 +134,12 @@ def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str
     offset = log.stat().st_size if log.exists() else 0
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [*TETHER, "serve", "-p", str(port), "--root", str(root), *extra],
+            # --drain 0: a test's SIGTERM ends its server at once, as before drains existed
+            # (tests/service/ tests the drain); EXTRA may override it
+            [*TETHER, "serve", "-p", str(port), "--root", str(root), "--drain", "0", *extra],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
             env={**env, "TETHER_HOME": str(home)}, start_new_session=new_session,
+            preexec_fn=preexec,
         )
     match = await_line(proc, log, LISTENING, offset)
     return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2) or "")

@@ -8,13 +8,16 @@
     │   └── RemoteProtocolError       the peer sent something the protocol forbids
     ├── VersionMismatch               no protocol version in common
     ├── ConnectionFailed              the connection could not be made or did not survive
+    │   ├── ConnectionRefused         the host answered that nothing listens there (never reached)
     │   ├── ConnectionClosed          we closed it, and then tried to use it
     │   ├── ConnectionBroken          the peer or the network ended it
-    │   └── ServerShuttingDown        the server said it is stopping
+    │   ├── ServerShuttingDown        the server said it is stopping
+    │   └── ConnectTimeout            connect + TLS + welcome not done within the deadline
     ├── AuthError                     someone's identity was not accepted
     │   ├── NotAuthorized             the server does not know our identity
     │   ├── HostUnknown               the server's fingerprint is not pinned and was not accepted
-    │   └── HostChanged               the server's fingerprint differs from the pinned one
+    │   ├── HostChanged               the server's fingerprint differs from the pinned one
+    │   └── HostCertificateRefused    the server's host certificate is not valid for it
     ├── IdentityError                 our own key or certificate is missing or unreadable
     ├── UsageError                    the command line is wrong (the CLI exits 2)
     ├── ConfigError                   a setting or configuration file is wrong (the CLI exits 1)
@@ -24,7 +27,7 @@
         ├── PermissionDenied          this client may not do that
         ├── NotFound                  a file or directory named by the request does not exist
         ├── AlreadyExists             the destination exists (use force or rename)
-        ├── NoSpace                   the disk filled up (the partial is kept for resume)
+        ├── NoSpace                   the disk filled up (a large file's partial is kept for resume)
         ├── IntegrityError            the bytes received do not hash to the bytes sent
         ├── SourceChanged             the source grew or shrank while it was being sent
         ├── Busy                      another transfer is writing the same destination
@@ -69,6 +72,11 @@ class ConnectionFailed(TetherError):
     code = "connection"
 
 
+class ConnectionRefused(ConnectionFailed):
+    """The server's host was reached but refused the TCP connection: no tether server listens
+    on that port. The connection never existed (as opposed to :class:`ConnectionBroken`)."""
+
+
 class ConnectionClosed(ConnectionFailed):
     pass
 
@@ -79,6 +87,12 @@ class ConnectionBroken(ConnectionFailed):
 
 class ServerShuttingDown(ConnectionFailed):
     code = "shutting_down"
+
+
+class ConnectTimeout(ConnectionFailed):
+    """Connecting, the TLS handshake and the server's welcome together took longer than the
+    connect timeout (one deadline for all three, however slowly the bytes drip). Not a
+    TimeoutError: the host was never reached, as far as the caller is concerned."""
 
 
 class AuthError(TetherError):
@@ -95,6 +109,10 @@ class HostUnknown(AuthError):
 
 class HostChanged(AuthError):
     code = "host_changed"
+
+
+class HostCertificateRefused(AuthError):
+    code = "host_certificate"
 
 
 class IdentityError(TetherError):

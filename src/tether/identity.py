@@ -70,9 +70,8 @@ def load_identity(home: Path, kind: str = "client") -> Identity:
         der = ssl.PEM_cert_to_DER_cert(pem)
     except (OSError, ValueError) as exc:
         raise IdentityError(f"cannot read certificate {cert_path}: {exc}") from exc
-    name = (home / f"{cert_path.stem}.name").read_text().strip() if (
-        home / f"{cert_path.stem}.name"
-    ).exists() else "tether"
+    name_file = home / f"{Path(identity_files(home, kind)[1]).stem}.name"
+    name = name_file.read_text().strip() if name_file.exists() else "tether"
     return Identity(key_path, cert_path, der, name)
 
 
@@ -153,6 +152,7 @@ class AuthorizedClient:
     name: str
     root: str | None = None
     permissions: frozenset[str] = field(default_factory=lambda: frozenset(PERMISSIONS))
+    users: tuple[str, ...] = ()  # Unix accounts it may use (the first: default); (): the server's
 
     @property
     def fingerprint(self) -> str:
@@ -217,6 +217,8 @@ def format_authorized(client: AuthorizedClient) -> str:
         words.append(f"root={client.root}")
     if client.permissions != frozenset(PERMISSIONS):
         words.append("allow=" + ",".join(p for p in PERMISSIONS if p in client.permissions))
+    if client.users:
+        words.append("user=" + ",".join(client.users))
     return shlex.join(words)
 
 
@@ -224,15 +226,18 @@ def parse_authorized_line(line: str) -> AuthorizedClient:
     words = shlex.split(line)
     der, name = parse_id_line(" ".join(words[:3]))
     root, perms = None, frozenset(PERMISSIONS)
+    users: tuple[str, ...] = ()
     for word in words[3:]:
         key, _, value = word.partition("=")
         if key == "root":
             root = value
         elif key == "allow":
             perms = parse_permissions(value)
+        elif key == "user":
+            users = tuple(u for u in value.split(",") if u)
         else:
             raise IdentityError(f"unknown option {key!r}")
-    return AuthorizedClient(der, name, root, perms)
+    return AuthorizedClient(der, name, root, perms, users)
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,15 @@ A target is what a user types where one HOST is accepted, so that one word can m
 
     web1            a host named in the inventory (its address, port and settings)
     10.0.0.5        any other word is an address (or a DNS name) on the default port
+    build@web1      either of those, as the Unix account "build" (the server's mapping allows it)
     a,b,c           several targets, each of the kinds here
     @web            every inventory host in the group "web"
     @all            every inventory host
 
-:func:`resolve` returns :class:`Target` tuples (name, address, port, timeout, keepalive) in the
-order given,
-without duplicates. The file is read with the standard library's ``tomllib`` and written by
-:func:`dump` in one small fixed format (no writer dependency), atomically, so a crash never
-leaves half an inventory::
+:func:`resolve` returns :class:`Target` tuples (name, address, port, timeout, keepalive, user)
+in the order given, without duplicates. The file is read with the standard library's
+``tomllib`` and written by :func:`dump` in one small fixed format (no writer dependency),
+atomically, so a crash never leaves half an inventory::
 
     [hosts.web1]
     address = "10.0.0.5"
@@ -20,6 +20,7 @@ leaves half an inventory::
     groups = ["web", "eu"]
     timeout = 30.0          # optional per-host deadline in seconds (connect + operation)
     keepalive = 15.0        # optional: ping the server after this much silence (--keepalive)
+    user = "build"          # optional: the Unix account to run as there (like user@host)
 
 Pure files, no sockets: :mod:`tether.client.fleet` connects, :mod:`tether.cli.hosts` prints.
 """
@@ -40,6 +41,7 @@ INVENTORY_FILE = "hosts.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 GROUP_ALL = "all"
 SETTINGS = ("timeout", "keepalive")  # optional per-host keys beside address, port and groups
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 
 
 class InventoryError(ConfigError, IdentityError):
@@ -55,6 +57,7 @@ class Target(NamedTuple):
     port: int
     timeout: float | None = None
     keepalive: float | None = None
+    user: str = ""  # the Unix account asked for ("": the server's choice)
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,11 @@ class Host:
     groups: tuple[str, ...] = ()
     timeout: float | None = None
     keepalive: float | None = None
+    user: str = ""
 
     def target(self) -> Target:
-        return Target(self.name, self.address, self.port, self.timeout, self.keepalive)
+        return Target(self.name, self.address, self.port, self.timeout, self.keepalive,
+                      self.user)
 
 
 @dataclass
@@ -154,7 +159,7 @@ def parse(text: str, where: str = INVENTORY_FILE) -> Inventory:
 def _host(name: str, entry: Any) -> Host:
     if not isinstance(entry, Mapping):
         raise TypeError("must be a table")
-    unknown = set(entry) - {"address", "port", "groups", *SETTINGS}
+    unknown = set(entry) - {"address", "port", "groups", "user", *SETTINGS}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
     address = entry.get("address")
@@ -163,8 +168,11 @@ def _host(name: str, entry: Any) -> Host:
     groups = entry.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ValueError("'groups' must be a list of strings")
+    user = entry.get("user", "")
+    if not isinstance(user, str) or (user and not USER_RE.match(user)):
+        raise ValueError("'user' must be a Unix account name")
     return Host(name, address, check_port(entry.get("port", DEFAULT_PORT)), tuple(groups),
-                _seconds(entry, "timeout"), _seconds(entry, "keepalive"))
+                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user)
 
 
 def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
@@ -195,6 +203,8 @@ def dump(inventory: Inventory) -> str:
             out.append(f"timeout = {host.timeout!r}\n")
         if host.keepalive is not None:
             out.append(f"keepalive = {host.keepalive!r}\n")
+        if host.user:
+            out.append(f"user = {_string(host.user)}\n")
     return "".join(out)
 
 
@@ -247,12 +257,35 @@ def merge_groups(host: Host, groups: Iterable[str]) -> Host:
 
 
 def is_multi(spec: str) -> bool:
-    """Whether ``spec`` has fleet syntax (``@group``, ``a,b``), without reading any file."""
-    return "," in spec or spec.startswith("@")
+    """Whether ``spec`` has fleet syntax (``@group``, ``user@@group``, ``a,b``), without reading
+    any file."""
+    return "," in spec or split_user(spec)[1].startswith("@")
+
+
+def split_user(spec: str) -> tuple[str, str]:
+    """``build@web1`` as ("build", "web1"); a spec without an account as ("", spec)."""
+    user, at, rest = spec.partition("@")
+    if at and user and rest and not spec.startswith("@"):
+        return user, rest
+    return "", spec
+
+
+def is_address(spec: str) -> bool:
+    """Whether ``spec`` is an IP address literal (``[v6]`` too): a host no inventory names."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(spec[1:-1] if spec.startswith("[") and spec.endswith("]")
+                             else spec)
+    except ValueError:
+        return False
+    return True
 
 
 def names_inventory_host(spec: str, home: str | os.PathLike[str] | None = None) -> bool:
-    """Whether ``spec`` is a name in the inventory (costs nothing when there is no file)."""
+    """Whether ``spec`` (perhaps ``user@NAME``) is a name in the inventory (costs nothing when
+    there is no file)."""
+    spec = split_user(spec)[1]
     if not NAME_RE.match(spec):
         return False
     try:
@@ -286,6 +319,12 @@ def _resolve_one(part: str | Target, inventory: Inventory, port: int) -> list[Ta
         return [part]
     if not part:
         return []
+    user, rest = split_user(part)
+    if user:
+        if not USER_RE.match(user):
+            raise BadRequest(f"not a Unix account name: {user!r} (in {part!r})")
+        return [t._replace(name=f"{user}@{t.name}", user=user)
+                for t in _resolve_one(rest, inventory, port)]
     if part.startswith("@"):
         hosts = inventory.group(part[1:])
         if not hosts:
@@ -306,6 +345,7 @@ __all__ = [
     "Target",
     "add_host",
     "dump",
+    "is_address",
     "is_multi",
     "load",
     "names_inventory_host",

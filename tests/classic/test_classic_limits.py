@@ -59,7 +59,7 @@ def group_gone(pgid: int) -> bool:
     return False
 
 
-async def eventually(predicate: object, seconds: float = 5.0) -> bool:
+async def eventually(predicate: object, seconds: float = 15.0) -> bool:
     assert callable(predicate)
     deadline = time.monotonic() + seconds
     while not predicate():

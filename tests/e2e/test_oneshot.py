@@ -104,10 +104,76 @@ def test_encoding_transcodes_into_a_pipe(client: Client) -> None:
 
 
 def test_connection_refused_and_unknown_host(client: Client) -> None:
-    done = both(client, "-p", "1", HOST, "--", "true")
-    assert done.returncode == 255 and done.stderr.startswith(b"tether: connection lost")
+    done = both(client, "-p", "1", HOST, "--", "true")  # never reached, not "lost"
+    assert done.returncode == 255
+    assert done.stderr == b"tether: 127.0.0.1 port 1: connection refused\n"
     done = both(client, "host.invalid", "--", "true")
     assert done.returncode == 255 and done.stderr.count(b"\n") == 1
+    assert done.stderr.startswith(b"tether: host.invalid port 7722: cannot resolve the name")
+
+
+@pytest.mark.parametrize("host, hint", [
+    ("buidl3", b""), ("buidl3:7788", b"try -p 7788 buidl3"),
+])
+def test_errors_name_the_host(client: Client, host: str, hint: bytes) -> None:
+    done = both(client, host, "--", "true")
+    assert done.returncode == 255 and done.stderr.count(b"\n") == 1
+    assert done.stderr.startswith(f"tether: {host} port 7722: ".encode()), done.stderr
+    assert hint in done.stderr
+
+
+def test_options_between_host_and_command(client: Client) -> None:
+    """ssh's rule: options after HOST are tether's until -- or the first other word."""
+    done = both(client, HOST, "-p", str(client.port), "--env", "X=1", "-n",
+                "sh", "-c", 'echo "$X" "$@"', "sh", "-p", "--env")
+    assert (done.returncode, done.stdout) == (0, b"1 -p --env\n"), done.stderr
+    done = both(client, HOST, "--port", str(client.port), "--timeout", "0.5", "--",
+                "sleep 30")
+    assert done.returncode == 124
+    done = both(client, "-p", "1", HOST, "-p", str(client.port), "echo", "last -p wins")
+    assert (done.returncode, done.stdout) == (0, b"last -p wins\n"), done.stderr
+
+
+def test_unknown_option_after_host_is_a_usage_error(client: Client) -> None:
+    done = both(client, HOST, "-p", str(client.port), "-la")
+    assert done.returncode == 2 and b"No such option: -l" in done.stderr
+    assert b"tether run HOST -- COMMAND" in done.stderr
+
+
+def test_fleet_options_after_the_hosts(client: Client) -> None:
+    """`tether run a,b --host-timeout 2 -- true`: the fleet's options after the hosts are
+    tether's too (the summary's times differ between runs: stdout and status compared)."""
+    for path in PATHS:
+        done = _run(client, path, [f"{HOST},", "--host-timeout", "20", "-p", str(client.port),
+                                   "--parallel", "2", "--", "echo", "hi"])
+        assert (done.returncode, done.stdout) == (0, b"127.0.0.1 | hi\n"), done.stderr
+        assert b"1 host: 1 ok, 0 failed" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["-p", "99999", HOST, "true"], [HOST, "-p", "0", "true"],
+                                  ["--plaintext", "10.1.2.3", "true"],
+                                  ["localhost.invalid", "--plaintext", "true"]])
+def test_bad_port_and_remote_plaintext_are_usage_errors(client: Client, args: list[str]
+                                                        ) -> None:
+    done = both(client, *args)
+    assert done.returncode == 2 and b"Traceback" not in done.stderr, done.stderr
+    assert b"--port" in done.stderr or b"--plaintext is only for a server on this machine" \
+        in done.stderr
+
+
+def test_a_broken_inventory_does_not_stop_an_address(client: Client, tmp_path: Path) -> None:
+    home = tmp_path / "broken"
+    home.mkdir()
+    for name in ("id_key.pem", "id_cert.pem", "id_cert.name", "known_hosts"):
+        if (client.home / name).exists():
+            (home / name).write_bytes((client.home / name).read_bytes())
+    (home / "hosts.toml").write_text(f'[hosts.box]\naddress = "{HOST}"\nbroken = = 1\n')
+    done = both(client.other(home=home), *on(client, HOST, "--", "echo fine"))
+    assert (done.returncode, done.stdout) == (0, b"fine\n")
+    assert done.stderr.count(b"\n") == 1 and b"warning: " in done.stderr
+    assert b"hosts.toml" in done.stderr
+    done = both(client.other(home=home), *on(client, "box", "--", "echo fine"))
+    assert done.returncode == 1 and b"hosts.toml" in done.stderr  # a name needs it
 
 
 def test_unknown_server_then_accept_new(client: Client,
@@ -229,7 +295,12 @@ def test_signals_reach_the_remote_command(client: Client, path: str, sig: int,
     (["h", "--", "ls", "-l"], ("h", 7722, ["ls", "-l"], None, True)),
     (["-p7000", "-n", "--timeout=2.5", "h", "x"], ("h", 7000, ["x"], 2.5, False)),
     (["--port", "7000", "--", "h", "--", "x"], ("h", 7000, ["x"], None, True)),
-    (["--cwd", "-dir-", "h", "-h"], ("h", 7722, ["-h"], None, True)),
+    (["--cwd", "-dir-", "h", "--", "-h"], ("h", 7722, ["-h"], None, True)),
+    # tether's options between HOST and the command, as ssh reads them (issue 14, item 5)
+    (["h", "-p", "7788", "true"], ("h", 7788, ["true"], None, True)),
+    (["h", "-n", "--timeout", "3", "--", "ls", "-l"], ("h", 7722, ["ls", "-l"], 3.0, False)),
+    (["-p", "7000", "h", "ls", "-p", "1"], ("h", 7000, ["ls", "-p", "1"], None, True)),
+    (["h", "--", "--", "x"], ("h", 7722, ["--", "x"], None, True)),
 ])
 def test_parse_plain_forms(args: list[str], expected: tuple[Any, ...]) -> None:
     from tether.cli.oneshot import parse
@@ -243,6 +314,8 @@ def test_parse_plain_forms(args: list[str], expected: tuple[Any, ...]) -> None:
     [], ["-h"], ["--help"], ["--json", "h", "x"], ["--parallel", "2", "h", "x"],
     ["--home=", "h", "x"], ["-p", "x7", "h", "x"], ["-nx", "h", "x"], ["--env", "NOEQ", "h", "x"],
     ["--timeout"], ["--accept-new=yes", "h", "x"],
+    ["h", "-h"], ["a,b", "--host-timeout", "2", "--", "true"], ["h", "--json", "x"],
+    ["h", "-x", "y"], ["h", "-p", "99999", "x"],
 ])
 def test_parse_leaves_other_forms_to_click(args: list[str]) -> None:
     from tether.cli.oneshot import parse

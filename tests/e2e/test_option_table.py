@@ -18,7 +18,12 @@ FORMS = [
     ["h", "true"],
     ["-p7000", "-n", "--timeout=2.5", "h", "x"],
     ["--port", "7000", "--", "h", "--", "x"],
-    ["--cwd", "-dir-", "h", "-h"],
+    ["--cwd", "-dir-", "h", "--", "-h"],
+    # tether's options between HOST and the command, as ssh reads them (issue 14, item 5)
+    ["h", "-p", "7788", "true"],
+    ["h", "-n", "--env", "A=1", "--timeout=2", "--", "ls", "-l"],
+    ["-p", "1", "h", "--port=2", "ls", "-p", "3"],
+    ["--", "h", "-p", "4", "--", "--", "x"],
     ["--accept-new", "--plaintext", "--encoding", "latin-1", "h", "a", "b"],
     ["--env", "A=1", "--env=B=2=3", "--env", "C=", "h", "env"],
     ["--home", "/somewhere/else", "--no-stdin", "h", "x"],

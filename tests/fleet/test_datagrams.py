@@ -47,9 +47,24 @@ def test_the_largest_reply_still_fits_the_smallest_probe(name: str, address: str
     ann = Announcement(address, 65535, name, "x" * 300, version)
     reply = encode_reply(NONCE, ann, PROBE_MIN)
     assert len(reply) <= REPLY_MAX < PROBE_MIN
-    _nonce, back = decode_reply(reply)
+    ann = Announcement(address, 65535, name, ANN.fingerprint, version)
+    _nonce, back = decode_reply(encode_reply(NONCE, ann, PROBE_MIN))
     assert address.encode().startswith(back.address.encode())  # clipped, whole characters
     assert name.encode().startswith(back.name.encode())
+
+
+@pytest.mark.parametrize("fingerprint", [
+    "SHA256:" + "A" * 42 + "\n127.0.0.9 SHA256:" + "B" * 4,  # a second known_hosts line
+    "SHA256:" + "A" * 42 + "\x1b", "SHA256:" + "A" * 42, "SHA256:" + "A" * 44,
+    "MD5:" + "A" * 46, "sha256:" + "A" * 43, "SHA256:" + "A" * 42 + "=", " " + "A" * 43])
+def test_a_reply_with_a_malformed_fingerprint_is_dropped(fingerprint: str) -> None:
+    """The fingerprint goes into known_hosts with ``discover --add``: only the exact form
+    ``SHA256:`` + 43 base64 characters (or empty, for a plaintext server) is a reply."""
+    ann = Announcement("127.0.0.2", 7722, "n02", fingerprint, "0.1.0")
+    with pytest.raises(DatagramError, match="fingerprint"):
+        decode_reply(encode_reply(NONCE, ann, PROBE_MIN))
+    plaintext = Announcement("127.0.0.2", 7722, "n02", "", "0.1.0")
+    assert decode_reply(encode_reply(NONCE, plaintext, PROBE_MIN))[1] == plaintext
 
 
 def test_reply_never_exceeds_its_probe() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -117,6 +118,33 @@ async def test_put_and_get_across_all(farm: Farm, tmp_path: Path) -> None:
     for name in NAMES:
         assert (logs / name / "app.conf").read_text() == "port = 80\n"
     assert _summary(get.stderr) == (50, 50, 0)
+
+
+async def test_get_r_safe_links_across_hosts(farm: Farm, tmp_path: Path) -> None:
+    """Symlinks out of the tree are copied as links from every host; with --safe-links each
+    host's skipped link is said on its prefixed line and listed in its JSON."""
+    hosts = ["n02", "n03"]
+    for address in ADDRESSES[:2]:
+        tree = farm.nodes[address].root / "links"
+        tree.mkdir(exist_ok=True)
+        (tree / "f").write_text("x\n")
+        if not os.path.lexists(tree / "out"):
+            os.symlink("/etc/hostname", tree / "out")
+    kept = await atether("get", "-r", ",".join(hosts) + ":links", str(tmp_path / "kept"),
+                         home=farm.client_a)
+    assert kept.returncode == 0, kept.stderr
+    for name in hosts:
+        assert os.readlink(tmp_path / "kept" / name / "links" / "out") == "/etc/hostname"
+    safe = await atether("get", "-r", "--safe-links", "--json", ",".join(hosts) + ":links",
+                         str(tmp_path / "safe"), home=farm.client_a)
+    assert safe.returncode == 0, safe.stderr
+    for name in hosts:
+        assert not os.path.lexists(tmp_path / "safe" / name / "links" / "out")
+        assert (tmp_path / "safe" / name / "links" / "f").read_text() == "x\n"
+        assert re.search(rf"^{name}\s*\| tether: links/out: symlink to /etc/hostname leaves the "
+                         rf"tree; skipped \(--safe-links\)$", safe.stderr, re.M), safe.stderr
+    report = {h["host"]: h["skipped"] for h in json.loads(safe.stdout)["hosts"]}
+    assert report == {name: [{"path": "links/out", "target": "/etc/hostname"}] for name in hosts}
 
 
 RESUMING = {"n02": 1000, "n03": 70_000}  # bytes of an interrupted transfer left per host

@@ -128,7 +128,8 @@ class ServeProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         seen = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         argv = self.argv or [sys.executable, "-m", "tether", "serve", "-p", "0",
-                             "--root", str(self.root), "--kill-grace", "0.5", *self.args]
+                             "--root", str(self.root), "--kill-grace", "0.5", "--drain", "0",
+                             *self.args]
         with self.log.open("ab") as sink:  # a file, not a pipe: a full pipe would block it
             self.proc = subprocess.Popen(
                 argv, env={**os.environ, "TETHER_HOME": str(self.home), **self.env},

@@ -279,7 +279,8 @@ async def test_a_fork_bomb_is_contained_by_process_nproc(nobody: Unprivileged,
     serve.root.mkdir()
     _chown_tree(nobody.base, nobody.uid, nobody.gid)
     serve.argv = _as_nobody([sys.executable, "-m", "tether", "serve", "-p", "0", "--root",
-                             str(serve.root), "--kill-grace", "0.5", "--process-nproc",
+                             str(serve.root), "--kill-grace", "0.5", "--drain", "0",
+                             "--process-nproc",
                              str(NPROC)], nobody)
     try:
         await asyncio.to_thread(serve.start)

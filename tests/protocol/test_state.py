@@ -249,6 +249,25 @@ def test_a_hello_after_the_handshake_is_rejected() -> None:
         pair.to_server(wire(Hello(versions=[1])))
 
 
+@pytest.mark.parametrize("user", ["../etc", "a" * 33, "-rf", "build\x1b[2J", "b uild", "é"])
+def test_a_hello_or_welcome_naming_no_unix_account_is_rejected(user: str) -> None:
+    """hello.user and welcome.user reach logs and terminals: only account names are carried."""
+    pair = Pair()
+    with pytest.raises(RemoteProtocolError, match=r"hello\.user is not a Unix account name"):
+        pair.to_server(wire(Hello(versions=[1], user=user)))
+    pair = Pair()
+    pair.client_sends(Hello(versions=[1]))
+    with pytest.raises(RemoteProtocolError, match=r"welcome\.user is not a Unix account name"):
+        pair.to_client(wire(Welcome(version=1, user=user)))
+
+
+@pytest.mark.parametrize("user", ["build", "_svc", "deploy-2", "a.b", "x" * 32])
+def test_a_hello_naming_an_account_is_accepted(user: str) -> None:
+    pair = Pair()
+    assert pair.client_sends(Hello(versions=[1], user=user)) == [Hello(versions=[1], user=user)]
+    assert pair.server_sends(Welcome(version=1, user=user)) == [Welcome(version=1, user=user)]
+
+
 @pytest.mark.parametrize("version", [0, 2, max(PROTOCOL_VERSIONS) + 1, -1, 2**70])
 def test_welcome_with_a_version_not_offered(version: int) -> None:
     pair = Pair()

@@ -53,8 +53,9 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def start_login_serve(home: Path, root: Path, log: Path, remote_home: Path) -> ServeProcess:
-    """``tether serve`` whose login shells see ``remote_home`` (a fixed prompt) as HOME."""
-    return start_serve(home, root, log, env=base_env(HOME=str(remote_home)))
+    """``tether serve`` whose login shells see ``remote_home`` (a fixed prompt) as HOME: the
+    server's HOME is kept with ``--pass-env HOME`` (commands otherwise get the account's)."""
+    return start_serve(home, root, log, "--pass-env", "HOME", env=base_env(HOME=str(remote_home)))
 
 
 def shell_argv(port: int, *args: str, opts: Sequence[str] = ()) -> list[str]:

@@ -210,8 +210,10 @@ async def test_pty_command_output_is_complete(api: tether.Connection) -> None:
 async def test_large_paste_into_a_pty(api: tether.Connection) -> None:
     """Keystrokes are flow-controlled too: 2 MB typed into ``wc -c`` arrive whole."""
     proc = await open_pty(api)
-    await proc.write(b"stty -echo; wc -c; stty echo\r")
-    await read_until(proc, b"wc -c; stty echo\r\n")
+    # type only once echo is off: keys typed before `stty -echo` ran would be echoed (a race
+    # a loaded machine loses), and the echo would run into wc's count
+    await proc.write(b"stty -echo; echo echo-off; wc -c; stty echo\r")
+    await read_until(proc, b"\r\necho-off\r\n")
     line = b"x" * 99 + b"\r"  # the terminal turns CR into LF: 100 bytes a line
     typed = asyncio.ensure_future(proc.write(line * 20_000 + b"\x04"))
     out = await read_until(proc, PROMPT.encode(), timeout=60.0)

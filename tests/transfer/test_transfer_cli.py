@@ -80,7 +80,7 @@ def test_progress_bar_in_a_real_terminal(serve: ServeFactory, ids: Identities, w
     assert f"{EXIT_MARK}0" in screen, screen
     assert same_bytes(src, server.root / "big.bin")
     # the final frame of the bars: a total and the file, bytes done of bytes total, rate, ETA
-    assert "total (1 files)" in screen, screen
+    assert "total (1 file)" in screen, screen
     assert "big.bin" in screen, screen
     assert re.search(r"209\.7/209\.7 MB", screen), screen
     assert re.search(r"\d+(\.\d+)? [kMG]?B/s", screen), screen  # the rate

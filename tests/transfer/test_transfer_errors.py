@@ -103,6 +103,24 @@ async def test_full_disk_from_the_cli(rig: Rig, ids: Identities, work: Path,
         "tether: no space left on device while writing big.bin (partial kept for resume)"]
 
 
+async def test_full_disk_in_a_batch_keeps_and_promises_no_partial(
+        rig: Rig, ids: Identities, work: Path, mount_tmpfs: Mount) -> None:
+    """Small files travel in batches and are stored whole: a full disk keeps nothing of the file
+    it hit, so the message must not promise a partial for resume (issue 13 item 12)."""
+    small = mount_tmpfs(rig.root / "small", size="1m")
+    tree = work / "tree"
+    tree.mkdir()
+    for n in range(40):
+        make_file(tree / f"f{n:02}.bin", 60_000, seed=n)
+    done = await arun_cli("put", "-r", "-p", str(rig.port), "--accept-new", str(tree),
+                          f"{HOST}:small/", home=ids.client_home)
+    assert done.returncode == 1, done.stderr
+    assert "no space left on device" in done.stderr
+    assert "partial kept" not in done.stderr and "nothing of it is kept" in done.stderr
+    left = [p.name for p in small.rglob("*") if p.name.endswith(".tether-part")]
+    assert left == []
+
+
 async def test_read_only_directory(api: tether.Connection, rig: Rig, work: Path,
                                    mount_tmpfs: Mount) -> None:
     """As root nothing is unwritable by mode, so a read-only mount stands in for it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,11 +182,6 @@ BAD_LISTINGS = {
     "symlink to /etc then a file beneath": [link("/etc", "l"), f("l", "passwd")],
     "symlink to ../../x then a file beneath": [link("../../x", "l"), f("l", "f")],
     "nested symlink up and out": [d("a"), link("../../..", "a", "up"), f("a", "up", "f")],
-    "symlink up and out alone": [link("..", "l")],
-    "a symlink through an in-tree link that climbs out": [
-        d("a"), d("a", "b"), link("../..", "a", "b", "up"), link("a/b/up/../../etc", "esc")],
-    "dotdot after a name in a symlink": [d("a"), link("a/../../x", "l")],
-    "absolute symlink alone": [link("/tmp", "l")],
     "nul in a symlink target": [link("a\0b", "l")],
     "in-tree symlink then a file beneath": [d("sub"), link("sub", "l"), f("l", "f")],
     "symlink to . then a file beneath": [link(".", "l"), f("l", "l", "f")],
@@ -193,6 +189,61 @@ BAD_LISTINGS = {
     "file beneath an unlisted directory": [f("ghost", "f")],
     "a directory listed again as a symlink": [d("a"), link(".", "a"), f("a", "f")],
 }
+
+
+# Symlinks that lead out of the tree, with nothing listed beneath them: stored as symlinks, like
+# scp and rsync do (issue 14 item 14); no write ever goes through one. ``--safe-links`` skips them.
+LINKS_OUT = {
+    "symlink up and out alone": ([link("..", "l")], ["l"]),
+    "a symlink through an in-tree link that climbs out": (
+        [d("a"), d("a", "b"), link("../..", "a", "b", "up"), link("a/b/up/../../etc", "esc")],
+        ["esc"]),  # a/b/up -> ../.. itself stays in the tree
+    "dotdot after a name in a symlink": ([d("a"), link("a/../../x", "l")], ["l"]),
+    "absolute symlink alone": ([link("/tmp", "l")], ["l"]),
+    "absolute symlink to /etc": ([link("/etc", "etc")], ["etc"]),
+}
+
+
+@pytest.mark.parametrize("safe_links", [False, True], ids=["kept", "safe-links"])
+@pytest.mark.parametrize(("entries", "out"), list(LINKS_OUT.values()), ids=list(LINKS_OUT))
+async def test_recursive_get_stores_symlinks_that_leave_the_tree(
+        hostile: Starter, ids: Identities, work: Path, entries: list[dict[str, object]],
+        out: list[str], safe_links: bool) -> None:
+    server = await hostile(listing_script([f("harmless first"), *entries]))
+    (work / "outside").mkdir()
+    async with tether.connect(HOST, server.port, home=ids.client_home, accept_new=True) as conn:
+        result = await conn.get("tree", work / "copy", recursive=True, safe_links=safe_links)
+    copy = work / "copy"
+    assert (copy / "harmless first").read_bytes() == b"payload"
+    links = {"/".join(e["parts"]): e["target"] for e in entries  # type: ignore[arg-type]
+             if e["kind"] == "symlink"}
+    for name in out:
+        if safe_links:
+            assert not os.path.lexists(copy / name)
+        else:
+            assert os.readlink(copy / name) == links[name]
+    skipped = {s.path: s.target for s in result.skipped}
+    assert skipped == ({f"tree/{name}": links[name] for name in out} if safe_links else {})
+    assert listing(work / "outside") == []
+    assert sorted(p.name for p in work.iterdir()) == ["copy", "outside"]
+
+
+async def test_a_second_get_never_writes_through_a_stored_link(
+        hostile: Starter, ids: Identities, work: Path) -> None:
+    """A first get stored ``l -> OUTSIDE``; a second listing names ``l`` a directory with a
+    file in it: the write must not go through the stored link."""
+    outside = work / "outside"
+    outside.mkdir()
+    first = await hostile(listing_script([link(str(outside), "l")]))
+    async with tether.connect(HOST, first.port, home=ids.client_home, accept_new=True) as conn:
+        await conn.get("tree", work / "copy", recursive=True)
+    assert os.readlink(work / "copy" / "l") == str(outside)
+    second = await hostile(listing_script([d("l"), f("l", "planted")]))
+    async with tether.connect(HOST, second.port, home=ids.client_home, accept_new=True) as conn:
+        with pytest.raises(TetherError):  # lands in work/copy again, the name being "copy"
+            await conn.get("copy", work, recursive=True, force=True)
+    assert listing(outside) == []
+    assert os.readlink(work / "copy" / "l") == str(outside)
 
 
 @pytest.mark.parametrize("entries", list(BAD_LISTINGS.values()), ids=list(BAD_LISTINGS))

@@ -119,7 +119,8 @@ def test_kill9_server_mid_put(serve: ServeFactory, ids: Identities, work: Path) 
         stop_process(proc)
     assert proc.returncode == 255  # the connection broke
     log = (work / "put.log").read_text()
-    assert log.startswith("tether: ") and len(log.strip().splitlines()) == 1, log
+    report, line = log.strip().splitlines()  # --json prints its report on failure too
+    assert json.loads(report)["ok"] is False and line.startswith("tether: "), log
     assert not dest.exists()
     kept = partial.stat().st_size
     assert THRESHOLD <= kept < BIG

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from tether.cli.escape import printable
 from tether.identity import (
     PERMISSIONS,
     AuthorizedClient,
@@ -30,20 +31,22 @@ from tether.identity import (
 )
 
 
-def shown(text: str) -> str:
-    """Text from someone else's identity line, safe to print: controls and non-ASCII escaped."""
-    return text.encode("ascii", "backslashreplace").decode().replace("\x7f", "\\x7f").translate(
-        {c: f"\\x{c:02x}" for c in range(32)})
-
-
-def add(home: str | None, id_line: str, name: str | None, root: str | None, allow: str) -> None:
+def add(home: str | None, id_line: str, name: str | None, root: str | None, allow: str,
+        users: tuple[str, ...] = ()) -> None:
     der, line_name = parse_id_line(id_line)
     check_certificate(der)
-    client = AuthorizedClient(der, name or line_name, root, parse_permissions(allow))
+    client = AuthorizedClient(der, name or line_name, root, parse_permissions(allow), users)
     h = home_dir(home)
     changed = add_authorized(h, client)
     state = "authorized" if changed else "already authorized"
-    click.echo(f"{state}: {shown(client.name)} {fingerprint(der)} in {authorized_path(h)}")
+    click.echo(f"{state}: {printable(client.name)} {fingerprint(der)} in {authorized_path(h)}")
+    namesakes = [c for c in load_authorized(h).values()
+                 if c.name == client.name and c.fingerprint != client.fingerprint]
+    if namesakes:  # `user@hostname` from two machines with one host name
+        others = ", ".join(short_fingerprint(c.fingerprint) for c in namesakes)
+        click.echo(f"note: another authorized client is also named {printable(client.name)} "
+                   f"({others}); the log and --list tell them apart by fingerprint, "
+                   f"--name gives this one its own name", err=True)
     if root is None and {"put", "get"} & client.permissions:
         click.echo("note: without --root, put and get reach every file this server's account "
                    "can, so they can amount to exec (e.g. by writing ~/.bashrc)", err=True)
@@ -58,7 +61,7 @@ def show(home: str | None, as_json: bool) -> None:
         click.echo(f"nobody is authorized in {authorized_path(home_dir(home))} "
                    f"(add a client: tether authorize 'LINE FROM ITS tether id')", err=True)
         return
-    rows = [[shown(c.name), c.fingerprint, shown(c.root or "-"),
+    rows = [[printable(c.name), c.fingerprint, printable(c.root or "-"),
              ",".join(p for p in PERMISSIONS if p in c.permissions)] for c in clients]
     if sys.stdout.isatty():
         from rich.console import Console
@@ -75,12 +78,16 @@ def show(home: str | None, as_json: bool) -> None:
 
 
 def _record(client: AuthorizedClient) -> dict[str, object]:
-    return {"name": client.name, "fingerprint": client.fingerprint, "root": client.root,
-            "permissions": [p for p in PERMISSIONS if p in client.permissions]}
+    record: dict[str, object] = {
+        "name": client.name, "fingerprint": client.fingerprint, "root": client.root,
+        "permissions": [p for p in PERMISSIONS if p in client.permissions]}
+    if client.users:  # the Unix accounts it may use (authorize --user)
+        record["users"] = list(client.users)
+    return record
 
 
 def revoke(home: str | None, who: str) -> None:
     h = home_dir(home)
     for client in revoke_authorized(h, who):
-        click.echo(f"revoked: {shown(client.name)} {short_fingerprint(client.fingerprint)} "
+        click.echo(f"revoked: {printable(client.name)} {short_fingerprint(client.fingerprint)} "
                    f"from {authorized_path(h)} (from the next connection)")

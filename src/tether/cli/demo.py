@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from tether.cli.escape import printable
 from tether.client.api import Connection, RunResult, connect
 from tether.identity import AuthorizedClient, add_authorized, generate_identity
 from tether.server.listener import Server, ServerConfig
@@ -76,7 +77,7 @@ async def _demo(tmp: Path, keep: bool) -> None:
             try:
                 await conn.run("")
             except Exception as exc:  # the demo shows the error the user would see
-                click.echo(f"   refused at once: {exc}\n")
+                click.echo(f"   refused at once: {printable(exc)}\n")
             t0 = time.perf_counter()
             results = await asyncio.gather(*(conn.run(f"sleep 0.2; echo {i}") for i in range(5)))
             click.echo(f"5 × 'sleep 0.2' at once over one connection: "

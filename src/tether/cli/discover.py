@@ -77,8 +77,11 @@ def _trust(home: Path, f: Found) -> str:
 
 def _print_found(found: list[Found], home: Path) -> None:
     rows = [["ADDRESS", "PORT", "NAME", "FINGERPRINT", "VERSION", "TRUST"]]
-    rows += [[f.address, str(f.port), f.name, f.fingerprint or "(plaintext)", f.version,
-              _trust(home, f)] for f in found]
+    from tether.cli.escape import printable
+
+    rows += [[printable(f.address), str(f.port), printable(f.name),
+              printable(f.fingerprint) or "(plaintext)", printable(f.version), _trust(home, f)]
+             for f in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows if found else []:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -107,6 +110,7 @@ def _inventory_name(f: Found, taken: dict[str, tuple[str, int]]) -> str:
 
 
 def _add(found: list[Found], home: Path, groups: tuple[str, ...], accept_new: bool) -> None:
+    from tether.cli.escape import printable
     from tether.identity import add_known_host
     from tether.inventory import Host, load, merge_groups, save
 
@@ -122,11 +126,11 @@ def _add(found: list[Found], home: Path, groups: tuple[str, ...], accept_new: bo
         taken[host.name] = (f.address, f.port)
         trust = _trust(home, f)
         if trust == "CHANGED":
-            click.echo(f"tether: {host.name} ({f.address}:{f.port}) presents a fingerprint "
-                       f"different from the pinned one; NOT replacing it", err=True)
+            click.echo(f"tether: {host.name} ({printable(f.address)}:{f.port}) presents a "
+                       f"fingerprint different from the pinned one; NOT replacing it", err=True)
         elif trust == "new" and f.fingerprint and ask(host.name, f):
             add_known_host(home, f.address, f.port, f.fingerprint)
-            click.echo(f"pinned {host.name} {f.fingerprint}")
+            click.echo(f"pinned {host.name} {printable(f.fingerprint)}")
         elif trust == "new" and f.fingerprint:
             click.echo(f"not pinned: {host.name} (connect with --accept-new, or run "
                        f"discover --add again and confirm)")
@@ -145,8 +149,11 @@ class _Asker:
             return True
         if not sys.stdin.isatty():
             return False
+        from tether.cli.escape import printable
+
         answer = click.prompt(
-            f"Pin {name} at {f.address}:{f.port}, fingerprint {f.fingerprint}? "
+            f"Pin {name} at {printable(f.address)}:{f.port}, fingerprint "
+            f"{printable(f.fingerprint)}? "
             f"(check it with the server's admin) [yes/no/all]", default="no",
             show_default=False, err=True,
         ).strip().lower()

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
-from tether.defaults import DEFAULT_PARALLEL
+from tether.cli.escape import printable
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL
 
 if TYPE_CHECKING:
     from tether.cli.shared import RunOptions
@@ -45,6 +46,7 @@ class FleetOptions:
     group_output: bool = False
     json: bool = False
     keepalive: float = 0.0  # seconds of a server's silence before a ping (0: off)
+    connect_timeout: float = CONNECT_TIMEOUT  # connect + TLS + welcome, per host
 
 
 def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> bool:
@@ -60,20 +62,38 @@ def wants_fleet(host: str, home: str | None, per_host_output: bool = False) -> b
 def one_host(host: str, home: str | None, port: int,
              keepalive: float = 0.0) -> tuple[str, int, float]:
     """For a command that reaches exactly one host (``tether shell``): an inventory name, or a
-    target meaning one host, becomes its address, port and keepalive interval (``keepalive``
-    from the command line if given, else the host's own, else 0: off); a target meaning
-    several is refused.
+    target meaning one host, becomes its address (``user@address`` when the target names an
+    account: ``tether.connect`` reads it), port and keepalive interval (``keepalive`` from the
+    command line if given, else the host's own, else 0: off); a target meaning several is
+    refused.
     """
     from tether.errors import BadRequest
-    from tether.inventory import is_multi, load, names_inventory_host, resolve
+    from tether.inventory import is_multi, load, resolve
 
-    if not (is_multi(host) or names_inventory_host(host, home)):
+    if not (is_multi(host) or _names_inventory_host(host, home)):
         return host, port, keepalive
     targets = resolve(host, load(home), port)
     if len(targets) != 1:
         raise BadRequest(f"{host} means {len(targets)} hosts; this command reaches one")
     (target,) = targets
-    return target.address, target.port, keepalive or target.keepalive or 0.0
+    address = f"{target.user}@{target.address}" if target.user else target.address
+    return address, target.port, keepalive or target.keepalive or 0.0
+
+
+def _names_inventory_host(host: str, home: str | None) -> bool:
+    """Whether HOST is an inventory name. A broken hosts.toml does not stop a plain IP
+    address, which needs no inventory: it is warned about (once: this is asked once per
+    command) and the address is used."""
+    from tether.inventory import InventoryError, is_address, names_inventory_host
+
+    try:
+        return names_inventory_host(host, home)
+    except InventoryError as exc:
+        if not is_address(host):
+            raise
+        click.echo(f"tether: warning: {exc} (not needed for the address {host}: "
+                   f"connecting to it)", err=True)
+        return False
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -149,14 +169,16 @@ def status_text(result: HostResult) -> str:
 def print_summary(results: FleetResult) -> None:
     """The table at the end, on stderr: host, status, duration, and the error if any."""
     colour = _colour_on(sys.stderr)
-    width = max([4, *(len(r.name) for r in results)])
+    width = max([4, *(len(printable(r.name)) for r in results)])
     lines = [f"{'HOST'.ljust(width)}  {'STATUS':<12}  {'TIME':>8}  ERROR"]
     for r in results:
         status = status_text(r).ljust(12)
         if colour:
             status = f"\x1b[{32 if r.ok else 31}m{status}\x1b[0m"
-        error = (r.error or "").splitlines()[0][:120] if r.error and r.kind != "failed" else ""
-        lines.append(f"{r.name.ljust(width)}  {status}  {r.duration:7.2f}s  {error}".rstrip())
+        # its first line (by newlines only: a CR or U+2028 inside it is shown escaped)
+        error = r.error.split("\n")[0][:120] if r.error and r.kind != "failed" else ""
+        name = printable(r.name).ljust(width)
+        lines.append(f"{name}  {status}  {r.duration:7.2f}s  {printable(error)}".rstrip())
     kinds = Counter(r.kind for r in results.failed)
     detail = f" ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})" if kinds else ""
     lines.append(f"{len(results)} host{'' if len(results) == 1 else 's'}: "
@@ -194,6 +216,7 @@ def _fleet(spec: str, home: str | None, port: int, accept_new: bool, plaintext: 
 
     fleet = connect_many(spec, port=port, home=home, accept_new=accept_new, plaintext=plaintext,
                          parallel=fopts.parallel, timeout=fopts.host_timeout,
+                         connect_timeout=fopts.connect_timeout,
                          keep_connections=False)
     if fopts.host_timeout is not None:  # said on the command line: it beats the inventory
         fleet.targets = [t._replace(timeout=fopts.host_timeout)
@@ -214,20 +237,57 @@ def _finish(results: FleetResult, as_json: bool) -> int:
     return exit_status(results)
 
 
-def _main(work: Callable[[], Any]) -> int:
-    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy."""
+class Finished:
+    """Which hosts have finished, as they finish: what Ctrl-C reports (the fleet's own results
+    are lost with the interrupted run)."""
+
+    def __init__(self) -> None:
+        self.targets: list[Target] = []
+        self.results: list[HostResult] = []
+
+    def watch(self, on_done: Callable[[HostResult], None] | None
+              ) -> Callable[[HostResult], None]:
+        """``on_done`` that also records each finished host."""
+        def done(result: HostResult) -> None:
+            self.results.append(result)
+            if on_done is not None:
+                on_done(result)
+        return done
+
+    def report(self) -> None:
+        """After Ctrl-C, on stderr: the finished hosts' summary, then one line naming the hosts
+        that did not finish (their commands are killed as their connections close)."""
+        from tether.client.fleet import FleetResult
+
+        order = {t.name: i for i, t in enumerate(self.targets)}
+        done = sorted(self.results, key=lambda r: order.get(r.name, len(order)))
+        if done:
+            print_summary(FleetResult(done))
+        names = {r.name for r in done}
+        unfinished = [t.name for t in self.targets if t.name not in names]
+        shown = ", ".join(unfinished[:20]) + (f" and {len(unfinished) - 20} more"
+                                               if len(unfinished) > 20 else "")
+        click.echo(f"tether: interrupted: {len(done)} of {len(self.targets)} hosts finished"
+                   + (f"; not finished: {shown}" if unfinished else ""), err=True)
+
+
+def _main(work: Callable[[], Any], finished: Finished) -> int:
+    """Run ``work`` (a coroutine factory); its exit status. Errors go to the exit policy;
+    Ctrl-C reports which hosts finished, then exits 130 (the policy's)."""
     import asyncio
 
     try:
         return int(asyncio.run(work()))
     except KeyboardInterrupt:
-        click.echo("tether: interrupted", err=True)
+        finished.report()
         raise
 
 
 def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
     """``tether run TARGET -- COMMAND`` over every host the target means."""
     from tether.errors import BadRequest
+
+    finished = Finished()
 
     async def work() -> int:
         if not opts.command or not any(a.strip() for a in opts.command):
@@ -236,26 +296,29 @@ def run_fleet(opts: RunOptions, fopts: FleetOptions) -> int:
         cmd: str | list[str] = opts.command[0] if len(opts.command) == 1 else opts.command
         async with _fleet(opts.host, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            finished.targets = fleet.targets
             streaming = not (fopts.group_output or fopts.json)
             prefixer = Prefixer(fleet.targets) if streaming else None
             results = await fleet.run(
                 cmd, cwd=opts.cwd, env=opts.env, remote_timeout=opts.timeout,
                 on_output=prefixer.output if prefixer else None,
-                on_done=prefixer.done if prefixer else (
-                    print_grouped if fopts.group_output and not fopts.json else None),
+                on_done=finished.watch(prefixer.done if prefixer else (
+                    print_grouped if fopts.group_output and not fopts.json else None)),
                 capture=not streaming,
             )
         return _finish(results, fopts.json)
 
-    return _main(work)
+    return _main(work, finished)
 
 
 def note_resumed(prefixer: Prefixer, result: HostResult) -> None:
     """One prefixed stderr line per file a host resumed, as the one-host path prints it."""
-    from tether.cli.shared import resume_note
+    from tether.cli.shared import resume_note, skipped_note
 
     for path, offset in result.resumed:
         prefixer.output(result.target, 2, resume_note(path, offset).encode() + b"\n")
+    for link in result.transfer.skipped if result.transfer is not None else []:
+        prefixer.output(result.target, 2, skipped_note(link.path, link.target).encode() + b"\n")
 
 
 def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
@@ -266,7 +329,8 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
     from tether.errors import BadRequest
 
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
-                         keepalive=opts.keepalive)
+                         keepalive=opts.keepalive, connect_timeout=opts.connect_timeout)
+    finished = Finished()
 
     async def work() -> int:
         if opts.progress:
@@ -274,15 +338,16 @@ def transfer_fleet(spec: str, upload: bool, sources: list[str], dest: str,
                              "summary reports each one (--json for files and bytes)")
         async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
+            finished.targets = fleet.targets
             prefixer = Prefixer(fleet.targets)
             kw: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume,
-                                      on_done=lambda r: note_resumed(prefixer, r))
+                                      safe_links=opts.safe_links,
+                                      on_done=finished.watch(lambda r: note_resumed(prefixer, r)))
             if upload:
                 results = await fleet.put(sources, dest, **kw)
             else:
                 results = await fleet.get(sources, dest, **kw)
         return _finish(results, opts.json)
 
-    return _main(work)
-
+    return _main(work, finished)

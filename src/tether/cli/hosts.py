@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tether.cli.escape import printable
 from tether.cli.options import HOME, click_options
 from tether.defaults import DEFAULT_PORT
 
@@ -49,7 +50,8 @@ def hosts(ctx: click.Context, home: str | None, as_json: bool) -> None:
 
 def _row(host: Host) -> list[str]:
     timeout = "" if host.timeout is None else f"{host.timeout:g}"
-    return [host.name, host.address, str(host.port), ",".join(host.groups), timeout]
+    return [printable(host.name), printable(host.address), str(host.port),
+            printable(",".join(host.groups)), timeout]
 
 
 def _print_table(inventory: Inventory) -> None:
@@ -60,7 +62,7 @@ def _print_table(inventory: Inventory) -> None:
                   header_style="bold")
     for host in inventory.hosts.values():
         table.add_row(*_row(host))
-    Console().print(table)
+    Console(highlight=False, markup=False).print(table)  # names are never markup
 
 
 def _print_json(inventory: Inventory) -> None:
@@ -85,13 +87,17 @@ def _print_json(inventory: Inventory) -> None:
               help="Per-host deadline for fleet operations, in seconds.")
 @click.option("--keepalive", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="Ping this host's server after S seconds of silence (as run --keepalive).")
+@click.option("--user", default="", metavar="NAME",
+              help="Run as this Unix account there (as user@host; the server must allow it).")
 def add(home: str | None, name: str, address: str, port: int, groups: tuple[str, ...],
-        timeout: float | None, keepalive: float | None) -> None:
+        timeout: float | None, keepalive: float | None, user: str) -> None:
     """Add NAME at ADDRESS (or replace the host called NAME)."""
-    from tether.inventory import Host, add_host, inventory_path
+    from tether.inventory import USER_RE, Host, add_host, inventory_path
 
+    if user and not USER_RE.match(user):
+        raise click.BadParameter(f"not a Unix account name: {user!r}", param_hint="--user")
     changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout,
-                                  keepalive))
+                                  keepalive, user))
     state = "added" if changed else "unchanged"
     click.echo(f"{state}: {name} {address}:{port} in {inventory_path(home)}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from tether.cli.escape import printable
 from tether.cli.hosts import home_option
 
 
@@ -30,7 +31,7 @@ def list_(home: str | None) -> None:
         return
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
-            click.echo(line.encode("ascii", "backslashreplace").decode())
+            click.echo(printable(line))
 
 
 @known_hosts.command()

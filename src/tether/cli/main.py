@@ -19,12 +19,14 @@ import click
 
 from tether.cli.options import (
     CONNECT_OPTIONS,
+    CONNECT_TIMEOUT_OPTION,
     HOME,
     KEEPALIVE,
     PORT,
     RUN_OPTIONS,
     SYNC_OPTIONS,
     click_options,
+    host_command_class,
     identity_name,
     run_options,
 )
@@ -34,7 +36,9 @@ from tether.version import __version__
 
 # Commands whose modules load only when they are the one being run (start-up time counts).
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
-                 "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts"}
+                 "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
+                 "service": "tether.cli.service", "rotate-key": "tether.cli.service",
+                 "ca": "tether.cli.ca", "cert": "tether.cli.ca", "trust-ca": "tether.cli.ca"}
 
 
 class _Group(click.Group):
@@ -79,6 +83,17 @@ def cli(debug: bool) -> None:
 home_option = click_options([HOME])
 
 
+def warn_if_certificate_expires(home: str | os.PathLike[str] | None) -> None:
+    """A client whose installed certificate expires within a day says so (run, shell, put, get;
+    the one-shot path in cli/oneshot.py too)."""
+    from tether.home import home_path
+    from tether.hosttrust import expiry_warning
+
+    warning = expiry_warning(home_path(home))
+    if warning:
+        click.echo(warning, err=True)
+
+
 @cli.command()
 @home_option
 @click.option("--name", callback=lambda _ctx, _param, value: identity_name(value),
@@ -99,11 +114,21 @@ def keygen(home: str | None, name: str | None) -> None:
 
 @cli.command("id")
 @home_option
-def id_(home: str | None) -> None:
-    """Print this user's public identity line (to give to a server)."""
+@click.option("--server", is_flag=True, help="The server's identity (for `tether ca sign-host`).")
+def id_(home: str | None, server: bool) -> None:
+    """Print this user's public identity line (to give to a server).
+
+    With a CA-signed certificate installed (`tether cert install`), the line holds it, and its
+    serial, principals and expiry follow on stderr.
+    """
+    from tether.ca import certificate_summary
     from tether.identity import home_dir, load_identity
 
-    click.echo(load_identity(home_dir(home)).id_line)
+    identity = load_identity(home_dir(home), "server" if server else "client")
+    click.echo(identity.id_line)
+    summary = certificate_summary(identity.cert_der)
+    if summary:
+        click.echo(summary, err=True)
 
 
 @cli.command()
@@ -122,8 +147,12 @@ def id_(home: str | None) -> None:
 @click.option("--revoke", metavar="NAME|FINGERPRINT",
               help="Remove the client with this name or fingerprint (or its first 15 "
                    "characters, SHA256:xxxxxxxx).")
+@click.option("--user", "users", multiple=True, metavar="NAME",
+              help="A Unix account this client may use (user@host; repeatable, the first is "
+                   "its default). Needs tether serve run as root.")
 def authorize(home: str | None, id_line: str | None, name: str | None, root: str | None,
-              allow: str, list_: bool, as_json: bool, revoke: str | None) -> None:
+              allow: str, list_: bool, as_json: bool, revoke: str | None,
+              users: tuple[str, ...]) -> None:
     """Let the client with ID_LINE (from its `tether id`) connect to this server.
 
     Takes effect for the next connection; no restart needed. Re-running it for the same identity
@@ -141,7 +170,8 @@ def authorize(home: str | None, id_line: str | None, name: str | None, root: str
         impl.revoke(home, revoke)
     else:
         assert id_line is not None
-        impl.add(home, id_line, name, root, allow)
+        impl.add(home, id_line, name, root, allow,
+                 tuple(u for v in users for u in v.split(",") if u))
 
 
 def fleet_options(run: bool) -> Callable[[Any], Any]:
@@ -176,7 +206,7 @@ def fleet_options(run: bool) -> Callable[[Any], Any]:
 keepalive_option = click_options([KEEPALIVE])
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command(cls=host_command_class(), context_settings={"allow_interspersed_args": False})
 @click_options(RUN_OPTIONS)
 @fleet_options(run=True)
 @click.argument("host")
@@ -187,7 +217,8 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 
     stdout and stderr stream back as produced; stdin is forwarded until EOF; the exit status is
     the remote one (128+N when killed by signal N, 124 on --timeout, 255 if the connection or
-    authentication failed). Options go before HOST: everything after HOST is the command.
+    authentication failed). Options may go before HOST or between HOST and the command, as
+    with ssh: the command starts at -- or at the first word that is not an option.
 
     HOST may also name several hosts: an inventory name, a,b,c, @group or @all (see `tether
     hosts`). Then each output line is prefixed with its host, a summary goes to stderr, stdin
@@ -198,6 +229,7 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
     from tether.cli.shared import parse_env
 
     opts = run_options(values, host, command)
+    warn_if_certificate_expires(values.get("home"))
     if opts is None:
         bad = next(item for item in values["env"] if parse_env([item]) is None)
         raise click.BadParameter(f"{bad!r} is not K=V", param_hint="--env")
@@ -205,7 +237,7 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 
     if wants_fleet(host, opts.home, group_output or as_json):
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
-                                            opts.keepalive))
+                                            opts.keepalive, opts.connect_timeout))
     from tether.cli.fleet import one_host
 
     # an inventory name: its address, port and keepalive
@@ -220,8 +252,9 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 @keepalive_option
 @click.argument("host")
 @click.argument("command", nargs=-1)
-def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines: bool,
-          keepalive: float, host: str, command: tuple[str, ...]) -> int:
+def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
+          connect_timeout: float, lines: bool, keepalive: float, host: str,
+          command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
     On a terminal: a remote pseudo-terminal running your login shell; the local terminal is
@@ -232,16 +265,18 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool, lines:
     from tether.cli.fleet import one_host
     from tether.cli.shell import shell_main
 
+    warn_if_certificate_expires(home)
     argv = list(command[1:] if command and command[0] == "--" else command)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
-    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive)
+    return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
+                      connect_timeout)
 
 
 def transfer_options(func: Any) -> Any:
     """The options put and get share."""
     for option in reversed([
         home_option,
-        click_options([PORT]),
+        click_options([PORT, CONNECT_TIMEOUT_OPTION]),
         click.option("-r", "--recursive", is_flag=True, help="Copy directory trees."),
         click.option("--force", is_flag=True, help="Replace existing destination files."),
         click.option("--rename", is_flag=True,
@@ -249,6 +284,9 @@ def transfer_options(func: Any) -> Any:
         click.option("--no-resume", is_flag=True,
                      help="Start over instead of continuing an interrupted transfer."),
         click.option("--progress", is_flag=True, help="Show progress even when not a terminal."),
+        click.option("--safe-links", is_flag=True,
+                     help="With -r, skip symlinks that point out of the tree (each one said); "
+                          "by default symlinks are copied as symlinks, whatever they point to."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print a machine-readable summary on stdout."),
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
@@ -262,12 +300,14 @@ def transfer_options(func: Any) -> Any:
 def _transfer_opts(kw: dict[str, Any]) -> Any:
     from tether.cli.transfer_options import TransferOptions
 
+    warn_if_certificate_expires(kw["home"])
     return TransferOptions(
         home=kw["home"], port=kw["port"], accept_new=kw["accept_new"],
         plaintext=kw["plaintext"], recursive=kw["recursive"], force=kw["force"],
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
-        keepalive=kw["keepalive"],
+        keepalive=kw["keepalive"], safe_links=kw["safe_links"],
+        connect_timeout=kw["connect_timeout"],
     )
 
 

@@ -62,11 +62,11 @@ def parse(args: list[str]) -> RunOptions | None:
 def _names_several_or_inventory(host: str, home: str) -> bool:
     """Whether HOST may be more than an address (``a,b``, ``@group``, an inventory name): then
     the click CLI resolves it (tether.inventory)."""
-    if "," in host or host.startswith("@"):
+    if "," in host or host.startswith("@") or "@@" in host:
         return True
     try:
         with open(os.path.join(home, "hosts.toml"), encoding="utf-8", errors="replace") as fh:
-            return host in fh.read()
+            return host.rpartition("@")[2] in fh.read()  # user@NAME: NAME
     except OSError:
         return False
 
@@ -79,25 +79,29 @@ def connect(opts: RunOptions) -> BlockingClient:
     from tether.client.blocking import connect as blocking_connect
     from tether.errors import IdentityError
     from tether.home import home_path, lookup_known_host, require_identity
+    from tether.hosttrust import client_context, expiry_warning
 
     home = home_path(opts.home)
     if _names_several_or_inventory(opts.host, home):
         raise FullPath
     opts.check()
-    context, cert = None, ""
+    user, _, host = opts.host.rpartition("@")  # "@@" (a group) never gets here
+    context, cert, by_ca = None, "", False
     if not opts.plaintext:
-        from tether.tls import client_context_files
-
         try:
             key, cert = require_identity(home)
-            context = client_context_files(cert, key)
+            context, by_ca = client_context(home, host, opts.port, cert, key)
         except (IdentityError, OSError) as exc:  # the click path words these
             raise FullPath from exc
-        if (not opts.accept_new and sys.stdin is not None and sys.stdin.isatty()
-                and lookup_known_host(home, opts.host, opts.port) is None):
+        if (not opts.accept_new and not by_ca and sys.stdin is not None and sys.stdin.isatty()
+                and lookup_known_host(home, host, opts.port) is None):
             raise FullPath  # a first connection asks on the terminal
-    return blocking_connect(opts.host, opts.port, home, context=context, cert=cert,
-                            accept_new=opts.accept_new)
+        warning = expiry_warning(home)
+        if warning:
+            print(warning, file=sys.stderr)
+    return blocking_connect(host, opts.port, home, context=context, cert=cert,
+                            accept_new=opts.accept_new, by_ca=by_ca, user=user,
+                            timeout=opts.connect_timeout)
 
 
 class Loop:

@@ -7,6 +7,10 @@ An option marked ``fast`` is understood by the fast parser; an invocation using 
 (``--keepalive``, the fleet options), or a value the fast parser would have to word an error
 for, goes to click, which parses the same table and words every usage error.
 
+Where the command starts is decided once, as ssh decides it (:func:`split_host_command`):
+tether's options may come before HOST or between HOST and the command, and the command starts
+at ``--`` or at the first word after HOST that is not an option. Both front doors use it.
+
 Light on purpose (the fast path imports it): no click here; :func:`click_options` imports it.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 import os
 
 from tether.cli.shared import RunOptions, parse_env
-from tether.defaults import DEFAULT_PORT
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PORT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,13 +32,14 @@ FLAG, VALUE, MULTI = "flag", "value", "multi"
 class Option:
     """One command-line option: its names, where its value goes, how it is read."""
 
-    __slots__ = ("default", "dest", "directory", "envvar", "fast", "help", "kind", "metavar",
-                 "minimum", "names", "show_default", "type")
+    __slots__ = ("default", "dest", "directory", "envvar", "fast", "help", "kind", "maximum",
+                 "metavar", "minimum", "names", "show_default", "type")
 
     def __init__(self, names: tuple[str, ...], dest: str, kind: str = VALUE, *,
                  type: Callable[[str], Any] = str, default: Any = None, help: str = "",
                  metavar: str | None = None, envvar: str | None = None,
-                 minimum: float | None = None, directory: bool = False,
+                 minimum: float | None = None, maximum: float | None = None,
+                 directory: bool = False,
                  show_default: bool = False, fast: bool = True) -> None:
         self.names = names
         self.dest = dest
@@ -45,6 +50,7 @@ class Option:
         self.metavar = metavar
         self.envvar = envvar
         self.minimum = minimum
+        self.maximum = maximum
         self.directory = directory
         self.show_default = show_default
         self.fast = fast
@@ -54,16 +60,28 @@ class Option:
         value = self.type(text)
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"{value} < {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{value} > {self.maximum}")
         return value
 
 
 HOME = Option(("--home",), "home", envvar="TETHER_HOME", directory=True,
               help="Identity and trust directory [default: $TETHER_HOME or ~/.config/tether].")
-PORT = Option(("-p", "--port"), "port", type=int, default=DEFAULT_PORT, show_default=True)
+PORT = Option(("-p", "--port"), "port", type=int, default=DEFAULT_PORT, show_default=True,
+              minimum=1, maximum=65535, metavar="PORT",
+              help="The server's TCP port, 1-65535 (an inventory host has its own).")
+LISTEN_PORT = Option(("-p", "--port"), "port", type=int, default=DEFAULT_PORT,
+                     show_default=True, minimum=0, maximum=65535, metavar="PORT",
+                     help="The TCP port to listen on (0: any free port, printed at start).")
 ACCEPT_NEW = Option(("--accept-new",), "accept_new", FLAG,
                     help="Trust and pin an unknown server's identity.")
 PLAINTEXT = Option(("--plaintext",), "plaintext", FLAG,
                    help="Connect without TLS (a --plaintext server).")
+CONNECT_TIMEOUT_OPTION = Option(
+    ("--connect-timeout",), "connect_timeout", type=float, default=CONNECT_TIMEOUT,
+    minimum=0.001, metavar="SECONDS", show_default=True,
+    help="Give up if connecting, the TLS handshake and the server's welcome together take "
+         "longer (one deadline, however slowly a server answers; exit 255).")
 KEEPALIVE = Option(
     ("--keepalive",), "keepalive", type=float, default=0.0, minimum=0, metavar="SECONDS",
     fast=False,  # the blocking client does not ping: click's path does
@@ -71,7 +89,7 @@ KEEPALIVE = Option(
          "like ssh's ServerAliveInterval [default: 0, off].")
 
 # How to reach a server: every command that connects takes these.
-CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT)
+CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT, CONNECT_TIMEOUT_OPTION)
 
 RUN_OPTIONS = (
     *CONNECT_OPTIONS,
@@ -117,9 +135,7 @@ SYNC_OPTIONS = (
 def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> RunOptions | None:
     """``run``'s parsed values as RunOptions (both parsers end here); None if an ``--env``
     item is not ``K=V`` (the caller words that usage error)."""
-    command = list(command)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    command = list(command)  # its `--`, if any, went with the options (split_host_command)
     variables = parse_env(values.get("env") or ())
     if variables is None:
         return None
@@ -129,7 +145,74 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         plaintext=bool(values.get("plaintext")), cwd=values.get("cwd"), env=variables,
         timeout=values.get("timeout"), encoding=values.get("encoding"),
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
+        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
     )
+
+
+# --- where the command starts -------------------------------------------------------------------
+
+class UnknownOption(ValueError):
+    """An option-looking word before the command that tether does not know."""
+
+
+def _option_words(args: Sequence[str], i: int, kind_of: Callable[[str], str | None]) -> int:
+    """How many words the option at ``args[i]`` takes (itself and its value, if separate).
+    UnknownOption if tether has no such option."""
+    arg = args[i]
+    if arg.startswith("--"):
+        name, eq, _ = arg.partition("=")
+        kind = kind_of(name)
+        if kind is None:
+            raise UnknownOption(name)
+        return 2 if kind != FLAG and not eq else 1
+    for j in range(1, len(arg)):  # -n, -p7788, -np 7788: short options packed together
+        kind = kind_of("-" + arg[j])
+        if kind is None:
+            raise UnknownOption("-" + arg[j])
+        if kind != FLAG:
+            return 1 if j + 1 < len(arg) else 2
+    return 1
+
+
+def is_option(arg: str) -> bool:
+    return arg.startswith("-") and arg != "-"
+
+
+def split_host_command(args: Sequence[str], kind_of: Callable[[str], str | None]
+                       ) -> tuple[list[str], str | None, list[str]]:
+    """``run``'s arguments as (tether's option words, HOST, the command), the way ssh reads
+    them: options before HOST and between HOST and the command are tether's; the command
+    starts at ``--`` (dropped) or at the first word after HOST that is not an option.
+    HOST is None when there is none. UnknownOption for an option tether does not know (ssh
+    refuses it too: a command starting with ``-`` goes after ``--``)."""
+    options: list[str] = []
+    host: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            if host is not None or i >= len(args):
+                break
+            host = args[i]  # `run -- HOST ...`: the word after -- is the host
+            i += 1
+            continue
+        if not is_option(arg):
+            if host is not None:
+                break
+            host = arg
+            i += 1
+            continue
+        n = _option_words(args, i, kind_of)
+        options += args[i:i + n]
+        i += n
+    return options, host, list(args[i:])
+
+
+def table_kinds(table: Sequence[Option]) -> Callable[[str], str | None]:
+    """The lookup :func:`split_host_command` needs, for an option table."""
+    kinds = {name: opt.kind for opt in table for name in opt.names}
+    return kinds.get
 
 
 # --- the fast parser ----------------------------------------------------------------------------
@@ -139,13 +222,29 @@ def fast_parse(args: list[str], table: Sequence[Option] = RUN_OPTIONS) -> RunOpt
     """``run``'s arguments (after ``run``) as RunOptions, or None for anything the fast parser
     leaves to click: an option not marked fast, a missing or bad value, no HOST, ``--help``."""
     by_name = {name: opt for opt in table if opt.fast for name in opt.names}
+    try:
+        words, host, command = split_host_command(args, table_kinds(table))
+    except UnknownOption:
+        return None  # click words it (or knows it: a fleet option)
+    if host is None:
+        return None  # no HOST: a usage error, the click CLI words it
+    values = _fast_values(words, by_name)
+    if values is None:
+        return None
+    for opt in table:
+        if opt.dest not in values:
+            env = os.environ.get(opt.envvar) if opt.envvar else None
+            values[opt.dest] = opt.convert(env) if env else opt.default
+    return run_options(values, host, command)
+
+
+def _fast_values(args: list[str], by_name: dict[str, Option]) -> dict[str, Any] | None:
+    """The option words' values, or None for anything the fast parser leaves to click."""
     values: dict[str, Any] = {}
     i = 0
-    while i < len(args) and args[i].startswith("-") and args[i] != "-":
+    while i < len(args):
         arg = args[i]
         i += 1
-        if arg == "--":
-            break
         name, eq, text = arg.partition("=") if arg.startswith("--") else (arg[:2], "", arg[2:])
         opt = by_name.get(name)
         if opt is None:
@@ -170,13 +269,7 @@ def fast_parse(args: list[str], table: Sequence[Option] = RUN_OPTIONS) -> RunOpt
             values.setdefault(opt.dest, []).append(value)
         else:
             values[opt.dest] = value
-    if i >= len(args):
-        return None  # no HOST: a usage error, the click CLI words it
-    for opt in table:
-        if opt.dest not in values:
-            env = os.environ.get(opt.envvar) if opt.envvar else None
-            values[opt.dest] = opt.convert(env) if env else opt.default
-    return run_options(values, args[i], args[i + 1:])
+    return values
 
 
 def identity_name(value: str | None) -> str | None:
@@ -212,8 +305,10 @@ def click_options(table: Sequence[Option]) -> Callable[[Any], Any]:
         kind: Any = opt.type
         if opt.directory:
             kind = click.Path(file_okay=False)
-        elif opt.minimum is not None:
-            kind = click.FloatRange(min=opt.minimum)
+        elif opt.type is int and (opt.minimum is not None or opt.maximum is not None):
+            kind = click.IntRange(min=opt.minimum, max=opt.maximum)  # type: ignore[arg-type]
+        elif opt.minimum is not None or opt.maximum is not None:
+            kind = click.FloatRange(min=opt.minimum, max=opt.maximum)
         return click.option(*opt.names, opt.dest, type=kind, default=opt.default,
                             show_default=opt.show_default, **kw)
 
@@ -225,5 +320,34 @@ def click_options(table: Sequence[Option]) -> Callable[[Any], Any]:
     return apply
 
 
-__all__ = ["CONNECT_OPTIONS", "KEEPALIVE", "RUN_OPTIONS", "SYNC_OPTIONS", "Option", "click_options",
-           "fast_parse", "identity_name", "run_options"]
+def host_command_class() -> Any:
+    """A click command class for ``COMMAND [OPTIONS] HOST [OPTIONS] [--] ARGS...``: the
+    options after HOST are moved before it (:func:`split_host_command`), so click parses them
+    as tether's, and ``--`` is put before HOST so that nothing after it is taken for one."""
+    import click
+
+    class HostCommand(click.Command):
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            if any(a in ctx.help_option_names for a in args[:1]):
+                return super().parse_args(ctx, args)
+            kinds: dict[str, str] = {}
+            for param in self.get_params(ctx):
+                if isinstance(param, click.Option):
+                    kind = FLAG if param.is_flag else VALUE
+                    kinds.update({name: kind for name in param.opts + param.secondary_opts})
+            try:
+                words, host, command = split_host_command(args, kinds.get)
+            except UnknownOption as exc:
+                raise click.NoSuchOption(
+                    str(exc), message=f"No such option: {exc} (a command that starts with "
+                                      f"'-' goes after --: tether run HOST -- COMMAND)",
+                    ctx=ctx) from None
+            rest = [] if host is None else ["--", host, *command]
+            return super().parse_args(ctx, [*words, *rest])
+
+    return HostCommand
+
+
+__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "KEEPALIVE", "LISTEN_PORT", "PORT",
+           "RUN_OPTIONS", "SYNC_OPTIONS", "Option", "click_options", "fast_parse",
+           "host_command_class", "identity_name", "run_options", "split_host_command"]

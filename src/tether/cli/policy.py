@@ -25,6 +25,7 @@ import contextlib
 import os
 import sys
 
+from tether.cli.escape import printable
 from tether.errors import (
     ConfigError,
     IdentityError,
@@ -72,16 +73,22 @@ def debugging() -> bool:
 def error_line(exc: BaseException) -> str:
     """The one line an error is shown as (a traceback too when debugging)."""
     if debugging():
-        import traceback
-
-        traceback.print_exception(exc)
-    return f"tether: {str(exc) or exc.__class__.__name__}"
+        print_traceback(exc)
+    return f"tether: {printable(str(exc) or exc.__class__.__name__)}"
 
 
 def internal_error_line(exc: BaseException) -> str:
     """A bug is still one line, with the way to see more."""
-    return (f"tether: internal error: {exc.__class__.__name__}: {exc} "
+    return (f"tether: internal error: {exc.__class__.__name__}: {printable(exc)} "
             f"(run with --debug for the traceback)")
+
+
+def print_traceback(exc: BaseException) -> None:
+    """``--debug``'s traceback, each line escaped (the exception may hold a peer's text)."""
+    import traceback
+
+    for line in "".join(traceback.format_exception(exc)).splitlines():
+        say(printable(line))
 
 
 def say(line: str) -> None:
@@ -109,9 +116,7 @@ def status_of(exc: BaseException) -> int:
     if click_status is not None:
         return click_status
     if debugging():
-        import traceback
-
-        traceback.print_exception(exc)
+        print_traceback(exc)
     say(internal_error_line(exc))
     return INTERNAL
 

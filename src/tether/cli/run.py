@@ -40,7 +40,7 @@ async def _run(opts: RunOptions) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
         return await _execute(conn, opts)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import sys
 
+from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import BadRequest
 
 TYPE_CHECKING = False
@@ -24,7 +25,7 @@ class RunOptions:
                  accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
-                 keepalive: float = 0.0) -> None:
+                 keepalive: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -37,6 +38,7 @@ class RunOptions:
         self.encoding = encoding
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
+        self.connect_timeout = connect_timeout  # connect + TLS + welcome, seconds
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""
@@ -130,4 +132,14 @@ def confirm_on_tty(key: str, fp: str) -> bool:
 def resume_note(path: str, offset: int) -> str:
     """The line saying a file continued an interrupted transfer instead of starting over (the
     one-host put/get and the fleet's per-host lines say it alike)."""
-    return f"tether: {path}: resumed at {offset} bytes"
+    from tether.cli.escape import printable
+
+    return f"tether: {printable(path)}: resumed at {offset} bytes"
+
+
+def skipped_note(path: str, target: str) -> str:
+    """The line saying ``--safe-links`` left out a symlink that leads out of its tree."""
+    from tether.cli.escape import printable
+
+    return (f"tether: {printable(path)}: symlink to {printable(target)} leaves the tree; "
+            f"skipped (--safe-links)")

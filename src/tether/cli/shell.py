@@ -21,8 +21,10 @@ import threading
 import tty
 from collections.abc import Iterator
 
+from tether.cli.escape import printable
 from tether.cli.shared import confirm_on_tty
 from tether.client.api import Connection, ShellProcess, connect
+from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import ConnectionBroken, NoTerminal
 
 STDIN_CHUNK = 64 * 1024
@@ -165,17 +167,19 @@ async def _line_session(conn: Connection) -> int:
 
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-                 command: list[str], terminal: bool, keepalive: float) -> int:
+                 command: list[str], terminal: bool, keepalive: float,
+                 connect_timeout: float) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm, keepalive=keepalive) as conn:
+                       confirm=confirm, keepalive=keepalive, timeout=connect_timeout) as conn:
         if terminal:
             try:
                 return await _terminal_session(conn, command)
             except NoTerminal as exc:
                 if command:
                     raise
-                print(f"tether: {exc}; continuing in line mode", file=sys.stderr, flush=True)
+                print(f"tether: {printable(exc)}; continuing in line mode", file=sys.stderr,
+                      flush=True)
                 return await _line_session(conn)
         if command:
             from tether.errors import BadRequest
@@ -185,11 +189,12 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
 
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
-               command: list[str], force_lines: bool, keepalive: float = 0.0) -> int:
+               command: list[str], force_lines: bool, keepalive: float = 0.0,
+               connect_timeout: float = CONNECT_TIMEOUT) -> int:
     """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
-                                  keepalive))
+                                  keepalive, connect_timeout))
     except asyncio.CancelledError as exc:  # the connection went while the terminal waited
         raise ConnectionBroken("connection lost") from exc

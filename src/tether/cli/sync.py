@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from tether.cli.authorize import shown
+from tether.cli.escape import printable as shown
+from tether.defaults import CONNECT_TIMEOUT
 from tether.errors import BadRequest, SourceChanged
 from tether.malloc import tune_for_bulk
 from tether.syncing.common import SyncResult
@@ -40,6 +41,7 @@ class SyncCliOptions:
     progress: bool
     parallel: int
     host_timeout: float | None
+    connect_timeout: float = CONNECT_TIMEOUT
 
     def api_kwargs(self) -> dict[str, Any]:
         return dict(checksum=self.checksum, delete=self.delete, dry_run=self.dry_run,
@@ -90,7 +92,8 @@ def sync_main(sources: list[str], dest: str, values: dict[str, Any]) -> int:
         include=list(values["include"]), exclude_from=list(values["exclude_from"]),
         checksum=values["checksum"], safe_links=values["safe_links"],
         verbose=values["verbose"], json=values["as_json"], progress=values["progress"],
-        parallel=values["parallel"], host_timeout=values["host_timeout"])
+        parallel=values["parallel"], host_timeout=values["host_timeout"],
+        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT)
     if is_remote(dest):
         if any(is_remote(src) for src in sources):
             raise BadRequest("tether sync copies between this machine and a host, not "
@@ -144,7 +147,7 @@ async def _run(host: str, opts: SyncCliOptions, sources: list[str], dest: str,
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
         if progress is not None:
             progress.bar.start()
         try:
@@ -158,11 +161,12 @@ async def _run(host: str, opts: SyncCliOptions, sources: list[str], dest: str,
 def sync_fleet(spec: str, sources: list[str], dest: str, opts: SyncCliOptions) -> int:
     """``tether sync SRC... TARGET:DEST``: the same tree pushed to every host at once; with
     ``--dry-run``/``-v`` each host's itemized lines, prefixed with its name, as it finishes."""
-    from tether.cli.fleet import FleetOptions, _finish, _fleet, _main
+    from tether.cli.fleet import Finished, FleetOptions, _finish, _fleet, _main
     from tether.client.fleet import HostResult
 
     fopts = FleetOptions(parallel=opts.parallel, host_timeout=opts.host_timeout,
-                         keepalive=opts.keepalive)
+                         keepalive=opts.keepalive, connect_timeout=opts.connect_timeout)
+    finished = Finished()
 
     def done(result: HostResult) -> None:
         if result.sync is not None and (opts.dry_run or opts.verbose):
@@ -175,7 +179,9 @@ def sync_fleet(spec: str, sources: list[str], dest: str, opts: SyncCliOptions) -
                              "summary reports each one (--json for the figures)")
         async with _fleet(spec, opts.home, opts.port, opts.accept_new, opts.plaintext,
                           fopts) as fleet:
-            results = await fleet.sync(sources, dest, on_done=done, **opts.api_kwargs())
+            finished.targets = fleet.targets
+            results = await fleet.sync(sources, dest, on_done=finished.watch(done),
+                                       **opts.api_kwargs())
         return _finish(results, opts.json)
 
-    return _main(work)
+    return _main(work, finished)

@@ -1,5 +1,6 @@
 """``tether put`` and ``tether get``: scp's argument conventions, a rich progress bar on a
-terminal, a JSON summary on request, and a note whenever a transfer resumed."""
+terminal, a JSON summary on request (when the transfer fails too), a note whenever a transfer
+resumed, and one line on Ctrl-C saying the partial files are kept for a resume."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any
 
 import click
 
-from tether.cli.shared import resume_note
+from tether.cli.escape import printable
+from tether.cli.shared import resume_note, skipped_note
 from tether.cli.transfer_options import TransferOptions
 from tether.client.api import connect
 from tether.client.transfer_base import TransferResult
-from tether.errors import BadRequest
+from tether.errors import BadRequest, TetherError
 from tether.malloc import tune_for_bulk
 
 
@@ -48,18 +50,27 @@ class RichProgress:
         )
 
         self.bar = Progress(
-            TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
+            TextColumn("{task.description}", justify="left", markup=False), BarColumn(),
+            DownloadColumn(),
             TransferSpeedColumn(), TimeRemainingColumn(), console=_stderr_console(),
             transient=False,
         )
         self.all = self.bar.add_task("total", total=None)
         self.files: dict[str, Any] = {}
+        self.sized = False  # whether total() knew the bytes (a single get learns them later)
+        self.learned = 0
 
     def total(self, files: int, size: int) -> None:
-        self.bar.update(self.all, total=size or None, description=f"total ({files} files)")
+        self.sized = size > 0 or files == 0
+        self.bar.update(self.all, total=size or None,
+                        description=f"total ({files} file{'' if files == 1 else 's'})")
 
     def file_started(self, name: str, size: int, offset: int) -> None:
-        self.files[name] = self.bar.add_task(name[-40:], total=size, completed=offset)
+        label = printable(name)  # a file system's name: never markup, never raw controls
+        self.files[name] = self.bar.add_task(label[-40:], total=size, completed=offset)
+        if not self.sized:  # the total is what the files have said so far
+            self.learned += size
+            self.bar.update(self.all, total=self.learned or None)
         self.bar.advance(self.all, offset)
 
     def advanced(self, name: str, size: int) -> None:
@@ -81,14 +92,47 @@ def _stderr_console() -> Any:
 def _report(result: TransferResult, opts: TransferOptions) -> None:
     for f in result.resumed:
         click.echo(resume_note(f.path, f.resumed_from), err=True)
+    for link in result.skipped:
+        click.echo(skipped_note(link.path, link.target), err=True)
     if opts.json:
         click.echo(json.dumps({
-            "files": sum(1 for f in result.files if f.kind == "file"),
+            "ok": True,
+            "error": None,
+            "files": result.file_count,
             "bytes": result.bytes,
             "seconds": round(result.seconds, 6),
             "resumed": [{"path": f.path, "at": f.resumed_from} for f in result.resumed],
-            "entries": [asdict(f) for f in result.files],
+            "skipped": [asdict(link) for link in result.skipped],
+            "entries": [asdict(f) for f in result.entries],
         }))
+
+
+def _report_failure(exc: BaseException, opts: TransferOptions) -> None:
+    """``--json`` prints JSON whatever happened (a script parses stdout either way); the
+    error's line still goes to stderr through the exit policy."""
+    if opts.json:
+        click.echo(json.dumps({"ok": False, "error": str(exc) or type(exc).__name__,
+                               "files": 0, "bytes": 0, "resumed": [], "entries": []}))
+
+
+INTERRUPTED = ("tether: interrupted: partial files are kept; run the same command again to "
+               "resume")
+
+
+def _one_host(host: str, opts: TransferOptions, upload: bool, sources: list[str],
+              dest: str) -> int:
+    """One host's put or get, reported; failures as JSON too with --json; Ctrl-C as one line
+    (then 130, by the exit policy)."""
+    try:
+        result = asyncio.run(_transfer(host, opts, upload, sources, dest))
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        raise
+    except (TetherError, OSError) as exc:
+        _report_failure(exc, opts)
+        raise
+    _report(result, opts)
+    return 0
 
 
 async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: list[str],
@@ -100,9 +144,10 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
-                                      rename=opts.rename, resume=opts.resume, progress=progress)
+                                      rename=opts.rename, resume=opts.resume, progress=progress,
+                                      safe_links=opts.safe_links)
         if progress is not None:
             progress.bar.start()
         try:
@@ -142,9 +187,7 @@ def put_main(sources: tuple[str, ...], target: str, opts: TransferOptions) -> in
     if _fleet_target(host, opts):
         return _fleet_transfer(host, True, list(sources), remote, opts)
     host, opts = _one(host, opts)
-    result = asyncio.run(_transfer(host, opts, True, list(sources), remote))
-    _report(result, opts)
-    return 0
+    return _one_host(host, opts, True, list(sources), remote)
 
 
 def get_main(args: tuple[str, ...], opts: TransferOptions) -> int:
@@ -159,6 +202,4 @@ def get_main(args: tuple[str, ...], opts: TransferOptions) -> int:
     if len(hosts) != 1:
         raise BadRequest("all sources of one get must be on the same host")
     host, opts = _one(hosts.pop(), opts)
-    result = asyncio.run(_transfer(host, opts, False, [p for _, p in pairs], args[-1]))
-    _report(result, opts)
-    return 0
+    return _one_host(host, opts, False, [p for _, p in pairs], args[-1])

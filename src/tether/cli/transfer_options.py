@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.defaults import DEFAULT_PARALLEL
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL
 
 
 @dataclass
@@ -26,3 +26,5 @@ class TransferOptions:
     parallel: int = DEFAULT_PARALLEL  # several hosts (cli/fleet.py)
     host_timeout: float | None = None
     keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
+    safe_links: bool = False  # skip symlinks that leave the tree (-r)
+    connect_timeout: float = CONNECT_TIMEOUT  # connect + TLS + welcome, seconds

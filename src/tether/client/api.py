@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tether.client.core import REFUSALS, ClientCore, ExitInfo
+from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
+from tether.client.deadline import TLS, WELCOME, Deadline
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -38,9 +40,10 @@ from tether.client.process import (
     _ProcessContext,
 )
 from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
+from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import translated
+from tether.net.translate import connecting
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from tether.syncing.common import Progress as SyncProgress
     from tether.syncing.common import SyncResult
 
+T = TypeVar("T")
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
 
@@ -74,6 +78,8 @@ class Connection:
                 proc = self._procs.get(event.stream)
                 if proc is not None:
                     proc._deliver(event)
+                    if not proc.room.is_set():  # the application lags on this stream
+                        await proc.room.wait()
                 elif isinstance(event, Data):
                     self._framed.consumed(event.stream, len(event.data))
         except TetherError as exc:
@@ -91,7 +97,9 @@ class Connection:
         self._procs.clear()
 
     def _end_stream(self, stream: int) -> None:
-        self._procs.pop(stream, None)
+        proc = self._procs.pop(stream, None)
+        if proc is not None:
+            proc.room.set()  # its unread events are dropped: the reader goes on
         close = self._core.end(stream)
         if close is not None:
             with contextlib.suppress(TetherError):
@@ -205,15 +213,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic."""
+        """Upload files (trees with ``recursive``) to ``remote``, verified and atomic; symlinks
+        are sent as symlinks (``safe_links``: those leading out of their tree are skipped and
+        listed in the result's ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def get(
@@ -226,15 +237,18 @@ class Connection:
         rename: bool = False,
         resume: bool = True,
         progress: Progress | None = None,
+        safe_links: bool = False,
     ) -> TransferResult:
-        """Download files (trees with ``recursive``) into ``local``, verified and atomic."""
+        """Download files (trees with ``recursive``) into ``local``, verified and atomic;
+        symlinks are stored as symlinks whatever they point to, and never followed by a write
+        (``safe_links``: those leading out of their tree are skipped, see ``skipped``)."""
         from tether.client import transfer
         from tether.client.transfer_base import Options, _NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress()),
+            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
     async def sync(
@@ -286,35 +300,77 @@ class Connection:
 # --- connecting ---------------------------------------------------------------------------------
 
 
-async def _open(host: str, options: ConnectOptions) -> Connection:
-    """Connect, pin, hello/welcome: the asyncio driver's I/O around the core's decisions."""
-    from tether.tls import client_context
+async def _within(deadline: Deadline, work: Awaitable[T]) -> T:
+    """``work``, given only the time ``deadline`` has left; running out is its error."""
+    try:
+        return await asyncio.wait_for(work, deadline.left())
+    except TimeoutError:
+        raise deadline.expired() from None
 
+
+async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
+                deadline: Deadline) -> FramedProtocol:
+    """The connection, TCP then TLS, each phase within what ``deadline`` has left."""
+    from tether.hosttrust import refused_in_handshake
+
+    loop = asyncio.get_running_loop()
+    with connecting(host, port):
+        if ctx is None:
+            _, link = await _within(deadline, loop.create_connection(
+                lambda: FramedProtocol(Role.CLIENT), host, port))
+            return link
+        transport, _ = await _within(deadline, loop.create_connection(
+            asyncio.Protocol, host, port))  # nothing is read before TLS starts
+        deadline.phase = TLS
+        try:
+            link = FramedProtocol(Role.CLIENT)
+            tls = await _within(deadline, loop.start_tls(
+                transport, link, ctx, server_hostname=sni))
+        except ssl.SSLCertVerificationError as exc:  # our check of the host's certificate
+            transport.close()
+            raise refused_in_handshake(host, port, exc) from exc
+        except BaseException:
+            transport.close()
+            raise
+    assert tls is not None  # None only for a transport that is already closing
+    link.connection_made(tls)  # start_tls does not call it
+    return link
+
+
+async def _open(host: str, options: ConnectOptions, user: str = "") -> Connection:
+    """Connect, check the server (its pin or host certificate), hello/welcome (asking for the
+    account ``user``) — all within ``options.timeout``, however slowly the bytes come
+    (:class:`~tether.client.deadline.Deadline`): the asyncio driver's I/O around the core's
+    decisions."""
+    from tether.hosttrust import client_context
+    from tether.tls import HOST_CERT_SNI
+
+    if options.plaintext:
+        check_plaintext(host)
+    deadline = Deadline(host, options.port, options.timeout)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
-    ctx = None if identity is None else client_context(identity)
-    loop = asyncio.get_running_loop()
-    with translated():
-        _, link = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: FramedProtocol(Role.CLIENT), host, options.port, ssl=ctx,
-                server_hostname="tether" if ctx else None,
-            ),
-            options.timeout,
-        )
-    framed = FramedConnection(link)
+    ctx, by_ca = (None, False) if identity is None else client_context(
+        home, host, options.port, identity.cert_path, identity.key_path)
+    sni = HOST_CERT_SNI if by_ca else "tether"
+    framed = FramedConnection(await _link(host, options.port, ctx, sni, deadline))
     core = ClientCore(framed.proto)
     try:
         if identity is not None:
-            core.check_server(framed.peer_cert, home, host, options.port, options.accept_new,
-                              options.confirm)
+            sslobj = framed.transport.get_extra_info("ssl_object")
+            with deadline.paused():  # the user may be asked
+                core.check_server(framed.peer_cert, home, host, options.port,
+                                  options.accept_new, options.confirm,
+                                  sslobj.getpeercert() if by_ca else None)
+        deadline.phase = WELCOME
         try:
-            framed.send(core.hello())
-            await framed.drain()
-            answer = await asyncio.wait_for(framed.next_event(), options.timeout)
+            framed.send(core.hello(user))
+            await _within(deadline, framed.drain())
+            answer = await _within(deadline, framed.next_event())
         except REFUSALS as exc:
             error = core.refused(exc, identity is not None,
-                                 identity.fingerprint if identity else "")
+                                 identity.fingerprint if identity else "",
+                                 identity is not None and identity.cert_path.name == SIGNED_CERT)
             if error is exc:
                 raise
             raise error from exc
@@ -324,21 +380,49 @@ async def _open(host: str, options: ConnectOptions) -> Connection:
         raise
     info = ServerInfo(
         welcome.server_name, welcome.platform, welcome.encoding, welcome.software,
-        core.server_fingerprint, welcome.client_name, welcome.permissions,
+        core.server_fingerprint, welcome.client_name, welcome.permissions, welcome.user,
     )
     framed.keepalive = options.keepalive or None
     return Connection(framed, info, core)
 
 
+def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user: str
+                      ) -> tuple[str, ConnectOptions, str]:
+    """An inventory name (``hosts.toml`` in the home) becomes its address, with its port, its
+    keepalive and its account unless the caller gave them, as the CLI and
+    :func:`tether.connect_many` resolve names; anything else is returned as it is."""
+    from tether.inventory import InventoryError, is_address, load, names_inventory_host
+
+    try:
+        if not names_inventory_host(host, options.home):
+            return host, options, user
+    except InventoryError:
+        if is_address(host):  # an address needs no inventory (the CLI warns about it)
+            return host, options, user
+        raise
+    target = load(options.home).hosts[host].target()
+    changes: dict[str, Any] = {}
+    if not port_given:
+        changes["port"] = target.port
+    if options.keepalive is None and target.keepalive:
+        changes["keepalive"] = target.keepalive
+    return target.address, options.with_(**changes), user or target.user
+
+
 class connect:  # used like a function: `async with tether.connect(...)`
     """Connect to a tether server: ``await tether.connect(...)`` or ``async with``.
+
+    ``host`` is an address, a DNS name, or a name in the inventory (``tether hosts``), which
+    connects to that host's address and port (a ``port`` given here wins), like the CLI.
 
     The options are a :class:`~tether.client.options.ConnectOptions` (``options=``) or its
     fields as keywords (a keyword given wins over ``options``). ``keepalive`` (seconds, like
     ssh's ServerAliveInterval; None or 0: off): after that much silence from the server, ping
     it; after three silent intervals the connection is broken (ConnectionBroken "no answer from
     the server for N s"), so a server that vanished without closing is noticed even while a
-    command runs.
+    command runs. ``user`` (or ``host`` written ``user@host``) asks the server to run this
+    connection's work as that Unix account; the server admits it only if this client's
+    principal or authorized entry allows that account.
     """
 
     def __init__(
@@ -353,18 +437,29 @@ class connect:  # used like a function: `async with tether.connect(...)`
         confirm: Confirm | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        user: str = "",
     ) -> None:
+        if not user and "@" in host:
+            user, _, host = host.rpartition("@")
         self.host = host
+        self.user = user
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
                                   keepalive=keepalive)
+        self._port_given = port is not None or (options is not None
+                                                and options.port != ConnectOptions.port)
         self._conn: Connection | None = None
 
+    async def _connect(self) -> Connection:
+        host, options, user = _inventory_target(self.host, self.options, self._port_given,
+                                                self.user)
+        return await _open(host, options, user)
+
     def __await__(self) -> Any:
-        return _open(self.host, self.options).__await__()
+        return self._connect().__await__()
 
     async def __aenter__(self) -> Connection:
-        self._conn = await _open(self.host, self.options)
+        self._conn = await self._connect()
         return self._conn
 
     async def __aexit__(

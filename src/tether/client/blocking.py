@@ -14,14 +14,17 @@ neither side can stall the other by filling a buffer.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
-import time
 
 from tether.client.core import REFUSALS, ClientCore
-from tether.errors import ConnectionBroken, RemoteProtocolError, TetherError
-from tether.home import fingerprint
-from tether.net.translate import translate
+from tether.client.deadline import TLS, WELCOME, Deadline
+from tether.defaults import CONNECT_TIMEOUT
+from tether.errors import ConnectionBroken, ConnectionFailed, RemoteProtocolError, TetherError
+from tether.home import SIGNED_CERT, fingerprint
+from tether.hosttrust import refused_in_handshake
+from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA
 from tether.protocol.connection import Connection as ProtocolState
 from tether.protocol.messages import Data, Error, Message, Role, Welcome
@@ -29,7 +32,7 @@ from tether.protocol.messages import Data, Error, Message, Role, Welcome
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from tether.home import Confirm
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 RECV_SIZE = 256 * 1024  # bytes taken from the socket per call (all of it that has arrived)
 READ_BUDGET = 1024 * 1024  # bytes read per turn of the caller's loop, at most
 SNI: Any = b"tether"  # the name the async client sends too; as bytes, no idna codec is loaded
+HOST_SNI: Any = b"host-certificate.tether.invalid"  # tether.tls.HOST_CERT_SNI: "show your
+# host certificate" (tls is not imported here: the caller built the context)
 FINISH_TIMEOUT = 2.0  # seconds the last frames may take to leave
 
 
@@ -203,9 +208,11 @@ class BlockingClient:
             self._queue(self.proto.send(Error(code=exc.code, message=str(exc))))
             self.flush()
 
-    def next_events(self) -> list[Message | Data]:
-        """Block until at least one event arrives (the handshake's answer)."""
+    def next_events(self, deadline: Deadline) -> list[Message | Data]:
+        """Block until at least one event arrives (the handshake's answer), by ``deadline``
+        however slowly its bytes come."""
         while True:
+            self.sock.settimeout(deadline.left())
             events = self.receive()
             if events:
                 return events
@@ -231,15 +238,17 @@ class BlockingClient:
         self.sock.close()
 
 
-def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingClient:
-    """The TLS handshake over ``sock`` (blocking, within its timeout), through memory BIOs."""
+def _tls(sock: socket.socket, context: ssl.SSLContext, deadline: Deadline,
+         sni: Any = SNI) -> BlockingClient:
+    """The TLS handshake over ``sock`` (blocking, by ``deadline``), through memory BIOs."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=SNI)
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     while True:
         try:
             tls.do_handshake()
             break
         except ssl.SSLWantReadError:
+            sock.settimeout(deadline.left())
             sock.sendall(outgoing.read())
             data = sock.recv(RECV_SIZE)
             if data:
@@ -250,9 +259,9 @@ def _tls(sock: socket.socket, context: ssl.SSLContext) -> BlockingClient:
     return BlockingClient(sock, tls, incoming, outgoing)
 
 
-def _tcp(host: str, port: int, timeout: float) -> socket.socket:
-    """A connected TCP socket, trying each address in turn; failures read as asyncio's do."""
-    deadline = time.monotonic() + timeout
+def _tcp(host: str, port: int, deadline: Deadline) -> socket.socket:
+    """A connected TCP socket, trying each address in turn (each with all the time that is
+    left); failures read as asyncio's do."""
     # an ASCII name as bytes: a str would load the idna codec (a millisecond) to encode it
     infos = socket.getaddrinfo(host.encode() if host.isascii() else host, port,
                                type=socket.SOCK_STREAM)
@@ -262,10 +271,15 @@ def _tcp(host: str, port: int, timeout: float) -> socket.socket:
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.settimeout(deadline.left())
             sock.connect(address)
-        except OSError as exc:
+        except TimeoutError:
             sock.close()
+            raise deadline.expired() from None
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
             errors.append(OSError(exc.errno, f"Connect call failed {address}") if exc.errno
                           else exc)
             continue
@@ -278,33 +292,57 @@ def _tcp(host: str, port: int, timeout: float) -> socket.socket:
 
 def connect(host: str, port: int, home: str | os.PathLike[str], *,
             context: ssl.SSLContext | None, cert: str = "", accept_new: bool = False,
-            confirm: Confirm | None = None, timeout: float = 10.0) -> BlockingClient:
-    """Connect, pin the server and exchange hello/welcome (the core decides; this does I/O).
+            confirm: Confirm | None = None, timeout: float = CONNECT_TIMEOUT,
+            by_ca: bool = False, user: str = "") -> BlockingClient:
+    """Connect, check the server (its pin, or its host certificate when ``by_ca``: see
+    :mod:`tether.hosttrust`) and exchange hello/welcome, asking for the account ``user`` (the
+    core decides; this does I/O), all of it within ``timeout`` seconds
+    (:class:`~tether.client.deadline.Deadline`).
 
-    ``context`` is the client's TLS context (:func:`tether.tls.client_context_files`), None for
+    ``context`` is the client's TLS context (:func:`tether.hosttrust.client_context`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
     """
+    if context is None:
+        from tether.client.core import check_plaintext
+
+        check_plaintext(host)
+    deadline = Deadline(host, port, timeout)
     try:
-        sock = _tcp(host, port, timeout)
+        sock = _tcp(host, port, deadline)
     except OSError as exc:
-        raise translate(exc) from exc
+        raise reaching(exc, host, port) from exc
     try:
-        sock.settimeout(timeout)
-        conn = BlockingClient(sock) if context is None else _tls(sock, context)
-    except OSError as exc:  # ssl.SSLError included
+        deadline.phase = TLS
+        conn = (BlockingClient(sock) if context is None
+                else _tls(sock, context, deadline, HOST_SNI if by_ca else SNI))
+    except TimeoutError:
         sock.close()
-        raise translate(exc) from exc
+        raise deadline.expired() from None
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise refused_in_handshake(host, port, exc) from exc
+    except BaseException as exc:  # ssl.SSLError included
+        sock.close()
+        if isinstance(exc, OSError):
+            raise reaching(exc, host, port) from exc
+        raise
     try:
         core = conn.core
         if conn.tls is not None:
-            core.check_server(conn.tls.getpeercert(binary_form=True), home, host, port,
-                              accept_new, confirm)
+            with deadline.paused():  # the user may be asked
+                core.check_server(conn.tls.getpeercert(binary_form=True), home, host, port,
+                                  accept_new, confirm,
+                                  conn.tls.getpeercert() if by_ca else None)
+        deadline.phase = WELCOME
         try:
-            conn.send(core.hello())
-            conn.flush()
-            answer = conn.next_events()[0]
+            with _in_time(deadline):
+                sock.settimeout(deadline.left())
+                conn.send(core.hello(user))
+                conn.flush()
+                answer = conn.next_events(deadline)[0]
         except REFUSALS as exc:
-            error = core.refused(exc, context is not None, _own_fingerprint(cert))
+            error = core.refused(exc, context is not None, _own_fingerprint(cert),
+                                 os.path.basename(cert) == SIGNED_CERT)
             if error is exc:
                 raise
             raise error from exc
@@ -314,6 +352,17 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
         conn.close()
         raise
     return conn
+
+
+@contextlib.contextmanager
+def _in_time(deadline: Deadline) -> Iterator[None]:
+    """A socket timeout (translated already) is the deadline's: said as its error."""
+    try:
+        yield
+    except ConnectionFailed as exc:
+        if isinstance(exc.__cause__, TimeoutError):
+            raise deadline.expired() from None
+        raise
 
 
 def _own_fingerprint(cert: str) -> str:

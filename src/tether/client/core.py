@@ -18,8 +18,9 @@ time, nothing that loads ``cryptography``.
 from __future__ import annotations
 
 from tether.client import handshake
-from tether.errors import ConnectionBroken, NotAuthorized, from_wire
+from tether.errors import ConnectionBroken, NotAuthorized, UsageError, from_wire
 from tether.home import check_host, fingerprint
+from tether.hosttrust import check_host_certificate
 from tether.protocol.messages import Close, Credit, Error, Exec, Exit, Refused
 
 TYPE_CHECKING = False
@@ -33,6 +34,25 @@ if TYPE_CHECKING:
 
 # A refusal of our certificate shows up as one of these in place of the server's answer.
 REFUSALS = (NotAuthorized, ConnectionBroken)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``),
+    without the ipaddress module (the one-shot path pays for every import)."""
+    if host in ("localhost", "::1", "[::1]"):
+        return True
+    parts = host.split(".")
+    return (len(parts) == 4 and parts[0] == "127"
+            and all(p.isdigit() and int(p) < 256 for p in parts))
+
+
+def check_plaintext(host: str) -> None:
+    """Plaintext only to loopback: a server only listens so there (``serve --plaintext``), and
+    anything else would send commands and files unencrypted and unauthenticated over a
+    network. A usage error (exit 2), decided before connecting."""
+    if not is_loopback(host):
+        raise UsageError(f"--plaintext is only for a server on this machine (127.0.0.1, ::1, "
+                         f"localhost), not {host}: leave it out to connect with TLS")
 
 
 class ExitInfo:
@@ -79,32 +99,52 @@ class ClientCore:
         self.proto = proto
         self.welcome: Welcome | None = None
         self.server_fingerprint = "plaintext"
+        self.user = ""  # the account the hello asked for
         self.streams: set[int] = set()
+        # where the server was pinned (home, host, port, its certificate): a key rotation
+        # announced in welcome is pinned there too
+        self._pinned: tuple[str | os.PathLike[str], str, int, bytes] | None = None
 
     # --- the handshake -------------------------------------------------------------------------
 
     def check_server(self, cert_der: bytes | None, home: str | os.PathLike[str], host: str,
-                     port: int, accept_new: bool, confirm: Confirm | None) -> None:
-        """Pin the server's certificate (known_hosts, or ``accept_new``/``confirm``)."""
+                     port: int, accept_new: bool, confirm: Confirm | None,
+                     host_cert: Mapping[str, object] | None = None) -> None:
+        """Pin the server's certificate (known_hosts, or ``accept_new``/``confirm``); or, when
+        the handshake verified a host certificate against a CA trusted for ``host``
+        (``host_cert``: its fields, as ``getpeercert()`` gives them), check its name and
+        validity (:mod:`tether.hosttrust`)."""
         self.server_fingerprint = fingerprint(cert_der or b"")
-        check_host(home, host, port, self.server_fingerprint, accept_new, confirm)
+        if host_cert is not None:
+            check_host_certificate(host, port, host_cert)
+        else:
+            check_host(home, host, port, self.server_fingerprint, accept_new, confirm)
+            self._pinned = (home, host, port, cert_der or b"")
 
-    def hello(self) -> Hello:
-        """The first message. In TLS 1.3 the client's handshake ends before the server checked
-        our certificate: a refusal arrives only in place of the answer to this."""
-        return handshake.hello()
+    def hello(self, user: str = "") -> Hello:
+        """The first message (``user``: the Unix account asked for). In TLS 1.3 the client's
+        handshake ends before the server checked our certificate: a refusal arrives only in
+        place of the answer to this."""
+        self.user = user
+        return handshake.hello(user)
 
-    def refused(self, exc: Exception, authenticated: bool,
-                own_fingerprint: str) -> Exception:
-        """What a refusal in place of the answer means: with TLS, our identity was refused."""
+    def refused(self, exc: Exception, authenticated: bool, own_fingerprint: str,
+                ca_signed: bool = False) -> Exception:
+        """What a refusal in place of the answer means: with TLS, our identity was refused —
+        in the server's own words when it sent them (a stream-0 error, not a TLS alert)."""
         if not authenticated or not isinstance(exc, REFUSALS):
             return exc
-        return handshake.refused(own_fingerprint)
+        if isinstance(exc, NotAuthorized) and exc.__cause__ is None:
+            return NotAuthorized(f"not authorized: {exc}")
+        return handshake.refused(own_fingerprint, ca_signed)
 
     def answer(self, event: Message | Data | Refused, authenticated: bool) -> Welcome:
-        """The server's answer to the hello: the welcome, or the error it stands for."""
+        """The server's answer to the hello: the welcome (confirming the account asked for),
+        or the error it stands for."""
         assert not isinstance(event, Refused)  # only a server receives openers
-        self.welcome = handshake.welcome_of(event, authenticated)
+        self.welcome = handshake.welcome_of(event, authenticated, self.user)
+        if self._pinned is not None:
+            handshake.learn_next_key(*self._pinned, self.welcome)
         return self.welcome
 
     # --- streams -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from tether.client.options import (
     ConnectOptions,
     options_of,
 )
-from tether.client.process import STDOUT, _feed
+from tether.client.process import STDOUT, DecodedOutput, _feed
 from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
@@ -63,7 +63,7 @@ Operation = Callable[[Connection, Target, "HostResult"], Awaitable[None]]
 
 
 @dataclass
-class HostResult:
+class HostResult(DecodedOutput):
     """What happened on one host. ``ok`` only when the operation completed and (for run) the
     command exited 0; ``kind`` says which way it went otherwise."""
 
@@ -83,13 +83,6 @@ class HostResult:
     def name(self) -> str:
         return self.target.name
 
-    @property
-    def text(self) -> str:
-        return self.stdout.decode(self.encoding, "replace")
-
-    @property
-    def error_text(self) -> str:
-        return self.stderr.decode(self.encoding, "replace")
 
     @property
     def resumed(self) -> list[tuple[str, int]]:
@@ -108,12 +101,35 @@ class HostResult:
         if self.sync is not None:
             out.update(self.sync.to_dict())
         elif self.transfer is not None:
-            out.update(files=sum(1 for f in self.transfer.files if f.kind == "file"),
+            out.update(files=self.transfer.file_count,
                        bytes=self.transfer.bytes,
-                       resumed=[{"path": path, "at": at} for path, at in self.resumed])
+                       resumed=[{"path": path, "at": at} for path, at in self.resumed],
+                       skipped=[{"path": s.path, "target": s.target}
+                                for s in self.transfer.skipped])
         else:
             out.update(stdout=self.text, stderr=self.error_text)
         return out
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; the directories this call created, deepest first."""
+    missing = []
+    here = path
+    while not here.exists() and here != here.parent:
+        missing.append(here)
+        here = here.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """Remove the directories :func:`_make_dirs` made, deepest first, while they are empty
+    (a partial file kept for resume, or another host's directory, keeps them)."""
+    for directory in made:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 class FleetResult(Sequence[HostResult]):
@@ -260,12 +276,13 @@ class Fleet:
     async def put(self, local: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                   remote: str, *, recursive: bool = False, force: bool = False,
                   rename: bool = False, resume: bool = True, timeout: float | None = None,
-                  on_done: OnHostDone | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None, safe_links: bool = False) -> FleetResult:
         """Upload the same files to every host (see :meth:`Connection.put`)."""
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             result.transfer = await conn.put(local, remote, recursive=recursive, force=force,
-                                             rename=rename, resume=resume)
+                                             rename=rename, resume=resume,
+                                             safe_links=safe_links)
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
@@ -273,15 +290,20 @@ class Fleet:
     async def get(self, remote: str | Sequence[str], local: str | os.PathLike[str], *,
                   recursive: bool = False, force: bool = False, rename: bool = False,
                   resume: bool = True, timeout: float | None = None,
-                  on_done: OnHostDone | None = None) -> FleetResult:
+                  on_done: OnHostDone | None = None, safe_links: bool = False) -> FleetResult:
         """Download from every host into ``local/HOST/`` (created), one directory per host, so
         that the same path on two hosts never lands on one local file."""
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             into = Path(local) / local_dir_name(target)
-            into.mkdir(parents=True, exist_ok=True)
-            result.transfer = await conn.get(remote, into, recursive=recursive, force=force,
-                                             rename=rename, resume=resume)
+            made = _make_dirs(into)
+            try:
+                result.transfer = await conn.get(remote, into, recursive=recursive,
+                                                 force=force, rename=rename, resume=resume,
+                                                 safe_links=safe_links)
+            except BaseException:
+                _remove_if_empty(made)  # no empty local/HOST/ for a host that sent nothing
+                raise
             result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
@@ -351,7 +373,7 @@ class Fleet:
         conn = self._conns.get(target.name)
         if conn is None or conn._failure is not None:
             conn = await connect(target.address, target.port, options=self.options,
-                                 keepalive=target.keepalive or None)
+                                 keepalive=target.keepalive or None, user=target.user)
             self._conns[target.name] = conn
         return conn
 

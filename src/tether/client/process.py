@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,10 +29,33 @@ if TYPE_CHECKING:
 
 STDOUT = 1
 STDERR = 2
+QUEUED_MESSAGES = 64  # messages other than DATA a stream holds unread before the reader waits
+
+
+class _Joined(bytearray):
+    """The payloads of consecutive DATA frames of one channel, joined while unread."""
+
+
+class DecodedOutput:
+    """``text`` and ``error_text`` for a result that holds a command's raw output and the
+    server's output encoding (a finished run, one host's result of a fan-out)."""
+
+    stdout: bytes
+    stderr: bytes
+    encoding: str
+
+    @property
+    def text(self) -> str:
+        """stdout decoded with the server's output encoding (undecodable bytes replaced)."""
+        return self.stdout.decode(self.encoding, "replace")
+
+    @property
+    def error_text(self) -> str:
+        return self.stderr.decode(self.encoding, "replace")
 
 
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(DecodedOutput):
     """A finished command. ``status`` follows the shell: 128+N when signal N killed it."""
 
     argv: list[str]
@@ -47,14 +71,6 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == 0
 
-    @property
-    def text(self) -> str:
-        """stdout decoded with the server's output encoding (undecodable bytes replaced)."""
-        return self.stdout.decode(self.encoding, "replace")
-
-    @property
-    def error_text(self) -> str:
-        return self.stderr.decode(self.encoding, "replace")
 
 
 @dataclass
@@ -66,15 +82,27 @@ class ServerInfo:
     fingerprint: str
     client_name: str
     permissions: list[str] = field(default_factory=list)
+    user: str = ""  # the Unix account the server runs this connection's work as, if mapped
 
 
 class StreamHandle:
-    """One stream's events, in order; DATA is acknowledged (credit granted) as it is taken."""
+    """One stream's events, in order; DATA is acknowledged (credit granted) as it is taken.
+
+    What waits unread is bounded whatever the server sends: DATA by the flow-control window
+    (credit is granted only as it is taken), and consecutive DATA of one channel is joined into
+    one event, so a server cannot multiply the cost with tiny frames; other messages (listing
+    entries, a line shell's statuses) at most :data:`QUEUED_MESSAGES`, after which
+    :attr:`room` is clear and the connection's reader waits for the application to take some.
+    """
 
     def __init__(self, conn: Connection, stream: int) -> None:
         self._conn = conn
         self.stream = stream
-        self._queue: asyncio.Queue[Message | Data | TetherError] = asyncio.Queue()
+        self._events: deque[Message | Data | TetherError] = deque()
+        self._arrived = asyncio.Event()
+        self._messages = 0  # messages other than DATA in _events
+        self.room = asyncio.Event()  # clear: the reader waits before delivering more
+        self.room.set()
         self.ended = False
         self.failure: TetherError | None = None
 
@@ -83,11 +111,36 @@ class StreamHandle:
             self.failure = event
         elif isinstance(event, Error):
             self.failure = from_wire(event.code, event.message)
-        self._queue.put_nowait(event)
+        if isinstance(event, Data):
+            last = self._events[-1] if self._events else None
+            if isinstance(last, Data) and last.channel == event.channel:
+                joined = last.data
+                if not isinstance(joined, _Joined):
+                    joined = _Joined(joined)
+                    self._events[-1] = Data(self.stream, last.channel, joined)
+                joined.extend(event.data)
+                return
+        elif not isinstance(event, TetherError):
+            self._messages += 1
+            if self._messages >= QUEUED_MESSAGES:
+                self.room.clear()
+        self._events.append(event)
+        self._arrived.set()
+
+    async def _take(self) -> Message | Data | TetherError:
+        while not self._events:
+            self._arrived.clear()
+            await self._arrived.wait()
+        event = self._events.popleft()
+        if not isinstance(event, Data | TetherError):
+            self._messages -= 1
+            if self._messages < QUEUED_MESSAGES:
+                self.room.set()
+        return event
 
     async def next(self) -> Message | Data:
         """The next event; a stream error or a lost connection is raised."""
-        event = await self._queue.get()
+        event = await self._take()
         if isinstance(event, TetherError):
             self.ended = True
             raise event
@@ -117,6 +170,7 @@ class StreamHandle:
         if not self.ended:
             self.ended = True
             self._conn._end_stream(self.stream)
+        self.room.set()  # nobody will take the rest: never hold the reader for it
 
 
 class Process(StreamHandle):

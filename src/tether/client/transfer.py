@@ -20,18 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tether.client.listing import list_tree, skip_links_out
 from tether.client.transfer_base import (
     FileResult,
     Options,
     Progress,
+    SkippedLink,
     StreamOpener,
     TransferResult,
     _expect,
+    _NoProgress,
 )
 from tether.errors import (
     AlreadyExists,
     BadRequest,
     NotFound,
+    PermissionDenied,
     RemoteProtocolError,
     SourceChanged,
     UnsafePath,
@@ -41,10 +45,8 @@ from tether.protocol import (
     Commit,
     Data,
     Done,
-    Entries,
     Entry,
     Get,
-    List,
     Meta,
     Put,
     Ready,
@@ -91,13 +93,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     if len(sources) > 1 and not remote.endswith("/"):
         remote += "/"  # several sources: the destination must be a directory
     plans = [_plan_source(src, recursive) for src in sources]
+    shown = not isinstance(opts.progress, _NoProgress)
+    if shown:  # a progress display needs the totals for its ETA: count the trees first
+        plans = [_counted(src, plan) for src, plan in zip(sources, plans, strict=True)]
     totals = [sum(p[0] for p in plans), sum(p[1] for p in plans)]
-    opts.progress.total(*totals)  # files now; each tree's files once its walk has found them
+    opts.progress.total(*totals)
 
     def walked(files: int, size: int) -> None:
-        totals[0] += files
-        totals[1] += size
-        opts.progress.total(*totals)
+        if not shown:  # without a display nobody asks; with one, the count came first
+            totals[0] += files
+            totals[1] += size
+            opts.progress.total(*totals)
 
     for src, (_files, _size, is_tree) in zip(sources, plans, strict=True):
         if is_tree:
@@ -107,6 +113,17 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
                                                                 opts), src, opts))
     result.seconds = time.monotonic() - started
     return result
+
+
+def _counted(src: Path, plan: tuple[int, int, bool]) -> tuple[int, int, bool]:
+    """A tree's plan with its files and bytes counted (one walk before the sending one)."""
+    if not plan[2]:
+        return plan
+    files = size = 0
+    for entry in _walk_tree(src):
+        if stat.S_ISREG(entry.st.st_mode):
+            files, size = files + 1, size + entry.st.st_size
+    return files, size, True
 
 
 def _plan_source(src: Path, recursive: bool) -> tuple[int, int, bool]:
@@ -215,9 +232,12 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
 
     root = conn.open_stream(Put, path=remote, name=src.name, kind="dir",
                             mode=src.stat().st_mode & 0o7777)
-    top = await _put_entry(root, "dir")
-    result.files.append(top)
-    base = top.path.rstrip("/")
+    done = await _expect(root, Done)
+    assert isinstance(done, Done)
+    result.files.append(FileResult(done.path, "dir"))
+    base = done.path.rstrip("/")
+    if not done.created and not (opts.force or opts.rename):
+        await _refuse_existing(conn, base, src)
     limit = asyncio.Semaphore(IN_FLIGHT)
     batches = asyncio.Semaphore(BATCHES_IN_FLIGHT)
     tasks: list[asyncio.Task[list[FileResult]]] = []
@@ -248,6 +268,11 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
                     await flush()
                 batcher.add(entry.prefix + name, lst.st_size, (path, lst))
                 continue
+            if stat.S_ISLNK(lst.st_mode) and opts.safe_links:
+                target = os.readlink(path)
+                if not link_stays_inside(entry.prefix.count("/"), target):
+                    result.skipped.append(SkippedLink(path, target))
+                    continue
             await limit.acquire()  # streams open in walk order: parents before children
             if stat.S_ISLNK(lst.st_mode):
                 target = os.readlink(path)
@@ -270,6 +295,23 @@ async def _put_tree(conn: Connection, src: Path, remote: str, opts: Options,
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _refuse_existing(conn: Connection, base: str, src: Path) -> None:
+    """Into a tree that already exists, refuse a put that would meet an existing entry before
+    anything is written (no directories left behind by a refusal that comes later). Needs the
+    ``get`` permission to list; without it the server's own per-entry refusals stand."""
+    try:
+        remote = {"/".join(e.parts): e.kind for e in await list_tree(conn, base)}
+    except PermissionDenied:
+        return
+    for entry in _walk_tree(src):
+        rel = entry.prefix + entry.name
+        kind = remote.get(rel)
+        if kind is None or (kind == "dir" and stat.S_ISDIR(entry.st.st_mode)):
+            continue
+        raise AlreadyExists(f"{base}/{rel} exists (use --force to replace it or --rename); "
+                            f"nothing was written")
 
 
 async def _one(work: Awaitable[FileResult]) -> list[FileResult]:
@@ -359,68 +401,11 @@ async def _get_file(conn: Connection, remote: str, dir_fd: int, name: str, shown
     return FileResult(str(Path(shown).with_name(final)), "file", meta.size, event.hash, resumed)
 
 
-def _check_parts(parts: list[str]) -> list[str]:
-    """A server-listed path below the requested root: every component one harmless name."""
-    for part in parts:
-        try:
-            check_name(part)
-        except UnsafePath as exc:
-            raise UnsafePath(f"the server listed an unsafe name {part!r}; nothing written") from exc
-    return parts
-
-
-def _check_link(parts: list[str], target: str) -> None:
-    if not link_stays_inside(max(len(parts) - 1, 0), target):
-        raise UnsafePath(f"the server listed a symlink {'/'.join(parts)} -> {target!r} that "
-                         f"leaves the tree; nothing written")
-
-
-def _check_listing(entries: list[Entry]) -> None:
-    """A whole listing, before anything is written: every name harmless, every symlink inside
-    the tree, each path listed once, and each entry's parent a directory listed before it (so
-    nothing is ever placed beneath a symlink or a file, even one that stays in the tree)."""
-    kinds: dict[tuple[str, ...], str] = {(): "dir"}
-    for i, entry in enumerate(entries):
-        if not entry.parts and i:
-            raise UnsafePath("the server listed the tree's root again (an empty name); "
-                             "nothing written")
-        if entry.parts:
-            path = tuple(_check_parts(entry.parts))
-            shown = "/".join(path)
-            if path in kinds:
-                raise UnsafePath(f"the server listed {shown!r} twice; nothing written")
-            if kinds.get(path[:-1]) != "dir":
-                raise UnsafePath(f"the server listed {shown!r} beneath something that is not a "
-                                 f"directory it listed; nothing written")
-            kinds[path] = entry.kind
-        if entry.kind == "symlink":
-            _check_link(entry.parts, entry.target or "")
-
-
-def _unbatch(msg: Entries) -> list[Entry]:
-    """The entries an ``entries`` message lists (its lists agree in length: the protocol
-    core checked that as it arrived; names are checked like any others afterwards)."""
-    return [Entry(parts=name.split("/") if name else [], kind=kind, size=size, mode=mode,
-                  mtime_ns=mtime, target=target, stream=msg.stream)
-            for name, kind, size, mode, mtime, target in zip(
-                msg.names, msg.kinds, msg.sizes, msg.modes, msg.mtimes, msg.targets,
-                strict=True)]
-
-
 async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
                     result: TransferResult) -> None:
-    listing = conn.open_stream(List, path=remote, batched=True)
-    entries: list[Entry] = []
-    while True:
-        event = await listing.next()
-        if isinstance(event, Done):
-            break
-        if isinstance(event, Entries):
-            entries += _unbatch(event)
-        else:
-            assert isinstance(event, Entry)  # the list table allows nothing else
-            entries.append(event)
-    _check_listing(entries)  # everything, before writing anything
+    entries = await list_tree(conn, remote)  # everything checked, before writing anything
+    if opts.safe_links:
+        entries = skip_links_out(entries, remote, result)
     if entries and not entries[0].parts and entries[0].kind == "file":
         directory, name = _local_target(local, remote)
         dir_fd = _open_local_dir(directory)
@@ -434,6 +419,9 @@ async def _get_tree(conn: Connection, remote: str, local: Path, opts: Options,
         top = local / check_name(posixpath.basename(remote.rstrip("/")) or "root")
     else:
         top = local
+    if top.is_symlink() or (top.exists() and not top.is_dir()):
+        raise AlreadyExists(f"{top} exists and is not a directory: the tree {remote} needs "
+                            f"a directory (give an existing directory or a new name)")
     top.mkdir(exist_ok=True)
     root_fd = _open_local_dir(top)
     files = [e for e in entries if e.kind == "file"]
@@ -475,11 +463,14 @@ async def _get_entries(conn: Connection, remote: str, root_fd: int, top: Path,
             try:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(entry.parts[-1], 0o700, dir_fd=dir_fd)
-                with contextlib.suppress(OSError):
-                    os.chmod(entry.parts[-1], entry.mode & 0o777, dir_fd=dir_fd,
-                             follow_symlinks=False)
             finally:
                 os.close(dir_fd)
+            made = walk_dirs(root_fd, entry.parts)  # an existing symlink there is refused
+            try:
+                with contextlib.suppress(OSError):
+                    os.fchmod(made, entry.mode & 0o777)
+            finally:
+                os.close(made)
             result.files.append(FileResult(str(top.joinpath(*entry.parts)), "dir"))
         elif entry.kind == "symlink":
             dir_fd = walk_dirs(root_fd, entry.parts[:-1])

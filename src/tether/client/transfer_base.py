@@ -12,7 +12,7 @@ from tether.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
-    from tether.protocol import Message
+    from tether.protocol import Entry, Message
 
 class StreamOpener(Protocol):
     """What a transfer needs of a connection (:class:`tether.client.api.Connection` is one)."""
@@ -52,20 +52,55 @@ class FileResult:
     resumed_from: int = 0
 
 
+MAX_LISTING_ENTRIES = 1_000_000  # entries one get -r holds before it writes anything
+MAX_LISTING_BYTES = 256 << 20  # their names and targets, with 64 bytes counted per component
+
+
+def listing_cost(entry: Entry) -> int:
+    """What an entry of a listing counts against :data:`MAX_LISTING_BYTES` (a component's
+    own bytes plus what holding it as a string costs)."""
+    return sum(len(part) + 64 for part in entry.parts) + len(entry.target or "")
+
+
+@dataclass(frozen=True)
+class SkippedLink:
+    """A symlink ``--safe-links`` left out because it leads out of the tree it is in."""
+
+    path: str
+    target: str
+
+
 @dataclass
 class TransferResult:
-    """What a put or get did: every entry, the bytes moved, and how long it took."""
+    """What a put or get did: every entry, the bytes moved, the links skipped (``--safe-links``),
+    and how long it took.
 
-    files: list[FileResult] = field(default_factory=list)
+    ``entries`` is every entry written (files, directories, symlinks); ``file_count`` counts
+    its regular files — the number ``"files"`` means in the CLI's ``--json``.
+    ``files`` is the old name of ``entries``, kept so that existing code keeps working.
+    """
+
+    entries: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: list[SkippedLink] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[FileResult]:
+        """Deprecated name of :attr:`entries` (every entry, not only files)."""
+        return self.entries
+
+    @property
+    def file_count(self) -> int:
+        """How many regular files were written (``"files"`` in ``--json``)."""
+        return sum(1 for f in self.entries if f.kind == "file")
 
     @property
     def bytes(self) -> int:
-        return sum(f.size - f.resumed_from for f in self.files)
+        return sum(f.size - f.resumed_from for f in self.entries)
 
     @property
     def resumed(self) -> list[FileResult]:
-        return [f for f in self.files if f.resumed_from]
+        return [f for f in self.entries if f.resumed_from]
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,7 @@ class Options:
     rename: bool = False
     resume: bool = True
     progress: Progress = field(default_factory=_NoProgress)
+    safe_links: bool = False  # skip symlinks that leave the tree (put -r and get -r)
 
 
 async def _expect(handle: StreamHandle, kind: type) -> object:

@@ -55,8 +55,9 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self.lost: BaseException | None = None  # set when the transport is gone
         self.eof = False
         self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
-        self._write_paused = False
+        self._paused = False  # complete frames pile up unread here
+        self._write_paused = False  # our writes pile up unread by the peer
+        self._read_paused = False  # what the transport was told
         self._drainers: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         self._gone = loop.create_future()
@@ -75,9 +76,9 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self.heard = self._clock()
         self.proto.buffer_updated(nbytes)
         queued = self.proto.queued
-        if queued >= HIGH_WATER and not self._paused and self.transport is not None:
+        if queued >= HIGH_WATER and not self._paused:
             self._paused = True
-            self.transport.pause_reading()
+            self._reading()
         if queued or started:
             self._wake()
 
@@ -102,10 +103,14 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._drainers.clear()
 
     def pause_writing(self) -> None:
+        """Our replies pile up unread (pongs, errors a peer asked for and never reads): a server
+        stops reading until they drain, so a peer cannot make it buffer without bound."""
         self._write_paused = True
+        self._reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._reading()
         for fut in self._drainers:
             if not fut.done():
                 fut.set_result(None)
@@ -115,9 +120,20 @@ class FramedProtocol(asyncio.BufferedProtocol):
 
     def taken(self) -> None:
         """The reader took an event: receive again if enough of the backlog is gone."""
-        if self._paused and self.proto.queued < LOW_WATER and self.transport is not None:
+        if self._paused and self.proto.queued < LOW_WATER:
             self._paused = False
+            self._reading()
+
+    def _reading(self) -> None:
+        """Receive unless frames pile up unread here or (on the server) our writes do there."""
+        want = not self._paused and not (self._write_paused and self.proto.role is Role.SERVER)
+        if self.transport is None or want != self._read_paused:
+            return
+        self._read_paused = not want
+        if want:
             self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     async def wait_bytes(self, timeout: float | None) -> bool:
         """Wait until something arrives or the connection ends; False if ``timeout`` passed."""

@@ -249,6 +249,9 @@ class Connection:
         if isinstance(msg, Error):
             self.state = State.CLOSED
             return msg
+        reason = msg.problem(None)
+        if reason is not None:
+            raise RemoteProtocolError(reason)
         if isinstance(msg, Hello):
             if self._got_hello:
                 raise RemoteProtocolError("a second hello")
@@ -489,6 +492,12 @@ class Connection:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def unclosed(self) -> int:
+        """Streams this side ended whose peer has not ended them yet (a client that never sends
+        ``close`` after the server's final message grows this)."""
+        return sum(1 for s in self._streams.values() if s.local_final and not s.remote_final)
 
     # --- shared --------------------------------------------------------------------------------
 

@@ -109,6 +109,18 @@ def encode_reply(nonce: bytes, ann: Announcement, probe_size: int) -> bytes:
     return reply
 
 
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _is_fingerprint(text: str) -> bool:
+    """Empty (a plaintext server) or ``SHA256:`` and 43 characters of unpadded base64: what a
+    client may write into known_hosts, so nothing else (a newline adding a pin for another
+    host, a control character) is accepted from an unauthenticated datagram."""
+    body = text.encode()[7:]
+    return not text or (text.startswith("SHA256:") and len(body) == 43
+                        and all(c in _B64 for c in body))
+
+
 def decode_reply(data: bytes) -> tuple[bytes, Announcement]:
     """(nonce, announcement) of a valid reply; a :class:`DatagramError` for anything else."""
     if len(data) > REPLY_MAX:
@@ -133,4 +145,6 @@ def decode_reply(data: bytes) -> tuple[bytes, Announcement]:
         raise DatagramError(MALFORMED, f"{len(data) - pos} trailing bytes")
     if port == 0:
         raise DatagramError(MALFORMED, "port 0")
+    if not _is_fingerprint(texts[2]):
+        raise DatagramError(MALFORMED, "the fingerprint is not SHA256:BASE64 (or empty)")
     return nonce, Announcement(texts[0], port, texts[1], texts[2], texts[3])

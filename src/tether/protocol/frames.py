@@ -61,13 +61,17 @@ class Frame(Value):
 
 def encode_msg(stream: int, header: dict[str, Any], body: bytes = b"") -> bytes:
     """The bytes of a MSG frame; raises LocalProtocolError if it would break a cap or if the
-    header holds a value JSON cannot carry (NaN, infinity, bytes...)."""
+    header holds a value JSON or UTF-8 cannot carry (NaN, infinity, bytes, a lone surrogate)."""
     _check_stream_id(stream)
     try:
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (ValueError, TypeError) as exc:
         raise LocalProtocolError(f"header cannot be sent as JSON: {exc}") from exc
-    raw = text.encode()
+    try:
+        raw = text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800"): UTF-8 cannot carry it
+        raise LocalProtocolError(f"header cannot be sent: text that is not valid Unicode "
+                                 f"({exc.reason})") from exc
     if len(raw) > MAX_HEADER:
         raise LocalProtocolError(f"header of {len(raw)} bytes exceeds the {MAX_HEADER}-byte cap")
     if len(body) > MAX_BODY:

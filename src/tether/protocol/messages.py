@@ -80,6 +80,17 @@ class Hello(Message):
     CONNECTION = True
     versions: list[int]
     software: str = ""
+    user: str = ""  # the Unix account asked for (user@host); "" for the server's choice
+
+    def problem(self, request: "Message | None") -> "str | None":
+        return account_problem("hello", self.user)
+
+    def to_header(self) -> "dict[str, Any]":
+        return _without_empty_user(super().to_header())
+
+
+# What a server's current key signs to announce its next one in ``welcome`` (key rotation).
+NEXT_KEY_CONTEXT = b"tether next server key v1\0"
 
 
 class Welcome(Message):
@@ -96,6 +107,47 @@ class Welcome(Message):
     client_fingerprint: str = ""
     client_name: str = ""
     permissions: list[str] = field(default_factory=list)
+    user: str = ""  # the Unix account this session runs as, when one was mapped
+    # during a key rotation: the next certificate (base64 DER), and the current key's signature
+    # over it (base64), so a client pins the next key before it takes over (docs/PROTOCOL.md)
+    next_cert: str = ""
+    next_proof: str = ""
+
+    def problem(self, request: "Message | None") -> "str | None":
+        return account_problem("welcome", self.user)
+
+    def to_header(self) -> "dict[str, Any]":
+        """``user`` and the rotation fields only when set: every other welcome is the same
+        bytes as before they existed."""
+        header = _without_empty_user(super().to_header())
+        if not self.next_cert:
+            del header["next_cert"], header["next_proof"]
+        return header
+
+
+MAX_ACCOUNT = 32  # characters of a Unix account name (useradd's limit)
+_ACCOUNT_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_ACCOUNT_REST = _ACCOUNT_FIRST | frozenset("0123456789.-")
+
+
+def account_problem(what: str, user: str) -> "str | None":
+    """Why ``user`` cannot be a Unix account name (a letter or ``_``, then letters, digits,
+    ``_ . -``; at most 32), or None: an account name reaches the server's logs and the
+    client's terminal, so nothing else is carried."""
+    if not user:
+        return None
+    if (len(user) > MAX_ACCOUNT or user[0] not in _ACCOUNT_FIRST
+            or not set(user) <= _ACCOUNT_REST):
+        return f"{what}.user is not a Unix account name ({len(user)} characters)"
+    return None
+
+
+def _without_empty_user(header: "dict[str, Any]") -> "dict[str, Any]":
+    """``user`` is sent only when set: a hello or welcome without it is byte for byte what it
+    was before accounts existed."""
+    if not header.get("user"):
+        header.pop("user", None)
+    return header
 
 
 class Error(Message):
@@ -319,6 +371,7 @@ class Done(Message):
     resumed_from: int = 0
     count: int = 0
     names: list[str] = field(default_factory=list)
+    created: bool = False
 
 
 class Batch(Message):

@@ -7,9 +7,10 @@ per batch from its parent, no symlink followed for a confined client).
 
 from __future__ import annotations
 
-import asyncio
 import posixpath
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -88,9 +89,9 @@ FETCHES_AT_ONCE = 4  # per connection: a fetch holds up to MAX_BYTES while it is
 
 
 async def send_batch(conn: FramedConnection, stream: int, req: Fetch, area: FileArea,
-                     on_file: FileStored, slots: asyncio.Semaphore) -> Done:
+                     on_file: FileStored, slots: AbstractAsyncContextManager[Any]) -> Done:
     """Read every named file whole, announce them in ``files``, then send their contents;
-    ``slots`` bounds how many fetches of one connection hold their files at once."""
+    ``slots`` bounds how many fetches hold their files at once (per connection, per identity)."""
     async with slots:
         found = area.read_batch(req.path, req.names)
         contents = [data for data, _ in found]

@@ -43,6 +43,7 @@ from typing import Any
 from tether.errors import TetherError, UnsafePath
 from tether.server.audit import AuditLog
 from tether.server.config import ClassicConfig, is_loopback
+from tether.server.environment import login_environment
 from tether.server.limits import Limits
 from tether.server.process import (
     Preexec,
@@ -56,6 +57,7 @@ from tether.server.process import (
 from tether.storage.area import FileArea
 from tether.storage.names import check_name
 from tether.storage.partial import PartialFile
+from tether.storage.reserved import Reserved
 from tether.storage.source import SourceFile
 
 log = logging.getLogger("tether.server.classic")
@@ -168,14 +170,15 @@ async def _collect(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]
 
 
 async def run_shell(command: str, cwd: Path, config: ClassicConfig, kill_grace: float,
-                    preexec: Preexec = None) -> ShellResult:
+                    preexec: Preexec = None, pass_env: tuple[str, ...] = ()) -> ShellResult:
     """Run ``command`` with the login shell in a process group of its own (with the server's
     resource limits, through ``preexec``); on timeout the group gets SIGTERM, then SIGKILL after
     ``kill_grace``. Whatever the command leaves running in its group is killed when it exits,
     as when a terminal closes."""
     started = time.monotonic()
     proc, out_pipe, err_pipe = await start_piped([login_shell(), "-c", command], cwd=cwd,
-                                                 env=None, stdin=False, preexec=preexec)
+                                                 env=login_environment(pass_env), stdin=False,
+                                                 preexec=preexec)
     readers = [asyncio.create_task(_collect(pipe, config.max_output))
                for pipe in (out_pipe, err_pipe)]
     timed_out = False
@@ -289,13 +292,17 @@ class ClassicConnection:
         data = await self.input.some(COMMAND_MAX, self.config.idle_timeout)
         if not data:
             return False
-        if may_be_file_request(data):
-            data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
-        if is_file_request(data):
-            self.input.unread(data)
-            await self._file_request()
-        else:
-            await self._command(data)
+        self.server.busy += 1
+        try:
+            if may_be_file_request(data):
+                data += await self.input.some(COMMAND_MAX, self.config.read_timeout)
+            if is_file_request(data):
+                self.input.unread(data)
+                await self._file_request()
+            else:
+                await self._command(data)
+        finally:
+            self.server.busy -= 1
         return True
 
     async def _send(self, data: bytes) -> None:
@@ -320,7 +327,7 @@ class ClassicConnection:
         server = self.server
         try:
             result = await run_shell(text, server.root, self.config, server.kill_grace,
-                                     server.preexec)
+                                     server.preexec, server.pass_env)
         except (OSError, ValueError) as exc:
             failure = spawn_error(login_shell(), exc)
             self._record("command", f"command {text[:200]!r}: {failure}", warn=True,
@@ -350,7 +357,7 @@ class ClassicConnection:
             await self._download(req)
 
     def _area(self) -> FileArea:
-        return FileArea(self.server.root, confined=True)
+        return FileArea(self.server.root, confined=True, reserved=self.server.reserved)
 
     async def _upload(self, req: FileRequest) -> None:
         """Store exactly ``filesize`` bytes under a fresh name; there is no reply, so a refusal
@@ -420,7 +427,8 @@ class ClassicServer:
 
     def __init__(self, config: ClassicConfig, root: Path, encoding: str,
                  kill_grace: float = 1.0, *, audit: AuditLog | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, reserved: Reserved | None = None,
+                 pass_env: tuple[str, ...] = ()) -> None:
         """``limits`` are the TLS server's: their upload cap (if lower than ours) and command
         rlimits apply here too."""
         if not is_loopback(config.host) and not config.allow_remote:
@@ -432,10 +440,13 @@ class ClassicServer:
         self.encoding = encoding
         self.kill_grace = kill_grace
         self.audit = audit or AuditLog(None)
+        self.reserved = reserved or Reserved()
         self.max_file = min(config.max_file, lim.max_upload or config.max_file)
         self.preexec = rlimits(lim.process_nproc, lim.process_memory)
+        self.pass_env = pass_env
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.busy = 0  # requests being served now: a drain (server/service.py) waits for them
 
     @property
     def port(self) -> int:
@@ -468,6 +479,11 @@ class ClassicServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
+
+    def stop_accepting(self) -> None:
+        """No new connections (a drain); those already up carry on."""
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         """Stop listening and end every connection (killing any running command's group)."""

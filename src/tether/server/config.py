@@ -77,3 +77,8 @@ class ServerConfig:
     audit: Path | None = None
     classic: ClassicConfig | None = None  # also serve the classic protocol (server/classic.py)
     discoverable: bool = False  # answer discovery probes over UDP, same port (server/discovery.py)
+    drain: float = 10.0  # on SIGTERM, seconds running work may take to finish (server/service.py)
+    metrics: tuple[str, int] | None = None  # serve Prometheus metrics here (server/metrics.py)
+    pass_env: tuple[str, ...] = ()  # server variables commands get besides the login ones
+    trust_cas: tuple[Path, ...] = ()  # admit clients these CAs signed (server/trust.py)
+    crl: Path | None = None  # their revocation list, re-read when it changes

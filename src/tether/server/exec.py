@@ -2,9 +2,10 @@
 stdin, deliver signals, and kill the whole group on timeout or disconnect.
 
 Processes are started, read and killed through :mod:`tether.server.process` (a process group per
-command). When the command itself exits, whatever it left running in its group is killed, as
-when a terminal closes (``setsid`` detaches a process on purpose). On timeout or when the client
-goes away the group gets SIGTERM, then SIGKILL after a grace period.
+command). When the command's leader exits by itself, its group is hung up (SIGHUP, as sshd's
+session end does): jobs it left behind end unless they ignore the hang-up (``nohup``) or left the
+group (``setsid``). On timeout, when the client abandons the stream or goes away, and when the
+server stops, the whole group gets SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 from tether.errors import BadRequest, NotFound, PermissionDenied, TetherError
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Exec, Exit, Message, Signal, Started
+from tether.server.environment import login_environment
 from tether.server.process import (
     Preexec,
+    hang_up,
     kill_group,
     login_shell,
     read_chunk,
@@ -47,6 +50,7 @@ class ExecPolicy:
     nproc: int = 0
     memory: int = 0
     confined: bool = False  # a client with its own root: --cwd stays below it (not a sandbox)
+    pass_env: tuple[str, ...] = ()  # serve --pass-env: server variables commands also get
 
     def preexec(self) -> Preexec:
         """Sets the resource limits in the child before exec, when there are any to set."""
@@ -86,8 +90,13 @@ def exec_spec(req: Exec, policy: ExecPolicy) -> SpawnSpec:
     cwd = policy.root / (req.cwd or "")
     if not cwd.is_dir():
         raise NotFound(f"no such directory: {req.cwd or cwd}")
+    if not os.access(cwd, os.X_OK):  # the server's account may not enter it: say so, not
+        raise PermissionDenied(        # "cannot start COMMAND" (the command is not the fault)
+            f"cannot enter the working directory {req.cwd or str(cwd)}: permission denied "
+            f"for the server's account")
     argv = [login_shell(), "-c", req.argv[0]] if req.shell else list(req.argv)
-    return SpawnSpec(argv, cwd, {**os.environ, **req.env}, req.timeout, req.stdin)
+    return SpawnSpec(argv, cwd, login_environment(policy.pass_env, req.env), req.timeout,
+                     req.stdin)
 
 
 class CommandRun:
@@ -140,8 +149,12 @@ class CommandRun:
         except TimeoutError:
             self.timed_out = True
             await self.terminate()
-        self._kill_group(signal.SIGKILL)  # leftovers in its group, as when a terminal closes
-        await asyncio.gather(*pumps, return_exceptions=True)
+        if self.timed_out or self._killing is not None:
+            self._kill_group(signal.SIGKILL)
+            await asyncio.gather(*pumps, return_exceptions=True)
+        else:
+            await hang_up(proc, pumps, [reader for reader, _ in self.outputs],
+                          self.policy.kill_grace)
         if feeder is not None:
             feeder.cancel()
         code = await proc.wait()  # reaped: after a SIGKILL the returncode is not set until now

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tether import __version__
 from tether.errors import TetherError
+from tether.home import signed_cert_file
 from tether.identity import AuthorizedClient, Identity, authorized_path, read_authorized
 from tether.net.framed import FramedProtocol
 from tether.protocol import Role
@@ -26,10 +29,23 @@ from tether.protocol.discovery import Announcement
 from tether.server.audit import AuditLog
 from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
+from tether.server.context import SessionContext
+from tether.server.descriptors import Descriptors
 from tether.server.discovery import DiscoveryResponder, start_discovery
-from tether.server.limits import Admission
-from tether.server.session import Session, SessionContext
+from tether.server.diskpool import DiskPool
+from tether.server.limits import Admission, derive, raise_descriptor_limit
+from tether.server.privsep import SharedCounts
+from tether.server.refusals import Refusals
+from tether.server.rotation import KeyRotation
+from tether.server.session import Session
+from tether.server.shares import Shares
+from tether.server.trust import Trust
+from tether.storage.reserved import Reserved
 from tether.tls import server_context
+from tether.version import __version__
+
+if TYPE_CHECKING:
+    from tether.server.metrics import MetricsServer
 
 __all__ = ["Server", "ServerConfig", "is_loopback"]  # the config types live in server/config
 
@@ -41,6 +57,8 @@ def _handshake_failure(exc: BaseException) -> str:
     text = str(exc).upper()
     if isinstance(exc, TimeoutError):
         return "TLS handshake timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (2, 20, 21):
+        return "TLS handshake failed: client certificate signed by a CA this server does not trust"
     if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "PEER DID NOT RETURN" in text:
         return "TLS handshake failed: client identity not authorized"
     if "WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP_REQUEST" in text:
@@ -58,6 +76,15 @@ def _keepalive(transport: asyncio.Transport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or edited (a same-size swap with a kept mtime too)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0, 0, 0)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
 
 
 class _Accepted(asyncio.Protocol):
@@ -82,8 +109,15 @@ class Server:
             )
         if not config.plaintext and identity is None:
             raise TetherError("a TLS server needs an identity")
+        self._limits_note = raise_descriptor_limit()
+        derived = derive(config.limits)
+        self._limits_note += "; " + derived.note
+        config = dataclasses.replace(config, limits=derived.limits)
+        self.descriptors = Descriptors(derived.operation_descriptors,
+                                       derived.limits.max_descriptors_per_client)
         self.config = config
         self.identity = identity
+        self._handshaking: dict[asyncio.Transport, str] = {}  # oldest first
         self.sessions: set[Session] = set()
         self._server: asyncio.Server | None = None
         self._stamp: tuple[int, ...] | None = None
@@ -93,25 +127,31 @@ class Server:
         self.admission = Admission(config.limits)
         self._accepting: set[asyncio.Task[None]] = set()
         self.audit = AuditLog(config.audit)
+        self.disk = DiskPool(config.limits.disk_threads, config.limits.disk_threads_per_client)
+        self.refusals = Refusals(self.audit, config.limits.refusal_log_interval)
+        self.reserved = Reserved([config.home], [config.audit] if config.audit else [])
         self.classic: ClassicServer | None = None
         self.discovery: DiscoveryResponder | None = None
+        self.metrics: MetricsServer | None = None
+        self.rotation = KeyRotation(config.home, identity)
+        self.trust = Trust(config.home, config.trust_cas, config.crl)
         self.context = SessionContext(
             limits=config.limits, root=config.root, plaintext=config.plaintext,
             name=config.name, encoding=config.encoding, kill_grace=config.kill_grace,
             admission=self.admission, audit=self.audit, authorized=self.authorized,
+            trust=self.trust, counts=SharedCounts(), next_key=self.rotation.announced,
+            drain=config.drain,
+            reserved=self.reserved, refusals=self.refusals, disk=self.disk,
+            descriptors=self.descriptors,
+            fetches=Shares(config.limits.max_fetches_per_client),
+            pass_env=config.pass_env,
         )
 
     # --- authorization -------------------------------------------------------------------------
 
     def authorized(self) -> dict[str, AuthorizedClient]:
-        """The authorized clients, re-read when the file changed."""
-        path = authorized_path(self.config.home)
-        try:
-            st = os.stat(path)
-            stamp: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns,
-                                      st.st_size)
-        except FileNotFoundError:
-            stamp = ()
+        """The authorized clients, re-read when the file changed (or the host certificate)."""
+        stamp = _stamp(authorized_path(self.config.home)) + _stamp(self._host_cert())
         if stamp != self._stamp:
             found = read_authorized(self.config.home)
             for problem in found.problems:  # admit the valid entries, never a stale list
@@ -121,22 +161,69 @@ class Server:
             self._ctx = None
         return self._clients
 
+    def reload_trust(self) -> None:
+        """SIGHUP: read the authorized list, the trusted CAs, the revocation list, the
+        principals and the server identity again for the next connection (connections already
+        up keep what they were admitted with). A CA or list that no longer loads is logged and
+        the one in use kept."""
+        self._stamp = None
+        try:
+            trust = Trust(self.config.home, self.config.trust_cas, self.config.crl)
+        except (TetherError, OSError, ValueError) as exc:
+            log.error("reload: keeping the trusted CAs and revocation list in use: %s", exc)
+        else:
+            self.trust = trust
+            self.context = dataclasses.replace(self.context, trust=trust)
+        if self.rotation.refresh(force=True):
+            self._new_identity()
+        self._ctx = None
+        self.authorized()
+
+    def _new_identity(self) -> None:
+        """The server key changed (a rotation ended): TLS and discovery use the new one."""
+        self.identity = self.rotation.identity
+        self._ctx = None
+        if self.discovery is not None and self.identity is not None:
+            self.discovery.announcement = dataclasses.replace(
+                self.discovery.announcement, fingerprint=self.identity.fingerprint)
+
+    def _host_cert(self) -> Path:
+        return Path(signed_cert_file(self.config.home, "server"))
+
     def _tls_context(self) -> ssl.SSLContext:
+        if self.rotation.refresh():  # a key rotation's overlap ended: the new key from now on
+            self._new_identity()
         clients = self.authorized()
         if self._ctx is None:
             assert self.identity is not None
-            self._ctx = server_context(self.identity, (c.cert_der for c in clients.values()))
+            anchors = [c.cert_der for c in clients.values()] + self.trust.anchors
+            host_cert = self._host_cert()
+            self._ctx = server_context(self.identity, anchors,
+                                       host_cert if host_cert.exists() else None)
         return self._ctx
 
     # --- lifetime ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or on ``sock`` (a socket systemd passed us)."""
+        log.info("limits: %s", self._limits_note)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accepted(self), self.config.host, self.config.port, backlog=1024
-        )
-        sock = self._server.sockets[0]
-        self.config.port = sock.getsockname()[1]
+        # asyncio accepts up to this many per wake-up before admission runs: within the
+        # descriptors kept in reserve, so a burst cannot reach RLIMIT_NOFILE (EMFILE)
+        backlog = max(16, min(1024, self.config.limits.reserved_descriptors))
+        if sock is not None:
+            self._server = await loop.create_server(lambda: _Accepted(self), sock=sock,
+                                                    backlog=backlog)
+            self.config.host = sock.getsockname()[0]
+        else:
+            self._server = await loop.create_server(
+                lambda: _Accepted(self), self.config.host, self.config.port, backlog=backlog)
+        self.config.port = self._server.sockets[0].getsockname()[1]
+        if self.config.metrics is not None:
+            from tether.server.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.admission, self.authorized, self.audit,
+                                         *self.config.metrics, counts=self.context.counts)
         if self.config.classic is not None:
             await self._start_classic(self.config.classic)
         if self.config.discoverable:
@@ -145,7 +232,8 @@ class Server:
     async def _start_classic(self, config: ClassicConfig) -> None:
         c = self.config
         self.classic = ClassicServer(config, c.root, c.encoding, c.kill_grace, audit=self.audit,
-                                     limits=c.limits)
+                                     limits=c.limits, reserved=self.reserved,
+                                     pass_env=c.pass_env)
         try:
             await self.classic.start()
         except BaseException:
@@ -175,12 +263,16 @@ class Server:
         _keepalive(transport)
         refusal = self.admission.admit_address(address)
         if refusal is not None:
-            log.warning("refused %s: %s", address, refusal)
-            self.audit.event("refused", address=address, reason=refusal)
+            self.refusals.refused(address, refusal)
             transport.abort()
             return
+        self._make_room(address)
+        self._handshaking[transport] = address
         try:
-            link = await self._secure(transport, address)
+            try:
+                link = await self._secure(transport, address)
+            finally:
+                self._handshaking.pop(transport, None)
             if link is None:
                 return
             session = Session(self.context, link)
@@ -193,6 +285,16 @@ class Server:
                 self.sessions.discard(session)
         finally:
             self.admission.connection_closed()
+
+    def _make_room(self, address: str) -> None:
+        """All handshake slots are taken: drop the oldest waiting handshake, so connections
+        that never finish theirs cannot keep a real client out (and say so, aggregated)."""
+        while len(self._handshaking) >= self.admission.max_handshakes:
+            oldest, who = next(iter(self._handshaking.items()))
+            del self._handshaking[oldest]
+            oldest.abort()
+            self.refusals.refused(who, f"handshake slots full ({self.admission.max_handshakes}):"
+                                       f" the oldest waiting handshake was dropped")
 
     async def _secure(self, transport: asyncio.Transport, address: str) -> FramedProtocol | None:
         """The TLS handshake (skipped with --plaintext), under its deadline, counted per address."""
@@ -209,14 +311,14 @@ class Server:
                     transport, protocol, self._tls_context(), server_side=True,
                     ssl_handshake_timeout=self.config.limits.handshake_timeout,
                 )
-                assert tls is not None
+                if tls is None:  # dropped for a newer handshake (_make_room) meanwhile
+                    raise ConnectionAbortedError("handshake dropped: slots full")
                 secured = tls
             protocol.connection_made(secured)
             ok = True
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             reason = _handshake_failure(exc)
-            log.warning("refused %s: %s", address, reason)
-            self.audit.event("refused", address=address, reason=reason)
+            self.refusals.refused(address, reason)
             transport.close()  # close, not abort: let a TLS alert already queued go out
             return None
         finally:
@@ -234,8 +336,22 @@ class Server:
     def stop(self) -> None:
         self._stopped.set()
 
+    def stop_accepting(self) -> None:
+        """No new connections (on any listener), and no discovery answers inviting them;
+        those already up carry on."""
+        if self._server is not None:
+            self._server.close()
+        if self.classic is not None:
+            self.classic.stop_accepting()
+        if self.discovery is not None:
+            self.discovery.close()
+
     async def close(self) -> None:
         await self._close()
+        self.refusals.flush()
+        self.disk.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.audit.close()
 
     async def _close(self) -> None:

@@ -7,7 +7,10 @@ killed. One module, so exec, shells and classic mode keep one set of rules:
 * output goes to pipes of our own with a 1 MiB buffer (asyncio's PIPE would make ``wait()`` wait
   for every process holding the pipe, such as a job the command left in the background);
 * ending a group is SIGTERM (and SIGCONT, so a stopped group can act on it), then SIGKILL after
-  a grace period.
+  a grace period;
+* a leader that exits by itself has its group hung up instead (SIGHUP and SIGCONT, as sshd's
+  session end does), so ``nohup`` and ``setsid`` jobs live on; output still arriving from a
+  survivor is read for a grace period, then its pipes are closed (its next write gets SIGPIPE).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import pwd
 import resource
 import signal
 from collections.abc import Callable
@@ -24,20 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import SpawnFailed
+from tether.server.environment import login_shell
 
 READ_SIZE = 256 * 1024
 PIPE_SIZE = 1024 * 1024
+SETTLE = 0.5  # seconds a job left behind has to get to nohup's SIG_IGN before the hang-up
 
 Preexec = Callable[[], None] | None
 
-
-def login_shell() -> str:
-    """The server user's login shell, as ssh uses it; /bin/sh if it has none."""
-    try:
-        shell = pwd.getpwuid(os.getuid()).pw_shell
-    except KeyError:
-        shell = ""
-    return shell if shell and os.access(shell, os.X_OK) else "/bin/sh"
+__all__ = ["login_shell"]  # re-exported: exec, shells and classic mode take it from here
 
 
 def rlimits(nproc: int, memory: int) -> Preexec:
@@ -134,3 +131,39 @@ async def terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
     kill_group(proc.pid, signal.SIGKILL)
+
+
+async def hang_up(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task[None]],
+                  readers: list[asyncio.StreamReader], grace: float) -> None:
+    """The leader exited by itself: SIGHUP whatever is left in its group, read what is still
+    written for up to ``grace`` seconds, then stop reading (a ``nohup`` job that kept the pipes
+    must neither hold the command open for ever nor be killed).
+
+    A job the leader started just before exiting may not have reached ``nohup``'s
+    ``signal(SIGHUP, SIG_IGN)`` yet, so the hang-up waits ``SETTLE`` seconds first, but only
+    when something is left in the group (a command that leaves nothing ends at once)."""
+    if group_alive(proc.pid):
+        await asyncio.sleep(min(SETTLE, grace))
+        kill_group(proc.pid, signal.SIGHUP)
+        kill_group(proc.pid, signal.SIGCONT)
+    if not pumps:
+        return
+    _done, pending = await asyncio.wait(pumps, timeout=grace)
+    for task in pending:
+        task.cancel()
+    for reader in readers:
+        transport = getattr(reader, "_transport", None)
+        if transport is not None:
+            transport.close()
+    await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a member (its leader already reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

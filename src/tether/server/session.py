@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import logging
 import platform
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import pwd
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-from tether import __version__
 from tether.errors import (
     BadRequest,
     Busy,
@@ -32,7 +32,7 @@ from tether.errors import (
     TetherError,
     VersionMismatch,
 )
-from tether.identity import PERMISSIONS, AuthorizedClient, fingerprint
+from tether.identity import PERMISSIONS, fingerprint
 from tether.net.framed import FramedConnection, FramedProtocol
 from tether.protocol import (
     PROTOCOL_VERSIONS,
@@ -57,78 +57,71 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
-from tether.protocol.messages import (
-    Sync,
-    SyncBatch,
-    SyncCommit,
-    SyncFile,
-    SyncList,
-    SyncListed,
-    SyncSent,
-    SyncWant,
-)
-from tether.server.audit import AuditLog
+from tether.protocol.messages import Sync
+from tether.protocol.ranges import problem
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
+from tether.server.context import Peer, SessionContext
+from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
-from tether.server.limits import Admission, Limits
+from tether.server.limits import Limits
+from tether.server.privsep import Worker, serve_as
 from tether.server.shell import LineRun, PtyRun, shell_spec
-from tether.server.sync import SyncStream, receive, send
+from tether.server.stall import StallWatch
+from tether.server.streamkit import VERBS as _VERBS
+from tether.server.streamkit import StreamHandler
+from tether.server.streamkit import TaskStream as _TaskStream
+from tether.server.streamkit import as_remote as _as_remote
+from tether.server.streamkit import identity_fields as _identity_fields
+from tether.server.streamkit import request_fields as _request
+from tether.server.streamkit import sendable as _sendable
+from tether.server.sync import SYNC_MESSAGES, SyncStream, receive, send
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
-from tether.storage.errors import disk_error
+from tether.version import __version__
 
 log = logging.getLogger("tether.server")
 
 
-@dataclass(frozen=True)
-class SessionContext:
-    """What a session needs of its server, and nothing more."""
-
-    limits: Limits
-    root: Path  # where an unconfined client's relative paths and commands start
-    plaintext: bool
-    name: str  # the server's name, told in welcome
-    encoding: str
-    kill_grace: float
-    admission: Admission
-    audit: AuditLog
-    authorized: Callable[[], dict[str, AuthorizedClient]]  # re-read when the file changed
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end, as established by TLS and the authorized list."""
-
-    fingerprint: str
-    name: str
-    root: Path
-    permissions: frozenset[str]
-    confined: bool = False
-
-
 class Session:
-    def __init__(self, context: SessionContext, link: FramedProtocol) -> None:
+    """``peer`` given: a privilege-separated worker's session (server/privsep.py), whose client
+    the parent already admitted; ``address``: the client's, which the worker's socket lacks."""
+
+    def __init__(self, context: SessionContext, link: FramedProtocol, peer: Peer | None = None,
+                 address: str | None = None) -> None:
         self.context = context
         self.conn = FramedConnection(link)
+        self.preset = peer
+        self.address = address
+        self.worker: Worker | None = None  # the worker serving this session as its account
         self.peer: Peer | None = None
         self.streams: dict[int, StreamHandler] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
+        self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
+        self.stall = StallWatch(self.limits.stall_timeout, self._stalled)  # uploads
+        self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
 
     async def serve(self) -> None:
-        address = self.conn.peer_address
+        address = self.address or self.conn.peer_address
         audit = self.context.audit
-        admitted, reason = False, ""
+        admitted, handed_over, reason = False, False, ""
         try:
-            self.peer = self._authorize()
-            refusal = self.context.admission.admit_client(self.peer.fingerprint)
-            if refusal is not None:
-                raise Busy(refusal)
-            admitted = True
-            await asyncio.wait_for(self._handshake(), self.limits.handshake_timeout)
+            hello = await asyncio.wait_for(self._hello(), self.limits.handshake_timeout)
+            if self.preset is not None:  # a worker: admitted by the parent
+                self.peer = self.preset
+            else:
+                self.peer = self._authorize(hello.user)
+                self._admit(self.peer)
+                admitted = True
+                if self.peer.user is not None:
+                    handed_over = True
+                    await serve_as(self, hello, self.context.counts)
+                    return
+            self.held = Holder(self.context.descriptors, self.peer.fingerprint)
+            await self._welcome(hello)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
             audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
-                        name=self.peer.name)
+                        name=self.peer.name, **_identity_fields(self.peer))
             self.conn.frame_timeout = self.limits.frame_timeout or None
             self.conn.idle_timeout = self.limits.idle_timeout or None
             self.conn.keepalive = self.limits.keepalive if self.limits.keepalive > 0 else None
@@ -138,12 +131,10 @@ class Session:
             audit.event("protocol_error", address=address, reason=str(exc))
             await self.conn.fail(exc)
         except (NotAuthorized, VersionMismatch, Busy) as exc:
-            log.warning("refused %s: %s", address, exc)
-            audit.event("refused", address=address, reason=str(exc))
+            self._refused(address, str(exc), self._presented())
             await self.conn.fail(exc)
         except TimeoutError:
-            log.warning("refused %s: no hello within the handshake timeout", address)
-            audit.event("refused", address=address, reason="no hello in time")
+            self._refused(address, "no hello in time")
             await self.conn.fail(ConnectionFailed("handshake timed out"))
         except ConnectionFailed as exc:
             log.info("disconnected %s: %s", address, exc)
@@ -153,43 +144,87 @@ class Session:
             await self.conn.close()
             if admitted and self.peer is not None:
                 self.context.admission.client_left(self.peer.fingerprint)
+                if self.peer.user is not None:
+                    self.context.admission.account_left(self.peer.user)
+            if (admitted or self.preset is not None) and self.peer is not None and not handed_over:
                 audit.event("disconnection", address=address, fingerprint=self.peer.fingerprint,
                             **({"reason": reason} if reason else {}))
+
+    def _refused(self, address: str, reason: str,
+                 presented: dict[str, str] | None = None) -> None:
+        if self.context.refusals is not None:
+            self.context.refusals.refused(address, reason, presented)
+        else:
+            log.warning("refused %s: %s", address, reason)
+            self.context.audit.event("refused", address=address, reason=reason,
+                                     **(presented or {}))
+
+    def _presented(self) -> dict[str, str]:
+        """The fingerprint of the certificate a refused client presented, for the audit log."""
+        cert = None if self.context.plaintext else self.conn.peer_cert
+        return {"fingerprint": fingerprint(cert)} if cert else {}
+
+    def _admit(self, peer: Peer) -> None:
+        """Count the connection per identity and per Unix account, or refuse it (Busy)."""
+        admission = self.context.admission
+        refusal = admission.admit_client(peer.fingerprint)
+        if refusal is None and peer.user is not None:
+            refusal = admission.admit_account(peer.user)
+            if refusal is not None:
+                admission.client_left(peer.fingerprint)
+        if refusal is not None:
+            raise Busy(refusal)
 
     @property
     def limits(self) -> Limits:
         return self.context.limits
 
+    @property
+    def busy(self) -> bool:
+        """Whether an operation is under way: one this session runs, or one whose request
+        arrived and is still starting (the protocol has its stream open). A drain waits for
+        it; an idle session may be closed at once."""
+        return bool(self.streams) or self.conn.proto.open_streams > 0
+
     async def shutdown(self) -> None:
         """The server is stopping: tell the client, kill its commands."""
+        if self.worker is not None:  # the worker does both
+            self.worker.terminate()
+            return
         self._abandon_all()
         await self.conn.fail(ServerShuttingDown("server shutting down"))
 
-    def _authorize(self) -> Peer:
+    def _authorize(self, user: str) -> Peer:
+        """Who the client is and what it may do (server/trust.py), or NotAuthorized."""
         context = self.context
         if context.plaintext:
+            if user:
+                raise NotAuthorized("a plaintext server cannot switch accounts")
             return Peer("plaintext", "plaintext", context.root, frozenset(PERMISSIONS))
         cert = self.conn.peer_cert
         if not cert:
             raise NotAuthorized("no client certificate")
-        fp = fingerprint(cert)
-        client: AuthorizedClient | None = context.authorized().get(fp)
-        if client is None:
-            raise NotAuthorized(f"client identity {fp} is not authorized")
-        root = Path(client.root) if client.root else context.root
-        return Peer(fp, client.name, root, client.permissions, confined=client.root is not None)
+        grant = context.trust.admit(cert, context.authorized(), user)
+        root = grant.root or (Path(pwd.getpwnam(grant.user).pw_dir) if grant.user
+                              else context.root)
+        return Peer(grant.fingerprint, grant.name, root, grant.permissions, grant.confined,
+                    grant.user, grant.serial, grant.principals)
 
-    async def _handshake(self) -> None:
-        assert self.peer is not None
+    async def _hello(self) -> Hello:
         hello = await self.conn.next_event()
         if not isinstance(hello, Hello):
             raise RemoteProtocolError("the first frame must be hello")
+        return hello
+
+    async def _welcome(self, hello: Hello) -> None:
+        assert self.peer is not None
         common = set(hello.versions) & set(PROTOCOL_VERSIONS)
         if not common:
             raise VersionMismatch(
                 f"client offered protocol versions {hello.versions[:8]}, "
                 f"server speaks {list(PROTOCOL_VERSIONS)}"
             )
+        next_cert, next_proof = self.context.next_key()
         self.conn.send(
             Welcome(
                 version=max(common),
@@ -200,6 +235,9 @@ class Session:
                 client_fingerprint=self.peer.fingerprint,
                 client_name=self.peer.name,
                 permissions=sorted(self.peer.permissions),
+                user=self.peer.user or hello.user,  # admission checked hello.user
+                next_cert=next_cert,
+                next_proof=next_proof,
             )
         )
         await self.conn.drain()
@@ -210,31 +248,48 @@ class Session:
             handler = self.HANDLERS.get(type(event))
             if handler is None:
                 raise RemoteProtocolError(f"a client may not send {type(event).__name__}")
-            if isinstance(event, Message) and event.OPENS and not _encodable(event):
-                # JSON can carry a lone surrogate ("\ud800"); no path, name or argv can
-                self._end_stream(event.stream, BadRequest(
-                    f"{event.TYPE}: text that is not valid Unicode (a lone surrogate)"))
-                continue
+            if isinstance(event, Message) and event.OPENS:
+                self._check_unclosed()
+            if isinstance(event, Message) and event.stream and (
+                    event.OPENS or event.stream in self.streams):
+                wrong = problem(event)  # out-of-range integers, lone surrogates
+                if wrong is not None:
+                    self._end_stream(event.stream, BadRequest(wrong),
+                                     _request(event) if event.OPENS else None)
+                    continue
             await handler(self, event)
 
     # --- opening streams -----------------------------------------------------------------------
 
-    def _check_open(self, permission: str) -> Peer:
+    def _check_unclosed(self) -> None:
+        """A client must ``close`` each stream the server ended; one that never does would grow
+        the server's stream table with every refused request, so past the operation cap it is
+        dropped."""
+        unclosed = self.conn.proto.unclosed
+        if unclosed > self.limits.max_streams_per_connection:
+            raise RemoteProtocolError(f"{unclosed} streams the server ended were never closed "
+                                      f"(limit {self.limits.max_streams_per_connection})")
+
+    def _check_open(self, permission: str, stream: int, op: str) -> Peer:
+        """The peer, allowed ``permission``, within the operation cap, holding the descriptors
+        ``op`` may keep open (given back when the stream ends, see :meth:`_forget`)."""
         assert self.peer is not None
         if permission not in self.peer.permissions:
             raise PermissionDenied(f"this client may not {_VERBS[permission]}")
-        if len(self.streams) >= self.limits.max_streams_per_connection:
+        # the new stream is open already; streams the client never closed count too
+        if self.conn.proto.open_streams > self.limits.max_streams_per_connection:
             raise BadRequest("too many operations at once on one connection "
                              f"(limit {self.limits.max_streams_per_connection})")
+        self.held.take(stream, COSTS[op])
         return self.peer
 
     def _area(self, peer: Peer) -> FileArea:
-        return FileArea(peer.root, peer.confined)
+        return FileArea(peer.root, peer.confined, self.context.reserved)
 
     def _policy(self, peer: Peer) -> ExecPolicy:
         lim = self.limits
         return ExecPolicy(peer.root, self.context.kill_grace, lim.process_nproc,
-                          lim.process_memory, peer.confined)
+                          lim.process_memory, peer.confined, self.context.pass_env)
 
     async def _on_exec(self, msg: Exec) -> None:
         def make(policy: ExecPolicy) -> CommandRun:
@@ -258,24 +313,24 @@ class Session:
                              what: dict[str, Any]) -> None:
         """Check, count, start and audit a command or shell; its errors end only its stream."""
         try:
-            peer = self._check_open(permission)
+            peer = self._check_open(permission, stream, permission)
             run = make(self._policy(peer))
             refusal = self.context.admission.admit_process(peer.fingerprint)
             if refusal is not None:
                 raise Busy(refusal)
         except RemoteError as exc:
-            self._end_stream(stream, exc)
+            self._end_stream(stream, exc, {"op": permission, **what})
             return
         try:
             await run.start()
         except RemoteError as exc:
             self.context.admission.process_ended(peer.fingerprint)
             self._end_stream(stream, exc)
-            self.context.audit.event("command", fingerprint=peer.fingerprint, **what,
-                                    outcome=str(exc))
+            self.context.audit.event("command", fingerprint=peer.fingerprint, name=peer.name,
+                                     **what, outcome=str(exc))
             return
         self.streams[stream] = run
-        log.info("%s %s stream %d pid %s: %r", permission, peer.name, stream,
+        log.info("%s %s stream %d pid %s: %r", permission, peer.label, stream,
                  run.proc.pid if run.proc else "?", what.get("argv"))
         self._spawn(self._until_done(stream, self._process(run, peer, permission, what)))
 
@@ -294,85 +349,122 @@ class Session:
             )
 
     async def _on_put(self, msg: Put) -> None:
+        started = time.monotonic()
         try:
-            put = PutTransfer(self.conn, msg.stream, msg, self._area(self._check_open("put")),
-                              self.limits.max_upload, lambda done: self._audit("put", done))
+            area = self._area(self._check_open("put", msg.stream, "put"))
+            put = PutTransfer(self.conn, msg.stream, msg, area, self.limits.max_upload,
+                              lambda done: self._audit("put", done, started), self._offload)
             await put.start()
         except (RemoteError, OSError) as exc:
-            self._end_stream(msg.stream, _as_remote(exc))
+            self._end_stream(msg.stream, _as_remote(exc), _request(msg))
             return
         if put.partial is not None:
             self.streams[msg.stream] = put
+            self.stall.watch(msg.stream)
+        else:  # a directory or symlink: done already
+            self.held.give(msg.stream)
 
     async def _on_batch(self, msg: Batch) -> None:
         try:
-            batch = BatchPut(self.conn, msg.stream, msg, self._area(self._check_open("put")),
+            area = self._area(self._check_open("put", msg.stream, "batch"))
+            batches = sum(isinstance(h, BatchPut) for h in self.streams.values())
+            if batches >= self.limits.max_batches_per_connection:
+                raise Busy(f"too many batches at once on one connection (limit "
+                           f"{self.limits.max_batches_per_connection})")
+            batch = BatchPut(self.conn, msg.stream, msg, area,
                              self.limits.max_upload,
                              lambda path, size, hash_: self._audit_file("put", path, size, hash_))
             self.streams[msg.stream] = batch
             batch.start()
+            self.stall.watch(msg.stream)
         except (RemoteError, OSError) as exc:
-            self._end_stream(msg.stream, _as_remote(exc))
+            self._end_stream(msg.stream, _as_remote(exc), _request(msg))
 
     async def _on_fetch(self, msg: Fetch) -> None:
         def on_file(path: str, size: int, hash_: str) -> None:
             self._audit_file("get", path, size, hash_)
 
-        self._start_task(msg.stream, "get", "fetch",
+        self._start_task(msg, "get", "fetch",
                          lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
-                                                 self.fetch_slots))
+                                                 self._fetch_slot()))
 
-    async def _on_get(self, msg: Get) -> None:
-        self._start_task(msg.stream, "get", "get",
-                         lambda area: send_file(self.conn, msg.stream, msg, area))
-
-    async def _on_list(self, msg: List) -> None:
-        self._start_task(msg.stream, "get", "list",
-                         lambda area: send_listing(self.conn, msg.stream, msg, area))
+    @contextlib.asynccontextmanager
+    async def _fetch_slot(self) -> AsyncIterator[None]:
+        """A fetch's turn: one of this connection's, and of this identity's."""
+        assert self.peer is not None
+        async with self.fetch_slots, self.context.fetches.hold(self.peer.fingerprint):
+            yield
 
     async def _on_sync(self, msg: Sync) -> None:
-        """A push needs permission put, a pull get; each runs as a task reading the stream's
-        events from a bounded queue."""
+        """A push needs put, a pull get; the side reads the stream from a bounded queue."""
         try:
-            area = self._area(self._check_open("put" if msg.push else "get"))
+            area = self._area(self._check_open("put" if msg.push else "get", msg.stream, "sync"))
         except RemoteError as exc:
-            self._end_stream(msg.stream, exc)
+            self._end_stream(msg.stream, exc, _request(msg))
             return
-        handler = SyncStream(self.conn, msg.stream)
-        self.streams[msg.stream] = handler
+        handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream)
         body = receive(handler, msg, area) if msg.push else send(handler, msg, area)
         handler.task = self._spawn(self._until_done(msg.stream, body))
-        self.context.audit.event("sync", fingerprint=self.peer.fingerprint if self.peer else None,
-                                 push=msg.push, path=msg.path, sources=msg.sources[:16],
-                                 delete=msg.delete, dry_run=msg.dry_run)
 
-    def _audit(self, op: str, done: Done) -> None:
-        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from)
+    async def _on_get(self, msg: Get) -> None:
+        self._start_task(msg, "get", "get",
+                         lambda area: send_file(self.conn, msg.stream, msg, area,
+                                                self._offload))
+
+    async def _on_list(self, msg: List) -> None:
+        self._start_task(msg, "get", "list",
+                         lambda area: send_listing(self.conn, msg.stream, msg, area,
+                                                   self.list_slots, self._holder(msg.stream)))
+
+    def _holder(self, stream: int) -> Callable[[int], None]:
+        """What a listing tells of the descriptors its levels take (+) and give back (-)."""
+        def hold(count: int) -> None:
+            if count > 0:
+                self.held.take(stream, count)
+            else:
+                self.held.give(stream, -count)
+        return hold
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any,
+                       cleanup: Callable[[Any], object] | None = None) -> Any:
+        """Long file work on the server's disk pool (inline without one)."""
+        if self.context.disk is None or self.peer is None:
+            return fn(*args)
+        return await self.context.disk.run(self.peer.fingerprint, fn, *args, cleanup=cleanup)
+
+    def _audit(self, op: str, done: Done, started: float | None = None) -> None:
+        self._audit_file(op, done.path, done.size, done.hash, done.resumed_from, started)
 
     def _audit_file(self, op: str, path: str, size: int, hash_: str,
-                    resumed_from: int = 0) -> None:
+                    resumed_from: int = 0, started: float | None = None) -> None:
         assert self.peer is not None
-        if self.context.audit.path is None:
-            return  # no audit log: a batch's files cost nothing here
+        if not self.context.audit.wanted:
+            return  # no audit log, no metrics: a batch's files cost nothing here
+        timing = {} if started is None else {"duration": round(time.monotonic() - started, 6)}
         self.context.audit.event("transfer", fingerprint=self.peer.fingerprint, op=op,
                                 path=path, bytes=size - resumed_from, size=size, hash=hash_,
-                                resumed_from=resumed_from, outcome="ok")
+                                resumed_from=resumed_from, outcome="ok", **timing)
 
-    def _start_task(self, stream: int, permission: str, op: str,
+    def _start_task(self, msg: Message, permission: str, op: str,
                     body: Callable[[FileArea], Awaitable[Done]]) -> None:
+        stream = msg.stream
         try:
-            area = self._area(self._check_open(permission))
+            area = self._area(self._check_open(permission, stream, op))
         except RemoteError as exc:
-            self._end_stream(stream, exc)
+            self._end_stream(stream, exc, _request(msg))
             return
         handler = _TaskStream()
         self.streams[stream] = handler
         handler.task = self._spawn(self._until_done(stream, self._audited(op, body(area))))
 
     async def _audited(self, op: str, body: Awaitable[Done]) -> None:
+        started = time.monotonic()
         done = await body
-        if op == "get":  # a fetch audits each of its files, a listing nothing
-            self._audit(op, done)
+        if op == "get":  # a fetch audits each of its files
+            self._audit(op, done, started)
+        elif op == "list" and self.peer is not None:
+            self.context.audit.event("list", fingerprint=self.peer.fingerprint,
+                                     path=done.path, count=done.count, outcome="ok")
 
     async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
         try:
@@ -385,20 +477,39 @@ class Session:
             log.exception("stream %d failed", stream)
             self._end_stream(stream, _as_remote(exc))
         finally:
-            self.streams.pop(stream, None)
+            self._forget(stream)
 
-    def _end_stream(self, stream: int, exc: TetherError) -> None:
+    def _forget(self, stream: int) -> None:
+        """The stream's operation is over here: stop watching it, give back what it held."""
+        self.stall.unwatch(stream)
+        self.held.give(stream)
+        self.streams.pop(stream, None)
+
+    def _end_stream(self, stream: int, exc: TetherError,
+                    request: dict[str, Any] | None = None) -> None:
+        """End one stream with ``exc``; ``request`` (what a refused request asked: op, argv or
+        path) goes into its audit record."""
         self.context.audit.event("stream_error", fingerprint=self.peer.fingerprint if self.peer
-                                else None, stream=stream, code=exc.code, reason=str(exc))
-        handler = self.streams.pop(stream, None)
+                                else None, stream=stream, code=exc.code, reason=str(exc),
+                                **(request or {}))
+        handler = self.streams.get(stream)
         if handler is not None:
             handler.abandon()
+        self._forget(stream)
         with contextlib.suppress(TetherError):
             self.conn.send(Error(code=exc.code, message=_sendable(str(exc)), stream=stream))
 
     # --- events on open streams ----------------------------------------------------------------
 
+    def _stalled(self, stream: int) -> None:
+        """An upload received no data for ``stall_timeout``: end it, unless it is over (ended,
+        or its answer sent and only the client's close missing)."""
+        if stream in self.streams and self.conn.proto.can_send(stream):
+            self._end_stream(stream, Busy(f"no data for {self.stall.timeout:g} s: the upload "
+                                          f"was ended (serve --stall-timeout)"))
+
     async def _on_data(self, data: Data) -> None:
+        self.stall.heard(data.stream)
         handler = self.streams.get(data.stream)
         if handler is None:
             self.conn.consumed(data.stream, len(data.data))
@@ -413,18 +524,23 @@ class Session:
         if handler is None:
             return  # its operation already ended; the message was in flight
         try:
-            handler.handle(msg)
+            pending = handler.handle(msg)  # a put's commit: finished off the loop, in a task
         except (TetherError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc))
+            return
+        if pending is not None:
+            self.stall.unwatch(msg.stream)  # all its data is in
+            self._spawn(self._until_done(msg.stream, pending))
 
     async def _on_refused(self, refused: Refused) -> None:
         """An opener the core found malformed (a batch over its caps, ...): bad_request."""
         self._end_stream(refused.stream, BadRequest(refused.reason))
 
     async def _on_close(self, msg: Close) -> None:
-        handler = self.streams.pop(msg.stream, None)
+        handler = self.streams.get(msg.stream)
         if handler is not None:
             handler.abandon()
+        self._forget(msg.stream)
 
     async def _on_error(self, msg: Error) -> None:
         if msg.stream == 0:
@@ -447,13 +563,7 @@ class Session:
         Commit: _on_stream_message,
         Resize: _on_stream_message,
         Sync: _on_sync,
-        SyncList: _on_stream_message,
-        SyncListed: _on_stream_message,
-        SyncWant: _on_stream_message,
-        SyncFile: _on_stream_message,
-        SyncCommit: _on_stream_message,
-        SyncBatch: _on_stream_message,
-        SyncSent: _on_stream_message,
+        **dict.fromkeys(SYNC_MESSAGES, _on_stream_message),
         Close: _on_close,
         Error: _on_error,
     }
@@ -467,69 +577,8 @@ class Session:
         return task
 
     def _abandon_all(self) -> None:
+        self.stall.clear()
         for handler in list(self.streams.values()):
             handler.abandon()
         self.streams.clear()
-
-
-class StreamHandler(Protocol):
-    """What the session needs of an open operation."""
-
-    def feed(self, data: bytes | bytearray) -> None: ...
-    def handle(self, msg: Message) -> None: ...
-    def abandon(self) -> None: ...
-
-
-class _TaskStream:
-    """A server-driven operation (get, list, fetch): the client only ever ends it early (the
-    protocol core refuses its DATA and any other message on these streams)."""
-
-    task: asyncio.Task[None] | None = None
-
-    def feed(self, data: bytes | bytearray) -> None:
-        pass
-
-    def handle(self, msg: Message) -> None:
-        pass
-
-    def abandon(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
-def _sendable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped as ``\\udXXX``."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _encodable(value: Message) -> bool:
-    """Whether every string in a message (fields, lists, dict keys and values) is UTF-8."""
-    todo = [getattr(value, f.name) for f in value.FIELDS]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, list):
-            todo.extend(item)
-        elif isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
-    return True
-
-
-def _as_remote(exc: BaseException) -> TetherError:
-    """An error that ends one stream, as the client should see it (one line, a wire code)."""
-    if isinstance(exc, RemoteError):
-        return exc
-    if isinstance(exc, OSError):
-        return disk_error(exc, str(exc.filename or "operation"))
-    return RemoteError(str(exc) or exc.__class__.__name__)
-
-
-_VERBS = {"exec": "run commands", "shell": "open shells", "put": "upload files",
-          "get": "download files"}
-
-
+        self.held.give_all()

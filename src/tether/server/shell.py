@@ -26,6 +26,7 @@ from collections.abc import Callable
 from tether.errors import BadRequest, NoTerminal
 from tether.net.framed import FramedConnection
 from tether.protocol import Eof, Message, Resize, Shell, Status
+from tether.server.environment import login_environment
 from tether.server.exec import CommandRun, ExecPolicy, SpawnSpec, check_env
 from tether.server.process import Preexec, login_shell, pipe_reader, start
 
@@ -46,7 +47,7 @@ def shell_spec(req: Shell, policy: ExecPolicy, *, line_mode: bool) -> SpawnSpec:
         argv = [shell, "-c", req.argv[0]]
     else:
         argv = list(req.argv)
-    env = {**os.environ, **req.env, "TERM": req.term or "dumb"}
+    env = login_environment(policy.pass_env, req.env, term=req.term or "dumb")
     return SpawnSpec(argv, policy.root, env, None, True)
 
 

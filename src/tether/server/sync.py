@@ -12,13 +12,24 @@ import posixpath
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
 from tether.protocol import Data, Message
-from tether.protocol.messages import Sync
+from tether.protocol.messages import (
+    Sync,
+    SyncBatch,
+    SyncCommit,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
 from tether.storage.area import FileArea
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import SyncOptions
 from tether.syncing.dest import DestSide
 from tether.syncing.source import Root, SourceSide
 
+# what a client may send on an open sync stream (the session routes them to its SyncStream)
+SYNC_MESSAGES = (SyncList, SyncListed, SyncWant, SyncFile, SyncCommit, SyncBatch, SyncSent)
 MAX_QUEUED = 65_536  # events waiting for a sync's side (DATA is bounded by its window too)
 
 
@@ -76,7 +87,7 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea) -> None:
 
     def opener(single: bool, first: str) -> tuple[DestTree, str | None]:
         fd, name = area.sync_dest(msg.path, first if single else None, create=not opts.dry_run)
-        return DestTree(fd, msg.path), name
+        return DestTree(fd, msg.path, area.reserved), name
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
                     links_inside=area.confined)
@@ -89,7 +100,7 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea) -> None:
     try:
         for path, name in zip(msg.sources, msg.names, strict=True):
             fd, file = area.sync_source(path)
-            tree = SourceTree(fd, path)
+            tree = SourceTree(fd, path, area.reserved)
             if file is not None:
                 roots.append(Root(tree, name or posixpath.basename(file), file))
             else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
@@ -27,21 +29,30 @@ from tether.protocol import (
     Put,
     Ready,
 )
-from tether.storage.area import EntryInfo, FileArea
+from tether.storage.area import EntryInfo, FileArea, Hold
 from tether.storage.batch import SEND_FILES, header_cost
 from tether.storage.partial import PartialFile
-from tether.storage.source import digest
+from tether.storage.source import SourceFile, digest
 
 # a bound on one entries header (within MAX_HEADER even for a single entry whose path and link
 # target are each 4,096 bytes of characters JSON escapes)
 ENTRIES_HEADER = 60 * 1024
 
 
+Offload = Callable[..., Awaitable[Any]]  # run long file work off the loop: (fn, *args)
+
+
+async def _inline(fn: Callable[..., Any], *args: Any, cleanup: Any = None) -> Any:
+    return fn(*args)
+
+
 class PutTransfer:
     """Receives one entry of a put."""
 
     def __init__(self, conn: FramedConnection, stream: int, req: Put, area: FileArea,
-                 max_upload: int = 0, on_done: Callable[[Done], None] | None = None) -> None:
+                 max_upload: int = 0, on_done: Callable[[Done], None] | None = None,
+                 offload: Offload = _inline) -> None:
+        self.offload = offload
         self.max_upload = max_upload
         self.on_done = on_done
         self.conn = conn
@@ -55,7 +66,7 @@ class PutTransfer:
         """Prepare the destination; for a file, wait for data (after ``ready`` if resuming)."""
         req = self.req
         if req.kind == "file":
-            self._start_file()
+            await self._start_file()
         elif req.kind == "dir":
             self._make_dir()
         elif req.kind == "symlink":
@@ -63,22 +74,25 @@ class PutTransfer:
         else:
             raise BadRequest(f"unknown entry kind {req.kind[:20]!r}")
 
-    def _start_file(self) -> None:
+    async def _start_file(self) -> None:
         req = self.req
         if req.size < 0:
             raise BadRequest("negative size")
         if self.max_upload and req.size > self.max_upload:
             raise BadRequest(f"a file of {req.size} bytes exceeds this server's upload limit "
                              f"of {self.max_upload} bytes")
-        self.partial, self.shown = self.area.open_put(
-            req.path, req.name, exists_ok=req.force or req.rename, resume=req.resume)
+        # a kept partial is hashed here, up to its size: off the loop
+        self.partial, self.shown = await self.offload(
+            lambda: self.area.open_put(req.path, req.name, exists_ok=req.force or req.rename,
+                                       resume=req.resume),
+            cleanup=lambda opened: opened[0].close())
         if req.resume:
             self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
                                  stream=self.stream))
 
     def _make_dir(self) -> None:
-        self.shown = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
-        self._done(0, "")
+        self.shown, created = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
+        self._done(0, "", created=created)
 
     def _make_symlink(self) -> None:
         req = self.req
@@ -87,9 +101,9 @@ class PutTransfer:
         self.shown = self.area.make_symlink(req.path, req.name, req.target, req.force)
         self._done(0, "")
 
-    def _done(self, size: int, hash_: str, resumed_from: int = 0) -> None:
+    def _done(self, size: int, hash_: str, resumed_from: int = 0, created: bool = False) -> None:
         done = Done(path=self.shown, size=size, hash=hash_, resumed_from=resumed_from,
-                    stream=self.stream)
+                    created=created, stream=self.stream)
         self.conn.send(done)
         if self.on_done is not None:
             self.on_done(done)
@@ -108,7 +122,9 @@ class PutTransfer:
         finally:
             self.conn.consumed(self.stream, len(data))
 
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: Message) -> Awaitable[None] | None:
+        """``begin`` is handled here; for ``commit``, the work to finish the put (its fsync
+        runs off the loop), for the session to run as a task."""
         partial = self.partial
         assert partial is not None
         if isinstance(msg, Begin):
@@ -119,15 +135,31 @@ class PutTransfer:
         elif isinstance(msg, Commit):
             if msg.size != partial.written or msg.size != self.req.size:
                 raise BadRequest(f"commit of {msg.size} bytes, but {partial.written} arrived")
-            resumed = partial.offset
+            self.partial = None  # the commit owns it now: abandon() must not close it
+            return self._commit(partial, msg)
+        return None
+
+    async def _commit(self, partial: PartialFile, msg: Commit) -> None:
+        req = self.req
+        resumed = partial.offset
+        owner = _Owner()
+
+        def commit() -> str:  # on a pool thread, unless the stream ended before it started
+            if not owner.claim("thread"):
+                return ""
             try:
-                final = partial.commit(msg.hash, self.req.mode & 0o1777, self.req.mtime_ns,
-                                       force=self.req.force, rename=self.req.rename)
+                return partial.commit(msg.hash, req.mode & 0o1777, req.mtime_ns,
+                                      force=req.force, rename=req.rename)
             finally:
                 partial.close()
-            self.partial = None
-            self.shown = posixpath.join(posixpath.dirname(self.shown), final)
-            self._done(msg.size, msg.hash, resumed)
+
+        try:
+            final = await self.offload(commit)
+        finally:
+            if owner.claim("loop"):  # cancelled before the thread began: nothing uses it
+                partial.close()
+        self.shown = posixpath.join(posixpath.dirname(self.shown), final)
+        self._done(msg.size, msg.hash, resumed)
 
     def abandon(self) -> None:
         """The stream ended early: keep the partial for a later resume (if it holds anything)."""
@@ -138,11 +170,28 @@ class PutTransfer:
             self.partial = None
 
 
-async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea) -> Done:
+class _Owner:
+    """Who closes a partial whose commit was handed to a thread: the first to claim it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = ""
+
+    def claim(self, who: str) -> bool:
+        with self._lock:
+            if not self._owner:
+                self._owner = who
+            return self._owner == who
+
+
+async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileArea,
+                    offload: Offload = _inline) -> Done:
     """Stream one file: meta, data from the agreed offset, then done with the full hash."""
-    source = area.open_source(req.path)
+    # opened and its prefix up to the client's offset hashed off the loop; cancelled while
+    # that runs, the source is closed once the thread is done with it
+    source, (start, hasher) = await offload(_open_at_offset, area, req,
+                                            cleanup=lambda opened: opened[0].close())
     try:
-        start, hasher = source.resume_point(req.offset, req.prefix_hash)
         conn.send(Meta(size=source.size, mode=source.mode, mtime_ns=source.mtime_ns,
                        offset=start, stream=stream))
         for chunk in source.chunks(start):
@@ -158,13 +207,30 @@ async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileAre
         source.close()
 
 
-async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea
-                       ) -> Done:
+def _open_at_offset(area: FileArea, req: Get) -> tuple[SourceFile, tuple[int, Any]]:
+    source = area.open_source(req.path)
+    try:
+        return source, source.resume_point(req.offset, req.prefix_hash)
+    except BaseException:
+        source.close()
+        raise
+
+
+async def send_listing(conn: FramedConnection, stream: int, req: List, area: FileArea,
+                       slots: asyncio.Semaphore, hold: Hold | None = None) -> Done:
     """Describe the tree at ``req.path``: one ``entry`` per file, directory or symlink, or
-    (``batched``) many to an ``entries``."""
+    (``batched``) many to an ``entries``; ``slots`` bounds the listings of one connection
+    that read at once (each holds two descriptors per level while its reader lags, told to
+    ``hold``, which may refuse them)."""
+    async with slots:
+        return await _listing(conn, stream, req, area, hold)
+
+
+async def _listing(conn: FramedConnection, stream: int, req: List, area: FileArea,
+                   hold: Hold | None) -> Done:
     count = 0
     group = _EntryGroup()
-    for info in area.walk(req.path):
+    for info in area.walk(req.path, hold):
         count += 1
         if not req.batched:
             conn.send(Entry(parts=info.parts, kind=info.kind, size=info.size, mode=info.mode,

@@ -4,9 +4,11 @@ that opens a client's paths on the server (``put``, ``get``, ``list``, batches, 
 A client authorized with its own root is *confined*: its paths are relative to that root, may not
 be absolute or contain ``..``, and are walked one component at a time with ``O_NOFOLLOW`` from a
 directory file descriptor, so no symlink (even one swapped in between a check and an open) can
-lead out. Only regular files are read or replaced; devices and FIFOs are refused. An unconfined
-client's relative paths resolve against the server's ``--root`` and absolute paths are allowed,
-as for any shell user of the same account. Every failure is translated by
+lead out. Whatever the client, nothing that resolves into the server's own ``TETHER_HOME`` or
+audit log is reached (:class:`tether.storage.reserved.Reserved`). Only regular files are read
+or replaced; devices and FIFOs are refused. An unconfined client's relative paths resolve against
+the server's ``--root`` and absolute paths are allowed, as for any shell user of the same
+account. Every failure is translated by
 :func:`tether.storage.errors.disk_error`.
 """
 
@@ -16,7 +18,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +38,13 @@ from tether.storage.names import (
     shown_below,
 )
 from tether.storage.partial import PartialFile
+from tether.storage.reserved import Reserved
 from tether.storage.source import SourceFile, read_whole
 
+BATCH_DIRS_OPEN = 4  # directories a stored batch keeps open at once, besides its base
+MAX_LIST_DEPTH = 64  # levels a listing descends (each holds two descriptors while it is read)
+LIST_LEVEL_DESCRIPTORS = 2  # a level's directory, and the duplicate its scandir holds
+Hold = Callable[[int], None]  # told of descriptors taken (+) and given back (-); may refuse
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang us
 
 
@@ -67,9 +74,10 @@ class BatchFiles:
 class FileArea:
     """The part of the file system one client may use."""
 
-    def __init__(self, root: Path, confined: bool) -> None:
+    def __init__(self, root: Path, confined: bool, reserved: Reserved | None = None) -> None:
         self.root = root
         self.confined = confined
+        self.reserved = reserved or Reserved()
 
     # --- resolution ----------------------------------------------------------------------------
 
@@ -93,14 +101,24 @@ class FileArea:
         symlink met there is refused as one (Linux says ELOOP, or ENOTDIR with O_DIRECTORY)."""
         if self.confined:
             flags |= os.O_NOFOLLOW
+        self.reserved.check_name(dir_fd, name, shown, follow=not self.confined)
         try:
-            return os.open(name, flags, dir_fd=dir_fd)
+            fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
             if self.confined and exc.errno in (errno.ELOOP, errno.ENOTDIR) and is_symlink(
                 dir_fd, name
             ):
                 raise UnsafePath(f"refusing to follow the symlink {name!r} in {shown}") from exc
             raise disk_error(exc, shown) from exc
+        try:  # again on what was opened: a swap after the check leads nowhere either
+            if flags & os.O_DIRECTORY:
+                self.reserved.check_step(fd, shown)
+            else:
+                self.reserved.check_file_fd(fd, shown)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def open_dir(self, parts: list[str], shown: str) -> int:
         """A directory fd for ``parts`` below the start, walked one component at a time."""
@@ -117,12 +135,17 @@ class FileArea:
             return self.open_dir([], path), None
         return self.open_dir(parts[:-1], path), parts[-1]
 
-    @staticmethod
-    def _open_from(start: str, parts: list[str], shown: str) -> int:
+    def _open_from(self, start: str, parts: list[str], shown: str) -> int:
         try:
-            return os.open(os.path.join(start, *parts), DIR_FLAGS)
+            fd = os.open(os.path.join(start, *parts), DIR_FLAGS)
         except OSError as exc:
             raise disk_error(exc, shown) from exc
+        try:
+            self.reserved.check_dir_fd(fd, shown)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def is_dir(self, dir_fd: int, name: str | None) -> bool:
         if name is None:
@@ -147,11 +170,11 @@ class FileArea:
         """One directory below ``dir_fd`` (the :class:`DirCache` opener of this area)."""
         return self.open_at(dir_fd, name, DIR_FLAGS, shown)
 
-    def _tree(self, path: str, names: list[str]) -> DirCache:
+    def _tree(self, path: str, names: list[str], max_open: int = 0) -> DirCache:
         """The directories a batch's names (each component checked here) lead through."""
         for name in names:
             name_parts(name)
-        return DirCache(self.open_tree(path), self._open_sub_dir)
+        return DirCache(self.open_tree(path), self._open_sub_dir, max_open)
 
     # --- put -----------------------------------------------------------------------------------
 
@@ -180,6 +203,7 @@ class FileArea:
                      owns_dir: bool = False) -> PartialFile:
         """The partial for file ``name`` in ``dir_fd``. An existing destination is refused
         unless ``exists_ok``; a directory always is."""
+        self.reserved.check_name(dir_fd, name, name, follow=False)
         if not exists_ok and destination_exists(dir_fd, name):
             raise AlreadyExists(f"{name} exists (use --force to replace it or --rename)")
         if self.is_dir(dir_fd, name):
@@ -208,20 +232,21 @@ class FileArea:
             os.close(dir_fd)
             raise
 
-    def make_dir(self, path: str, name: str, mode: int) -> str:
-        """A put of directory ``name`` to ``path`` (an existing directory is fine); the shown
-        path."""
+    def make_dir(self, path: str, name: str, mode: int) -> tuple[str, bool]:
+        """A put of directory ``name`` to ``path`` (an existing directory is fine): the shown
+        path, and whether this call created it."""
         dir_fd, name, shown = self.put_target(path, name)
         try:
             os.mkdir(name, mode & 0o1777, dir_fd=dir_fd)
         except FileExistsError:
             if not self.is_dir(dir_fd, name):
                 raise AlreadyExists(f"{name} exists and is not a directory") from None
+            return shown, False
         except OSError as exc:
             raise disk_error(exc, name) from exc
         finally:
             os.close(dir_fd)
-        return shown
+        return shown, True
 
     def make_symlink(self, path: str, name: str, target: str, force: bool) -> str:
         """A put of symlink ``name`` to ``path``; a confined client's link may not point outside
@@ -237,6 +262,8 @@ class FileArea:
             if "\0" in target:
                 raise UnsafePath("NUL byte in symlink target")
             check_text(target)
+            self.reserved.check_target(dir_fd, target, shown)
+            self.reserved.check_name(dir_fd, name, shown, follow=False)
             if destination_exists(dir_fd, name):
                 if not force:
                     raise AlreadyExists(f"{name} exists (use --force to replace it)")
@@ -251,14 +278,17 @@ class FileArea:
     def store_batch(self, path: str, files: BatchFiles, *, force: bool, rename: bool,
                     on_stored: Stored) -> BatchReceiver:
         """A receiver storing a batch's files below the existing directory ``path``."""
-        dirs = self._tree(path, files.names)
+        dirs = self._tree(path, files.names, max_open=BATCH_DIRS_OPEN)
         try:
             targets = []
             for name, size, mode, mtime, hash_ in zip(files.names, files.sizes, files.modes,
                                                      files.mtimes, files.hashes, strict=True):
-                dir_fd, last = dirs.place(name)
-                targets.append(Target(dir_fd, last, shown_below(path, name), size,
-                                      mode & 0o1777, mtime, hash_))
+                # every directory is reached now (a missing one is refused before any write),
+                # but at most BATCH_DIRS_OPEN stay open: the file's is found again when its
+                # bytes arrive
+                dirs.place(name)
+                targets.append(Target(-1, name.rpartition("/")[2], shown_below(path, name),
+                                      size, mode & 0o1777, mtime, hash_, rel=name))
             return BatchReceiver(targets, force=force, rename=rename, on_stored=on_stored,
                                  dirs=dirs)
         except BaseException:
@@ -343,7 +373,7 @@ class FileArea:
     def read_batch(self, path: str, names: list[str]) -> list[tuple[bytes, os.stat_result]]:
         """The whole content and status of each named regular file below ``path`` (a fetch),
         together at most a batch's bytes; anything else is refused like :meth:`open_source`."""
-        dirs = self._tree(path, names)
+        dirs = self._tree(path, names, BATCH_DIRS_OPEN)  # not one descriptor per directory
         found: list[tuple[bytes, os.stat_result]] = []
         room = MAX_BYTES
         try:
@@ -371,11 +401,13 @@ class FileArea:
         finally:
             os.close(fd)
 
-    def walk(self, path: str) -> Iterator[EntryInfo]:
-        """Every entry below ``path`` (directories before their contents), symlinks not followed."""
+    def walk(self, path: str, hold: Hold | None = None) -> Iterator[EntryInfo]:
+        """Every entry below ``path`` (directories before their contents), symlinks not followed;
+        ``hold`` is told before each level is opened (and may refuse it) and after it is closed."""
         dir_fd, name = self.resolve(path)
         try:
             if name is not None and not self.is_dir(dir_fd, name):
+                self.reserved.check_name(dir_fd, name, path, follow=not self.confined)
                 st = self._lstat(dir_fd, name, path)
                 yield self._entry([], st, dir_fd, name)
                 return
@@ -386,18 +418,70 @@ class FileArea:
         try:
             yield EntryInfo([], "dir", 0, os.fstat(top).st_mode & 0o7777,
                             os.fstat(top).st_mtime_ns)
-            for rel, dirs, files, fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-                base = [p for p in rel.split("/") if p not in ("", ".")]
-                for entry_name in sorted(dirs) + sorted(files):
-                    st = self._lstat(fd, entry_name, entry_name)
-                    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(
-                        st.st_mode
-                    ):
-                        yield self._entry([*base, entry_name], st, fd, entry_name)
+            yield from self._below(top, hold or _no_hold)
         except OSError as exc:
             raise disk_error(exc, path, "list") from exc
         finally:
             os.close(top)
+
+    def _below(self, top: int, hold: Hold) -> Iterator[EntryInfo]:
+        """The entries below the directory ``top``, read lazily (one ``scandir`` per level, in
+        the order the file system gives): a listing's memory does not grow with a directory's
+        size, and its descriptors only with depth (at most MAX_LIST_DEPTH levels)."""
+        levels: list[tuple[list[str], int, Iterator[os.DirEntry[str]]]] = []
+        try:
+            levels.append(self._level([], top, None, hold))
+            while levels:
+                base, fd, entries = levels[-1]
+                entry = next(entries, None)
+                if entry is None:
+                    self._close_level(levels.pop(), hold)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if self.reserved.hidden(st):  # the server's own: not listed, not entered
+                    continue
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+                        or stat.S_ISLNK(st.st_mode)):
+                    continue
+                parts = [*base, entry.name]
+                yield self._entry(parts, st, fd, entry.name)
+                if stat.S_ISDIR(st.st_mode):
+                    if len(levels) >= MAX_LIST_DEPTH:
+                        raise UnsafePath(f"{'/'.join(parts)}: a tree deeper than "
+                                         f"{MAX_LIST_DEPTH} levels; list a subtree")
+                    levels.append(self._level(parts, fd, entry.name, hold))
+        finally:
+            for level in levels:
+                self._close_level(level, hold)
+
+    @staticmethod
+    def _level(parts: list[str], parent: int, name: str | None,
+               hold: Hold) -> tuple[list[str], int, Iterator[os.DirEntry[str]]]:
+        """One level of a listing: the directory ``name`` in ``parent`` (``parent`` itself when
+        None) opened, and the reader of its entries; ``hold`` is told first."""
+        hold(LIST_LEVEL_DESCRIPTORS)
+        fd = -1
+        try:
+            fd = os.dup(parent) if name is None else os.open(
+                name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+            return parts, fd, os.scandir(fd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            hold(-LIST_LEVEL_DESCRIPTORS)
+            raise
+
+    @staticmethod
+    def _close_level(level: tuple[list[str], int, Iterator[os.DirEntry[str]]],
+                     hold: Hold) -> None:
+        _, fd, entries = level
+        try:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()
+            os.close(fd)
+        finally:
+            hold(-LIST_LEVEL_DESCRIPTORS)
 
     @staticmethod
     def _lstat(dir_fd: int, name: str, shown: str) -> os.stat_result:
@@ -414,3 +498,7 @@ class FileArea:
                              os.readlink(name, dir_fd=dir_fd))
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
         return EntryInfo(parts, kind, st.st_size if kind == "file" else 0, mode, st.st_mtime_ns)
+
+
+def _no_hold(count: int) -> None:
+    pass

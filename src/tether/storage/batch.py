@@ -3,10 +3,9 @@
 A tree of small files moves like a tar stream: many files per message, their contents
 concatenated in DATA frames, several batches in flight, and no round trip per file. Each file
 still carries its own BLAKE3 hash, and the receiver (:class:`BatchReceiver`: the server for
-``put -r``, the client for ``get -r``) writes a file only once its bytes are all there and
-verified, to its ``.NAME.tether-part``; when the batch ends (or its stream does) the files are
-made durable together (:class:`~tether.storage.durable.DurableGroup`: one ``syncfs``, not an
-fsync each), moved into place, and each directory touched is fsynced once.
+``put -r``, the client for ``get -r``) stores a file only once its bytes are all there and
+verified: written to its ``.NAME.tether-part``, fsynced, then moved into place. Each directory
+touched is fsynced once per batch, before the batch is reported done, instead of once per file.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
-from tether.storage.durable import DurableGroup
+from tether.storage.partial import Spool, store_whole, sync_dir
 from tether.storage.source import file_hash
 
 SMALL_FILE = 256 * 1024  # reference policy: files up to this size travel in batches
@@ -38,10 +37,13 @@ class Target:
     """Where one file of a batch goes: a directory fd (owned by a :class:`DirCache`) and a name
     in it, with what the sender said of the file. (A plain class: thousands are made per tree.)"""
 
-    __slots__ = ("dir_fd", "hash", "mode", "mtime_ns", "name", "shown", "size")
+    __slots__ = ("dir_fd", "hash", "mode", "mtime_ns", "name", "rel", "shown", "size")
 
     def __init__(self, dir_fd: int, name: str, shown: str, size: int, mode: int,
-                 mtime_ns: int, hash_: str) -> None:
+                 mtime_ns: int, hash_: str, rel: str = "") -> None:
+        """``dir_fd`` -1: the directory is opened (from the receiver's :class:`DirCache`, by
+        the batch name ``rel``) only when the file's bytes arrive."""
+        self.rel = rel
         self.dir_fd = dir_fd
         self.name = name
         self.shown = shown
@@ -56,21 +58,47 @@ Opener = Callable[[int, str, str], int]  # (parent fd, name, shown path) -> dire
 
 
 class DirCache:
-    """The directories a batch's names lead through, each opened once (with ``opener``, which
-    decides about symlinks) from its parent; :meth:`close` closes them all, the base too."""
+    """The directories a batch's names lead through, each opened (with ``opener``, which
+    decides about symlinks) from its parent; :meth:`close` closes them all, the base too.
+    With ``max_open``, at most that many besides the base stay open: the least recently used
+    is fsynced (if a file was stored in it) and closed, and opened again if needed."""
 
-    def __init__(self, base_fd: int, opener: Opener) -> None:
+    def __init__(self, base_fd: int, opener: Opener, max_open: int = 0) -> None:
         self.fds = {"": base_fd}
         self.opener = opener
+        self.max_open = max_open
+        self.dirty: set[int] = set()  # fds of directories a file was stored in
 
     def get(self, parts: list[str], shown: str) -> int:
         """The fd of the directory ``parts`` (already checked names) below the base."""
         key = "/".join(parts)
         fd = self.fds.get(key)
         if fd is None:
-            fd = self.opener(self.get(parts[:-1], shown), parts[-1], shown)
+            parent = self.get(parts[:-1], shown)
+            fd = self.opener(parent, parts[-1], shown)
             self.fds[key] = fd
+            self._evict(keep={fd, parent})
+        elif key and self.max_open:
+            self.fds[key] = self.fds.pop(key)  # most recently used last
         return fd
+
+    def _evict(self, keep: set[int]) -> None:
+        while self.max_open and len(self.fds) - 1 > self.max_open:
+            key = next((k for k, fd in self.fds.items() if k and fd not in keep), None)
+            if key is None:
+                return
+            fd = self.fds.pop(key)
+            if fd in self.dirty:
+                self.dirty.discard(fd)
+                sync_dir(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def sync(self) -> None:
+        """fsync every directory a file was stored in since the last sync."""
+        for fd in self.dirty:
+            sync_dir(fd)
+        self.dirty.clear()
 
     def place(self, name: str) -> tuple[int, str]:
         """(directory fd, last component) for a batch name whose components are checked."""
@@ -107,8 +135,8 @@ class BatchReceiver:
         self.failed: list[str] = []
         self._index = 0
         self._buf = bytearray()
-        self.group = DurableGroup()
-        self._written: list[Target] = []  # written to their partials, not yet in place
+        self._spool: Spool | None = None  # the file whose bytes are arriving, on disk
+        self._dirs: set[int] = set()
         self._skip_empty()
 
     @property
@@ -123,10 +151,17 @@ class BatchReceiver:
         view = memoryview(data)
         while view:
             target = self.targets[self._index]
-            need = target.size - len(self._buf)
-            if not self._buf and len(view) >= need:
+            have = self._spool.size if self._spool is not None else len(self._buf)
+            need = target.size - have
+            if not have and len(view) >= need:
                 self._store(target, view[:need])  # the common case: no copy
-            else:
+            elif self._spool is not None or (not have and self._start_spool(target)):
+                assert self._spool is not None
+                self._spool.write(view[:need], target.shown)
+                if self._spool.size < target.size:
+                    return
+                self._store_spool(target)
+            else:  # no unnamed files here: gather in memory (at most one file's size)
                 self._buf += view[:need]
                 if len(self._buf) < target.size:
                     return
@@ -141,31 +176,62 @@ class BatchReceiver:
             self._store(self.targets[self._index], b"")
             self._index += 1
 
+    def _dir_of(self, target: Target) -> int:
+        if target.dir_fd >= 0:
+            return target.dir_fd
+        assert self.dirs is not None
+        return self.dirs.place(target.rel)[0]
+
+    def _start_spool(self, target: Target) -> bool:
+        self._spool = Spool.open(self._dir_of(target), target.shown)
+        return self._spool is not None
+
     def _store(self, target: Target, data: bytes | bytearray | memoryview) -> None:
         if file_hash(data) != target.hash:
             self.failed.append(target.shown)
             return
-        self.group.add(target.dir_fd, target.name, data, target.mode, target.mtime_ns)
-        self._written.append(target)
-
-    def _place(self) -> None:
-        """Make what was written durable and move it into place; report each file stored."""
-        written, self._written = self._written, []
+        dir_fd = self._dir_of(target)
         try:
-            finals = self.group.flush(force=self.force, rename=self.rename)
-        except AlreadyExists:
-            done = len(self.group.placed)
-            for target, final in zip(written, self.group.placed, strict=False):
-                self.on_stored(target, final)
-            raise AlreadyExists(f"{written[done].shown} exists (use --force to replace it or "
-                                f"--rename)") from None
-        for target, final in zip(written, finals, strict=True):
-            self.on_stored(target, final)
+            final = store_whole(dir_fd, target.name, data, target.mode,
+                                target.mtime_ns, force=self.force, rename=self.rename)
+        except AlreadyExists as exc:
+            raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
+                                f"--rename)") from exc
+        self._stored_in(dir_fd)
+        self.on_stored(target, final)
+
+    def _store_spool(self, target: Target) -> None:
+        spool, self._spool = self._spool, None
+        assert spool is not None
+        try:
+            if spool.hash != target.hash:
+                self.failed.append(target.shown)
+                return
+            dir_fd = self._dir_of(target)
+            try:
+                final = spool.store(dir_fd, target.name, target.mode, target.mtime_ns,
+                                    force=self.force, rename=self.rename)
+            except AlreadyExists as exc:
+                raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
+                                    f"--rename)") from exc
+        finally:
+            spool.close()
+        self._stored_in(dir_fd)
+        self.on_stored(target, final)
+
+    def _stored_in(self, dir_fd: int) -> None:
+        if self.dirs is not None:
+            self.dirs.dirty.add(dir_fd)
+        else:
+            self._dirs.add(dir_fd)
 
     def finish(self) -> None:
-        """Make the batch durable and move it into place (each directory fsynced once); then,
-        if any file did not verify, raise IntegrityError naming it (the others are stored)."""
-        self._place()
+        """Make the renames durable (each directory fsynced once); then, if any file did not
+        verify, raise IntegrityError naming it (the others are stored)."""
+        for fd in self._dirs:
+            sync_dir(fd)
+        if self.dirs is not None:
+            self.dirs.sync()
         if self.failed:
             more = len(self.failed) - 1
             also = f" ({more} more in this batch likewise)" if more else ""
@@ -173,13 +239,10 @@ class BatchReceiver:
                                  f"nothing was stored under that name{also}")
 
     def close(self) -> None:
-        """The batch ended (or its stream did): the files that arrived whole and verified are
-        stored (made durable and moved into place); an incomplete one was never written."""
-        try:
-            if self._written:
-                with contextlib.suppress(TetherError, OSError):
-                    self._place()
-        finally:
-            self.group.close()
-            if self.dirs is not None:
-                self.dirs.close()
+        """The batch ended (or its stream did): files already stored stay, as they are whole
+        and verified; an incomplete one was never written (its spool has no name)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        if self.dirs is not None:
+            self.dirs.close()

@@ -21,7 +21,8 @@ from tether.storage.names import check_name
 from tether.storage.partial import open_part, part_name, place, sync_dir
 
 GROUP_FILES = 1024  # reference policy: a group is made durable at this many files...
-GROUP_BYTES = 64 * 1024 * 1024  # ...or this many bytes
+GROUP_BYTES = 64 * 1024 * 1024  # ...or this many bytes...
+GROUP_DIRS = 16  # ...or this many directories (each held open until then)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -82,7 +83,8 @@ class DurableGroup:
 
     @property
     def full(self) -> bool:
-        return len(self.pending) >= GROUP_FILES or self.size >= GROUP_BYTES
+        return (len(self.pending) >= GROUP_FILES or self.size >= GROUP_BYTES
+                or len(self.dirs) >= GROUP_DIRS)
 
     def flush(self, *, force: bool = True, rename: bool = False) -> list[str]:
         """Make every pending file durable, then move each into place (replacing what is

@@ -28,8 +28,9 @@ _TABLE: dict[int, tuple[type[RemoteError], str, str]] = {
 
 def disk_error(exc: OSError, path: str, verb: str | None = None) -> RemoteError:
     """The error ``exc`` stands for. ``verb`` says what was being done to ``path`` ("write",
-    "read", "list"); None means reaching or opening it. A full disk while writing keeps the
-    partial (the resume promise), and says so."""
+    "read", "list", or "store": writing a whole small file, which keeps no partial); None means
+    reaching or opening it. A full disk while writing keeps the partial (the resume promise), and
+    says so; while storing it says that nothing of that file is kept."""
     known = _TABLE.get(exc.errno or 0)
     if known is None:
         reason = exc.strerror or str(exc) or exc.__class__.__name__
@@ -39,4 +40,9 @@ def disk_error(exc: OSError, path: str, verb: str | None = None) -> RemoteError:
         return cls(reached.format(path=path))
     if cls is NoSpace and verb == "write":
         return NoSpace(f"no space left on device while writing {path} (partial kept for resume)")
+    if cls is NoSpace and verb == "store":  # a small file of a batch: stored whole or not at all
+        return NoSpace(f"no space left on device while storing {path} (nothing of it is kept; "
+                       f"files stored before it are complete)")
+    if verb == "store":
+        verb = "write"
     return cls(f"cannot {verb} {path}: {reason}")

@@ -21,11 +21,12 @@ from tether.errors import UnsafePath
 from tether.storage.errors import disk_error
 from tether.storage.names import NO_FOLLOW_DIR, check_name, enter_dir
 from tether.storage.partial import part_name
+from tether.storage.reserved import Reserved
 from tether.storage.source import CHUNK, digest, new_hasher
 
 READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 PART_SUFFIX = ".tether-part"
-OPEN_DIRS = 64  # directory fds a tree keeps open (entries arrive directory by directory)
+OPEN_DIRS = 8  # directory fds a tree keeps open (entries arrive directory by directory)
 
 
 def sync_name(name: str) -> list[str]:
@@ -50,11 +51,13 @@ def kind_of(st: os.stat_result) -> str | None:
 
 
 class _Dirs:
-    """Directory fds below a root, opened without following symlinks, a few kept open."""
+    """Directory fds below a root, opened without following symlinks, a few kept open; a
+    directory of the server's own (``reserved``: its home) is never entered."""
 
-    def __init__(self, root_fd: int, shown: str) -> None:
+    def __init__(self, root_fd: int, shown: str, reserved: Reserved | None = None) -> None:
         self.root_fd = root_fd
         self.shown = shown
+        self.reserved = reserved or Reserved()
         self._open: OrderedDict[tuple[str, ...], int] = OrderedDict()
 
     def get(self, parts: list[str] | tuple[str, ...]) -> int:
@@ -67,6 +70,11 @@ class _Dirs:
             self._open.move_to_end(key)
             return fd
         fd = enter_dir(self.get(key[:-1]), key[-1], "/".join(key))
+        try:
+            self.reserved.check_step(fd, "/".join(key))
+        except BaseException:
+            os.close(fd)
+            raise
         self._open[key] = fd
         if len(self._open) > OPEN_DIRS:
             _, old = self._open.popitem(last=False)
@@ -88,10 +96,11 @@ class _Dirs:
 
 
 class SourceTree:
-    """A source's files below ``root_fd`` (which it owns)."""
+    """A source's files below ``root_fd`` (which it owns); the server's own files (``reserved``)
+    are neither listed nor read."""
 
-    def __init__(self, root_fd: int, shown: str) -> None:
-        self.dirs = _Dirs(root_fd, shown)
+    def __init__(self, root_fd: int, shown: str, reserved: Reserved | None = None) -> None:
+        self.dirs = _Dirs(root_fd, shown, reserved)
         self.shown = shown
 
     def walk(self, keep: Callable[[tuple[str, ...], str], bool] | None = None
@@ -116,7 +125,8 @@ class SourceTree:
                 except FileNotFoundError:
                     continue  # vanished since listed
                 kind = kind_of(st)
-                if kind is None or (keep is not None and not keep((*here, name), kind)):
+                if kind is None or (keep is not None and not keep((*here, name), kind)) or (
+                        self.dirs.reserved.hidden(st)):
                     continue
                 target = os.readlink(name, dir_fd=self.dirs.get(here)) if kind == "symlink" else ""
                 yield (*here, name), st, target
@@ -132,6 +142,11 @@ class SourceTree:
             out = os.open(parts[-1], READ, dir_fd=fd)
         except OSError as exc:
             raise disk_error(exc, shown, "read") from exc
+        try:
+            self.dirs.reserved.check_file_fd(out, shown)
+        except BaseException:
+            os.close(out)
+            raise
         os.set_blocking(out, True)
         return out
 
@@ -140,15 +155,19 @@ class SourceTree:
 
 
 class DestTree:
-    """The destination's tree below ``root_fd`` (which it owns)."""
+    """The destination's tree below ``root_fd`` (which it owns). Nothing of the server's own
+    (``reserved``) is written, replaced, removed or linked to."""
 
-    def __init__(self, root_fd: int, shown: str) -> None:
-        self.dirs = _Dirs(root_fd, shown)
+    def __init__(self, root_fd: int, shown: str, reserved: Reserved | None = None) -> None:
+        self.dirs = _Dirs(root_fd, shown, reserved)
         self.shown = shown
 
     def parent(self, parts: list[str]) -> tuple[int, str]:
-        """(fd of the directory holding ``parts``, its last component)."""
-        return self.dirs.get(parts[:-1]), parts[-1]
+        """(fd of the directory holding ``parts``, its last component), the entry checked not
+        to be one of the server's own files."""
+        fd = self.dirs.get(parts[:-1])
+        self.dirs.reserved.check_name(fd, parts[-1], "/".join(parts), follow=False)
+        return fd, parts[-1]
 
     def lookup(self, parts: list[str]) -> os.stat_result | None:
         """The entry's lstat, or None if it (or a directory above it) is missing or is not a
@@ -168,6 +187,7 @@ class DestTree:
 
     def make_link(self, parts: list[str], target: str) -> None:
         fd, name = self.parent(parts)
+        self.dirs.reserved.check_target(fd, target, "/".join(parts))
         try:
             os.symlink(target, name, dir_fd=fd)
         except OSError as exc:
@@ -248,9 +268,12 @@ class DestTree:
             below = []
             for name in names:
                 try:
-                    is_dir = stat.S_ISDIR(os.lstat(name, dir_fd=self.dirs.get(here)).st_mode)
+                    st = os.lstat(name, dir_fd=self.dirs.get(here))
                 except OSError:
                     continue
+                if self.dirs.reserved.hidden(st):
+                    continue  # the server's own: never listed, never removed
+                is_dir = stat.S_ISDIR(st.st_mode)
                 yield (*here, name), is_dir
                 if is_dir:
                     below.append((*here, name))
