@@ -263,3 +263,29 @@ async def test_a_file_sent_unasked_is_refused(api: tether.Connection,
     with contextlib.suppress(FileNotFoundError):
         assert listing(rig.root / "dest") == []
     assert (await api.run("echo ok")).text == "ok\n"
+
+
+async def test_the_servers_own_files_are_out_of_a_syncs_reach(make_rig: RigFactory,
+                                                             work: Path) -> None:
+    """A server whose home lies inside its root: a push into it is refused, a pull of the root
+    neither lists nor reads it, and --delete at the root leaves it alone."""
+    rig = await make_rig(root=work)  # its home, work/server-home0, is below the root
+    home = rig.home
+    before = sorted(p.name for p in home.iterdir())
+    src = work / "src"
+    make_file(src / "authorized", 5)
+    async with rig.connect() as conn:
+        with pytest.raises(TetherError, match="server's own files"):
+            await conn.sync(f"{src}/", home.name)
+        pulled = await conn.sync("./", str(work / "copy-of-root"), pull=True,
+                                 exclude=["copy-of-root", "client-*", "src"])
+        assert not any(e.path.startswith(home.name) for e in pulled.entries)
+        assert not (work / "copy-of-root" / home.name).exists()
+        empty = work / "empty"
+        empty.mkdir()
+        await conn.sync(f"{empty}/", ".", delete=True, exclude=["copy-of-root", "empty"],
+                        dry_run=True)
+        result = await conn.sync(f"{empty}/", ".", delete=True,
+                                 exclude=["copy-of-root", "empty"])
+        assert home.name not in [e.path for e in result.entries]
+    assert sorted(p.name for p in home.iterdir()) == before
