@@ -48,7 +48,8 @@ from tether.protocol import (
     Status,
     Welcome,
 )
-from tether.protocol.messages import (
+from tether.protocol.streams import OPERATIONS, paths
+from tether.protocol.sync_messages import (
     Sync,
     SyncBatch,
     SyncCommit,
@@ -59,7 +60,6 @@ from tether.protocol.messages import (
     SyncSent,
     SyncWant,
 )
-from tether.protocol.streams import OPERATIONS, paths
 
 HASH = "blake3:" + "ab" * 32
 

@@ -45,6 +45,10 @@ from tether.protocol.messages import (
     Signal,
     Started,
     Status,
+    Welcome,
+)
+from tether.protocol.records import replace
+from tether.protocol.sync_messages import (
     Sync,
     SyncBatch,
     SyncCommit,
@@ -54,9 +58,7 @@ from tether.protocol.messages import (
     SyncListed,
     SyncSent,
     SyncWant,
-    Welcome,
 )
-from tether.protocol.records import replace
 
 # --- raw frames (bypassing every local check, as a hostile or buggy peer would) ---------------
 

@@ -10,12 +10,15 @@ from protocol_helpers import Pair, handshaken_pair, raw_data, wire
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.messages import (
-    LIST_WINDOW,
-    MAX_LIST,
     Close,
     Data,
     Done,
     Refused,
+)
+from tether.protocol.records import replace
+from tether.protocol.sync_messages import (
+    LIST_WINDOW,
+    MAX_LIST,
     Sync,
     SyncBatch,
     SyncCommit,
@@ -26,7 +29,6 @@ from tether.protocol.messages import (
     SyncSent,
     SyncWant,
 )
-from tether.protocol.records import replace
 
 STREAM = 1
 HASH = "blake3:" + "0" * 64

@@ -19,7 +19,7 @@ import pytest
 import tether
 from tether.errors import RemoteProtocolError, TetherError, UnsafePath
 from tether.protocol import CLOSED, NEED_DATA, Connection, Done, Hello, Message, Role, Welcome
-from tether.protocol.messages import (
+from tether.protocol.sync_messages import (
     Sync,
     SyncBatch,
     SyncFile,

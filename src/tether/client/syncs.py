@@ -16,7 +16,9 @@ import time
 from typing import TYPE_CHECKING
 
 from tether.errors import BadRequest, NotFound
-from tether.protocol.messages import Sync
+from tether.protocol.sync_messages import (
+    Sync,
+)
 from tether.storage.names import check_name, open_dir
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import NoProgress, Progress, SyncOptions, SyncResult

@@ -5,6 +5,7 @@ wire type to class), so a handler never sees a wrong type."""
 import types
 
 from tether.errors import RemoteProtocolError
+from tether.protocol import sync_messages  # noqa: F401  (registers the sync messages)
 from tether.protocol.messages import REGISTRY, Message
 from tether.protocol.records import Field
 

@@ -4,7 +4,8 @@ Each message class names its wire type (``TYPE``, the header's ``"t"``), which r
 (``SENDERS``) and whether it lives on stream 0 (``CONNECTION``). The header is generated from the
 record's fields; decoding checks every field's type against the annotation, so a handler never
 sees a wrong type. :data:`REGISTRY` is the explicit allow-list from wire type to class: nothing
-else is ever looked up by a peer-supplied name.
+else is ever looked up by a peer-supplied name (the ``sync`` messages, in sync_messages.py,
+add themselves to it; the decoder imports that module).
 
 Messages are :class:`~tether.protocol.records.Record` classes rather than dataclasses, and this
 module imports neither ``typing`` nor ``dataclasses``: it is on the path of every ``tether run``
@@ -392,7 +393,7 @@ class Batch(Message):
     rename: bool = False
 
     def problem(self, request: "Message | None") -> "str | None":
-        return _batch_problem(len(self.names), self.sizes, self.modes, self.mtimes,
+        return batch_problem(len(self.names), self.sizes, self.modes, self.mtimes,
                               self.hashes)
 
 
@@ -424,11 +425,11 @@ class Files(Message):
 
     def problem(self, request: "Message | None") -> "str | None":
         count = len(request.names) if isinstance(request, Fetch) else len(self.sizes)
-        problem = _batch_problem(count, self.sizes, self.modes, self.mtimes, self.hashes)
+        problem = batch_problem(count, self.sizes, self.modes, self.mtimes, self.hashes)
         return None if problem is None else f"the server's answer to a fetch: {problem}"
 
 
-def _batch_problem(count: int, sizes: list[int], *lists: "list[int] | list[str]"
+def batch_problem(count: int, sizes: list[int], *lists: "list[int] | list[str]"
                    ) -> "str | None":
     """A batch's per-file lists agree in length and respect the caps (PROTOCOL.md, "Batches")."""
     if len(sizes) != count or any(len(values) != count for values in lists):
@@ -483,135 +484,6 @@ class Status(Message):
     status: int
 
 
-# --- sync messages (docs/PROTOCOL.md, "Sync") ---------------------------------------------------
-
-MAX_LIST = 256  # entries in one sync_list, sync_want or sync_deleted
-LIST_WINDOW = 8  # sync_lists a source may have sent that no sync_want answered yet
-
-
-class Sync(Message):
-    """Open a stream that makes the tree at ``path`` (push) or on the client (pull) hold what
-    the source holds, sending only what differs (docs/PROTOCOL.md, "Sync")."""
-
-    TYPE = "sync"
-    SENDERS = CLIENT
-    OPENS = True
-    path: str
-    push: bool = True
-    sources: list[str] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    single: bool = False
-    checksum: bool = False
-    delete: bool = False
-    dry_run: bool = False
-    safe_links: bool = False
-    filters: list[str] = field(default_factory=list)
-
-    def problem(self, request: "Message | None") -> "str | None":
-        if len(self.sources) != len(self.names):
-            return "a sync's sources and names differ in number"
-        too_many = len(self.sources) > MAX_LIST or len(self.filters) > 4 * MAX_LIST
-        return "a sync names too many sources or filters" if too_many else None
-
-
-class SyncList(Message):
-    """Entries of the source's tree, numbered on from the previous lists'."""
-
-    TYPE = "sync_list"
-    names: list[str]
-    kinds: list[str]
-    sizes: list[int]
-    modes: list[int]
-    mtimes: list[int]
-    targets: list[str]
-    hashes: list[str]
-
-    def problem(self, request: "Message | None") -> "str | None":
-        count = len(self.names)
-        if any(len(values) != count for values in (self.kinds, self.sizes, self.modes,
-                                                     self.mtimes, self.targets, self.hashes)):
-            return "a sync_list's lists differ in length"
-        if not 0 < count <= MAX_LIST:
-            return f"a sync_list must hold 1 to {MAX_LIST} entries, not {count}"
-        if any(size < 0 for size in self.sizes):
-            return "negative size in a sync_list"
-        return None
-
-
-class SyncListed(Message):
-    TYPE = "sync_listed"
-    count: int
-
-
-class SyncWant(Message):
-    """The destination's answer to one sync_list: what it does per entry, and what it wants."""
-
-    TYPE = "sync_want"
-    actions: list[str]
-    wanted: list[int]
-    sigs: list[int]
-    offsets: list[int]
-    prefixes: list[str]
-
-    def problem(self, request: "Message | None") -> "str | None":
-        count = len(self.wanted)
-        if any(len(values) != count for values in (self.sigs, self.offsets, self.prefixes)):
-            return "a sync_want's lists differ in length"
-        if len(self.actions) > MAX_LIST or count > MAX_LIST:
-            return "a sync_want answers more entries than a sync_list holds"
-        if any(n < 0 for n in (*self.wanted, *self.sigs, *self.offsets)):
-            return "negative number in a sync_want"
-        return None
-
-
-class SyncFile(Message):
-    """One wanted file follows as DATA (whole from ``offset``, or delta records)."""
-
-    TYPE = "sync_file"
-    index: int
-    size: int
-    offset: int = 0
-    delta: bool = False
-
-
-class SyncCommit(Message):
-    """The file being sent is complete (``changed``: torn by a writer; discard it)."""
-
-    TYPE = "sync_commit"
-    index: int
-    hash: str
-    changed: bool = False
-
-
-class SyncBatch(Message):
-    """Several small wanted files, whole, concatenated in the DATA that follows."""
-
-    TYPE = "sync_batch"
-    indices: list[int]
-    sizes: list[int]
-    hashes: list[str]
-
-    def problem(self, request: "Message | None") -> "str | None":
-        return _batch_problem(len(self.indices), self.sizes, self.hashes)
-
-
-class SyncSent(Message):
-    TYPE = "sync_sent"
-    SENDERS = CLIENT
-
-
-class SyncDeleted(Message):
-    """Entries a push's ``delete`` removed (a dry run: would remove) on the server."""
-
-    TYPE = "sync_deleted"
-    SENDERS = SERVER
-    names: list[str]
-
-    def problem(self, request: "Message | None") -> "str | None":
-        too_many = len(self.names) > MAX_LIST
-        return f"a sync_deleted lists more than {MAX_LIST} names" if too_many else None
-
-
 REGISTRY: "dict[str, type[Message]]" = {
     cls.TYPE: cls
     for cls in (
@@ -619,8 +491,6 @@ REGISTRY: "dict[str, type[Message]]" = {
         Exec, Started, Eof, Credit, Signal, Exit, Close,
         Put, Ready, Begin, Commit, Get, Meta, List, Entry, Entries, Done, Batch, Fetch, Files,
         Shell, Resize, Status,
-        Sync, SyncList, SyncListed, SyncWant, SyncFile, SyncCommit, SyncBatch, SyncSent,
-        SyncDeleted,
     )
 }
 

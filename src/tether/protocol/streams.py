@@ -28,7 +28,8 @@ precomputed per state, so bulk data costs no table lookup.
 
 from __future__ import annotations
 
-from tether.protocol.messages import LIST_WINDOW, Message, Role
+from tether.protocol.messages import Message, Role
+from tether.protocol.sync_messages import LIST_WINDOW
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

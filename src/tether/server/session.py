@@ -57,8 +57,10 @@ from tether.protocol import (
     Signal,
     Welcome,
 )
-from tether.protocol.messages import Sync
 from tether.protocol.ranges import problem
+from tether.protocol.sync_messages import (
+    Sync,
+)
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.context import Peer, SessionContext
 from tether.server.descriptors import COSTS, Holder

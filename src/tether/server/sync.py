@@ -12,7 +12,7 @@ import posixpath
 from tether.errors import BadRequest
 from tether.net.framed import FramedConnection
 from tether.protocol import Data, Message
-from tether.protocol.messages import (
+from tether.protocol.sync_messages import (
     Sync,
     SyncBatch,
     SyncCommit,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from tether.errors import BadRequest, RemoteProtocolError, TetherError, UnsafePath
 from tether.protocol import Data, Done
-from tether.protocol.messages import (
+from tether.protocol.sync_messages import (
     MAX_LIST,
     SyncBatch,
     SyncCommit,

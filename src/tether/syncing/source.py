@@ -17,7 +17,7 @@ from typing import Any
 
 from tether.errors import RemoteProtocolError, SourceChanged
 from tether.protocol import Data, Done, Message
-from tether.protocol.messages import (
+from tether.protocol.sync_messages import (
     LIST_WINDOW,
     MAX_LIST,
     SyncBatch,
