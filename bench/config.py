@@ -25,6 +25,8 @@ class Sizes:
     concurrent: int
     sleep_seconds: float
     fleet_hosts: int  # workload 7: loopback hosts 127.0.0.2 on
+    ansible_hosts: int = 5  # workload 8: hosts of the playbook (127.0.0.2 on)
+    ansible_tasks: int = 100  # workload 8: tasks in the playbook
 
     @property
     def fast_bytes(self) -> int:
@@ -42,7 +44,7 @@ FULL = Sizes(
 QUICK = Sizes(
     mode="quick", rounds=3, warmup=0, commands=10, oneshot_rounds=3, stream_bytes=4 * MiB,
     file_bytes=4 * MiB, tree_files=100, tree_file_bytes=4096, idle_connections=20,
-    concurrent=10, sleep_seconds=0.2, fleet_hosts=5,
+    concurrent=10, sleep_seconds=0.2, fleet_hosts=5, ansible_hosts=2, ansible_tasks=8,
 )
 
 

@@ -34,7 +34,8 @@ PROGRAMS: dict[str, str] = {
     "head": "coreutils",
     "cp": "coreutils",
 }
-MODULES: dict[str, str] = {"asyncssh": "asyncssh", "matplotlib": "matplotlib", "psutil": "psutil"}
+MODULES: dict[str, str] = {"asyncssh": "asyncssh", "matplotlib": "matplotlib", "psutil": "psutil",
+                           "ansible": "ansible-core"}
 
 
 def _have(program: str) -> bool:

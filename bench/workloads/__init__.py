@@ -1,6 +1,6 @@
 """The workloads of the benchmark issue, in its order, then the fleet (issue 7). Each module's
 ``run(ctx)`` sets up what it needs (fresh tether servers, source files), runs its groups and
-cleans up after itself.
+cleans up after itself. Workloads 8 and 9 (ansible, mux) are issue 21's.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from bench.config import Context
 from bench.stats import GroupResult
-from bench.workloads import bulk, fleet, latency, oneshot, scale, stream, sync, tree
+from bench.workloads import ansible, bulk, fleet, latency, mux, oneshot, scale, stream, sync, tree
 
 Workload = Callable[[Context], list[GroupResult]]
 
@@ -21,5 +21,7 @@ WORKLOADS: dict[str, Workload] = {
     "tree": tree.run,
     "scale": scale.run,
     "fleet": fleet.run,
+    "ansible": ansible.run,
+    "mux": mux.run,
     "sync": sync.run,
 }

@@ -41,14 +41,15 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tether_farm(peers: Peers, hosts: Sequence[str]) -> Iterator[Path]:
+def tether_farm(peers: Peers, hosts: Sequence[str],
+                name: str = "tether-fleet-client") -> Iterator[Path]:
     """tether servers on every host (one process, the peers' server identity) and a client home
-    of their own whose inventory names them all; yields that home."""
+    of their own (``name``, one per workload) whose inventory names them all; yields it."""
     from tether.identity import AuthorizedClient, add_authorized, add_known_host, generate_identity
     from tether.inventory import Host, Inventory, save
 
-    home = peers.tmp / "tether-fleet-client"
-    client = generate_identity(home, "bench-fleet-client")
+    home = peers.tmp / name
+    client = generate_identity(home, name)
     add_authorized(peers.server_home, AuthorizedClient(client.cert_der, client.name))
     port = free_port(hosts[0])
     inventory = Inventory()

@@ -21,6 +21,7 @@ atomically, so a crash never leaves half an inventory::
     timeout = 30.0          # optional per-host deadline in seconds (connect + operation)
     keepalive = 15.0        # optional: ping the server after this much silence (--keepalive)
     user = "build"          # optional: the Unix account to run as there (like user@host)
+    mux = "auto"            # optional: share its connection through tether mux (--mux)
 
 Pure files, no sockets: :mod:`tether.client.fleet` connects, :mod:`tether.cli.hosts` prints.
 """
@@ -71,6 +72,7 @@ class Host:
     timeout: float | None = None
     keepalive: float | None = None
     user: str = ""
+    mux: str | None = None  # "auto" or "no": this host's default for --mux
 
     def target(self) -> Target:
         return Target(self.name, self.address, self.port, self.timeout, self.keepalive,
@@ -159,7 +161,7 @@ def parse(text: str, where: str = INVENTORY_FILE) -> Inventory:
 def _host(name: str, entry: Any) -> Host:
     if not isinstance(entry, Mapping):
         raise TypeError("must be a table")
-    unknown = set(entry) - {"address", "port", "groups", "user", *SETTINGS}
+    unknown = set(entry) - {"address", "port", "groups", "user", "mux", *SETTINGS}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
     address = entry.get("address")
@@ -171,8 +173,11 @@ def _host(name: str, entry: Any) -> Host:
     user = entry.get("user", "")
     if not isinstance(user, str) or (user and not USER_RE.match(user)):
         raise ValueError("'user' must be a Unix account name")
+    mux = entry.get("mux")
+    if mux is not None and mux not in ("auto", "no"):
+        raise ValueError("'mux' must be \"auto\" or \"no\"")
     return Host(name, address, check_port(entry.get("port", DEFAULT_PORT)), tuple(groups),
-                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user)
+                _seconds(entry, "timeout"), _seconds(entry, "keepalive"), user, mux)
 
 
 def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
@@ -205,6 +210,8 @@ def dump(inventory: Inventory) -> str:
             out.append(f"keepalive = {host.keepalive!r}\n")
         if host.user:
             out.append(f"user = {_string(host.user)}\n")
+        if host.mux is not None:
+            out.append(f"mux = {_string(host.mux)}\n")
     return "".join(out)
 
 

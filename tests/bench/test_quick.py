@@ -1,6 +1,6 @@
 """The benchmark harness must keep working: ``python -m bench --quick`` runs every workload
 against every peer at tiny sizes (the fleet one on 5 loopback hosts), exits 0 and writes a JSON
-with all seven workloads. Its numbers are not asserted (the machines are shared and noisy)."""
+with every workload. Its numbers are not asserted (the machines are shared and noisy)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet"}
+WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet", "ansible",
+             "mux"}
 PROGRAMS = {"/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
             "sftp": "openssh-client", "ssh-keygen": "openssh-client", "rsync": "rsync",
             "nc": "netcat-openbsd"}
-MODULES = ("asyncssh", "matplotlib", "psutil")
+MODULES = ("asyncssh", "matplotlib", "psutil", "ansible")
 
 
 def _missing() -> list[str]:
     lines = [f"{p} (apt-get install -y {pkg})" for p, pkg in PROGRAMS.items()
              if not (os.access(p, os.X_OK) if p.startswith("/") else shutil.which(p))]
-    lines += [f"python module {m} (pip install -e '.[bench]')" for m in MODULES
+    lines += [f"python module {m} (pip install -e '.[bench,ansible]')" for m in MODULES
               if importlib.util.find_spec(m) is None]
     if os.geteuid() != 0 and not os.path.isdir("/run/sshd"):
         lines.append("/run/sshd (sshd's privilege separation directory; run as root once)")

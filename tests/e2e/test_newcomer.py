@@ -284,10 +284,24 @@ def test_log_lines_show_the_short_fingerprint(client: Client) -> None:
     assert wait_until(lambda: f"exec e2e-client {fp} stream" in client.server.log_text(), 10)
 
 
-def test_authorize_says_when_a_name_is_taken(tmp_path: Path, cli: object) -> None:
-    from conftest import keygen, tether_cli
+def _home_cli(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """One ``tether`` command with ``home`` as its TETHER_HOME (no conftest import: which
+    ``conftest`` module that name means depends on the run's order)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TETHER_DEBUG", "TETHER_HOME")}
+    env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8", TETHER_HOME=str(home))
+    return subprocess.run([*TETHER, *args], capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=env)
 
-    first, second = keygen(tmp_path / "a", "ci@build"), keygen(tmp_path / "b", "ci@build")
+
+def test_authorize_says_when_a_name_is_taken(tmp_path: Path) -> None:
+    for home in ("a", "b"):
+        made = _home_cli(tmp_path / home, "keygen", "--name", "ci@build")
+        assert made.returncode == 0, made.stderr
+    first, second = load_identity(tmp_path / "a"), load_identity(tmp_path / "b")
+
+    def tether_cli(*args: str, home: Path) -> subprocess.CompletedProcess[bytes]:
+        return _home_cli(home, *args)
+
     server = tmp_path / "server"
     lines = [tether_cli("id", home=tmp_path / d).stdout.decode().strip() for d in ("a", "b")]
     done = tether_cli("authorize", lines[0], home=server)

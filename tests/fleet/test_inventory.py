@@ -105,15 +105,19 @@ def test_hosts_cli(tmp_path: Path) -> None:
     added = tether("hosts", "add", "web1", "10.0.0.1", "-g", "web", "-g", "eu", "--timeout",
                    "7", "--keepalive", "4", home=home)
     assert added.returncode == 0 and added.stdout.startswith("added: web1"), added.stderr
-    assert tether("hosts", "add", "web2", "10.0.0.2", "-p", "7800", home=home).returncode == 0
-    again = tether("hosts", "add", "web2", "10.0.0.2", "-p", "7800", home=home)
+    assert tether("hosts", "add", "web2", "10.0.0.2", "-p", "7800", "--mux", "auto",
+                  home=home).returncode == 0
+    again = tether("hosts", "add", "web2", "10.0.0.2", "-p", "7800", "--mux", "auto", home=home)
     assert again.stdout.startswith("unchanged")
     listed = tether("hosts", home=home)
     assert listed.stdout.splitlines() == ["web1\t10.0.0.1\t7722\tweb,eu\t7",
                                           "web2\t10.0.0.2\t7800\t\t"]
     as_json = json.loads(tether("hosts", "--json", home=home).stdout)
     assert as_json[0] == {"name": "web1", "address": "10.0.0.1", "port": 7722,
-                          "groups": ["web", "eu"], "timeout": 7.0, "keepalive": 4.0}
+                          "groups": ["web", "eu"], "timeout": 7.0, "keepalive": 4.0,
+                          "mux": None}
+    assert as_json[1]["mux"] == "auto"
+    assert load(home).hosts["web2"].mux == "auto"
     bad = tether("hosts", "add", "../evil", "1.2.3.4", home=home)
     assert bad.returncode == 1 and "not allowed" in bad.stderr
     removed = tether("hosts", "remove", "web1", home=home)

@@ -117,3 +117,26 @@ def test_a_crl_not_signed_by_the_ca_is_not_installed(lab: Lab, tmp_path: Path) -
     done = tether("trust-ca", str(lab.ca_cert), "--crl", str(other / "crl.pem"), home=alice)
     assert done.returncode == 1
     assert "not signed by that CA" in one_line(done)
+
+
+def test_through_the_mux_a_host_certificate_is_checked_as_directly(lab: Lab) -> None:
+    from tether.client import mux
+
+    server = lab.server("web1", principals="dev\n")
+    ok(tether("cert", "install", "--server", _host_cert(lab, server, "127.0.0.1"),
+              home=server.home))
+    alice = _fleet_client(lab, "alice")
+    wrong = lab.server("web2", principals="dev\n")
+    ok(tether("cert", "install", "--server", _host_cert(lab, wrong, "web2.lab"),
+              home=wrong.home))
+    try:
+        done = lab.run(alice, server, "echo", "shared", opts=("--mux", "auto"))
+        assert (done.returncode, done.stdout) == (0, b"shared\n"), done.stderr
+        assert lookup_known_host(alice, "127.0.0.1", server.port) is None  # nothing pinned
+        (conn,) = mux.request(alice, {"op": "status"})["connections"]
+        assert conn["port"] == server.port
+        refused = lab.run(alice, wrong, "true", opts=("--mux", "auto"))
+        assert refused.returncode == 255
+        assert "is for web2.lab, not 127.0.0.1" in one_line(refused)
+    finally:
+        mux.request(alice, {"op": "stop"})

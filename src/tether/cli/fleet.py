@@ -96,6 +96,25 @@ def _names_inventory_host(host: str, home: str | None) -> bool:
         return False
 
 
+def host_mux(host: str, home: str | None, given: str | None) -> str | None:
+    """``--mux`` if given, else the inventory host's ``mux`` setting, else None (meaning
+    ``existing``: a running mux is used, none is started; both parsers leave it so for an
+    address)."""
+    if given is not None:
+        return given
+    from tether.inventory import InventoryError, is_address, load, names_inventory_host
+
+    try:
+        if not names_inventory_host(host, home):
+            return None
+    except InventoryError:
+        if is_address(host):
+            return None  # an address needs no inventory (one_host warns about it, once)
+        raise
+    entry = load(home).hosts.get(host)
+    return None if entry is None else entry.mux
+
+
 # --- output -------------------------------------------------------------------------------------
 
 

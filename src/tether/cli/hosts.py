@@ -70,7 +70,7 @@ def _print_json(inventory: Inventory) -> None:
 
     click.echo(json.dumps([
         {"name": h.name, "address": h.address, "port": h.port, "groups": list(h.groups),
-         "timeout": h.timeout, "keepalive": h.keepalive}
+         "timeout": h.timeout, "keepalive": h.keepalive, "mux": h.mux}
         for h in inventory.hosts.values()
     ]))
 
@@ -89,15 +89,17 @@ def _print_json(inventory: Inventory) -> None:
               help="Ping this host's server after S seconds of silence (as run --keepalive).")
 @click.option("--user", default="", metavar="NAME",
               help="Run as this Unix account there (as user@host; the server must allow it).")
+@click.option("--mux", type=click.Choice(["auto", "no"]), default=None,
+              help="This host's default for --mux on run, shell, put and get NAME.")
 def add(home: str | None, name: str, address: str, port: int, groups: tuple[str, ...],
-        timeout: float | None, keepalive: float | None, user: str) -> None:
+        timeout: float | None, keepalive: float | None, user: str, mux: str | None) -> None:
     """Add NAME at ADDRESS (or replace the host called NAME)."""
     from tether.inventory import USER_RE, Host, add_host, inventory_path
 
     if user and not USER_RE.match(user):
         raise click.BadParameter(f"not a Unix account name: {user!r}", param_hint="--user")
     changed = add_host(home, Host(name, address, port, tuple(dict.fromkeys(groups)), timeout,
-                                  keepalive, user))
+                                  keepalive, user, mux))
     state = "added" if changed else "unchanged"
     click.echo(f"{state}: {name} {address}:{port} in {inventory_path(home)}")
 

@@ -22,6 +22,7 @@ from tether.cli.options import (
     CONNECT_TIMEOUT_OPTION,
     HOME,
     KEEPALIVE,
+    MUX_OPTIONS,
     PORT,
     RUN_OPTIONS,
     SYNC_OPTIONS,
@@ -38,7 +39,8 @@ from tether.version import __version__
 LAZY_COMMANDS = {"hosts": "tether.cli.hosts", "discover": "tether.cli.discover",
                  "serve": "tether.cli.serve", "known-hosts": "tether.cli.known_hosts",
                  "service": "tether.cli.service", "rotate-key": "tether.cli.service",
-                 "ca": "tether.cli.ca", "cert": "tether.cli.ca", "trust-ca": "tether.cli.ca"}
+                 "mux": "tether.cli.mux", "ca": "tether.cli.ca", "cert": "tether.cli.ca",
+                 "trust-ca": "tether.cli.ca"}
 
 
 class _Group(click.Group):
@@ -238,9 +240,10 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
     if wants_fleet(host, opts.home, group_output or as_json):
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
                                             opts.keepalive, opts.connect_timeout))
-    from tether.cli.fleet import one_host
+    from tether.cli.fleet import host_mux, one_host
 
-    # an inventory name: its address, port and keepalive
+    # an inventory name: its address, port, keepalive and mux setting
+    opts.mux = host_mux(host, opts.home, opts.mux)
     opts.host, opts.port, opts.keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
     return run_main(opts)
 
@@ -250,10 +253,12 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
 @click.option("-T", "--lines", is_flag=True,
               help="Line mode even on a terminal: one command per line, statuses reported.")
 @keepalive_option
+@click_options(MUX_OPTIONS)
 @click.argument("host")
 @click.argument("command", nargs=-1)
 def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
-          connect_timeout: float, lines: bool, keepalive: float, host: str,
+          connect_timeout: float, lines: bool, keepalive: float, mux: str | None,
+          mux_persist: float, host: str,
           command: tuple[str, ...]) -> int:
     """Open a shell on HOST (or run COMMAND in a terminal there, like ssh -t).
 
@@ -267,9 +272,12 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
 
     warn_if_certificate_expires(home)
     argv = list(command[1:] if command and command[0] == "--" else command)
+    from tether.cli.fleet import host_mux
+
+    mode = host_mux(host, home, mux)
     host, port, keepalive = one_host(host, home, port, keepalive)  # an inventory name
     return shell_main(host, port, home, accept_new, plaintext, argv, lines, keepalive,
-                      connect_timeout)
+                      connect_timeout, (mode or "existing", mux_persist))
 
 
 def transfer_options(func: Any) -> Any:
@@ -292,6 +300,7 @@ def transfer_options(func: Any) -> Any:
         click.option("--accept-new", is_flag=True, help="Trust and pin an unknown server."),
         click.option("--plaintext", is_flag=True, help="Connect without TLS."),
         keepalive_option,
+        click_options(MUX_OPTIONS),
     ]):
         func = option(func)
     return func
@@ -307,7 +316,7 @@ def _transfer_opts(kw: dict[str, Any]) -> Any:
         rename=kw["rename"], resume=not kw["no_resume"], progress=kw["progress"],
         json=kw["as_json"], parallel=kw["parallel"], host_timeout=kw["host_timeout"],
         keepalive=kw["keepalive"], safe_links=kw["safe_links"],
-        connect_timeout=kw["connect_timeout"],
+        connect_timeout=kw["connect_timeout"], mux=kw["mux"], mux_persist=kw["mux_persist"],
     )
 
 

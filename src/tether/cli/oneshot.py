@@ -86,6 +86,10 @@ def connect(opts: RunOptions) -> BlockingClient:
         raise FullPath
     opts.check()
     user, _, host = opts.host.rpartition("@")  # "@@" (a group) never gets here
+    if opts.mux != "no" and not opts.plaintext:
+        shared = _shared(opts, home, host, user)
+        if shared is not None:
+            return shared
     context, cert, by_ca = None, "", False
     if not opts.plaintext:
         try:
@@ -102,6 +106,30 @@ def connect(opts: RunOptions) -> BlockingClient:
     return blocking_connect(host, opts.port, home, context=context, cert=cert,
                             accept_new=opts.accept_new, by_ca=by_ca, user=user,
                             timeout=opts.connect_timeout)
+
+
+def _shared(opts: RunOptions, home: str, host: str, user: str) -> BlockingClient | None:
+    """A connection lent by the mux (``--mux auto`` starts one; unset, a running one is
+    used), or None to connect directly (no mux could serve, or an unknown server that a
+    terminal should be asked about)."""
+    from tether.client import mux
+
+    start = opts.mux == "auto"
+    if not start and not mux.running(home):
+        return None
+    from tether.client.blocking import connect_shared
+    from tether.errors import HostUnknown, IdentityError
+
+    try:
+        return connect_shared(host, opts.port, home, accept_new=opts.accept_new,
+                              persist=opts.mux_persist, start=start, user=user,
+                              timeout=opts.connect_timeout)
+    except (mux.MuxUnavailable, IdentityError):
+        return None
+    except HostUnknown:
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise FullPath from None  # the click path asks, then connects directly
+        raise
 
 
 class Loop:

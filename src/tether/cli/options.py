@@ -88,8 +88,24 @@ KEEPALIVE = Option(
     help="Ping a server silent for this long; after 3 silent intervals give up (exit 255), "
          "like ssh's ServerAliveInterval [default: 0, off].")
 
+MUX = Option(
+    ("--mux",), "mux", type=lambda text: _choice(text, ("auto", "no")), metavar="auto|no",
+    help="auto: share one connection per host through tether mux (started on demand); no: "
+         "connect directly [default: the inventory host's mux setting, else through this "
+         "home's mux if one is running].")
+MUX_PERSIST = Option(
+    ("--mux-persist",), "mux_persist", type=float, default=60.0, minimum=0, metavar="SECONDS",
+    show_default=True, help="Seconds a mux this command starts keeps an idle connection.")
+MUX_OPTIONS = (MUX, MUX_PERSIST)
+
 # How to reach a server: every command that connects takes these.
 CONNECT_OPTIONS = (HOME, PORT, ACCEPT_NEW, PLAINTEXT, CONNECT_TIMEOUT_OPTION)
+
+
+def _choice(text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise ValueError(text)
+    return text
 
 RUN_OPTIONS = (
     *CONNECT_OPTIONS,
@@ -102,6 +118,7 @@ RUN_OPTIONS = (
                 "into pipes and files [default: the server's encoding, on a terminal only]."),
     Option(("-n", "--no-stdin"), "no_stdin", FLAG, help="Do not forward stdin (like ssh -n)."),
     KEEPALIVE,
+    *MUX_OPTIONS,
 )
 
 
@@ -146,6 +163,7 @@ def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> Ru
         timeout=values.get("timeout"), encoding=values.get("encoding"),
         stdin=not values.get("no_stdin"), keepalive=values.get("keepalive") or 0.0,
         connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
+        mux=values.get("mux"), mux_persist=values.get("mux_persist", 60.0),
     )
 
 
@@ -303,7 +321,9 @@ def click_options(table: Sequence[Option]) -> Callable[[Any], Any]:
         if opt.kind == MULTI:
             return click.option(*opt.names, opt.dest, multiple=True, **kw)
         kind: Any = opt.type
-        if opt.directory:
+        if opt is MUX:
+            kind = click.Choice(["auto", "no"])
+        elif opt.directory:
             kind = click.Path(file_okay=False)
         elif opt.type is int and (opt.minimum is not None or opt.maximum is not None):
             kind = click.IntRange(min=opt.minimum, max=opt.maximum)  # type: ignore[arg-type]
@@ -348,6 +368,6 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "KEEPALIVE", "LISTEN_PORT", "PORT",
-           "RUN_OPTIONS", "SYNC_OPTIONS", "Option", "click_options", "fast_parse",
+__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "KEEPALIVE", "LISTEN_PORT", "MUX_OPTIONS",
+           "PORT", "RUN_OPTIONS", "SYNC_OPTIONS", "Option", "click_options", "fast_parse",
            "host_command_class", "identity_name", "run_options", "split_host_command"]

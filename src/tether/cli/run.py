@@ -40,7 +40,8 @@ async def _run(opts: RunOptions) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(opts.host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout,
+                       mux=opts.mux or "existing", mux_persist=opts.mux_persist) as conn:
         return await _execute(conn, opts)
 
 

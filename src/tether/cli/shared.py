@@ -25,7 +25,8 @@ class RunOptions:
                  accept_new: bool = False, plaintext: bool = False, cwd: str | None = None,
                  env: dict[str, str] | None = None, timeout: float | None = None,
                  encoding: str | None = None, stdin: bool = True,
-                 keepalive: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 keepalive: float = 0.0, connect_timeout: float = CONNECT_TIMEOUT,
+                 mux: str | None = None, mux_persist: float = 60.0) -> None:
         self.home = home
         self.host = host
         self.port = port
@@ -39,6 +40,9 @@ class RunOptions:
         self.stdin = stdin
         self.keepalive = keepalive  # seconds of server silence before a ping (0: off)
         self.connect_timeout = connect_timeout  # connect + TLS + welcome, seconds
+        self.mux = mux  # "auto", "no", or None: the inventory host's setting, else a running
+        # mux is used if there is one ("existing")
+        self.mux_persist = mux_persist
 
     def check(self) -> None:
         """Refuse, before connecting, what the server would refuse anyway."""

@@ -168,10 +168,11 @@ async def _line_session(conn: Connection) -> int:
 
 async def _shell(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                  command: list[str], terminal: bool, keepalive: float,
-                 connect_timeout: float) -> int:
+                 connect_timeout: float, mux: tuple[str, float]) -> int:
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, port, home=home, accept_new=accept_new, plaintext=plaintext,
-                       confirm=confirm, keepalive=keepalive, timeout=connect_timeout) as conn:
+                       confirm=confirm, keepalive=keepalive, timeout=connect_timeout,
+                       mux=mux[0], mux_persist=mux[1]) as conn:
         if terminal:
             try:
                 return await _terminal_session(conn, command)
@@ -190,11 +191,13 @@ async def _shell(host: str, port: int, home: str | None, accept_new: bool, plain
 
 def shell_main(host: str, port: int, home: str | None, accept_new: bool, plaintext: bool,
                command: list[str], force_lines: bool, keepalive: float = 0.0,
-               connect_timeout: float = CONNECT_TIMEOUT) -> int:
-    """The shell's exit status; errors propagate to :mod:`tether.cli.policy`."""
+               connect_timeout: float = CONNECT_TIMEOUT,
+               mux: tuple[str, float] = ("existing", 60.0)) -> int:
+    """The shell's exit status; errors propagate to :mod:`tether.cli.policy`. ``mux``: the
+    mode and the persist time (see :mod:`tether.client.mux`)."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and not force_lines
     try:
         return asyncio.run(_shell(host, port, home, accept_new, plaintext, command, terminal,
-                                  keepalive, connect_timeout))
+                                  keepalive, connect_timeout, mux))
     except asyncio.CancelledError as exc:  # the connection went while the terminal waited
         raise ConnectionBroken("connection lost") from exc

@@ -144,7 +144,8 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
     confirm = confirm_on_tty if sys.stdin.isatty() else None
     async with connect(host, opts.port, home=opts.home, accept_new=opts.accept_new,
                        plaintext=opts.plaintext, confirm=confirm,
-                       keepalive=opts.keepalive, timeout=opts.connect_timeout) as conn:
+                       keepalive=opts.keepalive, timeout=opts.connect_timeout,
+                       mux=opts.mux or "existing", mux_persist=opts.mux_persist) as conn:
         kwargs: dict[str, Any] = dict(recursive=opts.recursive, force=opts.force,
                                       rename=opts.rename, resume=opts.resume, progress=progress,
                                       safe_links=opts.safe_links)
@@ -167,10 +168,11 @@ def _fleet_target(host: str, opts: TransferOptions) -> bool:
 
 def _one(host: str, opts: TransferOptions) -> tuple[str, TransferOptions]:
     """An inventory name becomes its address, port and keepalive; anything else stays as is."""
-    from tether.cli.fleet import one_host
+    from tether.cli.fleet import host_mux, one_host
 
+    mux = host_mux(host, opts.home, opts.mux)
     address, port, keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
-    return address, dataclasses.replace(opts, port=port, keepalive=keepalive)
+    return address, dataclasses.replace(opts, port=port, keepalive=keepalive, mux=mux)
 
 
 def _fleet_transfer(spec: str, upload: bool, sources: list[str], dest: str,

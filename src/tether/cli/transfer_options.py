@@ -28,3 +28,6 @@ class TransferOptions:
     keepalive: float = 0.0  # seconds of server silence before a ping (0: off)
     safe_links: bool = False  # skip symlinks that leave the tree (-r)
     connect_timeout: float = CONNECT_TIMEOUT  # connect + TLS + welcome, seconds
+    mux: str | None = None  # "auto", "no", or None: the inventory host's setting, else a running
+    # mux is used if there is one ("existing")
+    mux_persist: float = 60.0

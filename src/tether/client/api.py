@@ -39,11 +39,17 @@ from tether.client.process import (
     _feed,
     _ProcessContext,
 )
-from tether.errors import CommandFailed, ConnectionClosed, RemoteProtocolError, TetherError
+from tether.errors import (
+    CommandFailed,
+    ConnectionBroken,
+    ConnectionClosed,
+    RemoteProtocolError,
+    TetherError,
+)
 from tether.home import SIGNED_CERT
 from tether.identity import load_identity
 from tether.net.framed import FramedConnection, FramedProtocol
-from tether.net.translate import connecting
+from tether.net.translate import connecting, translated
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
@@ -65,6 +71,7 @@ class Connection:
         self._core = core or ClientCore(framed.proto)
         self.server = info
         self._procs: dict[int, StreamHandle] = {}
+        self.shared = False  # lent by tether mux (see tether.client.mux)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
 
@@ -332,7 +339,8 @@ async def _link(host: str, port: int, ctx: ssl.SSLContext | None, sni: str,
         except BaseException:
             transport.close()
             raise
-    assert tls is not None  # None only for a transport that is already closing
+    if tls is None:  # the server closed the connection during the handshake
+        raise ConnectionBroken(f"{host} port {port}: connection closed during the TLS handshake")
     link.connection_made(tls)  # start_tls does not call it
     return link
 
@@ -347,6 +355,10 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
 
     if options.plaintext:
         check_plaintext(host)
+    elif options.mux != "no":
+        shared = await _open_shared(host, options, user)
+        if shared is not None:
+            return shared
     deadline = Deadline(host, options.port, options.timeout)
     home = options.home_dir
     identity = None if options.plaintext else load_identity(home)
@@ -384,6 +396,52 @@ async def _open(host: str, options: ConnectOptions, user: str = "") -> Connectio
     )
     framed.keepalive = options.keepalive or None
     return Connection(framed, info, core)
+
+
+async def _open_shared(host: str, options: ConnectOptions, user: str) -> Connection | None:
+    """A connection lent by this home's ``tether mux`` (started if none runs and ``mux`` is
+    ``auto``), or None when no mux can serve (then the caller connects directly, as it also
+    does for an unknown server it may ask about)."""
+    import functools
+
+    from tether.client import mux
+    from tether.errors import HostUnknown
+
+    start = options.mux == "auto"
+    if not start and not mux.running(options.home_dir):
+        return None
+    deadline = Deadline(host, options.port, options.timeout)  # the mux's connecting too
+    loop = asyncio.get_running_loop()
+    ask = functools.partial(mux.open_shared, options.home_dir, host, options.port,
+                            accept_new=options.accept_new, keepalive=options.keepalive,
+                            persist=options.mux_persist, start=start, timeout=options.timeout,
+                            user=user)
+    try:
+        sock, server_fp = await loop.run_in_executor(None, ask)
+    except mux.MuxUnavailable:
+        return None
+    except HostUnknown:
+        if options.confirm is None:
+            raise
+        return None
+    with translated():
+        _, link = await loop.create_connection(lambda: FramedProtocol(Role.CLIENT), sock=sock)
+    framed = FramedConnection(link)
+    core = ClientCore(framed.proto)
+    core.server_fingerprint = server_fp
+    deadline.phase = WELCOME
+    try:
+        framed.send(core.hello(user))
+        await framed.drain()
+        welcome = core.answer(await _within(deadline, framed.next_event()), True)
+    except BaseException:
+        await framed.close()
+        raise
+    info = ServerInfo(welcome.server_name, welcome.platform, welcome.encoding, welcome.software,
+                      server_fp, welcome.client_name, welcome.permissions, welcome.user)
+    conn = Connection(framed, info, core)
+    conn.shared = True  # the mux pings the server; a dead mux closes the socket
+    return conn
 
 
 def _inventory_target(host: str, options: ConnectOptions, port_given: bool, user: str
@@ -437,6 +495,8 @@ class connect:  # used like a function: `async with tether.connect(...)`
         confirm: Confirm | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        mux: str | None = None,
+        mux_persist: float | None = None,
         user: str = "",
     ) -> None:
         if not user and "@" in host:
@@ -445,7 +505,7 @@ class connect:  # used like a function: `async with tether.connect(...)`
         self.user = user
         self.options = options_of(options, port=port, home=home, accept_new=accept_new,
                                   plaintext=plaintext, confirm=confirm, timeout=timeout,
-                                  keepalive=keepalive)
+                                  keepalive=keepalive, mux=mux, mux_persist=mux_persist)
         self._port_given = port is not None or (options is not None
                                                 and options.port != ConnectOptions.port)
         self._conn: Connection | None = None

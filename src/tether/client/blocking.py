@@ -354,6 +354,34 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
     return conn
 
 
+def connect_shared(host: str, port: int, home: str | os.PathLike[str], *,
+                   accept_new: bool = False, persist: float = 60.0, start: bool = True,
+                   timeout: float = 10.0, user: str = "") -> BlockingClient:
+    """A connection lent by this home's ``tether mux`` (started if none runs and ``start``),
+    as the account ``user``: no TLS and no identity to load here, the mux already holds both.
+    MuxUnavailable: connect directly."""
+    from tether.client.mux import open_shared
+
+    deadline = Deadline(host, port, timeout)  # the mux's own connecting is within it too
+    sock, server_fp = open_shared(home, host, port, accept_new=accept_new, persist=persist,
+                                  start=start, timeout=timeout, user=user)
+    conn = BlockingClient(sock)
+    try:
+        core = conn.core
+        core.server_fingerprint = server_fp
+        deadline.phase = WELCOME
+        with _in_time(deadline):
+            sock.settimeout(deadline.left())
+            conn.send(core.hello(user))
+            conn.flush()
+            core.answer(conn.next_events(deadline)[0], True)
+        sock.setblocking(False)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @contextlib.contextmanager
 def _in_time(deadline: Deadline) -> Iterator[None]:
     """A socket timeout (translated already) is the deadline's: said as its error."""

@@ -105,6 +105,11 @@ async def list_tree(conn: StreamOpener, remote: str) -> list[Entry]:
     """The server's listing of ``remote``, every entry, checked before it is used."""
     entries = await _read_listing(conn.open_stream(List, path=remote, batched=True), remote)
     _check_listing(entries)
+    if entries and not entries[0].parts and entries[0].kind == "symlink":
+        # the root itself is a link: there is no tree to copy, and following it is the
+        # server's confinement decision, not the client's (get it without -r)
+        raise UnsafePath(f"{remote} is a symlink, not a directory: not followed for a tree; "
+                         f"nothing written")
     return entries
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tether.client.mux import DEFAULT_PERSIST
+from tether.client.mux import MODES as MUX_MODES
 from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL, DEFAULT_PORT
 from tether.home import home_path
 
@@ -25,7 +27,10 @@ Confirm = Callable[[str, str], bool]
 class ConnectOptions:
     """Everything but the host. ``home``: None means ``$TETHER_HOME`` or ``~/.config/tether``;
     ``confirm(host_key, fingerprint)`` is asked about an unknown server (None: refuse unless
-    ``accept_new``); ``keepalive`` as ssh's ServerAliveInterval (None or 0: off)."""
+    ``accept_new``); ``keepalive`` as ssh's ServerAliveInterval (None or 0: off); ``mux``
+    ``"auto"`` shares one connection per host through ``tether mux`` (started on demand, ending
+    after ``mux_persist`` idle seconds), ``"existing"`` uses this home's mux only if one is
+    running (what the CLI does unless told), ``"no"`` connects directly."""
 
     port: int = DEFAULT_PORT
     home: Path | None = None
@@ -34,10 +39,16 @@ class ConnectOptions:
     confirm: Confirm | None = None
     timeout: float = CONNECT_TIMEOUT
     keepalive: float | None = None
+    mux: str = "no"
+    mux_persist: float = DEFAULT_PERSIST
 
     def __post_init__(self) -> None:
         if self.keepalive is not None and self.keepalive < 0:
             raise ValueError("keepalive must be a number of seconds >= 0 (0: off)")
+        if self.mux not in MUX_MODES:
+            raise ValueError(f"mux must be one of {', '.join(MUX_MODES)}, not {self.mux!r}")
+        if self.mux_persist < 0:
+            raise ValueError("mux_persist must be a number of seconds >= 0")
         if self.home is not None and not isinstance(self.home, Path):
             object.__setattr__(self, "home", Path(self.home))
 

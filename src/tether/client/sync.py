@@ -35,11 +35,14 @@ class SyncConnection:
         plaintext: bool | None = None,
         timeout: float | None = None,
         keepalive: float | None = None,
+        mux: str | None = None,
+        mux_persist: float | None = None,
     ) -> None:
         """The options as :func:`tether.connect`'s: an ``options`` object or its fields as
         keywords (``keepalive``: seconds; None or 0: off)."""
         opts = options_of(options, port=port, home=home, accept_new=accept_new,
-                          plaintext=plaintext, timeout=timeout, keepalive=keepalive)
+                          plaintext=plaintext, timeout=timeout, keepalive=keepalive, mux=mux,
+                          mux_persist=mux_persist)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="tether-sync")
