@@ -15,8 +15,7 @@ import os
 from collections.abc import Callable
 
 from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
-from tether.storage.durable import DurableGroup
-from tether.storage.partial import Spool, sync_dir
+from tether.storage.partial import Spool, store_whole, sync_dir
 from tether.storage.source import file_hash
 
 SMALL_FILE = 256 * 1024  # reference policy: files up to this size travel in batches
@@ -138,8 +137,6 @@ class BatchReceiver:
         self._buf = bytearray()
         self._spool: Spool | None = None  # the file whose bytes are arriving, on disk
         self._dirs: set[int] = set()
-        self.group = DurableGroup()  # small files written, durable and placed together
-        self._written: list[Target] = []  # in the group, not yet in place
         self._skip_empty()
 
     @property
@@ -190,33 +187,20 @@ class BatchReceiver:
         return self._spool is not None
 
     def _store(self, target: Target, data: bytes | bytearray | memoryview) -> None:
-        """Write a verified file to its partial; it is made durable and moved into place with
-        the others of its group (:meth:`_place`), not with an fsync of its own."""
         if file_hash(data) != target.hash:
             self.failed.append(target.shown)
             return
-        self.group.add(self._dir_of(target), target.name, data, target.mode, target.mtime_ns)
-        self._written.append(target)
-        if self.group.full:
-            self._place()
-
-    def _place(self) -> None:
-        """Make the written files durable together (one syncfs), move them into place, fsync
-        their directories once, and report each, in order."""
-        written, self._written = self._written, []
+        dir_fd = self._dir_of(target)
         try:
-            finals = self.group.flush(force=self.force, rename=self.rename)
-        except AlreadyExists:
-            for target, final in zip(written, self.group.placed, strict=False):
-                self.on_stored(target, final)
-            shown = written[len(self.group.placed)].shown
-            raise AlreadyExists(f"{shown} exists (use --force to replace it or "
-                                f"--rename)") from None
-        for target, final in zip(written, finals, strict=True):
-            self.on_stored(target, final)
+            final = store_whole(dir_fd, target.name, data, target.mode,
+                                target.mtime_ns, force=self.force, rename=self.rename)
+        except AlreadyExists as exc:
+            raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
+                                f"--rename)") from exc
+        self._stored_in(dir_fd)
+        self.on_stored(target, final)
 
     def _store_spool(self, target: Target) -> None:
-        self._place()  # the files before it first: they are reported in the batch's order
         spool, self._spool = self._spool, None
         assert spool is not None
         try:
@@ -242,9 +226,8 @@ class BatchReceiver:
             self._dirs.add(dir_fd)
 
     def finish(self) -> None:
-        """Make the batch durable and its renames too (each directory fsynced once); then, if
-        any file did not verify, raise IntegrityError naming it (the others are stored)."""
-        self._place()
+        """Make the renames durable (each directory fsynced once); then, if any file did not
+        verify, raise IntegrityError naming it (the others are stored)."""
         for fd in self._dirs:
             sync_dir(fd)
         if self.dirs is not None:
@@ -257,16 +240,9 @@ class BatchReceiver:
 
     def close(self) -> None:
         """The batch ended (or its stream did): files already stored stay, as they are whole
-        and verified (written ones are made durable and moved into place now); an incomplete
-        one was never written (its spool has no name)."""
-        try:
-            if self._written:
-                with contextlib.suppress(TetherError, OSError):
-                    self._place()
-        finally:
-            self.group.close()
-            if self._spool is not None:
-                self._spool.close()
-                self._spool = None
-            if self.dirs is not None:
-                self.dirs.close()
+        and verified; an incomplete one was never written (its spool has no name)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        if self.dirs is not None:
+            self.dirs.close()
