@@ -5,7 +5,8 @@
 
 Checks what is installed (and says exactly what is missing), sets the peers up, runs the
 workloads, prints the table and writes JSON, a chart and — after a full run of every workload —
-the generated part of docs/benchmarks.md. Exit status: 0 when every workload ran, 1 when one
+the generated part of docs/benchmarks.md (a full or ``--only wan`` run also rewrites its
+own wan section). Exit status: 0 when every workload ran, 1 when one
 failed (the others still run and are reported), 2 when something is missing.
 """
 
@@ -175,6 +176,9 @@ def write_report(args: argparse.Namespace, data: dict[str, Any], results: dict[s
         link = os.path.relpath(png, DOCS.parent)
         rep.update_docs(DOCS, rep.markdown(data, results, link))
         print(f"bench: updated {DOCS}", file=sys.stderr)
+    if tag in ("full", "full-wan") and "wan" in results and not args.no_docs:
+        rep.update_docs(DOCS, rep.wan_markdown(data, results["wan"]), section="wan")
+        print(f"bench: updated the wan section of {DOCS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ class Sizes:
     concurrent: int
     sleep_seconds: float
     fleet_hosts: int  # workload 7: loopback hosts 127.0.0.2 on
+    wan_bytes: int  # wan: what tether moves per run through the latency proxy
+    wan_peer_bytes: int  # wan: what scp and ssh move (their rate is window-bound: slow at RTT)
+    wan_rtts: tuple[int, ...]  # wan: round trips (ms) tether runs at; the first is the base
+    wan_peer_rtts: tuple[int, ...]  # wan: round trips scp and ssh run at
+    wan_rounds: int
     ansible_hosts: int = 5  # workload 8: hosts of the playbook (127.0.0.2 on)
     ansible_tasks: int = 100  # workload 8: tasks in the playbook
 
@@ -38,13 +43,17 @@ class Sizes:
 FULL = Sizes(
     mode="full", rounds=5, warmup=1, commands=200, oneshot_rounds=15, stream_bytes=GiB,
     file_bytes=GiB, tree_files=10_000, tree_file_bytes=4096, idle_connections=1000,
-    concurrent=200, sleep_seconds=1.0, fleet_hosts=50,
+    concurrent=200, sleep_seconds=1.0, fleet_hosts=50, wan_bytes=GiB,
+    wan_peer_bytes=256 * MiB, wan_rtts=(0, 10, 50, 150), wan_peer_rtts=(0, 50, 150),
+    wan_rounds=5,
 )
 
 QUICK = Sizes(
     mode="quick", rounds=3, warmup=0, commands=10, oneshot_rounds=3, stream_bytes=4 * MiB,
     file_bytes=4 * MiB, tree_files=100, tree_file_bytes=4096, idle_connections=20,
-    concurrent=10, sleep_seconds=0.2, fleet_hosts=5, ansible_hosts=2, ansible_tasks=8,
+    concurrent=10, sleep_seconds=0.2, fleet_hosts=5, wan_bytes=4 * MiB,
+    wan_peer_bytes=4 * MiB, wan_rtts=(0, 10), wan_peer_rtts=(10,), wan_rounds=3, ansible_hosts=2,
+    ansible_tasks=8,
 )
 
 

@@ -211,16 +211,37 @@ def _group_markdown(name: str, g: GroupResult) -> list[str]:
     return [*lines, ""]
 
 
-def update_docs(path: Path, generated: str) -> None:
-    """Replace the generated section of ``path`` (created with just that section if absent)."""
-    block = f"{BEGIN}\n{generated}\n{END}"
+def wan_markdown(data: dict[str, Any], groups: list[GroupResult]) -> str:
+    """The wan workload's own generated section: how the run was made, its targets, tables."""
+    m = data["machine"]
+    loads = data["load_average"]
+    lines = [
+        f"Run of {data['started']} with `{data['command']}`, tether commit "
+        f"{m['tether_commit']}, {m['nproc']} CPUs shared with other work: load average "
+        f"(1, 5, 15 min) {data['load_before']} before, {loads.get('wan', '?')} after. "
+        f"Throughput in MiB/s over the whole process; ratios are within this one run.",
+        "", "| group | target (issue 18) | measured | |", "|---|---|---|---|",
+        *_target_rows({"wan": groups}), "",
+    ]
+    for g in groups:
+        lines += _group_markdown("wan", g)
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, generated: str, section: str = "") -> None:
+    """Replace the generated section of ``path`` (created with just that section if absent);
+    ``section`` names another generated block than the full run's (``wan``)."""
+    begin = BEGIN if not section else BEGIN.replace("-->", f"({section}) -->")
+    end_mark = END if not section else END.replace("-->", f"({section}) -->")
+    block = f"{begin}\n{generated}\n{end_mark}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# Benchmarks\n\n{block}\n")
         return
     text = path.read_text()
-    start, end = text.find(BEGIN), text.find(END)
+    start, end = text.find(begin), text.find(end_mark)
     if start < 0 or end < 0:
-        path.write_text(text.rstrip() + f"\n\n## Last full run\n\n{block}\n")
+        title = f"Last {section} run" if section else "Last full run"
+        path.write_text(text.rstrip() + f"\n\n## {title}\n\n{block}\n")
     else:
-        path.write_text(text[:start] + block + text[end + len(END):])
+        path.write_text(text[:start] + block + text[end + len(end_mark):])

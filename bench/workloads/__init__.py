@@ -1,6 +1,7 @@
 """The workloads of the benchmark issue, in its order, then the fleet (issue 7). Each module's
 ``run(ctx)`` sets up what it needs (fresh tether servers, source files), runs its groups and
-cleans up after itself. Workloads 8 and 9 (ansible, mux) are issue 21's.
+cleans up after itself. Workloads 8 and 9 (ansible, mux) are issue 21's; wan (long fat
+networks, through a latency proxy) is issue 18's.
 """
 
 from __future__ import annotations
@@ -9,7 +10,19 @@ from collections.abc import Callable
 
 from bench.config import Context
 from bench.stats import GroupResult
-from bench.workloads import ansible, bulk, fleet, latency, mux, oneshot, scale, stream, sync, tree
+from bench.workloads import (
+    ansible,
+    bulk,
+    fleet,
+    latency,
+    mux,
+    oneshot,
+    scale,
+    stream,
+    sync,
+    tree,
+    wan,
+)
 
 Workload = Callable[[Context], list[GroupResult]]
 
@@ -24,4 +37,5 @@ WORKLOADS: dict[str, Workload] = {
     "ansible": ansible.run,
     "mux": mux.run,
     "sync": sync.run,
+    "wan": wan.run,
 }

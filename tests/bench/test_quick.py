@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet", "ansible",
+WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet", "wan", "ansible",
              "mux"}
 PROGRAMS = {"/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
             "sftp": "openssh-client", "ssh-keygen": "openssh-client", "rsync": "rsync",

@@ -378,3 +378,105 @@ def test_unread_fetches_over_many_connections_of_one_identity(rig: Rig) -> None:
     assert took < 10
     for client in clients:
         client.close()
+
+
+# --- item 4: bytes held per identity across its connections (exec stdin never read) ------------
+
+def _send_until_blocked(client: RawClient, frames: list[bytes], patience: float) -> int:
+    """Send ``frames`` until the server stops reading (a send blocks ``patience`` seconds);
+    the bytes sent."""
+    client.sock.settimeout(patience)
+    sent = 0
+    try:
+        for frame in frames:
+            client.sock.sendall(frame)
+            sent += len(frame)
+    except (TimeoutError, OSError, ssl.SSLError):
+        pass
+    return sent
+
+
+def test_unread_stdin_over_many_connections_of_one_identity(rig: Rig) -> None:
+    """6 connections x 16 commands that never read stdin, each sent its whole 4 MiB window:
+    384 MiB queued in the server without a budget across connections. With it, the identity's
+    connections stop reading at --max-buffered-per-client (64 MiB) and say so in the log."""
+    before = rig.figures()
+    clients, sent = [], 0
+    chunk = os.urandom(MiB)
+    for _ in range(6):
+        client = _raw(rig, rig.full)
+        opens = [msg_frame({"t": "exec", "argv": ["sleep", "60"]}, stream=2 * n + 1)
+                 for n in range(16)]
+        client.send(b"".join(opens))
+        time.sleep(0.3)  # the commands start: stdin is queued for them, not dropped
+        sent += _send_until_blocked(
+            client, [_data(2 * n + 1, chunk) for n in range(16) for _ in range(4)], 1.5)
+        clients.append(client)
+    time.sleep(1)
+    during = rig.figures()
+    took = rig.honest_run()
+    _report(f"6 connections x 16 commands never reading stdin, {sent / MiB:.0f} MiB sent",
+            before, during)
+    assert "byte budget binds for " in rig.server.log_text()
+    assert sent < 6 * 64 * MiB, "the server kept reading stdin nobody read"
+    assert during[0] - before[0] < 112 * MiB, during
+    # budget: a socket per connection, 4 descriptors per command
+    assert during[1] - before[1] <= 6 * (1 + 16 * 4), during
+    assert took < 10
+    for client in clients:
+        client.close()
+
+
+# --- item 5: a batch's small files are stored (written, fsynced) off the loop -------------------
+
+TINY_FILES = 512
+
+
+def test_batches_of_tiny_files_freeze_nobody(rig: Rig, tmp_path: Path) -> None:
+    """Each of 4 x 16 batches brings 512 files of 16 bytes in one DATA frame: stored on the
+    loop (an fsync each, ~2 ms on ext4) that froze the server about a second per batch. On the
+    disk pool, with 2 of its 4 threads per identity, an honest client's commands and its own
+    put -r are served meanwhile."""
+    import blake3
+
+    content = b"0123456789abcdef"
+    names = [f"f{i:03}" for i in range(TINY_FILES)]
+    header = {"t": "batch", "names": names, "sizes": [len(content)] * TINY_FILES,
+              "modes": [0o644] * TINY_FILES, "mtimes": [0] * TINY_FILES,
+              "hashes": ["blake3:" + blake3.blake3(content).hexdigest()] * TINY_FILES}
+    before = rig.figures()
+    clients = []
+    for c in range(4):
+        client = _raw(rig, rig.putter)
+        for n in range(16):
+            (rig.jail / f"c{c}b{n}").mkdir()
+            client.send(msg_frame({**header, "path": f"c{c}b{n}"}, stream=2 * n + 1)
+                        + _data(2 * n + 1, content * TINY_FILES))
+        clients.append(client)
+    time.sleep(1)
+    took = [rig.honest_run(timeout=30) for _ in range(3)]
+    tree = tmp_path / "tree"
+    for i in range(20):
+        (tree / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (tree / f"d{i % 4}" / f"f{i}").write_bytes(os.urandom(100 + i))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    started = time.monotonic()
+    put = subprocess.run([*TETHER, "put", "-r", "-p", str(rig.server.port), "--accept-new",
+                          str(tree), "127.0.0.1:honest-tree"],
+                         env={**env, "TETHER_HOME": str(rig.honest_home)}, capture_output=True,
+                         timeout=60, check=False)
+    put_took = time.monotonic() - started
+    during = rig.figures()
+    stored = sum(len(os.listdir(rig.jail / f"c{c}b{n}")) for c in range(4) for n in range(16))
+    print(f"\n[4 connections x 16 batches of 512 tiny files] honest runs "
+          f"{', '.join(f'{t:.2f}' for t in took)} s, put -r of 20 files {put_took:.2f} s, "
+          f"{stored} of {64 * TINY_FILES} attacking files stored by then")
+    _report("batches of tiny files", before, during)
+    assert put.returncode == 0, put.stderr
+    assert stored < 64 * TINY_FILES, "the attack was over before the honest client came"
+    assert max(took) < 5, took
+    assert put_took < 15
+    assert during[1] - before[1] <= 4 * (16 * 6 + 1), during
+    assert during[0] - before[0] < 64 * MiB, during
+    for client in clients:
+        client.close()

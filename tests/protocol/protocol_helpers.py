@@ -208,9 +208,9 @@ def one_byte_at_a_time(data: bytes) -> list[bytes]:
 class Pair:
     """A client and a server Connection; each ``*_sends`` returns what the other side saw."""
 
-    def __init__(self) -> None:
-        self.client = Connection(Role.CLIENT)
-        self.server = Connection(Role.SERVER)
+    def __init__(self, **options: Any) -> None:
+        self.client = Connection(Role.CLIENT, **options)
+        self.server = Connection(Role.SERVER, **options)
 
     def client_sends(self, msg: Message, body: bytes = b"") -> list[Event]:
         return events_from(self.server, self.client.send(msg, body))
@@ -247,7 +247,8 @@ class Pair:
         return stream
 
 
-def handshaken_pair() -> Pair:
-    pair = Pair()
+def handshaken_pair(**options: Any) -> Pair:
+    """A pair after hello/welcome; ``options`` go to both Connections (``window_budget``)."""
+    pair = Pair(**options)
     pair.handshake()
     return pair

@@ -516,7 +516,7 @@ def test_consumed_grants_credit_at_the_threshold() -> None:
 
 
 def test_credit_restores_the_window() -> None:
-    pair = handshaken_pair()
+    pair = handshaken_pair(window_budget=INITIAL_WINDOW)  # a fixed window: no probe rides along
     pair.open_exec()
     fill_window(pair, 1)
     granted = 0

@@ -335,3 +335,51 @@ async def test_sighup_derives_the_limits_again(
         assert await _server_name(server, client.home)  # still admitted
     done = client.other(server=server).run("echo", "fine")
     assert (done.returncode, done.stdout) == (0, b"fine\n"), done.stderr
+
+
+
+def test_sighup_that_lifts_the_byte_budget_resumes_a_paused_identity(
+    client: Client, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Over --max-buffered-per-client (8 commands that never read stdin, each sent its 4 MiB
+    window) a client's connection is no longer read; a reload that lifts the budget (0) lets
+    the rest in at once."""
+    import threading
+
+    from hostile.rawclient import RawClient, msg_frame
+    from tether.identity import load_identity
+    from tether.protocol.frames import encode_data_prefix
+
+    home = tmp_path / "budget"
+    home.mkdir()
+    (home / "serve.toml").write_text(f"max-buffered-per-client = {2 * 1024 * 1024}\n")
+    server = make_server(home=home)
+    raw = RawClient.connect(server.port, load_identity(client.home), timeout=60)
+    raw.handshake()
+    raw.send(b"".join(msg_frame({"t": "exec", "argv": ["sleep", "60"]}, stream=2 * n + 1)
+                      for n in range(8)))
+    time.sleep(0.5)
+    mib = 1024 * 1024
+    frames = [encode_data_prefix(2 * n + 1, 0, mib) + b"z" * mib
+              for n in range(8) for _ in range(4)]
+    sent: list[int] = []
+
+    def send_all() -> None:
+        for frame in frames:
+            raw.sock.sendall(frame)
+            sent.append(len(frame))
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    assert _logged(server, "byte budget binds for "), server.log_text()
+    time.sleep(2)
+    blocked = sum(sent)
+    assert sender.is_alive() and blocked < 24 * mib, blocked  # the server stopped reading
+    (home / "serve.toml").write_text("max-buffered-per-client = 0\n")
+    seen = len(server.log_text())
+    server.proc.send_signal(signal.SIGHUP)
+    assert _logged(server, "configuration changed: limits", seen), server.log_text()
+    sender.join(20)
+    assert not sender.is_alive(), f"still blocked after the reload: {sum(sent)} bytes sent"
+    assert sum(sent) == sum(len(f) for f in frames)
+    raw.close()

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from tether.client.blocking import BlockingClient
+    from tether.client.core import ClientCore
+    from tether.protocol.messages import Exec
 
 FULL_CLI_VAR = "TETHER_FULL_CLI"
 
@@ -105,7 +107,14 @@ def connect(opts: RunOptions) -> BlockingClient:
             print(warning, file=sys.stderr)
     return blocking_connect(host, opts.port, home, context=context, cert=cert,
                             accept_new=opts.accept_new, by_ca=by_ca, user=user,
-                            timeout=opts.connect_timeout)
+                            timeout=opts.connect_timeout,
+                            request=lambda core: exec_request(opts, core))
+
+
+def exec_request(opts: RunOptions, core: ClientCore) -> Exec:
+    """The command's ``exec``, sent right behind the hello (one round trip less)."""
+    return core.exec(opts.remote_command, cwd=opts.cwd, env=opts.env, timeout=opts.timeout,
+                     stdin=opts.stdin)
 
 
 def _shared(opts: RunOptions, home: str, host: str, user: str) -> BlockingClient | None:
@@ -133,15 +142,17 @@ def _shared(opts: RunOptions, home: str, host: str, user: str) -> BlockingClient
 
 
 class Loop:
-    """One remote command over one connection: the select loop wiring the run policy."""
+    """One remote command over one connection (its ``exec`` went with the hello, on a direct
+    one): the select loop wiring the run policy."""
 
     def __init__(self, conn: BlockingClient, opts: RunOptions) -> None:
         self.conn = conn
         self.opts = opts
-        request = conn.core.exec(opts.remote_command, cwd=opts.cwd, env=opts.env,
-                                 timeout=opts.timeout, stdin=opts.stdin)
+        request = conn.request  # the exec that connect() sent behind the hello
+        if request is None:  # a connection lent by the mux: the request goes now
+            request = exec_request(opts, conn.core)
+            conn.send(request)
         self.stream = request.stream
-        conn.send(request)
         assert conn.welcome is not None
         self.sinks = output_sinks(conn.welcome.encoding, opts.encoding)
         self.stdin_open = opts.stdin
@@ -155,6 +166,10 @@ class Loop:
         old_wakeup = signal.set_wakeup_fd(wake_w)
         try:
             self._check_stdin()
+            if self.conn.early:  # came with the welcome: the socket may have nothing more
+                status = self._receive()
+                if status is not None:
+                    return status
             while True:
                 status = self._step(wake_r)
                 if status is not None:

@@ -55,10 +55,14 @@ _LIMIT_FLAGS: list[tuple[str, type, str]] = [
                                         "connection (each holds up to 6 descriptors)."),
     ("max_fetches_per_client", int, "Fetches (batched gets of small files, each holding up "
                                     "to 8 MiB) at once per client identity; more wait."),
+    ("max_buffered_per_client", int, "Bytes one client identity's connections may hold in "
+                                     "memory at once (frames not yet handled, replies not yet "
+                                     "sent, stdin a command has not read, batch data waiting "
+                                     "for the disk); over it they stop reading (0: no limit)."),
     ("stall_timeout", float, "End a put or batch that receives no data for this long, "
                              "freeing what it holds (0: never)."),
     ("disk_threads", int, "Threads for long file work off the event loop (resume hashing, "
-                          "fsync)."),
+                          "fsync, a batch's small files, a get's and a fetch's reads)."),
     ("disk_threads_per_client", int, "Of those, how many one client identity may use at once."),
     ("refusal_log_interval", float, "Seconds over which the refusals of one address are "
                                     "logged as one line with a count (0: a line each)."),

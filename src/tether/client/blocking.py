@@ -62,6 +62,8 @@ class BlockingClient:
         self._outgoing = outgoing
         self.proto = ProtocolState(Role.CLIENT)
         self.core = ClientCore(self.proto)
+        self.early: list[Message | Data] = []  # events that came in with the welcome
+        self.request: Message | None = None  # the request pipelined behind the hello
         self.closed = False  # the peer closed the connection
         self._out = bytearray()  # bytes for the socket (ciphertext with TLS)
         self._eof = False
@@ -131,7 +133,7 @@ class BlockingClient:
         routes the rest (a stream-0 error is raised as the tether error it stands for).
         """
         self._read()
-        events: list[Message | Data] = []
+        events, self.early = self.early, []
         while not self.closed:
             try:
                 event = self.proto.next_event()
@@ -293,7 +295,8 @@ def _tcp(host: str, port: int, deadline: Deadline) -> socket.socket:
 def connect(host: str, port: int, home: str | os.PathLike[str], *,
             context: ssl.SSLContext | None, cert: str = "", accept_new: bool = False,
             confirm: Confirm | None = None, timeout: float = CONNECT_TIMEOUT,
-            by_ca: bool = False, user: str = "") -> BlockingClient:
+            by_ca: bool = False, user: str = "",
+            request: Callable[[ClientCore], Message] | None = None) -> BlockingClient:
     """Connect, check the server (its pin, or its host certificate when ``by_ca``: see
     :mod:`tether.hosttrust`) and exchange hello/welcome, asking for the account ``user`` (the
     core decides; this does I/O), all of it within ``timeout`` seconds
@@ -301,6 +304,10 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
 
     ``context`` is the client's TLS context (:func:`tether.hosttrust.client_context`), None for
     a plaintext server; ``cert`` is this client's certificate file, named if we are refused.
+    ``request(core)`` makes a first request that goes right behind the hello, in the same
+    flight (docs/PROTOCOL.md, "Pipelining"): its answer comes a round trip sooner, and a refused
+    client's request is never read. It is :attr:`BlockingClient.request`; events that arrive
+    with the welcome wait in :attr:`BlockingClient.early` for the first :meth:`receive`.
     """
     if context is None:
         from tether.client.core import check_plaintext
@@ -338,8 +345,11 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
             with _in_time(deadline):
                 sock.settimeout(deadline.left())
                 conn.send(core.hello(user))
+                if request is not None:  # only once the server's key is checked
+                    conn.request = request(core)
+                    conn.send(conn.request)
                 conn.flush()
-                answer = conn.next_events(deadline)[0]
+                answer, *early = conn.next_events(deadline)
         except REFUSALS as exc:
             error = core.refused(exc, context is not None, _own_fingerprint(cert),
                                  os.path.basename(cert) == SIGNED_CERT)
@@ -347,6 +357,7 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
                 raise
             raise error from exc
         core.answer(answer, context is not None)
+        conn.early = [e for e in map(core.route, early) if e is not None]  # now welcomed
         sock.setblocking(False)
     except BaseException:
         conn.close()

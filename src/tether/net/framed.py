@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from tether.errors import (
     ConnectionBroken,
@@ -57,7 +58,9 @@ class FramedProtocol(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False  # complete frames pile up unread here
         self._write_paused = False  # our writes pile up unread by the peer
+        self._held_off = False  # told to stop reading from outside (a byte budget)
         self._read_paused = False  # what the transport was told
+        self.watcher: Callable[[], None] | None = None  # told when held bytes may have changed
         self._drainers: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         self._gone = loop.create_future()
@@ -81,6 +84,7 @@ class FramedProtocol(asyncio.BufferedProtocol):
             self._reading()
         if queued or started:
             self._wake()
+        self.changed()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -111,10 +115,27 @@ class FramedProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._reading()
+        self.changed()
         for fut in self._drainers:
             if not fut.done():
                 fut.set_result(None)
         self._drainers.clear()
+
+    @property
+    def held(self) -> int:
+        """Bytes this connection holds in memory: received and not yet taken, and written and
+        not yet sent."""
+        out = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self.proto.buffered + self.proto.queued + out
+
+    def hold_off(self, paused: bool) -> None:
+        """Stop (or resume) reading for a reason outside this connection (server/buffers.py)."""
+        self._held_off = paused
+        self._reading()
+
+    def changed(self) -> None:
+        if self.watcher is not None:
+            self.watcher()
 
     # --- for FramedConnection ------------------------------------------------------------------
 
@@ -123,10 +144,13 @@ class FramedProtocol(asyncio.BufferedProtocol):
         if self._paused and self.proto.queued < LOW_WATER:
             self._paused = False
             self._reading()
+        self.changed()
 
     def _reading(self) -> None:
-        """Receive unless frames pile up unread here or (on the server) our writes do there."""
-        want = not self._paused and not (self._write_paused and self.proto.role is Role.SERVER)
+        """Receive unless frames pile up unread here, (on the server) our writes do there, or
+        we were told to hold off."""
+        want = not self._paused and not self._held_off and not (
+            self._write_paused and self.proto.role is Role.SERVER)
         if self.transport is None or want != self._read_paused:
             return
         self._read_paused = not want
@@ -314,6 +338,7 @@ class FramedConnection:
         out = self.proto.data_to_send()
         if out and not self._closed and self._error is None:
             self.transport.write(out)
+        self.link.changed()
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -323,6 +348,7 @@ class FramedConnection:
         self.transport.write(self.proto.send(msg, body))
         if msg.FINAL:
             self._wake(msg.stream)
+        self.link.changed()
 
     async def drain(self) -> None:
         self._check_usable()
@@ -345,6 +371,7 @@ class FramedConnection:
             self.transport.write(self.proto.data_prefix(stream, channel, size))
             self.transport.write(view[:size])
             view = view[size:]
+            self.link.changed()
             await self.drain()
 
     async def _wait_credit(self, stream: int) -> None:

@@ -6,7 +6,6 @@ Nothing here imports asyncio, socket, ssl or os: bytes in, events out; events in
 
 from tether.protocol.connection import (
     CLOSED,
-    INITIAL_WINDOW,
     NEED_DATA,
     PROTOCOL_VERSIONS,
     Connection,
@@ -49,16 +48,19 @@ from tether.protocol.messages import (
     Status,
     Welcome,
 )
+from tether.protocol.window import INITIAL_WINDOW, MAX_CREDIT, WINDOW_BUDGET
 
 __all__ = [
     "CLOSED",
     "INITIAL_WINDOW",
     "MAX_BODY",
     "MAX_BYTES",
+    "MAX_CREDIT",
     "MAX_FILES",
     "MAX_HEADER",
     "NEED_DATA",
     "PROTOCOL_VERSIONS",
+    "WINDOW_BUDGET",
     "Batch",
     "Begin",
     "Close",

@@ -5,7 +5,8 @@ Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
 1. Handshake. The client's first frame is ``hello``; the server answers ``welcome`` (the client is
    authenticated and a version is chosen, one the client offered) or a stream-0 ``error`` and
    closes. Before the handshake ends only ``hello``, ``welcome`` and ``error`` are valid;
-   ``hello``/``welcome`` after it are errors.
+   ``hello``/``welcome`` after it are errors. The client may pipeline: send stream messages right
+   behind its ``hello`` (the server reads them only once it has sent ``welcome``).
 2. Roles. Each message type names who may send it (``Message.SENDERS``); DATA on channels 1 and
    2 (stdout, stderr) only comes from the server.
 3. Streams. Only the client opens streams, with odd ids that strictly increase. A stream ends
@@ -23,10 +24,13 @@ Rules (docs/PROTOCOL.md, "Connection" and "Streams", is the normative text):
    what the peer has granted with ``credit``. Exceeding it is an error; the receiver grants credit
    as its application consumes the data (:meth:`Connection.consumed`), so buffering is bounded
    by the window. A credit is 1..MAX_CREDIT bytes and may not raise the window above MAX_CREDIT.
+   How much to grant is the receiver's choice: the core tunes each stream's window to the path
+   (:mod:`tether.protocol.window`), within ``window_budget``.
 6. Chores. A ``ping`` is answered with a ``pong`` here, and neither reaches the application;
-   credit is granted here. Both go into the outbound bytes: :meth:`Connection.data_to_send`,
-   which :meth:`Connection.send` and :meth:`Connection.data_prefix` also put first in what they
-   return, so a driver only ever writes what the core gives it, in order.
+   credit is granted here, with the window probes (``ping``) that tune it. All go into the
+   outbound bytes: :meth:`Connection.data_to_send`, which :meth:`Connection.send` and
+   :meth:`Connection.data_prefix` also put first in what they return, so a driver only ever
+   writes what the core gives it, in order.
 7. Errors. Any violation raises RemoteProtocolError (the peer broke a rule) or LocalProtocolError
    (we tried to); after a remote violation the connection only sends one stream-0 ``error``, and
    after sending a stream-0 ``error`` it sends nothing more.
@@ -38,6 +42,7 @@ leaves the connection exactly as it was.
 from __future__ import annotations
 
 from enum import Enum, auto
+from time import monotonic
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.decode import decode_message
@@ -62,15 +67,17 @@ from tether.protocol.messages import (
     Welcome,
 )
 from tether.protocol.streams import OPERATIONS, Operation
+from tether.protocol.window import INITIAL_WINDOW as INITIAL_WINDOW
+from tether.protocol.window import MAX_CREDIT as MAX_CREDIT
+from tether.protocol.window import WINDOW_BUDGET, Tuner, Window
 
 TYPE_CHECKING = False  # typing is not imported at run time: every `tether run` would pay for it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Final
 
 PROTOCOL_VERSIONS: Final = (1,)
-INITIAL_WINDOW: Final = 4 * 1024 * 1024
-CREDIT_THRESHOLD: Final = INITIAL_WINDOW // 4
-MAX_CREDIT: Final = 1 << 31
+CREDIT_THRESHOLD: Final = INITIAL_WINDOW // 4  # the grant threshold of an untuned window
 
 
 class _Sentinel(Enum):
@@ -94,8 +101,8 @@ class _Stream:
     """One open stream: its operation, both halves' states (streams.py) and its windows."""
 
     __slots__ = ("local_asks", "local_channels", "local_eof", "local_final", "local_state",
-                 "op", "recv_window", "remote_asks", "remote_channels", "remote_eof",
-                 "remote_final", "remote_state", "request", "send_credit", "unacked")
+                 "op", "recv", "remote_asks", "remote_channels", "remote_eof", "remote_final",
+                 "remote_state", "request", "send_credit")
 
     def __init__(self, request: Message, local: Role) -> None:
         self.op: Operation = OPERATIONS[request.TYPE]
@@ -107,8 +114,7 @@ class _Stream:
         self.local_channels = self.op.data[local, self.local_state]
         self.remote_channels = self.op.data[_peer(local), self.remote_state]
         self.send_credit = INITIAL_WINDOW
-        self.recv_window = INITIAL_WINDOW
-        self.unacked = 0
+        self.recv = Window()  # what the peer may send us, and what we hold of it
         self.local_final = False
         self.remote_final = False
         self.local_eof: set[int] = set()  # channels ended by eof (for clearer errors)
@@ -152,7 +158,12 @@ def _peer(role: Role) -> Role:
 class Connection:
     """One side of a tether connection, with no I/O: feed bytes, read events, get bytes to send."""
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: Role, *, window_budget: int = WINDOW_BUDGET,
+                 clock: Callable[[], float] = monotonic) -> None:
+        """``window_budget``: bytes of DATA the streams' receive windows may add up to as they
+        grow (:mod:`tether.protocol.window`); at or below ``INITIAL_WINDOW`` windows stay at
+        ``INITIAL_WINDOW`` and no window probe is sent. ``clock`` times the window probes'
+        round trips (seconds; the tests' is simulated)."""
         self.role = role
         self.state = State.HANDSHAKE
         self.version: int | None = None
@@ -164,7 +175,8 @@ class Connection:
         self._versions: frozenset[int] = frozenset()  # the versions the client offered
         self._broken = False  # the peer broke the protocol
         self._sent_fatal = False  # we sent a stream-0 error
-        self._outbound = bytearray()  # frames the core itself sends: pongs, credit
+        self._outbound = bytearray()  # frames the core itself sends: pongs, credit, probes
+        self._tuner = Tuner(window_budget, clock)
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -273,8 +285,12 @@ class Connection:
                 self._outbound += encode_msg(0, Pong(token=msg.token).to_header())
             return None  # answered here: neither ping nor pong reaches the application
         if isinstance(msg, Pong):
+            self._tuner.answered(msg.token, self._windows())  # our window probe's answer?
             return None
         return msg
+
+    def _windows(self) -> list[Window]:
+        return [s.recv for s in self._streams.values() if not s.local_final]
 
     def _receive_data_frame(self, data: Data) -> Data | None:
         if self.state is not State.OPEN:
@@ -284,11 +300,12 @@ class Connection:
         stream = self._known(data.stream)
         if data.channel not in stream.remote_channels:
             raise RemoteProtocolError(self._no_data(stream, _peer(self.role), data.channel))
-        if len(data.data) > stream.recv_window:
+        if len(data.data) > stream.recv.open:
             raise RemoteProtocolError(f"stream {data.stream} exceeded its flow-control window")
-        stream.recv_window -= len(data.data)
         if stream.local_final:
+            stream.recv.open -= len(data.data)  # in flight when we ended it: never consumed
             return None
+        stream.recv.received(len(data.data))
         return data
 
     def _move(self, stream: _Stream, role: Role, state: str, msg: Message,
@@ -383,7 +400,7 @@ class Connection:
             raise LocalProtocolError(f"{msg.TYPE!r} before the handshake finished")
 
     def _send_stream_message(self, msg: Message) -> None:
-        if self.state is not State.OPEN:
+        if not self._sendable:
             raise LocalProtocolError(f"cannot send {msg.TYPE!r}: connection is not open")
         if msg.CONNECTION:
             raise LocalProtocolError(f"{msg.TYPE!r} belongs on stream 0")
@@ -406,6 +423,14 @@ class Connection:
             stream.local_final = True
             self._maybe_retire(msg.stream, stream)
 
+    @property
+    def _sendable(self) -> bool:
+        """Whether stream frames may go now: once open, or (a client pipelining its first
+        requests, docs/PROTOCOL.md "Pipelining") right behind its hello, before the welcome."""
+        if self.state is State.OPEN:
+            return True
+        return self.state is State.HANDSHAKE and self.role is Role.CLIENT and self._sent_hello
+
     def send_data(self, stream_id: int, channel: int, data: bytes) -> bytes:
         """The bytes of one DATA frame; the caller must respect :meth:`send_window`."""
         return self.data_prefix(stream_id, channel, len(data)) + data
@@ -417,7 +442,7 @@ class Connection:
             raise LocalProtocolError(f"data chunk of {size} bytes: it must be 1..{MAX_BODY}")
         self._check_may_send()
         stream = self._streams.get(stream_id)
-        if self.state is not State.OPEN or stream is None or stream.local_final:
+        if not self._sendable or stream is None or stream.local_final:
             raise LocalProtocolError(f"stream {stream_id} is not open for sending")
         if channel not in stream.local_channels:
             if channel in stream.local_eof:
@@ -438,23 +463,26 @@ class Connection:
         return stream.send_credit
 
     def consumed(self, stream_id: int, size: int) -> None:
-        """Record that the application used ``size`` received bytes; once enough has been
-        used the core grants credit (a ``credit`` frame in :meth:`data_to_send`)."""
+        """Record that the application used ``size`` received bytes; once a quarter of the
+        stream's window is due the core grants credit (a ``credit`` frame in
+        :meth:`data_to_send`), with a window probe (a ``ping``) riding along on a bulk stream
+        while tuning is on and no probe is out."""
         if size < 0:
             raise LocalProtocolError(f"cannot consume {size} bytes")
         stream = self._streams.get(stream_id)
         if (stream is None or stream.local_final or self.state is not State.OPEN or self._broken
                 or self._sent_fatal):
             return
-        unacked = stream.unacked + size
-        if unacked < CREDIT_THRESHOLD:
-            stream.unacked = unacked
-            return
-        if (self.role, stream.local_state, "credit") not in stream.op.moves:
-            return  # the peer sends no DATA here: nothing to grant (its DATA was refused)
-        self._outbound += encode_msg(stream_id, Credit(size=unacked, stream=stream_id).to_header())
-        self._grant(stream, unacked)
-        stream.unacked = 0
+        stream.recv.consumed(size)
+        self._tuner.relieve(stream.recv)
+        due = stream.recv.due()
+        if not due or (self.role, stream.local_state, "credit") not in stream.op.moves:
+            return  # not yet; or the peer sends no DATA here (its DATA was refused)
+        self._outbound += encode_msg(stream_id, Credit(size=due, stream=stream_id).to_header())
+        self._grant(stream, due)
+        token = self._tuner.probe(self._windows()) if stream.recv.bulk else None
+        if token is not None:
+            self._outbound += encode_msg(0, Ping(token=token).to_header())
 
     def next_stream_id(self) -> int:
         """The id for the next stream this (client) side opens."""
@@ -506,16 +534,29 @@ class Connection:
         if stream_id % 2 != 1 or stream_id <= self._last_stream:
             raise error(f"stream id {stream_id} must be odd and above {self._last_stream}")
         self._last_stream = stream_id
-        self._streams[stream_id] = _Stream(msg, self.role)
+        stream = self._streams[stream_id] = _Stream(msg, self.role)
+        self._tuner.opened(stream.recv)
 
     @staticmethod
     def _grant(stream: _Stream, size: int) -> None:
         """Open our receive window by ``size``, as a credit frame tells the peer."""
-        if not 0 < size <= MAX_CREDIT or stream.recv_window + size > MAX_CREDIT:
+        if not 0 < size <= MAX_CREDIT or stream.recv.open + size > MAX_CREDIT:
             raise LocalProtocolError(f"credit of {size} is out of range")
-        stream.recv_window += size
+        stream.recv.open += size
 
     def _maybe_retire(self, stream_id: int, stream: _Stream) -> None:
         if stream.local_final and stream.remote_final:
             del self._streams[stream_id]
+        if stream.local_final:
+            self._tuner.closed(stream.recv)  # no more credit: its window is free for others
+
+    def window(self, stream_id: int) -> int:
+        """The receive window the stream is tuned to now (0 if it is not open for receiving)."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None or stream.local_final else stream.recv.size
+
+    @property
+    def held(self) -> int:
+        """DATA bytes received on open streams and not yet consumed by the application."""
+        return sum(w.held for w in self._windows())
 

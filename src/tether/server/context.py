@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tether.identity import AuthorizedClient, short_fingerprint
 from tether.server.audit import AuditLog
+from tether.server.buffers import ByteBudget
 from tether.server.descriptors import Descriptors
 from tether.server.diskpool import DiskPool
 from tether.server.limits import Admission, Limits
@@ -40,6 +41,7 @@ class SessionContext:
     disk: DiskPool | None = None  # long file work off the loop, a fair share per identity
     descriptors: Descriptors | None = None  # what operations hold, in total and per identity
     fetches: Shares = field(default_factory=lambda: Shares(8))  # fetches at once per identity
+    buffers: ByteBudget | None = None  # bytes held by connections, per identity
     # welcome's (next_cert, next_proof) during a key rotation (server/rotation.py)
     next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
     drain: float = 0.0  # on SIGTERM, seconds running work may take (a worker drains itself)

@@ -116,6 +116,7 @@ class CommandRun:
         self._stdin: deque[tuple[bytes | bytearray, int]] = deque()
         self._stdin_ready = asyncio.Event()
         self._stdin_eof = False
+        self.buffered = 0  # stdin bytes held here until the command reads them (byte budget)
         self._killing: asyncio.Task[None] | None = None
         self._started = 0.0
         self.duration = 0.0
@@ -205,6 +206,7 @@ class CommandRun:
             self.conn.consumed(self.stream, credit)
             return
         self._stdin.append((data, credit))
+        self.buffered += len(data)
         self._stdin_ready.set()
 
     def close_stdin(self) -> None:
@@ -225,6 +227,7 @@ class CommandRun:
                         await stdin.drain()
                     except (BrokenPipeError, ConnectionResetError):
                         broken = True  # the command stopped reading: discard, keep granting
+                self.buffered -= len(data)
                 self.conn.consumed(self.stream, credit)
             if self._stdin_eof:
                 with contextlib.suppress(OSError):

@@ -34,6 +34,7 @@ class Limits:
     process_memory: int = 0  # RLIMIT_AS in bytes for commands (0: inherit)
     max_batches_per_connection: int = 16  # batches stored at once on one connection
     max_fetches_per_client: int = 8  # fetches holding their files at once, per identity
+    max_buffered_per_client: int = 64 * 1024 * 1024  # bytes one identity's connections hold
     stall_timeout: float = 60.0  # end a put or batch that receives no data for this long (0: never)
     disk_threads: int = 4  # threads for long file work (resume hashing, fsync)...
     disk_threads_per_client: int = 2  # ...of which one client identity may use this many

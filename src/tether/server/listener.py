@@ -27,6 +27,7 @@ from tether.net.framed import FramedProtocol
 from tether.protocol import Role
 from tether.protocol.discovery import Announcement
 from tether.server.audit import AuditLog
+from tether.server.buffers import ByteBudget
 from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig, ServerConfig, is_loopback
 from tether.server.context import SessionContext
@@ -144,6 +145,7 @@ class Server:
             reserved=self.reserved, refusals=self.refusals, disk=self.disk,
             descriptors=self.descriptors,
             fetches=Shares(config.limits.max_fetches_per_client),
+            buffers=ByteBudget(config.limits.max_buffered_per_client),
             pass_env=config.pass_env,
         )
 

@@ -18,7 +18,8 @@ pyenv under /root), so the modules a session needs are imported before privilege
 Per-account limits: the worker counts its commands in a table shared by every worker (a memfd
 with one counter per account and per identity, locked per counter with ``lockf``), so
 ``--max-processes-per-client`` holds per Unix account and per identity across connections. A
-worker that dies leaves its counts to the parent, which takes them back.
+worker that dies leaves its counts to the parent, which takes them back. The bytes an identity's
+connections hold (``--max-buffered-per-client``, server/buffers.py) are counted there too.
 
 Service mode (server/service.py): a draining parent sends the worker SIGUSR1, and the worker lets
 its session's work finish for the drain time before it ends the session (SIGTERM still ends it
@@ -46,8 +47,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from tether.protocol import Role
 from tether.protocol.connection import Connection
 from tether.server.audit import EventRelay
+from tether.server.buffers import ByteBudget
+from tether.server.diskpool import DiskPool
 from tether.server.environment import login_environment
 from tether.server.limits import Admission
+from tether.server.shares import Shares
 
 if TYPE_CHECKING:
     from tether.net.framed import FramedConnection
@@ -160,6 +164,25 @@ class WorkerAdmission(Admission):
             self.counts.add(slot, -1)
 
 
+class SharedByteBudget(ByteBudget):
+    """A worker's byte budget (server/buffers.py): what its identity's connections hold is a
+    counter every worker shares, so the budget binds across them as it does across the
+    connections of one process; ``held_slot`` is this worker's part, for the parent to take
+    back if the worker dies."""
+
+    def __init__(self, per_client: int, counts: SharedCounts, slot: int, held_slot: int) -> None:
+        super().__init__(per_client)
+        self.counts = counts
+        self.slot = slot
+        self.held_slot = held_slot
+
+    def add(self, client: str, delta: int) -> int:
+        if delta:
+            self.counts.add(self.slot, delta)
+            self.counts.add(self.held_slot, delta)
+        return self.counts.value(self.slot)
+
+
 class MappedSession(Protocol):
     """What privilege separation needs of a session (server/session.py, which imports this
     module, not the other way round): who the peer is, its connection and context, and a way
@@ -255,19 +278,22 @@ async def serve_as(session: MappedSession, hello: Hello, counts: SharedCounts) -
     account = Account.named(peer.user)
     taken: list[str] = []
     try:
-        for key in (f"user {account.name}", f"id {peer.fingerprint}",
-                    f"worker {os.urandom(8).hex()}"):
+        worker = os.urandom(8).hex()
+        for key in (f"user {account.name}", f"id {peer.fingerprint}", f"worker {worker}",
+                    f"bytes {peer.fingerprint}", f"worker bytes {worker}"):
             counts.acquire(key)
             taken.append(key)
-        user, identity, held = (counts.slots[key] for key in taken)
-        await _fork_and_pump(session, hello, account, counts, (user, identity), held)
+        user, identity, held, held_bytes, worker_bytes = (counts.slots[key] for key in taken)
+        await _fork_and_pump(session, hello, account, counts, (user, identity), held,
+                             (held_bytes, worker_bytes))
     finally:
         for key in taken:
             counts.release(key)
 
 
 async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
-                         counts: SharedCounts, slots: tuple[int, int], held: int) -> None:
+                         counts: SharedCounts, slots: tuple[int, int], held: int,
+                         byte_slots: tuple[int, int]) -> None:
     peer = session.peer
     assert peer is not None
     conn = session.conn
@@ -278,7 +304,8 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
     pid = os.fork()
     if pid == 0:  # the worker: never returns
         ours.close()
-        _worker(session, hello, account, theirs, address, counts, (slots, held), relay)
+        _worker(session, hello, account, theirs, address, counts, (slots, held), byte_slots,
+                relay)
     theirs.close()
     if relay is not None:
         relay.in_parent(audit.observers)
@@ -296,6 +323,10 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
         if leaked:  # a worker that died with commands counted: give the counts back
             for slot in (*slots, held):
                 counts.add(slot, -leaked)
+        leaked = counts.value(byte_slots[1])
+        if leaked:  # ...and the bytes it held
+            for slot in byte_slots:
+                counts.add(slot, -leaked)
 
 
 async def _pump(tls: asyncio.Transport, sock: socket.socket, first: bytes) -> None:
@@ -303,7 +334,9 @@ async def _pump(tls: asyncio.Transport, sock: socket.socket, first: bytes) -> No
     done: asyncio.Future[None] = loop.create_future()
     local, _ = await loop.connect_accepted_socket(lambda: _Pump(tls, done), sock=sock)
     local.write(first)  # the hello, replayed: the worker's session answers it
-    tls.set_protocol(_Pump(local, done))
+    pump = _Pump(local, done)
+    pump.connection_made(tls)  # set_protocol does not call it: EOF from the client needs it
+    tls.set_protocol(pump)
     tls.resume_reading()
     await done
 
@@ -330,7 +363,7 @@ async def _reap(pid: int, grace: float) -> None:
 
 def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket.socket,
             address: str, counts: SharedCounts, slots: tuple[tuple[int, int], int],
-            relay: EventRelay | None) -> NoReturn:
+            byte_slots: tuple[int, int], relay: EventRelay | None) -> NoReturn:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -351,8 +384,7 @@ def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket
         os.environ.update(login_environment(session.context.pass_env, server_env=_INHERITED))
         with contextlib.suppress(OSError):
             os.chdir(account.home)
-        context = dataclasses.replace(session.context, admission=WorkerAdmission(
-            session.context.admission, counts, *slots))
+        context = _worker_context(session.context, counts, slots, byte_slots)
         asyncio.events._set_running_loop(None)  # the parent's loop is not ours
         _own_child_watcher()
         asyncio.run(_serve(type(session), context, session.peer, sock, address))
@@ -364,6 +396,20 @@ def _worker(session: MappedSession, hello: Hello, account: Account, sock: socket
         with contextlib.suppress(BaseException):
             sys.stderr.flush()
         os._exit(code)
+
+
+def _worker_context(parent: Any, counts: SharedCounts, slots: tuple[tuple[int, int], int],
+                    byte_slots: tuple[int, int]) -> Any:
+    """The session context of a worker: its counts shared with the other workers, and a disk
+    pool and fetch shares of its own (the parent's threads do not survive the fork, and their
+    semaphores belong to the parent's event loop: inherited, the first file work would wait
+    for ever)."""
+    limits = parent.limits
+    return dataclasses.replace(
+        parent, admission=WorkerAdmission(parent.admission, counts, *slots),
+        buffers=SharedByteBudget(limits.max_buffered_per_client, counts, *byte_slots),
+        disk=DiskPool(limits.disk_threads, limits.disk_threads_per_client),
+        fetches=Shares(limits.max_fetches_per_client))
 
 
 def _own_child_watcher() -> None:

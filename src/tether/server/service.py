@@ -234,6 +234,8 @@ class Lifecycle:
             server.descriptors.per_client = max(
                 1, min(derived.limits.max_descriptors_per_client, server.descriptors.total))
         server.refusals.interval = derived.limits.refusal_log_interval
+        if server.context.buffers is not None:  # (0: paused identities resume)
+            server.context.buffers.per_client = derived.limits.max_buffered_per_client
         log.info("limits: %s", derived.note)
         return derived.limits
 

@@ -62,6 +62,7 @@ from tether.protocol.sync_messages import (
     Sync,
 )
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
+from tether.server.buffers import Meter
 from tether.server.context import Peer, SessionContext
 from tether.server.descriptors import COSTS, Holder
 from tether.server.exec import CommandRun, ExecPolicy, exec_spec
@@ -102,6 +103,7 @@ class Session:
         self.list_slots = asyncio.Semaphore(FETCHES_AT_ONCE)  # listings read at once, the same
         self.stall = StallWatch(self.limits.stall_timeout, self._stalled)  # uploads
         self.held = Holder(None, "")  # descriptors held by stream, once the peer is known
+        self.meter: Meter | None = None  # bytes held, in the identity's budget (buffers.py)
 
     async def serve(self) -> None:
         address = self.address or self.conn.peer_address
@@ -120,6 +122,9 @@ class Session:
                     await serve_as(self, hello, self.context.counts)
                     return
             self.held = Holder(self.context.descriptors, self.peer.fingerprint)
+            if self.context.buffers is not None:
+                self.meter = self.context.buffers.join(self.peer.fingerprint, self.conn.link,
+                                                       self._buffered)
             await self._welcome(hello)
             log.info("connected %s %s (%s)", address, self.peer.name, self.peer.fingerprint)
             audit.event("connection", address=address, fingerprint=self.peer.fingerprint,
@@ -143,6 +148,8 @@ class Session:
             reason = str(exc)
         finally:
             self._abandon_all()
+            if self.meter is not None:
+                self.meter.leave()
             await self.conn.close()
             if admitted and self.peer is not None:
                 self.context.admission.client_left(self.peer.fingerprint)
@@ -176,6 +183,10 @@ class Session:
                 admission.client_left(peer.fingerprint)
         if refusal is not None:
             raise Busy(refusal)
+
+    def _buffered(self) -> int:
+        """Bytes this session's streams hold (a command's unread stdin, a batch's queue)."""
+        return sum(getattr(handler, "buffered", 0) for handler in self.streams.values())
 
     @property
     def limits(self) -> Limits:
@@ -375,12 +386,15 @@ class Session:
                            f"{self.limits.max_batches_per_connection})")
             batch = BatchPut(self.conn, msg.stream, msg, area,
                              self.limits.max_upload,
-                             lambda path, size, hash_: self._audit_file("put", path, size, hash_))
-            self.streams[msg.stream] = batch
-            batch.start()
-            self.stall.watch(msg.stream)
+                             lambda path, size, hash_: self._audit_file("put", path, size, hash_),
+                             self._offload)
+            batch.check()
         except (RemoteError, OSError) as exc:
             self._end_stream(msg.stream, _as_remote(exc), _request(msg))
+            return
+        self.streams[msg.stream] = batch
+        self.stall.watch(msg.stream)  # its files are stored by its task, on the disk pool
+        batch.task = self._spawn(self._until_done(msg.stream, batch.run(), _request(msg)))
 
     async def _on_fetch(self, msg: Fetch) -> None:
         def on_file(path: str, size: int, hash_: str) -> None:
@@ -388,7 +402,7 @@ class Session:
 
         self._start_task(msg, "get", "fetch",
                          lambda area: send_batch(self.conn, msg.stream, msg, area, on_file,
-                                                 self._fetch_slot()))
+                                                 self._fetch_slot(), self._offload))
 
     @contextlib.asynccontextmanager
     async def _fetch_slot(self) -> AsyncIterator[None]:
@@ -468,13 +482,14 @@ class Session:
             self.context.audit.event("list", fingerprint=self.peer.fingerprint,
                                      path=done.path, count=done.count, outcome="ok")
 
-    async def _until_done(self, stream: int, body: Awaitable[None]) -> None:
+    async def _until_done(self, stream: int, body: Awaitable[None],
+                          request: dict[str, Any] | None = None) -> None:
         try:
             await body
         except ConnectionFailed:
             pass  # the connection is gone; the session's own loop reports it
         except (TetherError, OSError) as exc:
-            self._end_stream(stream, _as_remote(exc))
+            self._end_stream(stream, _as_remote(exc), request)
         except Exception as exc:  # a bug: still end the stream, so the client never waits
             log.exception("stream %d failed", stream)
             self._end_stream(stream, _as_remote(exc))
@@ -520,6 +535,8 @@ class Session:
             handler.feed(data.data)
         except (TetherError, OSError) as exc:
             self._end_stream(data.stream, _as_remote(exc))
+        if self.meter is not None:  # what the stream holds now (stdin, a batch's queue)
+            self.meter.update()
 
     async def _on_stream_message(self, msg: Message) -> None:
         handler = self.streams.get(msg.stream)

@@ -29,21 +29,16 @@ from tether.protocol import (
     Put,
     Ready,
 )
+from tether.server.diskpool import Lease, Offload
+from tether.server.diskpool import inline as _inline
 from tether.storage.area import EntryInfo, FileArea, Hold
 from tether.storage.batch import SEND_FILES, header_cost
 from tether.storage.partial import PartialFile
-from tether.storage.source import SourceFile, digest
+from tether.storage.source import CHUNK, SourceFile, digest
 
 # a bound on one entries header (within MAX_HEADER even for a single entry whose path and link
 # target are each 4,096 bytes of characters JSON escapes)
 ENTRIES_HEADER = 60 * 1024
-
-
-Offload = Callable[..., Awaitable[Any]]  # run long file work off the loop: (fn, *args)
-
-
-async def _inline(fn: Callable[..., Any], *args: Any, cleanup: Any = None) -> Any:
-    return fn(*args)
 
 
 class PutTransfer:
@@ -191,20 +186,35 @@ async def send_file(conn: FramedConnection, stream: int, req: Get, area: FileAre
     # that runs, the source is closed once the thread is done with it
     source, (start, hasher) = await offload(_open_at_offset, area, req,
                                             cleanup=lambda opened: opened[0].close())
+    lease = Lease(source.close)  # a chunk is read (and hashed) on the pool while one is sent
+    reading: asyncio.Future[bytes] | None = None
     try:
         conn.send(Meta(size=source.size, mode=source.mode, mtime_ns=source.mtime_ns,
                        offset=start, stream=stream))
-        for chunk in source.chunks(start):
-            hasher.update(chunk)
+        pos = start
+        while pos < source.size:
+            chunk = await (reading or offload(lease.call, _read_chunk, source, hasher, pos))
+            pos += len(chunk)
+            reading = asyncio.ensure_future(offload(lease.call, _read_chunk, source, hasher,
+                                                    pos)) if pos < source.size else None
             await conn.send_data(stream, 0, chunk)
-        source.check_end()
+        await offload(lease.call, source.check_end)
         done = Done(path=req.path, size=source.size, hash=digest(hasher), resumed_from=start,
                     stream=stream)
         conn.send(done)
         await conn.drain()
         return done
     finally:
-        source.close()
+        if reading is not None:
+            reading.cancel()
+        lease.close()
+
+
+def _read_chunk(source: SourceFile, hasher: Any, pos: int) -> bytes:
+    """The next chunk of a file being sent, added to its hash (on a pool thread)."""
+    data = b"".join(source.chunks(pos, min(source.size, pos + CHUNK)))
+    hasher.update(data)
+    return data
 
 
 def _open_at_offset(area: FileArea, req: Get) -> tuple[SourceFile, tuple[int, Any]]:
