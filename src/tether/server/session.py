@@ -58,9 +58,7 @@ from tether.protocol import (
     Welcome,
 )
 from tether.protocol.ranges import problem
-from tether.protocol.sync_messages import (
-    Sync,
-)
+from tether.protocol.sync_messages import Sync
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.buffers import Meter
 from tether.server.context import Peer, SessionContext
@@ -77,7 +75,7 @@ from tether.server.streamkit import as_remote as _as_remote
 from tether.server.streamkit import identity_fields as _identity_fields
 from tether.server.streamkit import request_fields as _request
 from tether.server.streamkit import sendable as _sendable
-from tether.server.sync import SYNC_MESSAGES, SyncStream, receive, send
+from tether.server.sync import SYNC_MESSAGES, SyncStream, run_sync
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.storage.area import FileArea
 from tether.version import __version__
@@ -419,8 +417,7 @@ class Session:
             self._end_stream(msg.stream, exc, _request(msg))
             return
         handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream)
-        body = receive(handler, msg, area) if msg.push else send(handler, msg, area)
-        handler.task = self._spawn(self._until_done(msg.stream, body))
+        handler.task = self._spawn(self._until_done(msg.stream, run_sync(handler, msg, area)))
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",

@@ -110,3 +110,8 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea) -> None:
         for root in roots:
             with contextlib.suppress(OSError):
                 root.tree.close()
+
+
+async def run_sync(ep: SyncStream, msg: Sync, area: FileArea) -> None:
+    """The server's side of one sync: the destination of a push, the source of a pull."""
+    await (receive(ep, msg, area) if msg.push else send(ep, msg, area))
