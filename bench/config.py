@@ -36,7 +36,8 @@ class Sizes:
     @property
     def fast_bytes(self) -> int:
         """Room needed on the tmpfs: the file, one copy of it, the tree and two copies."""
-        return 2 * self.file_bytes + 3 * self.tree_files * (self.tree_file_bytes + 4096)
+        return 2 * self.file_bytes + 3 * self.tree_files * (self.tree_file_bytes + 4096) + (
+            3 * self.tree_files * 40 * 1024)  # the sync workload's tree (~32 KiB a file) x3
 
 
 FULL = Sizes(

@@ -50,6 +50,17 @@ from tether.protocol import (
 )
 from tether.protocol.forwarding import Connect, Connected, Incoming, Listen, Listening
 from tether.protocol.streams import OPERATIONS, paths
+from tether.protocol.sync_messages import (
+    Sync,
+    SyncBatch,
+    SyncCommit,
+    SyncDeleted,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
 
 HASH = "blake3:" + "ab" * 32
 
@@ -70,6 +81,9 @@ OPENERS: dict[str, list[Message]] = {
     "connect": [Connect(host="db.internal", port=5432, origin="127.0.0.1:50000"),
                 Connect(path="/run/app.sock"), Connect(listener=1, incoming=3)],
     "listen": [Listen(port=0), Listen(host="0.0.0.0", port=8080), Listen(path="/tmp/l.sock")],
+    "sync": [Sync(path="dest", push=True, delete=True, filters=["*.o", "!keep.o"]),
+             Sync(path="", push=False, sources=["src", "more/"], names=["src", ""],
+                  checksum=True)],
 }
 
 # A valid instance of every non-opening message, given its stream and channel (for eof).
@@ -97,6 +111,18 @@ MESSAGES: dict[str, Callable[[int, int | None], Message]] = {
     "connected": lambda s, _: Connected(host="10.0.0.5", port=5432, stream=s),
     "listening": lambda s, _: Listening(host="127.0.0.1", port=40123, stream=s),
     "incoming": lambda s, _: Incoming(id=2, origin="127.0.0.1:50001", stream=s),
+    "sync_list": lambda s, _: SyncList(names=["d", "d/f", "l"], kinds=["dir", "file", "symlink"],
+                                       sizes=[0, 3, 0], modes=[0o755, 0o644, 0o777],
+                                       mtimes=[1, 2, 3], targets=["", "", "d/f"],
+                                       hashes=["", HASH, ""], stream=s),
+    "sync_listed": lambda s, _: SyncListed(count=3, stream=s),
+    "sync_want": lambda s, _: SyncWant(actions=["mkdir", "send", "symlink"], wanted=[1],
+                                       sigs=[0], offsets=[0], prefixes=[""], stream=s),
+    "sync_file": lambda s, _: SyncFile(index=1, size=3, stream=s),
+    "sync_commit": lambda s, _: SyncCommit(index=1, hash=HASH, stream=s),
+    "sync_batch": lambda s, _: SyncBatch(indices=[1], sizes=[3], hashes=[HASH], stream=s),
+    "sync_sent": lambda s, _: SyncSent(stream=s),
+    "sync_deleted": lambda s, _: SyncDeleted(names=["old", "old/x"], stream=s),
 }
 
 Step = tuple[str, int | None]
@@ -175,10 +201,16 @@ def conversation() -> Conversation:
             client_first, server_first = op.first(opener)
             ups = list(paths(op, Role.CLIENT, client_first))
             downs = list(paths(op, Role.SERVER, server_first))
+            # a half that sends window requests (sync_list) goes first: answers follow them
+            client_asks = op.window is not None and (
+                Role.CLIENT, client_first, op.window[0]) in op.moves
             for up, down in _pairs(ups, downs):
                 t.send(Role.CLIENT, _on(opener, stream))
+                if client_asks:
+                    t.walk(stream, name, Role.CLIENT, up[:-1])
                 t.walk(stream, name, Role.SERVER, down[:-1])
-                t.walk(stream, name, Role.CLIENT, up[:-1])
+                if not client_asks:
+                    t.walk(stream, name, Role.CLIENT, up[:-1])
                 t.walk(stream, name, Role.SERVER, down[-1:])
                 t.walk(stream, name, Role.CLIENT, up[-1:])
                 stream += 2

@@ -24,7 +24,7 @@ LAYERS = {
     "tether.protocol": 1, "tether.malloc": 1, "tether.home": 1, "tether.winacl": 1,
     "tether.identity": 2, "tether.ca": 2,
     "tether.tls": 3, "tether.hosttrust": 3, "tether.net": 3, "tether.storage": 3,
-    "tether.inventory": 4, "tether.ansible_inventory": 4,
+    "tether.inventory": 4, "tether.ansible_inventory": 4, "tether.syncing": 4,
     "tether.server": 5, "tether.client": 5,
     "tether.cli": 6,
     "tether": 7, "tether.__main__": 7,  # the package's public face and the console entry

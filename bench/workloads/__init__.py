@@ -20,6 +20,7 @@ from bench.workloads import (
     oneshot,
     scale,
     stream,
+    sync,
     tree,
     wan,
 )
@@ -36,6 +37,7 @@ WORKLOADS: dict[str, Workload] = {
     "fleet": fleet.run,
     "ansible": ansible.run,
     "mux": mux.run,
+    "sync": sync.run,
     "wan": wan.run,
     "forward": forward.run,
 }

@@ -248,8 +248,8 @@ def _streams(home: Path) -> int:
 def _errors_until_closed(sock: socket.socket) -> list:
     """The stream-0 errors a client reads until the mux closes its socket (10 s at most)."""
     from tether.protocol import Error
+    from tether.protocol.decode import decode_message
     from tether.protocol.frames import FrameDecoder
-    from tether.protocol.messages import decode_message
 
     decoder, got = FrameDecoder(), b""
     with contextlib.suppress(OSError):

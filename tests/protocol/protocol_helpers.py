@@ -49,6 +49,17 @@ from tether.protocol.messages import (
     Welcome,
 )
 from tether.protocol.records import replace
+from tether.protocol.sync_messages import (
+    Sync,
+    SyncBatch,
+    SyncCommit,
+    SyncDeleted,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
 
 # --- raw frames (bypassing every local check, as a hostile or buggy peer would) ---------------
 
@@ -125,6 +136,18 @@ SAMPLES: dict[str, Message] = {
     "listen": Listen(port=0),
     "listening": Listening(host="127.0.0.1", port=40123),
     "incoming": Incoming(id=1, origin="127.0.0.1:50001"),
+    "sync": Sync(path="dest", delete=True, filters=["*.o"]),
+    "sync_list": SyncList(names=["d", "d/f"], kinds=["dir", "file"], sizes=[0, 3],
+                          modes=[0o755, 0o644], mtimes=[1, 2], targets=["", ""],
+                          hashes=["", ""]),
+    "sync_listed": SyncListed(count=2),
+    "sync_want": SyncWant(actions=["mkdir", "send"], wanted=[1], sigs=[0], offsets=[0],
+                          prefixes=[""]),
+    "sync_file": SyncFile(index=1, size=3),
+    "sync_commit": SyncCommit(index=1, hash="blake3:" + "0" * 64),
+    "sync_batch": SyncBatch(indices=[1], sizes=[3], hashes=["blake3:" + "0" * 64]),
+    "sync_sent": SyncSent(),
+    "sync_deleted": SyncDeleted(names=["old"]),
 }
 
 

@@ -125,11 +125,11 @@ def test_samples_cover_the_registry() -> None:
     assert set(SAMPLES) == set(REGISTRY)
     assert types_not_sent_by(Role.CLIENT) == [
         "connected", "done", "entries", "entry", "exit", "files", "incoming", "listening",
-        "meta", "ready", "started", "status", "welcome",
+        "meta", "ready", "started", "status", "sync_deleted", "welcome",
     ]
     assert types_not_sent_by(Role.SERVER) == [
         "batch", "begin", "close", "commit", "connect", "exec", "fetch", "get", "hello",
-        "list", "listen", "put", "resize", "shell", "signal",
+        "list", "listen", "put", "resize", "shell", "signal", "sync", "sync_sent",
     ]
 
 
@@ -181,7 +181,8 @@ def test_local_side_may_not_send_the_other_roles_messages(role: Role, type_name:
 @pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
 def test_each_side_accepts_the_shared_messages(role: Role) -> None:
     shared = sorted(set(types_sent_by(Role.CLIENT)) & set(types_sent_by(Role.SERVER)))
-    assert shared == ["credit", "eof", "error", "ping", "pong"]
+    assert shared == ["credit", "eof", "error", "ping", "pong", "sync_batch", "sync_commit",
+                      "sync_file", "sync_list", "sync_listed", "sync_want"]
     pair = handshaken_pair()
     pair.open_exec()
     send = pair.client_sends if role is Role.CLIENT else pair.server_sends

@@ -31,8 +31,8 @@ from tether.protocol import (
     Started,
 )
 from tether.protocol.connection import NEED_DATA, Connection
+from tether.protocol.decode import decode_message
 from tether.protocol.frames import FrameDecoder
-from tether.protocol.messages import decode_message
 
 MiB = 1024 * 1024
 CHUNK = bytes(MAX_BODY // 4)  # 256 KiB frames

@@ -26,6 +26,7 @@ from tether.cli.options import (
     MUX_OPTIONS,
     PORT,
     RUN_OPTIONS,
+    SYNC_OPTIONS,
     VIA,
     click_options,
     host_command_class,
@@ -424,6 +425,31 @@ def get(args: tuple[str, ...], **kw: Any) -> int:
     from tether.cli.transfer import get_main
 
     return get_main(args, _transfer_opts(kw))
+
+
+@cli.command(context_settings={"allow_interspersed_args": True})
+@click_options((*CONNECT_OPTIONS, KEEPALIVE, *SYNC_OPTIONS))
+@fleet_options(run=False)
+@click.argument("args", nargs=-1, required=True, metavar="SRC... DEST")
+def sync(args: tuple[str, ...], **values: Any) -> int:
+    """Make DEST hold what SRC holds, sending only what changed (rsync's job).
+
+    Push: SRC... HOST:DEST. Pull: HOST:SRC... DEST. SRC/ (a trailing slash) syncs the contents
+    of SRC into DEST; SRC syncs the directory itself, into DEST/NAME. Files whose size and
+    mtime (with -c: content hash) match are skipped; large changed files travel as deltas
+    against the old copy; every file is verified (BLAKE3), made durable and moved into place
+    atomically. Modes, mtimes and symlinks are kept.
+
+    HOST may name several hosts (a,b, @group, @all, an inventory name) for a push: each gets
+    the same tree, with a per-host summary. Exit status: 0 when everything is in sync, 1 if
+    something failed or a source file changed while it was read (run again), 255 if a host
+    could not be reached.
+    """
+    from tether.cli.sync import sync_main
+
+    if len(args) < 2:
+        raise click.UsageError("give at least one SRC and a DEST")
+    return sync_main(list(args[:-1]), args[-1], values)
 
 
 @cli.command()

@@ -142,6 +142,33 @@ RUN_OPTIONS = (
 )
 
 
+# ``tether sync``'s own options (with CONNECT_OPTIONS and KEEPALIVE; fleet ones in cli/main.py).
+SYNC_OPTIONS = (
+    Option(("-n", "--dry-run"), "dry_run", FLAG,
+           help="Print what would change, one line per entry, and change nothing."),
+    Option(("--delete",), "delete", FLAG,
+           help="Remove entries under DEST that the sources do not have (after the transfer; "
+                "excluded entries are kept)."),
+    Option(("--exclude",), "exclude", MULTI, metavar="PATTERN",
+           help="Leave out what matches PATTERN (gitignore syntax)."),
+    Option(("--include",), "include", MULTI, metavar="PATTERN",
+           help="Keep what matches PATTERN even if an exclude matched it (a gitignore '!' "
+                "line; includes come after excludes)."),
+    Option(("--exclude-from",), "exclude_from", MULTI, metavar="FILE",
+           help="Read exclude patterns from FILE (a .gitignore file; '!' lines include)."),
+    Option(("-c", "--checksum"), "checksum", FLAG,
+           help="Compare content hashes (BLAKE3) instead of size and modification time."),
+    Option(("--safe-links",), "safe_links", FLAG,
+           help="Skip symlinks that point outside the tree instead of refusing them."),
+    Option(("-v", "--verbose"), "verbose", FLAG,
+           help="Print what changed, one line per entry (as --dry-run does)."),
+    Option(("--json",), "as_json", FLAG,
+           help="Print one JSON object: sent, skipped, deleted, bytes_sent, bytes_matched, "
+                "seconds, entries."),
+    Option(("--progress",), "progress", FLAG, help="Show progress even when not a terminal."),
+)
+
+
 def run_options(values: dict[str, Any], host: str, command: Sequence[str]) -> RunOptions | None:
     """``run``'s parsed values as RunOptions (both parsers end here); None if an ``--env``
     item is not ``K=V`` (the caller words that usage error)."""
@@ -365,6 +392,6 @@ def host_command_class() -> Any:
 
 
 __all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "FORWARD_OPTIONS", "KEEPALIVE",
-           "LISTEN_PORT", "MUX_OPTIONS", "PORT", "RUN_OPTIONS", "VIA", "Option", "click_options",
-           "fast_parse", "host_command_class", "identity_name", "run_options",
+           "LISTEN_PORT", "MUX_OPTIONS", "PORT", "RUN_OPTIONS", "SYNC_OPTIONS", "VIA", "Option",
+           "click_options", "fast_parse", "host_command_class", "identity_name", "run_options",
            "split_host_command"]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.client.core import REFUSALS, ClientCore, ExitInfo, check_plaintext
 from tether.client.deadline import TLS, WELCOME, Deadline
+from tether.client.forwarding_api import Forwarding
 from tether.client.options import Confirm, ConnectOptions, options_of
 from tether.client.process import (
     STDERR,
@@ -54,17 +55,17 @@ from tether.net.translate import connecting, translated
 from tether.protocol import Data, Message, Role, Shell
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
-    from tether.client.forward import Forwarder
     from tether.client.shells import LineShell, ShellProcess
     from tether.client.transfer_base import Progress, TransferResult
+    from tether.syncing.common import Progress as SyncProgress
+    from tether.syncing.common import SyncResult
 
 T = TypeVar("T")
 _ExitInfo = ExitInfo  # the name Process.wait()'s result had before it was public
 
 
-class Connection:
+class Connection(Forwarding):
     """An authenticated connection to one tether server."""
 
     def __init__(self, framed: FramedConnection, info: ServerInfo,
@@ -262,52 +263,6 @@ class Connection:
             opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
         )
 
-    # --- forwarding (client/forward.py) -------------------------------------------------------
-
-    async def forward_local(self, listen_port: int, dest_host: str = "", dest_port: int = 0, *,
-                            listen_host: str = "127.0.0.1", listen_path: str = "",
-                            dest_path: str = "", report: Callable[[str], None] | None = None
-                            ) -> Forwarder:
-        """ssh ``-L``: listen here (``listen_port`` 0: any free port, see ``.port``); each
-        connection goes to ``dest_host:dest_port`` (or ``dest_path``) as the server sees it.
-        ``report`` hears one line per failed connection. Close the result to stop."""
-        from tether.client import forward
-
-        return await forward.forward_local(self, listen_host, listen_port, dest_host,
-                                           dest_port, listen_path=listen_path,
-                                           dest_path=dest_path, report=report)
-
-    async def forward_remote(self, listen_port: int, dest_host: str = "", dest_port: int = 0,
-                             *, listen_host: str = "", listen_path: str = "",
-                             dest_path: str = "", report: Callable[[str], None] | None = None
-                             ) -> Forwarder:
-        """ssh ``-R``: listen on the server (loopback unless it allows more; ``listen_port``
-        0: the server chooses, see ``.port``); each connection comes back to
-        ``dest_host:dest_port`` (or ``dest_path``) as this machine sees it."""
-        from tether.client import forward
-
-        return await forward.forward_remote(self, listen_host, listen_port, dest_host,
-                                            dest_port, listen_path=listen_path,
-                                            dest_path=dest_path, report=report)
-
-    async def forward_socks(self, listen_port: int, *, listen_host: str = "127.0.0.1",
-                            listen_path: str = "", report: Callable[[str], None] | None = None
-                            ) -> Forwarder:
-        """ssh ``-D``: a SOCKS5 proxy here; connections leave from the server, which resolves
-        the names."""
-        from tether.client import forward
-
-        return await forward.forward_socks(self, listen_host, listen_port,
-                                           listen_path=listen_path, report=report)
-
-    async def open_connection(self, host: str = "", port: int = 0, *, path: str = ""
-                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A stream pair to ``host:port`` (or the Unix socket ``path``) as the server sees
-        it, like :func:`asyncio.open_connection`; a refusal raises RemoteError."""
-        from tether.client import forward
-
-        return await forward.open_connection(self, host, port, path=path)
-
     async def wait_closed(self) -> None:
         """Wait until the connection ends; raise why, unless :meth:`close` ended it."""
         try:
@@ -317,6 +272,39 @@ class Connection:
                 raise  # we were cancelled (Ctrl-C), not the connection
         if self._failure is not None and not isinstance(self._failure, ConnectionClosed):
             raise self._failure
+
+    async def sync(
+        self,
+        src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        dest: str | os.PathLike[str],
+        *,
+        pull: bool = False,
+        checksum: bool = False,
+        delete: bool = False,
+        dry_run: bool = False,
+        exclude: Sequence[str] = (),
+        include: Sequence[str] = (),
+        exclude_from: Sequence[str | os.PathLike[str]] = (),
+        safe_links: bool = False,
+        progress: SyncProgress | None = None,
+    ) -> SyncResult:
+        """Make ``dest`` hold what ``src`` holds, sending only what differs (rsync's job).
+
+        A push (the default): ``src`` are local paths, ``dest`` a path on the server; with
+        ``pull`` ``src`` are server paths and ``dest`` is local. ``SRC/`` syncs the contents
+        of SRC, ``SRC`` the directory itself under its name. Returns what was sent, skipped,
+        deleted and reused (``SyncResult``; in a dry run, what would be)."""
+        from tether.client import syncs
+        from tether.syncing.common import SyncOptions
+
+        sources = [os.fspath(src)] if isinstance(src, str | os.PathLike) else [
+            os.fspath(s) for s in src]
+        opts = SyncOptions(checksum=checksum, delete=delete, dry_run=dry_run,
+                           safe_links=safe_links, filters=tuple(syncs.filter_lines(
+                               list(exclude), list(include),
+                               [os.fspath(p) for p in exclude_from])))
+        run = syncs.pull if pull else syncs.push
+        return await run(self, sources, os.fspath(dest), opts, progress)
 
     async def close(self) -> None:
         self._reader.cancel()

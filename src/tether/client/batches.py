@@ -170,16 +170,19 @@ async def _receive(handle: StreamHandle, places: list[tuple[int, str, str]], lab
     receiver = BatchReceiver(targets, force=opts.force, rename=opts.rename, on_stored=stored,
                              too_much=SourceChanged)
     opts.progress.file_started(label, total, 0)
-    while True:
-        event = await handle.next()
-        if isinstance(event, Done):
-            break
-        assert isinstance(event, Data)  # the fetch table allows nothing else after files
-        receiver.feed(event.data)
-        opts.progress.advanced(label, len(event.data))
-    if not receiver.complete:
-        raise SourceChanged(f"{posixpath.dirname(targets[0].shown)}: {receiver.received} of "
-                            f"{receiver.expected} bytes of a batch arrived")
-    receiver.finish()
+    try:
+        while True:
+            event = await handle.next()
+            if isinstance(event, Done):
+                break
+            assert isinstance(event, Data)  # the fetch table allows nothing else after files
+            receiver.feed(event.data)
+            opts.progress.advanced(label, len(event.data))
+        if not receiver.complete:
+            raise SourceChanged(f"{posixpath.dirname(targets[0].shown)}: {receiver.received} "
+                                f"of {receiver.expected} bytes of a batch arrived")
+        receiver.finish()
+    finally:
+        receiver.close()  # what arrived whole and verified is stored, even on a failure
     opts.progress.file_done(label)
     return results

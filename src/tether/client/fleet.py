@@ -43,12 +43,14 @@ from tether.client.process import STDOUT, DecodedOutput, _feed
 from tether.client.transfer_base import TransferResult
 from tether.errors import (
     AuthError,
+    BadRequest,
     ConnectionFailed,
     HostChanged,
     HostUnknown,
     NotAuthorized,
 )
 from tether.inventory import Target, load, resolve
+from tether.syncing.common import SyncResult
 
 # HostResult.kind: why a host did not succeed (or "ok")
 OK, FAILED, TIMEOUT, UNREACHABLE, UNAUTHORIZED, UNTRUSTED, ERROR = (
@@ -75,6 +77,7 @@ class HostResult(DecodedOutput):
     duration: float = 0.0
     transfer: TransferResult | None = None
     encoding: str = "utf-8"
+    sync: SyncResult | None = None
 
     @property
     def name(self) -> str:
@@ -95,7 +98,9 @@ class HostResult(DecodedOutput):
             "ok": self.ok, "kind": self.kind, "status": self.status, "error": self.error,
             "duration": round(self.duration, 6),
         }
-        if self.transfer is not None:
+        if self.sync is not None:
+            out.update(self.sync.to_dict())
+        elif self.transfer is not None:
             out.update(files=self.transfer.file_count,
                        bytes=self.transfer.bytes,
                        resumed=[{"path": path, "at": at} for path, at in self.resumed],
@@ -300,6 +305,26 @@ class Fleet:
                 _remove_if_empty(made)  # no empty local/HOST/ for a host that sent nothing
                 raise
             result.ok, result.kind = True, OK
+
+        return await self._each(one, timeout, on_done)
+
+    async def sync(self, src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                   dest: str | os.PathLike[str], *, timeout: float | None = None,
+                   on_done: OnHostDone | None = None, **options: Any) -> FleetResult:
+        """Push the same local tree to every host at once (see :meth:`Connection.sync`; a pull
+        from several hosts would write one tree from many: use ``get``)."""
+        if options.get("pull"):
+            raise BadRequest("a sync from several hosts would merge their trees into one; "
+                             "pull from one host at a time")
+
+        async def one(conn: Connection, target: Target, result: HostResult) -> None:
+            result.sync = await conn.sync(src, dest, **options)
+            if result.sync.changed:
+                result.kind = ERROR
+                result.error = (f"{len(result.sync.changed)} files changed while being read "
+                                f"and were not stored (first: {result.sync.changed[0]})")
+            else:
+                result.ok, result.kind = True, OK
 
         return await self._each(one, timeout, on_done)
 

@@ -44,6 +44,7 @@ from tether.errors import (
 from tether.home import SIGNED_CERT, check_host, fingerprint
 from tether.net.translate import reaching, translate
 from tether.protocol.connection import CLOSED, NEED_DATA, Connection, Event
+from tether.protocol.decode import decode_message
 from tether.protocol.forwarding import Connect
 from tether.protocol.frames import (
     KIND_DATA,
@@ -64,7 +65,6 @@ from tether.protocol.messages import (
     Refused,
     Role,
     Welcome,
-    decode_message,
 )
 
 PEERCRED = struct.Struct("3i")  # pid, uid, gid

@@ -45,6 +45,7 @@ from enum import Enum, auto
 from time import monotonic
 
 from tether.errors import LocalProtocolError, RemoteProtocolError
+from tether.protocol.decode import decode_message
 from tether.protocol.frames import (
     KIND_DATA,
     MAX_BODY,
@@ -64,7 +65,6 @@ from tether.protocol.messages import (
     Refused,
     Role,
     Welcome,
-    decode_message,
 )
 from tether.protocol.streams import OPERATIONS, Operation
 from tether.protocol.window import INITIAL_WINDOW as INITIAL_WINDOW
@@ -100,9 +100,9 @@ class State(Enum):
 class _Stream:
     """One open stream: its operation, both halves' states (streams.py) and its windows."""
 
-    __slots__ = ("local_channels", "local_eof", "local_final", "local_state", "op", "recv",
-                 "remote_channels", "remote_eof", "remote_final", "remote_state", "request",
-                 "send_credit")
+    __slots__ = ("local_asks", "local_channels", "local_eof", "local_final", "local_state",
+                 "op", "recv", "remote_asks", "remote_channels", "remote_eof", "remote_final",
+                 "remote_state", "request", "send_credit")
 
     def __init__(self, request: Message, local: Role) -> None:
         self.op: Operation = OPERATIONS[request.TYPE]
@@ -119,6 +119,32 @@ class _Stream:
         self.remote_final = False
         self.local_eof: set[int] = set()  # channels ended by eof (for clearer errors)
         self.remote_eof: set[int] = set()
+        self.local_asks = 0  # our window requests (sync_list) the peer has not answered
+        self.remote_asks = 0  # the peer's that we have not answered
+
+
+def _asks(stream: _Stream, msg: Message, local: bool, error: type[Exception]) -> None:
+    """The operation's request window (streams.py, rule 6): ``local`` says we send ``msg``.
+    A receiver enforces it on what it receives: more requests than the window, unanswered by
+    its own answers, is a protocol error; a sender may not exceed it either. (An answer that
+    answers nothing is the application's to refuse: it knows what it asked.)"""
+    window = stream.op.window
+    if window is None:
+        return
+    request, answer, limit = window
+    if request == msg.TYPE:
+        asks = (stream.local_asks if local else stream.remote_asks) + 1
+        if asks > limit:
+            raise error(f"more than {limit} {request} messages unanswered by {answer}")
+        if local:
+            stream.local_asks = asks
+        else:
+            stream.remote_asks = asks
+    elif answer == msg.TYPE:
+        if local:
+            stream.remote_asks = max(stream.remote_asks - 1, 0)
+        else:
+            stream.local_asks = max(stream.local_asks - 1, 0)
 
 
 def _an(word: str) -> str:
@@ -208,6 +234,7 @@ class Connection:
             return msg if reason is None else Refused(msg.stream, msg, reason)
         stream = self._known(msg.stream)
         after = self._move(stream, peer, stream.remote_state, msg, RemoteProtocolError)
+        _asks(stream, msg, False, RemoteProtocolError)
         if isinstance(msg, Credit) and (
                 not 0 < msg.size <= MAX_CREDIT or stream.send_credit + msg.size > MAX_CREDIT):
             raise RemoteProtocolError(f"credit of {msg.size} is out of range")
@@ -384,6 +411,7 @@ class Connection:
         if stream is None or stream.local_final:
             raise LocalProtocolError(f"stream {msg.stream} is not open for sending")
         after = self._move(stream, self.role, stream.local_state, msg, LocalProtocolError)
+        _asks(stream, msg, True, LocalProtocolError)
         if isinstance(msg, Credit):
             self._grant(stream, msg.size)
         elif isinstance(msg, Eof):

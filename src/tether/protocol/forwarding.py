@@ -15,7 +15,7 @@ announced, not opened by the server. The value checks here are the messages' own
 (:meth:`Message.problem`); what a server permits is its policy (server/forward.py).
 """
 
-from tether.protocol.messages import CLIENT, SERVER, Message, register
+from tether.protocol.messages import CLIENT, REGISTRY, SERVER, Message
 
 MAX_HOST = 255  # characters of a host name or address (DNS's limit)
 MAX_SOCKET_PATH = 107  # bytes of a Unix socket path (sun_path less its NUL)
@@ -135,6 +135,7 @@ class Incoming(Message):
         return None
 
 
-register(Connect, Connected, Listen, Listening, Incoming)
+FORWARD_MESSAGES = (Connect, Connected, Listen, Listening, Incoming)
+REGISTRY.update({cls.TYPE: cls for cls in FORWARD_MESSAGES})  # the decoder imports this module
 
 __all__ = ["Connect", "Connected", "Incoming", "Listen", "Listening"]

@@ -116,13 +116,16 @@ def _finite_float(text: str) -> float:
 
 def _depth(value: Any) -> int:
     """Nesting depth of a decoded JSON value, iteratively (no recursion for a hostile input)."""
+    if not isinstance(value, dict | list):
+        return 0
     deepest, todo = 0, [(value, 1)]
-    while todo:
+    while todo:  # only containers are queued: a long list of scalars costs one C-level scan
         item, level = todo.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            todo.extend((child, level + 1) for child in children)
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item
+        nested = [child for child in children if isinstance(child, dict | list)]
+        if nested:
+            todo.extend((child, level + 1) for child in nested)
     return deepest
 
 

@@ -4,23 +4,21 @@ Each message class names its wire type (``TYPE``, the header's ``"t"``), which r
 (``SENDERS``) and whether it lives on stream 0 (``CONNECTION``). The header is generated from the
 record's fields; decoding checks every field's type against the annotation, so a handler never
 sees a wrong type. :data:`REGISTRY` is the explicit allow-list from wire type to class: nothing
-else is ever looked up by a peer-supplied name.
+else is ever looked up by a peer-supplied name (the ``sync`` messages, in sync_messages.py,
+add themselves to it; the decoder imports that module).
 
 Messages are :class:`~tether.protocol.records.Record` classes rather than dataclasses, and this
 module imports neither ``typing`` nor ``dataclasses``: it is on the path of every ``tether run``
 (see records.py for what that saves). It does not use postponed annotations, so each field's
-annotation is a real type from which :func:`_checker` builds the decoder's type check once.
+annotation is a real type from which :mod:`tether.protocol.decode` builds the type check once.
 """
 
-import types
 from enum import Enum
 
-from tether.errors import RemoteProtocolError
-from tether.protocol.records import Field, Record, Value, field, init
+from tether.protocol.records import Record, Value, field, init
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any, ClassVar
 
 
@@ -395,7 +393,7 @@ class Batch(Message):
     rename: bool = False
 
     def problem(self, request: "Message | None") -> "str | None":
-        return _batch_problem(len(self.names), self.sizes, self.modes, self.mtimes,
+        return batch_problem(len(self.names), self.sizes, self.modes, self.mtimes,
                               self.hashes)
 
 
@@ -427,11 +425,11 @@ class Files(Message):
 
     def problem(self, request: "Message | None") -> "str | None":
         count = len(request.names) if isinstance(request, Fetch) else len(self.sizes)
-        problem = _batch_problem(count, self.sizes, self.modes, self.mtimes, self.hashes)
+        problem = batch_problem(count, self.sizes, self.modes, self.mtimes, self.hashes)
         return None if problem is None else f"the server's answer to a fetch: {problem}"
 
 
-def _batch_problem(count: int, sizes: list[int], *lists: "list[int] | list[str]"
+def batch_problem(count: int, sizes: list[int], *lists: "list[int] | list[str]"
                    ) -> "str | None":
     """A batch's per-file lists agree in length and respect the caps (PROTOCOL.md, "Batches")."""
     if len(sizes) != count or any(len(values) != count for values in lists):
@@ -524,74 +522,3 @@ class Refused(Value):
         init(self, "stream", stream)
         init(self, "request", request)
         init(self, "reason", reason)
-
-
-# --- decoding ---------------------------------------------------------------------------------
-
-
-def _checker(hint: object) -> "Callable[[Any], bool]":
-    """A function telling whether a decoded JSON value has the annotated type ``hint``."""
-    if isinstance(hint, types.UnionType):
-        options = [_checker(arg) for arg in hint.__args__]
-        return lambda value: any(check(value) for check in options)
-    if hint is type(None):
-        return lambda value: value is None
-    if hint is bool:
-        return lambda value: isinstance(value, bool)
-    if hint is int:
-        return lambda value: isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return lambda value: isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return lambda value: isinstance(value, str)
-    origin = getattr(hint, "__origin__", None)
-    if origin is list:
-        item = _checker(hint.__args__[0])  # type: ignore[attr-defined]
-        return lambda value: isinstance(value, list) and all(item(v) for v in value)
-    if origin is dict:
-        key, item = (_checker(arg) for arg in hint.__args__)  # type: ignore[attr-defined]
-        return lambda value: isinstance(value, dict) and all(
-            key(k) and item(v) for k, v in value.items()
-        )
-    raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this module, not the peer
-
-
-# Per message class: each header field (not ``stream``) with its type check, built at import
-# (cheap: a few closures per field, no code generation).
-_SCHEMA: "dict[type[Message], dict[str, tuple[Field, Callable[[Any], bool]]]]" = {
-    cls: {f.name: (f, _checker(f.type)) for f in cls.FIELDS if f.name != "stream"}
-    for cls in REGISTRY.values()
-}
-
-
-def register(*classes: "type[Message]") -> None:
-    """Add message classes defined in another module (protocol/forwarding.py) to
-    :data:`REGISTRY`, with their decoders; done once, when that module is imported (the
-    package's ``__init__`` imports it, so no connection ever lacks them)."""
-    for cls in classes:
-        REGISTRY[cls.TYPE] = cls
-        _SCHEMA[cls] = {f.name: (f, _checker(f.type)) for f in cls.FIELDS if f.name != "stream"}
-
-
-def decode_message(header: "dict[str, Any]", stream: int) -> Message:
-    """Build the message a header describes, or raise RemoteProtocolError saying what is wrong."""
-    kind = header.get("t")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError('header has no string "t" (message type)')
-    cls = REGISTRY.get(kind)
-    if cls is None:
-        raise RemoteProtocolError(f"unknown message type {kind[:40]!r}")
-    schema = _SCHEMA[cls]
-    values = {}
-    for name, value in header.items():
-        known = schema.get(name)
-        if known is None:
-            continue  # "t", and unknown fields: ignored, so later versions can add optional ones
-        if not known[1](value):
-            raise RemoteProtocolError(f"{kind}: field {name!r} has the wrong type")
-        values[name] = value
-    if len(values) < len(schema):
-        for name, (spec, _) in schema.items():
-            if name not in values and spec.required:
-                raise RemoteProtocolError(f"{kind}: missing field {name!r}")
-    return cls(stream=stream, **values)

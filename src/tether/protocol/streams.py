@@ -1,11 +1,11 @@
 """Per-operation stream rules: one transition table per opening message, in one place.
 
 A stream is one operation, named by the message that opened it (``exec``, ``shell``, ``put``,
-``get``, ``list``, ``batch``, ``fetch``, ``connect``, ``listen``). Each side of a stream has
-a *half*: what the client has sent on it and what the server has sent on it. The two halves
-move independently (the two directions of a connection are independent), and each half moves
-only on its own sender's frames, so both peers always agree on both halves without waiting for
-each other.
+``get``, ``list``, ``batch``, ``fetch``, ``sync``, ``connect``, ``listen``). Each side of a
+stream has a *half*: what the client has sent on it and what the server has sent on it. The two
+halves move independently (the two directions of a connection are independent), and each half
+moves only on its own sender's frames, so both peers always agree on both halves without waiting
+for each other.
 
 The rules (docs/PROTOCOL.md, "Streams" and "Operations", is the normative text):
 
@@ -30,6 +30,7 @@ precomputed per state, so bulk data costs no table lookup.
 from __future__ import annotations
 
 from tether.protocol.messages import Message, Role
+from tether.protocol.sync_messages import LIST_WINDOW
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,12 +49,14 @@ Half = dict[str, dict[str, str]]
 class Operation:
     """The rules of one kind of stream: its two halves' tables and first states."""
 
-    __slots__ = ("data", "first", "moves", "name", "states")
+    __slots__ = ("data", "first", "moves", "name", "states", "window")
 
     def __init__(self, name: str, first: Callable[[Message], tuple[str, str]],
                  client: Half, server: Half, client_data: dict[str, frozenset[int]],
-                 server_data: dict[str, frozenset[int]]) -> None:
+                 server_data: dict[str, frozenset[int]],
+                 window: tuple[str, str, int] | None = None) -> None:
         self.name = name
+        self.window = window  # (request type, answer type, most requests unanswered)
         self.first = first  # the opener -> (client's first state, server's first state)
         self.moves: dict[tuple[Role, str, str], str] = {}
         self.data: dict[tuple[Role, str], frozenset[int]] = {}
@@ -233,8 +236,39 @@ LISTEN = Operation(
 )
 
 
+# --- sync -------------------------------------------------------------------------------------
+# The source (the client in a push, the server in a pull) lists its tree in sync_lists, each
+# answered by the destination's sync_want (plus signatures as DATA), and sends the wanted files
+# (sync_file, DATA, sync_commit; or sync_batch and DATA) as the answers come. A pushing client
+# ends with sync_sent; the server's final message is done.
+
+_SOURCE = {"listing": _same("sync_list", "sync_file", "sync_commit", "sync_batch", "credit",
+                            sync_listed="sending"),
+           "sending": _same("sync_file", "sync_commit", "sync_batch", "credit")}
+_CONTENT = frozenset({0})
+
+
+def _sync_first(msg: Message) -> tuple[str, str]:
+    return ("listing", "answering") if getattr(msg, "push", True) else ("answering", "listing")
+
+
+SYNC = Operation(
+    "sync", _sync_first,
+    client=_half({**_SOURCE,
+                  "sending": {**_SOURCE["sending"], "sync_sent": "sent"},
+                  "sent": {},
+                  "answering": _same("sync_want", "credit")}),
+    server=_half({"answering": _same("sync_want", "sync_deleted", "credit", done=ENDED),
+                  **_SOURCE,
+                  "sending": {**_SOURCE["sending"], "done": ENDED}}),
+    client_data={"listing": _CONTENT, "sending": _CONTENT, "answering": _CONTENT},
+    server_data={"listing": _CONTENT, "sending": _CONTENT, "answering": _CONTENT},
+    window=("sync_list", "sync_want", LIST_WINDOW),
+)
+
+
 OPERATIONS: dict[str, Operation] = {
-    op.name: op for op in (EXEC, SHELL, PUT, GET, LIST, BATCH, FETCH, CONNECT, LISTEN)
+    op.name: op for op in (EXEC, SHELL, PUT, GET, LIST, BATCH, FETCH, SYNC, CONNECT, LISTEN)
 }
 
 

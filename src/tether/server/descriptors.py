@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from tether.errors import Busy
 
@@ -32,6 +33,9 @@ COSTS = {
     "list": 1,  # its top; each level it enters takes LIST_LEVEL more
     "connect": 1,  # the socket to its destination
     "listen": 1,  # the listening socket (connections waiting on it: MAX_PENDING, closed soon)
+    # its root, the tree's cached directories (8), a file's partial, directory and old copy,
+    # a file being read, and the directories of a durable group (at most 16)
+    "sync": 29,
 }
 LIST_LEVEL = 2  # a directory of a listing and its scandir (which holds a duplicate)
 
@@ -111,3 +115,12 @@ class Holder:
     def give_all(self) -> None:
         for stream in list(self.by_stream):
             self.give(stream)
+
+    def for_stream(self, stream: int) -> Callable[[int], None]:
+        """What a listing tells of the descriptors its levels take (+) and give back (-)."""
+        def hold(count: int) -> None:
+            if count > 0:
+                self.take(stream, count)
+            else:
+                self.give(stream, -count)
+        return hold

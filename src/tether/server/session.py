@@ -57,6 +57,7 @@ from tether.protocol import (
     Welcome,
 )
 from tether.protocol.ranges import problem
+from tether.protocol.sync_messages import Sync
 from tether.server.batch import FETCHES_AT_ONCE, BatchPut, send_batch
 from tether.server.buffers import Meter
 from tether.server.context import Peer, SessionContext
@@ -75,6 +76,7 @@ from tether.server.streamkit import as_remote as _as_remote
 from tether.server.streamkit import identity_fields as _identity_fields
 from tether.server.streamkit import request_fields as _request
 from tether.server.streamkit import sendable as _sendable
+from tether.server.sync import SYNC_MESSAGES, SyncStream, run_sync
 from tether.server.transfer import PutTransfer, send_file, send_listing
 from tether.server.trust import account_home
 from tether.storage.area import FileArea
@@ -398,6 +400,16 @@ class Session:
         async with self.fetch_slots, self.context.fetches.hold(self.peer.fingerprint):
             yield
 
+    async def _on_sync(self, msg: Sync) -> None:
+        """A push needs put, a pull get; the side reads the stream from a bounded queue."""
+        try:
+            area = self._area(self._check_open("put" if msg.push else "get", msg.stream, "sync"))
+        except RemoteError as exc:
+            self._end_stream(msg.stream, exc, _request(msg))
+            return
+        handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream)
+        handler.task = self._spawn(self._until_done(msg.stream, run_sync(handler, msg, area)))
+
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",
                          lambda area: send_file(self.conn, msg.stream, msg, area,
@@ -405,8 +417,9 @@ class Session:
 
     async def _on_list(self, msg: List) -> None:
         self._start_task(msg, "get", "list",
-                         lambda area: send_listing(self.conn, msg.stream, msg, area,
-                                                   self.list_slots, self._holder(msg.stream)))
+                         lambda area: send_listing(
+                             self.conn, msg.stream, msg, area, self.list_slots,
+                             self.held.for_stream(msg.stream)))
 
     async def _on_forward(self, msg: Connect | Listen) -> None:
         """A forwarded connection or a listener (server/forward.py), run in a task."""
@@ -419,15 +432,6 @@ class Session:
             return
         self.streams[msg.stream] = handler
         handler.task = self._spawn(self._until_done(msg.stream, handler.run()))
-
-    def _holder(self, stream: int) -> Callable[[int], None]:
-        """What a listing tells of the descriptors its levels take (+) and give back (-)."""
-        def hold(count: int) -> None:
-            if count > 0:
-                self.held.take(stream, count)
-            else:
-                self.held.give(stream, -count)
-        return hold
 
     async def _offload(self, fn: Callable[..., Any], *args: Any,
                        cleanup: Callable[[Any], object] | None = None) -> Any:
@@ -572,6 +576,8 @@ class Session:
         Begin: _on_stream_message,
         Commit: _on_stream_message,
         Resize: _on_stream_message,
+        Sync: _on_sync,
+        **dict.fromkeys(SYNC_MESSAGES, _on_stream_message),
         Close: _on_close,
         Error: _on_error,
     }

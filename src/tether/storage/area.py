@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.errors import AlreadyExists, SourceChanged, UnsafePath
+from tether.errors import AlreadyExists, NotFound, SourceChanged, UnsafePath
 from tether.protocol.messages import MAX_BYTES
 from tether.storage.batch import BatchReceiver, DirCache, Stored, Target
 from tether.storage.errors import disk_error
@@ -302,6 +302,54 @@ class FileArea:
                                  dirs=dirs)
         except BaseException:
             dirs.close()
+            raise
+
+    # --- sync ----------------------------------------------------------------------------------
+
+    def sync_dest(self, path: str, single: str | None, *, create: bool) -> tuple[int, str | None]:
+        """The root a sync stores into: (directory fd, the name a ``single`` file takes there)
+        by put's rule; else (the fd of ``path``, created if missing when ``create``; -1 when
+        it is missing in a dry run, None)."""
+        if single is not None:
+            dir_fd, name, _ = self.put_target(path, single)
+            return dir_fd, name
+        dir_fd, last = self.resolve(path)
+        if last is None:
+            return dir_fd, None
+        try:
+            if create:
+                try:
+                    os.mkdir(last, 0o755, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise disk_error(exc, path) from exc
+            try:
+                return self.open_at(dir_fd, last, DIR_FLAGS, path), None
+            except NotFound:
+                if create:
+                    raise
+                return -1, None
+        finally:
+            os.close(dir_fd)
+
+    def sync_source(self, path: str) -> tuple[int, str | None]:
+        """What a pull lists at ``path``: (its directory fd, None), or for a regular file
+        (the fd of the directory holding it, its name)."""
+        dir_fd, last = self.resolve(path)
+        if last is None:
+            return dir_fd, None
+        try:
+            if self.is_dir(dir_fd, last):
+                fd = self.open_at(dir_fd, last, DIR_FLAGS, path)
+                os.close(dir_fd)
+                return fd, None
+            st = self._lstat(dir_fd, last, path)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePath(f"{path} is not a regular file or a directory")
+            return dir_fd, last
+        except BaseException:
+            os.close(dir_fd)
             raise
 
     # --- get -----------------------------------------------------------------------------------

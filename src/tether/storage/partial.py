@@ -149,9 +149,10 @@ class PartialFile:
         return digest(self.hasher)
 
     def commit(self, expected: str, mode: int | None, mtime_ns: int | None, *, force: bool,
-               rename: bool) -> str:
-        """Verify, make durable and move into place; returns the name it was stored under."""
-        if expected != self.hash:
+               rename: bool, actual: str | None = None) -> str:
+        """Verify, make durable and move into place; returns the name it was stored under.
+        ``actual``: the hash of a file built other than by :meth:`write` (a delta's)."""
+        if expected != (self.hash if actual is None else actual):
             self.discard()
             raise IntegrityError(
                 f"{self.name}: data does not match the sender's hash; nothing was stored"

@@ -1,0 +1,282 @@
+"""Deltas for large changed files (docs/PROTOCOL.md, "Sync"): the destination describes its old
+copy as content-defined chunks (FastCDC), the source finds which of its own chunks the
+destination already has and sends only the rest, and the destination builds the new file from
+copies of its old one (``copy_file_range`` where the file system allows) and literal bytes.
+
+Why content-defined chunks rather than rsync's rolling checksum: a chunk boundary depends only on
+the bytes just before it, so an insertion, a deletion or shifted content changes only the chunks
+it touches, and both ends cut a 1 GiB file in about half a second with the compiled ``fastcdc``
+(the sender needs no per-byte rolling search). Files are read with ``pread`` in windows, never
+mapped: a file truncated under a mapping would kill the process with SIGBUS.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import blake3
+
+from tether.errors import BadRequest, SourceChanged
+from tether.storage.errors import disk_error
+from tether.storage.source import HASH_NAME
+
+CDC_MIN = 16 * 1024
+CDC_AVG = 64 * 1024
+CDC_MAX = 256 * 1024
+DELTA_MIN = 256 * 1024  # files at least this large (at both ends) travel as deltas
+SIG_RECORD = 20  # bytes per chunk in a signature: length (4) + BLAKE3 prefix (16)
+MAX_LITERAL = 1024 * 1024
+WINDOW = 32 * 1024 * 1024  # bytes read at once while chunking
+COPY = b"C"
+LITERAL = b"L"
+_COPY = struct.Struct(">QQ")
+_LEN = struct.Struct(">I")
+_SIG = struct.Struct(">I16s")
+
+Op = tuple[bytes, int, int]  # (COPY, old offset, length) or (LITERAL, new offset, length)
+
+
+def _cdc() -> Callable[..., Iterator[Any]]:
+    from fastcdc.fastcdc_cy import fastcdc_cy  # type: ignore[import-untyped]  # compiled
+
+    return fastcdc_cy  # type: ignore[no-any-return]
+
+
+def chunks(fd: int, size: int, shown: str) -> Iterator[tuple[int, memoryview]]:
+    """(offset, bytes) of each content-defined chunk of the first ``size`` bytes of ``fd``,
+    cut exactly as if the whole file were chunked at once (a window's last chunk is cut again
+    with the bytes after it). SourceChanged if the file ends early."""
+    cdc = _cdc()
+    pos = 0
+    while pos < size:
+        end = min(pos + WINDOW, size)
+        window = _pread(fd, pos, end - pos, shown)
+        view = memoryview(window)
+        found = list(cdc(view, CDC_MIN, CDC_AVG, CDC_MAX, False, None))
+        if end < size and len(found) > 1:
+            found.pop()  # cut again from its start with the following bytes
+        for chunk in found:
+            yield pos + chunk.offset, view[chunk.offset:chunk.offset + chunk.length]
+        pos += found[-1].offset + found[-1].length
+
+
+def _pread(fd: int, offset: int, length: int, shown: str) -> bytes:
+    parts, got = [], 0
+    while got < length:
+        try:
+            piece = os.pread(fd, length - got, offset + got)
+        except OSError as exc:
+            raise disk_error(exc, shown, "read") from exc
+        if not piece:
+            raise SourceChanged(f"{shown} shrank while it was being read")
+        parts.append(piece)
+        got += len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _key(data: memoryview) -> bytes:
+    return blake3.blake3(data).digest()[:16]
+
+
+def signature(fd: int, size: int, shown: str) -> bytes:
+    """The signature of the old copy: per chunk, its length and a 16-byte hash."""
+    out = bytearray()
+    for _, data in chunks(fd, size, shown):
+        out += _SIG.pack(len(data), _key(data))
+    return bytes(out)
+
+
+def parse_signature(sig: bytes | bytearray) -> dict[bytes, tuple[int, int]]:
+    """chunk hash -> (offset, length) in the old copy, from a peer's signature (checked)."""
+    if len(sig) % SIG_RECORD:
+        raise BadRequest(f"a signature of {len(sig)} bytes is not whole records")
+    index: dict[bytes, tuple[int, int]] = {}
+    offset = 0
+    for length, key in _SIG.iter_unpack(sig):
+        if not 0 < length <= CDC_MAX:
+            raise BadRequest(f"a signature names a chunk of {length} bytes")
+        index.setdefault(key, (offset, length))
+        offset += length
+    return index
+
+
+class Delta:
+    """The ops that make the new file from the old copy, with what they cost and reuse."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.matched = 0
+        self.literal = 0
+        self.hasher = blake3.blake3()
+
+    def add(self, kind: bytes, where: int, length: int) -> None:
+        if self.ops:
+            last_kind, last_where, last_length = self.ops[-1]
+            if last_kind == kind and last_where + last_length == where:
+                self.ops[-1] = (kind, last_where, last_length + length)
+                return
+        self.ops.append((kind, where, length))
+
+    @property
+    def hash(self) -> str:
+        return f"{HASH_NAME}:{self.hasher.hexdigest()}"
+
+
+def make_delta(fd: int, size: int, sig: bytes | bytearray, shown: str) -> Delta:
+    """The delta of the new file (``size`` bytes of ``fd``) against a signature; its whole-file
+    hash is computed on the way (one read of the file)."""
+    index = parse_signature(sig)
+    delta = Delta()
+    for offset, data in chunks(fd, size, shown):
+        delta.hasher.update(data)
+        found = index.get(_key(data)) if index else None
+        if found is not None and found[1] == len(data):
+            delta.add(COPY, found[0], len(data))
+            delta.matched += len(data)
+        else:
+            delta.add(LITERAL, offset, len(data))
+            delta.literal += len(data)
+    return delta
+
+
+def encode(delta: Delta, fd: int, shown: str) -> Iterator[bytes]:
+    """The delta's records, each literal read again from ``fd`` (at most 1 MiB a record)."""
+    for kind, where, length in delta.ops:
+        if kind == COPY:
+            yield COPY + _COPY.pack(where, length)
+            continue
+        pos = where
+        while pos < where + length:
+            piece = min(MAX_LITERAL, where + length - pos)
+            yield LITERAL + _LEN.pack(piece) + _pread(fd, pos, piece, shown)
+            pos += piece
+
+
+class Builder:
+    """Applies delta records, as they arrive in DATA, to a partial file: copies from the old
+    copy (``basis_fd`` of ``basis_size`` bytes), literals written as they come. Every record is
+    checked: nothing outside the old copy is read and nothing past ``size`` is written."""
+
+    def __init__(self, out_fd: int, basis_fd: int, basis_size: int, size: int,
+                 shown: str) -> None:
+        self.out_fd = out_fd
+        self.basis_fd = basis_fd
+        self.basis_size = basis_size
+        self.size = size
+        self.shown = shown
+        self.written = 0
+        self.matched = 0
+        self._head = bytearray()  # an incomplete record header
+        self._literal = 0  # bytes of the current literal still to come
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._literal:
+                take = view[:self._literal]
+                self._write(take)
+                self._literal -= len(take)
+                view = view[len(take):]
+                continue
+            need = self._need()
+            if len(self._head) + len(view) < need:
+                self._head += view
+                return
+            cut = need - len(self._head)
+            self._head += view[:cut]
+            view = view[cut:]
+            if len(self._head) < self._need():
+                continue  # the tag is in: now its fields
+            self._record(bytes(self._head))
+            self._head.clear()
+
+    def _need(self) -> int:
+        if not self._head:
+            return 1
+        if self._head[:1] == COPY:
+            return 1 + _COPY.size
+        if self._head[:1] == LITERAL:
+            return 1 + _LEN.size
+        raise BadRequest(f"{self.shown}: unknown delta record {bytes(self._head[:1])!r}")
+
+    def _record(self, head: bytes) -> None:
+        if head[:1] == LITERAL:
+            (length,) = _LEN.unpack(head[1:])
+            if not 0 < length <= MAX_LITERAL:
+                raise BadRequest(f"{self.shown}: a delta literal of {length} bytes")
+            self._check_room(length)
+            self._literal = length
+            return
+        if head[:1] != COPY:
+            raise BadRequest(f"{self.shown}: unknown delta record {head[:1]!r}")
+        offset, length = _COPY.unpack(head[1:])
+        if length == 0 or offset + length > self.basis_size:
+            raise BadRequest(f"{self.shown}: a delta copies bytes {offset}+{length} of an old "
+                             f"copy of {self.basis_size} bytes")
+        self._check_room(length)
+        copy_range(self.basis_fd, offset, self.out_fd, self.written, length, self.shown)
+        self.written += length
+        self.matched += length
+
+    def _check_room(self, length: int) -> None:
+        if self.written + length > self.size:
+            raise BadRequest(f"{self.shown}: the delta makes more than the announced "
+                             f"{self.size} bytes")
+
+    def _write(self, data: memoryview) -> None:
+        try:
+            while data:
+                n = os.pwrite(self.out_fd, data, self.written)
+                self.written += n
+                data = data[n:]
+        except OSError as exc:
+            raise disk_error(exc, self.shown, "write") from exc
+
+    @property
+    def complete(self) -> bool:
+        return not self._head and not self._literal and self.written == self.size
+
+
+def copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int,
+               shown: str) -> None:
+    """Copy bytes between files: ``copy_file_range`` (shared extents or an in-kernel copy),
+    else ``pread``/``pwrite``."""
+    while length:
+        try:
+            n = os.copy_file_range(src, dst, min(length, 1 << 30), src_offset, dst_offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise disk_error(exc, shown, "write") from exc
+            n = _copy_slowly(src, src_offset, dst, dst_offset, min(length, 1 << 20), shown)
+        if n == 0:
+            raise SourceChanged(f"{shown}: the old copy shrank while the new one was built")
+        src_offset += n
+        dst_offset += n
+        length -= n
+
+
+def _copy_slowly(src: int, src_offset: int, dst: int, dst_offset: int, length: int,
+                 shown: str) -> int:
+    try:
+        data = os.pread(src, length, src_offset)
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(dst, view, dst_offset + len(data) - len(view)):]
+    except OSError as exc:
+        raise disk_error(exc, shown, "write") from exc
+    return len(data)
+
+
+def file_digest(fd: int, size: int, shown: str) -> str:
+    """The BLAKE3 hash of the first ``size`` bytes of ``fd`` (a built file, checked whole)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    pos = 0
+    while pos < size:
+        piece = _pread(fd, pos, min(WINDOW, size - pos), shown)
+        hasher.update(piece)
+        pos += len(piece)
+    return f"{HASH_NAME}:{hasher.hexdigest()}"

@@ -1,0 +1,546 @@
+"""The destination side of a sync (the server in a push, the client in a pull): check every
+listed entry, compare it with what is there, make directories and symlinks at once, answer each
+list with what it wants (with signatures of the old copies that deltas will reuse), store what
+arrives — small files durable together, large ones built in their partial and verified whole —
+and, with ``--delete``, remove afterwards what the source no longer has. Nothing a peer names can
+reach outside the tree: names are checked and every walk is no-follow (docs/PROTOCOL.md, "Sync").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+
+from tether.errors import BadRequest, RemoteProtocolError, TetherError, UnsafePath
+from tether.protocol import Data, Done
+from tether.protocol.sync_messages import (
+    MAX_LIST,
+    SyncBatch,
+    SyncCommit,
+    SyncDeleted,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
+from tether.storage.batch import SMALL_FILE
+from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
+from tether.storage.durable import DurableGroup
+from tether.storage.names import link_stays_inside
+from tether.storage.partial import PartialFile
+from tether.storage.source import file_hash
+from tether.storage.tree import PART_SUFFIX, DestTree, sync_name
+from tether.syncing.common import (
+    MAX_ENTRIES,
+    RESUME_MIN,
+    Endpoint,
+    Filters,
+    NoProgress,
+    Progress,
+    SyncOptions,
+    SyncResult,
+)
+from tether.syncing.source import _first_failure
+
+# (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
+Opener = Callable[[bool, str], tuple[DestTree, str | None]]
+
+
+class Wanted:
+    """A file the destination asked for, until its content is stored."""
+
+    __slots__ = ("basis", "mode", "mtime", "name", "offset", "parts", "size")
+
+    def __init__(self, parts: list[str], name: str, size: int, mode: int, mtime: int,
+                 basis: int, offset: int) -> None:
+        self.parts, self.name, self.size, self.mode, self.mtime = parts, name, size, mode, mtime
+        self.basis = basis  # the old copy's size when a delta is asked for, else 0
+        self.offset = offset  # bytes of a kept partial offered for resuming
+
+
+class _Incoming:
+    """One file arriving (whole from an offset, or as a delta)."""
+
+    def __init__(self, tree: DestTree, want: Wanted, msg: SyncFile) -> None:
+        self.want = want
+        self.msg = msg
+        dir_fd, name = tree.parent(want.parts)
+        self.basis_fd = -1
+        self.builder: Builder | None = None
+        self.partial = PartialFile(os.dup(dir_fd), name, resume=msg.offset > 0, owns_dir=True)
+        try:
+            if msg.delta:
+                if not want.basis:
+                    raise BadRequest(f"{want.name}: a delta nobody asked for")
+                self.partial.restart()
+                self.basis_fd = tree.open_basis(want.parts)
+                self.builder = Builder(self.partial.fd, self.basis_fd, want.basis, msg.size,
+                                       want.name)
+            elif msg.offset != self.partial.offset:
+                if msg.offset:
+                    raise BadRequest(f"{want.name}: resumed at {msg.offset}, but "
+                                     f"{self.partial.offset} bytes are kept")
+                self.partial.restart()
+        except BaseException:
+            self.close(discard=True)
+            raise
+
+    def feed(self, data: bytes | bytearray) -> None:
+        if self.builder is not None:
+            self.builder.feed(data)
+            return
+        if self.partial.written + len(data) > self.msg.size:
+            raise BadRequest(f"{self.want.name}: more than the announced {self.msg.size} bytes")
+        self.partial.write(data)
+
+    def commit(self, msg: SyncCommit) -> int:
+        """Verify, make durable, move into place; the bytes reused from the old copy."""
+        actual = None
+        if self.builder is not None:
+            if not self.builder.complete:
+                raise BadRequest(f"{self.want.name}: the delta made {self.builder.written} of "
+                                 f"{self.msg.size} bytes")
+            actual = file_digest(self.partial.fd, self.msg.size, self.want.name)
+        elif self.partial.written != self.msg.size:
+            raise BadRequest(f"{self.want.name}: {self.partial.written} of {self.msg.size} "
+                             f"bytes arrived")
+        self.partial.commit(msg.hash, self.want.mode, self.want.mtime, force=True, rename=False,
+                            actual=actual)
+        return self.builder.matched if self.builder is not None else 0
+
+    def close(self, discard: bool = False) -> None:
+        if self.basis_fd >= 0:
+            os.close(self.basis_fd)
+            self.basis_fd = -1
+        if discard or (self.builder is not None and self.partial.fd >= 0):
+            self.partial.discard()  # a half-built delta is not worth resuming
+        self.partial.close()
+
+
+class _BatchIn:
+    """A sync_batch's DATA, split into its files as each one completes (no copy of the rest:
+    a batch is at most 4 MiB, and its files are cut out by offset)."""
+
+    def __init__(self, msg: SyncBatch) -> None:
+        self.items = list(zip(msg.indices, msg.sizes, msg.hashes, strict=True))
+        self.expected = sum(msg.sizes)
+        self.buf = bytearray()
+        self.pos = 0  # where the next file starts in buf
+        self.next = 0  # the next item
+
+    @property
+    def complete(self) -> bool:
+        return self.next >= len(self.items)
+
+    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes | memoryview, str]]:
+        """The files ``data`` completed: (index, content, hash). A batch that arrives in one
+        DATA frame (the usual case: a sender's batches fit one) is cut without a copy."""
+        if len(self.buf) + len(data) > self.expected:
+            raise RemoteProtocolError("more data than a sync_batch announced")
+        if not self.buf and len(data) == self.expected:
+            view = memoryview(data)
+            return [self._take(view) for _ in range(len(self.items) - self.next)]
+        self.buf += data
+        done: list[tuple[int, bytes | memoryview, str]] = []
+        with memoryview(self.buf) as view:  # released before the buffer grows again
+            while self.next < len(self.items) and len(self.buf) - self.pos >= (
+                    self.items[self.next][1]):
+                index, content, hash_ = self._take(view)
+                done.append((index, bytes(content), hash_))
+        return done
+
+    def _take(self, view: memoryview) -> tuple[int, memoryview, str]:
+        index, size, hash_ = self.items[self.next]
+        self.next += 1
+        self.pos += size
+        return index, view[self.pos - size:self.pos], hash_
+
+
+class DestSide:
+    """Drives the destination's half of one sync stream."""
+
+    def __init__(self, ep: Endpoint, opener: Opener, opts: SyncOptions, *, client: bool,
+                 single: bool | None, links_inside: bool, result: SyncResult | None = None,
+                 progress: Progress | None = None) -> None:
+        self.ep = ep
+        self.opener = opener
+        self.opts = opts
+        self.client = client  # a pulling client; else the server of a push
+        self.single = single  # None: a file if the first entry listed is one
+        self.links_inside = links_inside  # symlinks must stay in the tree (or be skipped)
+        self.result = result or SyncResult()
+        self.progress = progress or NoProgress()
+        self.filters = Filters(opts.filters)
+        self.tree: DestTree | None = None
+        self.single_name: str | None = None
+        self.count = 0  # entries listed so far
+        self.listed: set[str] = set()
+        self.dirs: list[tuple[list[str], int, int]] = []  # (parts, mode, mtime) for the end
+        self.dir_names: set[str] = {""}
+        self.wanted: dict[int, Wanted] = {}
+        self.answers: asyncio.Queue[tuple[SyncWant, list[Wanted | None]] | None] = (
+            asyncio.Queue())
+        self.incoming: tuple[int, _Incoming] | None = None
+        self.batch: _BatchIn | None = None
+        self.group = DurableGroup()
+        self.deleted: list[str] = []
+        self._answered = 0  # entries whose list was answered (lists are answered in order)
+        self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
+
+    async def run(self) -> SyncResult:
+        writer = asyncio.create_task(self._answer_all())
+        reader = asyncio.create_task(self._receive())
+        try:
+            await _first_failure(reader, writer)
+            if self.client:
+                # a server ends a pull only after every answer reached it: nothing is left to
+                # send (a server that did not wait gets none; missing files are found below)
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TetherError):
+                    await writer  # an answer the ended stream could not carry is moot
+            else:
+                self.answers.put_nowait(None)
+                await writer
+            self._finish()
+        finally:
+            for task in (reader, writer):
+                if not task.done():
+                    task.cancel()
+            if self.incoming is not None:
+                self.incoming[1].close()
+            self.group.close()
+            if self.tree is not None:
+                self.tree.close()
+        if not self.client:
+            await self._report()
+        return self.result
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        listed = False
+        while True:
+            event = await self.ep.next()
+            if isinstance(event, SyncList):
+                if listed:
+                    raise RemoteProtocolError("a sync_list after sync_listed")
+                self._plan(event)
+            elif isinstance(event, SyncListed):
+                if event.count != self.count:
+                    raise RemoteProtocolError(f"the source listed {self.count} entries but "
+                                              f"says {event.count}")
+                listed = True
+                self._open(False)
+            elif isinstance(event, Data):
+                self._data(event.data)
+            elif isinstance(event, SyncFile):
+                self._start(event)
+            elif isinstance(event, SyncCommit):
+                self._commit(event)
+            elif isinstance(event, SyncBatch):
+                self._start_batch(event)
+            elif isinstance(event, SyncSent | Done):
+                if not listed or self.incoming is not None or self.batch is not None:
+                    raise RemoteProtocolError("the source ended the sync in the middle")
+                return
+            else:
+                raise RemoteProtocolError(f"unexpected {event.TYPE!r} on a sync stream")
+
+    def _take(self, index: int) -> Wanted:
+        want = self.wanted.pop(index, None)
+        if want is None:
+            raise RemoteProtocolError(f"entry {index} was not asked for (or came twice)")
+        return want
+
+    def _start(self, msg: SyncFile) -> None:
+        if self.incoming is not None or self.batch is not None:
+            raise RemoteProtocolError("a sync_file before the previous file was committed")
+        assert self.tree is not None
+        want = self._take(msg.index)
+        self.incoming = msg.index, _Incoming(self.tree, want, msg)
+        self.progress.file_started(want.name, msg.size, msg.offset)
+
+    def _data(self, data: bytes | bytearray) -> None:
+        if self.batch is not None:
+            self._batch_data(data)
+        elif self.incoming is not None:
+            self.incoming[1].feed(data)
+            self.result.bytes_sent += len(data)
+            self.progress.advanced(self.incoming[1].want.name, len(data))
+        else:
+            raise RemoteProtocolError("data with no file on a sync stream")
+
+    def _commit(self, msg: SyncCommit) -> None:
+        if self.incoming is None or self.incoming[0] != msg.index:
+            raise RemoteProtocolError(f"a sync_commit of entry {msg.index}, which is not being "
+                                      f"sent")
+        incoming = self.incoming[1]
+        self.incoming = None
+        try:
+            if msg.changed:
+                incoming.close(discard=True)
+                self.result.changed.append(incoming.want.name)
+                return
+            self.result.bytes_matched += incoming.commit(msg)
+            self.result.sent += 1
+        finally:
+            incoming.close()
+        self.progress.file_done(incoming.want.name)
+
+    def _start_batch(self, msg: SyncBatch) -> None:
+        if self.incoming is not None or self.batch is not None:
+            raise RemoteProtocolError("a sync_batch before the previous file was committed")
+        for index, size in zip(msg.indices, msg.sizes, strict=True):
+            want = self.wanted.get(index)
+            if want is None or want.basis or size > SMALL_FILE:
+                raise RemoteProtocolError(f"entry {index} does not belong in a sync_batch")
+        self.batch = _BatchIn(msg)
+        self._batch_data(b"")
+
+    def _batch_data(self, data: bytes | bytearray) -> None:
+        assert self.batch is not None and self.tree is not None
+        batch = self.batch
+        self.result.bytes_sent += len(data)
+        for index, content, hash_ in batch.feed(data):
+            want = self._take(index)
+            if file_hash(content) != hash_:
+                raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
+                                          f"hash; nothing was stored under that name")
+            dir_fd, name = self.tree.parent(want.parts)
+            self.group.add(dir_fd, name, content, want.mode, want.mtime)
+            self.result.sent += 1
+            if self.group.full:
+                self.group.flush()
+        if batch.complete:
+            self.batch = None
+
+    # --- planning ----------------------------------------------------------------------------
+
+    def _open(self, single: bool, first: str = "") -> DestTree:
+        if self.tree is None:
+            self.single = single if self.single is None else self.single
+            self.tree, self.single_name = self.opener(bool(self.single), first)
+        return self.tree
+
+    def _plan(self, msg: SyncList) -> None:
+        tree = self._open(msg.kinds[0] == "file" and self.count == 0, msg.names[0])
+        actions: list[str] = []
+        wants: list[Wanted | None] = []
+        for name, kind, size, mode, mtime, target, hash_ in zip(
+                msg.names, msg.kinds, msg.sizes, msg.modes, msg.mtimes, msg.targets, msg.hashes,
+                strict=True):
+            self.count += 1
+            if self.count > MAX_ENTRIES:
+                raise BadRequest(f"a sync of more than {MAX_ENTRIES} entries")
+            parts = self._parts(name, kind)
+            shown = "/".join(parts)
+            if self.filters.excluded(name, kind == "dir"):
+                action, want = "", None
+            elif kind == "dir":
+                action, want = self._plan_dir(tree, parts, mode, mtime), None
+            elif kind == "symlink":
+                action, want = self._plan_link(tree, parts, target, mtime), None
+            elif kind == "file":
+                action, want = self._plan_file(tree, parts, size, mode, mtime, hash_)
+            else:
+                raise UnsafePath(f"the source listed {shown!r} as a {kind[:20]!r}")
+            actions.append(action)
+            if self.client:
+                self.result.note(shown, action)
+            wants.append(want)
+            if want is not None and not self.opts.dry_run:
+                self.wanted[self.count - 1] = want
+                self.planned[0] += 1
+                self.planned[1] += want.size
+        if self.client:
+            self.progress.total(*self.planned)  # grows as the lists arrive
+        self.answers.put_nowait((SyncWant(actions=actions, wanted=[], sigs=[], offsets=[],
+                                          prefixes=[], stream=self.ep.stream), wants))
+
+    def _parts(self, name: str, kind: str) -> list[str]:
+        if self.single:
+            if self.count != 1 or kind != "file":
+                raise UnsafePath("a sync of one file listed more than that file")
+            assert self.single_name is not None
+            return [self.single_name]
+        try:
+            parts = sync_name(name)
+        except UnsafePath as exc:
+            raise UnsafePath(f"the source listed an unsafe name {name[:80]!r}; "
+                             f"nothing written there") from exc
+        if name in self.listed:
+            raise UnsafePath(f"the source listed {name[:80]!r} twice")
+        if "/".join(parts[:-1]) not in self.dir_names:
+            raise UnsafePath(f"the source listed {name[:80]!r} beneath something that is not "
+                             f"a directory it listed")
+        self.listed.add(name)
+        if kind == "dir":
+            self.dir_names.add(name)
+        return parts
+
+    def _replace(self, tree: DestTree, parts: list[str], old: os.stat_result | None,
+                 kind: str) -> str:
+        """Make room for an entry of ``kind``: the word for what happens."""
+        if old is None:
+            return {"dir": "mkdir", "symlink": "symlink", "file": "send"}[kind]
+        if not self.opts.dry_run:
+            tree.remove(parts)
+        return "replace"
+
+    def _plan_dir(self, tree: DestTree, parts: list[str], mode: int, mtime: int) -> str:
+        old = tree.lookup(parts)
+        self.dirs.append((parts, mode, mtime))
+        if old is not None and stat.S_ISDIR(old.st_mode):
+            return "attrs" if old.st_mode & 0o7777 != mode & 0o7777 else ""
+        action = self._replace(tree, parts, old, "dir")
+        if not self.opts.dry_run:
+            tree.make_dir(parts, mode)
+        return action
+
+    def _plan_link(self, tree: DestTree, parts: list[str], target: str, mtime: int) -> str:
+        if not link_stays_inside(len(parts) - 1, target) and (
+                self.links_inside or self.opts.safe_links):
+            if self.opts.safe_links:
+                return "skip"
+            raise UnsafePath(f"the symlink {'/'.join(parts)} -> {target[:80]!r} leaves the "
+                             f"tree (--safe-links skips such links)")
+        old = tree.lookup(parts)
+        if old is not None and stat.S_ISLNK(old.st_mode):
+            fd, name = tree.parent(parts)
+            if os.readlink(name, dir_fd=fd) == target:
+                return ""
+        action = self._replace(tree, parts, old, "symlink")
+        if not self.opts.dry_run:
+            tree.make_link(parts, target)
+            tree.set_attrs(parts, None, mtime)
+        return action
+
+    def _plan_file(self, tree: DestTree, parts: list[str], size: int, mode: int, mtime: int,
+                   hash_: str) -> tuple[str, Wanted | None]:
+        old = tree.lookup(parts)
+        name = "/".join(parts)
+        if old is not None and stat.S_ISREG(old.st_mode):
+            if self.opts.checksum and hash_:
+                same = old.st_size == size and tree.hash_file(parts) == hash_
+            else:
+                same = old.st_size == size and old.st_mtime_ns == mtime
+            if same:
+                if old.st_mode & 0o7777 == mode & 0o7777 and old.st_mtime_ns == mtime:
+                    return "", None
+                if not self.opts.dry_run:
+                    tree.set_attrs(parts, mode, mtime)
+                return "attrs", None
+            if old.st_size >= DELTA_MIN and size >= DELTA_MIN:
+                return "delta", Wanted(parts, name, size, mode, mtime, old.st_size, 0)
+            return "update", Wanted(parts, name, size, mode, mtime, 0, 0)
+        action = self._replace(tree, parts, old, "file")
+        offset = 0
+        if size >= RESUME_MIN and not self.opts.dry_run and tree.partial_size(parts) >= RESUME_MIN:
+            offset = -1  # measured when the want is sent (its prefix is hashed then)
+        return action, Wanted(parts, name, size, mode, mtime, 0, offset)
+
+    # --- answering ---------------------------------------------------------------------------
+
+    async def _answer_all(self) -> None:
+        """Send each list's sync_want, with the signatures its deltas need, in order."""
+        while True:
+            item = await self.answers.get()
+            if item is None:
+                return
+            msg, wants = item
+            first = self._answered
+            self._answered += len(msg.actions)
+            wanted, sigs, offsets, prefixes = [], [], [], []
+            data = bytearray()
+            for number, want in enumerate(wants):
+                if want is None or self.opts.dry_run:
+                    continue
+                wanted.append(first + number)
+                sig, offset, prefix = await self._describe(want)
+                sigs.append(len(sig))
+                offsets.append(offset)
+                prefixes.append(prefix)
+                data += sig
+            self.ep.send(SyncWant(actions=msg.actions, wanted=wanted, sigs=sigs,
+                                  offsets=offsets, prefixes=prefixes, stream=self.ep.stream))
+            if data:
+                await self.ep.send_data(data)
+                self.result.bytes_signatures += len(data)
+            await self.ep.drain()
+
+    async def _describe(self, want: Wanted) -> tuple[bytes, int, str]:
+        """(signature, kept offset, its hash) for one wanted file."""
+        assert self.tree is not None
+        if want.basis:
+            try:
+                fd = self.tree.open_basis(want.parts)
+            except OSError:
+                want.basis = 0
+                return b"", 0, ""
+            try:
+                return await asyncio.to_thread(signature, fd, want.basis, want.name), 0, ""
+            except Exception:
+                want.basis = 0  # the old copy changed meanwhile: ask for the file whole
+                return b"", 0, ""
+            finally:
+                os.close(fd)
+        if want.offset:
+            dir_fd, name = self.tree.parent(want.parts)
+            partial = PartialFile(os.dup(dir_fd), name, resume=True, owns_dir=True)
+            try:
+                want.offset = partial.offset
+                return b"", partial.offset, partial.prefix_hash or ""
+            finally:
+                partial.close()
+        return b"", 0, ""
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        tree = self._open(False)
+        self.group.flush()
+        if self.wanted and not self.opts.dry_run:
+            raise RemoteProtocolError(f"the source did not send {len(self.wanted)} of the files "
+                                      f"asked for")
+        if self.opts.delete and not self.single:
+            self._delete(tree)
+        if not self.opts.dry_run:
+            for parts, mode, mtime in reversed(self.dirs):
+                tree.set_attrs(parts, mode, mtime)
+
+    def _delete(self, tree: DestTree) -> None:
+        """Remove what the source did not list, below the root only: the walk is the
+        destination's own, never through a symlink; excluded entries and partials stay."""
+        gone: list[tuple[str, ...]] = []
+        going: set[tuple[str, ...]] = set()
+        for parts, is_dir in tree.walk():
+            if any(parts[:depth] in going for depth in range(1, len(parts))):
+                continue  # below a directory that goes
+            name = "/".join(parts)
+            if (name in self.listed or parts[-1].endswith(PART_SUFFIX)
+                    or self.filters.excluded(name, is_dir)):
+                continue
+            gone.append(parts)
+            going.add(parts)
+        for parts in gone:
+            name = "/".join(parts)
+            if not self.opts.dry_run:
+                tree.remove(list(parts))
+            self.deleted.append(name)
+            self.result.deleted += 1
+            if self.client:
+                self.result.note(name, "delete")
+
+    async def _report(self) -> None:
+        for start in range(0, len(self.deleted), MAX_LIST):
+            self.ep.send(SyncDeleted(names=self.deleted[start:start + MAX_LIST],
+                                     stream=self.ep.stream))
+            await self.ep.drain()
+        self.ep.send(Done(path=self.tree.shown if self.tree else "", count=self.result.sent,
+                          stream=self.ep.stream))
+        await self.ep.drain()
+

@@ -1,0 +1,454 @@
+"""The source side of a sync (the client in a push, the server in a pull): list the tree in
+bounded pieces, at most 8 ahead of the destination's answers, and send each wanted file — small
+ones many to a ``sync_batch``, large ones whole (resumed where a partial was kept) or as a delta
+against the destination's signature. A file that changes while it is read is committed as
+``changed``, so the destination never stores it torn (docs/PROTOCOL.md, "Sync").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import RemoteProtocolError, SourceChanged
+from tether.protocol import Data, Done, Message
+from tether.protocol.sync_messages import (
+    LIST_WINDOW,
+    MAX_LIST,
+    SyncBatch,
+    SyncCommit,
+    SyncDeleted,
+    SyncFile,
+    SyncList,
+    SyncListed,
+    SyncSent,
+    SyncWant,
+)
+from tether.storage.batch import SEND_BYTES, SEND_FILES, SMALL_FILE, header_cost
+from tether.storage.delta import encode, make_delta
+from tether.storage.errors import disk_error
+from tether.storage.names import link_stays_inside
+from tether.storage.source import CHUNK, digest, file_hash, new_hasher, read_whole
+from tether.storage.tree import SourceTree, kind_of
+from tether.syncing.common import (
+    LIST_HEADER,
+    MAX_SIGNATURE,
+    Endpoint,
+    Filters,
+    NoProgress,
+    Progress,
+    SyncOptions,
+    SyncResult,
+)
+
+SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
+
+
+@dataclass(frozen=True)
+class Root:
+    """One source: a tree (a directory, listed under ``name``, ``""``: its contents at the
+    root) or, with ``file``, the single file ``file`` in the tree's directory."""
+
+    tree: SourceTree
+    name: str
+    file: str | None = None
+
+
+class Entry:
+    """One listed entry, kept to send its content when it is wanted."""
+
+    __slots__ = ("ctime", "kind", "mode", "mtime", "name", "parts", "root", "size")
+
+    def __init__(self, root: Root, parts: tuple[str, ...], name: str, kind: str,
+                 st: os.stat_result) -> None:
+        self.root, self.parts, self.name, self.kind = root, parts, name, kind
+        self.size = st.st_size if kind == "file" else 0
+        self.mode = st.st_mode & 0o7777
+        self.mtime = st.st_mtime_ns
+        self.ctime = st.st_ctime_ns
+
+
+def _joined(prefix: str, parts: tuple[str, ...]) -> str:
+    return "/".join((prefix, *parts)) if prefix else "/".join(parts)
+
+
+def walk_roots(roots: list[Root], opts: SyncOptions
+               ) -> Iterator[tuple[Entry, str, str]]:
+    """(entry, symlink target, hash) of every entry the sources list, in order, filtered."""
+    filters = Filters(opts.filters)
+    seen: set[str] = set()
+    for root in roots:
+        if root.file is not None:
+            if root.name not in seen and not filters.excluded(root.name, False):
+                seen.add(root.name)
+                st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
+                yield from _one(Entry(root, (root.file,), root.name, "file", st), "", opts)
+            continue
+        if root.name:
+            st = os.fstat(root.tree.dirs.root_fd)
+            if root.name not in seen:
+                seen.add(root.name)
+                yield Entry(root, (), root.name, "dir", st), "", ""
+
+        def keep(parts: tuple[str, ...], kind: str, root: Root = root) -> bool:
+            return not filters.excluded(_joined(root.name, parts), kind == "dir")
+
+        for parts, st, target in root.tree.walk(keep if filters.spec is not None else None):
+            name = _joined(root.name, parts)
+            if name in seen:
+                continue  # two sources with the same entry: the first one's wins, as in rsync
+            seen.add(name)
+            kind = kind_of(st) or "file"  # the walk yields only files, dirs and symlinks
+            if kind == "symlink" and opts.safe_links and not link_stays_inside(
+                    name.count("/"), target):
+                continue  # --safe-links: a link leaving the tree is not sent
+            yield from _one(Entry(root, parts, name, kind, st), target, opts)
+
+
+def _one(entry: Entry, target: str, opts: SyncOptions) -> Iterator[tuple[Entry, str, str]]:
+    if entry.kind == "file" and opts.checksum:
+        fd = entry.root.tree.open_file(entry.parts)
+        try:
+            hasher = new_hasher()
+            while chunk := os.read(fd, CHUNK):
+                hasher.update(chunk)
+        finally:
+            os.close(fd)
+        yield entry, target, digest(hasher)
+    else:
+        yield entry, target, ""
+
+
+def list_messages(found: Iterator[tuple[Entry, str, str]], entries: list[Entry]
+                  ) -> Iterator[dict[str, list]]:  # type: ignore[type-arg]
+    """The fields of each sync_list: at most 256 entries and ~40 KiB of header each; every
+    entry is appended to ``entries`` (its number is its place there)."""
+    fields: dict[str, list] = {}  # type: ignore[type-arg]
+    cost = 0
+    for entry, target, hash_ in found:
+        item_cost = header_cost(entry.name) + (header_cost(target) if target else 0) + len(
+            hash_)
+        if fields and (len(fields["names"]) >= MAX_LIST or cost + item_cost > LIST_HEADER):
+            yield fields
+            fields, cost = {}, 0
+        if not fields:
+            fields = {key: [] for key in ("names", "kinds", "sizes", "modes", "mtimes",
+                                          "targets", "hashes")}
+        entries.append(entry)
+        for key, value in (("names", entry.name), ("kinds", entry.kind),
+                           ("sizes", entry.size), ("modes", entry.mode),
+                           ("mtimes", entry.mtime), ("targets", target), ("hashes", hash_)):
+            fields[key].append(value)
+        cost += item_cost
+    if fields:
+        yield fields
+
+
+class SourceSide:
+    """Drives the source's half of one sync stream."""
+
+    def __init__(self, ep: Endpoint, roots: list[Root], opts: SyncOptions, *, client: bool,
+                 result: SyncResult | None = None, progress: Progress | None = None) -> None:
+        self.ep = ep
+        self.roots = roots
+        self.opts = opts
+        self.client = client  # a pushing client ends with sync_sent; a pulled server with done
+        self.result = result or SyncResult()
+        self.progress = progress or NoProgress()
+        self.entries: list[Entry] = []
+        self.ranges: deque[tuple[int, int]] = deque()  # (first, count) of unanswered lists
+        self.lists_sent: list[int] = []  # the first entry of each list sent
+        self.work: asyncio.Queue[tuple[SyncWant, bytes, int]] = asyncio.Queue(LIST_WINDOW)
+        self.deleted: list[str] = []
+        self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
+
+    async def run(self) -> SyncResult:
+        """List and send (the writer) while the answers are read (the reader); whichever
+        fails first ends the other, so neither waits for what will never come."""
+        reader = asyncio.create_task(self._read())
+        writer = asyncio.create_task(self._write())
+        try:
+            await _first_failure(writer, reader)
+            if self.client:
+                self.ep.send(SyncSent(stream=self.ep.stream))
+                await reader  # the server's sync_deleted, then its done
+            else:
+                reader.cancel()
+                self.ep.send(Done(path="", count=len(self.entries), stream=self.ep.stream))
+                await self.ep.drain()
+        finally:
+            for task in (reader, writer):
+                if not task.done():
+                    task.cancel()
+        return self.result
+
+    # --- listing and sending ---------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        lists = list_messages(walk_roots(self.roots, self.opts), self.entries)
+        listed = False
+        served = 0
+        while True:
+            if not listed and len(self.ranges) < LIST_WINDOW:
+                first = len(self.entries)
+                fields = next(lists, None)
+                if fields is None:
+                    listed = True
+                    self.ep.send(SyncListed(count=len(self.entries), stream=self.ep.stream))
+                else:
+                    self.ranges.append((first, len(self.entries) - first))
+                    self.lists_sent.append(first)
+                    self.ep.send(SyncList(**fields, stream=self.ep.stream))
+                await self.ep.drain()
+                continue
+            if listed and served == len(self.lists_sent):
+                return  # every list answered and every answer served
+            want, sigs, first = await self.work.get()
+            served += 1
+            await self._serve(want, sigs, first)
+
+    async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
+        if self.client:
+            for offset, action in enumerate(want.actions):
+                self.result.note(self.entries[first + offset].name, action)
+        batch: list[tuple[int, bytes]] = []
+        batch_bytes = pos = 0
+        for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
+                                                   want.prefixes, strict=True):
+            entry = self.entries[index]
+            if sig_size:
+                await self._send_delta(index, entry, sigs[pos:pos + sig_size])
+                pos += sig_size
+            elif entry.size <= SMALL_FILE and not offset:
+                data = self._read_small(index, entry)
+                if data is not None:
+                    if batch and (len(batch) >= SEND_FILES
+                                  or batch_bytes + len(data) > SEND_BYTES):
+                        await self._send_batch(batch)
+                        batch, batch_bytes = [], 0
+                    batch.append((index, data))
+                    batch_bytes += len(data)
+            else:
+                await self._send_whole(index, entry, offset, prefix)
+        if batch:
+            await self._send_batch(batch)
+
+    def _read_small(self, index: int, entry: Entry) -> bytes | None:
+        """A small file's bytes, or None (committed as changed) if it is not what was listed."""
+        try:
+            fd = entry.root.tree.open_file(entry.parts)
+        except OSError:
+            self._changed(index, entry)
+            return None
+        try:
+            before = os.fstat(fd)
+            data = read_whole(fd, entry.size, entry.name)
+            if not _same(before, entry) or not _same(os.fstat(fd), entry):
+                raise SourceChanged(entry.name)
+            return data
+        except (SourceChanged, OSError):
+            self._changed(index, entry)
+            return None
+        finally:
+            os.close(fd)
+
+    def _changed(self, index: int, entry: Entry) -> None:
+        self.result.changed.append(entry.name)
+        self.ep.send(SyncFile(index=index, size=0, stream=self.ep.stream))
+        self.ep.send(SyncCommit(index=index, hash="", changed=True, stream=self.ep.stream))
+
+    async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        self.ep.send(SyncBatch(indices=[i for i, _ in batch], sizes=[len(d) for _, d in batch],
+                               hashes=[file_hash(d) for _, d in batch], stream=self.ep.stream))
+        data = b"".join(d for _, d in batch)
+        label = self.entries[batch[0][0]].name
+        self.progress.file_started(label, len(data), 0)
+        if data:
+            await self.ep.send_data(data)
+        self.progress.advanced(label, len(data))
+        self.progress.file_done(label)
+        self.result.sent += len(batch)
+        self.result.bytes_sent += len(data)
+
+    async def _send_whole(self, index: int, entry: Entry, offset: int, prefix: str) -> None:
+        try:
+            fd = entry.root.tree.open_file(entry.parts)
+        except OSError:
+            self._changed(index, entry)
+            return
+        try:
+            st = os.fstat(fd)
+            if not _same(st, entry):
+                self._changed(index, entry)
+                return
+            start, hasher = self._resume_point(fd, entry, offset, prefix)
+            self.ep.send(SyncFile(index=index, size=entry.size, offset=start,
+                                  stream=self.ep.stream))
+            self.progress.file_started(entry.name, entry.size, start)
+            changed = False
+            pos = start
+            while pos < entry.size:
+                chunk = os.pread(fd, min(CHUNK, entry.size - pos), pos)
+                if not chunk:
+                    changed = True
+                    break
+                hasher.update(chunk)
+                await self.ep.send_data(chunk)
+                pos += len(chunk)
+                self.result.bytes_sent += len(chunk)
+                self.progress.advanced(entry.name, len(chunk))
+            changed = changed or bool(os.pread(fd, 1, entry.size)) or not _same(
+                os.fstat(fd), entry)
+        except OSError as exc:
+            raise disk_error(exc, entry.name, "read") from exc
+        finally:
+            os.close(fd)
+        self._commit(index, entry, digest(hasher), changed)
+
+    def _resume_point(self, fd: int, entry: Entry, offset: int, prefix: str) -> tuple[int, Any]:
+        hasher = new_hasher()
+        if 0 < offset <= entry.size and prefix:
+            pos = 0
+            while pos < offset:
+                chunk = os.pread(fd, min(CHUNK, offset - pos), pos)
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                pos += len(chunk)
+            if pos == offset and digest(hasher.copy()) == prefix:
+                return offset, hasher
+            hasher = new_hasher()
+        return 0, hasher
+
+    def _commit(self, index: int, entry: Entry, hash_: str, changed: bool) -> None:
+        self.ep.send(SyncCommit(index=index, hash=hash_, changed=changed, stream=self.ep.stream))
+        self.progress.file_done(entry.name)
+        if changed:
+            self.result.changed.append(entry.name)
+        else:
+            self.result.sent += 1
+
+    async def _send_delta(self, index: int, entry: Entry, sig: bytes) -> None:
+        try:
+            fd = entry.root.tree.open_file(entry.parts)
+        except OSError:
+            self._changed(index, entry)
+            return
+        try:
+            if not _same(os.fstat(fd), entry):
+                self._changed(index, entry)
+                return
+            try:
+                delta = await asyncio.to_thread(make_delta, fd, entry.size, sig, entry.name)
+            except SourceChanged:
+                self._changed(index, entry)
+                return
+            self.ep.send(SyncFile(index=index, size=entry.size, delta=True,
+                                  stream=self.ep.stream))
+            self.progress.file_started(entry.name, entry.size, 0)
+            changed = False
+            out = bytearray()
+            try:
+                for record in encode(delta, fd, entry.name):
+                    out += record
+                    if len(out) >= SEND_AT_ONCE:
+                        await self._send_records(entry, out)
+                        out = bytearray()
+            except SourceChanged:
+                changed = True
+            if out and not changed:
+                await self._send_records(entry, out)
+            self.progress.advanced(entry.name, delta.matched)
+            changed = changed or not _same(os.fstat(fd), entry)
+        finally:
+            os.close(fd)
+        self.result.bytes_matched += 0 if changed else delta.matched
+        self._commit(index, entry, delta.hash, changed)
+
+    async def _send_records(self, entry: Entry, out: bytearray) -> None:
+        await self.ep.send_data(out)
+        self.result.bytes_sent += len(out)
+        self.progress.advanced(entry.name, len(out))
+
+    # --- what the destination says -------------------------------------------------------------
+
+    async def _read(self) -> None:
+        await self._read_answers()
+
+    async def _read_answers(self) -> None:
+        while True:
+            event = await self.ep.next()
+            if isinstance(event, SyncWant):
+                await self.work.put(await self._answer(event))
+            elif isinstance(event, SyncDeleted):
+                for name in event.names:
+                    self.result.note(name, "delete")
+                self.result.deleted += len(event.names)
+            elif isinstance(event, Done):
+                if self.ranges or not self.client:
+                    raise RemoteProtocolError("the destination ended the sync early")
+                return
+            else:
+                raise RemoteProtocolError(f"unexpected {_what(event)} on a sync stream")
+
+    async def _answer(self, want: SyncWant) -> tuple[SyncWant, bytes, int]:
+        """The want with its signatures, checked against the list it answers."""
+        if not self.ranges:
+            raise RemoteProtocolError("a sync_want answering no sync_list")
+        first, count = self.ranges.popleft()
+        if len(want.actions) != count:
+            raise RemoteProtocolError(f"a sync_want answered {len(want.actions)} entries of a "
+                                      f"list of {count}")
+        previous = -1
+        for index, sig_size in zip(want.wanted, want.sigs, strict=True):
+            if not first <= index < first + count or index <= previous:
+                raise RemoteProtocolError(f"a sync_want names entry {index}, not one of its "
+                                          f"list's in order")
+            if self.entries[index].kind != "file" or sig_size > MAX_SIGNATURE:
+                raise RemoteProtocolError(f"a sync_want asks for entry {index} wrongly")
+            previous = index
+        self.planned[0] += len(want.wanted)
+        self.planned[1] += sum(self.entries[index].size for index in want.wanted)
+        self.progress.total(*self.planned)  # grows as the lists are answered
+        need = sum(want.sigs)
+        sigs = bytearray()
+        while len(sigs) < need:
+            event = await self.ep.next()
+            if not isinstance(event, Data) or len(sigs) + len(event.data) > need:
+                raise RemoteProtocolError("a sync_want's signatures did not follow it whole")
+            sigs += event.data
+        self.result.bytes_signatures += need
+        return want, bytes(sigs), first
+
+
+async def _first_failure(main: asyncio.Task[None], helper: asyncio.Task[None]) -> None:
+    """Wait for ``main`` to finish; if ``helper`` fails first, cancel ``main`` and raise the
+    helper's error (``helper`` finishing without error while ``main`` runs is fine)."""
+    await asyncio.wait({main, helper}, return_when=asyncio.FIRST_COMPLETED)
+    if main.done():
+        await main  # its own error, if any; the helper's is the caller's to collect
+        return
+    if not helper.cancelled() and helper.exception() is not None:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+        raise helper.exception()  # type: ignore[misc]
+    await main
+
+
+def _same(st: os.stat_result, entry: Entry) -> bool:
+    """Whether a file is still as it was listed (size, mtime and ctime)."""
+    return (st.st_size == entry.size and st.st_mtime_ns == entry.mtime
+            and st.st_ctime_ns == entry.ctime)
+
+
+def _what(event: Message | Data) -> str:
+    return "data" if isinstance(event, Data) else repr(event.TYPE)
+
+
+__all__ = ["Entry", "Root", "SourceSide"]
