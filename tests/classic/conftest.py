@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from classic_harness import ClassicServe, start_classic
+
+from classic.classic_harness import ClassicServe, start_classic
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import classic_clients as classic
-from classic_harness import ClassicServe, tether
-
+from classic import classic_clients as classic
+from classic.classic_harness import ClassicServe, tether
 from support import wait_until
 
 

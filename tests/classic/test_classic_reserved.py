@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from classic_clients import connect, download
-
+from classic.classic_clients import connect, download
 from tether.server.audit import AuditLog
 from tether.server.classic import ClassicServer
 from tether.server.config import ClassicConfig

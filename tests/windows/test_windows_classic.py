@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from classic import classic_clients as classic
 from support import wait_until
 
 from .winserver import CHINESE_DIR, WinServer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "classic"))
-import classic_clients as classic
 
 # Wine starts slowly on a loaded machine: the module's first test also waits for the server
 pytestmark = pytest.mark.timeout(400)
