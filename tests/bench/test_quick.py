@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOADS = {"latency", "oneshot", "stream", "bulk", "tree", "scale", "fleet", "wan", "ansible",
-             "mux", "forward"}
+             "mux", "forward", "sync"}
 PROGRAMS = {"/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client", "scp": "openssh-client",
             "sftp": "openssh-client", "ssh-keygen": "openssh-client", "rsync": "rsync",
             "nc": "netcat-openbsd"}

@@ -128,7 +128,7 @@ def _header(cls: type[Message]) -> dict[str, Any]:
 def test_the_server_only_list_is_complete() -> None:
     assert SERVER_ONLY == ["connected", "done", "entries", "entry", "exit", "files",
                            "incoming", "listening", "meta", "ready", "started", "status",
-                           "welcome"]
+                           "sync_deleted", "welcome"]
 
 
 @pytest.mark.parametrize("kind", SERVER_ONLY)

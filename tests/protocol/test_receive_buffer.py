@@ -204,3 +204,15 @@ def test_between_frames_a_decoder_holds_no_buffer() -> None:
     finally:
         tracemalloc.stop()
     assert held - baseline < 100 * 1024  # ...and none kept afterwards (64 KiB each if it were)
+
+
+def test_take_unread_gives_back_the_bytes_as_they_came() -> None:
+    """What a root server hands a worker after the hello (server/privsep.py): every byte not
+    yet taken, complete frames and the partial one alike, exactly as received."""
+    wire = (encode_msg(1, {"t": "exec", "argv": ["true"]}) + encode_data_prefix(1, 0, 3)
+            + b"abc" + encode_msg(3, {"t": "close"}))
+    for cut in range(len(wire) + 1):
+        decoder = FrameDecoder()
+        decoder.feed(wire[:cut])
+        assert decoder.take_unread() == wire[:cut]
+        assert decoder.next_frame() is None and decoder.buffered == decoder.queued == 0

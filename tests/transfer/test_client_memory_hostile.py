@@ -88,7 +88,7 @@ class Flood:
         frame = proto.send(Entries(
             names=names, kinds=["file"] * BATCH, sizes=[1] * BATCH, modes=[0o644] * BATCH,
             mtimes=[0] * BATCH, targets=[None] * BATCH, stream=req.stream))
-        while True:
+        while not writer.is_closing():  # once the client is gone, drain() no longer waits
             writer.write(frame)
             await writer.drain()
             self.sent += len(frame)

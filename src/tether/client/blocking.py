@@ -345,7 +345,9 @@ def connect(host: str, port: int, home: str | os.PathLike[str], *,
             with _in_time(deadline):
                 sock.settimeout(deadline.left())
                 conn.send(core.hello(user))
-                if request is not None:  # only once the server's key is checked
+                # only once the server's key is checked, and not for another account: a root
+                # server hands that session to a worker after the hello (server/privsep.py)
+                if request is not None and not user:
                     conn.request = request(core)
                     conn.send(conn.request)
                 conn.flush()

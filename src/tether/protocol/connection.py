@@ -517,6 +517,11 @@ class Connection:
         """Bytes of complete frames received but not yet returned by :meth:`next_event`."""
         return self._decoder.queued
 
+    def take_unread(self) -> bytes | None:
+        """The bytes received and not yet returned as events, as they came (see
+        :meth:`FrameDecoder.take_unread`); this connection will not see them again."""
+        return self._decoder.take_unread()
+
     @property
     def open_streams(self) -> int:
         return len(self._streams)

@@ -244,6 +244,24 @@ class FrameDecoder:
         self._end += nbytes
         self._split()
 
+    def take_unread(self) -> bytes | None:
+        """Every byte received and not yet taken, as it came on the wire (complete frames
+        re-framed, then the partial one), emptying the decoder: for handing the rest of a
+        connection to another reader (server/privsep.py). None while a large body is being
+        received or after an error (those bytes are not kept whole)."""
+        if self._body is not None or self._error is not None:
+            return None
+        out = bytearray()
+        for kind, stream, channel, raw, body in self._ready:
+            out += PREFIX.pack(MAGIC, kind, channel, stream, len(raw) if raw else 0, len(body))
+            out += (raw or b"") + body
+        if self._buf is not None:
+            out += self._buf[self._start : self._end]
+        self._ready.clear()
+        self._queued = 0
+        self._buf, self._start, self._end = None, 0, 0
+        return bytes(out)
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes arrive."""
         if self._ready:

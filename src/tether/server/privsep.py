@@ -277,10 +277,13 @@ async def serve_as(session: MappedSession, hello: Hello, counts: SharedCounts) -
     peer = session.peer
     assert peer is not None and peer.user is not None
     conn = session.conn
-    if conn.proto.buffered or conn.proto.queued:
+    # what the client pipelined behind its hello (docs/PROTOCOL.md, "Pipelining") goes to the
+    # worker after the replayed hello, unread here
+    unread = conn.proto.take_unread()
+    if unread is None:
         from tether.errors import RemoteProtocolError
 
-        raise RemoteProtocolError("the client sent more than hello before welcome")
+        raise RemoteProtocolError("the client sent a large body before welcome")
     account = Account.named(peer.user)
     taken: list[str] = []
     try:
@@ -291,7 +294,7 @@ async def serve_as(session: MappedSession, hello: Hello, counts: SharedCounts) -
             taken.append(key)
         user, identity, held, held_bytes, worker_bytes = (counts.slots[key] for key in taken)
         await _fork_and_pump(session, hello, account, counts, (user, identity), held,
-                             (held_bytes, worker_bytes))
+                             (held_bytes, worker_bytes), unread)
     finally:
         for key in taken:
             counts.release(key)
@@ -299,7 +302,7 @@ async def serve_as(session: MappedSession, hello: Hello, counts: SharedCounts) -
 
 async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
                          counts: SharedCounts, slots: tuple[int, int], held: int,
-                         byte_slots: tuple[int, int]) -> None:
+                         byte_slots: tuple[int, int], unread: bytes = b"") -> None:
     peer = session.peer
     assert peer is not None
     conn = session.conn
@@ -318,7 +321,7 @@ async def _fork_and_pump(session: MappedSession, hello: Hello, account: Account,
     session.worker = Worker(pid)
     log.info("session of %s runs as %s in worker %d", peer.name, account.name, pid)
     try:
-        await _pump(conn.transport, ours, Connection(Role.CLIENT).send(hello))
+        await _pump(conn.transport, ours, Connection(Role.CLIENT).send(hello) + unread)
     finally:
         if conn.link.lost is None:  # the pump took the transport: tell the framed side it is gone
             conn.link.connection_lost(None)

@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterator
 
 from tether.errors import UnsafePath
 from tether.storage.errors import disk_error
+from tether.storage.fsops import fs
 from tether.storage.names import NO_FOLLOW_DIR, check_name, enter_dir
 from tether.storage.partial import part_name
 from tether.storage.reserved import Reserved
 from tether.storage.source import CHUNK, digest, new_hasher
 
-READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+READ = fs.O_RDONLY | fs.O_NOFOLLOW | fs.O_CLOEXEC | fs.O_NONBLOCK
 PART_SUFFIX = ".tether-part"
 OPEN_DIRS = 8  # directory fds a tree keeps open (entries arrive directory by directory)
 
@@ -139,7 +140,7 @@ class SourceTree:
         fd = self.dirs.get(parts[:-1])
         shown = "/".join(parts)
         try:
-            out = os.open(parts[-1], READ, dir_fd=fd)
+            out = fs.open(parts[-1], READ, dir_fd=fd)
         except OSError as exc:
             raise disk_error(exc, shown, "read") from exc
         try:
@@ -224,7 +225,7 @@ class DestTree:
     def hash_file(self, parts: list[str]) -> str:
         fd, name = self.parent(parts)
         try:
-            src = os.open(name, READ, dir_fd=fd)
+            src = fs.open(name, READ, dir_fd=fd)
         except OSError as exc:
             raise disk_error(exc, "/".join(parts), "read") from exc
         try:
@@ -239,7 +240,7 @@ class DestTree:
         """A read fd of the old copy a delta builds from."""
         fd, name = self.parent(parts)
         try:
-            out = os.open(name, READ, dir_fd=fd)
+            out = fs.open(name, READ, dir_fd=fd)
         except OSError as exc:
             raise disk_error(exc, "/".join(parts), "read") from exc
         os.set_blocking(out, True)
@@ -285,7 +286,7 @@ class DestTree:
 
 def _remove_tree(parent_fd: int, name: str) -> None:
     """``rm -r`` of directory ``name`` in ``parent_fd``, never following a symlink."""
-    fd = os.open(name, NO_FOLLOW_DIR, dir_fd=parent_fd)
+    fd = fs.open(name, NO_FOLLOW_DIR, dir_fd=parent_fd)
     try:
         for entry in os.listdir(fd):
             st = os.lstat(entry, dir_fd=fd)
