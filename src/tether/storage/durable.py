@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import sys
 from collections.abc import Callable
 
 from tether.storage.errors import disk_error
@@ -26,6 +27,9 @@ GROUP_DIRS = 16  # ...or this many directories (each held open until then)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2) from libc; None elsewhere (Windows has no libc to load by None)."""
+    if sys.platform == "win32":
+        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.syncfs
