@@ -25,15 +25,16 @@ from tether.storage.names import shown_below
 from tether.storage.source import file_hash
 
 FileStored = Callable[[str, int, str], None]  # (shown path, size, hash): for the audit log
+IDLE_FLUSH = 0.1  # seconds a batch waits for more data before placing the files already whole
 
 
 class BatchPut:
     """Receives one batch: checks it whole, then stores each file as its bytes complete.
 
-    The disk work (finding the directories, writing and fsyncing each file, fsyncing the
-    directories) runs on the disk pool (``offload``), in order, in this batch's task
-    (:meth:`run`); DATA waits in :attr:`chunks` meanwhile, counted in :attr:`buffered` (the
-    byte budget) and granted credit only once stored."""
+    The disk work (finding the directories, writing each file, making a group of them durable
+    and placing them, fsyncing their directories) runs on the disk pool (``offload``), in
+    order, in this batch's task (:meth:`run`); DATA waits in :attr:`chunks` meanwhile, counted
+    in :attr:`buffered` (the byte budget) and granted credit once written."""
 
     def __init__(self, conn: FramedConnection, stream: int, req: Batch, area: FileArea,
                  max_upload: int, on_file: FileStored, offload: Offload = inline) -> None:
@@ -53,6 +54,7 @@ class BatchPut:
         self._stored: list[tuple[Target, str]] = []  # appended on a pool thread
         self._lease: Lease | None = None
         self._ending = False  # the stream ended: store what arrived, wait for nothing more
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def check(self) -> None:
         """Refuse a batch over this server's upload limit before anything is written (its
@@ -65,6 +67,7 @@ class BatchPut:
         """Find the directories (refusing an unsafe name before any write), store each file as
         its bytes arrive, make the batch durable, answer ``done``."""
         req = self.req
+        self._loop = asyncio.get_running_loop()
         files = BatchFiles(req.names, req.sizes, req.modes, req.mtimes, req.hashes)
         receiver = self.receiver = await self.offload(
             lambda: self.area.store_batch(req.path, files, force=req.force, rename=req.rename,
@@ -75,6 +78,11 @@ class BatchPut:
             while not receiver.complete and (self.chunks or not self._ending):
                 if not self.chunks:
                     self._arrived.clear()
+                    if receiver.pending and not await self._arrives(IDLE_FLUSH):
+                        # the sender paused: what is whole goes into place now (durable),
+                        # holding no descriptors while the batch waits
+                        await self.offload(lease.call, receiver.flush)
+                        self._report()
                     await self._arrived.wait()
                     continue
                 data = self.chunks.popleft()
@@ -96,8 +104,19 @@ class BatchPut:
         self.conn.send(Done(path=req.path, size=receiver.expected, count=len(self.names),
                             names=self.names, stream=self.stream))
 
+    async def _arrives(self, seconds: float) -> bool:
+        """Whether more DATA (or the stream's end) arrives within ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), seconds)
+        return self._arrived.is_set()
+
     def _on_stored(self, target: Target, final: str) -> None:
-        self._stored.append((target, final))  # reported on the loop (the audit log is there)
+        """A file is in place (on a pool thread, or wherever the receiver was closed): it is
+        reported on the loop, where the audit log is, also after the batch ended."""
+        self._stored.append((target, final))
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server is stopping
+                self._loop.call_soon_threadsafe(self._report)
 
     def _report(self) -> None:
         while self._stored:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from tether.errors import Busy
+from tether.storage.durable import GROUP_DIRS, GROUP_FILES, SYNC_GROUP_DIRS, SYNC_GROUP_FILES
 
 log = logging.getLogger("tether.server")
 
@@ -27,15 +28,17 @@ COSTS = {
     "exec": 4,  # stdin, stdout and stderr pipes, and the child's pidfd
     "shell": 4,  # a pty's master, or three pipes, and the pidfd
     "put": 2,  # the partial file and its directory
-    "batch": 6,  # its base, at most 4 more directories and the spool of a file in pieces
+    # its base, at most 4 more directories, the spool of a file in pieces, and a durable group
+    # (files whole and verified, waiting to be made durable together, and their directories)
+    "batch": 6 + GROUP_FILES + GROUP_DIRS,
     "get": 2,  # the source and its directory while it is found
     "fetch": 6,  # its base, at most 4 more directories and the file being read
     "list": 1,  # its top; each level it enters takes LIST_LEVEL more
     "connect": 1,  # the socket to its destination
     "listen": 1,  # the listening socket (connections waiting on it: MAX_PENDING, closed soon)
     # its root, the tree's cached directories (8), a file's partial, directory and old copy,
-    # a file being read, and the directories of a durable group (at most 16)
-    "sync": 29,
+    # a file being read, and two durable groups (one filling, one settling in the background)
+    "sync": 13 + 2 * (SYNC_GROUP_FILES + SYNC_GROUP_DIRS),
 }
 LIST_LEVEL = 2  # a directory of a listing and its scandir (which holds a duplicate)
 

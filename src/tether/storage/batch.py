@@ -4,8 +4,11 @@ A tree of small files moves like a tar stream: many files per message, their con
 concatenated in DATA frames, several batches in flight, and no round trip per file. Each file
 still carries its own BLAKE3 hash, and the receiver (:class:`BatchReceiver`: the server for
 ``put -r``, the client for ``get -r``) stores a file only once its bytes are all there and
-verified: written to its ``.NAME.tether-part``, fsynced, then moved into place. Each directory
-touched is fsynced once per batch, before the batch is reported done, instead of once per file.
+verified: written to an unnamed file, then made durable together with the files around it and
+linked into place (:class:`tether.storage.durable.DurableGroup`: one fsync step per group
+instead of one per file, each directory fsynced once per group), all before the batch is
+reported done. A crash leaves no partial of a small file, and a name never holds less than the
+whole, verified, durable file.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from tether.errors import AlreadyExists, BadRequest, IntegrityError, TetherError
+from tether.errors import BadRequest, IntegrityError, TetherError
+from tether.storage.durable import DurableGroup
 from tether.storage.fsops import fs
-from tether.storage.partial import Spool, store_whole, sync_dir
+from tether.storage.partial import Spool
 from tether.storage.source import file_hash
 
 SMALL_FILE = 256 * 1024  # reference policy: files up to this size travel in batches
@@ -61,13 +65,13 @@ class DirCache:
     """The directories a batch's names lead through, each opened (with ``opener``, which
     decides about symlinks) from its parent; :meth:`close` closes them all, the base too.
     With ``max_open``, at most that many besides the base stay open: the least recently used
-    is fsynced (if a file was stored in it) and closed, and opened again if needed."""
+    is closed, and opened again if needed (a group of files waiting to be placed holds its own
+    duplicates of their directories)."""
 
     def __init__(self, base_fd: int, opener: Opener, max_open: int = 0) -> None:
         self.fds = {"": base_fd}
         self.opener = opener
         self.max_open = max_open
-        self.dirty: set[int] = set()  # fds of directories a file was stored in
 
     def get(self, parts: list[str], shown: str) -> int:
         """The fd of the directory ``parts`` (already checked names) below the base."""
@@ -88,17 +92,8 @@ class DirCache:
             if key is None:
                 return
             fd = self.fds.pop(key)
-            if fd in self.dirty:
-                self.dirty.discard(fd)
-                sync_dir(fd)
             with contextlib.suppress(OSError):
                 fs.close(fd)
-
-    def sync(self) -> None:
-        """fsync every directory a file was stored in since the last sync."""
-        for fd in self.dirty:
-            sync_dir(fd)
-        self.dirty.clear()
 
     def place(self, name: str) -> tuple[int, str]:
         """(directory fd, last component) for a batch name whose components are checked."""
@@ -116,10 +111,10 @@ class DirCache:
 
 
 class BatchReceiver:
-    """Splits a batch's DATA into its files and stores each as soon as it is whole and
-    verified; :meth:`finish` makes the batch durable and reports files that did not verify.
-    It closes ``dirs`` (where its targets' directory fds come from, if it was given them) in
-    :meth:`close`."""
+    """Splits a batch's DATA into its files and stores each once it is whole and verified (in a
+    :class:`DurableGroup`: a file is in place once its group is settled, at the latest by
+    :meth:`finish`, which also reports files that did not verify). It closes ``dirs`` (where
+    its targets' directory fds come from, if it was given them) in :meth:`close`."""
 
     def __init__(self, targets: list[Target], *, force: bool, rename: bool, on_stored: Stored,
                  too_much: type[TetherError] = BadRequest, dirs: DirCache | None = None
@@ -133,22 +128,34 @@ class BatchReceiver:
         self.expected = sum(t.size for t in targets)
         self.received = 0
         self.failed: list[str] = []
+        self.group = DurableGroup()
         self._index = 0
         self._buf = bytearray()
         self._spool: Spool | None = None  # the file whose bytes are arriving, on disk
-        self._dirs: set[int] = set()
         self._skip_empty()
 
     @property
     def complete(self) -> bool:
         return self._index >= len(self.targets)
 
+    @property
+    def pending(self) -> bool:
+        """Files are whole and verified but not yet durable and in place (see :meth:`flush`)."""
+        return bool(self.group.pending)
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Take the next bytes of the batch; more than the sizes announced is refused."""
+        """Take the next bytes of the batch; more than the sizes announced is refused. On a
+        failure, the files that were whole before it are still stored."""
         if self.received + len(data) > self.expected:
             raise self.too_much(f"more data than the {self.expected} bytes this batch announced")
         self.received += len(data)
-        view = memoryview(data)
+        try:
+            self._feed(memoryview(data))
+        except BaseException:
+            self._store_arrived()
+            raise
+
+    def _feed(self, view: memoryview) -> None:
         while view:
             target = self.targets[self._index]
             have = self._spool.size if self._spool is not None else len(self._buf)
@@ -186,52 +193,42 @@ class BatchReceiver:
         self._spool = Spool.open(self._dir_of(target), target.shown)
         return self._spool is not None
 
+    def _placed(self, target: Target) -> Callable[[str], None]:
+        return lambda final: self.on_stored(target, final)
+
     def _store(self, target: Target, data: bytes | bytearray | memoryview) -> None:
         if file_hash(data) != target.hash:
             self.failed.append(target.shown)
             return
-        dir_fd = self._dir_of(target)
-        try:
-            final = store_whole(dir_fd, target.name, data, target.mode,
-                                target.mtime_ns, force=self.force, rename=self.rename)
-        except AlreadyExists as exc:
-            raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
-                                f"--rename)") from exc
-        self._stored_in(dir_fd)
-        self.on_stored(target, final)
+        self.group.add(self._dir_of(target), target.name, data, target.mode, target.mtime_ns,
+                       shown=target.shown, force=self.force, rename=self.rename,
+                       on_placed=self._placed(target))
 
     def _store_spool(self, target: Target) -> None:
         spool, self._spool = self._spool, None
         assert spool is not None
-        try:
-            if spool.hash != target.hash:
-                self.failed.append(target.shown)
-                return
-            dir_fd = self._dir_of(target)
-            try:
-                final = spool.store(dir_fd, target.name, target.mode, target.mtime_ns,
-                                    force=self.force, rename=self.rename)
-            except AlreadyExists as exc:
-                raise AlreadyExists(f"{target.shown} exists (use --force to replace it or "
-                                    f"--rename)") from exc
-        finally:
+        if spool.hash != target.hash:
+            self.failed.append(target.shown)
             spool.close()
-        self._stored_in(dir_fd)
-        self.on_stored(target, final)
+            return
+        fd, spool.fd = spool.fd, -1  # the group owns it from here
+        self.group.adopt(fd, self._dir_of(target), target.name, spool.size, target.mode,
+                         target.mtime_ns, shown=target.shown, force=self.force,
+                         rename=self.rename, on_placed=self._placed(target))
 
-    def _stored_in(self, dir_fd: int) -> None:
-        if self.dirs is not None:
-            self.dirs.dirty.add(dir_fd)
-        else:
-            self._dirs.add(dir_fd)
+    def flush(self) -> None:
+        """Make the files that are whole durable and put them in place now (the sender
+        paused: they should not wait for the rest, nor hold descriptors meanwhile)."""
+        self.group.flush()
+
+    def _store_arrived(self) -> None:
+        with contextlib.suppress(TetherError, OSError):
+            self.group.flush()
 
     def finish(self) -> None:
-        """Make the renames durable (each directory fsynced once); then, if any file did not
+        """Make every stored file durable and put it in place; then, if any file did not
         verify, raise IntegrityError naming it (the others are stored)."""
-        for fd in self._dirs:
-            sync_dir(fd)
-        if self.dirs is not None:
-            self.dirs.sync()
+        self.group.wait()
         if self.failed:
             more = len(self.failed) - 1
             also = f" ({more} more in this batch likewise)" if more else ""
@@ -239,8 +236,11 @@ class BatchReceiver:
                                  f"nothing was stored under that name{also}")
 
     def close(self) -> None:
-        """The batch ended (or its stream did): files already stored stay, as they are whole
-        and verified; an incomplete one was never written (its spool has no name)."""
+        """The batch ended (or its stream did): files that arrived whole and verified are
+        stored (made durable and placed now, if they were not yet); an incomplete one was
+        never written (its spool has no name)."""
+        self._store_arrived()
+        self.group.close()
         if self._spool is not None:
             self._spool.close()
             self._spool = None

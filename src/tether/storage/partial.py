@@ -12,7 +12,7 @@ asked (``renameat2(RENAME_NOREPLACE)``, or ``link`` + ``unlink`` where the kerne
 partial with a second link, left by a crash between those two, is never reused). A whole small
 file is written to an unnamed ``O_TMPFILE`` and linked into place, so a crash leaves no partial of
 it; a renamed or replaced name is made durable by fsyncing its
-directory (once per batch for many files, see :mod:`tether.storage.batch`).
+directory (many small files are made durable together: :mod:`tether.storage.durable`).
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def _move_no_clobber(dir_fd: int, part: str, name: str) -> bool:
     return True
 
 
-def _open_unnamed(dir_fd: int) -> int | None:
+def open_unnamed(dir_fd: int) -> int | None:
     """An unnamed file in ``dir_fd`` (``O_TMPFILE``), or None where the file system has none."""
     flag = getattr(os, "O_TMPFILE", 0)
     if not flag:
@@ -277,85 +277,35 @@ def _open_unnamed(dir_fd: int) -> int | None:
         raise
 
 
-def _link_unnamed(fd: int, dir_fd: int, name: str, force: bool, rename: bool) -> str:
+def link_unnamed(fd: int, dir_fd: int, name: str, force: bool, rename: bool) -> str:
     """Give the unnamed file ``fd`` its name: ``linkat`` never replaces, so without ``force``
-    the first free candidate is taken atomically; with ``force`` it is linked as the partial
-    and renamed over the destination (a crash leaves at most that whole, verified partial)."""
+    the first free candidate is taken atomically; with ``force`` a name that is taken is
+    replaced by linking the file as the partial and renaming that over it (a crash leaves at
+    most that whole, verified partial)."""
     source = f"/proc/self/fd/{fd}"
-    if force:
-        part = part_name(name)
-        with contextlib.suppress(FileNotFoundError):
-            fs.unlink(part, dir_fd=dir_fd)
-        fs.link(source, part, dst_dir_fd=dir_fd, follow_symlinks=True)
-        try:
-            return place(dir_fd, part, name, True, False)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fs.unlink(part, dir_fd=dir_fd)
-            raise
     candidates = [name] + ([renamed(name, n) for n in range(1, MAX_RENAMES)] if rename else [])
     for candidate in candidates:
         try:
             fs.link(source, candidate, dst_dir_fd=dir_fd, follow_symlinks=True)
         except FileExistsError:
+            if force:
+                return _replace_with(source, dir_fd, name)
             continue
         return candidate
     raise AlreadyExists(f"{name} exists (use --force to replace it or --rename)")
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview, mode: int, mtime_ns: int) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    fs.fchmod(fd, mode)
-    if mtime_ns:
-        fs.utime(fd, ns=(mtime_ns, mtime_ns))
-    fs.fsync(fd)
-
-
-def store_whole(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
-                mtime_ns: int, *, force: bool, rename: bool) -> str:
-    """Store a whole small file the caller already verified: written to an unnamed file (or,
-    without ``O_TMPFILE``, its partial), fsynced, then given its name, so the final name never
-    holds less and a failure keeps nothing of it. The caller fsyncs ``dir_fd``
-    (once for many files). Returns the name it was stored under."""
-    try:
-        unnamed = _open_unnamed(dir_fd)
-    except OSError as exc:
-        raise disk_error(exc, name, "store") from exc
-    if unnamed is not None:
-        try:
-            _write_all(unnamed, data, mode, mtime_ns)
-            return _link_unnamed(unnamed, dir_fd, name, force, rename)
-        except OSError as exc:
-            if isinstance(exc, IsADirectoryError):
-                raise AlreadyExists(f"{name} is a directory") from exc
-            raise disk_error(exc, name, "store") from exc
-        finally:
-            fs.close(unnamed)
+def _replace_with(source: str, dir_fd: int, name: str) -> str:
     part = part_name(name)
-    try:  # usually there is no partial yet: created here, it is ours and empty
-        fd = fs.open(part, fs.O_WRONLY | fs.O_CREAT | fs.O_EXCL | fs.O_NOFOLLOW | fs.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        size = 0
-        _lock(fd)
-    except FileExistsError:
-        fd, size = open_part(dir_fd, name)
-    except OSError as exc:
-        raise disk_error(exc, name, "store") from exc
+    with contextlib.suppress(FileNotFoundError):
+        fs.unlink(part, dir_fd=dir_fd)
+    fs.link(source, part, dst_dir_fd=dir_fd, follow_symlinks=True)
     try:
-        if size:
-            os.ftruncate(fd, 0)
-        _write_all(fd, data, mode, mtime_ns)
-        return place(dir_fd, part, name, force, rename)
-    except BaseException as exc:
+        return place(dir_fd, part, name, True, False)
+    except BaseException:
         with contextlib.suppress(OSError):
-            fs.unlink(part, dir_fd=dir_fd)  # a small file has nothing worth resuming
-        if isinstance(exc, OSError):
-            raise disk_error(exc, name, "store") from exc
+            fs.unlink(part, dir_fd=dir_fd)
         raise
-    finally:
-        fs.close(fd)
 
 
 class Spool:
@@ -372,7 +322,7 @@ class Spool:
     def open(cls, dir_fd: int, name: str) -> Spool | None:
         """A spool in ``dir_fd``, or None where the file system has no unnamed files."""
         try:
-            fd = _open_unnamed(dir_fd)
+            fd = open_unnamed(dir_fd)
         except OSError as exc:
             raise disk_error(exc, name, "store") from exc
         return None if fd is None else cls(fd)
@@ -390,17 +340,6 @@ class Spool:
     @property
     def hash(self) -> str:
         return digest(self.hasher.copy())
-
-    def store(self, dir_fd: int, name: str, mode: int, mtime_ns: int, *, force: bool,
-              rename: bool) -> str:
-        """Give the verified spool its name (see :func:`store_whole`)."""
-        try:
-            _write_all(self.fd, b"", mode, mtime_ns)
-            return _link_unnamed(self.fd, dir_fd, name, force, rename)
-        except OSError as exc:
-            if isinstance(exc, IsADirectoryError):
-                raise AlreadyExists(f"{name} is a directory") from exc
-            raise disk_error(exc, name, "store") from exc
 
     def close(self) -> None:
         """Forget the spool (an unnamed file vanishes with its last descriptor)."""

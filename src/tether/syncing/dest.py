@@ -29,7 +29,7 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
-from tether.storage.durable import DurableGroup
+from tether.storage.durable import SYNC_GROUP_DIRS, SYNC_GROUP_FILES, DurableGroup
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
 from tether.storage.source import file_hash
@@ -186,7 +186,8 @@ class DestSide:
             asyncio.Queue())
         self.incoming: tuple[int, _Incoming] | None = None
         self.batch: _BatchIn | None = None
-        self.group = DurableGroup()
+        self.group = DurableGroup(files=SYNC_GROUP_FILES, dirs=SYNC_GROUP_DIRS,
+                                  background=True)
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
         self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
@@ -205,6 +206,8 @@ class DestSide:
             else:
                 self.answers.put_nowait(None)
                 await writer
+            self.group.flush()  # the last files: made durable and placed off the loop
+            await asyncio.to_thread(self.group.wait)
             self._finish()
         finally:
             for task in (reader, writer):
@@ -311,10 +314,8 @@ class DestSide:
                 raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
                                           f"hash; nothing was stored under that name")
             dir_fd, name = self.tree.parent(want.parts)
-            self.group.add(dir_fd, name, content, want.mode, want.mtime)
+            self.group.add(dir_fd, name, content, want.mode, want.mtime, shown=want.name)
             self.result.sent += 1
-            if self.group.full:
-                self.group.flush()
         if batch.complete:
             self.batch = None
 
@@ -502,7 +503,7 @@ class DestSide:
 
     def _finish(self) -> None:
         tree = self._open(False)
-        self.group.flush()
+        self.group.wait()
         if self.wanted and not self.opts.dry_run:
             raise RemoteProtocolError(f"the source did not send {len(self.wanted)} of the files "
                                       f"asked for")
