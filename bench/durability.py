@@ -294,7 +294,8 @@ def main() -> None:
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
                 waits[name].append(WAITED)
-                print(f"{name:18} {times[name][-1]:.2f} s (waited {WAITED:.2f} s, cpu {cpu:.2f} s; the other writer "
+                print(f"{name:18} {times[name][-1]:.2f} s (waited {WAITED:.2f} s, cpu {cpu:.2f} s; "
+                      f"the other writer "
                       f"{other_s:.2f} s; load {os.getloadavg()[0]:.1f})", flush=True)
         for old in range(trial - 1, trial + 1):
             shutil.rmtree(args.dir / f"dest{old}", ignore_errors=True)

@@ -29,7 +29,7 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
-from tether.storage.durable import SYNC_GROUP_DIRS, SYNC_GROUP_FILES, DurableGroup
+from tether.storage.durable import QueuedGroup
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
 from tether.storage.source import file_hash
@@ -186,8 +186,7 @@ class DestSide:
             asyncio.Queue())
         self.incoming: tuple[int, _Incoming] | None = None
         self.batch: _BatchIn | None = None
-        self.group = DurableGroup(files=SYNC_GROUP_FILES, dirs=SYNC_GROUP_DIRS,
-                                  background=True)
+        self.group = QueuedGroup()
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
         self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
@@ -206,8 +205,7 @@ class DestSide:
             else:
                 self.answers.put_nowait(None)
                 await writer
-            self.group.flush()  # the last files: made durable and placed off the loop
-            await asyncio.to_thread(self.group.wait)
+            await asyncio.to_thread(self.group.wait)  # the last files durable, in place
             self._finish()
         finally:
             for task in (reader, writer):
