@@ -3,7 +3,7 @@
 optionally with another tether tree (``--base SRC``: e.g. main's ``src`` before a change, served
 and run from there), alternating the order each round (issue 17, "Durable without rsync's cost").
 
-    python -m bench.disk_tree [--rounds N] [--base DIR] [--only sync|put]
+    python -m bench.disk_tree [--rounds N] [--base [NAME=]DIR ...] [--only sync|put]
 
 The destination of each run is a new directory (removed two runs later): ext4 passes over inodes
 freed in the last ~30 s one by one, so writing right after removing a tree costs both contenders
@@ -56,12 +56,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--files", type=int, default=FULL.tree_files)
-    ap.add_argument("--base", type=Path, help="another tether source tree (its src directory)")
+    ap.add_argument("--base", action="append", default=[], metavar="[NAME=]DIR",
+                    help="another tether source tree (its src directory), run beside this one")
     ap.add_argument("--only", choices=["sync", "put"])
     args = ap.parse_args()
     envs = {"tether": dict(os.environ)}
-    if args.base:
-        envs["tether base"] = dict(os.environ, PYTHONPATH=str(args.base.resolve()))
+    for base in args.base:
+        name, _, path = base.rpartition("=")
+        envs[f"tether {name or 'base'}"] = dict(os.environ,
+                                                PYTHONPATH=str(Path(path).resolve()))
     with Peers(64 * 1024 * 1024) as peers:
         ctx = Context(peers, FULL)
         disk = peers.tmp / "disk"

@@ -47,6 +47,7 @@ GROUP_FILES = 32  # reference policy: a group is made durable at this many files
 GROUP_BYTES = 16 * 1024 * 1024  # ...or this many bytes...
 GROUP_DIRS = 4  # ...or before it would hold a directory more than this (a dup'd fd each)
 SYNC_THREADS = 8  # fsyncs at once, per process
+WRITERS = 2  # threads writing a queued group's files
 SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback, do not wait
 
 Placed = Callable[[str], None]  # told the name a file took, once it is durable in place
@@ -180,6 +181,39 @@ def _write(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def _finish_file(file: _File, mode: int, mtime_ns: int) -> None:
+    fs.fchmod(file.fd, mode & 0o7777)
+    if mtime_ns:
+        fs.utime(file.fd, ns=(mtime_ns, mtime_ns))
+    start_writeback(file.fd)
+
+
+def write_file(dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
+               mtime_ns: int, *, shown: str = "", force: bool = True, rename: bool = False,
+               on_placed: Placed | None = None) -> _File:
+    """One verified file written unnamed (or as its partial, without ``O_TMPFILE``), for a
+    group to keep; if it cannot be, nothing of it is kept. Uses no group's state: any thread."""
+    check_name(name)
+    shown = shown or name
+    try:
+        fd = open_unnamed(dir_fd)
+        named = fd is None
+        if fd is None:
+            fd, size = open_part(dir_fd, name)
+            if size:
+                os.ftruncate(fd, 0)
+        file = _File(fd, named, dir_fd, name, shown, force, rename, on_placed)
+        try:
+            _write(fd, data)
+            _finish_file(file, mode, mtime_ns)
+        except BaseException:
+            file.discard()
+            raise
+    except OSError as exc:
+        raise disk_error(exc, shown, "store") from exc
+    return file
+
+
 class DurableGroup:
     """Small verified files waiting to be made durable and placed together (see the module's
     docstring). Files are placed in the order they were added."""
@@ -203,36 +237,15 @@ class DurableGroup:
         If it cannot be written, nothing of it is kept, and the files before it are settled
         (they are whole) before the error is raised."""
         self._raise()
-        check_name(name)
-        shown = shown or name
         try:
-            file = self._open(dir_fd, name, shown, force, rename, on_placed)
-            try:
-                _write(file.fd, data)
-                self._finish_file(file, mode, mtime_ns)
-            except BaseException:
-                file.discard()
-                raise
-        except OSError as exc:
-            self._settle_quietly()
-            raise disk_error(exc, shown, "store") from exc
+            file = write_file(dir_fd, name, data, mode, mtime_ns, shown=shown, force=force,
+                              rename=rename, on_placed=on_placed)
         except BaseException:
-            self._settle_quietly()
+            self.settle_quietly()
             raise
-        self._keep(file, len(data))
+        self.keep(file, len(data))
 
-    @staticmethod
-    def _open(dir_fd: int, name: str, shown: str, force: bool, rename: bool,
-              on_placed: Placed | None) -> _File:
-        fd = open_unnamed(dir_fd)
-        named = fd is None
-        if fd is None:
-            fd, size = open_part(dir_fd, name)
-            if size:
-                os.ftruncate(fd, 0)
-        return _File(fd, named, dir_fd, name, shown, force, rename, on_placed)
-
-    def _settle_quietly(self) -> None:
+    def settle_quietly(self) -> None:
         """Settle what is pending (whole and verified) while another error is on its way."""
         with contextlib.suppress(Exception):
             self.wait()
@@ -246,23 +259,17 @@ class DurableGroup:
                      on_placed)
         try:
             self._raise()
-            self._finish_file(file, mode, mtime_ns)
+            _finish_file(file, mode, mtime_ns)
         except OSError as exc:
             file.discard()
             raise disk_error(exc, file.shown, "store") from exc
         except BaseException:
             file.discard()
             raise
-        self._keep(file, size)
+        self.keep(file, size)
 
-    @staticmethod
-    def _finish_file(file: _File, mode: int, mtime_ns: int) -> None:
-        fs.fchmod(file.fd, mode & 0o7777)
-        if mtime_ns:
-            fs.utime(file.fd, ns=(mtime_ns, mtime_ns))
-        start_writeback(file.fd)
-
-    def _keep(self, file: _File, size: int) -> None:
+    def keep(self, file: _File, size: int) -> None:
+        """Take a file written by :func:`write_file` (the group owns it from now on)."""
         try:
             st = fs.fstat(file.dir_fd)
             key = (st.st_dev, st.st_ino)
@@ -346,19 +353,22 @@ class _Queued:
 
 
 class QueuedGroup:
-    """A :class:`DurableGroup` (settled in the background) written by a thread of its own:
+    """A :class:`DurableGroup` (settled in the background) written by threads of its own:
     :meth:`add` only queues a file (its bytes are kept, not copied: the caller must not change
-    them), so the caller's thread (a sync's event loop) goes on receiving and hashing while the
-    files are created and written; creating a file alone cost the kernel 0.1 to 0.7 ms on the
-    shared ext4 measured (bench/durability.py). :meth:`add` waits while
-    :data:`GROUP_FILES` files or :data:`GROUP_BYTES` bytes are queued."""
+    them), so the caller's thread (a sync's event loop) goes on receiving and hashing while
+    :data:`WRITERS` threads create and write the files: creating a file alone cost the kernel
+    0.1 to 0.7 ms on the shared ext4 measured (bench/durability.py), more than all the rest of
+    a small file's work. :meth:`add` waits while :data:`GROUP_FILES` files or
+    :data:`GROUP_BYTES` bytes are queued or being written."""
 
     def __init__(self, *, files: int = GROUP_FILES, dirs: int = GROUP_DIRS) -> None:
         self.group = DurableGroup(files=files, dirs=dirs, background=True)
         self._queue: deque[_Queued] = deque()
-        self._bytes = 0
+        self._busy = 0  # files taken from the queue and not yet kept by the group
+        self._bytes = 0  # bytes queued or being written
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._keeping = threading.Lock()  # the group is kept by one writer at a time
+        self._threads: list[threading.Thread] = []
         self._stop = False
         self._error: BaseException | None = None
         self._owner = threading.Lock()  # wait() and close() never run at once
@@ -368,7 +378,7 @@ class QueuedGroup:
         """Queue one verified file for the group (which replaces what is there)."""
         check_name(name)
         with self._cond:
-            while self._error is None and (len(self._queue) >= self.group.max_files
+            while self._error is None and (len(self._queue) + self._busy >= self.group.max_files
                                            or self._bytes >= GROUP_BYTES):
                 self._cond.wait()
             if self._error is not None:
@@ -379,11 +389,11 @@ class QueuedGroup:
                 raise disk_error(exc, shown or name, "store") from exc
             self._queue.append(_Queued(dup, name, data, mode, mtime_ns, shown or name))
             self._bytes += len(data)
-            self._cond.notify_all()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tether-writer",
-                                                daemon=True)
-                self._thread.start()
+            self._cond.notify()
+            if len(self._threads) < min(WRITERS, len(self._queue) + self._busy):
+                thread = threading.Thread(target=self._run, name="tether-writer", daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def _run(self) -> None:
         while True:
@@ -392,40 +402,55 @@ class QueuedGroup:
                     self._cond.wait()
                 if self._stop:
                     return
-                item = self._queue[0]
+                item = self._queue.popleft()
+                self._busy += 1
             try:
-                if self._error is None:
-                    self.group.add(item.dir_fd, item.name, item.data, item.mode, item.mtime_ns,
-                                   shown=item.shown)
-            except BaseException as exc:
-                self._error = exc
+                self._write(item)
             finally:
                 with contextlib.suppress(OSError):
                     fs.close(item.dir_fd)
                 with self._cond:
-                    self._queue.popleft()
+                    self._busy -= 1
                     self._bytes -= len(item.data)
                     self._cond.notify_all()
+
+    def _write(self, item: _Queued) -> None:
+        try:
+            if self._error is not None:
+                return
+            file = write_file(item.dir_fd, item.name, item.data, item.mode, item.mtime_ns,
+                              shown=item.shown)
+            with self._keeping:
+                if self._error is not None:
+                    file.discard()
+                    return
+                self.group.keep(file, len(item.data))
+        except BaseException as exc:
+            with self._keeping:
+                if self._error is None:
+                    self._error = exc
+                    self.group.settle_quietly()  # the files before it are whole
 
     def wait(self) -> None:
         """Wait until every file queued is durable and in place (or raise why not)."""
         with self._owner:
             with self._cond:
-                while self._queue and self._error is None:
+                while (self._queue or self._busy) and self._error is None:
                     self._cond.wait()
                 if self._error is not None:
                     raise self._error
-            self.group.wait()
+            with self._keeping:
+                self.group.wait()
 
     def close(self) -> None:
-        """Discard what is queued or pending (nothing of it is kept); a group being settled
-        finishes on its own thread."""
+        """Discard what is queued or pending (nothing of it is kept), once the files being
+        written and a group being settled are done."""
         with self._owner:
             with self._cond:
                 self._stop = True
                 self._cond.notify_all()
-            if self._thread is not None:
-                self._thread.join()  # it finishes the file it is writing, at most
+            for thread in self._threads:
+                thread.join()  # each finishes the file it is writing, at most
             for item in self._queue:
                 with contextlib.suppress(OSError):
                     fs.close(item.dir_fd)
