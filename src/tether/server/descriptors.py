@@ -28,9 +28,9 @@ COSTS = {
     "exec": 4,  # stdin, stdout and stderr pipes, and the child's pidfd
     "shell": 4,  # a pty's master, or three pipes, and the pidfd
     "put": 2,  # the partial file and its directory
-    # its base, at most 4 more directories, the spool of a file in pieces, and a durable group
-    # (files whole and verified, waiting to be made durable together, and their directories)
-    "batch": 6 + GROUP_FILES + GROUP_DIRS,
+    # its base, at most 4 more directories, the spool of a file in pieces, and two durable
+    # groups (files whole and verified, and their directories: one filling, one settling)
+    "batch": 6 + 2 * (GROUP_FILES + GROUP_DIRS),
     "get": 2,  # the source and its directory while it is found
     "fetch": 6,  # its base, at most 4 more directories and the file being read
     "list": 1,  # its top; each level it enters takes LIST_LEVEL more

@@ -128,7 +128,7 @@ class BatchReceiver:
         self.expected = sum(t.size for t in targets)
         self.received = 0
         self.failed: list[str] = []
-        self.group = DurableGroup()
+        self.group = DurableGroup(background=True)  # settled while the next files arrive
         self._index = 0
         self._buf = bytearray()
         self._spool: Spool | None = None  # the file whose bytes are arriving, on disk
