@@ -7,10 +7,10 @@ sync into an empty destination; a re-sync with 1% of the files changed; a re-syn
 changed (also with ``--checksum`` / ``rsync -c``); a re-sync after 1,000 files were removed at the
 source, with ``--delete``. Before those, the same tree pushed to 10 hosts, first and again
 with 1% changed (``bench/workloads/sync_fleet.py``, on the tmpfs). Then a 1 GiB file with 1 MiB
-changed in the middle (on ext4), where the bytes on the wire are recorded too (tether's ``bytes_sent`` + ``bytes_signatures`` from
-``--json``; rsync's "Total bytes sent" + "received" from ``--stats``). Each contender keeps its
-own destination; what a round changes is made before the round's timer starts. Values are wall
-seconds (lower is better).
+changed in the middle (on ext4), where the bytes on the wire are recorded too (tether's
+``bytes_sent`` + ``bytes_signatures`` from ``--json``; rsync's "Total bytes sent" + "received"
+from ``--stats``). Each contender keeps its own destination; what a round changes is made before
+the round's timer starts. Values are wall seconds (lower is better).
 """
 
 from __future__ import annotations
