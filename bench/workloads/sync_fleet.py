@@ -15,20 +15,27 @@ handicap no real fleet has; ten processes give both sides the same parallelism.
 
 Two cases, what a CI farm does: the first push into ten empty destinations, and a re-push after
 1% of the files changed (each contender's ten destinations hold the previous round's tree).
-Values are wall seconds (lower is better).
+Values are wall seconds (lower is better); each sample also records CPU seconds, steadier than
+wall time on a shared machine: the client's (its whole process tree: for rsync, bash, the ten
+rsyncs and their ssh) and the servers' (the ten ``tether serve`` processes; sshd's sessions with
+the rsync each starts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import shlex
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
+
 from bench.config import Context
 from bench.peers import HOST, SSH_ALIAS
-from bench.procs import run_measured
+from bench.procs import BenchError, run_measured
 from bench.stats import Contender, Group, GroupResult, Sample, Target, run_group
 
 HOSTS = 10
@@ -38,9 +45,9 @@ TARGET = 0.5  # the issue's: tether's time <= 0.5x ten parallel rsyncs'
 
 
 @contextlib.contextmanager
-def tether_hosts(ctx: Context, roots: list[Path]) -> Iterator[Path]:
+def tether_hosts(ctx: Context, roots: list[Path]) -> Iterator[tuple[Path, list[int]]]:
     """A ``tether serve`` per root and a client home whose inventory group ``sync10`` names
-    them (h0, h1, ...); yields that home."""
+    them (h0, h1, ...); yields that home and the servers' PIDs."""
     from tether.home import add_known_host
     from tether.identity import AuthorizedClient, add_authorized, generate_identity
     from tether.inventory import Host, Inventory, save
@@ -50,14 +57,39 @@ def tether_hosts(ctx: Context, roots: list[Path]) -> Iterator[Path]:
     client = generate_identity(home, "bench-sync10")
     add_authorized(peers.server_home, AuthorizedClient(client.cert_der, client.name))
     inventory = Inventory()
+    pids = []
     with contextlib.ExitStack() as stack:
         for n, root in enumerate(roots):
             root.mkdir(parents=True, exist_ok=True)
             server = stack.enter_context(peers.tether_server(root=root))
             inventory.add(Host(f"h{n}", HOST, server.port, (GROUP,)))
             add_known_host(home, HOST, server.port, peers.server_id.fingerprint)
+            pids.append(server.proc.pid)
         save(inventory, home)
-        yield home
+        yield home, pids
+
+
+class Servers:
+    """The server side's CPU seconds: ten ``tether serve`` processes' own, or what sshd's
+    sessions used (the listener's reaped children: sshd-session and the rsync it starts)."""
+
+    def __init__(self, pids: list[int], reaped: bool) -> None:
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.reaped = reaped
+
+    def cpu(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            t = proc.cpu_times()
+            total += (t.children_user + t.children_system if self.reaped
+                      else t.user + t.system)
+        return total
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the processes this harness reaped (a timed client and what it reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rsync_all(ctx: Context, src: Path, dests: list[Path]) -> str:
@@ -79,21 +111,24 @@ def groups(ctx: Context, base: Path, make_tree: Callable[[Path, int], None],
     r_dests = [base / "rsync" / f"h{i}" for i in range(HOSTS)]
     (base / "rsync").mkdir()
     try:
-        with tether_hosts(ctx, t_roots) as home:
+        with tether_hosts(ctx, t_roots) as (home, pids):
             tether = [str(ctx.peers.tether), "sync", "--home", str(home), f"{src}/",
                       f"@{GROUP}:dest"]
+            assert ctx.peers.sshd.proc is not None
+            servers = {"tether": Servers(pids, False),
+                       "rsync -a": Servers([ctx.peers.sshd.proc.pid], True)}
             rsync = rsync_all(ctx, src, r_dests)
-            return _run(ctx, src, tether, rsync, t_roots, r_dests, change)
+            return _run(ctx, src, {"tether": tether, "rsync -a": rsync}, servers, t_roots,
+                        r_dests, change)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _run(ctx: Context, src: Path, tether: list[str], rsync: str, t_roots: list[Path],
-         r_dests: list[Path], change: Callable[[list[Path], int, int], None]
-         ) -> list[GroupResult]:
+def _run(ctx: Context, src: Path, cmds: dict[str, list[str] | str],
+         servers: dict[str, Servers], t_roots: list[Path], r_dests: list[Path],
+         change: Callable[[list[Path], int, int], None]) -> list[GroupResult]:
     n = ctx.sizes.tree_files
     dests = {"tether": [r / "dest" for r in t_roots], "rsync -a": r_dests}
-    cmds: dict[str, list[str] | str] = {"tether": tether, "rsync -a": rsync}
 
     def fresh(who: str) -> None:
         for dest in dests[who]:
@@ -112,19 +147,39 @@ def _run(ctx: Context, src: Path, tether: list[str], rsync: str, t_roots: list[P
             ("first", f"first push of {n:,} files to {HOSTS} hosts, on tmpfs", fresh, 0),
             ("resync1", f"re-push to {HOSTS} hosts, 1% of {n:,} files changed, on tmpfs",
              changed, ctx.sizes.warmup)):
-        group = _group(ctx, f"sync {HOSTS}hosts-{key}", title, cmds, before)
+        group = _group(ctx, f"sync {HOSTS}hosts-{key}", title, cmds, servers, before)
         out.append(run_group(group, ctx.sizes.rounds, warmup))
+        for who in dests:  # every host got the whole tree (both contenders synced last)
+            _check(src, dests[who], who)
     return out
 
 
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def _check(src: Path, dests: list[Path], who: str) -> None:
+    """Each destination holds the source's files, sizes and mtimes (a run that skipped a host
+    would otherwise look fast)."""
+    want = _listing(src)
+    for dest in dests:
+        if _listing(dest) != want:
+            raise BenchError(f"{who}: {dest} differs from the source after the push")
+
+
 def _group(ctx: Context, key: str, title: str, cmds: dict[str, list[str] | str],
-           before: Callable[[str], None]) -> Group:
+           servers: dict[str, Servers], before: Callable[[str], None]) -> Group:
     def bind(who: str) -> Callable[[], Sample]:
         def run() -> Sample:
             before(who)
+            client, server = _children_cpu(), servers[who].cpu()
             m = run_measured(cmds[who], ctx.log(f"{key.replace(' ', '-')}-{who.split()[0]}"),
                              timeout=1800)
-            return Sample(m.seconds, {"client_rss_mib": m.client_mib})
+            time.sleep(0.2)  # for sshd to reap its sessions (their CPU is counted then)
+            return Sample(m.seconds, {"client_rss_mib": m.client_mib,
+                                      "client_cpu_s": _children_cpu() - client,
+                                      "server_cpu_s": servers[who].cpu() - server})
         return run
 
     return Group(

@@ -295,16 +295,12 @@ class Connection(Forwarding):
         of SRC, ``SRC`` the directory itself under its name. Returns what was sent, skipped,
         deleted and reused (``SyncResult``; in a dry run, what would be)."""
         from tether.client import syncs
-        from tether.syncing.common import SyncOptions
 
-        sources = [os.fspath(src)] if isinstance(src, str | os.PathLike) else [
-            os.fspath(s) for s in src]
-        opts = SyncOptions(checksum=checksum, delete=delete, dry_run=dry_run,
-                           safe_links=safe_links, filters=tuple(syncs.filter_lines(
-                               list(exclude), list(include),
-                               [os.fspath(p) for p in exclude_from])))
+        opts = syncs.sync_options(checksum=checksum, delete=delete, dry_run=dry_run,
+                                  exclude=exclude, include=include, exclude_from=exclude_from,
+                                  safe_links=safe_links)
         run = syncs.pull if pull else syncs.push
-        return await run(self, sources, os.fspath(dest), opts, progress)
+        return await run(self, syncs.source_list(src), os.fspath(dest), opts, progress)
 
     async def close(self) -> None:
         self._reader.cancel()

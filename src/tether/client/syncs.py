@@ -13,7 +13,9 @@ import os
 import posixpath
 import stat
 import time
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import BadRequest, NotFound
 from tether.protocol.sync_messages import (
@@ -23,7 +25,7 @@ from tether.storage.names import check_name, open_dir
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import NoProgress, Progress, SyncOptions, SyncResult
 from tether.syncing.dest import DestSide
-from tether.syncing.source import Root, SourceSide
+from tether.syncing.source import Entry, Listing, Root, SourceSide
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
@@ -63,6 +65,23 @@ def filter_lines(excludes: list[str], includes: list[str], exclude_from: list[st
         except OSError as exc:
             raise NotFound(f"--exclude-from {path}: {exc.strerror}") from exc
     return lines + list(excludes) + [f"!{pattern}" for pattern in includes]
+
+
+def source_list(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One source or several, as paths."""
+    if isinstance(src, str | os.PathLike):
+        return [os.fspath(src)]
+    return [os.fspath(s) for s in src]
+
+
+def sync_options(*, checksum: bool = False, delete: bool = False, dry_run: bool = False,
+                 exclude: Sequence[str] = (), include: Sequence[str] = (),
+                 exclude_from: Sequence[str | os.PathLike[str]] = (),
+                 safe_links: bool = False) -> SyncOptions:
+    """A sync's options from the API's keywords (``--exclude-from`` files read now)."""
+    return SyncOptions(checksum=checksum, delete=delete, dry_run=dry_run, safe_links=safe_links,
+                       filters=tuple(filter_lines(list(exclude), list(include),
+                                                  [os.fspath(p) for p in exclude_from])))
 
 
 def source_name(path: str) -> str:
@@ -116,10 +135,110 @@ def local_opener(dest: str, user_name: str, dry_run: bool
     return opener
 
 
+def local_roots(sources: list[str]) -> list[Root]:
+    """Every source opened (none left open if one cannot be)."""
+    roots: list[Root] = []
+    try:
+        for path in sources:
+            roots.append(local_root(path))
+    except BaseException:
+        for root in roots:
+            root.tree.close()
+        raise
+    return roots
+
+
+SHARED_BYTES = 64 * 1024 * 1024  # small files' bytes a push to several hosts keeps for the rest
+
+
+class SharedListing(Listing):
+    """A push of the same sources to several hosts at once (``connect_many(...).sync``): the
+    sources opened and walked once, and each small file read and hashed once, for all of them.
+
+    Each list is kept once made, so that a host that asks for it later gets the same entries
+    under the same numbers (the entries themselves are one list for every host, where each host
+    kept its own before). Small files' bytes and hashes stay up to ``budget`` bytes, least
+    recently used out first: hosts that move together read each file once; a host that falls
+    far behind reads again what the others no longer hold. The first host opens the sources; a
+    failure to (a missing source, an unreadable ``--exclude-from``) is every host's. Not safe
+    across threads: the hosts' tasks share one event loop."""
+
+    def __init__(self, sources: list[str], options: dict[str, Any],
+                 budget: int = SHARED_BYTES) -> None:
+        self.sources, self.options, self.budget = sources, options, budget
+        self.opts = SyncOptions()
+        self.roots: list[Root] | None = None
+        self.entries = []
+        self._failure: BaseException | None = None
+        self._made: list[tuple[int, dict[str, list]]] = []  # type: ignore[type-arg]
+        self._making: Iterator[tuple[int, dict[str, list]]] = iter(())  # type: ignore[type-arg]
+        self._small: OrderedDict[int, tuple[bytes, str] | None] = OrderedDict()  # by number
+        self._held = 0  # what _small costs
+
+    def open(self) -> list[Root]:
+        """The opened sources (opened by the first caller)."""
+        if self._failure is not None:
+            raise self._failure
+        if self.roots is None:
+            try:
+                self.opts = sync_options(**self.options)
+                self.roots = local_roots(self.sources)
+            except BaseException as exc:
+                self._failure = exc
+                raise
+            super().__init__(self.roots, self.opts)
+            self._making = super().lists()
+        return self.roots
+
+    def lists(self) -> Iterator[tuple[int, dict[str, list]]]:  # type: ignore[type-arg]
+        done = 0
+        while True:
+            if done == len(self._made):
+                if self._failure is not None:
+                    raise self._failure  # the walk failed for an earlier host: for every host
+                try:
+                    item = next(self._making, None)
+                except BaseException as exc:
+                    self._failure = exc
+                    raise
+                if item is None:
+                    return
+                self._made.append(item)
+            yield self._made[done]
+            done += 1
+
+    def small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
+        if index in self._small:
+            self._small.move_to_end(index)
+            return self._small[index]
+        got = super().small(index, entry)
+        if _cost(got) <= self.budget:
+            self._small[index] = got
+            self._held += _cost(got)
+            while self._held > self.budget:
+                self._held -= _cost(self._small.popitem(last=False)[1])
+        return got
+
+    def close(self) -> None:
+        for root in self.roots or []:
+            root.tree.close()
+
+
+def _cost(got: tuple[bytes, str] | None) -> int:
+    """What a kept small file costs against the budget (its bytes, its hash, the keeping)."""
+    return (len(got[0]) if got is not None else 0) + 200
+
+
 async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOptions,
-               progress: Progress | None = None) -> SyncResult:
+               progress: Progress | None = None, shared: SharedListing | None = None
+               ) -> SyncResult:
+    """``sources`` to ``dest`` on the server; with ``shared`` (one of several hosts), its
+    sources, options and listing instead of this host's own."""
     started = time.monotonic()
-    roots = [local_root(path) for path in sources]
+    if shared is not None:
+        roots, opts = shared.open(), shared.opts
+    else:
+        roots = local_roots(sources)
     try:
         single = len(roots) == 1 and roots[0].file is not None
         handle = conn.open_stream(Sync, path=dest, push=True, single=single,
@@ -128,13 +247,14 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
                                   filters=list(opts.filters))
         try:
             result = await SourceSide(_Endpoint(conn, handle), roots, opts, client=True,
-                                      progress=progress or NoProgress()).run()
+                                      progress=progress or NoProgress(), listing=shared).run()
         except BaseException:
             handle.abandon()
             raise
     finally:
-        for root in roots:
-            root.tree.close()
+        if shared is None:
+            for root in roots:
+                root.tree.close()
     result.seconds = time.monotonic() - started
     return result
 

@@ -149,18 +149,63 @@ def list_messages(found: Iterator[tuple[Entry, str, str]], entries: list[Entry]
         yield fields
 
 
+def read_small(entry: Entry) -> bytes | None:
+    """A small file's bytes, or None if it is not what was listed (gone, or changed)."""
+    try:
+        fd = entry.root.tree.open_file(entry.parts)
+    except OSError:
+        return None
+    try:
+        before = os.fstat(fd)
+        data = read_whole(fd, entry.size, entry.name)
+        if not _same(before, entry) or not _same(os.fstat(fd), entry):
+            return None
+        return data
+    except (SourceChanged, OSError):
+        return None
+    finally:
+        os.close(fd)
+
+
+class Listing:
+    """What a :class:`SourceSide` lists and sends small files from: its sources walked lazily
+    into bounded lists, a small file read and hashed when it is wanted. A push to several hosts
+    gives every host's side one shared subclass instead (``tether.client.syncs.SharedListing``),
+    so the tree is walked, and each small file read and hashed, once for all of them: entry
+    numbers are the same on every host, and ``entries`` is then the one shared list."""
+
+    def __init__(self, roots: list[Root], opts: SyncOptions) -> None:
+        self.entries: list[Entry] = []
+        self._fields = list_messages(walk_roots(roots, opts), self.entries)
+
+    def lists(self) -> Iterator[tuple[int, dict[str, list]]]:  # type: ignore[type-arg]
+        """(number of its first entry, fields) of each sync_list in order; a list's entries
+        are in ``entries`` once it is yielded."""
+        first = 0
+        for fields in self._fields:
+            yield first, fields
+            first += len(fields["names"])
+
+    def small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
+        """Entry ``index``'s bytes and their hash, or None if it is not what was listed."""
+        data = read_small(entry)
+        return None if data is None else (data, file_hash(data))
+
+
 class SourceSide:
     """Drives the source's half of one sync stream."""
 
     def __init__(self, ep: Endpoint, roots: list[Root], opts: SyncOptions, *, client: bool,
-                 result: SyncResult | None = None, progress: Progress | None = None) -> None:
+                 result: SyncResult | None = None, progress: Progress | None = None,
+                 listing: Listing | None = None) -> None:
         self.ep = ep
         self.roots = roots
         self.opts = opts
         self.client = client  # a pushing client ends with sync_sent; a pulled server with done
         self.result = result or SyncResult()
         self.progress = progress or NoProgress()
-        self.entries: list[Entry] = []
+        self.listing = listing or Listing(roots, opts)
+        self.entries = self.listing.entries
         self.ranges: deque[tuple[int, int]] = deque()  # (first, count) of unanswered lists
         self.lists_sent: list[int] = []  # the first entry of each list sent
         self.work: asyncio.Queue[tuple[SyncWant, bytes, int]] = asyncio.Queue(LIST_WINDOW)
@@ -190,18 +235,18 @@ class SourceSide:
     # --- listing and sending ---------------------------------------------------------------------
 
     async def _write(self) -> None:
-        lists = list_messages(walk_roots(self.roots, self.opts), self.entries)
+        lists = self.listing.lists()
         listed = False
         served = 0
         while True:
             if not listed and len(self.ranges) < LIST_WINDOW:
-                first = len(self.entries)
-                fields = next(lists, None)
-                if fields is None:
+                item = next(lists, None)
+                if item is None:
                     listed = True
                     self.ep.send(SyncListed(count=len(self.entries), stream=self.ep.stream))
                 else:
-                    self.ranges.append((first, len(self.entries) - first))
+                    first, fields = item
+                    self.ranges.append((first, len(fields["names"])))
                     self.lists_sent.append(first)
                     self.ep.send(SyncList(**fields, stream=self.ep.stream))
                 await self.ep.drain()
@@ -216,7 +261,7 @@ class SourceSide:
         if self.client:
             for offset, action in enumerate(want.actions):
                 self.result.note(self.entries[first + offset].name, action)
-        batch: list[tuple[int, bytes]] = []
+        batch: list[tuple[int, bytes, str]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
                                                    want.prefixes, strict=True):
@@ -225,47 +270,31 @@ class SourceSide:
                 await self._send_delta(index, entry, sigs[pos:pos + sig_size])
                 pos += sig_size
             elif entry.size <= SMALL_FILE and not offset:
-                data = self._read_small(index, entry)
-                if data is not None:
-                    if batch and (len(batch) >= SEND_FILES
-                                  or batch_bytes + len(data) > SEND_BYTES):
-                        await self._send_batch(batch)
-                        batch, batch_bytes = [], 0
-                    batch.append((index, data))
-                    batch_bytes += len(data)
+                got = self.listing.small(index, entry)
+                if got is None:
+                    self._changed(index, entry)  # committed as changed: not what was listed
+                    continue
+                if batch and (len(batch) >= SEND_FILES
+                              or batch_bytes + len(got[0]) > SEND_BYTES):
+                    await self._send_batch(batch)
+                    batch, batch_bytes = [], 0
+                batch.append((index, *got))
+                batch_bytes += len(got[0])
             else:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
             await self._send_batch(batch)
-
-    def _read_small(self, index: int, entry: Entry) -> bytes | None:
-        """A small file's bytes, or None (committed as changed) if it is not what was listed."""
-        try:
-            fd = entry.root.tree.open_file(entry.parts)
-        except OSError:
-            self._changed(index, entry)
-            return None
-        try:
-            before = os.fstat(fd)
-            data = read_whole(fd, entry.size, entry.name)
-            if not _same(before, entry) or not _same(os.fstat(fd), entry):
-                raise SourceChanged(entry.name)
-            return data
-        except (SourceChanged, OSError):
-            self._changed(index, entry)
-            return None
-        finally:
-            os.close(fd)
 
     def _changed(self, index: int, entry: Entry) -> None:
         self.result.changed.append(entry.name)
         self.ep.send(SyncFile(index=index, size=0, stream=self.ep.stream))
         self.ep.send(SyncCommit(index=index, hash="", changed=True, stream=self.ep.stream))
 
-    async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
-        self.ep.send(SyncBatch(indices=[i for i, _ in batch], sizes=[len(d) for _, d in batch],
-                               hashes=[file_hash(d) for _, d in batch], stream=self.ep.stream))
-        data = b"".join(d for _, d in batch)
+    async def _send_batch(self, batch: list[tuple[int, bytes, str]]) -> None:
+        self.ep.send(SyncBatch(indices=[i for i, _, _ in batch],
+                               sizes=[len(d) for _, d, _ in batch],
+                               hashes=[h for _, _, h in batch], stream=self.ep.stream))
+        data = b"".join(d for _, d, _ in batch)
         label = self.entries[batch[0][0]].name
         self.progress.file_started(label, len(data), 0)
         if data:
@@ -451,4 +480,4 @@ def _what(event: Message | Data) -> str:
     return "data" if isinstance(event, Data) else repr(event.TYPE)
 
 
-__all__ = ["Entry", "Root", "SourceSide"]
+__all__ = ["Entry", "Listing", "Root", "SourceSide", "read_small"]
