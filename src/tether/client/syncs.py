@@ -157,9 +157,9 @@ class SharedListing(Listing):
 
     Each list is kept once made, so that a host that asks for it later gets the same entries
     under the same numbers (the entries themselves are one list for every host, where each host
-    kept its own before). Small files' bytes and hashes stay up to ``budget`` bytes, least
-    recently used out first: hosts that move together read each file once; a host that falls
-    far behind reads again what the others no longer hold. The first host opens the sources; a
+    kept its own before). Small files' bytes and hashes stay up to ``budget`` bytes, the oldest
+    read out first: hosts that move together read each file once; a host that falls far behind
+    reads again what the others no longer hold. The first host opens the sources; a
     failure to (a missing source, an unreadable ``--exclude-from``) is every host's. Not safe
     across threads: the hosts' tasks share one event loop."""
 
@@ -208,20 +208,24 @@ class SharedListing(Listing):
             done += 1
 
     def small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
-        if index in self._small:
-            self._small.move_to_end(index)
-            return self._small[index]
+        got = self._small.get(index, _NOT_KEPT)
+        if got is not _NOT_KEPT:
+            return got  # type: ignore[return-value]
         got = super().small(index, entry)
-        if _cost(got) <= self.budget:
+        cost = _cost(got)
+        if cost <= self.budget:
             self._small[index] = got
-            self._held += _cost(got)
-            while self._held > self.budget:
+            self._held += cost
+            while self._held > self.budget:  # the oldest read out first: hosts move forward
                 self._held -= _cost(self._small.popitem(last=False)[1])
         return got
 
     def close(self) -> None:
         for root in self.roots or []:
             root.tree.close()
+
+
+_NOT_KEPT = object()
 
 
 def _cost(got: tuple[bytes, str] | None) -> int:
