@@ -367,20 +367,31 @@ class DestSide:
                 raise UnsafePath("a sync of one file listed more than that file")
             assert self.single_name is not None
             return [self.single_name]
+        parent, slash, leaf = name.rpartition("/")
+        if (slash and not parent) or parent not in self.dir_names or name in self.listed:
+            self._refuse_name(name)
+        try:  # the parent's components were checked when it was listed
+            sync_name(leaf)
+        except UnsafePath as exc:
+            raise UnsafePath(f"the source listed an unsafe name {name[:80]!r}; "
+                             f"nothing written there") from exc
+        parts = name.split("/")
+        self.listed.add(name)
+        if kind == "dir":
+            self.dir_names.add(name)
+        return parts
+
+    def _refuse_name(self, name: str) -> None:
+        """Why a listed name is refused: unsafe, listed twice, or not below a listed directory."""
         try:
-            parts = sync_name(name)
+            sync_name(name)
         except UnsafePath as exc:
             raise UnsafePath(f"the source listed an unsafe name {name[:80]!r}; "
                              f"nothing written there") from exc
         if name in self.listed:
             raise UnsafePath(f"the source listed {name[:80]!r} twice")
-        if "/".join(parts[:-1]) not in self.dir_names:
-            raise UnsafePath(f"the source listed {name[:80]!r} beneath something that is not "
-                             f"a directory it listed")
-        self.listed.add(name)
-        if kind == "dir":
-            self.dir_names.add(name)
-        return parts
+        raise UnsafePath(f"the source listed {name[:80]!r} beneath something that is not "
+                         f"a directory it listed")
 
     def _replace(self, tree: DestTree, parts: list[str], old: os.stat_result | None,
                  kind: str) -> str:
