@@ -330,22 +330,23 @@ class DestSide:
         tree = self._open(msg.kinds[0] == "file" and self.count == 0, msg.names[0])
         actions: list[str] = []
         wants: list[Wanted | None] = []
+        if self.count + len(msg.names) > MAX_ENTRIES:
+            raise BadRequest(f"a sync of more than {MAX_ENTRIES} entries")
+        filtered = self.filters.spec is not None
         for name, kind, size, mode, mtime, target, hash_ in zip(
                 msg.names, msg.kinds, msg.sizes, msg.modes, msg.mtimes, msg.targets, msg.hashes,
                 strict=True):
             self.count += 1
-            if self.count > MAX_ENTRIES:
-                raise BadRequest(f"a sync of more than {MAX_ENTRIES} entries")
             parts = self._parts(name, kind)
-            shown = "/".join(parts)
-            if self.filters.excluded(name, kind == "dir"):
+            shown = "/".join(parts) if self.single else name
+            if filtered and self.filters.excluded(name, kind == "dir"):
                 action, want = "", None
+            elif kind == "file":
+                action, want = self._plan_file(tree, parts, shown, size, mode, mtime, hash_)
             elif kind == "dir":
                 action, want = self._plan_dir(tree, parts, mode, mtime), None
             elif kind == "symlink":
                 action, want = self._plan_link(tree, parts, target, mtime), None
-            elif kind == "file":
-                action, want = self._plan_file(tree, parts, size, mode, mtime, hash_)
             else:
                 raise UnsafePath(f"the source listed {shown!r} as a {kind[:20]!r}")
             actions.append(action)
@@ -430,10 +431,9 @@ class DestSide:
             tree.set_attrs(parts, None, mtime)
         return action
 
-    def _plan_file(self, tree: DestTree, parts: list[str], size: int, mode: int, mtime: int,
-                   hash_: str) -> tuple[str, Wanted | None]:
+    def _plan_file(self, tree: DestTree, parts: list[str], name: str, size: int, mode: int,
+                   mtime: int, hash_: str) -> tuple[str, Wanted | None]:
         old = tree.lookup(parts)
-        name = "/".join(parts)
         if old is not None and stat.S_ISREG(old.st_mode):
             if self.opts.checksum and hash_:
                 same = old.st_size == size and tree.hash_file(parts) == hash_
