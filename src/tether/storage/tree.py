@@ -164,6 +164,25 @@ class SourceTree:
         os.set_blocking(out, True)
         return out
 
+    def open_small(self, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
+        """A read fd of the file ``parts`` (never through a symlink) and its fstat, taken once
+        for both checks: the server's own files are refused, and a caller comparing the fstat
+        with what it listed finds anything else swapped in (a FIFO, a device: their reads
+        would not block, the fd being non-blocking, but they are never what was listed)."""
+        shown = "/".join(parts)
+        try:
+            out = fs.open(parts[-1], READ, dir_fd=self.dirs.get(parts[:-1]))
+        except OSError as exc:
+            raise disk_error(exc, shown, "read") from exc
+        try:
+            st = os.fstat(out)
+            if self.dirs.reserved.hidden(st):
+                raise self.dirs.reserved.refuse(shown)
+        except BaseException:
+            os.close(out)
+            raise
+        return out, st
+
     def close(self) -> None:
         self.dirs.close()
 

@@ -257,14 +257,15 @@ class SourceSide:
     def _read_small(self, index: int, entry: Entry) -> bytes | None:
         """A small file's bytes, or None (committed as changed) if it is not what was listed."""
         try:
-            fd = entry.root.tree.open_file(entry.parts)
+            fd, before = entry.root.tree.open_small(entry.parts)
         except OSError:
             self._changed(index, entry)
             return None
         try:
-            before = os.fstat(fd)
+            if not S_ISREG(before.st_mode) or not _same(before, entry):
+                raise SourceChanged(entry.name)
             data = read_whole(fd, entry.size, entry.name)
-            if not _same(before, entry) or not _same(os.fstat(fd), entry):
+            if not _same(os.fstat(fd), entry):
                 raise SourceChanged(entry.name)
             return data
         except (SourceChanged, OSError):
