@@ -439,7 +439,7 @@ def sync(args: tuple[str, ...], **values: Any) -> int:
     Push: SRC... HOST:DEST. Pull: HOST:SRC... DEST. SRC/ (a trailing slash) syncs the contents
     of SRC into DEST; SRC syncs the directory itself, into DEST/NAME. Files whose size and
     mtime (with -c: content hash) match are skipped; large changed files travel as deltas
-    against the old copy; every file is verified (BLAKE3), made durable and moved into place
+    against the old copy; every file is verified (TLS, BLAKE3), made durable and moved into place
     atomically. Modes, mtimes and symlinks are kept.
 
     HOST may name several hosts (a,b, @group, @all, an inventory name) for a push: each gets

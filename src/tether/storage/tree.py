@@ -202,6 +202,11 @@ class DestTree:
         self.dirs.reserved.check_name(fd, parts[-1], "/".join(parts), follow=False)
         return fd, parts[-1]
 
+    def looked_up_parent(self, parts: list[str]) -> tuple[int, str]:
+        """:meth:`parent` of an entry :meth:`lookup` already checked in this operation (it
+        refuses the server's own files, which stay where they are): no second stat."""
+        return self.dirs.get(parts[:-1]), parts[-1]
+
     def lookup(self, parts: list[str]) -> os.stat_result | None:
         """The entry's lstat, or None if it (or a directory above it) is missing or is not a
         directory one may enter."""
