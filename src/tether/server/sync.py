@@ -90,7 +90,7 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea) -> None:
         return DestTree(fd, msg.path, area.reserved), name
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
-                    links_inside=area.confined)
+                    links_inside=area.confined, trusted=ep.conn.authenticated)
     await side.run()
 
 
