@@ -45,16 +45,18 @@ TARGET = 0.5  # the issue's: tether's time <= 0.5x ten parallel rsyncs'
 
 
 @contextlib.contextmanager
-def tether_hosts(ctx: Context, roots: list[Path]) -> Iterator[tuple[Path, list[int]]]:
+def tether_hosts(ctx: Context, roots: list[Path], name: str = "tether-sync10-client"
+                 ) -> Iterator[tuple[Path, list[int]]]:
     """A ``tether serve`` per root and a client home whose inventory group ``sync10`` names
-    them (h0, h1, ...); yields that home and the servers' PIDs."""
+    them (h0, h1, ...); yields that home (``name``, under the bench's directory) and the
+    servers' PIDs."""
     from tether.home import add_known_host
     from tether.identity import AuthorizedClient, add_authorized, generate_identity
     from tether.inventory import Host, Inventory, save
 
     peers = ctx.peers
-    home = peers.tmp / "tether-sync10-client"
-    client = generate_identity(home, "bench-sync10")
+    home = peers.tmp / name
+    client = generate_identity(home, name)
     add_authorized(peers.server_home, AuthorizedClient(client.cert_der, client.name))
     inventory = Inventory()
     pids = []
