@@ -276,8 +276,7 @@ class SourceSide:
 
     async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
         if self.client:
-            for offset, action in enumerate(want.actions):
-                self.result.note(self.entries[first + offset].name, action)
+            self._note(first, want.actions)
         batch: list[tuple[int, bytes, str]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
@@ -301,6 +300,16 @@ class SourceSide:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
             await self._send_batch(batch)
+
+    def _note(self, first: int, actions: list[str]) -> None:
+        """What the destination does with each entry of a list (as ``SyncResult.note``, with
+        the unchanged ones counted at once: with nothing changed, no per-entry work)."""
+        skipped = actions.count("")
+        self.result.skipped += skipped
+        if skipped < len(actions):
+            for offset, action in enumerate(actions):
+                if action:
+                    self.result.note(self.entries[first + offset].name, action)
 
     def _changed(self, index: int, entry: Entry) -> None:
         self.result.changed.append(entry.name)
