@@ -230,8 +230,8 @@ class SourceSide:
 
     async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
         if self.client:
-            for offset, action in enumerate(want.actions):
-                self.result.note(self.entries[first + offset].name, action)
+            self.result.note_list([entry.name for entry in self.entries[first:first + len(
+                want.actions)]], want.actions)
         batch: list[tuple[int, bytes]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
