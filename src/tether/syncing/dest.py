@@ -29,7 +29,6 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
-from tether.storage.durable import DurableGroup
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
 from tether.storage.source import file_hash
@@ -45,6 +44,7 @@ from tether.syncing.common import (
     SyncResult,
 )
 from tether.syncing.source import _first_failure
+from tether.syncing.storer import Storer
 
 # (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
 Opener = Callable[[bool, str], tuple[DestTree, str | None]]
@@ -189,7 +189,7 @@ class DestSide:
             asyncio.Queue())
         self.incoming: tuple[int, _Incoming] | None = None
         self.batch: _BatchIn | None = None
-        self.group = DurableGroup()
+        self.storer = Storer()  # small files: written on a worker thread, durable together
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
         self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
@@ -208,6 +208,7 @@ class DestSide:
             else:
                 self.answers.put_nowait(None)
                 await writer
+            await self.storer.finish()
             self._finish()
         finally:
             for task in (reader, writer):
@@ -215,7 +216,7 @@ class DestSide:
                     task.cancel()
             if self.incoming is not None:
                 self.incoming[1].close()
-            self.group.close()
+            self.storer.close()
             if self.tree is not None:
                 self.tree.close()
         if not self.client:
@@ -240,6 +241,8 @@ class DestSide:
                 self._open(False)
             elif isinstance(event, Data):
                 self._data(event.data)
+                if self.storer.queued > self.storer.budget:
+                    await self.storer.room()
             elif isinstance(event, SyncFile):
                 self._start(event)
             elif isinstance(event, SyncCommit):
@@ -314,10 +317,8 @@ class DestSide:
                 raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
                                           f"hash; nothing was stored under that name")
             dir_fd, name = self.tree.looked_up_parent(want.parts)  # planned: looked up
-            self.group.add(dir_fd, name, content, want.mode, want.mtime)
+            self.storer.add(dir_fd, name, content, want.mode, want.mtime)
             self.result.sent += 1
-            if self.group.full:
-                self.group.flush()
         if batch.complete:
             self.batch = None
 
@@ -516,7 +517,6 @@ class DestSide:
 
     def _finish(self) -> None:
         tree = self._open(False)
-        self.group.flush()
         if self.wanted and not self.opts.dry_run:
             raise RemoteProtocolError(f"the source did not send {len(self.wanted)} of the files "
                                       f"asked for")

@@ -1,0 +1,85 @@
+"""A sync destination's small files, stored on a worker thread while the event loop goes on
+receiving: writing ten thousand files is as much work as decrypting them, and the two then run
+on two cores. One thread, so files are written and groups flushed in the order they arrived; a
+budget of queued bytes, so a fast sender cannot fill memory; the first failure (a full disk)
+is raised to the side at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from tether.storage.durable import DurableGroup
+
+QUEUED_BYTES = 32 * 1024 * 1024  # reference policy: content waiting for the worker
+
+
+class Storer:
+    """Hands each verified small file to a :class:`DurableGroup` on one worker thread."""
+
+    def __init__(self, group: DurableGroup | None = None, budget: int = QUEUED_BYTES) -> None:
+        self.group = group or DurableGroup()
+        self.budget = budget
+        self.queued = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: deque[tuple[Future[None], int, int]] = deque()  # (job, bytes, dir fd)
+
+    def add(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
+            mtime_ns: int) -> None:
+        """Queue one file (``dir_fd`` is borrowed: the worker gets a dup of its own)."""
+        self._reap()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-sync-store")
+        fd = os.dup(dir_fd)
+        self._jobs.append((self._pool.submit(self._store, fd, name, data, mode, mtime_ns),
+                           len(data), fd))
+        self.queued += len(data)
+
+    def _store(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
+               mtime_ns: int) -> None:
+        try:
+            self.group.add(dir_fd, name, data, mode, mtime_ns)
+        finally:
+            os.close(dir_fd)
+        if self.group.full:
+            self.group.flush()
+
+    def _reap(self) -> None:
+        """Forget finished jobs; raise the first one's failure."""
+        while self._jobs and self._jobs[0][0].done():
+            job, size, _ = self._jobs.popleft()
+            self.queued -= size
+            job.result()
+
+    async def room(self) -> None:
+        """Wait while more than the budget is queued (the sender waits with it: its window)."""
+        while self.queued > self.budget and self._jobs:
+            await asyncio.wrap_future(self._jobs[0][0])
+            self._reap()
+
+    async def finish(self) -> None:
+        """Wait for every queued file, then make the last group durable and put it in place."""
+        while self._jobs:
+            await asyncio.wrap_future(self._jobs[0][0])
+            self._reap()
+        if self._pool is not None:
+            await asyncio.wrap_future(self._pool.submit(self.group.flush))
+        else:
+            self.group.flush()
+
+    def close(self) -> None:
+        """Stop: queued files not yet written are dropped (their partials, if any, stay for
+        the next run to replace); the group forgets what it holds."""
+        for job, _, fd in self._jobs:
+            if job.cancel():  # never started: its dup is still ours
+                os.close(fd)
+        self._jobs.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        with contextlib.suppress(OSError):
+            self.group.close()
