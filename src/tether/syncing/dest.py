@@ -167,8 +167,8 @@ class DestSide:
                  single: bool | None, links_inside: bool, result: SyncResult | None = None,
                  progress: Progress | None = None, trusted: bool = False) -> None:
         self.ep = ep
-        # TLS authenticates every byte: a batch's files are the bytes the sender hashed, so
-        # their hashes are not computed again (over --plaintext they are)
+        # TLS authenticates every byte: a batch's file may come without a hash (one that is
+        # given is checked); over --plaintext every file must match its hash
         self.trusted = trusted
         self.opener = opener
         self.opts = opts
@@ -313,7 +313,7 @@ class DestSide:
         self.result.bytes_sent += len(data)
         for index, content, hash_ in batch.feed(data):
             want = self._take(index)
-            if not self.trusted and file_hash(content) != hash_:
+            if (hash_ or not self.trusted) and file_hash(content) != hash_:
                 raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
                                           f"hash; nothing was stored under that name")
             dir_fd, name = self.tree.looked_up_parent(want.parts)  # planned: looked up
