@@ -44,7 +44,7 @@ from tether.syncing.common import (
     SyncResult,
 )
 from tether.syncing.source import _first_failure
-from tether.syncing.storer import Storer
+from tether.syncing.storer import File, Storer
 
 # (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
 Opener = Callable[[bool, str], tuple[DestTree, str | None]]
@@ -311,14 +311,26 @@ class DestSide:
         assert self.batch is not None and self.tree is not None
         batch = self.batch
         self.result.bytes_sent += len(data)
-        for index, content, hash_ in batch.feed(data):
-            want = self._take(index)
-            if (hash_ or not self.trusted) and file_hash(content) != hash_:
-                raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
-                                          f"hash; nothing was stored under that name")
-            dir_fd, name = self.tree.looked_up_parent(want.parts)  # planned: looked up
-            self.storer.add(dir_fd, name, content, want.mode, want.mtime)
-            self.result.sent += 1
+        files: list[File] = []
+        dirs: dict[tuple[str, ...], int] = {}  # dups: the tree's own fds may close meanwhile
+        try:
+            for index, content, hash_ in batch.feed(data):
+                want = self._take(index)
+                if (hash_ or not self.trusted) and file_hash(content) != hash_:
+                    raise RemoteProtocolError(f"{want.name}: data does not match the "
+                                              f"sender's hash; nothing was stored under "
+                                              f"that name")
+                where = tuple(want.parts[:-1])
+                if where not in dirs:  # planned: looked up, so no second check
+                    dirs[where] = os.dup(self.tree.looked_up_parent(want.parts)[0])
+                files.append((dirs[where], want.parts[-1], content, want.mode, want.mtime))
+        except BaseException:
+            for fd in dirs.values():
+                os.close(fd)
+            raise
+        if files:
+            self.storer.add(files, list(dirs.values()))
+        self.result.sent += len(files)
         if batch.complete:
             self.batch = None
 

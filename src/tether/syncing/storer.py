@@ -17,6 +17,9 @@ from tether.storage.durable import DurableGroup
 
 QUEUED_BYTES = 32 * 1024 * 1024  # reference policy: content waiting for the worker
 
+# (directory fd, name, content, mode, mtime in ns) of one file to store
+File = tuple[int, str, "bytes | bytearray | memoryview", int, int]
+
 
 class Storer:
     """Hands each verified small file to a :class:`DurableGroup` on one worker thread."""
@@ -26,27 +29,30 @@ class Storer:
         self.budget = budget
         self.queued = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[tuple[Future[None], int, int]] = deque()  # (job, bytes, dir fd)
+        self._jobs: deque[tuple[Future[None], int, list[int]]] = deque()  # job, bytes, dir fds
 
-    def add(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
-            mtime_ns: int) -> None:
-        """Queue one file (``dir_fd`` is borrowed: the worker gets a dup of its own)."""
-        self._reap()
+    def add(self, files: list[File], fds: list[int]) -> None:
+        """Queue files, one job for all of them (a batch's worth). ``fds`` are the directory
+        fds they name, the Storer's from now on (closed once the files are written)."""
+        try:
+            self._reap()
+        except BaseException:
+            _close(fds)
+            raise
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-sync-store")
-        fd = os.dup(dir_fd)
-        self._jobs.append((self._pool.submit(self._store, fd, name, data, mode, mtime_ns),
-                           len(data), fd))
-        self.queued += len(data)
+        size = sum(len(data) for _, _, data, _, _ in files)
+        self._jobs.append((self._pool.submit(self._store, files, fds), size, fds))
+        self.queued += size
 
-    def _store(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
-               mtime_ns: int) -> None:
+    def _store(self, files: list[File], fds: list[int]) -> None:
         try:
-            self.group.add(dir_fd, name, data, mode, mtime_ns)
+            for dir_fd, name, data, mode, mtime_ns in files:
+                self.group.add(dir_fd, name, data, mode, mtime_ns)
+                if self.group.full:
+                    self.group.flush()
         finally:
-            os.close(dir_fd)
-        if self.group.full:
-            self.group.flush()
+            _close(fds)
 
     def _reap(self) -> None:
         """Forget finished jobs; raise the first one's failure."""
@@ -74,12 +80,18 @@ class Storer:
     def close(self) -> None:
         """Stop: queued files not yet written are dropped (their partials, if any, stay for
         the next run to replace); the group forgets what it holds."""
-        for job, _, fd in self._jobs:
-            if job.cancel():  # never started: its dup is still ours
-                os.close(fd)
+        for job, _, fds in self._jobs:
+            if job.cancel():  # never started: its fds are still open
+                _close(fds)
         self._jobs.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
         with contextlib.suppress(OSError):
             self.group.close()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
