@@ -320,7 +320,7 @@ class Fleet:
 
         progress = options.pop("progress", None)
         sources = syncs.source_list(src)
-        # the tree walked, and each small file read and hashed, once for every host
+        # the tree walked, and each small file read, once for every host
         shared = syncs.SharedListing(sources, options, syncs.SHARED_BYTES
                                      if len(self.targets) > 1 else 0)
 

@@ -153,11 +153,11 @@ SHARED_BYTES = 64 * 1024 * 1024  # small files' bytes a push to several hosts ke
 
 class SharedListing(Listing):
     """A push of the same sources to several hosts at once (``connect_many(...).sync``): the
-    sources opened and walked once, and each small file read and hashed once, for all of them.
+    sources opened and walked once, and each small file read once, for all of them.
 
     Each list is kept once made, so that a host that asks for it later gets the same entries
     under the same numbers (the entries themselves are one list for every host, where each host
-    kept its own before). Small files' bytes and hashes stay up to ``budget`` bytes, the oldest
+    kept its own before). Small files' bytes stay up to ``budget`` bytes, the oldest
     read out first: hosts that move together read each file once; a host that falls far behind
     reads again what the others no longer hold. The first host opens the sources; a
     failure to (a missing source, an unreadable ``--exclude-from``) is every host's. Not safe
@@ -172,7 +172,7 @@ class SharedListing(Listing):
         self._failure: BaseException | None = None
         self._made: list[tuple[int, dict[str, list]]] = []  # type: ignore[type-arg]
         self._making: Iterator[tuple[int, dict[str, list]]] = iter(())  # type: ignore[type-arg]
-        self._small: OrderedDict[int, tuple[bytes, str] | None] = OrderedDict()  # by number
+        self._small: OrderedDict[int, bytes | None] = OrderedDict()  # by entry number
         self._held = 0  # what _small costs
 
     def open(self) -> list[Root]:
@@ -207,7 +207,7 @@ class SharedListing(Listing):
             yield self._made[done]
             done += 1
 
-    def small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
+    def small(self, index: int, entry: Entry) -> bytes | None:
         got = self._small.get(index, _NOT_KEPT)
         if got is not _NOT_KEPT:
             return got  # type: ignore[return-value]
@@ -228,9 +228,9 @@ class SharedListing(Listing):
 _NOT_KEPT = object()
 
 
-def _cost(got: tuple[bytes, str] | None) -> int:
-    """What a kept small file costs against the budget (its bytes, its hash, the keeping)."""
-    return (len(got[0]) if got is not None else 0) + 200
+def _cost(got: bytes | None) -> int:
+    """What a kept small file costs against the budget (its bytes and the keeping)."""
+    return (len(got) if got is not None else 0) + 100
 
 
 async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOptions,
@@ -250,8 +250,10 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
                                   dry_run=opts.dry_run, safe_links=opts.safe_links,
                                   filters=list(opts.filters))
         try:
-            result = await SourceSide(_Endpoint(conn, handle), roots, opts, client=True,
-                                      progress=progress or NoProgress(), listing=shared).run()
+            result = await SourceSide(
+                _Endpoint(conn, handle), roots, opts, client=True,
+                progress=progress or NoProgress(), listing=shared,
+                trusted=conn._framed.authenticated).run()  # type: ignore[attr-defined]
         except BaseException:
             handle.abandon()
             raise

@@ -105,7 +105,8 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea) -> None:
                 roots.append(Root(tree, name or posixpath.basename(file), file))
             else:
                 roots.append(Root(tree, name))
-        await SourceSide(ep, roots, options(msg), client=False).run()
+        await SourceSide(ep, roots, options(msg), client=False,
+                         trusted=ep.conn.authenticated).run()
     finally:
         for root in roots:
             with contextlib.suppress(OSError):

@@ -186,10 +186,10 @@ def read_small(entry: Entry) -> bytes | None:
 
 class Listing:
     """What a :class:`SourceSide` lists and sends small files from: its sources walked lazily
-    into bounded lists, a small file read and hashed when it is wanted. A push to several hosts
-    gives every host's side one shared subclass instead (``tether.client.syncs.SharedListing``),
-    so the tree is walked, and each small file read and hashed, once for all of them: entry
-    numbers are the same on every host, and ``entries`` is then the one shared list."""
+    into bounded lists, a small file read when it is wanted. A push to several hosts gives every
+    host's side one shared subclass instead (``tether.client.syncs.SharedListing``), so the tree
+    is walked, and each small file read, once for all of them: entry numbers are the same on
+    every host, and ``entries`` is then the one shared list."""
 
     def __init__(self, roots: list[Root], opts: SyncOptions) -> None:
         self.entries: list[Entry] = []
@@ -203,10 +203,9 @@ class Listing:
             yield first, fields
             first += len(fields["names"])
 
-    def small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
-        """Entry ``index``'s bytes and their hash, or None if it is not what was listed."""
-        data = read_small(entry)
-        return None if data is None else (data, file_hash(data))
+    def small(self, index: int, entry: Entry) -> bytes | None:
+        """Entry ``index``'s bytes, or None if it is not what was listed."""
+        return read_small(entry)
 
 
 class SourceSide:
@@ -214,8 +213,11 @@ class SourceSide:
 
     def __init__(self, ep: Endpoint, roots: list[Root], opts: SyncOptions, *, client: bool,
                  result: SyncResult | None = None, progress: Progress | None = None,
-                 listing: Listing | None = None) -> None:
+                 listing: Listing | None = None, trusted: bool = False) -> None:
         self.ep = ep
+        # TLS authenticates every byte: a batch's files go without a hash (a fifth of a first
+        # sync's sending), which a receiver over --plaintext would refuse
+        self.hash_small = not trusted
         self.roots = roots
         self.opts = opts
         self.client = client  # a pushing client ends with sync_sent; a pulled server with done
@@ -276,8 +278,9 @@ class SourceSide:
 
     async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
         if self.client:
-            self._note(first, want.actions)
-        batch: list[tuple[int, bytes, str]] = []
+            self.result.note_list([entry.name for entry in self.entries[first:first + len(
+                want.actions)]], want.actions)
+        batch: list[tuple[int, bytes]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
                                                    want.prefixes, strict=True):
@@ -286,41 +289,31 @@ class SourceSide:
                 await self._send_delta(index, entry, sigs[pos:pos + sig_size])
                 pos += sig_size
             elif entry.size <= SMALL_FILE and not offset:
-                got = self.listing.small(index, entry)
-                if got is None:
+                data = self.listing.small(index, entry)
+                if data is None:
                     self._changed(index, entry)  # committed as changed: not what was listed
                     continue
                 if batch and (len(batch) >= SEND_FILES
-                              or batch_bytes + len(got[0]) > SEND_BYTES):
+                              or batch_bytes + len(data) > SEND_BYTES):
                     await self._send_batch(batch)
                     batch, batch_bytes = [], 0
-                batch.append((index, *got))
-                batch_bytes += len(got[0])
+                batch.append((index, data))
+                batch_bytes += len(data)
             else:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
             await self._send_batch(batch)
-
-    def _note(self, first: int, actions: list[str]) -> None:
-        """What the destination does with each entry of a list (as ``SyncResult.note``, with
-        the unchanged ones counted at once: with nothing changed, no per-entry work)."""
-        skipped = actions.count("")
-        self.result.skipped += skipped
-        if skipped < len(actions):
-            for offset, action in enumerate(actions):
-                if action:
-                    self.result.note(self.entries[first + offset].name, action)
 
     def _changed(self, index: int, entry: Entry) -> None:
         self.result.changed.append(entry.name)
         self.ep.send(SyncFile(index=index, size=0, stream=self.ep.stream))
         self.ep.send(SyncCommit(index=index, hash="", changed=True, stream=self.ep.stream))
 
-    async def _send_batch(self, batch: list[tuple[int, bytes, str]]) -> None:
-        self.ep.send(SyncBatch(indices=[i for i, _, _ in batch],
-                               sizes=[len(d) for _, d, _ in batch],
-                               hashes=[h for _, _, h in batch], stream=self.ep.stream))
-        data = b"".join(d for _, d, _ in batch)
+    async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        self.ep.send(SyncBatch(indices=[i for i, _ in batch], sizes=[len(d) for _, d in batch],
+                               hashes=[file_hash(d) if self.hash_small else "" for _, d in batch],
+                               stream=self.ep.stream))
+        data = b"".join(d for _, d in batch)
         label = self.entries[batch[0][0]].name
         self.progress.file_started(label, len(data), 0)
         if data:
