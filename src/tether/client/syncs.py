@@ -24,8 +24,7 @@ from tether.protocol.sync_messages import (
 from tether.storage.names import check_name, open_dir
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import NoProgress, Progress, SyncOptions, SyncResult
-from tether.syncing.dest import DestSide
-from tether.syncing.source import Entry, Listing, Root, SourceSide
+from tether.syncing.source import Entry, Listing, Root
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
@@ -238,6 +237,8 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
                ) -> SyncResult:
     """``sources`` to ``dest`` on the server; with ``shared`` (one of several hosts), its
     sources, options and listing instead of this host's own."""
+    from tether.syncing.source import SourceSide  # each direction loads only its side
+
     started = time.monotonic()
     if shared is not None:
         roots, opts = shared.open(), shared.opts
@@ -267,6 +268,8 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
 
 async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOptions,
                progress: Progress | None = None) -> SyncResult:
+    from tether.syncing.dest import DestSide
+
     started = time.monotonic()
     names = [source_name(path) for path in sources]
     maybe_single = len(sources) == 1 and names[0] != ""
