@@ -5,6 +5,10 @@ rsync's source rule: ``SRC/`` (a trailing slash) syncs the contents of SRC into 
 the directory itself, under its name. A pull writes only below the local DEST its user named,
 through no-follow walks, and a single pulled file is named from the user's own words, never the
 server's (the CVE-2019-6111 class, as ``get``).
+
+Each side keeps a cache of its files' content hashes (storage/hashcache.py): the client's is
+under its home (``TETHER_HOME/cache/hashes``), so that ``--checksum`` over an unchanged tree
+costs a ``stat`` per file; ``hash_cache=False`` turns it off on both sides.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import time
 from typing import TYPE_CHECKING
 
 from tether.errors import BadRequest, NotFound
+from tether.home import home_path
 from tether.protocol.sync_messages import (
     Sync,
 )
+from tether.storage.hashcache import HashCaches, cache_dir
 from tether.storage.names import check_name, open_dir
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import NoProgress, Progress, SyncOptions, SyncResult
@@ -73,19 +79,33 @@ def source_name(path: str) -> str:
     return posixpath.basename(path)
 
 
-def local_root(path: str) -> Root:
+def local_root(path: str, caches: HashCaches) -> Root:
     """A local source, opened as its user named it (symlinks in their own path followed)."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise NotFound(f"{path}: {exc.strerror}") from exc
     if stat.S_ISDIR(st.st_mode):
-        return Root(SourceTree(open_dir(path), path), source_name(path))
+        fd = open_dir(path)
+        return Root(SourceTree(fd, path), source_name(path), hashes=caches.tree(fd))
     if not stat.S_ISREG(st.st_mode) or path.endswith("/"):
         raise BadRequest(f"{path} is not a directory or a regular file")
     name = posixpath.basename(path)
     parent = posixpath.dirname(path) or "."
-    return Root(SourceTree(open_dir(parent), parent), name, name)
+    fd = open_dir(parent)
+    return Root(SourceTree(fd, parent), name, name, caches.tree(fd, whole=False))
+
+
+def local_caches(conn: StreamOpener, opts: SyncOptions) -> HashCaches:
+    """The client's hash caches (under the connection's home), or none."""
+    home = getattr(conn, "home", None)
+    return HashCaches(cache_dir(home_path(home)) if opts.hash_cache else None)
+
+
+def save_hashes(caches: HashCaches, complete: bool, opts: SyncOptions) -> None:
+    """Save what the sync learned; with ``--checksum``, no filters and a run that completed,
+    every file was looked up (what was not seen is gone)."""
+    caches.save(complete and opts.checksum and not opts.filters)
 
 
 def local_opener(dest: str, user_name: str, dry_run: bool
@@ -119,22 +139,27 @@ def local_opener(dest: str, user_name: str, dry_run: bool
 async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOptions,
                progress: Progress | None = None) -> SyncResult:
     started = time.monotonic()
-    roots = [local_root(path) for path in sources]
+    caches = local_caches(conn, opts)
+    roots: list[Root] = []
+    complete = False
     try:
+        roots += [local_root(path, caches) for path in sources]
         single = len(roots) == 1 and roots[0].file is not None
         handle = conn.open_stream(Sync, path=dest, push=True, single=single,
                                   checksum=opts.checksum, delete=opts.delete,
                                   dry_run=opts.dry_run, safe_links=opts.safe_links,
-                                  filters=list(opts.filters))
+                                  filters=list(opts.filters), hash_cache=opts.hash_cache)
         try:
             result = await SourceSide(_Endpoint(conn, handle), roots, opts, client=True,
                                       progress=progress or NoProgress()).run()
+            complete = True
         except BaseException:
             handle.abandon()
             raise
     finally:
         for root in roots:
             root.tree.close()
+        save_hashes(caches, complete, opts)
     result.seconds = time.monotonic() - started
     return result
 
@@ -146,16 +171,22 @@ async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
     maybe_single = len(sources) == 1 and names[0] != ""
     handle = conn.open_stream(Sync, path="", push=False, sources=sources, names=names,
                               checksum=opts.checksum, delete=opts.delete, dry_run=opts.dry_run,
-                              safe_links=opts.safe_links, filters=list(opts.filters))
+                              safe_links=opts.safe_links, filters=list(opts.filters),
+                              hash_cache=opts.hash_cache)
+    caches = local_caches(conn, opts)
     side = DestSide(_Endpoint(conn, handle),
                     local_opener(dest, names[0] if maybe_single else "", opts.dry_run), opts,
                     client=True, single=None if maybe_single else False, links_inside=True,
-                    progress=progress or NoProgress())
+                    progress=progress or NoProgress(), caches=caches)
+    complete = False
     try:
         result = await side.run()
+        complete = True
     except BaseException:
         handle.abandon()
         raise
+    finally:
+        save_hashes(caches, complete, opts)
     result.seconds = time.monotonic() - started
     return result
 

@@ -30,6 +30,7 @@ from tether.protocol.sync_messages import (
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
 from tether.storage.durable import DurableGroup
+from tether.storage.hashcache import NO_HASHES, HashCaches
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
 from tether.storage.source import file_hash
@@ -165,7 +166,7 @@ class DestSide:
 
     def __init__(self, ep: Endpoint, opener: Opener, opts: SyncOptions, *, client: bool,
                  single: bool | None, links_inside: bool, result: SyncResult | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, caches: HashCaches | None = None) -> None:
         self.ep = ep
         self.opener = opener
         self.opts = opts
@@ -176,6 +177,8 @@ class DestSide:
         self.progress = progress or NoProgress()
         self.filters = Filters(opts.filters)
         self.tree: DestTree | None = None
+        self.caches = caches  # where the tree's hash cache is (storage/hashcache.py)
+        self.hashes = NO_HASHES
         self.single_name: str | None = None
         self.count = 0  # entries listed so far
         self.listed: set[str] = set()
@@ -324,6 +327,8 @@ class DestSide:
         if self.tree is None:
             self.single = single if self.single is None else self.single
             self.tree, self.single_name = self.opener(bool(self.single), first)
+            if self.caches is not None:
+                self.hashes = self.caches.tree(self.tree.dirs.root_fd, whole=not self.single)
         return self.tree
 
     def _plan(self, msg: SyncList) -> None:
@@ -425,7 +430,8 @@ class DestSide:
         name = "/".join(parts)
         if old is not None and stat.S_ISREG(old.st_mode):
             if self.opts.checksum and hash_:
-                same = old.st_size == size and tree.hash_file(parts) == hash_
+                same = old.st_size == size and self.hashes.hashed(
+                    old, tree.open_basis, parts) == hash_
             else:
                 same = old.st_size == size and old.st_mtime_ns == mtime
             if same:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tether.protocol.sync_messages import (
 from tether.storage.batch import SEND_BYTES, SEND_FILES, SMALL_FILE, header_cost
 from tether.storage.delta import encode, make_delta
 from tether.storage.errors import disk_error
+from tether.storage.hashcache import NO_HASHES, TreeHashes
 from tether.storage.names import link_stays_inside
 from tether.storage.source import CHUNK, digest, file_hash, new_hasher, read_whole
 from tether.storage.tree import SourceTree, kind_of
@@ -52,11 +54,13 @@ SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
 @dataclass(frozen=True)
 class Root:
     """One source: a tree (a directory, listed under ``name``, ``""``: its contents at the
-    root) or, with ``file``, the single file ``file`` in the tree's directory."""
+    root) or, with ``file``, the single file ``file`` in the tree's directory; ``hashes``: the
+    tree's hash cache (storage/hashcache.py)."""
 
     tree: SourceTree
     name: str
     file: str | None = None
+    hashes: TreeHashes = NO_HASHES
 
 
 class Entry:
@@ -87,7 +91,7 @@ def walk_roots(roots: list[Root], opts: SyncOptions
             if root.name not in seen and not filters.excluded(root.name, False):
                 seen.add(root.name)
                 st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
-                yield from _one(Entry(root, (root.file,), root.name, "file", st), "", opts)
+                yield from _one(Entry(root, (root.file,), root.name, "file", st), st, "", opts)
             continue
         if root.name:
             st = os.fstat(root.tree.dirs.root_fd)
@@ -107,19 +111,13 @@ def walk_roots(roots: list[Root], opts: SyncOptions
             if kind == "symlink" and opts.safe_links and not link_stays_inside(
                     name.count("/"), target):
                 continue  # --safe-links: a link leaving the tree is not sent
-            yield from _one(Entry(root, parts, name, kind, st), target, opts)
+            yield from _one(Entry(root, parts, name, kind, st), st, target, opts)
 
 
-def _one(entry: Entry, target: str, opts: SyncOptions) -> Iterator[tuple[Entry, str, str]]:
+def _one(entry: Entry, st: os.stat_result, target: str, opts: SyncOptions
+         ) -> Iterator[tuple[Entry, str, str]]:
     if entry.kind == "file" and opts.checksum:
-        fd = entry.root.tree.open_file(entry.parts)
-        try:
-            hasher = new_hasher()
-            while chunk := os.read(fd, CHUNK):
-                hasher.update(chunk)
-        finally:
-            os.close(fd)
-        yield entry, target, digest(hasher)
+        yield entry, target, entry.root.hashes.hashed(st, entry.root.tree.open_file, entry.parts)
     else:
         yield entry, target, ""
 
@@ -216,7 +214,7 @@ class SourceSide:
         if self.client:
             for offset, action in enumerate(want.actions):
                 self.result.note(self.entries[first + offset].name, action)
-        batch: list[tuple[int, bytes]] = []
+        batch: list[tuple[int, bytes, str]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
                                                    want.prefixes, strict=True):
@@ -225,32 +223,36 @@ class SourceSide:
                 await self._send_delta(index, entry, sigs[pos:pos + sig_size])
                 pos += sig_size
             elif entry.size <= SMALL_FILE and not offset:
-                data = self._read_small(index, entry)
-                if data is not None:
+                read = self._read_small(index, entry)
+                if read is not None:
                     if batch and (len(batch) >= SEND_FILES
-                                  or batch_bytes + len(data) > SEND_BYTES):
+                                  or batch_bytes + len(read[0]) > SEND_BYTES):
                         await self._send_batch(batch)
                         batch, batch_bytes = [], 0
-                    batch.append((index, data))
-                    batch_bytes += len(data)
+                    batch.append((index, *read))
+                    batch_bytes += len(read[0])
             else:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
             await self._send_batch(batch)
 
-    def _read_small(self, index: int, entry: Entry) -> bytes | None:
-        """A small file's bytes, or None (committed as changed) if it is not what was listed."""
+    def _read_small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
+        """A small file's bytes and hash (learned by the hash cache), or None (committed as
+        changed) if it is not what was listed."""
         try:
             fd = entry.root.tree.open_file(entry.parts)
         except OSError:
             self._changed(index, entry)
             return None
         try:
+            started = time.time_ns()
             before = os.fstat(fd)
             data = read_whole(fd, entry.size, entry.name)
             if not _same(before, entry) or not _same(os.fstat(fd), entry):
                 raise SourceChanged(entry.name)
-            return data
+            hash_ = file_hash(data)
+            entry.root.hashes.note(before, hash_, started)
+            return data, hash_
         except (SourceChanged, OSError):
             self._changed(index, entry)
             return None
@@ -262,10 +264,11 @@ class SourceSide:
         self.ep.send(SyncFile(index=index, size=0, stream=self.ep.stream))
         self.ep.send(SyncCommit(index=index, hash="", changed=True, stream=self.ep.stream))
 
-    async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
-        self.ep.send(SyncBatch(indices=[i for i, _ in batch], sizes=[len(d) for _, d in batch],
-                               hashes=[file_hash(d) for _, d in batch], stream=self.ep.stream))
-        data = b"".join(d for _, d in batch)
+    async def _send_batch(self, batch: list[tuple[int, bytes, str]]) -> None:
+        self.ep.send(SyncBatch(indices=[i for i, _, _ in batch],
+                               sizes=[len(d) for _, d, _ in batch],
+                               hashes=[h for _, _, h in batch], stream=self.ep.stream))
+        data = b"".join(d for _, d, _ in batch)
         label = self.entries[batch[0][0]].name
         self.progress.file_started(label, len(data), 0)
         if data:
@@ -282,6 +285,7 @@ class SourceSide:
             self._changed(index, entry)
             return
         try:
+            started = time.time_ns()
             st = os.fstat(fd)
             if not _same(st, entry):
                 self._changed(index, entry)
@@ -308,7 +312,10 @@ class SourceSide:
             raise disk_error(exc, entry.name, "read") from exc
         finally:
             os.close(fd)
-        self._commit(index, entry, digest(hasher), changed)
+        hash_ = digest(hasher)
+        if not changed:
+            entry.root.hashes.note(st, hash_, started)
+        self._commit(index, entry, hash_, changed)
 
     def _resume_point(self, fd: int, entry: Entry, offset: int, prefix: str) -> tuple[int, Any]:
         hasher = new_hasher()
@@ -340,7 +347,9 @@ class SourceSide:
             self._changed(index, entry)
             return
         try:
-            if not _same(os.fstat(fd), entry):
+            started = time.time_ns()
+            st = os.fstat(fd)
+            if not _same(st, entry):
                 self._changed(index, entry)
                 return
             try:
@@ -368,6 +377,8 @@ class SourceSide:
         finally:
             os.close(fd)
         self.result.bytes_matched += 0 if changed else delta.matched
+        if not changed:
+            entry.root.hashes.note(st, delta.hash, started)
         self._commit(index, entry, delta.hash, changed)
 
     async def _send_records(self, entry: Entry, out: bytearray) -> None:
