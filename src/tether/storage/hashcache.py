@@ -48,7 +48,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import blake3
@@ -119,9 +119,13 @@ class TreeHashes:
             return None
         raw = old.get(key)
         if raw is None:
-            return None
+            return self._learned(key)
         self.seen[key] = raw
         return _PREFIX + raw.hex()
+
+    def _learned(self, key: bytes) -> str | None:
+        raw = self.seen.get(key)  # read earlier in this run (and trusted)
+        return None if raw is None else _PREFIX + raw.hex()
 
     def note(self, st: os.stat_result, hash_: str, started_ns: int) -> None:
         """Keep ``hash_`` for the file ``st`` describes, read from ``started_ns`` on (only if
@@ -222,29 +226,37 @@ class HashCaches:
         found = self.trees.get(root)
         if found is None:
             path = os.path.join(self.directory, f"{root[0]:x}-{root[1]:x}{_SUFFIX}")
-            found = self.trees[root] = TreeHashes(path if _own_dir(self.directory) else None,
-                                                  root, whole)
+            usable = _own_dir(self.directory, create=False)
+            found = self.trees[root] = TreeHashes(path if usable else None, root, whole)
         found.whole = found.whole and whole
         return found
 
     def save(self, complete: bool) -> None:
         """Save every tree's cache (never raises; see :meth:`TreeHashes.save`)."""
-        for tree in self.trees.values():
-            tree.save(complete)
+        save_trees(self.trees.values(), complete)
 
 
 NO_HASHES = TreeHashes()  # for a root that has no cache: finds nothing, keeps nothing
 
 
+def save_trees(trees: Iterable[TreeHashes], complete: bool) -> None:
+    """Save each cache once (never raises; see :meth:`TreeHashes.save`)."""
+    for tree in trees:
+        tree.save(complete)
+
+
 # --- the directory and its files ------------------------------------------------------------
 
 
-def _own_dir(directory: str) -> bool:
-    """Whether ``directory`` is (or can be made, mode 0700) a directory of this user's own that
-    nobody else may write; it and its parent are created if missing."""
+def _own_dir(directory: str, create: bool) -> bool:
+    """Whether ``directory`` is a directory of this user's own that nobody else may write;
+    missing, it is created (with its parent, mode 0700) if ``create``, else taken to be usable
+    (it is made when there is something to save)."""
     try:
         st = os.lstat(directory)
     except FileNotFoundError:
+        if not create:
+            return True
         parent = os.path.dirname(directory)
         try:
             for path in (parent, directory):
@@ -308,6 +320,8 @@ def _parse(data: bytes, root: Root) -> dict[bytes, bytes]:
 
 def _write(path: str, root: Root, entries: dict[bytes, bytes]) -> None:
     """Replace the cache file at once (a temporary file renamed over it)."""
+    if not _own_dir(os.path.dirname(path), create=True):
+        raise OSError(f"{os.path.dirname(path)} is not a directory of our own")
     body = b"".join(entries) + b"".join(entries.values())
     header = _HEADER.pack(_MAGIC, _VERSION, root[0], root[1], len(entries),
                           blake3.blake3(body).digest())
@@ -350,4 +364,5 @@ def _evict(directory: str, keep: str) -> None:
             os.unlink(path)
 
 
-__all__ = ["NO_HASHES", "TICK_NS", "HashCaches", "TreeHashes", "cache_dir", "trusted"]
+__all__ = ["NO_HASHES", "TICK_NS", "HashCaches", "TreeHashes", "cache_dir", "save_trees",
+           "trusted"]

@@ -33,7 +33,7 @@ from tether.protocol.sync_messages import (
 from tether.storage.batch import SEND_BYTES, SEND_FILES, SMALL_FILE, header_cost
 from tether.storage.delta import encode, make_delta
 from tether.storage.errors import disk_error
-from tether.storage.hashcache import NO_HASHES, TreeHashes
+from tether.storage.hashcache import NO_HASHES, TreeHashes, save_trees
 from tether.storage.names import link_stays_inside
 from tether.storage.source import CHUNK, digest, file_hash, new_hasher, read_whole
 from tether.storage.tree import SourceTree, kind_of
@@ -177,6 +177,8 @@ class SourceSide:
                 await reader  # the server's sync_deleted, then its done
             else:
                 reader.cancel()
+                await asyncio.to_thread(save_trees, [root.hashes for root in self.roots],
+                                        self.opts.checksum and not self.opts.filters)
                 self.ep.send(Done(path="", count=len(self.entries), stream=self.ep.stream))
                 await self.ep.drain()
         finally:
