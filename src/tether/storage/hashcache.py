@@ -196,6 +196,11 @@ class TreeHashes:
             _write(self.path, self.root, new)
             _evict(os.path.dirname(self.path), keep=self.path)
 
+    def load(self) -> None:
+        """Read the cache file now (e.g. in a thread, before the lookups begin)."""
+        if self.path is not None and self._old is None:
+            self._load()
+
     def _load(self) -> dict[bytes, bytes]:
         assert self.path is not None
         self._old = _read(self.path, self.root)
@@ -230,6 +235,11 @@ class HashCaches:
             found = self.trees[root] = TreeHashes(path if usable else None, root, whole)
         found.whole = found.whole and whole
         return found
+
+    def load(self) -> None:
+        """Read every tree's cache file now (in a thread, before the lookups begin)."""
+        for tree in self.trees.values():
+            tree.load()
 
     def save(self, complete: bool) -> None:
         """Save every tree's cache (never raises; see :meth:`TreeHashes.save`)."""
