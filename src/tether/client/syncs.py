@@ -177,7 +177,8 @@ async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
     side = DestSide(_Endpoint(conn, handle),
                     local_opener(dest, names[0] if maybe_single else "", opts.dry_run), opts,
                     client=True, single=None if maybe_single else False, links_inside=True,
-                    progress=progress or NoProgress(), caches=caches)
+                    progress=progress or NoProgress(), caches=caches,
+                    trusted=conn._framed.authenticated)  # type: ignore[attr-defined]
     complete = False
     try:
         result = await side.run()

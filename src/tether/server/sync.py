@@ -92,7 +92,7 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches)
         return DestTree(fd, msg.path, area.reserved), name
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
-                    links_inside=area.confined, caches=caches)
+                    links_inside=area.confined, trusted=ep.conn.authenticated, caches=caches)
     complete = False
     try:
         await side.run()

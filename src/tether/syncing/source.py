@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from tether.errors import RemoteProtocolError, SourceChanged
@@ -36,7 +37,7 @@ from tether.storage.errors import disk_error
 from tether.storage.hashcache import NO_HASHES, TreeHashes, save_trees
 from tether.storage.names import link_stays_inside
 from tether.storage.source import CHUNK, digest, file_hash, new_hasher, read_whole
-from tether.storage.tree import SourceTree, kind_of
+from tether.storage.tree import SourceTree
 from tether.syncing.common import (
     LIST_HEADER,
     MAX_SIGNATURE,
@@ -86,12 +87,14 @@ def walk_roots(roots: list[Root], opts: SyncOptions
     """(entry, symlink target, hash) of every entry the sources list, in order, filtered."""
     filters = Filters(opts.filters)
     seen: set[str] = set()
+    several = len(roots) > 1  # only then can two sources list the same name
     for root in roots:
         if root.file is not None:
             if root.name not in seen and not filters.excluded(root.name, False):
                 seen.add(root.name)
                 st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
-                yield from _one(Entry(root, (root.file,), root.name, "file", st), st, "", opts)
+                entry = Entry(root, (root.file,), root.name, "file", st)
+                yield entry, "", _hash(entry, st, opts)
             continue
         if root.name:
             st = os.fstat(root.tree.dirs.root_fd)
@@ -102,49 +105,62 @@ def walk_roots(roots: list[Root], opts: SyncOptions
         def keep(parts: tuple[str, ...], kind: str, root: Root = root) -> bool:
             return not filters.excluded(_joined(root.name, parts), kind == "dir")
 
+        prefix = f"{root.name}/" if root.name else ""
         for parts, st, target in root.tree.walk(keep if filters.spec is not None else None):
-            name = _joined(root.name, parts)
-            if name in seen:
-                continue  # two sources with the same entry: the first one's wins, as in rsync
-            seen.add(name)
-            kind = kind_of(st) or "file"  # the walk yields only files, dirs and symlinks
+            name = prefix + "/".join(parts)
+            if several:
+                if name in seen:
+                    continue  # two sources with the same entry: the first one's wins, as rsync
+                seen.add(name)
+            mode = st.st_mode
+            kind = "file" if S_ISREG(mode) else "dir" if S_ISDIR(mode) else "symlink"
             if kind == "symlink" and opts.safe_links and not link_stays_inside(
                     name.count("/"), target):
                 continue  # --safe-links: a link leaving the tree is not sent
-            yield from _one(Entry(root, parts, name, kind, st), st, target, opts)
+            entry = Entry(root, parts, name, kind, st)
+            yield entry, target, _hash(entry, st, opts) if kind == "file" else ""
 
 
-def _one(entry: Entry, st: os.stat_result, target: str, opts: SyncOptions
-         ) -> Iterator[tuple[Entry, str, str]]:
-    if entry.kind == "file" and opts.checksum:
-        yield entry, target, entry.root.hashes.hashed(st, entry.root.tree.open_file, entry.parts)
-    else:
-        yield entry, target, ""
+def _hash(entry: Entry, st: os.stat_result, opts: SyncOptions) -> str:
+    """The file's content hash for ``--checksum`` (the tree's hash cache's, or read), else
+    ``""``."""
+    if not opts.checksum:
+        return ""
+    return entry.root.hashes.hashed(st, entry.root.tree.open_file, entry.parts)
+
+
+_LIST_KEYS = ("names", "kinds", "sizes", "modes", "mtimes", "targets", "hashes")
 
 
 def list_messages(found: Iterator[tuple[Entry, str, str]], entries: list[Entry]
                   ) -> Iterator[dict[str, list]]:  # type: ignore[type-arg]
     """The fields of each sync_list: at most 256 entries and ~40 KiB of header each; every
     entry is appended to ``entries`` (its number is its place there)."""
-    fields: dict[str, list] = {}  # type: ignore[type-arg]
+    columns: tuple[list, ...] = ()  # type: ignore[type-arg]
     cost = 0
     for entry, target, hash_ in found:
-        item_cost = header_cost(entry.name) + (header_cost(target) if target else 0) + len(
+        name = entry.name
+        # header_cost's bound, without encoding the name when it is printable ASCII
+        item_cost = (2 * len(name) + 120 if name.isascii() and name.isprintable()
+                     else header_cost(name)) + (header_cost(target) if target else 0) + len(
             hash_)
-        if fields and (len(fields["names"]) >= MAX_LIST or cost + item_cost > LIST_HEADER):
-            yield fields
-            fields, cost = {}, 0
-        if not fields:
-            fields = {key: [] for key in ("names", "kinds", "sizes", "modes", "mtimes",
-                                          "targets", "hashes")}
+        if columns and (len(columns[0]) >= MAX_LIST or cost + item_cost > LIST_HEADER):
+            yield dict(zip(_LIST_KEYS, columns, strict=True))
+            columns, cost = (), 0
+        if not columns:
+            columns = ([], [], [], [], [], [], [])
         entries.append(entry)
-        for key, value in (("names", entry.name), ("kinds", entry.kind),
-                           ("sizes", entry.size), ("modes", entry.mode),
-                           ("mtimes", entry.mtime), ("targets", target), ("hashes", hash_)):
-            fields[key].append(value)
+        names, kinds, sizes, modes, mtimes, targets, hashes = columns
+        names.append(name)
+        kinds.append(entry.kind)
+        sizes.append(entry.size)
+        modes.append(entry.mode)
+        mtimes.append(entry.mtime)
+        targets.append(target)
+        hashes.append(hash_)
         cost += item_cost
-    if fields:
-        yield fields
+    if columns:
+        yield dict(zip(_LIST_KEYS, columns, strict=True))
 
 
 class SourceSide:
@@ -242,15 +258,16 @@ class SourceSide:
         """A small file's bytes and hash (learned by the hash cache), or None (committed as
         changed) if it is not what was listed."""
         try:
-            fd = entry.root.tree.open_file(entry.parts)
+            fd, before = entry.root.tree.open_small(entry.parts)
         except OSError:
             self._changed(index, entry)
             return None
         try:
+            if not S_ISREG(before.st_mode) or not _same(before, entry):
+                raise SourceChanged(entry.name)
             started = time.time_ns()
-            before = os.fstat(fd)
             data = read_whole(fd, entry.size, entry.name)
-            if not _same(before, entry) or not _same(os.fstat(fd), entry):
+            if not _same(os.fstat(fd), entry):
                 raise SourceChanged(entry.name)
             hash_ = file_hash(data)
             entry.root.hashes.note(before, hash_, started)
