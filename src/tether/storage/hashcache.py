@@ -66,6 +66,7 @@ _MAGIC = b"tether-hashcache"
 _VERSION = 1
 _HEADER = struct.Struct("<16sIQQQ32s")  # magic, version, root dev, root ino, count, digest
 _KEY = struct.Struct("<QQQqq")  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+_pack = _KEY.pack
 _HASH = 32
 _PREFIX = f"{HASH_NAME}:"
 _SUFFIX = ".hc"
@@ -99,7 +100,6 @@ class TreeHashes:
         self.whole = whole  # the tree is listed whole (not a single file of its directory)
         self._old: dict[bytes, bytes] | None = None  # what the file held, loaded when needed
         self.seen: dict[bytes, bytes] = {}  # what this run looked up or learned (trusted)
-        self.looked = 0  # lookups made (a run that made none does not mirror)
         self.racy = 0  # hashes used but not kept (the racy rule)
         self.saved = False
 
@@ -111,10 +111,9 @@ class TreeHashes:
         """The hash of the file ``st`` describes, if an earlier run read it and it is unchanged."""
         if self.path is None:
             return None
-        self.looked += 1
-        old = self._old if self._old is not None else self._load()
+        old = self._old if self._old is not None else self._load()  # loaded: it was used
         try:
-            key = _key(st)
+            key = _pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         except struct.error:
             return None
         raw = old.get(key)
@@ -177,12 +176,12 @@ class TreeHashes:
     def save(self, complete: bool) -> None:
         """Write what this run knows (never raises). ``complete``: every file of the tree was
         looked up, so what was not seen is gone from the tree and is dropped."""
-        if self.path is None or self.saved or (not self.seen and not self.looked):
+        if self.path is None or self.saved or (not self.seen and self._old is None):
             return
         self.saved = True
         with contextlib.suppress(OSError, ValueError, MemoryError):
             old = self._old if self._old is not None else self._load()
-            if complete and self.whole and self.looked:
+            if complete and self.whole:
                 new = self.seen
             else:
                 new = dict(old)
