@@ -279,3 +279,21 @@ def test_a_disabled_cache_still_hashes(tree: Path) -> None:
     st = os.lstat(tree / "f3")
     got = hashes.hashed(st, lambda name: os.open(tree / name, os.O_RDONLY), "f3")
     assert got == blake((tree / "f3").read_bytes()) and not hashes.enabled
+
+
+def test_a_partial_run_keeps_at_most_its_limit_and_drops_the_oldest(home: Path,
+                                                                    tree: Path) -> None:
+    learn(home, tree)  # f0..f4, saved in that order
+    time.sleep(0.01)
+    (tree / "f0").write_bytes(b"new")  # its old entry is garbage now
+    caches, hashes, fd = open_tree(home, tree)
+    try:
+        st = os.lstat(tree / "f0")
+        hashes.note(st, blake(b"new"), st.st_ctime_ns + LONG_AGO)
+        caches.save(False, limit=5)
+    finally:
+        os.close(fd)
+    _, again, fd = open_tree(home, tree)
+    os.close(fd)
+    assert len(again._load()) == 5  # f0's old entry went, the first saved
+    assert all(known(home, tree).values())

@@ -102,10 +102,7 @@ def local_caches(conn: StreamOpener, opts: SyncOptions) -> HashCaches:
     return HashCaches(cache_dir(home_path(home)) if opts.hash_cache else None)
 
 
-def save_hashes(caches: HashCaches, complete: bool, opts: SyncOptions) -> None:
-    """Save what the sync learned; with ``--checksum``, no filters and a run that completed,
-    every file was looked up (what was not seen is gone)."""
-    caches.save(complete and opts.checksum and not opts.filters)
+
 
 
 def local_opener(dest: str, user_name: str, dry_run: bool
@@ -141,7 +138,6 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
     started = time.monotonic()
     caches = local_caches(conn, opts)
     roots: list[Root] = []
-    complete = False
     try:
         roots += [local_root(path, caches) for path in sources]
         single = len(roots) == 1 and roots[0].file is not None
@@ -152,14 +148,13 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
         try:
             result = await SourceSide(_Endpoint(conn, handle), roots, opts, client=True,
                                       progress=progress or NoProgress()).run()
-            complete = True
         except BaseException:
             handle.abandon()
             raise
     finally:
         for root in roots:
             root.tree.close()
-        save_hashes(caches, complete, opts)
+        caches.save(False)  # what a failed run learned (a run that ended saved already)
     result.seconds = time.monotonic() - started
     return result
 
@@ -179,15 +174,13 @@ async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
                     client=True, single=None if maybe_single else False, links_inside=True,
                     progress=progress or NoProgress(), caches=caches,
                     trusted=conn._framed.authenticated)  # type: ignore[attr-defined]
-    complete = False
     try:
         result = await side.run()
-        complete = True
     except BaseException:
         handle.abandon()
         raise
     finally:
-        save_hashes(caches, complete, opts)
+        caches.save(False)  # what a failed run learned (a run that ended saved already)
     result.seconds = time.monotonic() - started
     return result
 

@@ -93,18 +93,15 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches)
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
                     links_inside=area.confined, trusted=ep.conn.authenticated, caches=caches)
-    complete = False
     try:
         await side.run()
-        complete = True
     finally:
-        await save_hashes(caches, complete, opts)
+        await save_failed(caches)
 
 
 async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) -> None:
     """A pull: list ``msg.sources`` and send what the client wants."""
     roots: list[Root] = []
-    complete = False
     try:
         for path, name in zip(msg.sources, msg.names, strict=True):
             fd, file = area.sync_source(path)
@@ -117,20 +114,18 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) ->
         if msg.checksum:  # every file will be looked up: load off the event loop
             await asyncio.to_thread(caches.load)
         await SourceSide(ep, roots, options(msg), client=False).run()
-        complete = True
     finally:
         for root in roots:
             with contextlib.suppress(OSError):
                 root.tree.close()
-        await save_hashes(caches, complete, options(msg))
+        await save_failed(caches)
 
 
-async def save_hashes(caches: HashCaches, complete: bool, opts: SyncOptions) -> None:
-    """Save what the sync learned, off the event loop (a tree's cache may be large); with
-    ``--checksum``, no filters and a run that completed, every file was looked up."""
-    whole = complete and opts.checksum and not opts.filters
-    if caches.trees:
-        await asyncio.to_thread(caches.save, whole)
+async def save_failed(caches: HashCaches) -> None:
+    """Keep what a failed sync learned, off the event loop (a tree's cache may be large); a
+    side that ended saved its caches before its last message."""
+    if any(not tree.saved for tree in caches.trees.values()):
+        await asyncio.to_thread(caches.save, False)
 
 
 async def run_sync(ep: SyncStream, msg: Sync, area: FileArea, cache_dir: str | None = None

@@ -35,8 +35,11 @@ a cache never fails a sync. Bounded: :data:`MAX_ENTRIES` per file, :data:`MAX_FI
 :data:`MAX_BYTES` in all, the least recently used dropped first.
 
 **Mirroring.** A run that looked every file of a whole tree up (a ``--checksum`` sync of a
-directory without filters, that completed) saves only what it saw; other runs add what they
-learned to what was there.
+directory without filters, that completed) saves only what it saw; other runs (a plain sync
+keeps the hashes of the files it sent) add what they learned to what was there, keeping at most
+twice the entries they listed, the oldest saved dropped first, so that the entries of files
+changed since cannot pile up. Each side saves before its last message, so the next sync finds
+what this one learned.
 """
 
 from __future__ import annotations
@@ -173,9 +176,11 @@ class TreeHashes:
 
     # --- saving ----------------------------------------------------------------------------
 
-    def save(self, complete: bool) -> None:
+    def save(self, complete: bool, limit: int = MAX_ENTRIES) -> None:
         """Write what this run knows (never raises). ``complete``: every file of the tree was
-        looked up, so what was not seen is gone from the tree and is dropped."""
+        looked up, so what was not seen is gone from the tree and is dropped. Otherwise what
+        was there is kept too, at most ``limit`` entries in all: what this run saw, then the
+        most recently saved (the entries of files that have changed since age out)."""
         if self.path is None or self.saved or (not self.seen and self._old is None):
             return
         self.saved = True
@@ -183,12 +188,11 @@ class TreeHashes:
             old = self._old if self._old is not None else self._load()
             if complete and self.whole:
                 new = self.seen
-            else:
-                new = dict(old)
+            else:  # the file's order is the order saved in: the oldest first
+                keep = max(min(limit, MAX_ENTRIES) - len(self.seen), 0)
+                kept = [(k, v) for k, v in old.items() if k not in self.seen]
+                new = dict(kept[len(kept) - keep:] if keep else ())
                 new.update(self.seen)
-                if len(new) > MAX_ENTRIES:  # what this run saw first, then the oldest kept
-                    new = {**dict(list(old.items())[:MAX_ENTRIES - len(self.seen)]),
-                           **self.seen}
             if new == old:
                 os.utime(self.path)  # recently used: not the first to go
                 return
@@ -240,18 +244,18 @@ class HashCaches:
         for tree in self.trees.values():
             tree.load()
 
-    def save(self, complete: bool) -> None:
+    def save(self, complete: bool, limit: int = MAX_ENTRIES) -> None:
         """Save every tree's cache (never raises; see :meth:`TreeHashes.save`)."""
-        save_trees(self.trees.values(), complete)
+        save_trees(self.trees.values(), complete, limit)
 
 
 NO_HASHES = TreeHashes()  # for a root that has no cache: finds nothing, keeps nothing
 
 
-def save_trees(trees: Iterable[TreeHashes], complete: bool) -> None:
+def save_trees(trees: Iterable[TreeHashes], complete: bool, limit: int = MAX_ENTRIES) -> None:
     """Save each cache once (never raises; see :meth:`TreeHashes.save`)."""
     for tree in trees:
-        tree.save(complete)
+        tree.save(complete, limit)
 
 
 # --- the directory and its files ------------------------------------------------------------

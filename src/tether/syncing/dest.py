@@ -223,7 +223,8 @@ class DestSide:
             if self.tree is not None:
                 self.tree.close()
         if self.caches is not None:  # before done: the next sync finds what this one learned
-            await asyncio.to_thread(self.caches.save, self.opts.checksum and not self.opts.filters)
+            await asyncio.to_thread(self.caches.save, self.opts.checksum and not self.opts.filters,
+                                    2 * self.count + 1024)
         if not self.client:
             await self._report()
         return self.result

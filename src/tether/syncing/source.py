@@ -191,10 +191,10 @@ class SourceSide:
             if self.client:
                 self.ep.send(SyncSent(stream=self.ep.stream))
                 await reader  # the server's sync_deleted, then its done
+                await self._save_hashes()
             else:
                 reader.cancel()
-                await asyncio.to_thread(save_trees, [root.hashes for root in self.roots],
-                                        self.opts.checksum and not self.opts.filters)
+                await self._save_hashes()  # before done: the next sync finds it
                 self.ep.send(Done(path="", count=len(self.entries), stream=self.ep.stream))
                 await self.ep.drain()
         finally:
@@ -202,6 +202,14 @@ class SourceSide:
                 if not task.done():
                     task.cancel()
         return self.result
+
+    async def _save_hashes(self) -> None:
+        """Save what the trees' hash caches learned: with ``--checksum`` and no filters every
+        file was looked up (the caches then mirror the trees); else what they held is kept,
+        up to twice the files listed (entries of files changed since go first)."""
+        await asyncio.to_thread(save_trees, [root.hashes for root in self.roots],
+                                self.opts.checksum and not self.opts.filters,
+                                2 * len(self.entries) + 1024)
 
     # --- listing and sending ---------------------------------------------------------------------
 
