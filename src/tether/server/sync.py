@@ -124,7 +124,7 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) ->
 async def save_failed(caches: HashCaches) -> None:
     """Keep what a failed sync learned, off the event loop (a tree's cache may be large); a
     side that ended saved its caches before its last message."""
-    if any(not tree.saved for tree in caches.trees.values()):
+    if caches.unsaved:
         await asyncio.to_thread(caches.save, False)
 
 

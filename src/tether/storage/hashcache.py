@@ -110,6 +110,11 @@ class TreeHashes:
     def enabled(self) -> bool:
         return self.path is not None
 
+    @property
+    def unsaved(self) -> bool:
+        """Whether :meth:`save` has something to do (the cache was used, and not saved yet)."""
+        return not self.saved and (bool(self.seen) or self._old is not None)
+
     def lookup(self, st: os.stat_result) -> str | None:
         """The hash of the file ``st`` describes, if an earlier run read it and it is unchanged."""
         if self.path is None:
@@ -181,7 +186,7 @@ class TreeHashes:
         looked up, so what was not seen is gone from the tree and is dropped. Otherwise what
         was there is kept too, at most ``limit`` entries in all: what this run saw, then the
         most recently saved (the entries of files that have changed since age out)."""
-        if self.path is None or self.saved or (not self.seen and self._old is None):
+        if self.path is None or not self.unsaved:
             return
         self.saved = True
         with contextlib.suppress(OSError, ValueError, MemoryError):
@@ -243,6 +248,10 @@ class HashCaches:
         """Read every tree's cache file now (in a thread, before the lookups begin)."""
         for tree in self.trees.values():
             tree.load()
+
+    @property
+    def unsaved(self) -> bool:
+        return any(tree.unsaved for tree in self.trees.values())
 
     def save(self, complete: bool, limit: int = MAX_ENTRIES) -> None:
         """Save every tree's cache (never raises; see :meth:`TreeHashes.save`)."""

@@ -222,7 +222,7 @@ class DestSide:
             self.group.close()
             if self.tree is not None:
                 self.tree.close()
-        if self.caches is not None:  # before done: the next sync finds what this one learned
+        if self.caches is not None and self.caches.unsaved:  # before done: the next sync finds it
             await asyncio.to_thread(self.caches.save, self.opts.checksum and not self.opts.filters,
                                     2 * self.count + 1024)
         if not self.client:

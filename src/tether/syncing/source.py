@@ -207,9 +207,10 @@ class SourceSide:
         """Save what the trees' hash caches learned: with ``--checksum`` and no filters every
         file was looked up (the caches then mirror the trees); else what they held is kept,
         up to twice the files listed (entries of files changed since go first)."""
-        await asyncio.to_thread(save_trees, [root.hashes for root in self.roots],
-                                self.opts.checksum and not self.opts.filters,
-                                2 * len(self.entries) + 1024)
+        trees = [root.hashes for root in self.roots if root.hashes.unsaved]
+        if trees:
+            await asyncio.to_thread(save_trees, trees, self.opts.checksum and not self.opts.filters,
+                                    2 * len(self.entries) + 1024)
 
     # --- listing and sending ---------------------------------------------------------------------
 
