@@ -231,3 +231,27 @@ async def test_without_a_cache_the_client_writes_none(rig: Rig, src: Path,
     assert done.returncode == 0, done.stderr
     assert cache_file_of(home, src).is_file()
     assert os.stat(cache_dir(home)).st_mode & 0o777 == 0o700
+
+
+async def test_an_unusable_cache_directory_never_fails_a_sync(rig: Rig, src: Path,
+                                                            work: Path) -> None:
+    """The client's cache directory is a file and the server's cannot be made: both sides go
+    on without a cache, every sync succeeds (and still compares content)."""
+    home = work / "odd-home"
+    home.mkdir(mode=0o700)
+    for name in ("id_key.pem", "id_cert.pem"):
+        (home / name).write_bytes((rig.client_home / name).read_bytes())
+    os.chmod(home / "id_key.pem", 0o600)
+    (home / "cache").write_bytes(b"not a directory")
+    (rig.home / "cache").write_bytes(b"not a directory either")
+    args = ("sync", "-p", str(rig.port), "--accept-new", "-c", "--json", f"{src}/",
+            f"{HOST}:dest")
+    for _ in range(2):
+        done = await arun_cli(*args, home=home)
+        assert done.returncode == 0, done.stderr
+    await restore_changed(src / "big" / "b3.bin", seed=61)
+    done = await arun_cli(*args, home=home)
+    assert done.returncode == 0, done.stderr
+    assert [e["path"] for e in json.loads(done.stdout)["entries"]] == ["big/b3.bin"]
+    assert snapshot(rig.root / "dest") == snapshot(src)
+    assert (home / "cache").read_bytes() == b"not a directory"
