@@ -171,22 +171,25 @@ async def test_content_nobody_asked_for_is_refused(
     assert listing(work / "dest") == []
 
 
-@pytest.mark.parametrize("tls", [True, False])
+@pytest.mark.parametrize("tls, hash_, stored", [
+    (True, "", True), (True, file_hash(b"tampere"), False),
+    (False, "", False), (False, file_hash(b"tampere"), False),
+])
 async def test_a_batch_is_checked_where_tls_does_not_carry_it(
         fake: Callable[..., Awaitable[FakeServer]], ids: Identities, work: Path,
-        tls: bool) -> None:
-    """Over TLS a batch's bytes are the sender's, intact: stored as sent. Over --plaintext the
-    receiver hashes each file: one that does not match its hash is refused, nothing stored."""
+        tls: bool, hash_: str, stored: bool) -> None:
+    """Over TLS a batch's file may come without a hash (the channel vouches for its bytes);
+    a hash that is given is checked, and over --plaintext every file must match its hash:
+    one that does not is refused and nothing is stored."""
     body = b"payload"
 
     def script(req: Sync) -> list[Message | tuple[int, bytes]]:
         return [entries(req.stream, ("a", "file", "")), SyncListed(count=1, stream=req.stream),
-                SyncBatch(indices=[0], sizes=[7], hashes=[file_hash(b"tampere")],
-                          stream=req.stream),
+                SyncBatch(indices=[0], sizes=[7], hashes=[hash_], stream=req.stream),
                 (req.stream, body), Done(path="", stream=req.stream)]
 
     server = await fake(script, tls=tls)
-    if tls:  # the hash is the sender's word: the channel is what vouches for the bytes
+    if stored:
         await pull(server, ids, work / "dest")
         assert (work / "dest" / "a").read_bytes() == body
         return

@@ -232,12 +232,13 @@ class Connection(Forwarding):
         are sent as symlinks (``safe_links``: those leading out of their tree are skipped and
         listed in the result's ``skipped``)."""
         from tether.client import transfer
-        from tether.client.transfer_base import Options, _NoProgress
+        from tether.client.transfer_base import Options
+        from tether.syncing.common import NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
+            opts=Options(force, rename, resume, progress or NoProgress(), safe_links),
         )
 
     async def get(
@@ -256,12 +257,13 @@ class Connection(Forwarding):
         symlinks are stored as symlinks whatever they point to, and never followed by a write
         (``safe_links``: those leading out of their tree are skipped, see ``skipped``)."""
         from tether.client import transfer
-        from tether.client.transfer_base import Options, _NoProgress
+        from tether.client.transfer_base import Options
+        from tether.syncing.common import NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
+            opts=Options(force, rename, resume, progress or NoProgress(), safe_links),
         )
 
     async def wait_closed(self) -> None:

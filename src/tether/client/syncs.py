@@ -146,8 +146,10 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
                                   dry_run=opts.dry_run, safe_links=opts.safe_links,
                                   filters=list(opts.filters), hash_cache=opts.hash_cache)
         try:
-            result = await SourceSide(_Endpoint(conn, handle), roots, opts, client=True,
-                                      progress=progress or NoProgress()).run()
+            result = await SourceSide(
+                _Endpoint(conn, handle), roots, opts, client=True,
+                progress=progress or NoProgress(),
+                trusted=conn._framed.authenticated).run()  # type: ignore[attr-defined]
         except BaseException:
             handle.abandon()
             raise

@@ -113,7 +113,8 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) ->
                 roots.append(Root(tree, name, hashes=hashes))
         if msg.checksum:  # every file will be looked up: load off the event loop
             await asyncio.to_thread(caches.load)
-        await SourceSide(ep, roots, options(msg), client=False).run()
+        await SourceSide(ep, roots, options(msg), client=False,
+                         trusted=ep.conn.authenticated).run()
     finally:
         for root in roots:
             with contextlib.suppress(OSError):

@@ -36,9 +36,9 @@ a cache never fails a sync. Bounded: :data:`MAX_ENTRIES` per file, :data:`MAX_FI
 
 **Mirroring.** A run that looked every file of a whole tree up (a ``--checksum`` sync of a
 directory without filters, that completed) saves only what it saw; other runs (a plain sync
-keeps the hashes of the files it sent) add what they learned to what was there, keeping at most
-twice the entries they listed, the oldest saved dropped first, so that the entries of files
-changed since cannot pile up. Each side saves before its last message, so the next sync finds
+keeps the hashes it computed while sending) add what they learned to what was there, keeping
+at most twice the entries they listed, the oldest saved dropped first, so that the entries of
+files changed since cannot pile up. Each side saves before its last message, so the next sync finds
 what this one learned.
 """
 

@@ -74,6 +74,12 @@ class SyncResult:
         else:
             self.skipped += 1
 
+    def note_list(self, names: list[str], actions: list[str]) -> None:
+        """:meth:`note` of a whole list's answer (thousands of entries, most unchanged)."""
+        self.skipped += actions.count("")
+        self.entries += [SyncEntry(name, action) for name, action in zip(names, actions,
+                                                                          strict=True) if action]
+
     def to_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "skipped": self.skipped, "deleted": self.deleted,
                 "bytes_sent": self.bytes_sent, "bytes_matched": self.bytes_matched,

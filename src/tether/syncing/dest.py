@@ -29,7 +29,6 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
-from tether.storage.durable import DurableGroup
 from tether.storage.hashcache import NO_HASHES, HashCaches
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
@@ -46,6 +45,7 @@ from tether.syncing.common import (
     SyncResult,
 )
 from tether.syncing.source import _first_failure
+from tether.syncing.storer import File, Storer
 
 # (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
 Opener = Callable[[bool, str], tuple[DestTree, str | None]]
@@ -169,8 +169,8 @@ class DestSide:
                  progress: Progress | None = None, trusted: bool = False,
                  caches: HashCaches | None = None) -> None:
         self.ep = ep
-        # TLS authenticates every byte: a batch's files are the bytes the sender hashed, so
-        # their hashes are not computed again (over --plaintext they are)
+        # TLS authenticates every byte: a batch's file may come without a hash (one that is
+        # given is checked); over --plaintext every file must match its hash
         self.trusted = trusted
         self.opener = opener
         self.opts = opts
@@ -193,7 +193,7 @@ class DestSide:
             asyncio.Queue())
         self.incoming: tuple[int, _Incoming] | None = None
         self.batch: _BatchIn | None = None
-        self.group = DurableGroup()
+        self.storer = Storer()  # small files: written on a worker thread, durable together
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
         self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
@@ -212,6 +212,7 @@ class DestSide:
             else:
                 self.answers.put_nowait(None)
                 await writer
+            await self.storer.finish()
             self._finish()
         finally:
             for task in (reader, writer):
@@ -219,7 +220,7 @@ class DestSide:
                     task.cancel()
             if self.incoming is not None:
                 self.incoming[1].close()
-            self.group.close()
+            self.storer.close()
             if self.tree is not None:
                 self.tree.close()
         if self.caches is not None and self.caches.unsaved:  # before done: the next sync finds it
@@ -247,6 +248,8 @@ class DestSide:
                 self._open(False)
             elif isinstance(event, Data):
                 self._data(event.data)
+                if self.storer.queued > self.storer.budget:
+                    await self.storer.room()
             elif isinstance(event, SyncFile):
                 self._start(event)
             elif isinstance(event, SyncCommit):
@@ -315,16 +318,26 @@ class DestSide:
         assert self.batch is not None and self.tree is not None
         batch = self.batch
         self.result.bytes_sent += len(data)
-        for index, content, hash_ in batch.feed(data):
-            want = self._take(index)
-            if not self.trusted and file_hash(content) != hash_:
-                raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
-                                          f"hash; nothing was stored under that name")
-            dir_fd, name = self.tree.looked_up_parent(want.parts)  # planned: looked up
-            self.group.add(dir_fd, name, content, want.mode, want.mtime)
-            self.result.sent += 1
-            if self.group.full:
-                self.group.flush()
+        files: list[File] = []
+        dirs: dict[tuple[str, ...], int] = {}  # dups: the tree's own fds may close meanwhile
+        try:
+            for index, content, hash_ in batch.feed(data):
+                want = self._take(index)
+                if (hash_ or not self.trusted) and file_hash(content) != hash_:
+                    raise RemoteProtocolError(f"{want.name}: data does not match the "
+                                              f"sender's hash; nothing was stored under "
+                                              f"that name")
+                where = tuple(want.parts[:-1])
+                if where not in dirs:  # planned: looked up, so no second check
+                    dirs[where] = os.dup(self.tree.looked_up_parent(want.parts)[0])
+                files.append((dirs[where], want.parts[-1], content, want.mode, want.mtime))
+        except BaseException:
+            for fd in dirs.values():
+                os.close(fd)
+            raise
+        if files:
+            self.storer.add(files, list(dirs.values()))
+        self.result.sent += len(files)
         if batch.complete:
             self.batch = None
 
@@ -526,7 +539,6 @@ class DestSide:
 
     def _finish(self) -> None:
         tree = self._open(False)
-        self.group.flush()
         if self.wanted and not self.opts.dry_run:
             raise RemoteProtocolError(f"the source did not send {len(self.wanted)} of the files "
                                       f"asked for")

@@ -55,8 +55,7 @@ SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
 @dataclass(frozen=True)
 class Root:
     """One source: a tree (a directory, listed under ``name``, ``""``: its contents at the
-    root) or, with ``file``, the single file ``file`` in the tree's directory; ``hashes``: the
-    tree's hash cache (storage/hashcache.py)."""
+    root) or, with ``file``, the single file ``file`` in the tree's directory."""
 
     tree: SourceTree
     name: str
@@ -167,8 +166,12 @@ class SourceSide:
     """Drives the source's half of one sync stream."""
 
     def __init__(self, ep: Endpoint, roots: list[Root], opts: SyncOptions, *, client: bool,
-                 result: SyncResult | None = None, progress: Progress | None = None) -> None:
+                 result: SyncResult | None = None, progress: Progress | None = None,
+                 trusted: bool = False) -> None:
         self.ep = ep
+        # TLS authenticates every byte: a batch's files go without a hash (a fifth of a first
+        # sync's sending), which a receiver over --plaintext would refuse
+        self.hash_small = not trusted
         self.roots = roots
         self.opts = opts
         self.client = client  # a pushing client ends with sync_sent; a pulled server with done
@@ -239,9 +242,9 @@ class SourceSide:
 
     async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
         if self.client:
-            for offset, action in enumerate(want.actions):
-                self.result.note(self.entries[first + offset].name, action)
-        batch: list[tuple[int, bytes, str]] = []
+            self.result.note_list([entry.name for entry in self.entries[first:first + len(
+                want.actions)]], want.actions)
+        batch: list[tuple[int, bytes]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
                                                    want.prefixes, strict=True):
@@ -250,22 +253,21 @@ class SourceSide:
                 await self._send_delta(index, entry, sigs[pos:pos + sig_size])
                 pos += sig_size
             elif entry.size <= SMALL_FILE and not offset:
-                read = self._read_small(index, entry)
-                if read is not None:
+                data = self._read_small(index, entry)
+                if data is not None:
                     if batch and (len(batch) >= SEND_FILES
-                                  or batch_bytes + len(read[0]) > SEND_BYTES):
+                                  or batch_bytes + len(data) > SEND_BYTES):
                         await self._send_batch(batch)
                         batch, batch_bytes = [], 0
-                    batch.append((index, *read))
-                    batch_bytes += len(read[0])
+                    batch.append((index, data))
+                    batch_bytes += len(data)
             else:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
             await self._send_batch(batch)
 
-    def _read_small(self, index: int, entry: Entry) -> tuple[bytes, str] | None:
-        """A small file's bytes and hash (learned by the hash cache), or None (committed as
-        changed) if it is not what was listed."""
+    def _read_small(self, index: int, entry: Entry) -> bytes | None:
+        """A small file's bytes, or None (committed as changed) if it is not what was listed."""
         try:
             fd, before = entry.root.tree.open_small(entry.parts)
         except OSError:
@@ -274,13 +276,10 @@ class SourceSide:
         try:
             if not S_ISREG(before.st_mode) or not _same(before, entry):
                 raise SourceChanged(entry.name)
-            started = time.time_ns()
             data = read_whole(fd, entry.size, entry.name)
             if not _same(os.fstat(fd), entry):
                 raise SourceChanged(entry.name)
-            hash_ = file_hash(data)
-            entry.root.hashes.note(before, hash_, started)
-            return data, hash_
+            return data
         except (SourceChanged, OSError):
             self._changed(index, entry)
             return None
@@ -292,11 +291,11 @@ class SourceSide:
         self.ep.send(SyncFile(index=index, size=0, stream=self.ep.stream))
         self.ep.send(SyncCommit(index=index, hash="", changed=True, stream=self.ep.stream))
 
-    async def _send_batch(self, batch: list[tuple[int, bytes, str]]) -> None:
-        self.ep.send(SyncBatch(indices=[i for i, _, _ in batch],
-                               sizes=[len(d) for _, d, _ in batch],
-                               hashes=[h for _, _, h in batch], stream=self.ep.stream))
-        data = b"".join(d for _, d, _ in batch)
+    async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        self.ep.send(SyncBatch(indices=[i for i, _ in batch], sizes=[len(d) for _, d in batch],
+                               hashes=[file_hash(d) if self.hash_small else "" for _, d in batch],
+                               stream=self.ep.stream))
+        data = b"".join(d for _, d in batch)
         label = self.entries[batch[0][0]].name
         self.progress.file_started(label, len(data), 0)
         if data:
