@@ -28,8 +28,7 @@ from tether.storage.hashcache import HashCaches, cache_dir
 from tether.storage.names import check_name, open_dir
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import NoProgress, Progress, SyncOptions, SyncResult
-from tether.syncing.dest import DestSide
-from tether.syncing.source import Root, SourceSide
+from tether.syncing.source import Root
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
@@ -135,6 +134,8 @@ def local_opener(dest: str, user_name: str, dry_run: bool
 
 async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOptions,
                progress: Progress | None = None) -> SyncResult:
+    from tether.syncing.source import SourceSide  # each direction loads only its side
+
     started = time.monotonic()
     caches = local_caches(conn, opts)
     roots: list[Root] = []
@@ -163,6 +164,8 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
 
 async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOptions,
                progress: Progress | None = None) -> SyncResult:
+    from tether.syncing.dest import DestSide
+
     started = time.monotonic()
     names = [source_name(path) for path in sources]
     maybe_single = len(sources) == 1 and names[0] != ""

@@ -32,7 +32,6 @@ from tether.protocol.sync_messages import (
     SyncWant,
 )
 from tether.storage.batch import SEND_BYTES, SEND_FILES, SMALL_FILE, header_cost
-from tether.storage.delta import encode, make_delta
 from tether.storage.errors import disk_error
 from tether.storage.hashcache import NO_HASHES, TreeHashes, save_trees
 from tether.storage.names import link_stays_inside
@@ -380,6 +379,8 @@ class SourceSide:
                 self._changed(index, entry)
                 return
             try:
+                from tether.storage.delta import encode, make_delta  # large changed files only
+
                 delta = await asyncio.to_thread(make_delta, fd, entry.size, sig, entry.name)
             except SourceChanged:
                 self._changed(index, entry)
