@@ -50,12 +50,9 @@ import os
 import stat
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import blake3
 
 from tether.storage.source import CHUNK, HASH_NAME, digest, new_hasher
 
@@ -333,6 +330,8 @@ def _parse(data: bytes, root: Root) -> dict[bytes, bytes]:
     if (magic != _MAGIC or version != _VERSION or (dev, ino) != root or count > MAX_ENTRIES
             or len(data) != keys_end + count * _HASH):
         return {}
+    import blake3  # a sync that uses no cache never loads it
+
     body = memoryview(data)[_HEADER.size:]
     if blake3.blake3(body).digest() != check:
         return {}
@@ -343,6 +342,10 @@ def _parse(data: bytes, root: Root) -> dict[bytes, bytes]:
 
 def _write(path: str, root: Root, entries: dict[bytes, bytes]) -> None:
     """Replace the cache file at once (a temporary file renamed over it)."""
+    import tempfile
+
+    import blake3
+
     if not _own_dir(os.path.dirname(path), create=True):
         raise OSError(f"{os.path.dirname(path)} is not a directory of our own")
     body = b"".join(entries) + b"".join(entries.values())
