@@ -51,7 +51,10 @@ async def test_the_api_pushes_one_tree_to_every_host(make_rig: RigFactory, ids: 
         assert results.ok and [r.sync.sent for r in results] == [31, 31, 31]  # type: ignore
         make_file(src / "d0" / "f0", 10, seed=7)
         again = await fleet.sync(f"{src}/", "dest", delete=True)
+        # --checksum: the one walk hashes (or finds in the client's hash cache) for every host
+        same = await fleet.sync(f"{src}/", "dest", checksum=True)
     assert [r.sync.sent for r in again] == [1, 1, 1]  # type: ignore[union-attr]
+    assert same.ok and [r.sync.sent for r in same] == [0, 0, 0]  # type: ignore[union-attr]
     for root in roots:
         assert snapshot(root / "dest") == snapshot(src)
 

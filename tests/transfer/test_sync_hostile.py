@@ -317,4 +317,5 @@ async def test_the_servers_own_files_are_out_of_a_syncs_reach(make_rig: RigFacto
         result = await conn.sync(f"{empty}/", ".", delete=True,
                                  exclude=["copy-of-root", "empty"])
         assert home.name not in [e.path for e in result.entries]
-    assert sorted(p.name for p in home.iterdir()) == before
+    # the server's own hash cache (storage/hashcache.py) may appear there; nothing else
+    assert sorted(p.name for p in home.iterdir() if p.name != "cache") == before

@@ -29,7 +29,7 @@ def tree(work: Path) -> Path:
 
 def test_every_host_gets_the_same_numbered_lists_from_one_walk(work: Path) -> None:
     src = tree(work)
-    shared = syncs.SharedListing([f"{src}/"], {})
+    shared = syncs.SharedListing([f"{src}/"], {}, home=work / "home")
     shared.open()
     try:
         one, two = shared.lists(), shared.lists()
@@ -50,7 +50,7 @@ def test_every_host_gets_the_same_numbered_lists_from_one_walk(work: Path) -> No
 
 def test_a_walk_that_fails_fails_every_host(work: Path) -> None:
     src = tree(work)
-    shared = syncs.SharedListing([f"{src}/"], {})
+    shared = syncs.SharedListing([f"{src}/"], {}, home=work / "home")
     shared.open()
     try:
         one, two = shared.lists(), shared.lists()
@@ -71,7 +71,7 @@ def test_every_host_gets_the_version_of_a_small_file_first_read(work: Path,
     """Read once for every host while kept; without room to keep it, a host that reads it
     after it changed finds it changed (then committed as such, never sent)."""
     src = tree(work)
-    shared = syncs.SharedListing([f"{src}/"], {}, budget)
+    shared = syncs.SharedListing([f"{src}/"], {}, budget, work / "home")
     shared.open()
     try:
         for _ in shared.lists():
@@ -88,7 +88,7 @@ def test_every_host_gets_the_version_of_a_small_file_first_read(work: Path,
 
 
 def test_a_missing_source_fails_every_host(work: Path) -> None:
-    shared = syncs.SharedListing([f"{work}/absent/"], {})
+    shared = syncs.SharedListing([f"{work}/absent/"], {}, home=work / "home")
     for _ in range(2):
         with pytest.raises(TetherError, match="absent"):
             shared.open()

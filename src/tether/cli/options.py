@@ -160,6 +160,9 @@ SYNC_OPTIONS = (
            help="Compare content hashes (BLAKE3) instead of size and modification time."),
     Option(("--safe-links",), "safe_links", FLAG,
            help="Skip symlinks that point outside the tree instead of refusing them."),
+    Option(("--no-hash-cache",), "no_hash_cache", FLAG,
+           help="Read every file's content for -c, on both sides, instead of reusing the "
+                "hashes of files unchanged (device, inode, size, mtime, ctime) since read."),
     Option(("-v", "--verbose"), "verbose", FLAG,
            help="Print what changed, one line per entry (as --dry-run does)."),
     Option(("--json",), "as_json", FLAG,

@@ -43,11 +43,12 @@ class SyncCliOptions:
     parallel: int
     host_timeout: float | None
     connect_timeout: float = CONNECT_TIMEOUT
+    hash_cache: bool = True
 
     def api_kwargs(self) -> dict[str, Any]:
         return dict(checksum=self.checksum, delete=self.delete, dry_run=self.dry_run,
                     exclude=self.exclude, include=self.include, exclude_from=self.exclude_from,
-                    safe_links=self.safe_links)
+                    safe_links=self.safe_links, hash_cache=self.hash_cache)
 
 
 def is_remote(arg: str) -> bool:
@@ -103,7 +104,8 @@ def sync_main(sources: list[str], dest: str, values: dict[str, Any]) -> int:
         checksum=values["checksum"], safe_links=values["safe_links"],
         verbose=values["verbose"], json=values["as_json"], progress=values["progress"],
         parallel=values["parallel"], host_timeout=values["host_timeout"],
-        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT)
+        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
+        hash_cache=not values.get("no_hash_cache"))
     if is_remote(dest):
         if any(is_remote(src) for src in sources):
             raise BadRequest("tether sync copies between this machine and a host, not "

@@ -75,6 +75,7 @@ class Connection(Forwarding):
         self.server = info
         self._procs: dict[int, StreamHandle] = {}
         self.shared = False  # lent by tether mux (see tether.client.mux)
+        self.home: Path | None = None  # the home it was made from (sync's hash cache is there)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
         self._carriers: list[Connection] = []  # jump hosts this connection rides (--via)
@@ -289,18 +290,20 @@ class Connection(Forwarding):
         exclude_from: Sequence[str | os.PathLike[str]] = (),
         safe_links: bool = False,
         progress: SyncProgress | None = None,
+        hash_cache: bool = True,
     ) -> SyncResult:
         """Make ``dest`` hold what ``src`` holds, sending only what differs (rsync's job).
 
         A push (the default): ``src`` are local paths, ``dest`` a path on the server; with
         ``pull`` ``src`` are server paths and ``dest`` is local. ``SRC/`` syncs the contents
         of SRC, ``SRC`` the directory itself under its name. Returns what was sent, skipped,
-        deleted and reused (``SyncResult``; in a dry run, what would be)."""
+        deleted and reused (``SyncResult``; in a dry run, what would be). ``hash_cache``: each
+        side may reuse the content hashes of files unchanged since it last read them."""
         from tether.client import syncs
 
         opts = syncs.sync_options(checksum=checksum, delete=delete, dry_run=dry_run,
                                   exclude=exclude, include=include, exclude_from=exclude_from,
-                                  safe_links=safe_links)
+                                  safe_links=safe_links, hash_cache=hash_cache)
         run = syncs.pull if pull else syncs.push
         return await run(self, syncs.source_list(src), os.fspath(dest), opts, progress)
 
@@ -540,10 +543,12 @@ class connect:  # used like a function: `async with tether.connect(...)`
         via = self.via or inventory_via(self.host, self.options.home)
         host, options, user = _inventory_target(self.host, self.options, self._port_given,
                                                 self.user)
-        if not via:
-            return await _open(host, options, user)
-        conn, hops = await through(via, host, options, user, _open, _inventory_target)
-        conn._carriers = hops
+        hops: list[Connection] = []
+        if via:
+            conn, hops = await through(via, host, options, user, _open, _inventory_target)
+        else:
+            conn = await _open(host, options, user)
+        conn._carriers, conn.home = hops, options.home_dir
         return conn
 
     def __await__(self) -> Any:

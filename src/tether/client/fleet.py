@@ -322,7 +322,7 @@ class Fleet:
         sources = syncs.source_list(src)
         # the tree walked, and each small file read, once for every host
         shared = syncs.SharedListing(sources, options, syncs.SHARED_BYTES
-                                     if len(self.targets) > 1 else 0)
+                                     if len(self.targets) > 1 else 0, home=self.home)
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
             result.sync = await syncs.push(conn, sources, os.fspath(dest), shared.opts,

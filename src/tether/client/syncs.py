@@ -5,6 +5,10 @@ rsync's source rule: ``SRC/`` (a trailing slash) syncs the contents of SRC into 
 the directory itself, under its name. A pull writes only below the local DEST its user named,
 through no-follow walks, and a single pulled file is named from the user's own words, never the
 server's (the CVE-2019-6111 class, as ``get``).
+
+Each side keeps a cache of its files' content hashes (storage/hashcache.py): the client's is
+under its home (``TETHER_HOME/cache/hashes``), so that ``--checksum`` over an unchanged tree
+costs a ``stat`` per file; ``hash_cache=False`` turns it off on both sides.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tether.errors import BadRequest, NotFound
+from tether.home import home_path
 from tether.protocol.sync_messages import (
     Sync,
 )
+from tether.storage.hashcache import HashCaches, cache_dir
 from tether.storage.names import check_name, open_dir
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import NoProgress, Progress, SyncOptions, SyncResult
@@ -76,9 +82,10 @@ def source_list(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
 def sync_options(*, checksum: bool = False, delete: bool = False, dry_run: bool = False,
                  exclude: Sequence[str] = (), include: Sequence[str] = (),
                  exclude_from: Sequence[str | os.PathLike[str]] = (),
-                 safe_links: bool = False) -> SyncOptions:
+                 safe_links: bool = False, hash_cache: bool = True) -> SyncOptions:
     """A sync's options from the API's keywords (``--exclude-from`` files read now)."""
     return SyncOptions(checksum=checksum, delete=delete, dry_run=dry_run, safe_links=safe_links,
+                       hash_cache=hash_cache,
                        filters=tuple(filter_lines(list(exclude), list(include),
                                                   [os.fspath(p) for p in exclude_from])))
 
@@ -91,19 +98,34 @@ def source_name(path: str) -> str:
     return posixpath.basename(path)
 
 
-def local_root(path: str) -> Root:
+def local_root(path: str, caches: HashCaches) -> Root:
     """A local source, opened as its user named it (symlinks in their own path followed)."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise NotFound(f"{path}: {exc.strerror}") from exc
     if stat.S_ISDIR(st.st_mode):
-        return Root(SourceTree(open_dir(path), path), source_name(path))
+        fd = open_dir(path)
+        return Root(SourceTree(fd, path), source_name(path), hashes=caches.tree(fd))
     if not stat.S_ISREG(st.st_mode) or path.endswith("/"):
         raise BadRequest(f"{path} is not a directory or a regular file")
     name = posixpath.basename(path)
     parent = posixpath.dirname(path) or "."
-    return Root(SourceTree(open_dir(parent), parent), name, name)
+    fd = open_dir(parent)
+    return Root(SourceTree(fd, parent), name, name, caches.tree(fd, whole=False))
+
+
+def local_caches(conn: StreamOpener, opts: SyncOptions) -> HashCaches:
+    """The client's hash caches (under the connection's home), or none."""
+    return home_caches(getattr(conn, "home", None), opts)
+
+
+def home_caches(home: str | os.PathLike[str] | None, opts: SyncOptions) -> HashCaches:
+    """The hash caches under ``home`` (None: the default home), or none."""
+    return HashCaches(cache_dir(home_path(home)) if opts.hash_cache else None)
+
+
+
 
 
 def local_opener(dest: str, user_name: str, dry_run: bool
@@ -134,12 +156,12 @@ def local_opener(dest: str, user_name: str, dry_run: bool
     return opener
 
 
-def local_roots(sources: list[str]) -> list[Root]:
+def local_roots(sources: list[str], caches: HashCaches) -> list[Root]:
     """Every source opened (none left open if one cannot be)."""
     roots: list[Root] = []
     try:
         for path in sources:
-            roots.append(local_root(path))
+            roots.append(local_root(path, caches))
     except BaseException:
         for root in roots:
             root.tree.close()
@@ -163,10 +185,12 @@ class SharedListing(Listing):
     across threads: the hosts' tasks share one event loop."""
 
     def __init__(self, sources: list[str], options: dict[str, Any],
-                 budget: int = SHARED_BYTES) -> None:
-        self.sources, self.options, self.budget = sources, options, budget
+                 budget: int = SHARED_BYTES, home: str | os.PathLike[str] | None = None
+                 ) -> None:
+        self.sources, self.options, self.budget, self.home = sources, options, budget, home
         self.opts = SyncOptions()
         self.roots: list[Root] | None = None
+        self.caches: HashCaches | None = None
         self.entries = []
         self._failure: BaseException | None = None
         self._made: list[tuple[int, dict[str, list]]] = []  # type: ignore[type-arg]
@@ -175,13 +199,15 @@ class SharedListing(Listing):
         self._held = 0  # what _small costs
 
     def open(self) -> list[Root]:
-        """The opened sources (opened by the first caller)."""
+        """The opened sources (opened by the first caller), with the hash caches under
+        ``home`` (the fleet's)."""
         if self._failure is not None:
             raise self._failure
         if self.roots is None:
             try:
                 self.opts = sync_options(**self.options)
-                self.roots = local_roots(self.sources)
+                self.caches = home_caches(self.home, self.opts)
+                self.roots = local_roots(self.sources, self.caches)
             except BaseException as exc:
                 self._failure = exc
                 raise
@@ -222,6 +248,8 @@ class SharedListing(Listing):
     def close(self) -> None:
         for root in self.roots or []:
             root.tree.close()
+        if self.caches is not None:
+            self.caches.save(False)  # what a failed run learned (a run that ended saved already)
 
 
 _NOT_KEPT = object()
@@ -240,16 +268,19 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
     from tether.syncing.source import SourceSide  # each direction loads only its side
 
     started = time.monotonic()
-    if shared is not None:
-        roots, opts = shared.open(), shared.opts
-    else:
-        roots = local_roots(sources)
+    # a shared listing's sources and caches are the fleet's, kept open for the other hosts
+    caches = local_caches(conn, opts) if shared is None else HashCaches(None)
+    roots: list[Root] = []
     try:
+        if shared is not None:
+            roots, opts = shared.open(), shared.opts
+        else:
+            roots += [local_root(path, caches) for path in sources]
         single = len(roots) == 1 and roots[0].file is not None
         handle = conn.open_stream(Sync, path=dest, push=True, single=single,
                                   checksum=opts.checksum, delete=opts.delete,
                                   dry_run=opts.dry_run, safe_links=opts.safe_links,
-                                  filters=list(opts.filters))
+                                  filters=list(opts.filters), hash_cache=opts.hash_cache)
         try:
             result = await SourceSide(
                 _Endpoint(conn, handle), roots, opts, client=True,
@@ -262,6 +293,7 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
         if shared is None:
             for root in roots:
                 root.tree.close()
+            caches.save(False)  # what a failed run learned (a run that ended saved already)
     result.seconds = time.monotonic() - started
     return result
 
@@ -275,17 +307,21 @@ async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
     maybe_single = len(sources) == 1 and names[0] != ""
     handle = conn.open_stream(Sync, path="", push=False, sources=sources, names=names,
                               checksum=opts.checksum, delete=opts.delete, dry_run=opts.dry_run,
-                              safe_links=opts.safe_links, filters=list(opts.filters))
+                              safe_links=opts.safe_links, filters=list(opts.filters),
+                              hash_cache=opts.hash_cache)
+    caches = local_caches(conn, opts)
     side = DestSide(_Endpoint(conn, handle),
                     local_opener(dest, names[0] if maybe_single else "", opts.dry_run), opts,
                     client=True, single=None if maybe_single else False, links_inside=True,
-                    progress=progress or NoProgress(),
+                    progress=progress or NoProgress(), caches=caches,
                     trusted=conn._framed.authenticated)  # type: ignore[attr-defined]
     try:
         result = await side.run()
     except BaseException:
         handle.abandon()
         raise
+    finally:
+        caches.save(False)  # what a failed run learned (a run that ended saved already)
     result.seconds = time.monotonic() - started
     return result
 

@@ -408,7 +408,8 @@ class Session:
             self._end_stream(msg.stream, exc, _request(msg))
             return
         handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream)
-        handler.task = self._spawn(self._until_done(msg.stream, run_sync(handler, msg, area)))
+        handler.task = self._spawn(self._until_done(
+            msg.stream, run_sync(handler, msg, area, self.context.hash_cache)))
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",

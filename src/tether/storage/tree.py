@@ -24,7 +24,6 @@ from tether.storage.fsops import fs
 from tether.storage.names import NO_FOLLOW_DIR, check_name, enter_dir
 from tether.storage.partial import part_name
 from tether.storage.reserved import Reserved
-from tether.storage.source import CHUNK, digest, new_hasher
 
 READ = fs.O_RDONLY | fs.O_NOFOLLOW | fs.O_CLOEXEC | fs.O_NONBLOCK
 PART_SUFFIX = ".tether-part"
@@ -260,20 +259,6 @@ class DestTree:
             pass
         except OSError as exc:
             raise disk_error(exc, "/".join(parts), "delete") from exc
-
-    def hash_file(self, parts: list[str]) -> str:
-        fd, name = self.parent(parts)
-        try:
-            src = fs.open(name, READ, dir_fd=fd)
-        except OSError as exc:
-            raise disk_error(exc, "/".join(parts), "read") from exc
-        try:
-            hasher = new_hasher()
-            while chunk := os.read(src, CHUNK):
-                hasher.update(chunk)
-            return digest(hasher)
-        finally:
-            os.close(src)
 
     def open_basis(self, parts: list[str]) -> int:
         """A read fd of the old copy a delta builds from."""

@@ -33,6 +33,7 @@ class SyncOptions:
     dry_run: bool = False
     safe_links: bool = False
     filters: tuple[str, ...] = ()
+    hash_cache: bool = True  # each side may keep its hashes (storage/hashcache.py)
 
 
 class Progress(Protocol):

@@ -29,6 +29,7 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
+from tether.storage.hashcache import NO_HASHES, HashCaches
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
 from tether.storage.source import file_hash
@@ -165,7 +166,8 @@ class DestSide:
 
     def __init__(self, ep: Endpoint, opener: Opener, opts: SyncOptions, *, client: bool,
                  single: bool | None, links_inside: bool, result: SyncResult | None = None,
-                 progress: Progress | None = None, trusted: bool = False) -> None:
+                 progress: Progress | None = None, trusted: bool = False,
+                 caches: HashCaches | None = None) -> None:
         self.ep = ep
         # TLS authenticates every byte: a batch's file may come without a hash (one that is
         # given is checked); over --plaintext every file must match its hash
@@ -179,6 +181,8 @@ class DestSide:
         self.progress = progress or NoProgress()
         self.filters = Filters(opts.filters)
         self.tree: DestTree | None = None
+        self.caches = caches  # where the tree's hash cache is (storage/hashcache.py)
+        self.hashes = NO_HASHES
         self.single_name: str | None = None
         self.count = 0  # entries listed so far
         self.listed: set[str] = set()
@@ -219,6 +223,9 @@ class DestSide:
             self.storer.close()
             if self.tree is not None:
                 self.tree.close()
+        if self.caches is not None and self.caches.unsaved:  # before done: the next sync finds it
+            await asyncio.to_thread(self.caches.save, self.opts.checksum and not self.opts.filters,
+                                    2 * self.count + 1024)
         if not self.client:
             await self._report()
         return self.result
@@ -340,6 +347,8 @@ class DestSide:
         if self.tree is None:
             self.single = single if self.single is None else self.single
             self.tree, self.single_name = self.opener(bool(self.single), first)
+            if self.caches is not None:
+                self.hashes = self.caches.tree(self.tree.dirs.root_fd, whole=not self.single)
         return self.tree
 
     def _plan(self, msg: SyncList) -> None:
@@ -452,7 +461,8 @@ class DestSide:
         old = tree.lookup(parts)
         if old is not None and stat.S_ISREG(old.st_mode):
             if self.opts.checksum and hash_:
-                same = old.st_size == size and tree.hash_file(parts) == hash_
+                same = old.st_size == size and self.hashes.hashed(
+                    old, tree.open_basis, parts) == hash_
             else:
                 same = old.st_size == size and old.st_mtime_ns == mtime
             if same:

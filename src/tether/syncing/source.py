@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SEND_BYTES, SEND_FILES, SMALL_FILE, header_cost
 from tether.storage.errors import disk_error
+from tether.storage.hashcache import NO_HASHES, TreeHashes, save_trees
 from tether.storage.names import link_stays_inside
 from tether.storage.source import CHUNK, digest, file_hash, new_hasher, read_whole
 from tether.storage.tree import SourceTree
@@ -57,6 +59,7 @@ class Root:
     tree: SourceTree
     name: str
     file: str | None = None
+    hashes: TreeHashes = NO_HASHES
 
 
 class Entry:
@@ -89,7 +92,7 @@ def walk_roots(roots: list[Root], opts: SyncOptions
                 seen.add(root.name)
                 st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
                 entry = Entry(root, (root.file,), root.name, "file", st)
-                yield entry, "", _hash(entry, opts)
+                yield entry, "", _hash(entry, st, opts)
             continue
         if root.name:
             st = os.fstat(root.tree.dirs.root_fd)
@@ -113,21 +116,15 @@ def walk_roots(roots: list[Root], opts: SyncOptions
                     name.count("/"), target):
                 continue  # --safe-links: a link leaving the tree is not sent
             entry = Entry(root, parts, name, kind, st)
-            yield entry, target, _hash(entry, opts) if kind == "file" else ""
+            yield entry, target, _hash(entry, st, opts) if kind == "file" else ""
 
 
-def _hash(entry: Entry, opts: SyncOptions) -> str:
-    """The file's content hash for ``--checksum``, else ``""``."""
+def _hash(entry: Entry, st: os.stat_result, opts: SyncOptions) -> str:
+    """The file's content hash for ``--checksum`` (the tree's hash cache's, or read), else
+    ``""``."""
     if not opts.checksum:
         return ""
-    fd = entry.root.tree.open_file(entry.parts)
-    try:
-        hasher = new_hasher()
-        while chunk := os.read(fd, CHUNK):
-            hasher.update(chunk)
-    finally:
-        os.close(fd)
-    return digest(hasher)
+    return entry.root.hashes.hashed(st, entry.root.tree.open_file, entry.parts)
 
 
 _LIST_KEYS = ("names", "kinds", "sizes", "modes", "mtimes", "targets", "hashes")
@@ -240,8 +237,10 @@ class SourceSide:
             if self.client:
                 self.ep.send(SyncSent(stream=self.ep.stream))
                 await reader  # the server's sync_deleted, then its done
+                await self._save_hashes()
             else:
                 reader.cancel()
+                await self._save_hashes()  # before done: the next sync finds it
                 self.ep.send(Done(path="", count=len(self.entries), stream=self.ep.stream))
                 await self.ep.drain()
         finally:
@@ -249,6 +248,15 @@ class SourceSide:
                 if not task.done():
                     task.cancel()
         return self.result
+
+    async def _save_hashes(self) -> None:
+        """Save what the trees' hash caches learned: with ``--checksum`` and no filters every
+        file was looked up (the caches then mirror the trees); else what they held is kept,
+        up to twice the files listed (entries of files changed since go first)."""
+        trees = [root.hashes for root in self.roots if root.hashes.unsaved]
+        if trees:
+            await asyncio.to_thread(save_trees, trees, self.opts.checksum and not self.opts.filters,
+                                    2 * len(self.entries) + 1024)
 
     # --- listing and sending ---------------------------------------------------------------------
 
@@ -329,6 +337,7 @@ class SourceSide:
             self._changed(index, entry)
             return
         try:
+            started = time.time_ns()
             st = os.fstat(fd)
             if not _same(st, entry):
                 self._changed(index, entry)
@@ -355,7 +364,10 @@ class SourceSide:
             raise disk_error(exc, entry.name, "read") from exc
         finally:
             os.close(fd)
-        self._commit(index, entry, digest(hasher), changed)
+        hash_ = digest(hasher)
+        if not changed:
+            entry.root.hashes.note(st, hash_, started)
+        self._commit(index, entry, hash_, changed)
 
     def _resume_point(self, fd: int, entry: Entry, offset: int, prefix: str) -> tuple[int, Any]:
         hasher = new_hasher()
@@ -387,7 +399,9 @@ class SourceSide:
             self._changed(index, entry)
             return
         try:
-            if not _same(os.fstat(fd), entry):
+            started = time.time_ns()
+            st = os.fstat(fd)
+            if not _same(st, entry):
                 self._changed(index, entry)
                 return
             try:
@@ -417,6 +431,8 @@ class SourceSide:
         finally:
             os.close(fd)
         self.result.bytes_matched += 0 if changed else delta.matched
+        if not changed:
+            entry.root.hashes.note(st, delta.hash, started)
         self._commit(index, entry, delta.hash, changed)
 
     async def _send_records(self, entry: Entry, out: bytearray) -> None:
