@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
 from typing import Any
 
-from tether.errors import RemoteProtocolError, SourceChanged
+from tether.errors import NotFound, RemoteProtocolError, SourceChanged
 from tether.protocol import Data, Done, Message
 from tether.protocol.sync_messages import (
     LIST_WINDOW,
@@ -49,6 +49,9 @@ from tether.syncing.common import (
 )
 
 SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
+# what opening a listed file raises when it is gone since (the tree's opens word OSErrors as
+# tether errors): reported as changed, as rsync reports a vanished file, not a failed sync
+GONE = (OSError, NotFound)
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def read_small(entry: Entry) -> bytes | None:
     """A small file's bytes, or None if it is not what was listed (gone, or changed)."""
     try:
         fd, before = entry.root.tree.open_small(entry.parts)
-    except OSError:
+    except GONE:
         return None
     try:
         if not S_ISREG(before.st_mode) or not _same(before, entry):
@@ -333,7 +336,7 @@ class SourceSide:
     async def _send_whole(self, index: int, entry: Entry, offset: int, prefix: str) -> None:
         try:
             fd = entry.root.tree.open_file(entry.parts)
-        except OSError:
+        except GONE:
             self._changed(index, entry)
             return
         try:
@@ -395,7 +398,7 @@ class SourceSide:
     async def _send_delta(self, index: int, entry: Entry, sig: bytes) -> None:
         try:
             fd = entry.root.tree.open_file(entry.parts)
-        except OSError:
+        except GONE:
             self._changed(index, entry)
             return
         try:
