@@ -76,6 +76,7 @@ class Connection(Forwarding):
         self._procs: dict[int, StreamHandle] = {}
         self.shared = False  # lent by tether mux (see tether.client.mux)
         self.home: Path | None = None  # the home it was made from (sync's hash cache is there)
+        self.tls = True  # TLS carries it to the server (through a mux or jump hosts too)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
         self._carriers: list[Connection] = []  # jump hosts this connection rides (--via)
@@ -548,7 +549,7 @@ class connect:  # used like a function: `async with tether.connect(...)`
             conn, hops = await through(via, host, options, user, _open, _inventory_target)
         else:
             conn = await _open(host, options, user)
-        conn._carriers, conn.home = hops, options.home_dir
+        conn._carriers, conn.home, conn.tls = hops, options.home_dir, not options.plaintext
         return conn
 
     def __await__(self) -> Any:

@@ -285,7 +285,7 @@ async def push(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
             result = await SourceSide(
                 _Endpoint(conn, handle), roots, opts, client=True,
                 progress=progress or NoProgress(), listing=shared,
-                trusted=conn._framed.authenticated).run()  # type: ignore[attr-defined]
+                trusted=conn.tls).run()  # type: ignore[attr-defined]
         except BaseException:
             handle.abandon()
             raise
@@ -314,7 +314,7 @@ async def pull(conn: StreamOpener, sources: list[str], dest: str, opts: SyncOpti
                     local_opener(dest, names[0] if maybe_single else "", opts.dry_run), opts,
                     client=True, single=None if maybe_single else False, links_inside=True,
                     progress=progress or NoProgress(), caches=caches,
-                    trusted=conn._framed.authenticated)  # type: ignore[attr-defined]
+                    trusted=conn.tls)  # type: ignore[attr-defined]
     try:
         result = await side.run()
     except BaseException:

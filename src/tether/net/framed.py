@@ -221,12 +221,6 @@ class FramedConnection:
         self._probed_after = link.heard  # the arrival time those pings counted from
 
     @property
-    def authenticated(self) -> bool:
-        """Whether TLS carries this connection: every byte that arrives is the peer's, intact
-        (a sync's receiver then takes a small file's hash as the sender's word)."""
-        return self.transport.get_extra_info("ssl_object") is not None
-
-    @property
     def peer_cert(self) -> bytes | None:
         sslobj = self.transport.get_extra_info("ssl_object")
         return sslobj.getpeercert(binary_form=True) if sslobj is not None else None

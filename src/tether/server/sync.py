@@ -38,9 +38,12 @@ class SyncStream:
     """One sync stream: the session's handler (feed, handle, abandon) and the side's
     endpoint (send, send_data, drain, next)."""
 
-    def __init__(self, conn: FramedConnection, stream: int) -> None:
+    def __init__(self, conn: FramedConnection, stream: int, *, tls: bool = True) -> None:
         self.conn = conn
         self.stream = stream
+        # TLS carries the connection (in a privileged-separation worker too, whose own socket
+        # is the parent's relay): a sync's small files may go without hashes
+        self.tls = tls
         self.queue: asyncio.Queue[Message | Data] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
@@ -92,7 +95,7 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches)
         return DestTree(fd, msg.path, area.reserved), name
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
-                    links_inside=area.confined, trusted=ep.conn.authenticated, caches=caches)
+                    links_inside=area.confined, trusted=ep.tls, caches=caches)
     try:
         await side.run()
     finally:
@@ -114,7 +117,7 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) ->
         if msg.checksum:  # every file will be looked up: load off the event loop
             await asyncio.to_thread(caches.load)
         await SourceSide(ep, roots, options(msg), client=False,
-                         trusted=ep.conn.authenticated).run()
+                         trusted=ep.tls).run()
     finally:
         for root in roots:
             with contextlib.suppress(OSError):
