@@ -304,21 +304,23 @@ class Peers:
         add_authorized(self.server_home, AuthorizedClient(client.cert_der, client.name))
 
     @contextlib.contextmanager
-    def tether_server(self, plaintext: bool = False) -> Iterator[TetherServer]:
-        """A fresh ``tether serve`` (so each workload sees its own memory), stopped after."""
-        server = self._start_tether(plaintext)
+    def tether_server(self, plaintext: bool = False, root: Path | None = None
+                      ) -> Iterator[TetherServer]:
+        """A fresh ``tether serve`` (so each workload sees its own memory), stopped after;
+        ``root`` (default: the tmpfs) is where relative paths resolve."""
+        server = self._start_tether(plaintext, root or self.fast)
         try:
             yield server
         finally:
             stop(server.proc)
             self._servers.remove(server.proc)
 
-    def _start_tether(self, plaintext: bool) -> TetherServer:
+    def _start_tether(self, plaintext: bool, root: Path) -> TetherServer:
         from tether.identity import add_known_host
 
         log = self.tmp / f"serve-{len(self._servers)}-{os.urandom(3).hex()}.log"
         argv = [str(self.tether), "serve", "--home", str(self.server_home), "-p", "0",
-                "--root", str(self.fast), *(["--plaintext"] if plaintext else [])]
+                "--root", str(root), *(["--plaintext"] if plaintext else [])]
         with open(log, "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=err)
         self._servers.append(proc)

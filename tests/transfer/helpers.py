@@ -207,17 +207,18 @@ def cli_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, home: Path, timeout: float = CLI_TIMEOUT
-            ) -> subprocess.CompletedProcess[str]:
-    """Run ``tether ARGS`` to completion (stdin /dev/null, output captured as text)."""
+def run_cli(*args: str, home: Path, timeout: float = CLI_TIMEOUT,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``tether ARGS`` to completion (stdin /dev/null, output captured as text); ``env``
+    adds to the environment."""
     return subprocess.run([*TETHER, *args], capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(home), stdin=subprocess.DEVNULL)
+                          env={**cli_env(home), **(env or {})}, stdin=subprocess.DEVNULL)
 
 
-async def arun_cli(*args: str, home: Path, timeout: float = CLI_TIMEOUT
-                   ) -> subprocess.CompletedProcess[str]:
+async def arun_cli(*args: str, home: Path, timeout: float = CLI_TIMEOUT,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """:func:`run_cli` from a coroutine, so that an in-process server keeps serving."""
-    return await asyncio.to_thread(run_cli, *args, home=home, timeout=timeout)
+    return await asyncio.to_thread(run_cli, *args, home=home, timeout=timeout, env=env)
 
 
 def popen_cli(*args: str, home: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,62 @@ async def test_a_tree_longer_than_the_list_window(api: tether.Connection, rig: R
     assert pruned.deleted == 1000 and snapshot(rig.root / "dest") == snapshot(src)
     back = await api.sync("dest/", str(work / "back"), pull=True)
     assert back.sent == 2000 and snapshot(work / "back") == snapshot(src)
+
+
+async def test_a_full_disk_is_one_line_and_no_file_is_torn(
+        api: tether.Connection, rig: Rig, work: Path,
+        mount_tmpfs: Callable[..., Path]) -> None:
+    """Small files are written on the destination's worker thread: a full disk there still
+    ends the sync with one line, every final name holds a whole file, the server serves on,
+    and a sync where there is room completes."""
+    small = mount_tmpfs(rig.root / "small", size="1m")
+    src = work / "many"
+    for n in range(40):
+        make_file(src / f"d{n % 4}" / f"f{n:02}.bin", 60_000, seed=n)
+    done = await arun_cli("sync", "-p", str(rig.port), f"{src}/", f"{HOST}:small/dest",
+                          home=rig.client_home)
+    assert done.returncode == 1, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "no space left on device" in done.stderr
+    stored = [p for p in (small / "dest").rglob("*.bin")]
+    for path in stored:  # whatever reached its final name is whole
+        assert path.read_bytes() == (src / path.relative_to(small / "dest")).read_bytes()
+    assert len(stored) < 40
+    assert (await api.run("echo still here")).text == "still here\n"
+    result = await api.sync(f"{src}/", "dest")  # the root has room
+    assert result.sent == 40 and snapshot(rig.root / "dest") == snapshot(src)
+
+
+async def test_over_plaintext_every_small_file_is_hashed_and_checked(
+        work: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without TLS nothing authenticates the bytes: a push and a pull over ``--plaintext``
+    hash every small file at the sender and check it at the receiver (over TLS they may
+    not), and both trees come out byte-identical."""
+    from tether.server.listener import Server, ServerConfig
+    from tether.storage.source import file_hash
+
+    hashed: dict[str, int] = {"source": 0, "dest": 0}
+
+    def counting(side: str) -> Callable[[bytes], str]:
+        def count(data: bytes) -> str:
+            hashed[side] += 1
+            return file_hash(data)
+        return count
+
+    monkeypatch.setattr("tether.syncing.source.file_hash", counting("source"))
+    monkeypatch.setattr("tether.syncing.dest.file_hash", counting("dest"))
+
+    server = Server(ServerConfig(home=work / "plain-home", host=HOST, port=0,
+                                 root=work / "plain-root", plaintext=True), None)
+    (work / "plain-root").mkdir()
+    await server.start()
+    try:
+        async with tether.connect(HOST, server.port, plaintext=True,
+                                  home=work / "plain-client") as conn:
+            pushed = await conn.sync(f"{src}/", "dest")
+            assert pushed.sent == 4 and snapshot(work / "plain-root" / "dest") == snapshot(src)
+            pulled = await conn.sync("dest/", str(work / "back"), pull=True)
+            assert pulled.sent == 4 and snapshot(work / "back") == snapshot(src)
+        # three small files each way (big.bin travels whole, with its own hash)
+        assert hashed == {"source": 6, "dest": 6}
+    finally:
+        await server.close()

@@ -111,6 +111,38 @@ async def test_a_source_changed_while_read_is_reported_never_stored(
     assert again.changed == [] and same_bytes(src, rig.root / "dest" / "live.bin")
 
 
+class Vanishing:
+    """Progress that deletes ``paths`` when the first answer arrives: listed, not yet read."""
+
+    def __init__(self, *paths: Path) -> None:
+        self.paths = paths
+
+    def total(self, files: int, size: int) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+    def file_started(self, name: str, size: int, offset: int) -> None:
+        pass
+
+    def advanced(self, name: str, size: int) -> None:
+        pass
+
+    def file_done(self, name: str) -> None:
+        pass
+
+
+async def test_a_file_gone_before_it_is_read_is_reported_not_fatal(
+        api: tether.Connection, rig: Rig, work: Path) -> None:
+    """As rsync's "file has vanished": a small and a large file deleted after they were listed
+    are reported as changed, the others are synced, and nothing is stored under their names."""
+    make_file(work / "src" / "keep.txt", 10)
+    small = make_file(work / "src" / "small.txt", 100)
+    large = make_file(work / "src" / "large.bin", 2 * MiB, seed=3)
+    result = await api.sync(f"{work / 'src'}/", "dest", progress=Vanishing(small, large))
+    assert sorted(result.changed) == ["large.bin", "small.txt"]
+    assert sorted(os.listdir(rig.root / "dest")) == ["keep.txt"]
+
+
 def test_the_cli_reports_a_changed_source_as_a_failure() -> None:
     """What the CLI makes of a result with torn files: exit status 1 and one line naming them
     (the API result above says which files)."""

@@ -237,7 +237,8 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
     if opts is None:
         bad = next(item for item in values["env"] if parse_env([item]) is None)
         raise click.BadParameter(f"{bad!r} is not K=V", param_hint="--env")
-    from tether.cli.fleet import FleetOptions, run_fleet, wants_fleet
+    from tether.cli.fleet import FleetOptions, run_fleet
+    from tether.cli.targets import wants_fleet
 
     if wants_fleet(host, opts.home, group_output or as_json):
         if opts.local_forwards or opts.remote_forwards or opts.dynamic_forwards or opts.via:
@@ -246,7 +247,8 @@ def run(parallel: int, host_timeout: float | None, group_output: bool, as_json: 
             raise UsageError("-L, -R, -D and --via reach one host, not several")
         return run_fleet(opts, FleetOptions(parallel, host_timeout, group_output, as_json,
                                             opts.keepalive, opts.connect_timeout))
-    from tether.cli.fleet import host_mux, inventory_via, one_host
+    from tether.cli.fleet import host_mux
+    from tether.cli.targets import inventory_via, one_host
 
     opts.via = opts.via or inventory_via(host, opts.home)
     # an inventory name: its address, port, keepalive and mux setting
@@ -277,9 +279,9 @@ def shell(home: str | None, port: int, accept_new: bool, plaintext: bool,
     line mode, each line one command in one persistent shell, failures reported on stderr.
     Needs the `shell` permission on the server.
     """
-    from tether.cli.fleet import inventory_via, one_host
     from tether.cli.forward import parse_specs
     from tether.cli.shell import shell_main
+    from tether.cli.targets import inventory_via, one_host
 
     warn_if_certificate_expires(home)
     via = via or tuple(inventory_via(host, home))
@@ -308,8 +310,8 @@ def forward(home: str | None, port: int, accept_new: bool, plaintext: bool,
     once). Needs the `forward` permission and the server's permits. Exit status 130 on
     Ctrl-C, 255 if the connection ends.
     """
-    from tether.cli.fleet import inventory_via, one_host
     from tether.cli.forward import forward_main
+    from tether.cli.targets import inventory_via, one_host
 
     warn_if_certificate_expires(home)
     via = via or tuple(inventory_via(host, home))
@@ -437,7 +439,7 @@ def sync(args: tuple[str, ...], **values: Any) -> int:
     Push: SRC... HOST:DEST. Pull: HOST:SRC... DEST. SRC/ (a trailing slash) syncs the contents
     of SRC into DEST; SRC syncs the directory itself, into DEST/NAME. Files whose size and
     mtime (with -c: content hash) match are skipped; large changed files travel as deltas
-    against the old copy; every file is verified (BLAKE3), made durable and moved into place
+    against the old copy; every file is verified (TLS, BLAKE3), made durable and moved into place
     atomically. Modes, mtimes and symlinks are kept.
 
     HOST may name several hosts (a,b, @group, @all, an inventory name) for a push: each gets

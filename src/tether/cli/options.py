@@ -160,6 +160,9 @@ SYNC_OPTIONS = (
            help="Compare content hashes (BLAKE3) instead of size and modification time."),
     Option(("--safe-links",), "safe_links", FLAG,
            help="Skip symlinks that point outside the tree instead of refusing them."),
+    Option(("--no-hash-cache",), "no_hash_cache", FLAG,
+           help="Read every file's content for -c, on both sides, instead of reusing the "
+                "hashes of files unchanged (device, inode, size, mtime, ctime) since read."),
     Option(("-v", "--verbose"), "verbose", FLAG,
            help="Print what changed, one line per entry (as --dry-run does)."),
     Option(("--json",), "as_json", FLAG,
@@ -279,6 +282,47 @@ def fast_parse(args: list[str], table: Sequence[Option] = RUN_OPTIONS) -> RunOpt
     return run_options(values, host, command)
 
 
+SYNC_TABLE = (*CONNECT_OPTIONS, KEEPALIVE, *SYNC_OPTIONS)  # sync's, beside the fleet options
+
+
+def fast_sync_parse(args: list[str]) -> tuple[list[str], dict[str, Any]] | None:
+    """``sync``'s words (options anywhere, as click allows them there; ``--`` ends them) and
+    option values, or None for anything the fast parser leaves to click: an option outside
+    :data:`SYNC_TABLE` (``--help``, the fleet options), a missing or bad value."""
+    by_name = {name: opt for opt in SYNC_TABLE for name in opt.names}
+    words: list[str] = []
+    given: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            words += args[i:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            words.append(arg)
+            continue
+        long = arg.startswith("--")
+        opt = by_name.get(arg.partition("=")[0] if long else arg[:2])
+        if opt is None:
+            return None
+        given.append(arg)
+        if opt.kind != FLAG and ((long and "=" not in arg) or (not long and len(arg) == 2)):
+            if i >= len(args):
+                return None
+            given.append(args[i])
+            i += 1
+    values = _fast_values(given, by_name)
+    if values is None:
+        return None
+    for opt in SYNC_TABLE:
+        if opt.dest not in values:
+            env = os.environ.get(opt.envvar) if opt.envvar else None
+            values[opt.dest] = opt.convert(env) if env else (
+                [] if opt.kind == MULTI else False if opt.kind == FLAG else opt.default)
+    return words, values
+
+
 def _fast_values(args: list[str], by_name: dict[str, Option]) -> dict[str, Any] | None:
     """The option words' values, or None for anything the fast parser leaves to click."""
     values: dict[str, Any] = {}
@@ -391,7 +435,24 @@ def host_command_class() -> Any:
     return HostCommand
 
 
-__all__ = ["CONNECT_OPTIONS", "CONNECT_TIMEOUT_OPTION", "FORWARD_OPTIONS", "KEEPALIVE",
-           "LISTEN_PORT", "MUX_OPTIONS", "PORT", "RUN_OPTIONS", "SYNC_OPTIONS", "VIA", "Option",
-           "click_options", "fast_parse", "host_command_class", "identity_name", "run_options",
-           "split_host_command"]
+__all__ = [
+    "CONNECT_OPTIONS",
+    "CONNECT_TIMEOUT_OPTION",
+    "FORWARD_OPTIONS",
+    "KEEPALIVE",
+    "LISTEN_PORT",
+    "MUX_OPTIONS",
+    "PORT",
+    "RUN_OPTIONS",
+    "SYNC_OPTIONS",
+    "SYNC_TABLE",
+    "VIA",
+    "Option",
+    "click_options",
+    "fast_parse",
+    "fast_sync_parse",
+    "host_command_class",
+    "identity_name",
+    "run_options",
+    "split_host_command",
+]

@@ -65,6 +65,19 @@ class RunOptions:
         return self.command[0] if len(self.command) == 1 else self.command
 
 
+def split_remote(arg: str) -> tuple[str, str]:
+    """``HOST:PATH`` (``[v6addr]:PATH`` too) into its parts; an empty path means the root."""
+    if arg.startswith("["):
+        host, sep, rest = arg[1:].partition("]:")
+        if not sep:
+            raise BadRequest(f"{arg!r} is not [HOST]:PATH")
+        return host, rest or "."
+    host, sep, path = arg.partition(":")
+    if not sep or not host or "/" in host:
+        raise BadRequest(f"{arg!r} is not HOST:PATH")
+    return host, path or "."
+
+
 def parse_env(items: tuple[str, ...] | list[str]) -> dict[str, str] | None:
     """``--env K=V`` items as a mapping; None if one is not ``K=V``."""
     variables = {}

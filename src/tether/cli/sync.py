@@ -11,10 +11,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import click
-
 from tether.cli.escape import printable as shown
-from tether.defaults import CONNECT_TIMEOUT
+from tether.cli.options import fast_sync_parse
+from tether.cli.shared import split_remote
+from tether.cli.targets import one_host, wants_fleet
+from tether.defaults import CONNECT_TIMEOUT, DEFAULT_PARALLEL
 from tether.errors import BadRequest, SourceChanged
 from tether.malloc import tune_for_bulk
 from tether.syncing.common import SyncResult
@@ -42,11 +43,12 @@ class SyncCliOptions:
     parallel: int
     host_timeout: float | None
     connect_timeout: float = CONNECT_TIMEOUT
+    hash_cache: bool = True
 
     def api_kwargs(self) -> dict[str, Any]:
         return dict(checksum=self.checksum, delete=self.delete, dry_run=self.dry_run,
                     exclude=self.exclude, include=self.include, exclude_from=self.exclude_from,
-                    safe_links=self.safe_links)
+                    safe_links=self.safe_links, hash_cache=self.hash_cache)
 
 
 def is_remote(arg: str) -> bool:
@@ -57,12 +59,6 @@ def is_remote(arg: str) -> bool:
     return bool(sep and host and "/" not in host)
 
 
-def _split(arg: str) -> tuple[str, str]:
-    from tether.cli.transfer import split_remote
-
-    return split_remote(arg)
-
-
 def itemized(result: SyncResult, prefix: str = "") -> list[str]:
     """One line per changed entry: the action, then the path (escaped for a terminal)."""
     return [f"{prefix}{shown(entry.action):<8} {shown(entry.path)}" for entry in result.entries]
@@ -71,15 +67,30 @@ def itemized(result: SyncResult, prefix: str = "") -> list[str]:
 def report(result: SyncResult, opts: SyncCliOptions) -> int:
     if opts.dry_run or opts.verbose:
         for line in itemized(result):
-            click.echo(line)
+            print(line)
     if opts.json:
-        click.echo(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict()))
     if result.changed:
         first = shown(result.changed[0])
         more = f" and {len(result.changed) - 1} more" if len(result.changed) > 1 else ""
         raise SourceChanged(f"{first}{more} changed while being read and was not stored; "
                             f"run the sync again")
     return 0
+
+
+def parse_fast(args: list[str]) -> tuple[list[str], str, dict[str, Any]] | None:
+    """``tether sync``'s arguments (after ``sync``) as (sources, dest, option values) for the
+    console script's fast path (:mod:`tether.cli.oneshot`: no click), or None for what the
+    click command handles: ``--help``, an option it must word, too few words, several hosts."""
+    parsed = fast_sync_parse(args)
+    if parsed is None:
+        return None
+    words, values = parsed
+    if len(words) < 2 or any(is_remote(word) and wants_fleet(split_remote(word)[0], None)
+                             for word in words if not word.startswith("[")):
+        return None
+    values.update(parallel=DEFAULT_PARALLEL, host_timeout=None)
+    return words[:-1], words[-1], values
 
 
 def sync_main(sources: list[str], dest: str, values: dict[str, Any]) -> int:
@@ -93,23 +104,22 @@ def sync_main(sources: list[str], dest: str, values: dict[str, Any]) -> int:
         checksum=values["checksum"], safe_links=values["safe_links"],
         verbose=values["verbose"], json=values["as_json"], progress=values["progress"],
         parallel=values["parallel"], host_timeout=values["host_timeout"],
-        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT)
+        connect_timeout=values.get("connect_timeout") or CONNECT_TIMEOUT,
+        hash_cache=not values.get("no_hash_cache"))
     if is_remote(dest):
         if any(is_remote(src) for src in sources):
             raise BadRequest("tether sync copies between this machine and a host, not "
                              "between two hosts")
-        host, path = _split(dest)
+        host, path = split_remote(dest)
         return _push(host, sources, path, opts)
     if not all(is_remote(src) for src in sources):
         raise BadRequest("give HOST:DEST to push, or HOST:SRC... to pull (one side must be "
                          "remote)")
-    pairs = [_split(src) for src in sources]
+    pairs = [split_remote(src) for src in sources]
     hosts = {host for host, _ in pairs}
     if len(hosts) != 1:
         raise BadRequest("all sources of one sync must be on the same host")
     host = hosts.pop()
-    from tether.cli.fleet import wants_fleet
-
     if wants_fleet(host, opts.home):
         raise BadRequest("a pull from several hosts would merge their trees into one; pull "
                          "from one host at a time (or use tether get, which keeps them apart)")
@@ -117,16 +127,12 @@ def sync_main(sources: list[str], dest: str, values: dict[str, Any]) -> int:
 
 
 def _push(host: str, sources: list[str], dest: str, opts: SyncCliOptions) -> int:
-    from tether.cli.fleet import wants_fleet
-
     if wants_fleet(host, opts.home):
         return sync_fleet(host, sources, dest, opts)
     return _one(host, opts, sources, dest, pull=False)
 
 
 def _one(host: str, opts: SyncCliOptions, sources: list[str], dest: str, *, pull: bool) -> int:
-    from tether.cli.fleet import one_host
-
     address, port, keepalive = one_host(host, opts.home, opts.port, opts.keepalive)
     opts = dataclasses.replace(opts, port=port, keepalive=keepalive)
     result = asyncio.run(_run(address, opts, sources, dest, pull))
@@ -171,7 +177,7 @@ def sync_fleet(spec: str, sources: list[str], dest: str, opts: SyncCliOptions) -
     def done(result: HostResult) -> None:
         if result.sync is not None and (opts.dry_run or opts.verbose):
             for line in itemized(result.sync, f"{result.name} | "):
-                click.echo(line)
+                print(line, flush=True)
 
     async def work() -> int:
         if opts.progress:

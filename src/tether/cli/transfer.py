@@ -15,25 +15,12 @@ from typing import Any
 import click
 
 from tether.cli.escape import printable
-from tether.cli.shared import resume_note, skipped_note
+from tether.cli.shared import resume_note, skipped_note, split_remote
 from tether.cli.transfer_options import TransferOptions
 from tether.client.api import connect
 from tether.client.transfer_base import TransferResult
 from tether.errors import BadRequest, TetherError
 from tether.malloc import tune_for_bulk
-
-
-def split_remote(arg: str) -> tuple[str, str]:
-    """``HOST:PATH`` (``[v6addr]:PATH`` too) into its parts; an empty path means the root."""
-    if arg.startswith("["):
-        host, sep, rest = arg[1:].partition("]:")
-        if not sep:
-            raise BadRequest(f"{arg!r} is not [HOST]:PATH")
-        return host, rest or "."
-    host, sep, path = arg.partition(":")
-    if not sep or not host or "/" in host:
-        raise BadRequest(f"{arg!r} is not HOST:PATH")
-    return host, path or "."
 
 
 class RichProgress:
@@ -162,14 +149,15 @@ async def _transfer(host: str, opts: TransferOptions, upload: bool, sources: lis
 
 
 def _fleet_target(host: str, opts: TransferOptions) -> bool:
-    from tether.cli.fleet import wants_fleet
+    from tether.cli.targets import wants_fleet
 
     return wants_fleet(host, opts.home)
 
 
 def _one(host: str, opts: TransferOptions) -> tuple[str, TransferOptions]:
     """An inventory name becomes its address, port and keepalive; anything else stays as is."""
-    from tether.cli.fleet import host_mux, one_host
+    from tether.cli.fleet import host_mux
+    from tether.cli.targets import one_host
 
     mux = host_mux(host, opts.home, opts.mux)
     address, port, keepalive = one_host(host, opts.home, opts.port, opts.keepalive)

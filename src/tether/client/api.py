@@ -75,6 +75,8 @@ class Connection(Forwarding):
         self.server = info
         self._procs: dict[int, StreamHandle] = {}
         self.shared = False  # lent by tether mux (see tether.client.mux)
+        self.home: Path | None = None  # the home it was made from (sync's hash cache is there)
+        self.tls = True  # TLS carries it to the server (through a mux or jump hosts too)
         self._reader = asyncio.create_task(self._read_loop())
         self._failure: TetherError | None = None
         self._carriers: list[Connection] = []  # jump hosts this connection rides (--via)
@@ -231,12 +233,13 @@ class Connection(Forwarding):
         are sent as symlinks (``safe_links``: those leading out of their tree are skipped and
         listed in the result's ``skipped``)."""
         from tether.client import transfer
-        from tether.client.transfer_base import Options, _NoProgress
+        from tether.client.transfer_base import Options
+        from tether.syncing.common import NoProgress
 
         sources = [local] if isinstance(local, str | os.PathLike) else list(local)
         return await transfer.put(
             self, [Path(s) for s in sources], remote, recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
+            opts=Options(force, rename, resume, progress or NoProgress(), safe_links),
         )
 
     async def get(
@@ -255,12 +258,13 @@ class Connection(Forwarding):
         symlinks are stored as symlinks whatever they point to, and never followed by a write
         (``safe_links``: those leading out of their tree are skipped, see ``skipped``)."""
         from tether.client import transfer
-        from tether.client.transfer_base import Options, _NoProgress
+        from tether.client.transfer_base import Options
+        from tether.syncing.common import NoProgress
 
         remotes = [remote] if isinstance(remote, str) else list(remote)
         return await transfer.get(
             self, remotes, Path(local), recursive=recursive,
-            opts=Options(force, rename, resume, progress or _NoProgress(), safe_links),
+            opts=Options(force, rename, resume, progress or NoProgress(), safe_links),
         )
 
     async def wait_closed(self) -> None:
@@ -287,24 +291,22 @@ class Connection(Forwarding):
         exclude_from: Sequence[str | os.PathLike[str]] = (),
         safe_links: bool = False,
         progress: SyncProgress | None = None,
+        hash_cache: bool = True,
     ) -> SyncResult:
         """Make ``dest`` hold what ``src`` holds, sending only what differs (rsync's job).
 
         A push (the default): ``src`` are local paths, ``dest`` a path on the server; with
         ``pull`` ``src`` are server paths and ``dest`` is local. ``SRC/`` syncs the contents
         of SRC, ``SRC`` the directory itself under its name. Returns what was sent, skipped,
-        deleted and reused (``SyncResult``; in a dry run, what would be)."""
+        deleted and reused (``SyncResult``; in a dry run, what would be). ``hash_cache``: each
+        side may reuse the content hashes of files unchanged since it last read them."""
         from tether.client import syncs
-        from tether.syncing.common import SyncOptions
 
-        sources = [os.fspath(src)] if isinstance(src, str | os.PathLike) else [
-            os.fspath(s) for s in src]
-        opts = SyncOptions(checksum=checksum, delete=delete, dry_run=dry_run,
-                           safe_links=safe_links, filters=tuple(syncs.filter_lines(
-                               list(exclude), list(include),
-                               [os.fspath(p) for p in exclude_from])))
+        opts = syncs.sync_options(checksum=checksum, delete=delete, dry_run=dry_run,
+                                  exclude=exclude, include=include, exclude_from=exclude_from,
+                                  safe_links=safe_links, hash_cache=hash_cache)
         run = syncs.pull if pull else syncs.push
-        return await run(self, sources, os.fspath(dest), opts, progress)
+        return await run(self, syncs.source_list(src), os.fspath(dest), opts, progress)
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -542,10 +544,12 @@ class connect:  # used like a function: `async with tether.connect(...)`
         via = self.via or inventory_via(self.host, self.options.home)
         host, options, user = _inventory_target(self.host, self.options, self._port_given,
                                                 self.user)
-        if not via:
-            return await _open(host, options, user)
-        conn, hops = await through(via, host, options, user, _open, _inventory_target)
-        conn._carriers = hops
+        hops: list[Connection] = []
+        if via:
+            conn, hops = await through(via, host, options, user, _open, _inventory_target)
+        else:
+            conn = await _open(host, options, user)
+        conn._carriers, conn.home, conn.tls = hops, options.home_dir, not options.plaintext
         return conn
 
     def __await__(self) -> Any:

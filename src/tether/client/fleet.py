@@ -313,12 +313,20 @@ class Fleet:
                    on_done: OnHostDone | None = None, **options: Any) -> FleetResult:
         """Push the same local tree to every host at once (see :meth:`Connection.sync`; a pull
         from several hosts would write one tree from many: use ``get``)."""
-        if options.get("pull"):
+        if options.pop("pull", False):
             raise BadRequest("a sync from several hosts would merge their trees into one; "
                              "pull from one host at a time")
+        from tether.client import syncs
+
+        progress = options.pop("progress", None)
+        sources = syncs.source_list(src)
+        # the tree walked, and each small file read, once for every host
+        shared = syncs.SharedListing(sources, options, syncs.SHARED_BYTES
+                                     if len(self.targets) > 1 else 0, home=self.home)
 
         async def one(conn: Connection, target: Target, result: HostResult) -> None:
-            result.sync = await conn.sync(src, dest, **options)
+            result.sync = await syncs.push(conn, sources, os.fspath(dest), shared.opts,
+                                           progress, shared=shared)
             if result.sync.changed:
                 result.kind = ERROR
                 result.error = (f"{len(result.sync.changed)} files changed while being read "
@@ -326,7 +334,10 @@ class Fleet:
             else:
                 result.ok, result.kind = True, OK
 
-        return await self._each(one, timeout, on_done)
+        try:
+            return await self._each(one, timeout, on_done)
+        finally:
+            shared.close()
 
     # --- machinery -----------------------------------------------------------------------------
 

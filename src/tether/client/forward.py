@@ -121,10 +121,14 @@ async def _up(handle: StreamHandle, reader: asyncio.StreamReader) -> None:
 
 async def carry(conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 report: Report, what: str, **fields: Any) -> None:
-    """One local connection forwarded to ``fields`` (a ``connect``); a refusal closes the
+    """One connection forwarded over a ``connect`` stream opened with ``fields`` (a local one
+    names its origin, the peer of ``writer``, unless ``fields`` does: an incoming ``-R``
+    connection's stream names the listener and the connection instead); a refusal closes the
     local socket at once and is reported in one line."""
+    if "incoming" not in fields:
+        fields.setdefault("origin", _origin(writer))
     try:
-        handle, _ = await open_stream(conn, origin=_origin(writer), **fields)
+        handle, _ = await open_stream(conn, **fields)
     except TetherError as exc:
         report(f"{what}: {exc}")
         writer.transport.abort()
@@ -284,16 +288,7 @@ async def _take(conn: Connection, listener: int, incoming: Incoming, dest_host: 
         with contextlib.suppress(TetherError):  # refuse it: the server closes it at once
             conn.open_stream(Connect, listener=listener, incoming=incoming.id).abandon()
         return
-    try:
-        handle, _ = await open_stream(conn, listener=listener, incoming=incoming.id)
-    except TetherError as exc:
-        say(f"{what}: {exc}")
-        writer.transport.abort()
-        return
-    try:
-        await pipe(handle, reader, writer)
-    except (TetherError, OSError) as exc:
-        _unless_ours(say, f"{what}: {exc}", exc)
+    await carry(conn, reader, writer, say, what, listener=listener, incoming=incoming.id)
 
 
 async def forward_socks(conn: Connection, listen_host: str, listen_port: int, *,

@@ -29,7 +29,6 @@ from tether.client.transfer_base import (
     StreamOpener,
     TransferResult,
     _expect,
-    _NoProgress,
 )
 from tether.errors import (
     AlreadyExists,
@@ -62,6 +61,7 @@ from tether.storage.names import (
 )
 from tether.storage.partial import PartialFile
 from tether.storage.source import CHUNK, digest, new_hasher
+from tether.syncing.common import NoProgress
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
@@ -94,7 +94,7 @@ async def put(conn: Connection, sources: list[Path], remote: str, *, recursive: 
     if len(sources) > 1 and not remote.endswith("/"):
         remote += "/"  # several sources: the destination must be a directory
     plans = [_plan_source(src, recursive) for src in sources]
-    shown = not isinstance(opts.progress, _NoProgress)
+    shown = not isinstance(opts.progress, NoProgress)
     if shown:  # a progress display needs the totals for its ETA: count the trees first
         plans = [_counted(src, plan) for src, plan in zip(sources, plans, strict=True)]
     totals = [sum(p[0] for p in plans), sum(p[1] for p in plans)]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.errors import RemoteProtocolError
+from tether.syncing.common import NoProgress
 
 if TYPE_CHECKING:
     from tether.client.process import StreamHandle
@@ -27,20 +28,6 @@ class Progress(Protocol):
     def file_started(self, name: str, size: int, offset: int) -> None: ...
     def advanced(self, name: str, size: int) -> None: ...
     def file_done(self, name: str) -> None: ...
-
-
-class _NoProgress:
-    def total(self, files: int, size: int) -> None:
-        pass
-
-    def file_started(self, name: str, size: int, offset: int) -> None:
-        pass
-
-    def advanced(self, name: str, size: int) -> None:
-        pass
-
-    def file_done(self, name: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -108,7 +95,7 @@ class Options:
     force: bool = False
     rename: bool = False
     resume: bool = True
-    progress: Progress = field(default_factory=_NoProgress)
+    progress: Progress = field(default_factory=NoProgress)
     safe_links: bool = False  # skip symlinks that leave the tree (put -r and get -r)
 
 

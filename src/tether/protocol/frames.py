@@ -123,6 +123,8 @@ def _depth(value: Any) -> int:
         item, level = todo.pop()
         deepest = max(deepest, level)
         children = item.values() if isinstance(item, dict) else item
+        if not {dict, list} & set(map(type, children)):
+            continue  # scalars only (a sync_list's columns): one C-level pass
         nested = [child for child in children if isinstance(child, dict | list)]
         if nested:
             todo.extend((child, level + 1) for child in nested)

@@ -30,8 +30,26 @@ def problem(msg: Message) -> str | None:
             except UnicodeEncodeError:
                 return f"{msg.TYPE}: text that is not valid Unicode (a lone surrogate)"
         elif isinstance(item, list):
-            todo.extend(item)
+            if not _plain_list_ok(item):
+                todo.extend(item)
         elif isinstance(item, dict):
             todo.extend(item.keys())
             todo.extend(item.values())
     return None
+
+
+def _plain_list_ok(items: list[object]) -> bool:
+    """Whether a list of only integers, or only text, is fine, in a few C-level passes (a
+    sync_list carries thousands); False also for every other list, which is walked item by
+    item."""
+    kinds = set(map(type, items))
+    if kinds <= {int, bool}:
+        numbers: list[int] = items  # type: ignore[assignment]
+        return not numbers or (min(numbers) >= INT_MIN and max(numbers) <= INT_MAX)
+    if kinds == {str}:
+        try:
+            "".join(items).encode("utf-8")  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False

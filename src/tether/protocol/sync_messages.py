@@ -28,6 +28,7 @@ class Sync(Message):
     dry_run: bool = False
     safe_links: bool = False
     filters: list[str] = field(default_factory=list)
+    hash_cache: bool = True
 
     def problem(self, request: "Message | None") -> "str | None":
         if len(self.sources) != len(self.names):

@@ -48,6 +48,7 @@ class SessionContext:
     next_key: Callable[[], tuple[str, str]] = field(default=lambda: ("", ""))
     drain: float = 0.0  # on SIGTERM, seconds running work may take (a worker drains itself)
     pass_env: tuple[str, ...] = ()  # serve --pass-env: server variables commands also get
+    hash_cache: str | None = None  # sync's hash caches: TETHER_HOME/cache/hashes (reserved)
 
 
 @dataclass(frozen=True)

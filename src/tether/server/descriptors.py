@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from tether.errors import Busy
-from tether.storage.durable import GROUP_DIRS, GROUP_FILES, WRITERS
+from tether.storage.durable import GROUP_DIRS, GROUP_FILES
 
 log = logging.getLogger("tether.server")
 
@@ -37,9 +37,9 @@ COSTS = {
     "connect": 1,  # the socket to its destination
     "listen": 1,  # the listening socket (connections waiting on it: MAX_PENDING, closed soon)
     # its root, the tree's cached directories (8), a file's partial, directory and old copy,
-    # a file being read; its queued small files (a dup of each one's directory), those being
-    # written, and two durable groups (one filling, one settling in the background)
-    "sync": 13 + GROUP_FILES + WRITERS + 2 * (GROUP_FILES + GROUP_DIRS),
+    # a file being read, two durable groups (one filling, one settling in the background), and
+    # the directories of the batches queued for the store's thread (a few)
+    "sync": 13 + 2 * (GROUP_FILES + GROUP_DIRS) + 16,
 }
 LIST_LEVEL = 2  # a directory of a listing and its scandir (which holds a duplicate)
 

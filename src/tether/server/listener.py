@@ -41,6 +41,7 @@ from tether.server.rotation import KeyRotation
 from tether.server.session import Session
 from tether.server.shares import Shares
 from tether.server.trust import Trust
+from tether.storage.hashcache import cache_dir
 from tether.storage.reserved import Reserved
 from tether.tls import server_context
 from tether.version import __version__
@@ -147,7 +148,7 @@ class Server:
             fetches=Shares(config.limits.max_fetches_per_client),
             forwarding=config.forwarding,
             buffers=ByteBudget(config.limits.max_buffered_per_client),
-            pass_env=config.pass_env,
+            pass_env=config.pass_env, hash_cache=cache_dir(config.home),
         )
 
     # --- authorization -------------------------------------------------------------------------

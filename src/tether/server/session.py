@@ -407,8 +407,10 @@ class Session:
         except RemoteError as exc:
             self._end_stream(msg.stream, exc, _request(msg))
             return
-        handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream)
-        handler.task = self._spawn(self._until_done(msg.stream, run_sync(handler, msg, area)))
+        handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream,
+                                                        tls=not self.context.plaintext)
+        handler.task = self._spawn(self._until_done(msg.stream, run_sync(
+            handler, msg, area, self.context.hash_cache)))
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",

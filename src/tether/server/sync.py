@@ -23,6 +23,7 @@ from tether.protocol.sync_messages import (
     SyncWant,
 )
 from tether.storage.area import FileArea
+from tether.storage.hashcache import HashCaches
 from tether.storage.tree import DestTree, SourceTree
 from tether.syncing.common import SyncOptions
 from tether.syncing.dest import DestSide
@@ -37,9 +38,12 @@ class SyncStream:
     """One sync stream: the session's handler (feed, handle, abandon) and the side's
     endpoint (send, send_data, drain, next)."""
 
-    def __init__(self, conn: FramedConnection, stream: int) -> None:
+    def __init__(self, conn: FramedConnection, stream: int, *, tls: bool = True) -> None:
         self.conn = conn
         self.stream = stream
+        # TLS carries the connection (in a privileged-separation worker too, whose own socket
+        # is the parent's relay): a sync's small files may go without hashes
+        self.tls = tls
         self.queue: asyncio.Queue[Message | Data] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
@@ -78,10 +82,11 @@ class SyncStream:
 
 def options(msg: Sync) -> SyncOptions:
     return SyncOptions(checksum=msg.checksum, delete=msg.delete, dry_run=msg.dry_run,
-                       safe_links=msg.safe_links, filters=tuple(msg.filters))
+                       safe_links=msg.safe_links, filters=tuple(msg.filters),
+                       hash_cache=msg.hash_cache)
 
 
-async def receive(ep: SyncStream, msg: Sync, area: FileArea) -> None:
+async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) -> None:
     """A push: store into ``msg.path``."""
     opts = options(msg)
 
@@ -90,28 +95,46 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea) -> None:
         return DestTree(fd, msg.path, area.reserved), name
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
-                    links_inside=area.confined)
-    await side.run()
+                    links_inside=area.confined, trusted=ep.tls, caches=caches)
+    try:
+        await side.run()
+    finally:
+        await save_failed(caches)
 
 
-async def send(ep: SyncStream, msg: Sync, area: FileArea) -> None:
+async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) -> None:
     """A pull: list ``msg.sources`` and send what the client wants."""
     roots: list[Root] = []
     try:
         for path, name in zip(msg.sources, msg.names, strict=True):
             fd, file = area.sync_source(path)
             tree = SourceTree(fd, path, area.reserved)
+            hashes = caches.tree(fd, whole=file is None)
             if file is not None:
-                roots.append(Root(tree, name or posixpath.basename(file), file))
+                roots.append(Root(tree, name or posixpath.basename(file), file, hashes))
             else:
-                roots.append(Root(tree, name))
-        await SourceSide(ep, roots, options(msg), client=False).run()
+                roots.append(Root(tree, name, hashes=hashes))
+        if msg.checksum:  # every file will be looked up: load off the event loop
+            await asyncio.to_thread(caches.load)
+        await SourceSide(ep, roots, options(msg), client=False,
+                         trusted=ep.tls).run()
     finally:
         for root in roots:
             with contextlib.suppress(OSError):
                 root.tree.close()
+        await save_failed(caches)
 
 
-async def run_sync(ep: SyncStream, msg: Sync, area: FileArea) -> None:
-    """The server's side of one sync: the destination of a push, the source of a pull."""
-    await (receive(ep, msg, area) if msg.push else send(ep, msg, area))
+async def save_failed(caches: HashCaches) -> None:
+    """Keep what a failed sync learned, off the event loop (a tree's cache may be large); a
+    side that ended saved its caches before its last message."""
+    if caches.unsaved:
+        await asyncio.to_thread(caches.save, False)
+
+
+async def run_sync(ep: SyncStream, msg: Sync, area: FileArea, cache_dir: str | None = None
+                   ) -> None:
+    """The server's side of one sync: the destination of a push, the source of a pull;
+    ``cache_dir``: where the server keeps its hash caches (under its own TETHER_HOME)."""
+    caches = HashCaches(cache_dir if msg.hash_cache else None)
+    await (receive(ep, msg, area, caches) if msg.push else send(ep, msg, area, caches))

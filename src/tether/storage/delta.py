@@ -46,10 +46,13 @@ def _cdc() -> Callable[..., Iterator[Any]]:
     return fastcdc_cy  # type: ignore[no-any-return]
 
 
-def chunks(fd: int, size: int, shown: str) -> Iterator[tuple[int, memoryview]]:
+def chunks(fd: int, size: int, shown: str, hasher: Any = None
+           ) -> Iterator[tuple[int, memoryview]]:
     """(offset, bytes) of each content-defined chunk of the first ``size`` bytes of ``fd``,
     cut exactly as if the whole file were chunked at once (a window's last chunk is cut again
-    with the bytes after it). SourceChanged if the file ends early."""
+    with the bytes after it). SourceChanged if the file ends early. ``hasher`` is fed every
+    byte once, in order, a window's chunks at a time (one call: a multithreaded BLAKE3 hashes
+    it on every core)."""
     cdc = _cdc()
     pos = 0
     while pos < size:
@@ -59,9 +62,12 @@ def chunks(fd: int, size: int, shown: str) -> Iterator[tuple[int, memoryview]]:
         found = list(cdc(view, CDC_MIN, CDC_AVG, CDC_MAX, False, None))
         if end < size and len(found) > 1:
             found.pop()  # cut again from its start with the following bytes
+        consumed = found[-1].offset + found[-1].length
+        if hasher is not None:
+            hasher.update(view[:consumed])
         for chunk in found:
             yield pos + chunk.offset, view[chunk.offset:chunk.offset + chunk.length]
-        pos += found[-1].offset + found[-1].length
+        pos += consumed
 
 
 def _pread(fd: int, offset: int, length: int, shown: str) -> bytes:
@@ -111,7 +117,7 @@ class Delta:
         self.ops: list[Op] = []
         self.matched = 0
         self.literal = 0
-        self.hasher = blake3.blake3()
+        self.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
 
     def add(self, kind: bytes, where: int, length: int) -> None:
         if self.ops:
@@ -131,8 +137,7 @@ def make_delta(fd: int, size: int, sig: bytes | bytearray, shown: str) -> Delta:
     hash is computed on the way (one read of the file)."""
     index = parse_signature(sig)
     delta = Delta()
-    for offset, data in chunks(fd, size, shown):
-        delta.hasher.update(data)
+    for offset, data in chunks(fd, size, shown, delta.hasher):
         found = index.get(_key(data)) if index else None
         if found is not None and found[1] == len(data):
             delta.add(COPY, found[0], len(data))

@@ -26,7 +26,6 @@ import ctypes
 import os
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,7 +46,6 @@ GROUP_FILES = 32  # reference policy: a group is made durable at this many files
 GROUP_BYTES = 16 * 1024 * 1024  # ...or this many bytes...
 GROUP_DIRS = 4  # ...or before it would hold a directory more than this (a dup'd fd each)
 SYNC_THREADS = 8  # fsyncs at once, per process
-WRITERS = 2  # threads writing a queued group's files
 SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback, do not wait
 
 Placed = Callable[[str], None]  # told the name a file took, once it is durable in place
@@ -342,118 +340,3 @@ class DurableGroup:
         self.dirs.clear()
         self.size = 0
 
-
-class _Queued:
-    __slots__ = ("data", "dir_fd", "mode", "mtime_ns", "name", "shown")
-
-    def __init__(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
-                 mtime_ns: int, shown: str) -> None:
-        self.dir_fd, self.name, self.data, self.mode = dir_fd, name, data, mode
-        self.mtime_ns, self.shown = mtime_ns, shown
-
-
-class QueuedGroup:
-    """A :class:`DurableGroup` (settled in the background) written by threads of its own:
-    :meth:`add` only queues a file (its bytes are kept, not copied: the caller must not change
-    them), so the caller's thread (a sync's event loop) goes on receiving and hashing while
-    :data:`WRITERS` threads create and write the files: creating a file alone cost the kernel
-    0.1 to 0.7 ms on the shared ext4 measured (bench/durability.py), more than all the rest of
-    a small file's work. :meth:`add` waits while :data:`GROUP_FILES` files or
-    :data:`GROUP_BYTES` bytes are queued or being written."""
-
-    def __init__(self, *, files: int = GROUP_FILES, dirs: int = GROUP_DIRS) -> None:
-        self.group = DurableGroup(files=files, dirs=dirs, background=True)
-        self._queue: deque[_Queued] = deque()
-        self._busy = 0  # files taken from the queue and not yet kept by the group
-        self._bytes = 0  # bytes queued or being written
-        self._cond = threading.Condition()
-        self._keeping = threading.Lock()  # the group is kept by one writer at a time
-        self._threads: list[threading.Thread] = []
-        self._stop = False
-        self._error: BaseException | None = None
-        self._owner = threading.Lock()  # wait() and close() never run at once
-
-    def add(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
-            mtime_ns: int, *, shown: str = "") -> None:
-        """Queue one verified file for the group (which replaces what is there)."""
-        check_name(name)
-        with self._cond:
-            while self._error is None and (len(self._queue) + self._busy >= self.group.max_files
-                                           or self._bytes >= GROUP_BYTES):
-                self._cond.wait()
-            if self._error is not None:
-                raise self._error
-            try:
-                dup = fs.dup(dir_fd)
-            except OSError as exc:
-                raise disk_error(exc, shown or name, "store") from exc
-            self._queue.append(_Queued(dup, name, data, mode, mtime_ns, shown or name))
-            self._bytes += len(data)
-            self._cond.notify()
-            if len(self._threads) < min(WRITERS, len(self._queue) + self._busy):
-                thread = threading.Thread(target=self._run, name="tether-writer", daemon=True)
-                self._threads.append(thread)
-                thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                item = self._queue.popleft()
-                self._busy += 1
-            try:
-                self._write(item)
-            finally:
-                with contextlib.suppress(OSError):
-                    fs.close(item.dir_fd)
-                with self._cond:
-                    self._busy -= 1
-                    self._bytes -= len(item.data)
-                    self._cond.notify_all()
-
-    def _write(self, item: _Queued) -> None:
-        try:
-            if self._error is not None:
-                return
-            file = write_file(item.dir_fd, item.name, item.data, item.mode, item.mtime_ns,
-                              shown=item.shown)
-            with self._keeping:
-                if self._error is not None:
-                    file.discard()
-                    return
-                self.group.keep(file, len(item.data))
-        except BaseException as exc:
-            with self._keeping:
-                if self._error is None:
-                    self._error = exc
-                    self.group.settle_quietly()  # the files before it are whole
-
-    def wait(self) -> None:
-        """Wait until every file queued is durable and in place (or raise why not)."""
-        with self._owner:
-            with self._cond:
-                while (self._queue or self._busy) and self._error is None:
-                    self._cond.wait()
-                if self._error is not None:
-                    raise self._error
-            with self._keeping:
-                self.group.wait()
-
-    def close(self) -> None:
-        """Discard what is queued or pending (nothing of it is kept), once the files being
-        written and a group being settled are done."""
-        with self._owner:
-            with self._cond:
-                self._stop = True
-                self._cond.notify_all()
-            for thread in self._threads:
-                thread.join()  # each finishes the file it is writing, at most
-            for item in self._queue:
-                with contextlib.suppress(OSError):
-                    fs.close(item.dir_fd)
-            self._queue.clear()
-            self._bytes = 0
-            self.group.close()

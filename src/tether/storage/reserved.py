@@ -52,6 +52,12 @@ class Reserved:
     def file_keys(self) -> set[Key]:
         return {_key(st) for st in map(_stat, self._file_paths) if st is not None}
 
+    def frozen(self) -> Reserved:
+        """The same checks with the reserved paths' keys taken now, once: for one operation's
+        trees, which look up every entry they touch (a sync's thousands), while the server's
+        home and log stay where they are."""
+        return _Frozen(self)
+
     def refuse(self, shown: str) -> PermissionDenied:
         return PermissionDenied(f"{shown}: the server's own files (its TETHER_HOME and audit "
                                 f"log) are out of every client's reach")
@@ -126,6 +132,25 @@ class Reserved:
             if parent == path:
                 return False
             path = parent
+
+
+class _Frozen(Reserved):
+    """A :class:`Reserved` whose keys were taken once."""
+
+    def __init__(self, live: Reserved) -> None:
+        super().__init__(live._dir_paths, live._file_paths)
+        self._dirs = live.dir_keys() if not live.empty else set()
+        self._files = live.file_keys() if not live.empty else set()
+        self._both = self._dirs | self._files
+
+    def dir_keys(self) -> set[Key]:
+        return self._dirs
+
+    def file_keys(self) -> set[Key]:
+        return self._files
+
+    def hidden(self, st: os.stat_result) -> bool:
+        return bool(self._both) and (st.st_dev, st.st_ino) in self._both
 
 
 def _stat(path: Path) -> os.stat_result | None:

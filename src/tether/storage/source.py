@@ -10,8 +10,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import blake3
-
 from tether.errors import SourceChanged
 from tether.storage.errors import disk_error
 from tether.storage.fsops import fs
@@ -21,6 +19,8 @@ CHUNK = 1024 * 1024
 
 
 def new_hasher() -> Any:
+    import blake3  # on first use: a sync with nothing to send never loads it
+
     return blake3.blake3()
 
 
@@ -29,6 +29,8 @@ def digest(hasher: Any) -> str:
 
 
 def file_hash(data: bytes | bytearray | memoryview) -> str:
+    import blake3
+
     return f"{HASH_NAME}:{blake3.blake3(data).hexdigest()}"
 
 

@@ -16,6 +16,7 @@ import os
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from tether.errors import UnsafePath
 from tether.storage.errors import disk_error
@@ -23,7 +24,6 @@ from tether.storage.fsops import fs
 from tether.storage.names import NO_FOLLOW_DIR, check_name, enter_dir
 from tether.storage.partial import part_name
 from tether.storage.reserved import Reserved
-from tether.storage.source import CHUNK, digest, new_hasher
 
 READ = fs.O_RDONLY | fs.O_NOFOLLOW | fs.O_CLOEXEC | fs.O_NONBLOCK
 PART_SUFFIX = ".tether-part"
@@ -58,17 +58,21 @@ class _Dirs:
     def __init__(self, root_fd: int, shown: str, reserved: Reserved | None = None) -> None:
         self.root_fd = root_fd
         self.shown = shown
-        self.reserved = reserved or Reserved()
+        self.reserved = (reserved or Reserved()).frozen()
         self._open: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._last: tuple[tuple[str, ...], int] = ((), root_fd)  # entries come dir by dir
 
     def get(self, parts: list[str] | tuple[str, ...]) -> int:
         """The fd of directory ``parts`` below the root (borrowed: valid until the next call)."""
         key = tuple(parts)
+        if key == self._last[0]:
+            return self._last[1]
         if not key:
             return self.root_fd
         fd = self._open.get(key)
         if fd is not None:
             self._open.move_to_end(key)
+            self._last = key, fd
             return fd
         fd = enter_dir(self.get(key[:-1]), key[-1], "/".join(key))
         try:
@@ -80,10 +84,12 @@ class _Dirs:
         if len(self._open) > OPEN_DIRS:
             _, old = self._open.popitem(last=False)
             os.close(old)
+        self._last = key, fd
         return fd
 
     def forget(self, prefix: tuple[str, ...]) -> None:
         """Close the fds of ``prefix`` and everything below it (it is being removed)."""
+        self._last = (), self.root_fd
         for key in [k for k in self._open if k[:len(prefix)] == prefix]:
             os.close(self._open.pop(key))
 
@@ -92,6 +98,7 @@ class _Dirs:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._open.clear()
+        self._last = (), -1
         with contextlib.suppress(OSError):
             os.close(self.root_fd)
 
@@ -109,6 +116,7 @@ class SourceTree:
         """(parts, lstat, symlink target) of every entry below the root that ``keep`` keeps
         (a directory it drops is not entered), sorted by name, each directory before its
         contents; devices, FIFOs, sockets and partials left out."""
+        hidden = self.dirs.reserved.hidden
         todo: list[tuple[str, ...]] = [()]
         while todo:
             here = todo.pop()
@@ -122,17 +130,21 @@ class SourceTree:
                 if name.endswith(PART_SUFFIX):
                     continue
                 try:
+                    # asked again each time: between two entries the consumer may open
+                    # other directories, and the fd cache may have closed this one
                     st = os.lstat(name, dir_fd=self.dirs.get(here))
                 except FileNotFoundError:
                     continue  # vanished since listed
-                kind = kind_of(st)
-                if kind is None or (keep is not None and not keep((*here, name), kind)) or (
-                        self.dirs.reserved.hidden(st)):
+                mode = st.st_mode
+                kind = "file" if S_ISREG(mode) else "dir" if S_ISDIR(mode) else (
+                    "symlink" if S_ISLNK(mode) else None)
+                parts = (*here, name)
+                if kind is None or (keep is not None and not keep(parts, kind)) or hidden(st):
                     continue
-                target = os.readlink(name, dir_fd=self.dirs.get(here)) if kind == "symlink" else ""
-                yield (*here, name), st, target
+                yield parts, st, os.readlink(name, dir_fd=self.dirs.get(here)) if (
+                    kind == "symlink") else ""
                 if kind == "dir":
-                    below.append((*here, name))
+                    below.append(parts)
             todo.extend(reversed(below))
 
     def open_file(self, parts: tuple[str, ...]) -> int:
@@ -150,6 +162,25 @@ class SourceTree:
             raise
         os.set_blocking(out, True)
         return out
+
+    def open_small(self, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
+        """A read fd of the file ``parts`` (never through a symlink) and its fstat, taken once
+        for both checks: the server's own files are refused, and a caller comparing the fstat
+        with what it listed finds anything else swapped in (a FIFO, a device: their reads
+        would not block, the fd being non-blocking, but they are never what was listed)."""
+        shown = "/".join(parts)
+        try:
+            out = fs.open(parts[-1], READ, dir_fd=self.dirs.get(parts[:-1]))
+        except OSError as exc:
+            raise disk_error(exc, shown, "read") from exc
+        try:
+            st = os.fstat(out)
+            if self.dirs.reserved.hidden(st):
+                raise self.dirs.reserved.refuse(shown)
+        except BaseException:
+            os.close(out)
+            raise
+        return out, st
 
     def close(self) -> None:
         self.dirs.close()
@@ -170,14 +201,21 @@ class DestTree:
         self.dirs.reserved.check_name(fd, parts[-1], "/".join(parts), follow=False)
         return fd, parts[-1]
 
+    def looked_up_parent(self, parts: list[str]) -> tuple[int, str]:
+        """:meth:`parent` of an entry :meth:`lookup` already checked in this operation (it
+        refuses the server's own files, which stay where they are): no second stat."""
+        return self.dirs.get(parts[:-1]), parts[-1]
+
     def lookup(self, parts: list[str]) -> os.stat_result | None:
         """The entry's lstat, or None if it (or a directory above it) is missing or is not a
         directory one may enter."""
         try:
-            fd, name = self.parent(parts)
-            return os.lstat(name, dir_fd=fd)
+            st = os.lstat(parts[-1], dir_fd=self.dirs.get(parts[:-1]))
         except (OSError, UnsafePath):
             return None
+        if self.dirs.reserved.hidden(st):  # as parent()'s check, with one lstat, not two
+            raise self.dirs.reserved.refuse("/".join(parts))
+        return st
 
     def make_dir(self, parts: list[str], mode: int) -> None:
         fd, name = self.parent(parts)
@@ -221,20 +259,6 @@ class DestTree:
             pass
         except OSError as exc:
             raise disk_error(exc, "/".join(parts), "delete") from exc
-
-    def hash_file(self, parts: list[str]) -> str:
-        fd, name = self.parent(parts)
-        try:
-            src = fs.open(name, READ, dir_fd=fd)
-        except OSError as exc:
-            raise disk_error(exc, "/".join(parts), "read") from exc
-        try:
-            hasher = new_hasher()
-            while chunk := os.read(src, CHUNK):
-                hasher.update(chunk)
-            return digest(hasher)
-        finally:
-            os.close(src)
 
     def open_basis(self, parts: list[str]) -> int:
         """A read fd of the old copy a delta builds from."""

@@ -33,6 +33,7 @@ class SyncOptions:
     dry_run: bool = False
     safe_links: bool = False
     filters: tuple[str, ...] = ()
+    hash_cache: bool = True  # each side may keep its hashes (storage/hashcache.py)
 
 
 class Progress(Protocol):
@@ -72,6 +73,12 @@ class SyncResult:
             self.entries.append(SyncEntry(path, action))
         else:
             self.skipped += 1
+
+    def note_list(self, names: list[str], actions: list[str]) -> None:
+        """:meth:`note` of a whole list's answer (thousands of entries, most unchanged)."""
+        self.skipped += actions.count("")
+        self.entries += [SyncEntry(name, action) for name, action in zip(names, actions,
+                                                                          strict=True) if action]
 
     def to_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "skipped": self.skipped, "deleted": self.deleted,

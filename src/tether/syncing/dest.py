@@ -29,7 +29,7 @@ from tether.protocol.sync_messages import (
 )
 from tether.storage.batch import SMALL_FILE
 from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
-from tether.storage.durable import QueuedGroup
+from tether.storage.hashcache import NO_HASHES, HashCaches
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
 from tether.storage.source import file_hash
@@ -45,6 +45,7 @@ from tether.syncing.common import (
     SyncResult,
 )
 from tether.syncing.source import _first_failure
+from tether.syncing.storer import File, Storer
 
 # (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
 Opener = Callable[[bool, str], tuple[DestTree, str | None]]
@@ -165,8 +166,12 @@ class DestSide:
 
     def __init__(self, ep: Endpoint, opener: Opener, opts: SyncOptions, *, client: bool,
                  single: bool | None, links_inside: bool, result: SyncResult | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, trusted: bool = False,
+                 caches: HashCaches | None = None) -> None:
         self.ep = ep
+        # TLS authenticates every byte: a batch's file may come without a hash (one that is
+        # given is checked); over --plaintext every file must match its hash
+        self.trusted = trusted
         self.opener = opener
         self.opts = opts
         self.client = client  # a pulling client; else the server of a push
@@ -176,6 +181,8 @@ class DestSide:
         self.progress = progress or NoProgress()
         self.filters = Filters(opts.filters)
         self.tree: DestTree | None = None
+        self.caches = caches  # where the tree's hash cache is (storage/hashcache.py)
+        self.hashes = NO_HASHES
         self.single_name: str | None = None
         self.count = 0  # entries listed so far
         self.listed: set[str] = set()
@@ -186,7 +193,7 @@ class DestSide:
             asyncio.Queue())
         self.incoming: tuple[int, _Incoming] | None = None
         self.batch: _BatchIn | None = None
-        self.group = QueuedGroup()
+        self.storer = Storer()  # small files: written on a worker thread, durable together
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
         self.planned = [0, 0]  # files and bytes wanted so far (the progress display's totals)
@@ -205,7 +212,7 @@ class DestSide:
             else:
                 self.answers.put_nowait(None)
                 await writer
-            await asyncio.to_thread(self.group.wait)  # the last files durable, in place
+            await self.storer.finish()
             self._finish()
         finally:
             for task in (reader, writer):
@@ -213,9 +220,12 @@ class DestSide:
                     task.cancel()
             if self.incoming is not None:
                 self.incoming[1].close()
-            self.group.close()
+            self.storer.close()
             if self.tree is not None:
                 self.tree.close()
+        if self.caches is not None and self.caches.unsaved:  # before done: the next sync finds it
+            await asyncio.to_thread(self.caches.save, self.opts.checksum and not self.opts.filters,
+                                    2 * self.count + 1024)
         if not self.client:
             await self._report()
         return self.result
@@ -238,6 +248,8 @@ class DestSide:
                 self._open(False)
             elif isinstance(event, Data):
                 self._data(event.data)
+                if self.storer.queued > self.storer.budget:
+                    await self.storer.room()
             elif isinstance(event, SyncFile):
                 self._start(event)
             elif isinstance(event, SyncCommit):
@@ -306,14 +318,26 @@ class DestSide:
         assert self.batch is not None and self.tree is not None
         batch = self.batch
         self.result.bytes_sent += len(data)
-        for index, content, hash_ in batch.feed(data):
-            want = self._take(index)
-            if file_hash(content) != hash_:
-                raise RemoteProtocolError(f"{want.name}: data does not match the sender's "
-                                          f"hash; nothing was stored under that name")
-            dir_fd, name = self.tree.parent(want.parts)
-            self.group.add(dir_fd, name, content, want.mode, want.mtime, shown=want.name)
-            self.result.sent += 1
+        files: list[File] = []
+        dirs: dict[tuple[str, ...], int] = {}  # dups: the tree's own fds may close meanwhile
+        try:
+            for index, content, hash_ in batch.feed(data):
+                want = self._take(index)
+                if (hash_ or not self.trusted) and file_hash(content) != hash_:
+                    raise RemoteProtocolError(f"{want.name}: data does not match the "
+                                              f"sender's hash; nothing was stored under "
+                                              f"that name")
+                where = tuple(want.parts[:-1])
+                if where not in dirs:  # planned: looked up, so no second check
+                    dirs[where] = os.dup(self.tree.looked_up_parent(want.parts)[0])
+                files.append((dirs[where], want.parts[-1], content, want.mode, want.mtime))
+        except BaseException:
+            for fd in dirs.values():
+                os.close(fd)
+            raise
+        if files:
+            self.storer.add(files, list(dirs.values()))
+        self.result.sent += len(files)
         if batch.complete:
             self.batch = None
 
@@ -323,28 +347,31 @@ class DestSide:
         if self.tree is None:
             self.single = single if self.single is None else self.single
             self.tree, self.single_name = self.opener(bool(self.single), first)
+            if self.caches is not None:
+                self.hashes = self.caches.tree(self.tree.dirs.root_fd, whole=not self.single)
         return self.tree
 
     def _plan(self, msg: SyncList) -> None:
         tree = self._open(msg.kinds[0] == "file" and self.count == 0, msg.names[0])
         actions: list[str] = []
         wants: list[Wanted | None] = []
+        if self.count + len(msg.names) > MAX_ENTRIES:
+            raise BadRequest(f"a sync of more than {MAX_ENTRIES} entries")
+        filtered = self.filters.spec is not None
         for name, kind, size, mode, mtime, target, hash_ in zip(
                 msg.names, msg.kinds, msg.sizes, msg.modes, msg.mtimes, msg.targets, msg.hashes,
                 strict=True):
             self.count += 1
-            if self.count > MAX_ENTRIES:
-                raise BadRequest(f"a sync of more than {MAX_ENTRIES} entries")
             parts = self._parts(name, kind)
-            shown = "/".join(parts)
-            if self.filters.excluded(name, kind == "dir"):
+            shown = "/".join(parts) if self.single else name
+            if filtered and self.filters.excluded(name, kind == "dir"):
                 action, want = "", None
+            elif kind == "file":
+                action, want = self._plan_file(tree, parts, shown, size, mode, mtime, hash_)
             elif kind == "dir":
                 action, want = self._plan_dir(tree, parts, mode, mtime), None
             elif kind == "symlink":
                 action, want = self._plan_link(tree, parts, target, mtime), None
-            elif kind == "file":
-                action, want = self._plan_file(tree, parts, size, mode, mtime, hash_)
             else:
                 raise UnsafePath(f"the source listed {shown!r} as a {kind[:20]!r}")
             actions.append(action)
@@ -366,20 +393,31 @@ class DestSide:
                 raise UnsafePath("a sync of one file listed more than that file")
             assert self.single_name is not None
             return [self.single_name]
+        parent, slash, leaf = name.rpartition("/")
+        if (slash and not parent) or parent not in self.dir_names or name in self.listed:
+            self._refuse_name(name)
+        try:  # the parent's components were checked when it was listed
+            sync_name(leaf)
+        except UnsafePath as exc:
+            raise UnsafePath(f"the source listed an unsafe name {name[:80]!r}; "
+                             f"nothing written there") from exc
+        parts = name.split("/")
+        self.listed.add(name)
+        if kind == "dir":
+            self.dir_names.add(name)
+        return parts
+
+    def _refuse_name(self, name: str) -> None:
+        """Why a listed name is refused: unsafe, listed twice, or not below a listed directory."""
         try:
-            parts = sync_name(name)
+            sync_name(name)
         except UnsafePath as exc:
             raise UnsafePath(f"the source listed an unsafe name {name[:80]!r}; "
                              f"nothing written there") from exc
         if name in self.listed:
             raise UnsafePath(f"the source listed {name[:80]!r} twice")
-        if "/".join(parts[:-1]) not in self.dir_names:
-            raise UnsafePath(f"the source listed {name[:80]!r} beneath something that is not "
-                             f"a directory it listed")
-        self.listed.add(name)
-        if kind == "dir":
-            self.dir_names.add(name)
-        return parts
+        raise UnsafePath(f"the source listed {name[:80]!r} beneath something that is not "
+                         f"a directory it listed")
 
     def _replace(self, tree: DestTree, parts: list[str], old: os.stat_result | None,
                  kind: str) -> str:
@@ -418,13 +456,13 @@ class DestSide:
             tree.set_attrs(parts, None, mtime)
         return action
 
-    def _plan_file(self, tree: DestTree, parts: list[str], size: int, mode: int, mtime: int,
-                   hash_: str) -> tuple[str, Wanted | None]:
+    def _plan_file(self, tree: DestTree, parts: list[str], name: str, size: int, mode: int,
+                   mtime: int, hash_: str) -> tuple[str, Wanted | None]:
         old = tree.lookup(parts)
-        name = "/".join(parts)
         if old is not None and stat.S_ISREG(old.st_mode):
             if self.opts.checksum and hash_:
-                same = old.st_size == size and tree.hash_file(parts) == hash_
+                same = old.st_size == size and self.hashes.hashed(
+                    old, tree.open_basis, parts) == hash_
             else:
                 same = old.st_size == size and old.st_mtime_ns == mtime
             if same:
@@ -501,7 +539,6 @@ class DestSide:
 
     def _finish(self) -> None:
         tree = self._open(False)
-        self.group.wait()
         if self.wanted and not self.opts.dry_run:
             raise RemoteProtocolError(f"the source did not send {len(self.wanted)} of the files "
                                       f"asked for")

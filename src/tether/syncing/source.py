@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from stat import S_ISDIR, S_ISREG
 from typing import Any
 
-from tether.errors import RemoteProtocolError, SourceChanged
+from tether.errors import NotFound, RemoteProtocolError, SourceChanged
 from tether.protocol import Data, Done, Message
 from tether.protocol.sync_messages import (
     LIST_WINDOW,
@@ -30,11 +32,11 @@ from tether.protocol.sync_messages import (
     SyncWant,
 )
 from tether.storage.batch import SEND_BYTES, SEND_FILES, SMALL_FILE, header_cost
-from tether.storage.delta import encode, make_delta
 from tether.storage.errors import disk_error
+from tether.storage.hashcache import NO_HASHES, TreeHashes, save_trees
 from tether.storage.names import link_stays_inside
 from tether.storage.source import CHUNK, digest, file_hash, new_hasher, read_whole
-from tether.storage.tree import SourceTree, kind_of
+from tether.storage.tree import SourceTree
 from tether.syncing.common import (
     LIST_HEADER,
     MAX_SIGNATURE,
@@ -47,6 +49,9 @@ from tether.syncing.common import (
 )
 
 SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
+# what opening a listed file raises when it is gone since (the tree's opens word OSErrors as
+# tether errors): reported as changed, as rsync reports a vanished file, not a failed sync
+GONE = (OSError, NotFound)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Root:
     tree: SourceTree
     name: str
     file: str | None = None
+    hashes: TreeHashes = NO_HASHES
 
 
 class Entry:
@@ -82,12 +88,14 @@ def walk_roots(roots: list[Root], opts: SyncOptions
     """(entry, symlink target, hash) of every entry the sources list, in order, filtered."""
     filters = Filters(opts.filters)
     seen: set[str] = set()
+    several = len(roots) > 1  # only then can two sources list the same name
     for root in roots:
         if root.file is not None:
             if root.name not in seen and not filters.excluded(root.name, False):
                 seen.add(root.name)
                 st = os.lstat(root.file, dir_fd=root.tree.dirs.root_fd)
-                yield from _one(Entry(root, (root.file,), root.name, "file", st), "", opts)
+                entry = Entry(root, (root.file,), root.name, "file", st)
+                yield entry, "", _hash(entry, st, opts)
             continue
         if root.name:
             st = os.fstat(root.tree.dirs.root_fd)
@@ -98,69 +106,124 @@ def walk_roots(roots: list[Root], opts: SyncOptions
         def keep(parts: tuple[str, ...], kind: str, root: Root = root) -> bool:
             return not filters.excluded(_joined(root.name, parts), kind == "dir")
 
+        prefix = f"{root.name}/" if root.name else ""
         for parts, st, target in root.tree.walk(keep if filters.spec is not None else None):
-            name = _joined(root.name, parts)
-            if name in seen:
-                continue  # two sources with the same entry: the first one's wins, as in rsync
-            seen.add(name)
-            kind = kind_of(st) or "file"  # the walk yields only files, dirs and symlinks
+            name = prefix + "/".join(parts)
+            if several:
+                if name in seen:
+                    continue  # two sources with the same entry: the first one's wins, as rsync
+                seen.add(name)
+            mode = st.st_mode
+            kind = "file" if S_ISREG(mode) else "dir" if S_ISDIR(mode) else "symlink"
             if kind == "symlink" and opts.safe_links and not link_stays_inside(
                     name.count("/"), target):
                 continue  # --safe-links: a link leaving the tree is not sent
-            yield from _one(Entry(root, parts, name, kind, st), target, opts)
+            entry = Entry(root, parts, name, kind, st)
+            yield entry, target, _hash(entry, st, opts) if kind == "file" else ""
 
 
-def _one(entry: Entry, target: str, opts: SyncOptions) -> Iterator[tuple[Entry, str, str]]:
-    if entry.kind == "file" and opts.checksum:
-        fd = entry.root.tree.open_file(entry.parts)
-        try:
-            hasher = new_hasher()
-            while chunk := os.read(fd, CHUNK):
-                hasher.update(chunk)
-        finally:
-            os.close(fd)
-        yield entry, target, digest(hasher)
-    else:
-        yield entry, target, ""
+def _hash(entry: Entry, st: os.stat_result, opts: SyncOptions) -> str:
+    """The file's content hash for ``--checksum`` (the tree's hash cache's, or read), else
+    ``""``."""
+    if not opts.checksum:
+        return ""
+    return entry.root.hashes.hashed(st, entry.root.tree.open_file, entry.parts)
+
+
+_LIST_KEYS = ("names", "kinds", "sizes", "modes", "mtimes", "targets", "hashes")
 
 
 def list_messages(found: Iterator[tuple[Entry, str, str]], entries: list[Entry]
                   ) -> Iterator[dict[str, list]]:  # type: ignore[type-arg]
     """The fields of each sync_list: at most 256 entries and ~40 KiB of header each; every
     entry is appended to ``entries`` (its number is its place there)."""
-    fields: dict[str, list] = {}  # type: ignore[type-arg]
+    columns: tuple[list, ...] = ()  # type: ignore[type-arg]
     cost = 0
     for entry, target, hash_ in found:
-        item_cost = header_cost(entry.name) + (header_cost(target) if target else 0) + len(
+        name = entry.name
+        # header_cost's bound, without encoding the name when it is printable ASCII
+        item_cost = (2 * len(name) + 120 if name.isascii() and name.isprintable()
+                     else header_cost(name)) + (header_cost(target) if target else 0) + len(
             hash_)
-        if fields and (len(fields["names"]) >= MAX_LIST or cost + item_cost > LIST_HEADER):
-            yield fields
-            fields, cost = {}, 0
-        if not fields:
-            fields = {key: [] for key in ("names", "kinds", "sizes", "modes", "mtimes",
-                                          "targets", "hashes")}
+        if columns and (len(columns[0]) >= MAX_LIST or cost + item_cost > LIST_HEADER):
+            yield dict(zip(_LIST_KEYS, columns, strict=True))
+            columns, cost = (), 0
+        if not columns:
+            columns = ([], [], [], [], [], [], [])
         entries.append(entry)
-        for key, value in (("names", entry.name), ("kinds", entry.kind),
-                           ("sizes", entry.size), ("modes", entry.mode),
-                           ("mtimes", entry.mtime), ("targets", target), ("hashes", hash_)):
-            fields[key].append(value)
+        names, kinds, sizes, modes, mtimes, targets, hashes = columns
+        names.append(name)
+        kinds.append(entry.kind)
+        sizes.append(entry.size)
+        modes.append(entry.mode)
+        mtimes.append(entry.mtime)
+        targets.append(target)
+        hashes.append(hash_)
         cost += item_cost
-    if fields:
-        yield fields
+    if columns:
+        yield dict(zip(_LIST_KEYS, columns, strict=True))
+
+
+def read_small(entry: Entry) -> bytes | None:
+    """A small file's bytes, or None if it is not what was listed (gone, or changed)."""
+    try:
+        fd, before = entry.root.tree.open_small(entry.parts)
+    except GONE:
+        return None
+    try:
+        if not S_ISREG(before.st_mode) or not _same(before, entry):
+            return None
+        data = read_whole(fd, entry.size, entry.name)
+        if not _same(os.fstat(fd), entry):
+            return None
+        return data
+    except (SourceChanged, OSError):
+        return None
+    finally:
+        os.close(fd)
+
+
+class Listing:
+    """What a :class:`SourceSide` lists and sends small files from: its sources walked lazily
+    into bounded lists, a small file read when it is wanted. A push to several hosts gives every
+    host's side one shared subclass instead (``tether.client.syncs.SharedListing``), so the tree
+    is walked, and each small file read, once for all of them: entry numbers are the same on
+    every host, and ``entries`` is then the one shared list."""
+
+    def __init__(self, roots: list[Root], opts: SyncOptions) -> None:
+        self.entries: list[Entry] = []
+        self._fields = list_messages(walk_roots(roots, opts), self.entries)
+
+    def lists(self) -> Iterator[tuple[int, dict[str, list]]]:  # type: ignore[type-arg]
+        """(number of its first entry, fields) of each sync_list in order; a list's entries
+        are in ``entries`` once it is yielded."""
+        first = 0
+        for fields in self._fields:
+            yield first, fields
+            first += len(fields["names"])
+
+    def small(self, index: int, entry: Entry) -> bytes | None:
+        """Entry ``index``'s bytes, or None if it is not what was listed."""
+        return read_small(entry)
 
 
 class SourceSide:
     """Drives the source's half of one sync stream."""
 
     def __init__(self, ep: Endpoint, roots: list[Root], opts: SyncOptions, *, client: bool,
-                 result: SyncResult | None = None, progress: Progress | None = None) -> None:
+                 result: SyncResult | None = None, progress: Progress | None = None,
+                 listing: Listing | None = None, trusted: bool = False) -> None:
         self.ep = ep
+        # TLS authenticates every byte: a batch's files go without a hash (a fifth of a first
+        # sync's sending), which a receiver over --plaintext would refuse
+        self.hash_small = not trusted
         self.roots = roots
         self.opts = opts
         self.client = client  # a pushing client ends with sync_sent; a pulled server with done
         self.result = result or SyncResult()
         self.progress = progress or NoProgress()
-        self.entries: list[Entry] = []
+        self.listing = listing or Listing(roots, opts)
+        self.entries = self.listing.entries
         self.ranges: deque[tuple[int, int]] = deque()  # (first, count) of unanswered lists
         self.lists_sent: list[int] = []  # the first entry of each list sent
         self.work: asyncio.Queue[tuple[SyncWant, bytes, int]] = asyncio.Queue(LIST_WINDOW)
@@ -177,8 +240,10 @@ class SourceSide:
             if self.client:
                 self.ep.send(SyncSent(stream=self.ep.stream))
                 await reader  # the server's sync_deleted, then its done
+                await self._save_hashes()
             else:
                 reader.cancel()
+                await self._save_hashes()  # before done: the next sync finds it
                 self.ep.send(Done(path="", count=len(self.entries), stream=self.ep.stream))
                 await self.ep.drain()
         finally:
@@ -187,21 +252,30 @@ class SourceSide:
                     task.cancel()
         return self.result
 
+    async def _save_hashes(self) -> None:
+        """Save what the trees' hash caches learned: with ``--checksum`` and no filters every
+        file was looked up (the caches then mirror the trees); else what they held is kept,
+        up to twice the files listed (entries of files changed since go first)."""
+        trees = [root.hashes for root in self.roots if root.hashes.unsaved]
+        if trees:
+            await asyncio.to_thread(save_trees, trees, self.opts.checksum and not self.opts.filters,
+                                    2 * len(self.entries) + 1024)
+
     # --- listing and sending ---------------------------------------------------------------------
 
     async def _write(self) -> None:
-        lists = list_messages(walk_roots(self.roots, self.opts), self.entries)
+        lists = self.listing.lists()
         listed = False
         served = 0
         while True:
             if not listed and len(self.ranges) < LIST_WINDOW:
-                first = len(self.entries)
-                fields = next(lists, None)
-                if fields is None:
+                item = next(lists, None)
+                if item is None:
                     listed = True
                     self.ep.send(SyncListed(count=len(self.entries), stream=self.ep.stream))
                 else:
-                    self.ranges.append((first, len(self.entries) - first))
+                    first, fields = item
+                    self.ranges.append((first, len(fields["names"])))
                     self.lists_sent.append(first)
                     self.ep.send(SyncList(**fields, stream=self.ep.stream))
                 await self.ep.drain()
@@ -214,8 +288,8 @@ class SourceSide:
 
     async def _serve(self, want: SyncWant, sigs: bytes, first: int) -> None:
         if self.client:
-            for offset, action in enumerate(want.actions):
-                self.result.note(self.entries[first + offset].name, action)
+            self.result.note_list([entry.name for entry in self.entries[first:first + len(
+                want.actions)]], want.actions)
         batch: list[tuple[int, bytes]] = []
         batch_bytes = pos = 0
         for index, sig_size, offset, prefix in zip(want.wanted, want.sigs, want.offsets,
@@ -225,37 +299,20 @@ class SourceSide:
                 await self._send_delta(index, entry, sigs[pos:pos + sig_size])
                 pos += sig_size
             elif entry.size <= SMALL_FILE and not offset:
-                data = self._read_small(index, entry)
-                if data is not None:
-                    if batch and (len(batch) >= SEND_FILES
-                                  or batch_bytes + len(data) > SEND_BYTES):
-                        await self._send_batch(batch)
-                        batch, batch_bytes = [], 0
-                    batch.append((index, data))
-                    batch_bytes += len(data)
+                data = self.listing.small(index, entry)
+                if data is None:
+                    self._changed(index, entry)  # committed as changed: not what was listed
+                    continue
+                if batch and (len(batch) >= SEND_FILES
+                              or batch_bytes + len(data) > SEND_BYTES):
+                    await self._send_batch(batch)
+                    batch, batch_bytes = [], 0
+                batch.append((index, data))
+                batch_bytes += len(data)
             else:
                 await self._send_whole(index, entry, offset, prefix)
         if batch:
             await self._send_batch(batch)
-
-    def _read_small(self, index: int, entry: Entry) -> bytes | None:
-        """A small file's bytes, or None (committed as changed) if it is not what was listed."""
-        try:
-            fd = entry.root.tree.open_file(entry.parts)
-        except OSError:
-            self._changed(index, entry)
-            return None
-        try:
-            before = os.fstat(fd)
-            data = read_whole(fd, entry.size, entry.name)
-            if not _same(before, entry) or not _same(os.fstat(fd), entry):
-                raise SourceChanged(entry.name)
-            return data
-        except (SourceChanged, OSError):
-            self._changed(index, entry)
-            return None
-        finally:
-            os.close(fd)
 
     def _changed(self, index: int, entry: Entry) -> None:
         self.result.changed.append(entry.name)
@@ -264,7 +321,8 @@ class SourceSide:
 
     async def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
         self.ep.send(SyncBatch(indices=[i for i, _ in batch], sizes=[len(d) for _, d in batch],
-                               hashes=[file_hash(d) for _, d in batch], stream=self.ep.stream))
+                               hashes=[file_hash(d) if self.hash_small else "" for _, d in batch],
+                               stream=self.ep.stream))
         data = b"".join(d for _, d in batch)
         label = self.entries[batch[0][0]].name
         self.progress.file_started(label, len(data), 0)
@@ -278,10 +336,11 @@ class SourceSide:
     async def _send_whole(self, index: int, entry: Entry, offset: int, prefix: str) -> None:
         try:
             fd = entry.root.tree.open_file(entry.parts)
-        except OSError:
+        except GONE:
             self._changed(index, entry)
             return
         try:
+            started = time.time_ns()
             st = os.fstat(fd)
             if not _same(st, entry):
                 self._changed(index, entry)
@@ -308,7 +367,10 @@ class SourceSide:
             raise disk_error(exc, entry.name, "read") from exc
         finally:
             os.close(fd)
-        self._commit(index, entry, digest(hasher), changed)
+        hash_ = digest(hasher)
+        if not changed:
+            entry.root.hashes.note(st, hash_, started)
+        self._commit(index, entry, hash_, changed)
 
     def _resume_point(self, fd: int, entry: Entry, offset: int, prefix: str) -> tuple[int, Any]:
         hasher = new_hasher()
@@ -336,14 +398,18 @@ class SourceSide:
     async def _send_delta(self, index: int, entry: Entry, sig: bytes) -> None:
         try:
             fd = entry.root.tree.open_file(entry.parts)
-        except OSError:
+        except GONE:
             self._changed(index, entry)
             return
         try:
-            if not _same(os.fstat(fd), entry):
+            started = time.time_ns()
+            st = os.fstat(fd)
+            if not _same(st, entry):
                 self._changed(index, entry)
                 return
             try:
+                from tether.storage.delta import encode, make_delta  # large changed files only
+
                 delta = await asyncio.to_thread(make_delta, fd, entry.size, sig, entry.name)
             except SourceChanged:
                 self._changed(index, entry)
@@ -368,6 +434,8 @@ class SourceSide:
         finally:
             os.close(fd)
         self.result.bytes_matched += 0 if changed else delta.matched
+        if not changed:
+            entry.root.hashes.note(st, delta.hash, started)
         self._commit(index, entry, delta.hash, changed)
 
     async def _send_records(self, entry: Entry, out: bytearray) -> None:
@@ -451,4 +519,4 @@ def _what(event: Message | Data) -> str:
     return "data" if isinstance(event, Data) else repr(event.TYPE)
 
 
-__all__ = ["Entry", "Root", "SourceSide"]
+__all__ = ["Entry", "Listing", "Root", "SourceSide", "read_small"]
