@@ -3,11 +3,12 @@ then each directory fsynced once (docs/PROTOCOL.md, "Sync" and "Batches").
 
 An fsync per small file costs more on a real disk than rsync's whole transfer (rsync fsyncs
 nothing); one ``syncfs`` per group also writes out every other process's dirty data on that file
-system (measured: it made a first sync pay for the 320 MB rsync had just written). A group
-instead writes each file to an unnamed ``O_TMPFILE`` in its directory and asks the kernel to
-start writing it out at once (``sync_file_range``); at the group's end it fsyncs its own files
-from several threads (the file system joins concurrent fsyncs into one journal commit, and most
-of the data is on its way already), then links each into place and fsyncs each directory once.
+system (bench/durability.py, with 320 MB of another writer's data dirty: 0.3 to 1.9 s of waiting
+per 10,000 files, against 0.03 to 0.5 s for fsyncing only our own). A group instead writes each
+file to an unnamed ``O_TMPFILE`` in its directory and asks the kernel to start writing it out at
+once (``sync_file_range``); at the group's end it fsyncs its own files from several threads (a
+journaling file system joins concurrent fsyncs into one commit, and most of the data is on its
+way already), then links each into place and fsyncs each directory once.
 A final name therefore only ever holds a complete, verified, durable file, and a crash (or
 kill -9) at any point leaves nothing of an unplaced file: an unnamed file vanishes with its last
 descriptor. Where there is no ``O_TMPFILE`` (Windows, some file systems) the files are named
