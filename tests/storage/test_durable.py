@@ -23,6 +23,14 @@ from tether.storage.durable import GROUP_DIRS, GROUP_FILES, DurableGroup
 T0 = 1_600_000_000_000_000_000
 
 
+@pytest.fixture(autouse=True)
+def fsync_each(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path where a group fsyncs each of its files (where syncfs gave way, or there is
+    none); the tests of the syncfs path (named so) keep it."""
+    if "syncfs" not in request.node.name:
+        monkeypatch.setattr(durable, "syncfs_of", lambda dev: None)
+
+
 @pytest.fixture
 def dir_fd(tmp_path: Path) -> Iterator[int]:
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -195,3 +203,59 @@ def test_without_unnamed_files_partials_do_the_same(tmp_path: Path, dir_fd: int,
     group.add(dir_fd, "gone", b"x", 0o644, 0)
     group.close()  # discarded: its partial goes too
     assert names(tmp_path) == ["f0", "f1", "f2"]
+
+
+class SyncfsLog:
+    """A syncfs that notes the names in the watched directory when called (then syncs), and
+    can be made slow."""
+
+    def __init__(self, watched: Path, real: object, delay: float = 0.0) -> None:
+        self.watched, self.real, self.delay = watched, real, delay
+        self.seen: list[set[str]] = []
+
+    def __call__(self, fd: int) -> int:
+        self.seen.append(set(os.listdir(self.watched)))
+        if self.delay:
+            threading.Event().wait(self.delay)
+        return self.real(fd)  # type: ignore[operator, no-any-return]
+
+
+def test_with_syncfs_a_group_is_one_syncfs_before_any_name(
+        tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = durable.syncfs_of(os.fstat(dir_fd).st_dev)
+    if real is None:
+        pytest.skip("no syncfs here")
+    log = SyncfsLog(tmp_path, real)
+    monkeypatch.setattr(durable, "syncfs_of", lambda dev: log)
+    fsyncs = FsyncLog(tmp_path, os.fsync)
+    monkeypatch.setattr(os, "fsync", fsyncs)
+    group = DurableGroup()
+    for n in range(GROUP_FILES + 5):
+        group.add(dir_fd, f"f{n}", content(n), 0o644, 0)
+    group.wait()
+    group.close()
+    assert log.seen == [set(), {f"f{n}" for n in range(GROUP_FILES)}]  # one per group, first
+    assert all(kind == "dir" for kind, _ in fsyncs.events)  # no file fsynced on its own
+    assert all((tmp_path / f"f{n}").read_bytes() == content(n) for n in range(GROUP_FILES + 5))
+
+
+def test_a_syncfs_slowed_by_another_writer_gives_way_to_fsyncs(
+        tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """syncfs writes out everyone's dirty data: slow several times in a row, the groups on that
+    file system fsync only their own files from then on."""
+    real = durable._load_syncfs()
+    if real is None:
+        pytest.skip("no syncfs here")
+    slow = SyncfsLog(tmp_path, real, delay=durable.SYNCFS_SLOW * GROUP_FILES * 3)
+    monkeypatch.setattr(durable, "_SYNCFS", [slow])
+    monkeypatch.setattr(durable, "_STRIKES", {})
+    fsyncs = FsyncLog(tmp_path, os.fsync)
+    monkeypatch.setattr(os, "fsync", fsyncs)
+    group = DurableGroup()
+    for n in range(GROUP_FILES * (durable.SYNCFS_STRIKES + 1)):
+        group.add(dir_fd, f"f{n}", content(n), 0o644, 0)
+    group.wait()
+    group.close()
+    assert len(slow.seen) == durable.SYNCFS_STRIKES  # then no more
+    assert sum(kind == "file" for kind, _ in fsyncs.events) == GROUP_FILES  # the last group's
+    assert len(names(tmp_path)) == GROUP_FILES * (durable.SYNCFS_STRIKES + 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tether.storage import durable
 from tether.storage import partial as partial_module
 from tether.storage.durable import DurableGroup
 from tether.storage.partial import PartialFile
@@ -78,19 +79,38 @@ def test_the_move_into_place_is_one_step(tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "taken").read_bytes() == b"keep"
 
 
+@pytest.mark.parametrize("way", ["syncfs", "fsync"])
 def test_a_small_file_leaves_no_partial_even_mid_store(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cut at the moment before the file gets its name (where kill -9 would land): no partial."""
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       way: str) -> None:
+    """Cut at the moment before the file gets its name (where kill -9 would land), whether
+    its group is made durable by one syncfs or by an fsync of the file: no partial, no name."""
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     real_fsync = os.fsync
 
-    def fsync_then_die(fd: int) -> None:
-        real_fsync(fd)
+    def then_die() -> None:
         names = os.listdir(tmp_path)
         assert not any(n.endswith(".tether-part") for n in names), names
         raise KeyboardInterrupt  # stands in for the kill
 
-    monkeypatch.setattr(os, "fsync", fsync_then_die)
+    def fsync_then_die(fd: int) -> None:
+        real_fsync(fd)
+        then_die()
+
+    if way == "fsync":
+        monkeypatch.setattr(durable, "syncfs_of", lambda dev: None)
+        monkeypatch.setattr(os, "fsync", fsync_then_die)
+    else:
+        real = durable._load_syncfs()
+        if real is None:
+            pytest.skip("no syncfs here")
+
+        def syncfs_then_die(fd: int) -> int:
+            real(fd)
+            then_die()
+            return 0
+
+        monkeypatch.setattr(durable, "syncfs_of", lambda dev: syncfs_then_die)
     try:
         with pytest.raises(KeyboardInterrupt):
             store_whole(dir_fd, "small", b"abc", 0o644, 0, force=False, rename=False)
