@@ -220,7 +220,7 @@ class SyncfsLog:
         return self.real(fd)  # type: ignore[operator, no-any-return]
 
 
-def test_with_syncfs_a_group_is_one_syncfs_before_any_name(
+def test_with_syncfs_a_group_is_one_syncfs_before_its_names_and_one_after(
         tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
     real = durable.syncfs_of(os.fstat(dir_fd).st_dev)
     if real is None:
@@ -234,8 +234,11 @@ def test_with_syncfs_a_group_is_one_syncfs_before_any_name(
         group.add(dir_fd, f"f{n}", content(n), 0o644, 0)
     group.wait()
     group.close()
-    assert log.seen == [set(), {f"f{n}" for n in range(GROUP_FILES)}]  # one per group, first
-    assert all(kind == "dir" for kind, _ in fsyncs.events)  # no file fsynced on its own
+    first = {f"f{n}" for n in range(GROUP_FILES)}
+    # per group: one before any of its names (the data), one after them all (the names)
+    assert log.seen == [set(), first, first, first | {f"f{n}" for n in range(GROUP_FILES,
+                                                                            GROUP_FILES + 5)}]
+    assert fsyncs.events == []  # neither a file nor a directory fsynced on its own
     assert all((tmp_path / f"f{n}").read_bytes() == content(n) for n in range(GROUP_FILES + 5))
 
 
@@ -256,6 +259,7 @@ def test_a_syncfs_slowed_by_another_writer_gives_way_to_fsyncs(
         group.add(dir_fd, f"f{n}", content(n), 0o644, 0)
     group.wait()
     group.close()
-    assert len(slow.seen) == durable.SYNCFS_STRIKES  # then no more
+    # each slow group's data, and the names of all but the last slow one; then no more
+    assert len(slow.seen) == 2 * durable.SYNCFS_STRIKES - 1
     assert sum(kind == "file" for kind, _ in fsyncs.events) == GROUP_FILES  # the last group's
     assert len(names(tmp_path)) == GROUP_FILES * (durable.SYNCFS_STRIKES + 1)
