@@ -143,3 +143,19 @@ def start_serve(home: Path, root: Path, log: Path, *extra: str, env: Mapping[str
         )
     match = await_line(proc, log, LISTENING, offset)
     return ServeProcess(proc, home, root, log, int(match.group(1)), match.group(2) or "")
+
+
+def store_whole(dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int, *, force: bool,
+                rename: bool) -> str:
+    """One small file stored as a batch stores it: a durable group of one, settled now."""
+    placed: list[str] = []
+    from tether.storage.durable import DurableGroup
+
+    group = DurableGroup()
+    try:
+        group.add(dir_fd, name, data, mode, mtime_ns, force=force, rename=rename,
+                  on_placed=placed.append)
+        group.wait()
+    finally:
+        group.close()
+    return placed[0]

@@ -11,30 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from support import store_whole
 from tether.errors import AlreadyExists, BadRequest, Busy, IntegrityError, SourceChanged
 from tether.storage.area import BatchFiles, FileArea
 from tether.storage.batch import BatchReceiver, DirCache, Target
-from tether.storage.durable import DurableGroup
 from tether.storage.names import enter_dir
 from tether.storage.partial import PartialFile, part_name
 from tether.storage.source import digest, file_hash, new_hasher
 
 MiB = 1024 * 1024
 T0 = 1_600_000_000_000_000_000
-
-
-def store_whole(dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int, *, force: bool,
-                rename: bool) -> str:
-    """One small file stored as a batch stores it: a durable group of one, settled now."""
-    placed: list[str] = []
-    group = DurableGroup()
-    try:
-        group.add(dir_fd, name, data, mode, mtime_ns, force=force, rename=rename,
-                  on_placed=placed.append)
-        group.wait()
-    finally:
-        group.close()
-    return placed[0]
 
 
 def _data(size: int, seed: int) -> bytes:

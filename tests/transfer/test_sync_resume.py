@@ -15,6 +15,7 @@ import pytest
 
 import tether
 from support import ServeProcess, stop_process
+from tether.syncing.common import NoProgress
 
 from .conftest import ServeFactory
 from .helpers import (
@@ -111,7 +112,7 @@ async def test_a_source_changed_while_read_is_reported_never_stored(
     assert again.changed == [] and same_bytes(src, rig.root / "dest" / "live.bin")
 
 
-class Vanishing:
+class Vanishing(NoProgress):
     """Progress that deletes ``paths`` when the first answer arrives: listed, not yet read."""
 
     def __init__(self, *paths: Path) -> None:
@@ -120,15 +121,6 @@ class Vanishing:
     def total(self, files: int, size: int) -> None:
         for path in self.paths:
             path.unlink(missing_ok=True)
-
-    def file_started(self, name: str, size: int, offset: int) -> None:
-        pass
-
-    def advanced(self, name: str, size: int) -> None:
-        pass
-
-    def file_done(self, name: str) -> None:
-        pass
 
 
 async def test_a_file_gone_before_it_is_read_is_reported_not_fatal(

@@ -15,27 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from support import store_whole
 from tether.storage import durable
 from tether.storage import partial as partial_module
-from tether.storage.durable import DurableGroup
 from tether.storage.partial import PartialFile
 
 from .conftest import ServeFactory
 from .helpers import HOST, Identities, kill9, popen_cli, wait_until
-
-
-def store_whole(dir_fd: int, name: str, data: bytes, mode: int, mtime_ns: int, *, force: bool,
-                rename: bool) -> str:
-    """One small file stored as a batch stores it: a durable group of one, settled now."""
-    placed: list[str] = []
-    group = DurableGroup()
-    try:
-        group.add(dir_fd, name, data, mode, mtime_ns, force=force, rename=rename,
-                  on_placed=placed.append)
-        group.wait()
-    finally:
-        group.close()
-    return placed[0]
 
 
 def test_a_partial_with_a_second_link_is_never_resumed(tmp_path: Path) -> None:

@@ -275,11 +275,7 @@ def fast_parse(args: list[str], table: Sequence[Option] = RUN_OPTIONS) -> RunOpt
     values = _fast_values(words, by_name)
     if values is None:
         return None
-    for opt in table:
-        if opt.dest not in values:
-            env = os.environ.get(opt.envvar) if opt.envvar else None
-            values[opt.dest] = opt.convert(env) if env else opt.default
-    return run_options(values, host, command)
+    return run_options(_with_defaults(values, table), host, command)
 
 
 SYNC_TABLE = (*CONNECT_OPTIONS, KEEPALIVE, *SYNC_OPTIONS)  # sync's, beside the fleet options
@@ -315,12 +311,18 @@ def fast_sync_parse(args: list[str]) -> tuple[list[str], dict[str, Any]] | None:
     values = _fast_values(given, by_name)
     if values is None:
         return None
-    for opt in SYNC_TABLE:
+    return words, _with_defaults(values, SYNC_TABLE)
+
+
+def _with_defaults(values: dict[str, Any], table: Sequence[Option]) -> dict[str, Any]:
+    """``values`` with every option of ``table`` not given: from its environment variable, else
+    its default (no flag: False; no multiple option: an empty list), as click fills them."""
+    for opt in table:
         if opt.dest not in values:
             env = os.environ.get(opt.envvar) if opt.envvar else None
             values[opt.dest] = opt.convert(env) if env else (
                 [] if opt.kind == MULTI else False if opt.kind == FLAG else opt.default)
-    return words, values
+    return values
 
 
 def _fast_values(args: list[str], by_name: dict[str, Option]) -> dict[str, Any] | None:
