@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -24,32 +23,8 @@ from pathlib import Path
 
 from bench.config import FULL, Context
 from bench.peers import HOST, SSH_ALIAS, Peers, TetherServer
-from bench.procs import BenchError, stop, wait_until
+from bench.procs import BenchError, stop
 from bench.workloads.sync import make_tree
-
-
-def start_server(peers: Peers, env: dict[str, str]) -> TetherServer:
-    """A ``tether serve`` like the bench's, with ``env`` (a PYTHONPATH for another tree)."""
-    from tether.identity import add_known_host
-
-    log = peers.tmp / f"serve-disk-{os.urandom(3).hex()}.log"
-    argv = [str(peers.tether), "serve", "--home", str(peers.server_home), "-p", "0",
-            "--root", str(peers.fast)]
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=err, env=env)
-    found: list[int] = []
-
-    def listening() -> bool:
-        match = re.search(rf"listening on {re.escape(HOST)}:(\d+)", log.read_text())
-        if match:
-            found.append(int(match.group(1)))
-        if proc.poll() is not None:
-            raise BenchError(f"tether serve exited: {log.read_text().strip()}")
-        return bool(match)
-
-    wait_until(listening, 20, "tether serve")
-    add_known_host(peers.client_home, HOST, found[0], peers.server_id.fingerprint)
-    return TetherServer(proc, found[0], False)
 
 
 def main() -> None:
@@ -70,7 +45,7 @@ def main() -> None:
         disk = peers.tmp / "disk"
         src = disk / "src"
         make_tree(src, args.files)
-        servers = {who: start_server(peers, env) for who, env in envs.items()}
+        servers = {who: peers.start_tether(False, peers.fast, env) for who, env in envs.items()}
         try:
             ops = ["sync", "put"] if args.only is None else [args.only]
             for op in ops:

@@ -308,21 +308,24 @@ class Peers:
                       ) -> Iterator[TetherServer]:
         """A fresh ``tether serve`` (so each workload sees its own memory), stopped after;
         ``root`` (default: the tmpfs) is where relative paths resolve."""
-        server = self._start_tether(plaintext, root or self.fast)
+        server = self.start_tether(plaintext, root or self.fast)
         try:
             yield server
         finally:
             stop(server.proc)
             self._servers.remove(server.proc)
 
-    def _start_tether(self, plaintext: bool, root: Path) -> TetherServer:
+    def start_tether(self, plaintext: bool, root: Path, env: dict[str, str] | None = None
+                     ) -> TetherServer:
+        """A ``tether serve`` (``env``: its environment, e.g. a PYTHONPATH for another tree),
+        stopped when the peers are, or by the caller."""
         from tether.identity import add_known_host
 
         log = self.tmp / f"serve-{len(self._servers)}-{os.urandom(3).hex()}.log"
         argv = [str(self.tether), "serve", "--home", str(self.server_home), "-p", "0",
                 "--root", str(root), *(["--plaintext"] if plaintext else [])]
         with open(log, "wb") as err:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=err, env=env)
         self._servers.append(proc)
         found: list[int] = []
 
