@@ -220,7 +220,7 @@ class SyncfsLog:
         return self.real(fd)  # type: ignore[operator, no-any-return]
 
 
-def test_with_syncfs_a_group_is_one_syncfs_before_its_names_and_one_after(
+def test_with_syncfs_a_group_is_one_syncfs_before_its_names_which_the_next_one_covers(
         tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
     real = durable.syncfs_of(os.fstat(dir_fd).st_dev)
     if real is None:
@@ -235,11 +235,42 @@ def test_with_syncfs_a_group_is_one_syncfs_before_its_names_and_one_after(
     group.wait()
     group.close()
     first = {f"f{n}" for n in range(GROUP_FILES)}
-    # per group: one before any of its names (the data), one after them all (the names)
-    assert log.seen == [set(), first, first, first | {f"f{n}" for n in range(GROUP_FILES,
-                                                                            GROUP_FILES + 5)}]
+    # per group one before any of its names (its data, and the names of the group before),
+    # and after the last group one more (its names)
+    assert log.seen == [set(), first, first | {f"f{n}" for n in range(GROUP_FILES,
+                                                                     GROUP_FILES + 5)}]
     assert fsyncs.events == []  # neither a file nor a directory fsynced on its own
     assert all((tmp_path / f"f{n}").read_bytes() == content(n) for n in range(GROUP_FILES + 5))
+
+
+@pytest.mark.parametrize("then", ["close", "failing group"])
+def test_names_left_for_the_next_syncfs_are_made_durable_however_the_group_ends(
+        tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """A group its bounds made settle leaves its names to the next group's syncfs; closed
+    instead, or followed by a group that cannot be made durable, they are synced anyway."""
+    real = durable.syncfs_of(os.fstat(dir_fd).st_dev)
+    if real is None:
+        pytest.skip("no syncfs here")
+    log = SyncfsLog(tmp_path, real)
+    monkeypatch.setattr(durable, "syncfs_of", lambda dev: log)
+    group = DurableGroup()
+    for n in range(GROUP_FILES):  # the bound: settled here, its names left for the next call
+        group.add(dir_fd, f"f{n}", content(n), 0o644, 0)
+    first = {f"f{n}" for n in range(GROUP_FILES)}
+    assert names(tmp_path) == sorted(first) and log.seen == [set()]
+    if then == "close":
+        group.close()
+    else:
+        def broken(files: object) -> set[int]:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(durable, "make_durable", broken)
+        group.add(dir_fd, "bad", b"x", 0o644, 0)
+        with pytest.raises(OSError, match="Input/output error"):
+            group.wait()
+        group.close()
+    assert log.seen == [set(), first]  # the names' own syncfs, once they were all there
+    assert names(tmp_path) == sorted(first)
 
 
 def test_a_syncfs_slowed_by_another_writer_gives_way_to_fsyncs(
@@ -259,7 +290,9 @@ def test_a_syncfs_slowed_by_another_writer_gives_way_to_fsyncs(
         group.add(dir_fd, f"f{n}", content(n), 0o644, 0)
     group.wait()
     group.close()
-    # each slow group's data, and the names of all but the last slow one; then no more
-    assert len(slow.seen) == 2 * durable.SYNCFS_STRIKES - 1
+    # each slow group's data (with the names of the group before); then no more: the last
+    # slow group's names, and the last group's files and names, are fsynced
+    assert len(slow.seen) == durable.SYNCFS_STRIKES
     assert sum(kind == "file" for kind, _ in fsyncs.events) == GROUP_FILES  # the last group's
+    assert sum(kind == "dir" for kind, _ in fsyncs.events) == 2
     assert len(names(tmp_path)) == GROUP_FILES * (durable.SYNCFS_STRIKES + 1)

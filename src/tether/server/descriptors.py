@@ -29,17 +29,19 @@ COSTS = {
     "shell": 4,  # a pty's master, or three pipes, and the pidfd
     "put": 2,  # the partial file and its directory
     # its base, at most 4 more directories, the spool of a file in pieces, and two durable
-    # groups (files whole and verified, and their directories: one filling, one settling)
-    "batch": 6 + 2 * (GROUP_FILES + GROUP_DIRS),
+    # groups (files whole and verified, and their directories: one filling, one settling),
+    # and the directories of the group before, whose names wait for the next syncfs
+    "batch": 6 + 2 * (GROUP_FILES + GROUP_DIRS) + GROUP_DIRS,
     "get": 2,  # the source and its directory while it is found
     "fetch": 6,  # its base, at most 4 more directories and the file being read
     "list": 1,  # its top; each level it enters takes LIST_LEVEL more
     "connect": 1,  # the socket to its destination
     "listen": 1,  # the listening socket (connections waiting on it: MAX_PENDING, closed soon)
     # its root, the tree's cached directories (8), a file's partial, directory and old copy,
-    # a file being read, two durable groups (one filling, one settling in the background), and
-    # the directories of the batches queued for the store's thread (a few)
-    "sync": 13 + 2 * (GROUP_FILES + GROUP_DIRS) + 16,
+    # a file being read, two durable groups (one filling, one settling in the background) and
+    # the directories of the one before (names waiting for the next syncfs), and the
+    # directories of the batches queued for the store's thread (a few)
+    "sync": 13 + 2 * (GROUP_FILES + GROUP_DIRS) + GROUP_DIRS + 16,
 }
 LIST_LEVEL = 2  # a directory of a listing and its scandir (which holds a duplicate)
 

@@ -11,7 +11,10 @@ other process's dirty data on that file system: a one-off backlog is paid once, 
 another writer keeps the disk busy (:data:`SYNCFS_STRIKES` slow calls in a row) the groups on
 that file system fsync only their own files instead, from several threads (a journaling file
 system joins concurrent fsyncs into one commit, and most of the data is on its way already).
-Then each file is linked into place and each directory fsynced once.
+Then each file is linked into place and the new names made durable: by one more ``syncfs``,
+or, when more groups follow, by the next group's own (its files' call writes out the names
+before them too; :meth:`DurableGroup.wait` makes the last ones durable), else by an fsync of
+each directory.
 A final name therefore only ever holds a complete, verified, durable file, and a crash (or
 kill -9) at any point leaves nothing of an unplaced file: an unnamed file vanishes with its last
 descriptor. Where there is no ``O_TMPFILE`` (Windows, some file systems) the files are named
@@ -32,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 
 from tether.errors import AlreadyExists
@@ -225,43 +229,79 @@ def make_durable(files: list[_File]) -> set[int]:
     return served
 
 
-def settle(files: list[_File], dirs: list[int]) -> None:
-    """Make ``files`` durable, place each in order (telling its ``on_placed``), then fsync each
-    of ``dirs`` once and close them. If one cannot be made durable none is placed; if one
-    cannot be placed, those before it are in place and the rest are discarded."""
+class Names:
+    """Directories whose new entries are placed but not yet durable. A group that its bounds
+    made settle leaves them to the next group's ``syncfs``, which writes them out with that
+    group's files: one call where there were two."""
+
+    __slots__ = ("dirs", "served")
+
+    def __init__(self, dirs: list[int], served: set[int]) -> None:
+        self.dirs, self.served = dirs, served
+
+    def settle(self, synced: AbstractSet[int] = frozenset()) -> None:
+        """Make the names durable (``synced``: file systems a ``syncfs`` since has written out
+        already), then close the directories."""
+        try:
+            _sync_dirs(self.dirs, self.served, synced)
+        finally:
+            _close_all(self.dirs)
+            self.dirs = []
+
+
+def settle(files: list[_File], dirs: list[int], before: Names | None = None,
+           final: bool = True) -> Names | None:
+    """Make ``files`` durable, place each in order (telling its ``on_placed``), then make the
+    new names durable and close ``dirs``. ``before``: an earlier group's names, made durable by
+    the same ``syncfs`` as these files. Not ``final``: where a ``syncfs`` served, this group's
+    names are returned for the next group's call to make durable. If a file cannot be made
+    durable none is placed; if one cannot be placed, those before it are in place and the rest
+    are discarded."""
     done = 0
     served: set[int] = set()
     try:
         served = make_durable(files)
+        carried, before = before, None
+        if carried is not None:
+            carried.settle(served)
         for file in files:
-            final = file.place()
+            name = file.place()
             fs.close(file.fd)
             done += 1
             if file.on_placed is not None:
-                file.on_placed(final)
+                file.on_placed(name)
     finally:
         for file in files[done:]:
             file.discard()
-        if done:
-            _sync_dirs(dirs, served)
-        for fd in dirs:
-            with contextlib.suppress(OSError):
-                fs.close(fd)
+        if before is not None:  # these files failed: the earlier names are synced on their own
+            before.settle()
+        if not done:
+            _close_all(dirs)
+        elif final or not served:
+            Names(dirs, served).settle()
+    return Names(dirs, served) if done and not final and served else None
 
 
-def _sync_dirs(dirs: list[int], served: set[int]) -> None:
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            fs.close(fd)
+
+
+def _sync_dirs(dirs: list[int], served: set[int], synced: AbstractSet[int] = frozenset()
+               ) -> None:
     """Make the new names durable: one more ``syncfs`` per file system where it served the
     files (a group's files spread over many directories: one call, not an fsync of each),
-    else an fsync of each directory."""
-    synced: set[int] = set()
+    else an fsync of each directory; none where ``synced`` says one since did it."""
+    done = set(synced)
     for fd in dirs:
         dev = fs.fstat(fd).st_dev
-        if dev in served and dev not in synced:
+        if dev in served and dev not in done:
             fn = syncfs_of(dev)
             if fn is not None and fn(fd) == 0:
-                synced.add(dev)
+                done.add(dev)
                 continue
-        if dev not in synced:
+        if dev not in done:
             sync_dir(fd)
 
 
@@ -325,6 +365,7 @@ class DurableGroup:
         self.dirs: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> this group's dup
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._names: Names | None = None  # the last group's, for the next syncfs
 
     def add(self, dir_fd: int, name: str, data: bytes | bytearray | memoryview, mode: int,
             mtime_ns: int, *, shown: str = "", force: bool = True, rename: bool = False,
@@ -371,7 +412,7 @@ class DurableGroup:
             st = fs.fstat(file.dir_fd)
             key = (st.st_dev, st.st_ino)
             if key not in self.dirs and len(self.dirs) >= self.max_dirs:
-                self.flush()
+                self.flush(final=False)
             if key not in self.dirs:
                 self.dirs[key] = fs.dup(file.dir_fd)
         except BaseException as exc:
@@ -383,29 +424,33 @@ class DurableGroup:
         self.pending.append(file)
         self.size += size
         if len(self.pending) >= self.max_files or self.size >= GROUP_BYTES:
-            self.flush()
+            self.flush(final=False)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
         """Make the pending files durable and place them: here, or (``background``) on this
-        group's thread once the previous group's are, while the caller goes on."""
+        group's thread once the previous group's are, while the caller goes on. Not ``final``
+        (a bound was reached, more files follow): their names may wait for the next group's
+        ``syncfs``; :meth:`wait` makes every name durable."""
         self._join()
         files, dirs = self.pending, list(self.dirs.values())
         self.pending, self.dirs, self.size = [], {}, 0
+        before, self._names = self._names, None
         if not files:
-            for fd in dirs:
-                with contextlib.suppress(OSError):
-                    fs.close(fd)
+            _close_all(dirs)
+            if before is not None:
+                before.settle()
             return
         if not self.background:
-            settle(files, dirs)
+            self._names = settle(files, dirs, before, final)
             return
-        self._thread = threading.Thread(target=self._settle, args=(files, dirs),
+        self._thread = threading.Thread(target=self._settle, args=(files, dirs, before, final),
                                         name="tether-durable")
         self._thread.start()
 
-    def _settle(self, files: list[_File], dirs: list[int]) -> None:
+    def _settle(self, files: list[_File], dirs: list[int], before: Names | None,
+                final: bool) -> None:
         try:
-            settle(files, dirs)
+            self._names = settle(files, dirs, before, final)
         except BaseException as exc:
             self._error = exc
 
@@ -426,15 +471,18 @@ class DurableGroup:
 
     def close(self) -> None:
         """Discard the pending files (nothing of them is kept), once a group being settled on
-        the thread is (its files are whole and verified: they are placed)."""
+        the thread is (its files are whole and verified: they are placed, and their names
+        made durable)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        names, self._names = self._names, None
+        if names is not None:
+            with contextlib.suppress(OSError):
+                names.settle()
         for file in self.pending:
             file.discard()
-        for fd in self.dirs.values():
-            with contextlib.suppress(OSError):
-                fs.close(fd)
+        _close_all(list(self.dirs.values()))
         self.pending.clear()
         self.dirs.clear()
         self.size = 0
