@@ -322,3 +322,38 @@ async def test_over_plaintext_every_small_file_is_hashed_and_checked(
         assert hashed == {"source": 6, "dest": 6}
     finally:
         await server.close()
+
+
+async def test_a_large_files_disk_work_does_not_hold_up_other_connections(
+        api: tether.Connection, rig: Rig, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta's copies, verification and fsync can take seconds on a gigabyte: the server
+    does them off its event loop, so that a new connection is served meanwhile."""
+    import asyncio
+    import threading
+
+    from tether.syncing import dest as dest_side
+
+    await api.sync(f"{src}/", "dest")
+    make_file(src / "sub" / "deep" / "big.bin", 600_000, seed=9)  # a delta this time
+    entered, released = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    real = dest_side.file_digest
+
+    def slow_digest(fd: int, size: int, shown: str) -> str:
+        entered.set()
+        waited.append(released.wait(20))  # True only if the test got to release it
+        return real(fd, size, shown)
+
+    monkeypatch.setattr(dest_side, "file_digest", slow_digest)
+    sync = asyncio.create_task(api.sync(f"{src}/", "dest"))
+    try:
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        async with rig.connect() as other:  # handshaken by the server's loop meanwhile
+            assert (await other.run("echo served")).text == "served\n"
+    finally:
+        released.set()
+        result = await sync
+    assert waited == [True]
+    assert {e.path: e.action for e in result.entries}["sub/deep/big.bin"] == "delta"
+    assert snapshot(rig.root / "dest") == snapshot(src)

@@ -30,7 +30,10 @@ CDC_MAX = 256 * 1024
 DELTA_MIN = 256 * 1024  # files at least this large (at both ends) travel as deltas
 SIG_RECORD = 20  # bytes per chunk in a signature: length (4) + BLAKE3 prefix (16)
 MAX_LITERAL = 1024 * 1024
-WINDOW = 32 * 1024 * 1024  # bytes read at once while chunking
+WINDOW = 4 * 1024 * 1024  # bytes read at once while chunking and hashing, into one reused
+# buffer small enough that chunking and hashing find it in the CPU's caches (a fresh 32 MiB
+# window each time made a 1 GiB signature take 2.5 s here and a verification 1.4 s; a reused
+# 4 MiB one 1.5 and 0.43 s)
 COPY = b"C"
 LITERAL = b"L"
 _COPY = struct.Struct(">QQ")
@@ -52,13 +55,14 @@ def chunks(fd: int, size: int, shown: str, hasher: Any = None
     cut exactly as if the whole file were chunked at once (a window's last chunk is cut again
     with the bytes after it). SourceChanged if the file ends early. ``hasher`` is fed every
     byte once, in order, a window's chunks at a time (one call: a multithreaded BLAKE3 hashes
-    it on every core)."""
+    it on every core). A chunk's bytes are valid until the next one is asked for: the window's
+    buffer is reused."""
     cdc = _cdc()
+    buffer = memoryview(bytearray(min(WINDOW, size)))
     pos = 0
     while pos < size:
         end = min(pos + WINDOW, size)
-        window = _pread(fd, pos, end - pos, shown)
-        view = memoryview(window)
+        view = _read_into(buffer[:end - pos], fd, pos, shown)
         found = list(cdc(view, CDC_MIN, CDC_AVG, CDC_MAX, False, None))
         if end < size and len(found) > 1:
             found.pop()  # cut again from its start with the following bytes
@@ -82,6 +86,20 @@ def _pread(fd: int, offset: int, length: int, shown: str) -> bytes:
         parts.append(piece)
         got += len(piece)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_into(buffer: memoryview, fd: int, offset: int, shown: str) -> memoryview:
+    """Fill ``buffer`` from ``fd`` at ``offset``; SourceChanged if the file ends first."""
+    got = 0
+    while got < len(buffer):
+        try:
+            n = os.preadv(fd, [buffer[got:]], offset + got)
+        except OSError as exc:
+            raise disk_error(exc, shown, "read") from exc
+        if not n:
+            raise SourceChanged(f"{shown} shrank while it was being read")
+        got += n
+    return buffer
 
 
 def _key(data: memoryview) -> bytes:
@@ -279,9 +297,10 @@ def _copy_slowly(src: int, src_offset: int, dst: int, dst_offset: int, length: i
 def file_digest(fd: int, size: int, shown: str) -> str:
     """The BLAKE3 hash of the first ``size`` bytes of ``fd`` (a built file, checked whole)."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    buffer = memoryview(bytearray(min(WINDOW, size)))
     pos = 0
     while pos < size:
-        piece = _pread(fd, pos, min(WINDOW, size - pos), shown)
+        piece = _read_into(buffer[:min(WINDOW, size - pos)], fd, pos, shown)
         hasher.update(piece)
         pos += len(piece)
     return f"{HASH_NAME}:{hasher.hexdigest()}"

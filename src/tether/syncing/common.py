@@ -3,8 +3,11 @@ filters, and the caps (docs/PROTOCOL.md, "Sync"; docs/SECURITY.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from tether.protocol import Data, Message
@@ -13,6 +16,26 @@ MAX_ENTRIES = 1_000_000  # entries one sync may list (the destination holds thei
 MAX_SIGNATURE = 64 * 1024 * 1024  # bytes of one file's signature (a 1 TiB file's ~330 MiB: no)
 LIST_HEADER = 40 * 1024  # a source closes a sync_list at this much (estimated) header
 RESUME_MIN = 1024 * 1024  # a new file's kept partial is resumed from at this size
+
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a worker thread, so that a large file's disk work (a signature, a
+    delta's copies, a verification, an fsync) does not stall the event loop and every other
+    stream on it. Cancelled, it still waits for the thread before it raises: the caller's
+    ``finally`` then closes descriptors no thread is using (a closed fd's number is soon
+    another file's)."""
+    job = asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        while not job.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([job])
+        if not job.cancelled():
+            job.exception()  # retrieved: the cancellation is what the caller hears of
+        raise
 
 
 class Endpoint(Protocol):

@@ -43,6 +43,7 @@ from tether.syncing.common import (
     Progress,
     SyncOptions,
     SyncResult,
+    off_loop,
 )
 from tether.syncing.source import _first_failure
 from tether.syncing.storer import File, Storer
@@ -247,13 +248,13 @@ class DestSide:
                 listed = True
                 self._open(False)
             elif isinstance(event, Data):
-                self._data(event.data)
+                await self._data(event.data)
                 if self.storer.queued > self.storer.budget:
                     await self.storer.room()
             elif isinstance(event, SyncFile):
                 self._start(event)
             elif isinstance(event, SyncCommit):
-                self._commit(event)
+                await self._commit(event)
             elif isinstance(event, SyncBatch):
                 self._start_batch(event)
             elif isinstance(event, SyncSent | Done):
@@ -277,17 +278,21 @@ class DestSide:
         self.incoming = msg.index, _Incoming(self.tree, want, msg)
         self.progress.file_started(want.name, msg.size, msg.offset)
 
-    def _data(self, data: bytes | bytearray) -> None:
+    async def _data(self, data: bytes | bytearray) -> None:
         if self.batch is not None:
             self._batch_data(data)
         elif self.incoming is not None:
-            self.incoming[1].feed(data)
+            incoming = self.incoming[1]
+            if incoming.builder is not None:  # its copies may be a gigabyte: off the loop
+                await off_loop(incoming.feed, data)
+            else:
+                incoming.feed(data)
             self.result.bytes_sent += len(data)
             self.progress.advanced(self.incoming[1].want.name, len(data))
         else:
             raise RemoteProtocolError("data with no file on a sync stream")
 
-    def _commit(self, msg: SyncCommit) -> None:
+    async def _commit(self, msg: SyncCommit) -> None:
         if self.incoming is None or self.incoming[0] != msg.index:
             raise RemoteProtocolError(f"a sync_commit of entry {msg.index}, which is not being "
                                       f"sent")
@@ -298,7 +303,7 @@ class DestSide:
                 incoming.close(discard=True)
                 self.result.changed.append(incoming.want.name)
                 return
-            self.result.bytes_matched += incoming.commit(msg)
+            self.result.bytes_matched += await off_loop(incoming.commit, msg)  # hash, fsync
             self.result.sent += 1
         finally:
             incoming.close()
@@ -519,7 +524,7 @@ class DestSide:
                 want.basis = 0
                 return b"", 0, ""
             try:
-                return await asyncio.to_thread(signature, fd, want.basis, want.name), 0, ""
+                return await off_loop(signature, fd, want.basis, want.name), 0, ""
             except Exception:
                 want.basis = 0  # the old copy changed meanwhile: ask for the file whole
                 return b"", 0, ""

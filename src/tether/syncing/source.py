@@ -46,6 +46,7 @@ from tether.syncing.common import (
     Progress,
     SyncOptions,
     SyncResult,
+    off_loop,
 )
 
 SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
@@ -410,7 +411,7 @@ class SourceSide:
             try:
                 from tether.storage.delta import encode, make_delta  # large changed files only
 
-                delta = await asyncio.to_thread(make_delta, fd, entry.size, sig, entry.name)
+                delta = await off_loop(make_delta, fd, entry.size, sig, entry.name)
             except SourceChanged:
                 self._changed(index, entry)
                 return
