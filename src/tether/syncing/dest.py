@@ -288,7 +288,7 @@ class DestSide:
             else:
                 incoming.feed(data)
             self.result.bytes_sent += len(data)
-            self.progress.advanced(self.incoming[1].want.name, len(data))
+            self.progress.advanced(incoming.want.name, len(data))
         else:
             raise RemoteProtocolError("data with no file on a sync stream")
 
