@@ -327,7 +327,8 @@ async def test_over_plaintext_every_small_file_is_hashed_and_checked(
 async def test_a_large_files_disk_work_does_not_hold_up_other_connections(
         api: tether.Connection, rig: Rig, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A delta's copies, verification and fsync can take seconds on a gigabyte: the server
-    does them off its event loop, so that a new connection is served meanwhile."""
+    does them off its event loop, on its disk pool (a share per client identity), so that a
+    new connection is served meanwhile."""
     import asyncio
     import threading
 
@@ -337,9 +338,11 @@ async def test_a_large_files_disk_work_does_not_hold_up_other_connections(
     make_file(src / "sub" / "deep" / "big.bin", 600_000, seed=9)  # a delta this time
     entered, released = threading.Event(), threading.Event()
     waited: list[bool] = []
+    threads: list[str] = []
     real = dest_side.file_digest
 
     def slow_digest(fd: int, size: int, shown: str) -> str:
+        threads.append(threading.current_thread().name)
         entered.set()
         waited.append(released.wait(20))  # True only if the test got to release it
         return real(fd, size, shown)
@@ -354,6 +357,6 @@ async def test_a_large_files_disk_work_does_not_hold_up_other_connections(
     finally:
         released.set()
         result = await sync
-    assert waited == [True]
+    assert waited == [True] and threads[0].startswith("tether-disk")
     assert {e.path: e.action for e in result.entries}["sub/deep/big.bin"] == "delta"
     assert snapshot(rig.root / "dest") == snapshot(src)

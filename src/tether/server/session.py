@@ -410,7 +410,7 @@ class Session:
         handler = self.streams[msg.stream] = SyncStream(self.conn, msg.stream,
                                                         tls=not self.context.plaintext)
         handler.task = self._spawn(self._until_done(msg.stream, run_sync(
-            handler, msg, area, self.context.hash_cache)))
+            handler, msg, area, self.context.hash_cache, self._offload)))
 
     async def _on_get(self, msg: Get) -> None:
         self._start_task(msg, "get", "get",

@@ -25,7 +25,7 @@ from tether.protocol.sync_messages import (
 from tether.storage.area import FileArea
 from tether.storage.hashcache import HashCaches
 from tether.storage.tree import DestTree, SourceTree
-from tether.syncing.common import SyncOptions
+from tether.syncing.common import Offload, SyncOptions
 from tether.syncing.dest import DestSide
 from tether.syncing.source import Root, SourceSide
 
@@ -86,7 +86,8 @@ def options(msg: Sync) -> SyncOptions:
                        hash_cache=msg.hash_cache)
 
 
-async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) -> None:
+async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches,
+                  offload: Offload | None = None) -> None:
     """A push: store into ``msg.path``."""
     opts = options(msg)
 
@@ -95,14 +96,15 @@ async def receive(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches)
         return DestTree(fd, msg.path, area.reserved), name
 
     side = DestSide(ep, opener, opts, client=False, single=msg.single,
-                    links_inside=area.confined, trusted=ep.tls, caches=caches)
+                    links_inside=area.confined, trusted=ep.tls, caches=caches, offload=offload)
     try:
         await side.run()
     finally:
         await save_failed(caches)
 
 
-async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) -> None:
+async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches,
+               offload: Offload | None = None) -> None:
     """A pull: list ``msg.sources`` and send what the client wants."""
     roots: list[Root] = []
     try:
@@ -116,8 +118,8 @@ async def send(ep: SyncStream, msg: Sync, area: FileArea, caches: HashCaches) ->
                 roots.append(Root(tree, name, hashes=hashes))
         if msg.checksum:  # every file will be looked up: load off the event loop
             await asyncio.to_thread(caches.load)
-        await SourceSide(ep, roots, options(msg), client=False,
-                         trusted=ep.tls).run()
+        await SourceSide(ep, roots, options(msg), client=False, trusted=ep.tls,
+                         offload=offload).run()
     finally:
         for root in roots:
             with contextlib.suppress(OSError):
@@ -132,9 +134,11 @@ async def save_failed(caches: HashCaches) -> None:
         await asyncio.to_thread(caches.save, False)
 
 
-async def run_sync(ep: SyncStream, msg: Sync, area: FileArea, cache_dir: str | None = None
-                   ) -> None:
+async def run_sync(ep: SyncStream, msg: Sync, area: FileArea, cache_dir: str | None = None,
+                   offload: Offload | None = None) -> None:
     """The server's side of one sync: the destination of a push, the source of a pull;
-    ``cache_dir``: where the server keeps its hash caches (under its own TETHER_HOME)."""
+    ``cache_dir``: where the server keeps its hash caches (under its own TETHER_HOME);
+    ``offload``: the disk pool a large file's work runs on (the client identity's share)."""
     caches = HashCaches(cache_dir if msg.hash_cache else None)
-    await (receive(ep, msg, area, caches) if msg.push else send(ep, msg, area, caches))
+    await (receive(ep, msg, area, caches, offload) if msg.push
+           else send(ep, msg, area, caches, offload))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -18,15 +18,19 @@ LIST_HEADER = 40 * 1024  # a source closes a sync_list at this much (estimated) 
 RESUME_MIN = 1024 * 1024  # a new file's kept partial is resumed from at this size
 
 T = TypeVar("T")
+Offload = Callable[..., Awaitable[Any]]  # (fn, *args): fn(*args) on a pool (the server's disk's)
 
 
-async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on a worker thread, so that a large file's disk work (a signature, a
-    delta's copies, a verification, an fsync) does not stall the event loop and every other
-    stream on it. Cancelled, it still waits for the thread before it raises: the caller's
-    ``finally`` then closes descriptors no thread is using (a closed fd's number is soon
-    another file's)."""
-    job = asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args))
+async def off_loop(offload: Offload | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a worker thread — ``offload``'s (the server's disk pool, a share per
+    client identity), else asyncio's default executor — so that a large file's disk work (a
+    signature, a delta's copies, a verification, an fsync) does not stall the event loop and
+    every other stream on it. Cancelled, it still waits for the thread before it raises: the
+    caller's ``finally`` then closes descriptors no thread is using (a closed fd's number is
+    soon another file's)."""
+    job: asyncio.Future[T] = (
+        asyncio.ensure_future(offload(fn, *args)) if offload is not None
+        else asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args)))
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:

@@ -40,6 +40,7 @@ from tether.syncing.common import (
     Endpoint,
     Filters,
     NoProgress,
+    Offload,
     Progress,
     SyncOptions,
     SyncResult,
@@ -168,8 +169,9 @@ class DestSide:
     def __init__(self, ep: Endpoint, opener: Opener, opts: SyncOptions, *, client: bool,
                  single: bool | None, links_inside: bool, result: SyncResult | None = None,
                  progress: Progress | None = None, trusted: bool = False,
-                 caches: HashCaches | None = None) -> None:
+                 caches: HashCaches | None = None, offload: Offload | None = None) -> None:
         self.ep = ep
+        self.offload = offload  # where a large file's disk work runs (None: asyncio's threads)
         # TLS authenticates every byte: a batch's file may come without a hash (one that is
         # given is checked); over --plaintext every file must match its hash
         self.trusted = trusted
@@ -284,7 +286,7 @@ class DestSide:
         elif self.incoming is not None:
             incoming = self.incoming[1]
             if incoming.builder is not None:  # its copies may be a gigabyte: off the loop
-                await off_loop(incoming.feed, data)
+                await off_loop(self.offload, incoming.feed, data)
             else:
                 incoming.feed(data)
             self.result.bytes_sent += len(data)
@@ -303,7 +305,8 @@ class DestSide:
                 incoming.close(discard=True)
                 self.result.changed.append(incoming.want.name)
                 return
-            self.result.bytes_matched += await off_loop(incoming.commit, msg)  # hash, fsync
+            # the verification reads the whole file, and the fsync waits for the disk
+            self.result.bytes_matched += await off_loop(self.offload, incoming.commit, msg)
             self.result.sent += 1
         finally:
             incoming.close()
@@ -524,7 +527,8 @@ class DestSide:
                 want.basis = 0
                 return b"", 0, ""
             try:
-                return await off_loop(signature, fd, want.basis, want.name), 0, ""
+                return await off_loop(self.offload, signature, fd, want.basis,
+                                      want.name), 0, ""
             except Exception:
                 want.basis = 0  # the old copy changed meanwhile: ask for the file whole
                 return b"", 0, ""

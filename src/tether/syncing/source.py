@@ -43,6 +43,7 @@ from tether.syncing.common import (
     Endpoint,
     Filters,
     NoProgress,
+    Offload,
     Progress,
     SyncOptions,
     SyncResult,
@@ -213,8 +214,10 @@ class SourceSide:
 
     def __init__(self, ep: Endpoint, roots: list[Root], opts: SyncOptions, *, client: bool,
                  result: SyncResult | None = None, progress: Progress | None = None,
-                 listing: Listing | None = None, trusted: bool = False) -> None:
+                 listing: Listing | None = None, trusted: bool = False,
+                 offload: Offload | None = None) -> None:
         self.ep = ep
+        self.offload = offload  # where a large file's delta is made (None: asyncio's threads)
         # TLS authenticates every byte: a batch's files go without a hash (a fifth of a first
         # sync's sending), which a receiver over --plaintext would refuse
         self.hash_small = not trusted
@@ -411,7 +414,8 @@ class SourceSide:
             try:
                 from tether.storage.delta import encode, make_delta  # large changed files only
 
-                delta = await off_loop(make_delta, fd, entry.size, sig, entry.name)
+                delta = await off_loop(self.offload, make_delta, fd, entry.size, sig,
+                                       entry.name)
             except SourceChanged:
                 self._changed(index, entry)
                 return
