@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 from bench import DOCS, RESULTS
-from bench.prereqs import explain, machine, missing
+from bench.prereqs import cpu_ticks, explain, machine, missing, stolen
 
 NOFILE_WANTED = 8192
 
@@ -75,6 +75,7 @@ def run_workloads(names: list[str], sizes: Any, shell_rc: bool, meta: dict[str, 
     failed: dict[str, str] = meta.setdefault("failed", {})
     seconds: dict[str, float] = meta.setdefault("workload_seconds", {})
     load: dict[str, str] = meta.setdefault("load_average", {})
+    steal: dict[str, str] = meta.setdefault("steal", {})
     with Peers(sizes.fast_bytes, shell_rc) as peers:
         print(f"bench: peers up in {peers.tmp} (transfers on {peers.fast_kind})",
               file=sys.stderr)
@@ -82,7 +83,7 @@ def run_workloads(names: list[str], sizes: Any, shell_rc: bool, meta: dict[str, 
         ctx = Context(peers, sizes)
         for name in names:
             print(f"bench: {name}", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
+            t0, ticks = time.perf_counter(), cpu_ticks()
             try:
                 results[name] = WORKLOADS[name](ctx)
             except BenchError as exc:
@@ -93,6 +94,7 @@ def run_workloads(names: list[str], sizes: Any, shell_rc: bool, meta: dict[str, 
                 traceback.print_exc()
             seconds[name] = round(time.perf_counter() - t0, 1)
             load[name] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            steal[name] = stolen(ticks, cpu_ticks())
         return results
 
 
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().astimezone()
     t0 = time.perf_counter()
     meta: dict[str, Any] = {"load_before": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
+    ticks = cpu_ticks()
     try:
         results = run_workloads(names, sizes, args.ssh_rc, meta)
     except BenchError as exc:
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t0, "rounds": sizes.rounds,
         "warmup": sizes.warmup, "sizes": asdict(sizes), "machine": machine(),
         "load_after": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "steal_whole_run": stolen(ticks, cpu_ticks()),
         "ssh_sessions": "user's shell startup files (--ssh-rc)" if args.ssh_rc
         else "SHLVL=1: bash skips ~/.bashrc, like tether's commands",
     }

@@ -112,6 +112,23 @@ def _git_commit() -> str:
     return f"{head}{' (src modified)' if dirty else ''}"
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks since boot, from /proc/stat's first line; None off Linux. A
+    hypervisor that takes a third of the CPU slows a Python start-up more than rsync's C (a
+    run on such a host once looked like a regression): each run says how much was taken."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:9]]  # user .. steal
+        return fields[7], sum(fields)
+    return None
+
+
+def stolen(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:
+    """The share of CPU time the hypervisor took between two ``cpu_ticks()``."""
+    if before is None or after is None or after[1] <= before[1]:
+        return "not known"
+    return f"{100 * (after[0] - before[0]) / (after[1] - before[1]):.1f}%"
+
+
 def machine() -> dict[str, str | int | float]:
     """nproc, memory, CPU, kernel and the versions of everything measured."""
     import psutil

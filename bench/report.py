@@ -162,6 +162,7 @@ def markdown(data: dict[str, Any], workloads: dict[str, list[GroupResult]],
         f"| sshd sessions | {data['ssh_sessions']} |",
         f"| load average after each workload | "
         f"{'; '.join(f'{k}: {v}' for k, v in data['load_average'].items())} |",
+        *_steal(data),
         *_failures(data),
         "", "### Targets", "",
         "| group | target (issue) | measured | |", "|---|---|---|---|",
@@ -209,6 +210,15 @@ def _group_markdown(name: str, g: GroupResult) -> list[str]:
                      f"{fmt(r.value.low)}–{fmt(r.value.high)} | {_ratio_cell(g, r)} | "
                      f"{_rss_cell(r)} |")
     return [*lines, ""]
+
+
+def _steal(data: dict[str, Any]) -> list[str]:
+    """CPU time the hypervisor took (runs before it was recorded have no row)."""
+    if "steal" not in data:
+        return []
+    each = "; ".join(f"{k}: {v}" for k, v in data["steal"].items())
+    return [f"| CPU time stolen by the hypervisor, whole run; each workload | "
+            f"{data['steal_whole_run']}; {each} |"]
 
 
 def wan_markdown(data: dict[str, Any], groups: list[GroupResult]) -> str:

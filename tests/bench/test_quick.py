@@ -47,6 +47,10 @@ def test_quick_run_writes_every_workload(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "latest-quick.json").read_text())
     assert set(data["workloads"]) == WORKLOADS
     assert not data["failed"]
+    # how much CPU the hypervisor took, per workload and in all, read from /proc/stat
+    assert set(data["steal"]) == WORKLOADS
+    for share in [*data["steal"].values(), data["steal_whole_run"]]:
+        assert share.endswith("%") and 0 <= float(share[:-1]) <= 100, share
     for groups in data["workloads"].values():
         for group in groups.values():
             for contender in group["contenders"].values():
