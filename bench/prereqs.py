@@ -113,9 +113,9 @@ def _git_commit() -> str:
 
 
 def cpu_ticks() -> tuple[int, int] | None:
-    """(stolen, all) CPU ticks since boot, from /proc/stat's first line; None off Linux. A
-    hypervisor that takes a third of the CPU slows a Python start-up more than rsync's C (a
-    run on such a host once looked like a regression): each run says how much was taken."""
+    """(stolen, all) CPU ticks since boot, from /proc/stat's first line; None off Linux. Slow
+    ratios on one host and fast on another can be other guests taking the CPU or a slower
+    CPU: with the steal recorded, a run says which."""
     with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat") as fh:
         fields = [int(x) for x in fh.readline().split()[1:9]]  # user .. steal
         return fields[7], sum(fields)
