@@ -9,6 +9,7 @@ measured (psutil RSS of this process; ``ru_maxrss`` of a ``tether get -r`` subpr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -72,8 +73,9 @@ class Flood:
                     return
                 proto.receive_data(data)
             if isinstance(event, List):
-                await self._entries(proto, event, writer)
-            elif isinstance(event, Exec):
+                await self._entries(proto, event, reader, writer)
+                return
+            if isinstance(event, Exec):
                 await self._tiny_frames(proto, event, writer)
             await reader.read()  # until the client goes
         except (ConnectionError, AssertionError):
@@ -81,17 +83,28 @@ class Flood:
         finally:
             writer.close()
 
-    async def _entries(self, proto: Connection, req: List, writer: asyncio.StreamWriter) -> None:
+    async def _entries(self, proto: Connection, req: List, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
         """The same message again and again (the client checks names only once the listing
-        is done): the server spends nothing, so only the client sets the pace."""
+        is done): the server spends nothing, so only the client sets the pace. Until the
+        client goes: what it sends is read meanwhile, for its end. (Unread, asyncio's TLS
+        transport takes the client's goodbye, then drops every write without a word and
+        ``drain`` no longer waits: this loop spun without end, counting bytes never sent.)"""
         names = [f"d{i // 16}/{'x' * 180}{i}" for i in range(BATCH)]
         frame = proto.send(Entries(
             names=names, kinds=["file"] * BATCH, sizes=[1] * BATCH, modes=[0o644] * BATCH,
             mtimes=[0] * BATCH, targets=[None] * BATCH, stream=req.stream))
-        while not writer.is_closing():  # once the client is gone, drain() no longer waits
-            writer.write(frame)
-            await writer.drain()
-            self.sent += len(frame)
+        gone = asyncio.create_task(reader.read())  # b"" or the error once the client goes
+        try:
+            while not gone.done() and not writer.is_closing():
+                writer.write(frame)
+                await writer.drain()
+                self.sent += len(frame)
+                await asyncio.sleep(0)  # let the read see the end
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await gone
 
     async def _tiny_frames(self, proto: Connection, req: Exec,
                            writer: asyncio.StreamWriter) -> None:
