@@ -119,7 +119,9 @@ def test_kill9_server_mid_put(serve: ServeFactory, ids: Identities, work: Path) 
         stop_process(proc)
     assert proc.returncode == 255  # the connection broke
     log = (work / "put.log").read_text()
-    report, line = log.strip().splitlines()  # --json prints its report on failure too
+    lines = log.strip().splitlines()
+    assert len(lines) == 2, log  # --json prints its report on failure too, then one error line
+    report, line = lines
     assert json.loads(report)["ok"] is False and line.startswith("tether: "), log
     assert not dest.exists()
     kept = partial.stat().st_size

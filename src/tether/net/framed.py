@@ -182,6 +182,12 @@ class FramedProtocol(asyncio.BufferedProtocol):
         return not expired
 
     async def drain(self) -> None:
+        """Wait while our writes pile up; raise once the transport is gone. It always yields
+        once: a write that failed underneath (a reset peer) only schedules
+        :meth:`connection_lost`, and a sender that never yields would go on writing into the
+        dead transport, which drops the bytes and logs a warning for each write."""
+        if self.lost is None and not self._write_paused:
+            await asyncio.sleep(0)
         if self.lost is not None:
             raise self.lost
         if self._write_paused:
@@ -388,10 +394,14 @@ class FramedConnection:
     # --- closing -------------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
+        """Raise instead of writing into a connection that failed, was closed, or whose
+        transport is gone (before the reader has noticed)."""
         if self._error is not None:
             raise self._error
         if self._closed:
             raise ConnectionClosed("connection is closed")
+        if self.link.lost is not None:
+            raise translate(self.link.lost)
 
     def _fail(self, error: TetherError) -> None:
         if self._error is None:
