@@ -190,7 +190,7 @@ def test_a_directory_swapped_for_a_symlink_while_writing_leads_nowhere(jail: Jai
     try:
         # 400 rounds, and on until the race has run both ways (a loaded machine can let one
         # state win many rounds in a row)
-        while i < 400 or not (stored and read) and i < 40_000:
+        while i < 400 or (not (stored and read) and i < 40_000):
             i += 1
             try:
                 partial, _ = area.open_put("d/", f"f{i}.txt", exists_ok=True, resume=False)
