@@ -1,7 +1,8 @@
 """Deltas (tether.storage.delta) on real files: the rebuilt file is byte-identical after
 insertions, deletions, shifted content, edits at chunk boundaries, shrinking and growing, and
-costs only the chunks an edit touched; a builder refuses records that reach outside the old copy
-or past the announced size."""
+costs only the chunks an edit touched; the signature a builder derives of what it built is the
+one reading it gives; a builder refuses records that reach outside the old copy or past the
+announced size."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def rebuild(tmp: Path, old: bytes, new: bytes, frame: int = 65536) -> tuple[byte
         assert builder.complete
         assert file_digest(out_fd, len(new), "out") == delta.hash
         assert builder.matched == delta.matched
+        # the signature the destination keeps of what it built is the one a read would give
+        assert builder.signature(sig) == signature(out_fd, len(new), "out")
     finally:
         for fd in (old_fd, new_fd, out_fd):
             os.close(fd)
@@ -147,3 +150,28 @@ def test_a_hostile_delta_is_refused(tmp_path: Path, record: bytes, match: str) -
     with pytest.raises(BadRequest, match=match):
         builder.feed(record)
     assert (tmp_path / "out").stat().st_size == 0  # nothing was written
+
+
+def test_a_copy_off_the_old_chunks_derives_no_signature(tmp_path: Path) -> None:
+    """A sender that cuts otherwise (copies starting inside an old chunk) still gets its file
+    built, but the destination keeps no signature that would misdescribe it."""
+    old = OLD[:MiB]
+    (tmp_path / "old").write_bytes(old)
+    fd = os.open(tmp_path / "old", os.O_RDONLY)
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        sig = signature(fd, len(old), "old")
+        off = Builder(out, fd, len(old), 2000, "out")
+        off.feed(COPY + (0).to_bytes(8, "big") + (1000).to_bytes(8, "big")
+                     + LITERAL + (1000).to_bytes(4, "big") + EDIT[:1000])
+        assert off.complete
+        assert (tmp_path / "out").read_bytes() == old[:1000] + EDIT[:1000]
+        assert off.signature(sig) is None  # 1000 bytes end inside the first old chunk
+        whole = boundaries(old, tmp_path)[1]  # the second chunk's offset: the first's length
+        built = Builder(out, fd, len(old), whole + 1000, "out")
+        built.feed(COPY + (0).to_bytes(8, "big") + whole.to_bytes(8, "big")
+                   + LITERAL + (1000).to_bytes(4, "big") + EDIT[:1000])
+        assert built.signature(sig) == signature(out, whole + 1000, "out")
+    finally:
+        os.close(fd)
+        os.close(out)

@@ -332,7 +332,7 @@ async def test_a_large_files_disk_work_does_not_hold_up_other_connections(
     import asyncio
     import threading
 
-    from tether.syncing import dest as dest_side
+    from tether.syncing import incoming as dest_side
 
     await api.sync(f"{src}/", "dest")
     make_file(src / "sub" / "deep" / "big.bin", 600_000, seed=9)  # a delta this time

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.errors import PermissionDenied
+from tether.errors import PermissionDenied, TetherError
 from tether.storage import hashcache
 from tether.storage.hashcache import cache_dir
+from tether.storage.sigcache import Signatures
 
-from .helpers import HOST, MiB, Rig, arun_cli, make_file, snapshot
+from .helpers import HOST, MiB, Rig, arun_cli, make_file, same_bytes, snapshot
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/io"),
                                 reason="counts the bytes read through /proc/self/io (Linux)")
@@ -257,3 +258,72 @@ async def test_an_unusable_cache_directory_never_fails_a_sync(rig: Rig, src: Pat
     assert [e["path"] for e in json.loads(done.stdout)["entries"]] == ["big/b3.bin"]
     assert snapshot(rig.root / "dest") == snapshot(src)
     assert (home / "cache").read_bytes() == b"not a directory"
+
+
+def patch(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def kept_signatures(home: Path) -> list[Path]:
+    where = Path(cache_dir(home))
+    return sorted(where.glob("*.sig")) if where.is_dir() else []
+
+
+async def test_a_file_built_from_a_delta_keeps_its_signature(
+        api: tether.Connection, rig: Rig, work: Path) -> None:
+    """The destination keeps the signature of a file it built from a delta (storage/sigcache.py):
+    the next delta of it reads the old copy to build and verify, not to describe it first. The
+    replaced file's signature goes with it; ``--no-hash-cache`` uses, keeps and drops none."""
+    size = 16 * MiB
+    src = make_file(work / "s" / "big.bin", size, seed=5)
+    await api.sync(f"{work / 's'}/", "dest")  # whole: nothing to derive a signature from
+    assert kept_signatures(rig.home) == []
+    patch(src, 8 * MiB, os.urandom(4096))
+    read = await read_during(api.sync(f"{work / 's'}/", "dest"))  # its old copy read to sign it
+    [kept] = kept_signatures(rig.home)
+    patch(src, 4 * MiB, os.urandom(4096))
+    before = rchar()
+    result = await api.sync(f"{work / 's'}/", "dest")
+    assert rchar() - before <= read - size + MiB  # one whole read fewer: the signature's
+    assert [(e.path, e.action) for e in result.entries] == [("big.bin", "delta")]
+    assert result.bytes_sent < MiB and result.bytes_matched > size - MiB
+    assert same_bytes(src, rig.root / "dest" / "big.bin")
+    [now] = kept_signatures(rig.home)
+    assert now != kept  # the old copy's went with it
+    patch(src, 2 * MiB, os.urandom(4096))
+    off = await read_during(api.sync(f"{work / 's'}/", "dest", hash_cache=False))
+    assert off >= read - MiB  # the control: without the cache the old copy is read to sign it
+    assert kept_signatures(rig.home) == [now]  # nor kept nor dropped (now a dead key: it ages out)
+    assert same_bytes(src, rig.root / "dest" / "big.bin")
+
+
+async def test_a_stale_signature_fails_its_file_once_and_is_dropped(
+        api: tether.Connection, rig: Rig, work: Path) -> None:
+    """A kept signature that no longer describes its file (written in place with its size,
+    inode and mtime kept, within the clock tick of the sync's rename: the one way it could
+    happen, made here by writing the entry under the file's new key) builds a wrong file, which
+    the whole-file check refuses before anything is moved into place; the entry is dropped, and
+    the same sync run again succeeds."""
+    src = make_file(work / "s" / "big.bin", 4 * MiB, seed=6)
+    await api.sync(f"{work / 's'}/", "dest")
+    patch(src, MiB, os.urandom(4096))
+    await api.sync(f"{work / 's'}/", "dest")
+    dest = rig.root / "dest" / "big.bin"
+    signatures = Signatures(cache_dir(rig.home))
+    old_st = dest.stat()
+    stale = signatures.get(old_st)
+    assert stale is not None
+    patch(dest, MiB, bytes(MiB))  # an in-place writer...
+    os.utime(dest, ns=(old_st.st_atime_ns, old_st.st_mtime_ns))  # ...that restored the mtime
+    signatures.drop(old_st)
+    signatures.put(dest.stat(), stale)
+    patch(src, 3 * MiB, os.urandom(4096))
+    with pytest.raises(TetherError, match="does not match the sender's hash"):
+        await api.sync(f"{work / 's'}/", "dest")
+    assert signatures.get(dest.stat()) is None and kept_signatures(rig.home) == []
+    assert dest.read_bytes()[MiB:2 * MiB] == bytes(MiB)  # nothing was moved into place
+    result = await api.sync(f"{work / 's'}/", "dest")
+    assert [(e.path, e.action) for e in result.entries] == [("big.bin", "delta")]
+    assert same_bytes(src, dest)

@@ -49,22 +49,22 @@ def _cdc() -> Callable[..., Iterator[Any]]:
     return fastcdc_cy  # type: ignore[no-any-return]
 
 
-def chunks(fd: int, size: int, shown: str, hasher: Any = None
+def chunks(fd: int, size: int, shown: str, hasher: Any = None, start: int = 0
            ) -> Iterator[tuple[int, memoryview]]:
-    """(offset, bytes) of each content-defined chunk of the first ``size`` bytes of ``fd``,
-    cut exactly as if the whole file were chunked at once (a window's last chunk is cut again
+    """(offset, bytes) of each content-defined chunk of the ``size`` bytes of ``fd`` from
+    ``start``, cut exactly as if they were chunked at once (a window's last chunk is cut again
     with the bytes after it). SourceChanged if the file ends early. ``hasher`` is fed every
     byte once, in order, a window's chunks at a time (one call: a multithreaded BLAKE3 hashes
     it on every core). A chunk's bytes are valid until the next one is asked for: the window's
     buffer is reused."""
     cdc = _cdc()
     buffer = memoryview(bytearray(min(WINDOW, size)))
-    pos = 0
-    while pos < size:
-        end = min(pos + WINDOW, size)
+    pos = start
+    while pos < start + size:
+        end = min(pos + WINDOW, start + size)
         view = _read_into(buffer[:end - pos], fd, pos, shown)
         found = list(cdc(view, CDC_MIN, CDC_AVG, CDC_MAX, False, None))
-        if end < size and len(found) > 1:
+        if end < start + size and len(found) > 1:
             found.pop()  # cut again from its start with the following bytes
         consumed = found[-1].offset + found[-1].length
         if hasher is not None:
@@ -195,6 +195,7 @@ class Builder:
         self.matched = 0
         self._head = bytearray()  # an incomplete record header
         self._literal = 0  # bytes of the current literal still to come
+        self.runs: list[Op] = []  # what was built: copies (old offsets), literals (new ones)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -233,6 +234,7 @@ class Builder:
                 raise BadRequest(f"{self.shown}: a delta literal of {length} bytes")
             self._check_room(length)
             self._literal = length
+            self._ran(LITERAL, self.written, length)
             return
         if head[:1] != COPY:
             raise BadRequest(f"{self.shown}: unknown delta record {head[:1]!r}")
@@ -244,6 +246,14 @@ class Builder:
         copy_range(self.basis_fd, offset, self.out_fd, self.written, length, self.shown)
         self.written += length
         self.matched += length
+        self._ran(COPY, offset, length)
+
+    def _ran(self, kind: bytes, where: int, length: int) -> None:
+        last = self.runs[-1] if self.runs else None
+        if last is not None and last[0] == kind and last[1] + last[2] == where:
+            self.runs[-1] = (kind, last[1], last[2] + length)
+        else:
+            self.runs.append((kind, where, length))
 
     def _check_room(self, length: int) -> None:
         if self.written + length > self.size:
@@ -262,6 +272,30 @@ class Builder:
     @property
     def complete(self) -> bool:
         return not self._head and not self._literal and self.written == self.size
+
+    def signature(self, basis_sig: bytes) -> bytes | None:
+        """The built file's signature without reading what was copied (storage/sigcache.py):
+        a copied run's records are the old copy's (``basis_sig``) for the chunks it spans, and
+        a literal run is cut again alone, which reproduces the sender's cuts (a cut depends
+        only on the bytes since its chunk's start). None if a copy does not begin and end on
+        the old copy's chunk boundaries (a sender cutting otherwise): nothing is derived."""
+        starts: dict[int, int] = {}
+        offset = 0
+        for number, (length, _) in enumerate(_SIG.iter_unpack(basis_sig)):
+            starts[offset] = number
+            offset += length
+        starts[offset] = len(basis_sig) // SIG_RECORD
+        out = bytearray()
+        for kind, where, length in self.runs:
+            if kind == LITERAL:
+                for _, data in chunks(self.out_fd, length, self.shown, start=where):
+                    out += _SIG.pack(len(data), _key(data))
+                continue
+            first, last = starts.get(where), starts.get(where + length)
+            if first is None or last is None:
+                return None
+            out += basis_sig[first * SIG_RECORD:last * SIG_RECORD]
+        return bytes(out)
 
 
 def copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int,

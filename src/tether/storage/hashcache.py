@@ -200,7 +200,7 @@ class TreeHashes:
                 os.utime(self.path)  # recently used: not the first to go
                 return
             _write(self.path, self.root, new)
-            _evict(os.path.dirname(self.path), keep=self.path)
+            evict(os.path.dirname(self.path), keep=self.path)
 
     def load(self) -> None:
         """Read the cache file now (e.g. in a thread, before the lookups begin)."""
@@ -237,7 +237,7 @@ class HashCaches:
         found = self.trees.get(root)
         if found is None:
             path = os.path.join(self.directory, f"{root[0]:x}-{root[1]:x}{_SUFFIX}")
-            usable = _own_dir(self.directory, create=False)
+            usable = own_dir(self.directory, create=False)
             found = self.trees[root] = TreeHashes(path if usable else None, root, whole)
         found.whole = found.whole and whole
         return found
@@ -268,7 +268,7 @@ def save_trees(trees: Iterable[TreeHashes], complete: bool, limit: int = MAX_ENT
 # --- the directory and its files ------------------------------------------------------------
 
 
-def _own_dir(directory: str, create: bool) -> bool:
+def own_dir(directory: str, create: bool) -> bool:
     """Whether ``directory`` is a directory of this user's own that nobody else may write;
     missing, it is created (with its parent, mode 0700) if ``create``, else taken to be usable
     (it is made when there is something to save)."""
@@ -293,33 +293,34 @@ def _own_dir(directory: str, create: bool) -> bool:
 
 def _read(path: str, root: Root) -> dict[bytes, bytes]:
     """A cache file's entries; empty if it is missing, not ours, corrupt or foreign."""
+    data = read_whole(path, _HEADER.size + MAX_ENTRIES * (_KEY.size + _HASH))
+    return {} if data is None else _parse(data, root)
+
+
+def read_whole(path: str, limit: int) -> bytes | None:
+    """A cache file's bytes; None if it is missing, not a regular file of this user's own, or
+    over ``limit`` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return {}
+        return None
     try:
         st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
-                or st.st_size > _HEADER.size + MAX_ENTRIES * (_KEY.size + _HASH)):
-            return {}
-        data = _read_all(fd, st.st_size)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > limit:
+            return None
+        parts = []
+        left = st.st_size
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
     except OSError:
-        return {}
+        return None
     finally:
         os.close(fd)
-    return _parse(data, root)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    parts = []
-    left = size
-    while left > 0:
-        chunk = os.read(fd, left)
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
 
 
 def _parse(data: bytes, root: Root) -> dict[bytes, bytes]:
@@ -341,21 +342,28 @@ def _parse(data: bytes, root: Root) -> dict[bytes, bytes]:
 
 
 def _write(path: str, root: Root, entries: dict[bytes, bytes]) -> None:
-    """Replace the cache file at once (a temporary file renamed over it)."""
-    import tempfile
-
+    """Replace the cache file at once."""
     import blake3
 
-    if not _own_dir(os.path.dirname(path), create=True):
-        raise OSError(f"{os.path.dirname(path)} is not a directory of our own")
     body = b"".join(entries) + b"".join(entries.values())
     header = _HEADER.pack(_MAGIC, _VERSION, root[0], root[1], len(entries),
                           blake3.blake3(body).digest())
-    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=os.path.dirname(path))
+    write_whole(path, header, body)
+
+
+def write_whole(path: str, *parts: bytes) -> None:
+    """Replace a cache file at once: a temporary file beside it, renamed over it (not fsynced:
+    each file carries the digest that finds it torn)."""
+    import tempfile
+
+    directory = os.path.dirname(path)
+    if not own_dir(directory, create=True):
+        raise OSError(f"{directory} is not a directory of our own")
+    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(header)
-            out.write(body)
+            for part in parts:
+                out.write(part)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -363,14 +371,18 @@ def _write(path: str, root: Root, entries: dict[bytes, bytes]) -> None:
         raise
 
 
-def _evict(directory: str, keep: str) -> None:
-    """Drop the least recently used caches beyond :data:`MAX_FILES` and :data:`MAX_BYTES`, and
-    temporary files a killed process left."""
+def evict(directory: str, keep: str, suffix: str = _SUFFIX, max_files: int | None = None,
+          max_bytes: int | None = None) -> None:
+    """Drop the least recently used cache files (named ``*suffix``) beyond ``max_files`` and
+    ``max_bytes`` (the hash caches' bounds if not given), and temporary files a killed process
+    left."""
+    max_files = MAX_FILES if max_files is None else max_files
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
     now = time.time_ns()
     found = []
     with os.scandir(directory) as it:
         for entry in it:
-            if not entry.name.endswith(_SUFFIX) or not entry.is_file(follow_symlinks=False):
+            if not entry.name.endswith(suffix) or not entry.is_file(follow_symlinks=False):
                 continue
             st = entry.stat(follow_symlinks=False)
             if entry.name.startswith(".tmp-"):
@@ -382,7 +394,7 @@ def _evict(directory: str, keep: str) -> None:
     found.sort(reverse=True)  # the most recent first
     kept = total = 0
     for _, size, path in found:
-        if path == keep or (kept < MAX_FILES and total + size <= MAX_BYTES):
+        if path == keep or (kept < max_files and total + size <= max_bytes):
             kept += 1
             total += size
             continue
@@ -390,5 +402,5 @@ def _evict(directory: str, keep: str) -> None:
             os.unlink(path)
 
 
-__all__ = ["NO_HASHES", "TICK_NS", "HashCaches", "TreeHashes", "cache_dir", "save_trees",
-           "trusted"]
+__all__ = ["NO_HASHES", "TICK_NS", "HashCaches", "TreeHashes", "cache_dir", "evict", "own_dir",
+           "read_whole", "save_trees", "trusted", "write_whole"]

@@ -28,10 +28,11 @@ from tether.protocol.sync_messages import (
     SyncWant,
 )
 from tether.storage.batch import SMALL_FILE
-from tether.storage.delta import DELTA_MIN, Builder, file_digest, signature
+from tether.storage.delta import DELTA_MIN, signature
 from tether.storage.hashcache import NO_HASHES, HashCaches
 from tether.storage.names import link_stays_inside
 from tether.storage.partial import PartialFile
+from tether.storage.sigcache import Signatures
 from tether.storage.source import file_hash
 from tether.storage.tree import PART_SUFFIX, DestTree, sync_name
 from tether.syncing.common import (
@@ -46,121 +47,12 @@ from tether.syncing.common import (
     SyncResult,
     off_loop,
 )
+from tether.syncing.incoming import BatchIn, Incoming, Wanted
 from tether.syncing.source import _first_failure
 from tether.syncing.storer import File, Storer
 
 # (a single file?, the first name listed) -> (the tree, the name the single file is stored as)
 Opener = Callable[[bool, str], tuple[DestTree, str | None]]
-
-
-class Wanted:
-    """A file the destination asked for, until its content is stored."""
-
-    __slots__ = ("basis", "mode", "mtime", "name", "offset", "parts", "size")
-
-    def __init__(self, parts: list[str], name: str, size: int, mode: int, mtime: int,
-                 basis: int, offset: int) -> None:
-        self.parts, self.name, self.size, self.mode, self.mtime = parts, name, size, mode, mtime
-        self.basis = basis  # the old copy's size when a delta is asked for, else 0
-        self.offset = offset  # bytes of a kept partial offered for resuming
-
-
-class _Incoming:
-    """One file arriving (whole from an offset, or as a delta)."""
-
-    def __init__(self, tree: DestTree, want: Wanted, msg: SyncFile) -> None:
-        self.want = want
-        self.msg = msg
-        dir_fd, name = tree.parent(want.parts)
-        self.basis_fd = -1
-        self.builder: Builder | None = None
-        self.partial = PartialFile(os.dup(dir_fd), name, resume=msg.offset > 0, owns_dir=True)
-        try:
-            if msg.delta:
-                if not want.basis:
-                    raise BadRequest(f"{want.name}: a delta nobody asked for")
-                self.partial.restart()
-                self.basis_fd = tree.open_basis(want.parts)
-                self.builder = Builder(self.partial.fd, self.basis_fd, want.basis, msg.size,
-                                       want.name)
-            elif msg.offset != self.partial.offset:
-                if msg.offset:
-                    raise BadRequest(f"{want.name}: resumed at {msg.offset}, but "
-                                     f"{self.partial.offset} bytes are kept")
-                self.partial.restart()
-        except BaseException:
-            self.close(discard=True)
-            raise
-
-    def feed(self, data: bytes | bytearray) -> None:
-        if self.builder is not None:
-            self.builder.feed(data)
-            return
-        if self.partial.written + len(data) > self.msg.size:
-            raise BadRequest(f"{self.want.name}: more than the announced {self.msg.size} bytes")
-        self.partial.write(data)
-
-    def commit(self, msg: SyncCommit) -> int:
-        """Verify, make durable, move into place; the bytes reused from the old copy."""
-        actual = None
-        if self.builder is not None:
-            if not self.builder.complete:
-                raise BadRequest(f"{self.want.name}: the delta made {self.builder.written} of "
-                                 f"{self.msg.size} bytes")
-            actual = file_digest(self.partial.fd, self.msg.size, self.want.name)
-        elif self.partial.written != self.msg.size:
-            raise BadRequest(f"{self.want.name}: {self.partial.written} of {self.msg.size} "
-                             f"bytes arrived")
-        self.partial.commit(msg.hash, self.want.mode, self.want.mtime, force=True, rename=False,
-                            actual=actual)
-        return self.builder.matched if self.builder is not None else 0
-
-    def close(self, discard: bool = False) -> None:
-        if self.basis_fd >= 0:
-            os.close(self.basis_fd)
-            self.basis_fd = -1
-        if discard or (self.builder is not None and self.partial.fd >= 0):
-            self.partial.discard()  # a half-built delta is not worth resuming
-        self.partial.close()
-
-
-class _BatchIn:
-    """A sync_batch's DATA, split into its files as each one completes (no copy of the rest:
-    a batch is at most 4 MiB, and its files are cut out by offset)."""
-
-    def __init__(self, msg: SyncBatch) -> None:
-        self.items = list(zip(msg.indices, msg.sizes, msg.hashes, strict=True))
-        self.expected = sum(msg.sizes)
-        self.buf = bytearray()
-        self.pos = 0  # where the next file starts in buf
-        self.next = 0  # the next item
-
-    @property
-    def complete(self) -> bool:
-        return self.next >= len(self.items)
-
-    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes | memoryview, str]]:
-        """The files ``data`` completed: (index, content, hash). A batch that arrives in one
-        DATA frame (the usual case: a sender's batches fit one) is cut without a copy."""
-        if len(self.buf) + len(data) > self.expected:
-            raise RemoteProtocolError("more data than a sync_batch announced")
-        if not self.buf and len(data) == self.expected:
-            view = memoryview(data)
-            return [self._take(view) for _ in range(len(self.items) - self.next)]
-        self.buf += data
-        done: list[tuple[int, bytes | memoryview, str]] = []
-        with memoryview(self.buf) as view:  # released before the buffer grows again
-            while self.next < len(self.items) and len(self.buf) - self.pos >= (
-                    self.items[self.next][1]):
-                index, content, hash_ = self._take(view)
-                done.append((index, bytes(content), hash_))
-        return done
-
-    def _take(self, view: memoryview) -> tuple[int, memoryview, str]:
-        index, size, hash_ = self.items[self.next]
-        self.next += 1
-        self.pos += size
-        return index, view[self.pos - size:self.pos], hash_
 
 
 class DestSide:
@@ -186,6 +78,7 @@ class DestSide:
         self.tree: DestTree | None = None
         self.caches = caches  # where the tree's hash cache is (storage/hashcache.py)
         self.hashes = NO_HASHES
+        self.signatures = Signatures(caches.directory if caches is not None else None)
         self.single_name: str | None = None
         self.count = 0  # entries listed so far
         self.listed: set[str] = set()
@@ -194,8 +87,8 @@ class DestSide:
         self.wanted: dict[int, Wanted] = {}
         self.answers: asyncio.Queue[tuple[SyncWant, list[Wanted | None]] | None] = (
             asyncio.Queue())
-        self.incoming: tuple[int, _Incoming] | None = None
-        self.batch: _BatchIn | None = None
+        self.incoming: tuple[int, Incoming] | None = None
+        self.batch: BatchIn | None = None
         self.storer = Storer()  # small files: written on a worker thread, durable together
         self.deleted: list[str] = []
         self._answered = 0  # entries whose list was answered (lists are answered in order)
@@ -277,7 +170,7 @@ class DestSide:
             raise RemoteProtocolError("a sync_file before the previous file was committed")
         assert self.tree is not None
         want = self._take(msg.index)
-        self.incoming = msg.index, _Incoming(self.tree, want, msg)
+        self.incoming = msg.index, Incoming(self.tree, want, msg)
         self.progress.file_started(want.name, msg.size, msg.offset)
 
     async def _data(self, data: bytes | bytearray) -> None:
@@ -306,7 +199,8 @@ class DestSide:
                 self.result.changed.append(incoming.want.name)
                 return
             # the verification reads the whole file, and the fsync waits for the disk
-            self.result.bytes_matched += await off_loop(self.offload, incoming.commit, msg)
+            self.result.bytes_matched += await off_loop(self.offload, incoming.commit, msg,
+                                                        self.signatures)
             self.result.sent += 1
         finally:
             incoming.close()
@@ -319,7 +213,7 @@ class DestSide:
             want = self.wanted.get(index)
             if want is None or want.basis or size > SMALL_FILE:
                 raise RemoteProtocolError(f"entry {index} does not belong in a sync_batch")
-        self.batch = _BatchIn(msg)
+        self.batch = BatchIn(msg)
         self._batch_data(b"")
 
     def _batch_data(self, data: bytes | bytearray) -> None:
@@ -527,8 +421,7 @@ class DestSide:
                 want.basis = 0
                 return b"", 0, ""
             try:
-                return await off_loop(self.offload, signature, fd, want.basis,
-                                      want.name), 0, ""
+                return await off_loop(self.offload, self._old_signature, fd, want), 0, ""
             except Exception:
                 want.basis = 0  # the old copy changed meanwhile: ask for the file whole
                 return b"", 0, ""
@@ -543,6 +436,15 @@ class DestSide:
             finally:
                 partial.close()
         return b"", 0, ""
+
+    def _old_signature(self, fd: int, want: Wanted) -> bytes:
+        """The old copy's signature: kept from the delta that built it, else read."""
+        st = os.fstat(fd)
+        kept = self.signatures.get(st) if st.st_size == want.basis else None
+        sig = kept if kept is not None else signature(fd, want.basis, want.name)
+        if self.signatures.directory is not None:
+            want.basis_st, want.sig, want.sig_kept = st, sig, kept is not None
+        return sig
 
     # --- the end -----------------------------------------------------------------------------
 
