@@ -46,7 +46,7 @@ def rebuild(tmp: Path, old: bytes, new: bytes, frame: int = 65536) -> tuple[byte
     try:
         sig = signature(old_fd, len(old), "old")
         delta = make_delta(new_fd, len(new), sig, "new")
-        stream = b"".join(encode(delta, new_fd, "new"))
+        stream = b"".join(encode(delta.ops, new_fd, "new"))
         builder = Builder(out_fd, old_fd, len(old), len(new), "out")
         for at in range(0, len(stream), frame):
             builder.feed(stream[at:at + frame])
@@ -175,3 +175,29 @@ def test_a_copy_off_the_old_chunks_derives_no_signature(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         os.close(out)
+
+
+def test_ops_sent_while_the_file_is_cut_are_the_whole_delta(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source sends a delta's ops as the file is cut (``emit``): joined, they are the ops of
+    the delta made at once, in order, with nothing left behind."""
+    from tether.storage import delta as delta_module
+
+    monkeypatch.setattr(delta_module, "EMIT_EVERY", MiB)
+    new = OLD[:3 * MiB] + EDIT + OLD[3 * MiB:5 * MiB] + EDIT + OLD[6 * MiB:]
+    (tmp_path / "old").write_bytes(OLD)
+    (tmp_path / "new").write_bytes(new)
+    old_fd = os.open(tmp_path / "old", os.O_RDONLY)
+    new_fd = os.open(tmp_path / "new", os.O_RDONLY)
+    try:
+        sig = signature(old_fd, len(OLD), "old")
+        whole = make_delta(new_fd, len(new), sig, "new")
+        parts: list[list[tuple[bytes, int, int]]] = []
+        streamed = make_delta(new_fd, len(new), sig, "new", parts.append)
+    finally:
+        os.close(old_fd)
+        os.close(new_fd)
+    assert len(parts) > 3 and streamed.ops == []
+    assert [op for part in parts for op in part] == whole.ops
+    assert (streamed.hash, streamed.matched, streamed.literal) == (
+        whole.hash, whole.matched, whole.literal)

@@ -30,6 +30,7 @@ CDC_MAX = 256 * 1024
 DELTA_MIN = 256 * 1024  # files at least this large (at both ends) travel as deltas
 SIG_RECORD = 20  # bytes per chunk in a signature: length (4) + BLAKE3 prefix (16)
 MAX_LITERAL = 1024 * 1024
+EMIT_EVERY = 64 * 1024 * 1024  # a delta's ops go out as the file is cut, this much at a time
 WINDOW = 4 * 1024 * 1024  # bytes read at once while chunking and hashing, into one reused
 # buffer small enough that chunking and hashing find it in the CPU's caches (a fresh 32 MiB
 # window each time made a 1 GiB signature take 2.5 s here and a verification 1.4 s; a reused
@@ -150,11 +151,15 @@ class Delta:
         return f"{HASH_NAME}:{self.hasher.hexdigest()}"
 
 
-def make_delta(fd: int, size: int, sig: bytes | bytearray, shown: str) -> Delta:
+def make_delta(fd: int, size: int, sig: bytes | bytearray, shown: str,
+               emit: Callable[[list[Op]], None] | None = None) -> Delta:
     """The delta of the new file (``size`` bytes of ``fd``) against a signature; its whole-file
-    hash is computed on the way (one read of the file)."""
+    hash is computed on the way (one read of the file). ``emit``: called with the ops found so
+    far every :data:`EMIT_EVERY` bytes of the file, and with the rest at the end (they leave
+    ``delta.ops``), so that they can be sent while the rest is cut."""
     index = parse_signature(sig)
     delta = Delta()
+    due = EMIT_EVERY
     for offset, data in chunks(fd, size, shown, delta.hasher):
         found = index.get(_key(data)) if index else None
         if found is not None and found[1] == len(data):
@@ -163,12 +168,19 @@ def make_delta(fd: int, size: int, sig: bytes | bytearray, shown: str) -> Delta:
         else:
             delta.add(LITERAL, offset, len(data))
             delta.literal += len(data)
+        if emit is not None and offset >= due and len(delta.ops) > 1:
+            emit(delta.ops[:-1])  # the last op may still grow
+            del delta.ops[:-1]
+            due = offset + EMIT_EVERY
+    if emit is not None:
+        emit(delta.ops)
+        delta.ops = []
     return delta
 
 
-def encode(delta: Delta, fd: int, shown: str) -> Iterator[bytes]:
-    """The delta's records, each literal read again from ``fd`` (at most 1 MiB a record)."""
-    for kind, where, length in delta.ops:
+def encode(ops: list[Op], fd: int, shown: str) -> Iterator[bytes]:
+    """A delta's records, each literal read again from ``fd`` (at most 1 MiB a record)."""
+    for kind, where, length in ops:
         if kind == COPY:
             yield COPY + _COPY.pack(where, length)
             continue

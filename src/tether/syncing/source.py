@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import NotFound, RemoteProtocolError, SourceChanged
 from tether.protocol import Data, Done, Message
@@ -49,6 +50,9 @@ from tether.syncing.common import (
     SyncResult,
     off_loop,
 )
+
+if TYPE_CHECKING:
+    from tether.storage.delta import Delta, Op
 
 SEND_AT_ONCE = 1024 * 1024  # delta records gathered into one DATA frame
 # what opening a listed file raises when it is gone since (the tree's opens word OSErrors as
@@ -411,37 +415,64 @@ class SourceSide:
             if not _same(st, entry):
                 self._changed(index, entry)
                 return
-            try:
-                from tether.storage.delta import encode, make_delta  # large changed files only
-
-                delta = await off_loop(self.offload, make_delta, fd, entry.size, sig,
-                                       entry.name)
-            except SourceChanged:
-                self._changed(index, entry)
-                return
             self.ep.send(SyncFile(index=index, size=entry.size, delta=True,
                                   stream=self.ep.stream))
             self.progress.file_started(entry.name, entry.size, 0)
-            changed = False
-            out = bytearray()
-            try:
-                for record in encode(delta, fd, entry.name):
-                    out += record
-                    if len(out) >= SEND_AT_ONCE:
-                        await self._send_records(entry, out)
-                        out = bytearray()
-            except SourceChanged:
-                changed = True
-            if out and not changed:
-                await self._send_records(entry, out)
-            self.progress.advanced(entry.name, delta.matched)
-            changed = changed or not _same(os.fstat(fd), entry)
+            delta = await self._stream_delta(fd, entry, sig)
+            changed = delta is None or not _same(os.fstat(fd), entry)
         finally:
             os.close(fd)
-        self.result.bytes_matched += 0 if changed else delta.matched
-        if not changed:
+        if delta is not None and not changed:
+            self.result.bytes_matched += delta.matched
+            self.progress.advanced(entry.name, delta.matched)
             entry.root.hashes.note(st, delta.hash, started)
-        self._commit(index, entry, delta.hash, changed)
+        self._commit(index, entry, "" if delta is None else delta.hash, changed)
+
+    async def _stream_delta(self, fd: int, entry: Entry, sig: bytes) -> Delta | None:
+        """Cut the file on a worker thread and send its records as they are found, so that
+        the destination builds the start while the rest is cut; None if the file changed."""
+        from tether.storage.delta import encode, make_delta  # large changed files only
+
+        loop = asyncio.get_running_loop()
+        found: asyncio.Queue[list[Op] | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(ops: list[Op]) -> None:
+            if stop.is_set():
+                raise SourceChanged(f"{entry.name}: no longer sent")
+            loop.call_soon_threadsafe(found.put_nowait, ops)
+
+        def cut() -> Delta:
+            try:
+                return make_delta(fd, entry.size, sig, entry.name, emit)
+            finally:
+                loop.call_soon_threadsafe(found.put_nowait, None)
+
+        job = asyncio.ensure_future(off_loop(self.offload, cut))
+        try:
+            changed = False
+            while (ops := await found.get()) is not None:
+                out = bytearray()
+                try:
+                    for record in () if changed else encode(ops, fd, entry.name):
+                        out += record
+                        if len(out) >= SEND_AT_ONCE:
+                            await self._send_records(entry, out)
+                            out = bytearray()
+                except SourceChanged:
+                    changed = True
+                if out and not changed:
+                    await self._send_records(entry, out)
+            try:
+                delta = await job
+            except SourceChanged:
+                return None
+            return None if changed else delta
+        finally:
+            stop.set()
+            if not job.done():
+                job.cancel()
+                await asyncio.wait([job])  # the thread is done with fd before it is closed
 
     async def _send_records(self, entry: Entry, out: bytearray) -> None:
         await self.ep.send_data(out)
