@@ -332,22 +332,22 @@ async def test_a_large_files_disk_work_does_not_hold_up_other_connections(
     import asyncio
     import threading
 
-    from tether.syncing import incoming as dest_side
+    from tether.storage.delta import Builder
 
     await api.sync(f"{src}/", "dest")
     make_file(src / "sub" / "deep" / "big.bin", 600_000, seed=9)  # a delta this time
     entered, released = threading.Event(), threading.Event()
     waited: list[bool] = []
     threads: list[str] = []
-    real = dest_side.file_digest
+    real = Builder.digest
 
-    def slow_digest(fd: int, size: int, shown: str) -> str:
+    def slow_digest(builder: Builder) -> str:
         threads.append(threading.current_thread().name)
         entered.set()
         waited.append(released.wait(20))  # True only if the test got to release it
-        return real(fd, size, shown)
+        return real(builder)
 
-    monkeypatch.setattr(dest_side, "file_digest", slow_digest)
+    monkeypatch.setattr(Builder, "digest", slow_digest)
     sync = asyncio.create_task(api.sync(f"{src}/", "dest"))
     try:
         while not entered.is_set():

@@ -208,6 +208,11 @@ class Builder:
         self._head = bytearray()  # an incomplete record header
         self._literal = 0  # bytes of the current literal still to come
         self.runs: list[Op] = []  # what was built: copies (old offsets), literals (new ones)
+        # the partial is hashed as it is built, read back behind each record (from the page
+        # cache), so that its check at the end does not read it all again
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._hashed = 0
+        self._buffer: memoryview | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -217,6 +222,8 @@ class Builder:
                 self._write(take)
                 self._literal -= len(take)
                 view = view[len(take):]
+                if not self._literal:
+                    self._hash_built()
                 continue
             need = self._need()
             if len(self._head) + len(view) < need:
@@ -259,6 +266,22 @@ class Builder:
         self.written += length
         self.matched += length
         self._ran(COPY, offset, length)
+        self._hash_built()
+
+    def _hash_built(self) -> None:
+        """Hash what was built since the last call, read back from the partial."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(min(WINDOW, self.size)))
+        while self._hashed < self.written:
+            piece = min(len(self._buffer), self.written - self._hashed)
+            self._hasher.update(_read_into(self._buffer[:piece], self.out_fd, self._hashed,
+                                           self.shown))
+            self._hashed += piece
+
+    def digest(self) -> str:
+        """The BLAKE3 hash of the partial as built (every byte read back from it, in order)."""
+        self._hash_built()
+        return f"{HASH_NAME}:{self._hasher.hexdigest()}"
 
     def _ran(self, kind: bytes, where: int, length: int) -> None:
         last = self.runs[-1] if self.runs else None
@@ -338,15 +361,3 @@ def _copy_slowly(src: int, src_offset: int, dst: int, dst_offset: int, length: i
     except OSError as exc:
         raise disk_error(exc, shown, "write") from exc
     return len(data)
-
-
-def file_digest(fd: int, size: int, shown: str) -> str:
-    """The BLAKE3 hash of the first ``size`` bytes of ``fd`` (a built file, checked whole)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buffer = memoryview(bytearray(min(WINDOW, size)))
-    pos = 0
-    while pos < size:
-        piece = _read_into(buffer[:min(WINDOW, size - pos)], fd, pos, shown)
-        hasher.update(piece)
-        pos += len(piece)
-    return f"{HASH_NAME}:{hasher.hexdigest()}"

@@ -9,7 +9,7 @@ import os
 
 from tether.errors import BadRequest, IntegrityError, RemoteProtocolError
 from tether.protocol.sync_messages import SyncBatch, SyncCommit, SyncFile
-from tether.storage.delta import Builder, file_digest
+from tether.storage.delta import Builder
 from tether.storage.partial import PartialFile
 from tether.storage.sigcache import Signatures
 from tether.storage.tree import DestTree
@@ -79,7 +79,7 @@ class Incoming:
         if not self.builder.complete:
             raise BadRequest(f"{self.want.name}: the delta made {self.builder.written} of "
                              f"{self.msg.size} bytes")
-        actual = file_digest(self.partial.fd, self.msg.size, self.want.name)
+        actual = self.builder.digest()
         derived = None
         if actual == msg.hash and self.want.sig:
             derived = self.builder.signature(self.want.sig)
