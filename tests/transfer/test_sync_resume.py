@@ -23,6 +23,7 @@ from .helpers import (
     Identities,
     MiB,
     Rig,
+    file_digest,
     file_size,
     kill9,
     make_file,
@@ -110,6 +111,31 @@ async def test_a_source_changed_while_read_is_reported_never_stored(
     assert (rig.root / "dest" / "calm.txt").exists()
     again = await api.sync(f"{work / 'src'}/", "dest")
     assert again.changed == [] and same_bytes(src, rig.root / "dest" / "live.bin")
+
+
+@pytest.mark.parametrize("how", ["grow", "shrink", "rewrite"])
+async def test_a_source_changed_while_its_delta_is_cut_is_reported_and_the_old_copy_kept(
+        api: tether.Connection, rig: Rig, work: Path, how: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source sends a delta's first records while it still cuts the rest of the file; a
+    change found after that ends the file as changed: the destination drops the partial and
+    keeps its old copy whole."""
+    from tether.storage import delta
+
+    monkeypatch.setattr(delta, "EMIT_EVERY", MiB)  # records leave after the first MiB is cut
+    src = make_file(work / "src" / "live.bin", 64 * MiB, seed=2)
+    await api.sync(f"{work / 'src'}/", "dest")
+    dest = rig.root / "dest" / "live.bin"
+    patch(src, 32 * MiB, os.urandom(MiB))
+    before = file_digest(dest)
+    result = await api.sync(f"{work / 'src'}/", "dest", progress=Changing(src, how))
+    assert result.changed == ["live.bin"] and result.sent == 0
+    assert file_digest(dest) == before and not part_of(dest).exists()
+    again = await api.sync(f"{work / 'src'}/", "dest")
+    shrunk = how == "shrink"  # to 1000 bytes: too small for a delta
+    assert [(e.path, e.action) for e in again.entries] == [
+        ("live.bin", "update" if shrunk else "delta")]
+    assert again.changed == [] and same_bytes(src, dest)
 
 
 class Vanishing(NoProgress):
