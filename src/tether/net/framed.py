@@ -342,16 +342,20 @@ class FramedConnection:
     def _flush(self) -> None:
         """Write the frames the core sent by itself (pongs, credit)."""
         out = self.proto.data_to_send()
-        if out and not self._closed and self._error is None:
+        if out and not self._closed and self._error is None and self.link.lost is None:
             self.transport.write(out)
         self.link.changed()
 
     # --- sending -------------------------------------------------------------------------------
 
     def send(self, msg: Message, body: bytes = b"") -> None:
-        """Queue a message for sending (call :meth:`drain` to apply back-pressure)."""
+        """Queue a message for sending (call :meth:`drain` to apply back-pressure). Once the
+        transport is gone it is dropped here, not written into the dead transport (which
+        would log a warning per write); the reader reports the failure."""
         self._check_usable()
-        self.transport.write(self.proto.send(msg, body))
+        frame = self.proto.send(msg, body)
+        if self.link.lost is None:
+            self.transport.write(frame)
         if msg.FINAL:
             self._wake(msg.stream)
         self.link.changed()
@@ -374,6 +378,8 @@ class FramedConnection:
                 continue
             size = min(window, MAX_BODY, len(view))
             self._check_usable()
+            if self.link.lost is not None:  # gone since the last chunk: say so, write nothing
+                raise translate(self.link.lost)
             self.transport.write(self.proto.data_prefix(stream, channel, size))
             self.transport.write(view[:size])
             view = view[size:]
@@ -394,14 +400,10 @@ class FramedConnection:
     # --- closing -------------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
-        """Raise instead of writing into a connection that failed, was closed, or whose
-        transport is gone (before the reader has noticed)."""
         if self._error is not None:
             raise self._error
         if self._closed:
             raise ConnectionClosed("connection is closed")
-        if self.link.lost is not None:
-            raise translate(self.link.lost)
 
     def _fail(self, error: TetherError) -> None:
         if self._error is None:

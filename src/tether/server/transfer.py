@@ -82,8 +82,12 @@ class PutTransfer:
                                        resume=req.resume),
             cleanup=lambda opened: opened[0].close())
         if req.resume:
-            self.conn.send(Ready(offset=self.partial.offset, prefix_hash=self.partial.prefix_hash,
-                                 stream=self.stream))
+            try:
+                self.conn.send(Ready(offset=self.partial.offset,
+                                     prefix_hash=self.partial.prefix_hash, stream=self.stream))
+            except BaseException:  # the connection is gone: the partial is nobody's to hold
+                self.abandon()
+                raise
 
     def _make_dir(self) -> None:
         self.shown, created = self.area.make_dir(self.req.path, self.req.name, self.req.mode)
