@@ -12,7 +12,7 @@ import pytest
 
 from tether.storage import sigcache
 from tether.storage.delta import signature
-from tether.storage.hashcache import cache_dir
+from tether.storage.hashcache import cache_dir, file_key
 from tether.storage.sigcache import Signatures
 
 
@@ -98,8 +98,4 @@ def test_bounded_in_files_and_bytes(home: Path, tmp_path: Path,
 
 
 def sigs_name(st: os.stat_result) -> str:
-    import struct
-
-    key = struct.pack("<QQQqq", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                      st.st_ctime_ns)
-    return key.hex() + ".sig"
+    return file_key(st).hex() + ".sig"

@@ -115,6 +115,11 @@ def signature(fd: int, size: int, shown: str) -> bytes:
     return bytes(out)
 
 
+def signed_bytes(sig: bytes | bytearray) -> int:
+    """How many bytes of a file a signature of whole records describes."""
+    return sum(length for length, _ in _SIG.iter_unpack(sig))
+
+
 def parse_signature(sig: bytes | bytearray) -> dict[bytes, tuple[int, int]]:
     """chunk hash -> (offset, length) in the old copy, from a peer's signature (checked)."""
     if len(sig) % SIG_RECORD:

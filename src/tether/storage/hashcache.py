@@ -80,7 +80,8 @@ def cache_dir(home: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(home), "cache", "hashes")
 
 
-def _key(st: os.stat_result) -> bytes:
+def file_key(st: os.stat_result) -> bytes:
+    """A file's cache key: device, inode, size, mtime and ctime (struct.error if out of range)."""
     return _KEY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -144,7 +145,7 @@ class TreeHashes:
             return
         try:
             raw = bytes.fromhex(hash_[len(_PREFIX):])
-            key = _key(st)
+            key = file_key(st)
         except (ValueError, struct.error):
             return
         if len(raw) == _HASH:
@@ -173,7 +174,7 @@ class TreeHashes:
             hasher.update(chunk)
             want = CHUNK
         hash_ = digest(hasher)
-        if before is not None and _key(before) == _key(st) == _key(os.fstat(fd)):
+        if before is not None and file_key(before) == file_key(st) == file_key(os.fstat(fd)):
             self.note(st, hash_, started)
         return hash_
 
@@ -402,5 +403,5 @@ def evict(directory: str, keep: str, suffix: str = _SUFFIX, max_files: int | Non
             os.unlink(path)
 
 
-__all__ = ["NO_HASHES", "TICK_NS", "HashCaches", "TreeHashes", "cache_dir", "evict", "own_dir",
-           "read_whole", "save_trees", "trusted", "write_whole"]
+__all__ = ["NO_HASHES", "TICK_NS", "HashCaches", "TreeHashes", "cache_dir", "evict", "file_key",
+           "own_dir", "read_whole", "save_trees", "trusted", "write_whole"]

@@ -28,18 +28,16 @@ import contextlib
 import os
 import struct
 
-from tether.storage.hashcache import evict, own_dir, read_whole, write_whole
+from tether.storage.delta import CDC_MIN, SIG_RECORD, signed_bytes
+from tether.storage.hashcache import evict, file_key, own_dir, read_whole, write_whole
 
 MAX_FILES = 4096  # kept signatures in one directory...
 MAX_BYTES = 64 * 1024 * 1024  # ...and their bytes in all (a 1 GiB file's: ~330 KB)
 
 _MAGIC = b"tether-signature"
 _VERSION = 1
-_KEY = struct.Struct("<QQQqq")  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
-_HEADER = struct.Struct(f"<16sI{_KEY.size}s32s")  # magic, version, key, digest of the body
-_RECORD = struct.Struct(">I16s")  # a signature's record (storage/delta.py)
+_HEADER = struct.Struct("<16sI40s32s")  # magic, version, the file's key, digest of the body
 _SUFFIX = ".sig"
-_CDC_MIN = 16 * 1024  # the smallest chunk but a file's last: bounds a signature's size
 
 
 class Signatures:
@@ -49,32 +47,33 @@ class Signatures:
     def __init__(self, directory: str | None) -> None:
         self.directory = directory
 
-    def _path(self, st: os.stat_result) -> str | None:
+    def _entry(self, st: os.stat_result) -> tuple[bytes, str] | None:
+        """The file's key and its entry's path (None: no directory, or a key out of range)."""
         if self.directory is None:
             return None
         try:
-            key = _KEY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            key = file_key(st)
         except struct.error:
             return None
-        return os.path.join(self.directory, key.hex() + _SUFFIX)
+        return key, os.path.join(self.directory, key.hex() + _SUFFIX)
 
     def get(self, st: os.stat_result) -> bytes | None:
         """The signature kept for the file ``st`` describes (its fstat), if it is unchanged."""
-        path = self._path(st)
-        if path is None or not own_dir(os.path.dirname(path), create=False):
+        entry = self._entry(st)
+        if entry is None or not own_dir(os.path.dirname(entry[1]), create=False):
             return None
-        limit = _HEADER.size + (st.st_size // _CDC_MIN + 1) * _RECORD.size
-        data = read_whole(path, limit)
+        key, path = entry
+        # a file's last chunk may be short; every other one holds at least CDC_MIN bytes
+        data = read_whole(path, _HEADER.size + (st.st_size // CDC_MIN + 1) * SIG_RECORD)
         if data is None or len(data) < _HEADER.size:
             return None
         import blake3
 
-        magic, version, key, check = _HEADER.unpack_from(data)
+        magic, version, kept_key, check = _HEADER.unpack_from(data)
         body = data[_HEADER.size:]
-        if (magic != _MAGIC or version != _VERSION or key.hex() + _SUFFIX
-                != os.path.basename(path) or blake3.blake3(body).digest() != check
-                or len(body) % _RECORD.size
-                or sum(n for n, _ in _RECORD.iter_unpack(body)) != st.st_size):
+        if (magic != _MAGIC or version != _VERSION or kept_key != key
+                or blake3.blake3(body).digest() != check or len(body) % SIG_RECORD
+                or signed_bytes(body) != st.st_size):
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # recently used: not the first to go
@@ -82,25 +81,23 @@ class Signatures:
 
     def put(self, st: os.stat_result, sig: bytes) -> None:
         """Keep ``sig`` for the file ``st`` describes (its fstat once it is in place)."""
-        path = self._path(st)
-        if path is None or not sig:
+        entry = self._entry(st)
+        if entry is None or not sig:
             return
         import blake3
 
-        key = bytes.fromhex(os.path.basename(path)[:-len(_SUFFIX)])
-        with contextlib.suppress(OSError, ValueError):
+        key, path = entry
+        with contextlib.suppress(OSError):
             write_whole(path, _HEADER.pack(_MAGIC, _VERSION, key, blake3.blake3(sig).digest()),
                         sig)
             evict(os.path.dirname(path), path, _SUFFIX, MAX_FILES, MAX_BYTES)
 
     def drop(self, st: os.stat_result) -> None:
         """Forget the signature of the file ``st`` described (replaced, or found stale)."""
-        path = self._path(st)
-        if path is not None:
+        entry = self._entry(st)
+        if entry is not None:
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(entry[1])
 
 
-NO_SIGNATURES = Signatures(None)
-
-__all__ = ["MAX_BYTES", "MAX_FILES", "NO_SIGNATURES", "Signatures"]
+__all__ = ["MAX_BYTES", "MAX_FILES", "Signatures"]

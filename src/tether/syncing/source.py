@@ -450,29 +450,24 @@ class SourceSide:
 
         job = asyncio.ensure_future(off_loop(self.offload, cut))
         try:
-            changed = False
             while (ops := await found.get()) is not None:
                 out = bytearray()
-                try:
-                    for record in () if changed else encode(ops, fd, entry.name):
-                        out += record
-                        if len(out) >= SEND_AT_ONCE:
-                            await self._send_records(entry, out)
-                            out = bytearray()
-                except SourceChanged:
-                    changed = True
-                if out and not changed:
+                for record in encode(ops, fd, entry.name):
+                    out += record
+                    if len(out) >= SEND_AT_ONCE:
+                        await self._send_records(entry, out)
+                        out = bytearray()
+                if out:
                     await self._send_records(entry, out)
-            try:
-                delta = await job
-            except SourceChanged:
-                return None
-            return None if changed else delta
+            return await job
+        except SourceChanged:  # read here or in the thread: the rest is not cut
+            return None
         finally:
             stop.set()
-            if not job.done():
-                job.cancel()
-                await asyncio.wait([job])  # the thread is done with fd before it is closed
+            job.cancel()  # (done already on the way out of the loop above)
+            await asyncio.wait([job])  # the thread is done with fd before it is closed
+            if not job.cancelled():
+                job.exception()  # retrieved: what failed here is what the caller hears
 
     async def _send_records(self, entry: Entry, out: bytearray) -> None:
         await self.ep.send_data(out)
